@@ -1,0 +1,6 @@
+"""Faust agents: small `async for` loops over topics that hand the work to plain functions.
+
+Importing this package registers every agent with `streams.app.app`.
+"""
+
+from agents import storage  # noqa: F401

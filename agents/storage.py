@@ -1,0 +1,58 @@
+"""Agents that store raw input and dead letters in ClickHouse, exactly once.
+
+Each is a small loop over batches (`noack_take`: acks are manual, released in
+offset order once the writer has stored the rows); the work is in
+`streams.ingest.store_events`.
+"""
+
+from __future__ import annotations
+
+from schemas import rows
+from schemas.deadletter import DeadLetter
+from schemas.events import ClickEvent, SensorReading
+from schemas.validation import FieldError, InvalidEvent, Limits
+from streams.acks import OrderedAcker
+from streams.app import app, settings, storage, topics
+from streams.ingest import store_events
+
+LIMITS = Limits.from_settings(settings)
+BATCH = settings.sink_batch_rows
+WITHIN = settings.sink_batch_seconds
+
+
+@app.agent(topics["topic_sensor_readings"], name="wharf.store-sensor-readings")
+async def store_sensor_readings(stream):  # noqa: ANN001
+    writer = storage.writer("sensor_readings", settings.topic_sensor_readings)
+    acker = OrderedAcker()
+    async for events in stream.noack_take(BATCH, within=WITHIN):
+        await store_events(events, model=SensorReading, to_rows=rows.sensor_reading, writer=writer,
+                           dlq_topic=topics["topic_dead_letters"], limits=LIMITS, acker=acker)
+
+
+@app.agent(topics["topic_clicks"], name="wharf.store-clicks")
+async def store_clicks(stream):  # noqa: ANN001
+    writer = storage.writer("clicks", settings.topic_clicks)
+    acker = OrderedAcker()
+    async for events in stream.noack_take(BATCH, within=WITHIN):
+        await store_events(events, model=ClickEvent, to_rows=rows.click, writer=writer,
+                           dlq_topic=topics["topic_dead_letters"], limits=LIMITS, acker=acker)
+
+
+@app.agent(topics["topic_dead_letters"], name="wharf.store-dead-letters")
+async def store_dead_letters(stream):  # noqa: ANN001
+    writer = storage.writer("dead_letters", settings.topic_dead_letters)
+    acker = OrderedAcker()
+    async for events in stream.noack_take(BATCH, within=WITHIN):
+        for event in events:
+            done = acker.track(event)
+            letter = parse_dead_letter(event.value, event.message)
+            await writer.put(event.message.partition, event.message.offset, rows.dead_letter(letter), done)
+
+
+def parse_dead_letter(payload: bytes, msg) -> DeadLetter:  # noqa: ANN001
+    """A dead-letter topic must never lose data either: a record that is not an envelope is wrapped in one."""
+    try:
+        return DeadLetter.model_validate_json(payload)
+    except ValueError as exc:
+        error = InvalidEvent("dead_letter", [FieldError("$", f"{len(payload)} bytes", f"not a DeadLetter envelope: {str(exc).splitlines()[0]}")])
+        return error.dead_letter(payload, "kafka", kafka_topic=msg.topic, kafka_partition=msg.partition, kafka_offset=msg.offset)

@@ -1,0 +1,460 @@
+"""Numenta Anomaly Benchmark (NAB v1.1) scoring and prequential evaluation.
+
+The scorer re-implements NAB's `nab/sweeper.py` + `nab/optimizer.py` +
+`Runner.normalize` exactly (validated: NAB's windowed-Gaussian baseline gives the
+published 12.1 / 4.8 / 16.0 on the 18 shared files), so numbers are comparable
+with the NAB scoreboard:
+
+* probation: the first ``min(floor(0.15 * n), 0.15 * 5000)`` rows of each file are
+  not scored (NAB's ``Sweeper._getProbationaryLength``);
+* a row inside a window earns ``scaledSigmoid(-(right - i + 1) / width) * tp / maxTP``
+  (so the first row of a window earns exactly the TP weight), a window's value is
+  its best (= earliest) detection, a window without detection costs ``-fn``;
+* a row outside windows is an FP worth ``scaledSigmoid(|prevRight - i| / (prevWidth - 1)) * fp``
+  or ``-fp`` before the first window;
+* detections are ``score >= threshold``; ONE threshold per profile is swept over the
+  whole corpus (all unique score values) and the best total wins (ties: highest threshold);
+* normalised score ``100 * (raw - null) / (perfect - null)`` with ``perfect = tp * #windows``
+  and ``null`` the score of a detector that never fires.
+
+Detectors are run prequentially (each row is scored before the detector sees it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_PROFILES: dict[str, dict[str, float]] = {
+    "standard": {"tpWeight": 1.0, "fnWeight": 1.0, "fpWeight": 0.11, "tnWeight": 1.0},
+    "reward_low_FP_rate": {"tpWeight": 1.0, "fnWeight": 1.0, "fpWeight": 0.22, "tnWeight": 1.0},
+    "reward_low_FN_rate": {"tpWeight": 1.0, "fnWeight": 2.0, "fpWeight": 0.11, "tnWeight": 1.0},
+}
+PROFILE_ORDER = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
+PROBATION_PERCENT = 0.15
+
+
+# --------------------------------------------------------------------------- scoring primitives
+
+
+def scaled_sigmoid(position: float) -> float:
+    """NAB's weighting: -1 (left edge of a window) -> 0.98661, 0 (right edge) -> 0, >= 3 -> -1."""
+    if position >= 3.0:
+        return -1.0
+    return 2.0 / (1.0 + math.exp(5.0 * position)) - 1.0
+
+
+def probation_length(n_rows: int, percent: float = PROBATION_PERCENT) -> float:
+    """Rows ``i < probation_length(n)`` are not scored (NAB: 15 %, at most 750 rows)."""
+    return min(math.floor(percent * n_rows), percent * 5000)
+
+
+@dataclass
+class LabelledFile:
+    """One data file's rows, mapped onto NAB's per-row sweep weights (profile independent parts)."""
+
+    name: str
+    timestamps: np.ndarray  # datetime64[ns]
+    windows: list[tuple[int, int]]  # inclusive row index ranges
+    window_of_row: np.ndarray  # window number per row, -1 outside windows
+    tp_unit: np.ndarray  # scaledSigmoid(pos)/maxTP inside windows (multiply by tpWeight)
+    fp_unit: np.ndarray  # scaledSigmoid(pos) outside windows (multiply by fpWeight), <= 0
+    scorable: np.ndarray  # False in the probation period
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.windows)
+
+    def scorable_windows(self) -> list[int]:
+        """Windows with at least one row after probation (only those count as TP/FN in NAB)."""
+        return sorted({int(w) for w in np.unique(self.window_of_row[self.scorable]) if w >= 0})
+
+
+def label_file(name: str, timestamps: np.ndarray, windows: Iterable[tuple[object, object]]) -> LabelledFile:
+    """Compute NAB's sweep weights for every row (mirrors ``Sweeper.calcSweepScore``)."""
+    ts = np.asarray(pd.to_datetime(pd.Series(timestamps)).to_numpy())
+    n = len(ts)
+    idx_windows: list[tuple[int, int]] = []
+    for start, end in windows:
+        s = int(np.searchsorted(ts, np.datetime64(pd.Timestamp(start)), side="left"))
+        e = int(np.searchsorted(ts, np.datetime64(pd.Timestamp(end)), side="right")) - 1
+        if s <= e:
+            idx_windows.append((s, e))
+    idx_windows.sort()
+    window_of_row = np.full(n, -1, dtype=np.int64)
+    tp_unit = np.zeros(n)
+    fp_unit = np.zeros(n)
+    max_tp = scaled_sigmoid(-1.0)
+    prev_right: int | None = None
+    prev_width: float | None = None
+    wi = 0
+    i = 0
+    while i < n:
+        if wi < len(idx_windows) and i == idx_windows[wi][0]:
+            s, e = idx_windows[wi]
+            width = float(e - s + 1)
+            for j in range(s, e + 1):
+                window_of_row[j] = wi
+                tp_unit[j] = scaled_sigmoid(-(e - j + 1) / width) / max_tp
+            prev_right, prev_width = e, width
+            wi += 1
+            i = e + 1
+            continue
+        if prev_right is None:
+            fp_unit[i] = scaled_sigmoid(3.0)
+        else:
+            # NAB divides by (prevWidth - 1); a one-row window would divide by zero there.
+            denom = max(prev_width - 1.0, 1.0)
+            fp_unit[i] = scaled_sigmoid(abs(prev_right - i) / denom)
+        i += 1
+    scorable = np.arange(n) >= probation_length(n)
+    return LabelledFile(name, ts, idx_windows, window_of_row, tp_unit, fp_unit, scorable)
+
+
+@dataclass
+class FileScore:
+    name: str
+    score: float
+    tp: int  # windows detected
+    fn: int  # windows missed
+    fp: int  # detections outside windows (rows)
+    n_windows: int
+
+
+def score_file(lf: LabelledFile, scores: np.ndarray, threshold: float, cost: dict[str, float]) -> FileScore:
+    """Score one file's anomaly scores at a given threshold (detections are ``score >= threshold``)."""
+    scores = np.asarray(scores, dtype=float)
+    det = (scores >= threshold) & lf.scorable
+    total = 0.0
+    tp = fn = 0
+    for w in lf.scorable_windows():
+        in_w = det & (lf.window_of_row == w)
+        if in_w.any():
+            total += float(np.max(lf.tp_unit[in_w])) * cost["tpWeight"]
+            tp += 1
+        else:
+            total -= cost["fnWeight"]
+            fn += 1
+    fp_rows = det & (lf.window_of_row < 0)
+    total += float(np.sum(lf.fp_unit[fp_rows])) * cost["fpWeight"]
+    return FileScore(lf.name, total, tp, fn, int(fp_rows.sum()), len(lf.scorable_windows()))
+
+
+def optimize_threshold(files: list[LabelledFile], scores: list[np.ndarray], cost: dict[str, float]) -> tuple[float, float]:
+    """Sweep one threshold over the whole corpus (NAB ``optimizeThreshold``); returns (threshold, raw score).
+
+    Mirrors ``Sweeper.calcScoreByThreshold``: rows sorted by score, each unique
+    score value is a candidate threshold, the best total wins, ties go to the
+    highest threshold.
+    """
+    all_scores, all_tp, all_fp, all_win = [], [], [], []
+    n_windows = 0
+    for lf, s in zip(files, scores, strict=True):
+        m = lf.scorable
+        all_scores.append(np.asarray(s, dtype=float)[m])
+        all_tp.append(lf.tp_unit[m] * cost["tpWeight"])
+        all_fp.append(lf.fp_unit[m] * cost["fpWeight"])
+        w = lf.window_of_row[m]
+        all_win.append(np.where(w >= 0, w + n_windows, -1))
+        n_windows += lf.n_windows
+    sc = np.concatenate(all_scores)
+    tpw = np.concatenate(all_tp)
+    fpw = np.concatenate(all_fp)
+    win = np.concatenate(all_win)
+    present = np.unique(win[win >= 0])
+    order = np.argsort(-sc, kind="stable")
+    sc, tpw, fpw, win = sc[order], tpw[order], fpw[order], win[order]
+
+    best_val: dict[int, float] = {int(w): -cost["fnWeight"] for w in present}
+    total = -cost["fnWeight"] * len(present)
+    best_threshold, best_score = 1.1, total  # 1.1: nothing fires
+    i = 0
+    n = len(sc)
+    while i < n:
+        t = sc[i]
+        j = i
+        while j < n and sc[j] == t:
+            w = int(win[j])
+            if w < 0:
+                total += float(fpw[j])
+            else:
+                v = float(tpw[j])
+                if v > best_val[w]:
+                    total += v - best_val[w]
+                    best_val[w] = v
+            j += 1
+        if total > best_score + 1e-12:
+            best_threshold, best_score = float(t), total
+        i = j
+    return best_threshold, best_score
+
+
+# --------------------------------------------------------------------------- corpus scoring
+
+
+@dataclass
+class ProfileResult:
+    profile: str
+    threshold: float
+    raw: float
+    null: float
+    perfect: float
+    normalized: float
+    files: list[FileScore] = field(default_factory=list)
+
+
+@dataclass
+class NabReport:
+    """Corpus scores per profile, plus where the results went and how long detection took."""
+
+    profiles: dict[str, ProfileResult]
+    files: list[str]
+    detector: str = ""
+    seconds_detect: float = 0.0
+    n_rows: int = 0
+    out_dir: Path | None = None
+
+    def normalized(self) -> dict[str, float]:
+        return {p: r.normalized for p, r in self.profiles.items()}
+
+
+def load_profiles(profiles_file: Path | None = None) -> dict[str, dict[str, float]]:
+    """NAB profiles.json (``{"standard": {"CostMatrix": {...}}, ...}``), or NAB's defaults."""
+    if profiles_file is None:
+        return {k: dict(v) for k, v in DEFAULT_PROFILES.items()}
+    raw = json.loads(Path(profiles_file).read_text())
+    return {name: dict(p.get("CostMatrix", p)) for name, p in raw.items()}
+
+
+def load_windows(windows_file: Path) -> dict[str, list[tuple[str, str]]]:
+    raw = json.loads(Path(windows_file).read_text())
+    return {k: [(w[0], w[1]) for w in v] for k, v in raw.items()}
+
+
+def score_corpus(
+    labelled: list[LabelledFile],
+    scores: list[np.ndarray],
+    profiles: dict[str, dict[str, float]],
+) -> dict[str, ProfileResult]:
+    """Optimise the corpus threshold per profile, then score every file at it and normalise."""
+    out: dict[str, ProfileResult] = {}
+    total_windows = sum(lf.n_windows for lf in labelled)
+    for name, cost in profiles.items():
+        thr, _ = optimize_threshold(labelled, scores, cost)
+        fs = [score_file(lf, s, thr, cost) for lf, s in zip(labelled, scores, strict=True)]
+        raw = sum(f.score for f in fs)
+        null = -cost["fnWeight"] * sum(f.n_windows for f in fs)
+        perfect = cost["tpWeight"] * total_windows
+        norm = 100.0 * (raw - null) / (perfect - null) if perfect != null else 0.0
+        out[name] = ProfileResult(name, thr, raw, null, perfect, norm, fs)
+    return out
+
+
+def read_series(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A NAB data CSV -> (timestamps as datetime64[ns], values as float64)."""
+    df = pd.read_csv(path)
+    return pd.to_datetime(df["timestamp"]).to_numpy(), df["value"].to_numpy(dtype=float)
+
+
+def _files_in(data_dir: Path, windows: dict[str, list]) -> list[str]:
+    """Relative paths (category/file.csv) that are both labelled and present, sorted."""
+    return sorted(rel for rel in windows if (data_dir / rel).is_file())
+
+
+def score_results(
+    results_dir: Path,
+    windows_file: Path,
+    profiles_file: Path | None = None,
+    data_dir: Path | None = None,
+) -> NabReport:
+    """Score existing NAB-style result CSVs (``timestamp,anomaly_score`` per file).
+
+    A result for ``cat/file.csv`` may be named ``cat/file.csv`` or ``cat/<detector>_file.csv``
+    (NAB's layout). Timestamps come from the result file itself (``data_dir`` unused
+    except to restrict the file list when given).
+    """
+    results_dir = Path(results_dir)
+    windows = load_windows(windows_file)
+    profiles = load_profiles(profiles_file)
+    labelled, scores, names = [], [], []
+    for rel in sorted(windows):
+        if data_dir is not None and not (Path(data_dir) / rel).is_file():
+            continue
+        cat, fname = rel.rsplit("/", 1) if "/" in rel else ("", rel)
+        cand = [results_dir / rel, *sorted((results_dir / cat).glob(f"*_{fname}"))]
+        path = next((c for c in cand if c.is_file()), None)
+        if path is None:
+            continue
+        df = pd.read_csv(path)
+        ts = pd.to_datetime(df["timestamp"]).to_numpy()
+        labelled.append(label_file(rel, ts, windows[rel]))
+        scores.append(df["anomaly_score"].to_numpy(dtype=float))
+        names.append(rel)
+    if not names:
+        raise FileNotFoundError(f"no result CSVs for the labelled files under {results_dir}")
+    return NabReport(score_corpus(labelled, scores, profiles), names, detector=results_dir.name,
+                     n_rows=sum(len(s) for s in scores))
+
+
+# --------------------------------------------------------------------------- detectors
+
+
+class SeriesDetector(Protocol):
+    """A univariate prequential detector: one score in [0, 1] per row, each row scored before learning it."""
+
+    def run(self, timestamps: np.ndarray, values: np.ndarray) -> np.ndarray: ...
+
+
+def _normal_probability(x: float, mean: float, std: float) -> float:
+    """NAB's ``normalProbability``: Gaussian tail probability on the far side of the mean (Q function)."""
+    if x < mean:
+        x = 2 * mean - x
+    return 0.5 * math.erfc((x - mean) / std / math.sqrt(2))
+
+
+class WindowedGaussianDetector:
+    """NAB's ``windowedGaussian`` baseline, same semantics (window 6400, step 100).
+
+    Score ``1 - Q(|z|)`` against the mean/std of the window *before* the row; the
+    window grows to 6400 rows (updated every row), then slides by 100-row steps.
+    Used to validate this scorer against NAB's published numbers.
+    """
+
+    def __init__(self, window_size: int = 6400, step_size: int = 100) -> None:
+        self.window_size = window_size
+        self.step_size = step_size
+
+    def run(self, timestamps: np.ndarray, values: np.ndarray) -> np.ndarray:
+        x = np.asarray(values, dtype=float)
+        n, w, k = len(x), self.window_size, self.step_size
+        out = np.zeros(n)
+        for i in range(1, n):
+            if i <= w:  # window = x[0:i], recomputed every row while growing
+                lo, hi = 0, i
+            else:  # sliding: window = x[100*j : w + 100*j], j = completed steps
+                j = (i - w) // k
+                lo, hi = k * j, w + k * j
+            seg = x[lo:hi]
+            mean, std = float(np.mean(seg)), float(np.std(seg))
+            if std == 0.0:
+                std = 0.000001
+            out[i] = 1.0 - _normal_probability(float(x[i]), mean, std)
+        return out
+
+
+class DeviceModelDetector:
+    """Runs the production :class:`~online_models.anomaly.DeviceAnomalyModel` on one metric ``value``."""
+
+    def __init__(self, **model_kwargs: object) -> None:
+        self.model_kwargs = model_kwargs
+
+    def run(self, timestamps: np.ndarray, values: np.ndarray) -> np.ndarray:
+        from online_models.anomaly import DeviceAnomalyModel
+
+        model = DeviceAnomalyModel(**model_kwargs_typed(self.model_kwargs))
+        ts = np.asarray(timestamps).astype("datetime64[ns]").astype(np.int64) / 1e9
+        return model.score_learn_many(ts, {"value": np.asarray(values, dtype=float)}).scores
+
+
+def model_kwargs_typed(kw: dict[str, object]) -> dict:
+    return dict(kw)
+
+
+def write_results(out_dir: Path, detector: str, rel: str, timestamps: np.ndarray, scores: np.ndarray) -> Path:
+    """NAB layout: ``out_dir/<category>/<detector>_<file>.csv`` with ``timestamp,anomaly_score``."""
+    cat, fname = rel.rsplit("/", 1) if "/" in rel else ("", rel)
+    path = Path(out_dir) / cat / f"{detector}_{fname}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({
+        "timestamp": pd.to_datetime(timestamps).strftime("%Y-%m-%d %H:%M:%S"),
+        "anomaly_score": np.asarray(scores, dtype=float),
+    }).to_csv(path, index=False)
+    return path
+
+
+def evaluate(
+    data_dir: Path,
+    windows_file: Path,
+    profiles_file: Path | None = None,
+    out_dir: Path | None = None,
+    detector_factory: Callable[[], SeriesDetector] = DeviceModelDetector,
+    detector_name: str = "wharf",
+    files: Iterable[str] | None = None,
+) -> NabReport:
+    """Run a detector prequentially over every labelled NAB file under ``data_dir`` and score it.
+
+    ``detector_factory`` is called once per file (a fresh model per series, like one
+    model per device). ``files`` optionally restricts to some relative paths.
+    """
+    data_dir = Path(data_dir)
+    windows = load_windows(windows_file)
+    profiles = load_profiles(profiles_file)
+    names = list(files) if files is not None else _files_in(data_dir, windows)
+    labelled, scores = [], []
+    t0 = time.perf_counter()
+    n_rows = 0
+    for rel in names:
+        ts, values = read_series(data_dir / rel)
+        s = np.asarray(detector_factory().run(ts, values), dtype=float)
+        if len(s) != len(values):
+            raise ValueError(f"{rel}: detector returned {len(s)} scores for {len(values)} rows")
+        labelled.append(label_file(rel, ts, windows.get(rel, [])))
+        scores.append(s)
+        n_rows += len(s)
+        if out_dir is not None:
+            write_results(Path(out_dir), detector_name, rel, ts, s)
+    seconds = time.perf_counter() - t0
+    return NabReport(score_corpus(labelled, scores, profiles), names, detector=detector_name,
+                     seconds_detect=seconds, n_rows=n_rows, out_dir=Path(out_dir) if out_dir else None)
+
+
+def format_report(report: NabReport) -> str:
+    """Plain-text table: corpus scores for every profile, then a per-file breakdown."""
+    lines = [f"NAB scores for {report.detector!r}: {len(report.files)} files, {report.n_rows} rows"
+             + (f", detection {report.seconds_detect:.1f}s" if report.seconds_detect else "")]
+    for p in [p for p in PROFILE_ORDER if p in report.profiles] + [p for p in report.profiles if p not in PROFILE_ORDER]:
+        r = report.profiles[p]
+        lines.append(f"  {p:<20} score {r.normalized:6.1f}   threshold {r.threshold:.6g}   "
+                     f"raw {r.raw:8.3f}  null {r.null:6.1f}  perfect {r.perfect:5.1f}")
+    profs = [p for p in PROFILE_ORDER if p in report.profiles]
+    lines.append("")
+    lines.append(f"  {'file':<58} " + " ".join(f"{p[:12]:>24}" for p in profs))
+    for i, name in enumerate(report.files):
+        cells = []
+        for p in profs:
+            f = report.profiles[p].files[i]
+            cells.append(f"{f.score:7.3f} tp{f.tp}/{f.n_windows} fp{f.fp:<4d}")
+        lines.append(f"  {name:<58} " + " ".join(f"{c:>24}" for c in cells))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - manual runs
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Run and score a detector on NAB.")
+    ap.add_argument("--nab", type=Path, required=True, help="NAB root (with data/ and labels/) or its data/ folder")
+    ap.add_argument("--labels", type=Path, default=None)
+    ap.add_argument("--profiles", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--detector", choices=["wharf", "windowedGaussian"], default="wharf")
+    ap.add_argument("--score-only", type=Path, default=None, help="score existing result CSVs in this folder")
+    a = ap.parse_args()
+    root = a.nab
+    data = root / "data" if (root / "data").is_dir() else root
+    labels = a.labels or data.parent / "labels" / "combined_windows.json"
+    profiles = a.profiles or (data.parent / "labels" / "profiles.json")
+    profiles = profiles if profiles.is_file() else None
+    if a.score_only:
+        rep = score_results(a.score_only, labels, profiles, data)
+    else:
+        fac: Callable[[], SeriesDetector] = WindowedGaussianDetector if a.detector == "windowedGaussian" else DeviceModelDetector
+        rep = evaluate(data, labels, profiles, a.out, fac, a.detector)
+    print(format_report(rep))

@@ -1,0 +1,471 @@
+"""Online implicit-feedback recommender: a learned mixture of six signals.
+
+`OnlineRecommender.learn_one(event)` takes one click (`ClickEvent`-shaped
+mapping: user_id, item_id, action, ts, optional session_id/category/price) and
+updates, in this order:
+
+1. every `blend_every`-th event, *before* learning it, the mixture weights
+   (one online-EM step on how much probability each signal gave this item);
+2. co-occurrence: pairs (previous item -> this item) for the user's last
+   `pair_window` items, weighted by same/cross session, position and action;
+3. online BPR (latent factors) with sampled negatives;
+4. the item's decayed popularity (long half-life: "popular"; short: "trending");
+5. the user's decayed category preference, recent items, session and purchases.
+
+`recommend(user_id, k)` scores every active item as a mixture
+`sum_k w_k P_k(item | user)` of: `session` (co-occurrence from items of the
+current session), `co_occurrence` (from older items), `latent` (softmax of the
+BPR scores), `category` (preferred categories x popularity inside them),
+`popular` and `trending`. Signals the user lacks (cold start) drop out and the
+weights are renormalised, so a new user gets popular/trending items. The reason
+of an item is the signal that contributed most to its score.
+
+State layout (what a Faust table partitioned by user / by item would hold):
+
+* per user (`UserState`, table by user_id): recent items with weight/ts/session,
+  current session, purchased items, latent factors, category preferences.
+  Written only by that user's events.
+* per item (`ItemState`, table by item_id): category, price, active flag,
+  bounded co-occurrence row, latent factors and bias, decayed popularity.
+  An event on item j by user u writes j (popularity, factors, reverse pairs),
+  the rows of u's last `pair_window` items (forward pair -> j) and the factors of
+  `negatives` sampled items. With Faust the forward-pair and negative updates are
+  the cross-partition writes: send them as small 'pair'/'negative' messages to
+  the item-keyed agent instead of writing in place.
+* per worker (`GlobalState`): blend weights, RNG, popularity landmark, sample
+  of recent items for negatives. The dense NumPy arrays in `caches.ItemIndex`
+  are a cache of the item store, rebuilt by `rebuild_caches()`.
+
+Stores are written back (`store[key] = state`) after every change so a table
+that serialises on assignment sees the update.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Collection, Mapping, MutableMapping
+from typing import Any
+
+import numpy as np
+
+from online_models.recommender.caches import ItemIndex
+from online_models.recommender.config import (
+    CATEGORY,
+    CO_OCCURRENCE,
+    COMPONENTS,
+    LATENT,
+    POPULAR,
+    SESSION,
+    TRENDING,
+    RecommenderConfig,
+    rate,
+)
+from online_models.recommender.state import GlobalState, ItemState, UserState, decayed_add, forward_add
+from schemas.events import RecommendedItem
+
+_RING = 2048  # recent items kept for popularity-proportional negative sampling
+_MAX_PURCHASED = 500
+
+
+class OnlineRecommender:
+    """River-style online recommender; see the module docstring for the signals and state."""
+
+    def __init__(
+        self,
+        config: RecommenderConfig | None = None,
+        users: MutableMapping[str, UserState] | None = None,
+        items: MutableMapping[str, ItemState] | None = None,
+        state: GlobalState | None = None,
+    ) -> None:
+        self.config = cfg = config or RecommenderConfig()
+        self.users: MutableMapping[str, UserState] = {} if users is None else users
+        self.items: MutableMapping[str, ItemState] = {} if items is None else items
+        self.state = state or GlobalState(blend=dict(cfg.initial_blend))
+        self._rng = random.Random(cfg.seed)
+        if self.state.rng_state:
+            self._rng.setstate(self.state.rng_state)
+        self._np_rng = np.random.default_rng(cfg.seed)
+        self._rate_cooc = rate(cfg.cooc_half_life_s)
+        self._rate_pop = rate(cfg.popular_half_life_s)
+        self._rate_trend = rate(cfg.trending_half_life_s)
+        self._rate_user = rate(cfg.user_half_life_s)
+        self.index = ItemIndex(cfg.dim)
+        self.rebuild_caches()
+
+    # ------------------------------------------------------------------ state
+
+    def rebuild_caches(self) -> None:
+        """Recreate the dense arrays from the item store (after a restart or a table swap)."""
+        self.index = ItemIndex(self.config.dim, capacity=max(1024, len(self.items)))
+        self.index.rebuild(self.items.values(), self.state.landmark, self._rate_pop, self._rate_trend)
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.state.rng_state = self._rng.getstate()
+        return self.__dict__.copy()
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        self.__dict__.update(d)
+
+    # --------------------------------------------------------------- catalogue
+
+    def add_item(self, item_id: str, category: str | None = None, price: float | None = None) -> None:
+        """Register a catalogue item (it can be recommended before anyone clicks it)."""
+        st = self._item(item_id, category, price, self.state.last_ts)
+        st.active = True
+        self.index.write(self.index.row[item_id], st)
+        self.items[item_id] = st
+
+    def remove_item(self, item_id: str) -> None:
+        """Take an item out of the catalogue: it is never recommended again (until `add_item`)."""
+        st = self.items.get(item_id)
+        if st is None:
+            st = self._item(item_id, None, None, self.state.last_ts)
+        st.active = False
+        self.index.write(self.index.row[item_id], st)
+        self.items[item_id] = st
+
+    def _item(self, item_id: str, category: str | None, price: float | None, ts: float) -> ItemState:
+        st = self.items.get(item_id)
+        if st is None:
+            cfg = self.config
+            st = ItemState(item_id, category=category, price=price, cooc_ref=ts, popular_ts=ts, trending_ts=ts)
+            st.factors = (self._np_rng.standard_normal(cfg.dim) * cfg.init_scale).astype(np.float32)
+            self.items[item_id] = st
+            self.index.add(st)
+        else:
+            changed = False
+            if category is not None and st.category != category:
+                st.category, changed = category, True
+            if price is not None:
+                st.price = price
+            if changed or item_id not in self.index.row:
+                self.index.add(st)
+        return st
+
+    def _user(self, user_id: str, ts: float) -> UserState:
+        st = self.users.get(user_id)
+        if st is None:
+            cfg = self.config
+            st = UserState(user_id, categories_ref=ts)
+            st.factors = (self._np_rng.standard_normal(cfg.dim) * cfg.init_scale).astype(np.float32)
+        return st
+
+    # ----------------------------------------------------------------- learning
+
+    def learn_one(self, event: Mapping[str, Any]) -> None:
+        """Learn one click. Unknown actions count as views; `remove` is a negative signal."""
+        cfg = self.config
+        g = self.state
+        user_id = str(event["user_id"])
+        item_id = str(event["item_id"])
+        action = event.get("action") or "view"
+        ts = event.get("ts")
+        ts = float(ts) if ts is not None else g.last_ts
+        weight = cfg.weight(action)
+
+        user = self._user(user_id, ts)
+        item = self._item(item_id, event.get("category"), event.get("price"), ts)
+        row = self.index.row[item_id]
+
+        g.events += 1
+        if cfg.blend_every and g.events % cfg.blend_every == 0 and user.events and weight > 0:
+            self._update_blend(user, item_id, ts)
+
+        session = event.get("session_id")
+        if session is not None:
+            session = str(session)
+            if session != user.session_id:
+                user.session_seq += 1
+        else:
+            if user.events == 0 or ts - user.last_ts > cfg.session_gap_s:
+                user.session_seq += 1
+            session = f"~{user.session_seq}"
+        user.session_id = session
+
+        if weight > 0:
+            self._learn_pairs(user, item_id, weight, ts, session)
+            self._learn_factors(user, item, row, weight)
+            self._learn_popularity(item, row, weight, ts)
+            if item.category is not None:
+                user.categories_ref = forward_add(
+                    user.categories, user.categories_ref, item.category, weight, ts, self._rate_user
+                )
+            if action == "purchase":
+                user.purchased[item_id] = ts
+                if len(user.purchased) > _MAX_PURCHASED:
+                    del user.purchased[next(iter(user.purchased))]
+            recent = [r for r in user.recent if r[0] != item_id]
+            prev = next((r[1] for r in user.recent if r[0] == item_id), 0.0)
+            recent.append((item_id, max(weight, prev), ts, session))
+            if len(recent) > cfg.recent_items:
+                del recent[0]
+            user.recent = recent
+            ring = g.recent_items
+            if len(ring) < _RING:
+                ring.append(item_id)
+            else:
+                ring[g.recent_pos] = item_id
+                g.recent_pos = (g.recent_pos + 1) % _RING
+        else:
+            self._unlearn(user, item, row, weight, ts)
+
+        item.events += 1
+        user.events += 1
+        user.last_ts = max(user.last_ts, ts)
+        g.last_ts = max(g.last_ts, ts)
+        self.users[user_id] = user
+        self.items[item_id] = item
+
+    def _learn_pairs(self, user: UserState, item_id: str, weight: float, ts: float, session: str) -> None:
+        cfg = self.config
+        items = self.items
+        r = self._rate_cooc
+        top_n = cfg.cooc_top_n
+        target = items[item_id]
+        decay = 1.0
+        n = 0
+        for prev_id, _w, _ts, prev_session in reversed(user.recent):
+            if prev_id == item_id:
+                continue
+            prev = items.get(prev_id)
+            if prev is None:
+                continue
+            amount = weight * decay * (cfg.same_session_weight if prev_session == session else cfg.cross_session_weight)
+            prev.add_pair(item_id, amount, ts, r, top_n)
+            target.add_pair(prev_id, amount * cfg.backward_weight, ts, r, top_n)
+            items[prev_id] = prev
+            decay *= cfg.position_decay
+            n += 1
+            if n >= cfg.pair_window:
+                break
+
+    def _sample_negative(self, positive_row: int) -> int:
+        n = len(self.index)
+        ring = self.state.recent_items
+        rnd = self._rng.random
+        for _ in range(4):
+            if ring and rnd() < 0.5:
+                j = self.index.row.get(ring[int(rnd() * len(ring))], -1)
+            else:
+                j = int(rnd() * n)
+            if j != positive_row and j >= 0:
+                return j
+        return -1
+
+    def _learn_factors(self, user: UserState, item: ItemState, row: int, weight: float) -> None:
+        """BPR step: the clicked item should score above sampled items."""
+        cfg = self.config
+        idx = self.index
+        lr, reg = cfg.learning_rate, cfg.regularization
+        scale = min(weight / cfg.weight("view"), 3.0)
+        p = user.factors
+        qi = item.factors
+        for _ in range(cfg.negatives):
+            j = self._sample_negative(row)
+            if j < 0:
+                continue
+            neg = self.items[idx.ids[j]]
+            qj = neg.factors
+            diff = qi - qj
+            x = float(p @ diff) + item.bias - neg.bias
+            gsig = lr * scale / (1.0 + math.exp(x)) if x > -30 else lr * scale
+            dp = gsig * diff - lr * reg * p
+            qi += gsig * p - lr * reg * qi
+            qj -= gsig * p + lr * reg * qj
+            p += dp
+            item.bias += gsig - lr * reg * item.bias
+            neg.bias -= gsig + lr * reg * neg.bias
+            idx.q[j] = qj
+            idx.bias[j] = neg.bias
+            self.items[neg.item_id] = neg
+        idx.q[row] = qi
+        idx.bias[row] = item.bias
+
+    def _learn_popularity(self, item: ItemState, row: int, weight: float, ts: float) -> None:
+        g = self.state
+        if self._rate_trend * (ts - g.landmark) > 30.0:
+            # Shift the shared landmark; rows are recomputed from the item store (rare, O(items)).
+            g.landmark = ts
+            for st in self.items.values():
+                r = self.index.row.get(st.item_id)
+                if r is not None:
+                    self.index.write_popularity(r, st, g.landmark, self._rate_pop, self._rate_trend)
+        item.popular, item.popular_ts = decayed_add(item.popular, item.popular_ts, weight, ts, self._rate_pop)
+        item.trending, item.trending_ts = decayed_add(item.trending, item.trending_ts, weight, ts, self._rate_trend)
+        self.index.write_popularity(row, item, g.landmark, self._rate_pop, self._rate_trend)
+
+    def _unlearn(self, user: UserState, item: ItemState, row: int, weight: float, ts: float) -> None:
+        """Negative feedback (e.g. removed from cart): lower the item's latent score for
+        this user, lower the category preference, forget it as a co-occurrence source."""
+        cfg = self.config
+        lr, reg = cfg.learning_rate, cfg.regularization
+        p, q = user.factors, item.factors
+        x = float(p @ q) + item.bias
+        gsig = lr * min(-weight, 3.0) / (1.0 + math.exp(-x)) if x < 30 else lr * min(-weight, 3.0)
+        dp = -gsig * q - lr * reg * p
+        q -= gsig * p + lr * reg * q
+        p += dp
+        self.index.q[row] = q
+        if item.category is not None:
+            user.categories_ref = forward_add(user.categories, user.categories_ref, item.category, weight, ts, self._rate_user)
+        user.recent = [r for r in user.recent if r[0] != item.item_id]
+
+    # ------------------------------------------------------------ scoring
+
+    def _cooc_components(self, user: UserState, now: float) -> tuple[dict[str, float], dict[str, float]]:
+        """P(item | session items) and P(item | older items), each a sub-normalised mixture
+        of the sources' rows P(j | i) = row[j] / (total + prior)."""
+        cfg = self.config
+        r = self._rate_cooc
+        parts: tuple[dict[str, float], dict[str, float]] = ({}, {})
+        norms = [0.0, 0.0]
+        decay = 1.0
+        for item_id, weight, _ts, session in reversed(user.recent):
+            st = self.items.get(item_id)
+            src = weight * decay
+            decay *= cfg.position_decay
+            if st is None or not st.cooc or src <= 0:
+                continue
+            which = 0 if session == user.session_id else 1
+            norms[which] += src
+            denom = st.cooc_total + cfg.cooc_prior * math.exp(r * (now - st.cooc_ref)) if r else st.cooc_total + cfg.cooc_prior
+            f = src / denom
+            acc = parts[which]
+            for j, v in st.cooc.items():
+                acc[j] = acc.get(j, 0.0) + f * v
+        for which in (0, 1):
+            if norms[which] > 0:
+                inv = 1.0 / norms[which]
+                acc = parts[which]
+                for j in acc:
+                    acc[j] *= inv
+        return parts
+
+    def _category_pref(self, user: UserState) -> dict[int, float]:
+        pos = {c: v for c, v in user.categories.items() if v > 0}
+        total = sum(pos.values())
+        if total <= 0:
+            return {}
+        codes = self.index.categories
+        return {codes[c]: v / total for c, v in pos.items() if c in codes}
+
+    def _popularity_vectors(self, n: int, now: float) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.index
+        cfg = self.config
+        landmark = self.state.landmark
+        prior_p = cfg.new_item_prior * math.exp(self._rate_pop * (now - landmark))
+        prior_t = cfg.new_item_prior * math.exp(self._rate_trend * (now - landmark))
+        return idx.popular[:n] + prior_p, idx.trending[:n] + prior_t
+
+    def _distributions(self, user: UserState | None, now: float) -> dict[str, np.ndarray]:
+        """Every available signal as a (sub-)probability vector over item rows."""
+        idx = self.index
+        n = len(idx)
+        active = idx.active[:n]
+        out: dict[str, np.ndarray] = {}
+        pop, trend = self._popularity_vectors(n, now)
+        pop = np.where(active, pop, 0.0)
+        trend = np.where(active, trend, 0.0)
+        if pop.sum() > 0:
+            out[POPULAR] = pop / pop.sum()
+            out[TRENDING] = trend / trend.sum()
+        if user is None:
+            return out
+        row = idx.row
+        for name, part in zip((SESSION, CO_OCCURRENCE), self._cooc_components(user, now), strict=True):
+            if part:
+                vec = np.zeros(n)
+                keys = [row[j] for j in part]
+                vec[keys] = list(part.values())
+                out[name] = vec
+        if user.events >= self.config.latent_min_events:
+            s = (idx.q[:n] @ user.factors + idx.bias[:n]).astype(np.float64) / self.config.latent_temperature
+            s[~active] = -np.inf
+            s -= s.max()
+            e = np.exp(s)
+            out[LATENT] = e / e.sum()
+        pref = self._category_pref(user)
+        if pref:
+            cats = idx.category[:n]
+            has = cats >= 0
+            cat_pop = np.bincount(cats[has], weights=pop[has], minlength=len(idx.categories))
+            w = np.zeros(len(idx.categories) + 1)
+            for c, v in pref.items():
+                if cat_pop[c] > 0:
+                    w[c] = v / cat_pop[c]
+            out[CATEGORY] = w[cats] * pop  # cats == -1 picks the trailing zero
+        return out
+
+    def _weights(self, available: Collection[str]) -> dict[str, float]:
+        blend = self.state.blend
+        total = sum(blend.get(c, 0.0) for c in available)
+        return {c: blend.get(c, 0.0) / total for c in available} if total > 0 else {}
+
+    def _update_blend(self, user: UserState, item_id: str, now: float) -> None:
+        """One online-EM step: move the weights toward each signal's share of the
+        probability the mixture gave the item the user actually chose."""
+        row = self.index.row.get(item_id)
+        if row is None:
+            return
+        dists = self._distributions(user, now)
+        w = self._weights(dists.keys())
+        if not w:
+            return
+        contrib = {c: w[c] * float(d[row]) for c, d in dists.items()}
+        total = sum(contrib.values())
+        if total <= 0:
+            return
+        cfg = self.config
+        blend = self.state.blend
+        mass = sum(blend.get(c, 0.0) for c in w)
+        eta = cfg.blend_rate
+        for c in w:
+            blend[c] = mass * ((1 - eta) * w[c] + eta * contrib[c] / total)
+        for c in COMPONENTS:
+            blend[c] = max(blend.get(c, 0.0), cfg.blend_floor)
+        s = sum(blend.values())
+        for c in blend:
+            blend[c] /= s
+
+    def recommend(
+        self,
+        user_id: str,
+        k: int = 10,
+        exclude: Collection[str] | None = None,
+        ts: float | None = None,
+    ) -> list[RecommendedItem]:
+        """Top-`k` items for a user, best first, each with the signal that put it there."""
+        idx = self.index
+        n = len(idx)
+        if n == 0 or k <= 0:
+            return []
+        user = self.users.get(str(user_id))
+        now = ts if ts is not None else self.state.last_ts
+        dists = self._distributions(user, now)
+        weights = self._weights(dists.keys())
+        score = np.zeros(n)
+        for c, d in dists.items():
+            score += weights[c] * d
+        score[~idx.active[:n]] = -np.inf
+        drop: list[int] = []
+        if exclude:
+            drop += idx.rows_of(exclude)
+        if user is not None:
+            if self.config.exclude_purchased and user.purchased:
+                drop += idx.rows_of(user.purchased)
+            if self.config.exclude_recent:
+                drop += idx.rows_of(r[0] for r in user.recent)
+        if drop:
+            score[drop] = -np.inf
+        k = min(k, n)
+        top = np.argpartition(-score, k - 1)[:k] if k < n else np.arange(n)
+        top = top[np.argsort(-score[top], kind="stable")]
+        out = []
+        for r in top:
+            s = float(score[r])
+            if s == -np.inf:
+                break
+            reason = max(dists, key=lambda c: weights[c] * dists[c][r])
+            out.append(RecommendedItem(item_id=idx.ids[r], score=s, reason=reason))
+        return out

@@ -1,0 +1,126 @@
+"""Per-user, per-item and per-worker state of the online recommender.
+
+Every value here is a small picklable dataclass, so a Faust table keyed by user
+(`UserState`) and one keyed by item (`ItemState`) can replace the plain dicts the
+model uses by default. `GlobalState` is per worker (blend weights, RNG, a sample
+of recent items); it is tiny and can live in a single-key table.
+
+Time decay uses two encodings, both exact and lazy (nothing is touched on a
+clock tick):
+
+* a decayed scalar `(value, ts)`: the value at time `ts`; read or add at `t`
+  by multiplying with `exp(-rate * (t - ts))` first;
+* a forward-decayed map (co-occurrence row, category preferences): entries are
+  stored multiplied by `exp(rate * (t_add - ref))` against a landmark `ref`, so
+  adding is one multiply and the ratios between entries are the decayed ratios.
+  When the factor would overflow the map is rescaled to a new landmark, O(row).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_MAX_EXPONENT = 30.0  # rescale forward-decayed maps before exp() grows past ~1e13
+
+
+def decayed(value: float, ts: float, t: float, rate: float) -> float:
+    """`value` (as of `ts`) seen at time `t`."""
+    return value * math.exp(-rate * (t - ts)) if t > ts and rate else value
+
+
+def decayed_add(value: float, ts: float, amount: float, t: float, rate: float) -> tuple[float, float]:
+    """Add `amount` at time `t`; returns the new `(value, ts)`. Late events are decayed back."""
+    if t >= ts:
+        return decayed(value, ts, t, rate) + amount, t
+    return value + amount * math.exp(-rate * (ts - t)), ts
+
+
+def forward_add(store: dict[str, float], ref: float, key: str, amount: float, t: float, rate: float) -> float:
+    """Add `amount` at `t` to a forward-decayed map with landmark `ref`; returns the (maybe new) landmark."""
+    exponent = rate * (t - ref)
+    if exponent > _MAX_EXPONENT:
+        shrink = math.exp(-exponent)
+        for k in store:
+            store[k] *= shrink
+        ref, exponent = t, 0.0
+    store[key] = store.get(key, 0.0) + amount * math.exp(exponent)
+    return ref
+
+
+@dataclass(slots=True)
+class ItemState:
+    """Everything the model knows about one item; written by events *on* this item
+    (popularity, factors, the reverse co-occurrence pair) and by events on items
+    that follow it in a user's history (its forward co-occurrence row)."""
+
+    item_id: str
+    category: str | None = None
+    price: float | None = None
+    active: bool = True
+    cooc: dict[str, float] = field(default_factory=dict)
+    """Forward-decayed weight of 'item -> other item' pairs, bounded to the top-N."""
+    cooc_total: float = 0.0
+    """Sum of all pair weights ever added (same scale as `cooc`), including pruned ones."""
+    cooc_ref: float = 0.0
+    factors: np.ndarray | None = None
+    bias: float = 0.0
+    popular: float = 0.0
+    popular_ts: float = 0.0
+    trending: float = 0.0
+    trending_ts: float = 0.0
+    events: int = 0
+
+    def add_pair(self, other: str, amount: float, t: float, rate: float, top_n: int) -> None:
+        exponent = rate * (t - self.cooc_ref)
+        if exponent > _MAX_EXPONENT or not self.cooc:
+            if self.cooc:
+                shrink = math.exp(-exponent)
+                for k in self.cooc:
+                    self.cooc[k] *= shrink
+                self.cooc_total *= shrink
+            self.cooc_ref, exponent = t, 0.0
+        scaled = amount * math.exp(exponent)
+        cooc = self.cooc
+        cooc[other] = cooc.get(other, 0.0) + scaled
+        self.cooc_total += scaled
+        if len(cooc) > top_n + (top_n >> 1):
+            # Amortised O(1): prune back to top-N every N/2 new neighbours.
+            self.cooc = dict(heapq.nlargest(top_n, cooc.items(), key=lambda kv: kv[1]))
+
+
+@dataclass(slots=True)
+class UserState:
+    """Everything the model knows about one user; written only by that user's events."""
+
+    user_id: str
+    recent: list[tuple[str, float, float, str]] = field(default_factory=list)
+    """Last items as (item_id, weight, ts, session_id), oldest first, bounded."""
+    session_id: str = ""
+    session_seq: int = 0
+    last_ts: float = 0.0
+    purchased: dict[str, float] = field(default_factory=dict)
+    """Purchased item -> ts (insertion ordered, bounded)."""
+    factors: np.ndarray | None = None
+    categories: dict[str, float] = field(default_factory=dict)
+    """Forward-decayed category preference (negative after removals is clipped at read)."""
+    categories_ref: float = 0.0
+    events: int = 0
+
+
+@dataclass(slots=True)
+class GlobalState:
+    """Per-worker state: blend weights, the RNG, landmarks and a sample for negatives."""
+
+    blend: dict[str, float]
+    rng_state: tuple = ()
+    events: int = 0
+    last_ts: float = 0.0
+    landmark: float = 0.0
+    """Landmark of the dense popularity caches (see `OnlineRecommender._rebuild_popularity`)."""
+    recent_items: list[str] = field(default_factory=list)
+    """Ring buffer of recently interacted items: popularity-proportional negative samples."""
+    recent_pos: int = 0

@@ -1,0 +1,183 @@
+"""`SentimentModel`: review text -> score in [-1, 1] and a label, learning from rated reviews.
+
+Every encoder ends in the same Bayesian online probit head (see head.py); they
+differ in the features it sees:
+
+- ``lexicon``: VADER compound + bias (a calibrated VADER; the cold-start baseline).
+- ``hashing``: + log-odds of an online naive Bayes over hashed words and bigrams.
+- ``minilm``:  + the 384-d all-MiniLM-L6-v2 embedding and its zero-shot polarity
+  (default: the most accurate, see the evaluation in online_models/evaluation/sentiment.py).
+
+The head's prior mean puts weight on VADER (and the zero-shot score), so an
+untrained model already answers like the lexicon; labels then shift the weight
+toward whatever predicts this stream's ratings best.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from online_models.sentiment.head import ProbitHead
+from online_models.sentiment.lexicon import LexiconPrior
+from online_models.sentiment.ngrams import NgramNaiveBayes, hashed_ngrams
+
+ENCODERS = ("lexicon", "hashing", "minilm")
+DEFAULT_ENCODER = "minilm"
+# Naive-Bayes log-odds grow with text length; tanh(x / 4) keeps the feature in
+# (-1, 1) like the others, so one prior variance fits all features.
+_NB_SCALE = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class SentimentPrediction:
+    score: float  # 2 P(positive) - 1, in [-1, 1]
+    label: str  # "positive" | "negative" | "neutral" (|score| <= neutral_margin)
+    confidence: float  # probability of the score's sign, in [0.5, 1]
+
+
+@dataclass(slots=True)
+class _Static:
+    """Label- and state-free features of one text: computable ahead, in batches."""
+
+    compound: float
+    ngrams: list[int]
+    embedding: np.ndarray | None
+    zero_shot: float
+
+
+def rating_to_positive(rating: int | float | None) -> bool | None:
+    """Rating rule from the commerce issue: >= 4 positive, <= 2 negative, 3 (or none) ignored."""
+    if rating is None or (isinstance(rating, float) and math.isnan(rating)):
+        return None
+    if rating >= 4:
+        return True
+    if rating <= 2:
+        return False
+    return None
+
+
+class SentimentModel:
+    """Online sentiment scorer in River style: `predict_one` / `learn_one`, picklable."""
+
+    def __init__(
+        self,
+        encoder: str = DEFAULT_ENCODER,
+        *,
+        neutral_margin: float = 0.2,
+        prior_variance: float = 1.0,
+        lexicon_weight: float = 1.0,
+        zero_shot_weight: float = 0.5,
+        n_features: int = 2**18,
+        device: str | None = "cpu",
+        batch_size: int = 32,
+    ) -> None:
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {encoder!r}; expected one of {', '.join(ENCODERS)}")
+        self.encoder = encoder
+        self.neutral_margin = neutral_margin
+        self.n_features = n_features
+        self._lexicon = LexiconPrior()
+        self._nb = NgramNaiveBayes() if encoder != "lexicon" else None
+        self._minilm = None
+        prior = [lexicon_weight]  # compound
+        if encoder == "minilm":
+            from online_models.sentiment.encoder import EMBEDDING_DIM, MiniLMEncoder
+
+            self._minilm = MiniLMEncoder(device=device, batch_size=batch_size)
+            prior = [0.0] * EMBEDDING_DIM + prior + [zero_shot_weight]
+        if self._nb is not None:
+            prior.append(0.0)  # n-gram log-odds
+        prior.append(0.0)  # bias
+        self._head = ProbitHead(np.array(prior), np.full(len(prior), prior_variance))
+        self._cache: dict[str, _Static] = {}
+
+    @property
+    def n_learned(self) -> int:
+        return self._head.n_seen
+
+    # -- features --------------------------------------------------------------
+    def precompute(self, texts: Sequence[str]) -> None:
+        """Compute the fixed (label-free, state-free) features of `texts` in one batch.
+
+        The following `predict_one` / `learn_one` calls on these texts reuse them,
+        so a consumer can batch the MiniLM forward pass and still predict and
+        learn strictly one review after another.
+        """
+        texts = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        emb, zero = (None, None)
+        if self._minilm is not None and texts:
+            emb, zero = self._minilm.encode_many(texts)
+        if len(self._cache) + len(texts) > 4096:
+            self._cache.clear()
+        for i, text in enumerate(texts):
+            self._cache[text] = _Static(
+                compound=self._lexicon.compound(text),
+                ngrams=hashed_ngrams(text, self.n_features) if self._nb is not None else [],
+                embedding=None if emb is None else emb[i],
+                zero_shot=0.0 if zero is None else float(zero[i]),
+            )
+
+    def _static(self, text: str) -> _Static:
+        if text not in self._cache:
+            self.precompute([text])
+        return self._cache[text]
+
+    def _vector(self, s: _Static) -> np.ndarray:
+        parts: list[float] = [s.compound]
+        if self._minilm is not None:
+            parts.append(s.zero_shot)
+        if self._nb is not None:
+            parts.append(math.tanh(self._nb.log_odds(s.ngrams) / _NB_SCALE))
+        parts.append(1.0)
+        if s.embedding is None:
+            return np.array(parts)
+        return np.concatenate([s.embedding, parts])
+
+    # -- River-style API ---------------------------------------------------------
+    def predict_one(self, text: str) -> SentimentPrediction:
+        p = self._head.predict_proba(self._vector(self._static(text)))
+        score = 2.0 * p - 1.0
+        if score > self.neutral_margin:
+            label = "positive"
+        elif score < -self.neutral_margin:
+            label = "negative"
+        else:
+            label = "neutral"
+        return SentimentPrediction(score=score, label=label, confidence=max(p, 1.0 - p))
+
+    def predict_many(self, texts: Sequence[str]) -> list[SentimentPrediction]:
+        """Predictions for a batch (one MiniLM forward pass), all from the current state."""
+        self.precompute(texts)
+        return [self.predict_one(t) for t in texts]
+
+    def learn_one(self, text: str, positive: bool) -> None:
+        s = self._static(text)
+        self._head.learn(self._vector(s), bool(positive))
+        if self._nb is not None:
+            self._nb.learn(s.ngrams, bool(positive))
+
+    def learn_many(self, texts: Sequence[str], positives: Iterable[bool]) -> None:
+        self.precompute(texts)
+        for text, positive in zip(texts, positives, strict=True):
+            self.learn_one(text, positive)
+
+    def learn_rating(self, text: str, rating: int | float | None) -> bool:
+        """Learn from a star rating (>= 4 positive, <= 2 negative); returns False when ignored."""
+        positive = rating_to_positive(rating)
+        if positive is None:
+            return False
+        self.learn_one(text, positive)
+        return True
+
+    # -- pickling: drop the feature cache (encoder and lexicon drop their own weights)
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
+
+    def __repr__(self) -> str:
+        return f"SentimentModel(encoder={self.encoder!r}, n_learned={self.n_learned})"

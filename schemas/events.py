@@ -1,0 +1,208 @@
+"""Wharf's event types, as they travel through Kafka.
+
+Every event carries a schema version `v`. Timestamps are UTC epoch seconds
+(float) everywhere inside Wharf; devices may also send ISO-8601 strings with a
+time zone. Input events (`SensorReading`, `ClickEvent`, `Review`) are validated
+by `schemas.validation`; derived events are produced by Wharf itself.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+SCHEMA_VERSION = 1
+
+Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+"""Ids that are also MQTT topic levels: no `/`, `+`, `#`, spaces; 1–64 chars."""
+
+MetricName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
+class DeviceType(StrEnum):
+    COLD_ROOM = "cold_room"
+    CONVEYOR = "conveyor"
+    FORKLIFT = "forklift"
+    DOCK_DOOR = "dock_door"
+
+
+class Action(StrEnum):
+    VIEW = "view"
+    ADD_TO_CART = "add_to_cart"
+    REMOVE = "remove"
+    PURCHASE = "purchase"
+
+
+class Severity(StrEnum):
+    CRITICAL = "CRITICAL"
+    MAJOR = "MAJOR"
+    MINOR = "MINOR"
+    WARNING = "WARNING"
+
+
+class AlarmStatus(StrEnum):
+    ACTIVE_UNACK = "ACTIVE_UNACK"
+    ACTIVE_ACK = "ACTIVE_ACK"
+    CLEARED_UNACK = "CLEARED_UNACK"
+    CLEARED_ACK = "CLEARED_ACK"
+
+
+def _to_epoch(value: Any) -> Any:
+    """Accept epoch seconds or an ISO-8601 string with a zone; reject the ambiguous rest."""
+    if isinstance(value, bool):
+        raise ValueError("must be epoch seconds or an ISO-8601 string, not a boolean")
+    if isinstance(value, int | float):
+        if value > 1e11:
+            raise ValueError("looks like epoch milliseconds; send epoch seconds (a float may carry the fraction)")
+        return float(value)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError("is not an ISO-8601 timestamp") from None
+        if parsed.tzinfo is None:
+            raise ValueError("ISO-8601 timestamp must include a time zone (e.g. 'Z' or '+01:00')")
+        return parsed.timestamp()
+    raise ValueError("must be epoch seconds or an ISO-8601 string")
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_max_length=8192, use_enum_values=True)
+
+    v: Literal[1] = SCHEMA_VERSION
+
+
+class TimedEvent(Event):
+    ts: float = Field(..., description="Event time, UTC epoch seconds.")
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _epoch(cls, value: Any) -> Any:
+        return _to_epoch(value)
+
+    @field_validator("ts")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be after 1970-01-01")
+        return value
+
+
+class SensorReading(TimedEvent):
+    """One telemetry message of one device: several metrics measured at one instant."""
+
+    site: Ident
+    zone: Ident
+    device_id: Ident
+    device_type: DeviceType
+    seq: int = Field(..., ge=0, description="Per-device sequence number, increasing by one per reading.")
+    metrics: dict[MetricName, float] = Field(..., min_length=1, max_length=32)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _no_bool_metrics(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name, metric in value.items():
+                if isinstance(metric, bool) or not isinstance(metric, int | float):
+                    raise ValueError(f"metric {name!r} must be a number, got {type(metric).__name__}")
+        return value
+
+
+class DeviceStatus(TimedEvent):
+    """Birth (`online`) and last-will (`offline`) messages of a device."""
+
+    site: Ident
+    zone: Ident
+    device_id: Ident
+    device_type: DeviceType | None = None
+    state: Literal["online", "offline"]
+    interval_s: float | None = Field(None, gt=0, le=86400, description="The device's nominal reporting interval.")
+
+
+class ClickEvent(TimedEvent):
+    event_id: Ident
+    user_id: Ident
+    session_id: Ident
+    item_id: Ident
+    action: Action
+    price: float | None = Field(None, ge=0, le=1e7)
+    category: Ident | None = None
+
+
+class Review(TimedEvent):
+    review_id: Ident
+    user_id: Ident
+    item_id: Ident
+    seller_id: Ident | None = None
+    rating: int | None = Field(None, ge=1, le=5)
+    text: str = Field(..., min_length=1, max_length=5000)
+
+
+# --- derived events ----------------------------------------------------------
+
+
+class AnomalyScore(TimedEvent):
+    site: str
+    zone: str
+    device_id: str
+    device_type: str
+    seq: int
+    score: float = Field(..., ge=0, le=1, description="Calibrated ensemble score in [0, 1].")
+    threshold: float
+    is_anomaly: bool
+    metric: str = Field(..., description="The metric that scored highest.")
+    value: float
+    components: dict[str, float] = Field(default_factory=dict, description="Score of each detector.")
+
+
+class Alert(TimedEvent):
+    """One state of an alarm's life; the latest event per `alarm_id` is its current state."""
+
+    alarm_id: str
+    alarm_type: str
+    source_type: Literal["device", "item"]
+    source_id: str
+    site: str | None = None
+    zone: str | None = None
+    severity: Severity
+    status: AlarmStatus
+    start_ts: float
+    end_ts: float | None = None
+    ack_ts: float | None = None
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+    reason: str
+
+
+class Recommendation(TimedEvent):
+    user_id: str
+    k: int
+    items: list[RecommendedItem]
+
+
+class SentimentScore(TimedEvent):
+    review_id: str
+    user_id: str
+    item_id: str
+    seller_id: str | None = None
+    rating: int | None = None
+    score: float = Field(..., ge=-1, le=1)
+    label: Literal["positive", "negative", "neutral"]
+    model: str
+    text: str
+
+
+INPUT_TYPES: dict[str, type[TimedEvent]] = {
+    "sensor_reading": SensorReading,
+    "device_status": DeviceStatus,
+    "click": ClickEvent,
+    "review": Review,
+}

@@ -1,0 +1,98 @@
+"""The Faust app: broker, state store, topics and the ClickHouse storage every agent writes through.
+
+Agents live in `agents/` and import `app`, `topics` and `storage` from here. The
+distributed engine is Kafka itself: each worker process joins the consumer group
+`settings.app_id`, gets a share of every topic's partitions, and Faust tables
+(RocksDB via rocksdict, backed by changelog topics) move with their partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+
+from schemas.clickhouse import TABLES, migrate
+from streams.clickhouse import ClickHouse, from_settings
+from streams.sink import ClickHouseWriter
+from streams.topics import declare
+from wharf.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+settings: Settings = get_settings()
+
+app = faust.App(
+    settings.app_id,
+    broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
+    store="rocksdb://",  # faust-streaming uses rocksdict when python-rocksdb is absent
+    datadir=str(settings.state_dir / "faust" / f"worker-{settings.web_port}"),
+    topic_partitions=settings.topic_partitions,
+    topic_replication_factor=1,
+    topic_allow_declare=True,
+    consumer_auto_offset_reset="earliest",
+    producer_acks=-1,
+    web_host=settings.web_host,
+    web_bind=settings.web_host,
+    web_port=settings.web_port,
+    web_enabled=True,
+    stream_wait_empty=True,
+    broker_commit_interval=1.0,
+    table_standby_replicas=0,
+    logging_config=None,
+)
+
+topics = declare(app, settings)
+
+
+class Storage:
+    """ClickHouse for this worker: one connection, migrations applied once, one writer per table."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._ch: ClickHouse | None = None
+        self._writers: dict[str, ClickHouseWriter] = {}
+
+    @property
+    def ch(self) -> ClickHouse:
+        if self._ch is None:
+            self._ch = from_settings(self.settings)
+            migrate(self._ch)
+        return self._ch
+
+    def writer(self, table: str, source_topic: str) -> ClickHouseWriter:
+        if table not in self._writers:
+            w = ClickHouseWriter.from_settings(self.ch, TABLES[table], self.settings)
+            w.source_topic = source_topic
+            self._writers[table] = w
+        return self._writers[table]
+
+    @property
+    def writers(self) -> dict[str, ClickHouseWriter]:
+        return self._writers
+
+    async def flush_all(self) -> None:
+        await asyncio.gather(*(w.flush() for w in self._writers.values()))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(w.stop() for w in self._writers.values()))
+
+
+storage = Storage(settings)
+
+
+@app.on_partitions_revoked.connect
+async def _forget_revoked(app: Any, revoked: set, **kwargs: Any) -> None:
+    """A partition that moves away may come back with newer rows stored by another worker."""
+    for w in storage.writers.values():
+        w.forget_partitions([tp.partition for tp in revoked if tp.topic == w.source_topic])
+
+
+@app.on_before_shutdown.connect
+async def _flush_on_shutdown(app: Any, **kwargs: Any) -> None:
+    try:
+        await asyncio.wait_for(storage.flush_all(), timeout=10)
+    except TimeoutError:
+        log.warning("ClickHouse still unreachable at shutdown; unstored records stay uncommitted and will be redelivered")

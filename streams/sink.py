@@ -1,0 +1,226 @@
+"""The one ClickHouse writer every agent uses.
+
+Rows arrive with the Kafka coordinates of the record they came from. The writer
+- batches by size and time (one INSERT per batch: ClickHouse stores a block all or nothing);
+- stores each record exactly once: it keeps, per source partition, the highest
+  offset already in the table (read back from ClickHouse when it starts and after
+  any failed insert, whose outcome is unknown) and drops rows at or below it, so a
+  redelivered record, or a retried batch that had in fact landed, is not stored twice;
+- acknowledges a record (so Faust may commit its offset) only after its rows are stored;
+- retries with capped exponential backoff while ClickHouse is unreachable, keeping
+  the rows; once `max_pending_rows` wait, `put` blocks, which stops the agent's
+  stream and so the Kafka consumer: backpressure instead of unbounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.clickhouse import TableSpec
+from streams.clickhouse import ClickHouse, ClickHouseError
+
+log = logging.getLogger(__name__)
+
+Ack = Callable[[], Any]
+
+
+@dataclass
+class _Record:
+    partition: int
+    offset: int
+    rows: list[dict[str, Any]]
+    ack: Ack | None
+
+
+@dataclass
+class WriterStats:
+    rows_stored: int = 0
+    records_stored: int = 0
+    records_skipped_duplicate: int = 0
+    batches: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    last_flush_seconds: float = 0.0
+    insert_seconds_total: float = 0.0
+    retrying_since: float | None = None
+
+
+@dataclass
+class ClickHouseWriter:
+    ch: ClickHouse
+    spec: TableSpec
+    batch_rows: int = 10_000
+    batch_seconds: float = 1.0
+    max_pending_rows: int = 100_000
+    retry_initial_seconds: float = 0.2
+    retry_max_seconds: float = 30.0
+    source_topic: str | None = None
+    stats: WriterStats = field(default_factory=WriterStats)
+
+    def __post_init__(self) -> None:
+        self._pending: deque[_Record] = deque()
+        self._pending_rows = 0
+        self._watermarks: dict[int, int] = {}
+        self._loaded = False
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._oldest: float | None = None
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    @classmethod
+    def from_settings(cls, ch: ClickHouse, spec: TableSpec, settings: Any) -> ClickHouseWriter:
+        return cls(
+            ch,
+            spec,
+            batch_rows=settings.sink_batch_rows,
+            batch_seconds=settings.sink_batch_seconds,
+            max_pending_rows=settings.sink_max_pending_rows,
+            retry_max_seconds=settings.sink_retry_max_seconds,
+        )
+
+    # --- lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._run(), name=f"clickhouse-writer:{self.spec.name}")
+
+    async def stop(self, flush: bool = True) -> None:
+        """Flush what is pending (retrying while ClickHouse is down) and stop."""
+        if flush:
+            await self.flush()
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    # --- producer side -------------------------------------------------------
+    @property
+    def pending_rows(self) -> int:
+        return self._pending_rows
+
+    async def put(self, partition: int, offset: int, rows: Sequence[dict[str, Any]], ack: Ack | None = None) -> None:
+        """Queue the rows of one Kafka record; `ack` runs once they are stored (or were already)."""
+        if self._task is None:
+            await self.start()
+        while self._pending_rows >= self.max_pending_rows:
+            self._space.clear()
+            self._wake.set()
+            await self._space.wait()
+        if self._loaded and offset <= self._watermarks.get(partition, -1):
+            self.stats.records_skipped_duplicate += 1
+            if ack is not None:
+                ack()
+            return
+        self._pending.append(_Record(partition, offset, list(rows), ack))
+        self._pending_rows += len(rows)
+        self._idle.clear()
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+        if self._pending_rows >= self.batch_rows:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is stored."""
+        if not self._pending:
+            return
+        if self._task is None:
+            await self.start()
+        self._wake.set()
+        await self._idle.wait()
+
+    def forget_partitions(self, partitions: Sequence[int]) -> None:
+        """Partitions moved to another worker: their high-water marks must be re-read if they come back."""
+        for p in partitions:
+            self._watermarks.pop(p, None)
+        self._loaded = False
+
+    # --- the loop ------------------------------------------------------------
+    async def _run(self) -> None:
+        delay = self.retry_initial_seconds
+        while not self._stopping:
+            if not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            age = time.monotonic() - (self._oldest or time.monotonic())
+            if self._pending_rows < self.batch_rows and age < self.batch_seconds:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.batch_seconds - age)
+                except TimeoutError:
+                    pass
+                continue
+            try:
+                await self._flush_once()
+                delay = self.retry_initial_seconds
+                self.stats.retrying_since = None
+            except ClickHouseError as exc:
+                self.stats.failures += 1
+                self.stats.last_error = str(exc).splitlines()[0]
+                self.stats.retrying_since = self.stats.retrying_since or time.time()
+                self._loaded = False  # the batch may or may not have landed: re-read the marks
+                log.warning("ClickHouse insert into %s failed (%s); retrying in %.1fs with %d rows waiting",
+                            self.spec.name, self.stats.last_error, delay, self._pending_rows)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_seconds)
+
+    async def _load_watermarks(self) -> None:
+        table = self.ch.table(self.spec.name)
+        rows = await asyncio.to_thread(self.ch.query, f"SELECT kafka_partition, max(kafka_offset) FROM {table} GROUP BY kafka_partition")
+        self._watermarks = {int(p): int(o) for p, o in rows}
+        self._loaded = True
+
+    async def _flush_once(self) -> None:
+        if not self._loaded:
+            await self._load_watermarks()
+        batch: list[_Record] = []
+        n_rows = 0
+        for rec in self._pending:
+            if batch and n_rows + len(rec.rows) > self.batch_rows:
+                break
+            batch.append(rec)
+            n_rows += len(rec.rows)
+        marks = dict(self._watermarks)
+        fresh = []
+        for r in batch:  # a record at or below its partition's mark is already stored (or queued twice)
+            if r.offset > marks.get(r.partition, -1):
+                fresh.append(r)
+                marks[r.partition] = r.offset
+        rows = [row | {"kafka_partition": r.partition, "kafka_offset": r.offset} for r in fresh for row in r.rows]
+        started = time.monotonic()
+        if rows:
+            await asyncio.to_thread(self.ch.insert, self.spec.name, self.spec.columns, rows, self.spec.time_columns)
+        took = time.monotonic() - started
+        self._watermarks = marks
+        for _ in batch:
+            self._pending.popleft()
+        self._pending_rows -= n_rows
+        self._oldest = time.monotonic() if self._pending else None
+        self.stats.batches += 1
+        self.stats.rows_stored += len(rows)
+        self.stats.records_stored += len(fresh)
+        self.stats.records_skipped_duplicate += len(batch) - len(fresh)
+        self.stats.last_flush_seconds = took
+        self.stats.insert_seconds_total += took
+        for r in batch:
+            if r.ack is not None:
+                r.ack()
+        if self._pending_rows < self.max_pending_rows:
+            self._space.set()
+        if not self._pending:
+            self._idle.set()

@@ -1,0 +1,28 @@
+"""HTTP endpoints of the Faust worker's web server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from faust.web import Request, Response, View
+
+from streams.app import app, storage
+
+
+@app.page("/stats")
+class Stats(View):
+    """Writer counters and row counts per table: a health view for operators and the demo."""
+
+    async def get(self, request: Request) -> Response:
+        writers = {name: dataclasses.asdict(w.stats) | {"pending_rows": w.pending_rows} for name, w in storage.writers.items()}
+        tables: dict[str, Any] = {}
+        try:
+            ch = storage.ch
+            for table in ("sensor_readings", "clicks", "dead_letters", "anomaly_scores", "alerts", "reviews", "recommendations"):
+                rows = await asyncio.to_thread(ch.query, f"SELECT count() FROM {ch.table(table)}")
+                tables[table] = int(rows[0][0])
+        except Exception as exc:  # a health view reports, it does not fail
+            tables["error"] = str(exc).splitlines()[0]
+        return self.json({"writers": writers, "tables": tables})

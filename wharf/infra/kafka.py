@@ -1,0 +1,199 @@
+"""Apache Kafka 3.9.1 in KRaft mode: one combined broker+controller on 127.0.0.1.
+
+The jars come from Maven Central (pom.xml beside this file, fetched once into the
+cache folder); the node is formatted with `kafka.tools.StorageTool` on first
+start and run with `kafka.Kafka`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+from wharf.infra.process import ManagedProcess, ServiceError, port_open
+from wharf.settings import Settings
+
+KAFKA_VERSION = "3.9.1"
+POM = Path(__file__).with_name("pom.xml")
+
+
+def libs_dir(settings: Settings) -> Path:
+    return settings.cache_dir / f"kafka-{KAFKA_VERSION}" / "libs"
+
+
+def ensure_jars(settings: Settings) -> Path:
+    libs = libs_dir(settings)
+    if (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").exists() and (libs / "slf4j-reload4j-1.7.36.jar").exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ServiceError("kafka: Maven (`mvn`) is not installed; run `scripts/setup.sh` (apt-get install maven)")
+    libs.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies", f"-DoutputDirectory={libs}"],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise ServiceError(f"kafka: fetching jars from Maven Central failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return libs
+
+
+def _host_port(bootstrap: str) -> tuple[str, int]:
+    first = bootstrap.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise ServiceError("kafka: Java is not installed; run `scripts/setup.sh` (apt-get install openjdk-17-jre-headless)")
+    return java
+
+
+class Kafka:
+    name = "kafka"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.dir = settings.state_dir / "kafka"
+        self.data = self.dir / "data"
+        self.host, self.port = _host_port(settings.kafka_bootstrap)
+        self.process = ManagedProcess(
+            name="kafka",
+            argv=[
+                _java() if shutil.which("java") else "java",
+                f"-Xmx{settings.kafka_heap}",
+                f"-Xms{settings.kafka_heap}",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
+                f"-Dkafka.logs.dir={self.dir / 'logs'}",
+                "-cp",
+                f"{libs_dir(settings)}/*",
+                "kafka.Kafka",
+                str(self.dir / "server.properties"),
+            ],
+            workdir=self.dir,
+        )
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port} (controller :{self.settings.kafka_controller_port}), data {self.data}"
+
+    def _write_config(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        s = self.settings
+        (self.dir / "server.properties").write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{s.kafka_controller_port}",
+                    f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
+                    f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"log.dirs={self.data}",
+                    f"num.partitions={s.topic_partitions}",
+                    "default.replication.factor=1",
+                    "min.insync.replicas=1",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=8",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=false",
+                    "log.retention.hours=168",
+                    "log.segment.bytes=268435456",
+                    "num.network.threads=2",
+                    "num.io.threads=4",
+                    "message.max.bytes=4194304",
+                    "",
+                ]
+            )
+        )
+        (self.dir / "log4j.properties").write_text(
+            "\n".join(
+                [
+                    "log4j.rootLogger=WARN, stdout",
+                    "log4j.appender.stdout=org.apache.log4j.ConsoleAppender",
+                    "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout",
+                    "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n",
+                    "log4j.logger.kafka.server.KafkaServer=INFO",
+                    "log4j.logger.kafka.server.KafkaRaftServer=INFO",
+                    "log4j.logger.kafka.server.BrokerServer=INFO",
+                    "",
+                ]
+            )
+        )
+
+    def _format(self) -> None:
+        if (self.data / "meta.properties").exists():
+            return
+        libs = f"{libs_dir(self.settings)}/*"
+        cluster_id = subprocess.run(
+            [_java(), "-cp", libs, "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        proc = subprocess.run(
+            [_java(), "-cp", libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.dir / "server.properties")],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise ServiceError(f"kafka: storage format failed:\n{proc.stdout}\n{proc.stderr}")
+
+    def start(self, timeout: float = 90.0) -> float:
+        if self.process.running():
+            return 0.0
+        ensure_jars(self.settings)
+        self._write_config()
+        self._format()
+        self.process.start()
+        return self.process.wait_ready(self.ready, timeout, f"broker metadata on {self.host}:{self.port}")
+
+    def ready(self) -> bool:
+        return port_open(self.host, self.port) and asyncio.run(_broker_count(self.settings.kafka_bootstrap)) >= 1
+
+    def stop(self) -> bool:
+        return self.process.stop()
+
+
+async def _broker_count(bootstrap: str) -> int:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # probing a starting broker is noisy by nature
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    try:
+        await admin.start()
+        cluster = await admin.describe_cluster()
+        return len(cluster.get("brokers", []))
+    finally:
+        await admin.close()
+
+
+async def ensure_topics(bootstrap: str, names: list[str], partitions: int, configs: dict[str, dict[str, str]] | None = None) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            await admin.create_topics(
+                [
+                    NewTopic(name=n, num_partitions=partitions, replication_factor=1, topic_configs=(configs or {}).get(n, {}))
+                    for n in missing
+                ]
+            )
+        return missing
+    finally:
+        await admin.close()

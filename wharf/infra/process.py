@@ -1,0 +1,158 @@
+"""A local server process we start, find again, and stop: pid file, log file, readiness wait.
+
+Servers run in their own session (they outlive the `wharf infra up` that started
+them) and are found again through their pid file plus a check that the pid still
+runs the same program, so a stale pid file never makes us kill a stranger.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ServiceError(RuntimeError):
+    """A service failed to start or to become ready; the message names it and its log."""
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    argv: list[str]
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    stop_timeout: float = 30.0
+
+    @property
+    def pid_file(self) -> Path:
+        return self.workdir / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        if not _alive(pid):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        # The program name must match what we started; anything else means the pid was reused.
+        exe = os.path.basename(self.argv[0]).encode()
+        if not cmdline or exe not in os.path.basename(cmdline[0]):
+            return None
+        return pid
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self) -> int:
+        existing = self.pid()
+        if existing is not None:
+            return existing
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_file, "ab")
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(self.argv)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            self.argv,
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
+        log.close()
+        self.pid_file.write_text(str(proc.pid))
+        return proc.pid
+
+    def wait_ready(self, check: Callable[[], bool], timeout: float, what: str) -> float:
+        """Poll `check` until it returns True; fail with the log's tail if the process dies or time runs out."""
+        started = time.monotonic()
+        last_error: Exception | None = None
+        while time.monotonic() - started < timeout:
+            if not self.running():
+                raise ServiceError(
+                    f"{self.name} exited while starting ({what}). Log: {self.log_file}\n{self.log_tail()}"
+                )
+            try:
+                if check():
+                    return time.monotonic() - started
+            except Exception as exc:  # readiness probes fail in many ways until the server is up
+                last_error = exc
+            time.sleep(0.25)
+        raise ServiceError(
+            f"{self.name} was not ready after {timeout:.0f}s ({what}; last probe error: {last_error!r}). "
+            f"Log: {self.log_file}\n{self.log_tail()}"
+        )
+
+    def stop(self, sig: int = signal.SIGTERM) -> bool:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.killpg(pid, sig) if _is_group_leader(pid) else os.kill(pid, sig)
+        deadline = time.monotonic() + self.stop_timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return "(no log yet)"
+        return "\n".join("    " + line for line in text[-lines:])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            return False
+    except (OSError, IndexError):
+        return False
+    return True
+
+
+def _is_group_leader(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
