@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from schemas import codec
 
@@ -67,17 +67,18 @@ def _parse_version(text: str) -> tuple[int, ...]:
 
 
 class ChdbClickHouse(ClickHouse):
-    """chdb: ClickHouse in this process. Inserts go as JSONEachRow (measured faster than Python() scans)."""
+    """chdb: ClickHouse in this process. Inserts go as JSONEachRow (measured faster than Python() scans).
+
+    chdb runs one embedded server per process, on one data folder: connections to
+    other databases in that folder share its session (and its lock).
+    """
 
     def __init__(self, path: Path, database: str = "wharf"):
         super().__init__()
-        from chdb import session
-
-        path.mkdir(parents=True, exist_ok=True)
-        self.url = f"chdb://{path}"
+        self.url = f"chdb://{path}?database={database}"
         self.database = database
         self.path = path
-        self._session = session.Session(str(path))
+        self._session, self._lock = _chdb_session(path)
         self.version = _parse_version(self._raw("SELECT version()", "CSV"))
         self.command(f"CREATE DATABASE IF NOT EXISTS {database}")
 
@@ -112,11 +113,7 @@ class ChdbClickHouse(ClickHouse):
         self._raw(f"INSERT INTO {self.table(table)} ({', '.join(columns)}) FORMAT JSONEachRow\n" + body.decode())
 
     def close(self) -> None:
-        with self._lock:
-            try:
-                self._session.close()
-            except Exception:  # already closed
-                pass
+        """The embedded server lives as long as the process; nothing to release per connection."""
 
 
 class ServerClickHouse(ClickHouse):
@@ -177,22 +174,37 @@ class ServerClickHouse(ClickHouse):
         self._client.disconnect()
 
 
-_EMBEDDED: dict[Path, ChdbClickHouse] = {}
+_SESSIONS: dict[Path, tuple[Any, threading.Lock]] = {}
+_EMBEDDED: dict[tuple[Path, str], ChdbClickHouse] = {}
 _EMBEDDED_LOCK = threading.Lock()
 
 
+def _chdb_session(path: Path) -> tuple[Any, threading.Lock]:
+    from chdb import session
+
+    if path not in _SESSIONS:
+        if _SESSIONS:
+            other = next(iter(_SESSIONS))
+            raise ValueError(f"chdb already runs on {other} in this process; one process can open one chdb data folder")
+        path.mkdir(parents=True, exist_ok=True)
+        _SESSIONS[path] = (session.Session(str(path)), threading.Lock())
+    return _SESSIONS[path]
+
+
 def connect(url: str, default_chdb_path: Path | None = None) -> ClickHouse:
-    """Open ClickHouse by URL. chdb connections are shared per data folder within a process."""
+    """Open ClickHouse by URL. chdb connections are shared per (data folder, database) within a process."""
     if url.startswith("chdb:"):
-        rest = url[len("chdb:") :].lstrip("/")
+        parsed = urlparse(url)
+        rest = (parsed.netloc + parsed.path).lstrip("/")
         path = Path("/" + rest) if rest else default_chdb_path
         if path is None:
             raise ValueError("chdb:// without a path needs a default data folder (settings.state_dir/chdb)")
-        path = path.absolute()
+        database = parse_qs(parsed.query).get("database", ["wharf"])[0]
+        key = (path.absolute(), database)
         with _EMBEDDED_LOCK:
-            if path not in _EMBEDDED:
-                _EMBEDDED[path] = ChdbClickHouse(path)
-            return _EMBEDDED[path]
+            if key not in _EMBEDDED:
+                _EMBEDDED[key] = ChdbClickHouse(*key)
+            return _EMBEDDED[key]
     if url.startswith("clickhouse://"):
         return ServerClickHouse(url)
     raise ValueError(f"WHARF_CLICKHOUSE_URL: {url!r} must start with chdb:// or clickhouse://")

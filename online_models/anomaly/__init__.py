@@ -8,5 +8,9 @@ True
 
 from online_models.anomaly.detectors import SilenceDetector
 from online_models.anomaly.model import AnomalyConfig, AnomalyResult, BatchResult, DeviceAnomalyModel
+from online_models.anomaly.rules import DEFAULT_RULES, RuleSet, Violation
 
-__all__ = ["AnomalyConfig", "AnomalyResult", "BatchResult", "DeviceAnomalyModel", "SilenceDetector"]
+__all__ = [
+    "DEFAULT_RULES", "AnomalyConfig", "AnomalyResult", "BatchResult", "DeviceAnomalyModel",
+    "RuleSet", "SilenceDetector", "Violation",
+]

@@ -64,7 +64,9 @@ class AnomalyConfig:
     calib_warmup: int = 60
     lags: int = 8
     hidden: int = 16
-    train_every: int = 32
+    train_every: int = 128
+    hst_every: int = 4
+    epochs: int = 2
     use_forecaster: bool = True
     use_hst: bool = True
     hst_trees: int = 5
@@ -92,12 +94,13 @@ class _MetricState:
         self.seasonal = SeasonalProfile(cfg.seasonal_bins)
         self.recent: list[float] = []
         self.lagbuf: list[float] = [0.0] * cfg.lags
-        self.fc = OnlineMLPForecaster(cfg.lags, cfg.hidden, train_every=cfg.train_every, seed=cfg.seed) if cfg.use_forecaster else None
+        self.fc = OnlineMLPForecaster(cfg.lags, cfg.hidden, train_every=cfg.train_every, epochs=cfg.epochs, seed=cfg.seed) if cfg.use_forecaster else None
         self.fc_err = 0.0
         self.n = 0
         self.last = math.nan
         self.run = 0
         self.repeat_rate = 0.5  # prior: P(reading == previous)
+        self.q_run = 1.0
         self.calib = {c: TailCalibrator(cfg.calib_half_life, cfg.calib_warmup) for c in COMPONENTS if c != "stuck"}
 
     def norm(self, x: float) -> float:
@@ -124,7 +127,9 @@ class _MetricState:
         zf = 0.0
         if self.fc is not None and self.n > cfg.lags:
             xin = self.fc.inputs(self.lagbuf, ts)
-            err = self.norm(x) - self.fc.predict(xin)
+            pred = self.fc.predict(xin)
+            xin = (xin, pred)
+            err = self.norm(x) - pred
             zf = err / max(self.fc_err * 1.2533, 0.05)
             raw["forecast"] = abs(zf)
         feats = {"l": _squash(zl), "s": _squash(zseas), "f": _squash(zf)}
@@ -136,13 +141,17 @@ class _MetricState:
         run = self.run + 1
         if run < cfg.stuck_min_run:
             return 0.0
-        q = min(max(self.repeat_rate, 0.01), 0.999)
+        # Repeat rate as it was when the run began: a long run must not teach the
+        # model that repeats are normal. A metric that never varied is not "stuck".
+        q = min(max(self.q_run, 0.01), 1.0)
         return -run * math.log10(q) - 3.0  # -3: allow for the many chances to see a run
 
     def learn(self, ts: float, x: float, raw: dict[str, float], xin: np.ndarray | None, cfg: AnomalyConfig) -> None:
         for c, r in raw.items():
             self.calib[c].update(r)
         same = x == self.last
+        if same and self.run == 0:
+            self.q_run = self.repeat_rate if self.level.mad > 0 else 1.0
         self.run = self.run + 1 if same else 0
         self.repeat_rate += 0.01 * ((1.0 if same else 0.0) - self.repeat_rate)
         self.last = x
@@ -158,7 +167,8 @@ class _MetricState:
         if self.fc is not None:
             xn = self.norm(x)
             if xin is not None:
-                err = xn - self.fc.predict(xin)
+                xin, pred = xin
+                err = xn - pred
                 a = max(0.01, 1.0 / (self.n + 1))
                 self.fc_err += a * (min(abs(err), 4 * self.fc_err * 1.2533 + 0.1) - self.fc_err)
                 self.fc.learn(xin, max(-10.0, min(10.0, xn)))
@@ -187,6 +197,7 @@ class DeviceAnomalyModel:
         self.hst_calib = GaussianTail(cfg.calib_alpha, max(cfg.calib_warmup, 2 * cfg.hst_window))
         self.quantile = StreamingQuantile(cfg.quantile, init=cfg.min_threshold, step=0.01)
         self.suppress_left = 0
+        self.hst_last = 0.0
         self.silence = SilenceDetector()
         self.n = 0
 
@@ -209,10 +220,12 @@ class DeviceAnomalyModel:
         hst_x = feats_all
         hst_raw = None
         e_h = 0.0
-        if self.hst is not None:
-            if hst_x:
+        if self.hst is not None and hst_x:
+            if self.n % cfg.hst_every == 0:  # strided: HST is the costliest member
                 hst_raw = self.hst.score_one(hst_x) * 10.0
                 e_h = self.hst_calib.evidence(hst_raw)
+            else:
+                e_h = self.hst_last
         best_e, best_m, comps = 0.0, None, {}
         for name, (st, x, raw, xin) in per_metric.items():
             ev = {c: st.calib[c].evidence(r) for c, r in raw.items()}
@@ -239,9 +252,9 @@ class DeviceAnomalyModel:
     def _learn(self, ts: float, score: float, thr: float, per_metric, hst_x, hst_raw) -> None:
         for st, x, raw, xin in per_metric.values():
             st.learn(ts, x, raw, xin, self.cfg)
-        if self.hst is not None and hst_x:
-            if hst_raw is not None:
-                self.hst_calib.update(hst_raw)
+        if self.hst is not None and hst_raw is not None:
+            self.hst_last = self.hst_calib.evidence(hst_raw)
+            self.hst_calib.update(hst_raw)
             self.hst.learn_one(hst_x)
         if self.suppress_left > 0:
             self.suppress_left -= 1

@@ -195,12 +195,15 @@ class OnlineRecommender:
                 user.purchased[item_id] = ts
                 if len(user.purchased) > _MAX_PURCHASED:
                     del user.purchased[next(iter(user.purchased))]
-            recent = [r for r in user.recent if r[0] != item_id]
-            prev = next((r[1] for r in user.recent if r[0] == item_id), 0.0)
+            recent = user.recent  # items are unique in it
+            prev = 0.0
+            for pos in range(len(recent) - 1, -1, -1):
+                if recent[pos][0] == item_id:
+                    prev = recent.pop(pos)[1]
+                    break
             recent.append((item_id, max(weight, prev), ts, session))
             if len(recent) > cfg.recent_items:
                 del recent[0]
-            user.recent = recent
             ring = g.recent_items
             if len(ring) < _RING:
                 ring.append(item_id)
@@ -218,12 +221,14 @@ class OnlineRecommender:
         self.items[item_id] = item
 
     def _learn_pairs(self, user: UserState, item_id: str, weight: float, ts: float, session: str) -> None:
+        """Pairs (previous item -> this item) and the weaker reverse pairs."""
         cfg = self.config
         items = self.items
         r = self._rate_cooc
         top_n = cfg.cooc_top_n
         target = items[item_id]
-        decay = 1.0
+        same, cross, back, pos = cfg.same_session_weight, cfg.cross_session_weight, cfg.backward_weight, cfg.position_decay
+        decay = weight
         n = 0
         for prev_id, _w, _ts, prev_session in reversed(user.recent):
             if prev_id == item_id:
@@ -231,11 +236,11 @@ class OnlineRecommender:
             prev = items.get(prev_id)
             if prev is None:
                 continue
-            amount = weight * decay * (cfg.same_session_weight if prev_session == session else cfg.cross_session_weight)
+            amount = decay * (same if prev_session == session else cross)
             prev.add_pair(item_id, amount, ts, r, top_n)
-            target.add_pair(prev_id, amount * cfg.backward_weight, ts, r, top_n)
+            target.add_pair(prev_id, amount * back, ts, r, top_n)
             items[prev_id] = prev
-            decay *= cfg.position_decay
+            decay *= pos
             n += 1
             if n >= cfg.pair_window:
                 break
@@ -254,31 +259,38 @@ class OnlineRecommender:
         return -1
 
     def _learn_factors(self, user: UserState, item: ItemState, row: int, weight: float) -> None:
-        """BPR step: the clicked item should score above sampled items."""
+        """BPR step per sampled negative: the clicked item should score above it.
+        Written as in-place NumPy ops on the small vectors (this is the hot path)."""
         cfg = self.config
         idx = self.index
-        lr, reg = cfg.learning_rate, cfg.regularization
-        scale = min(weight / cfg.weight("view"), 3.0)
+        lr = cfg.learning_rate
+        keep = 1.0 - lr * cfg.regularization
+        scale = lr * min(weight / cfg.weight("view"), 3.0)
         p = user.factors
         qi = item.factors
+        items = self.items
+        ids = idx.ids
         for _ in range(cfg.negatives):
             j = self._sample_negative(row)
             if j < 0:
                 continue
-            neg = self.items[idx.ids[j]]
+            neg = items[ids[j]]
             qj = neg.factors
             diff = qi - qj
             x = float(p @ diff) + item.bias - neg.bias
-            gsig = lr * scale / (1.0 + math.exp(x)) if x > -30 else lr * scale
-            dp = gsig * diff - lr * reg * p
-            qi += gsig * p - lr * reg * qi
-            qj -= gsig * p + lr * reg * qj
-            p += dp
-            item.bias += gsig - lr * reg * item.bias
-            neg.bias -= gsig + lr * reg * neg.bias
+            g = scale / (1.0 + math.exp(x)) if x > -30.0 else scale
+            gp = g * p
+            p *= keep
+            p += g * diff
+            qi *= keep
+            qi += gp
+            qj *= keep
+            qj -= gp
+            item.bias = item.bias * keep + g
+            neg.bias = neg.bias * keep - g
             idx.q[j] = qj
             idx.bias[j] = neg.bias
-            self.items[neg.item_id] = neg
+            items[neg.item_id] = neg
         idx.q[row] = qi
         idx.bias[row] = item.bias
 
@@ -402,17 +414,63 @@ class OnlineRecommender:
         total = sum(blend.get(c, 0.0) for c in available)
         return {c: blend.get(c, 0.0) / total for c in available} if total > 0 else {}
 
+    def _target_probabilities(self, user: UserState, row: int, item_id: str, now: float) -> dict[str, float]:
+        """P_k(item) of every signal available to the user, without scoring the whole
+        catalogue where a signal allows it (co-occurrence, popularity, category)."""
+        cfg = self.config
+        idx = self.index
+        n = len(idx)
+        active = idx.active[:n]
+        out: dict[str, float] = {}
+        pop, trend = self._popularity_vectors(n, now)
+        pop_sum = float(pop[active].sum())
+        if pop_sum > 0:
+            out[POPULAR] = float(pop[row]) / pop_sum
+            out[TRENDING] = float(trend[row]) / float(trend[active].sum())
+        r = self._rate_cooc
+        mass = [0.0, 0.0]
+        norms = [0.0, 0.0]
+        decay = 1.0
+        for src_id, weight, _ts, session in reversed(user.recent):
+            st = self.items.get(src_id)
+            src = weight * decay
+            decay *= cfg.position_decay
+            if st is None or not st.cooc or src <= 0:
+                continue
+            which = 0 if session == user.session_id else 1
+            norms[which] += src
+            v = st.cooc.get(item_id)
+            if v:
+                prior = cfg.cooc_prior * math.exp(r * (now - st.cooc_ref)) if r else cfg.cooc_prior
+                mass[which] += src * v / (st.cooc_total + prior)
+        for which, name in ((0, SESSION), (1, CO_OCCURRENCE)):
+            if norms[which] > 0:
+                out[name] = mass[which] / norms[which]
+        if user.events >= cfg.latent_min_events:
+            s = (idx.q[:n] @ user.factors + idx.bias[:n]).astype(np.float64) / cfg.latent_temperature
+            s = s[active] if not active.all() else s
+            top = s.max()
+            target = (float(idx.q[row] @ user.factors) + float(idx.bias[row])) / cfg.latent_temperature
+            out[LATENT] = math.exp(target - top) / float(np.exp(s - top).sum()) if active[row] else 0.0
+        pref = self._category_pref(user)
+        code = idx.category[row]
+        if pref and code >= 0:
+            cats = idx.category[:n]
+            in_cat = float(pop[(cats == code) & active].sum())
+            out[CATEGORY] = pref.get(int(code), 0.0) * float(pop[row]) / in_cat if in_cat > 0 else 0.0
+        return out
+
     def _update_blend(self, user: UserState, item_id: str, now: float) -> None:
         """One online-EM step: move the weights toward each signal's share of the
         probability the mixture gave the item the user actually chose."""
         row = self.index.row.get(item_id)
-        if row is None:
+        if row is None or not self.index.active[row]:
             return
-        dists = self._distributions(user, now)
-        w = self._weights(dists.keys())
+        probs = self._target_probabilities(user, row, item_id, now)
+        w = self._weights(probs.keys())
         if not w:
             return
-        contrib = {c: w[c] * float(d[row]) for c, d in dists.items()}
+        contrib = {c: w[c] * p for c, p in probs.items()}
         total = sum(contrib.values())
         if total <= 0:
             return

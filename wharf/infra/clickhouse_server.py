@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from wharf.infra.process import ManagedProcess, ServiceError, port_open
+from wharf.infra.process import ManagedProcess, ServiceError, ensure_ports_free, port_open
 from wharf.settings import Settings
 
 BINARY = "/usr/sbin/clickhouse-server"
@@ -110,6 +110,8 @@ class ClickHouseServer:
             return 0.0
         if not (shutil.which("clickhouse-server") or Path(BINARY).exists()):
             raise ServiceError("clickhouse: clickhouse-server is not installed; run `scripts/setup.sh` (apt-get install clickhouse-server)")
+        ensure_ports_free("clickhouse", {self.settings.clickhouse_server_tcp_port: "WHARF_CLICKHOUSE_SERVER_TCP_PORT",
+                                         self.settings.clickhouse_server_http_port: "WHARF_CLICKHOUSE_SERVER_HTTP_PORT"})
         self._write_config()
         self.process.start()
         took = self.process.wait_ready(self.ready, timeout, f"SELECT 1 on 127.0.0.1:{self.settings.clickhouse_server_tcp_port}")

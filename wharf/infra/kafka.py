@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from wharf.infra.process import ManagedProcess, ServiceError, port_open
+from wharf.infra.process import ManagedProcess, ServiceError, ensure_ports_free, port_open
 from wharf.settings import Settings
 
 KAFKA_VERSION = "3.9.1"
@@ -152,6 +152,7 @@ class Kafka:
     def start(self, timeout: float = 90.0) -> float:
         if self.process.running():
             return 0.0
+        ensure_ports_free("kafka", {self.port: "WHARF_KAFKA_BOOTSTRAP", self.settings.kafka_controller_port: "WHARF_KAFKA_CONTROLLER_PORT"}, self.host)
         ensure_jars(self.settings)
         self._write_config()
         self._format()

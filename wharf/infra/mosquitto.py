@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import threading
 
-from wharf.infra.process import ManagedProcess, ServiceError
+from wharf.infra.process import ManagedProcess, ServiceError, ensure_ports_free
 from wharf.settings import Settings
 
 
@@ -86,10 +86,11 @@ class Mosquitto:
                     "max_queued_bytes 0",
                     "persistent_client_expiration 7d",
                     "max_packet_size 1048576",
-                    "log_dest stdout",
+                    f"log_dest file {self.dir / 'mosquitto.log'}",
                     "log_type error",
                     "log_type warning",
                     "log_type notice",
+                    "log_type information",
                     "connection_messages true",
                     "",
                 ]
@@ -101,6 +102,7 @@ class Mosquitto:
             return 0.0
         if not shutil.which("mosquitto") and not shutil.os.path.exists("/usr/sbin/mosquitto"):
             raise ServiceError("mosquitto: not installed; run `scripts/setup.sh` (apt-get install mosquitto mosquitto-clients)")
+        ensure_ports_free("mosquitto", {self.settings.mqtt_port: "WHARF_MQTT_PORT"}, self.settings.mqtt_host)
         self._write_config()
         self.process.start()
         return self.process.wait_ready(self.ready, timeout, f"authenticated CONNACK on {self.settings.mqtt_host}:{self.settings.mqtt_port}")

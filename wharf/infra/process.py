@@ -148,6 +148,15 @@ def _is_group_leader(pid: int) -> bool:
         return False
 
 
+def ensure_ports_free(service: str, ports: dict[int, str], host: str = "127.0.0.1") -> None:
+    """Refuse to start when another process holds our port: readiness probes would talk to a stranger."""
+    for port, setting in ports.items():
+        if port_open(host, port):
+            raise ServiceError(
+                f"{service}: port {port} on {host} is already in use by another process; stop it or change {setting}"
+            )
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     import socket
 

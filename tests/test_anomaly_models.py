@@ -1,0 +1,166 @@
+"""Behavioural tests for the streaming anomaly ensemble (fast, synthetic data)."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+
+from online_models.anomaly import AnomalyResult, DeviceAnomalyModel, RuleSet, SilenceDetector
+from online_models.anomaly.stats import TailCalibrator, neg_log10_tail
+
+T0 = 1_700_000_000.0
+
+
+def _series(n: int, seed: int = 0, period: float = 86400.0, step: float = 300.0):
+    rng = np.random.default_rng(seed)
+    ts = T0 + np.arange(n) * step
+    x = 5.0 + 1.5 * np.sin(2 * math.pi * ts / period) + rng.normal(0, 0.1, n)
+    return ts, x
+
+
+def _run(model: DeviceAnomalyModel, ts, x, name="temperature"):
+    return [model.score_learn_one(float(t), {name: float(v)}) for t, v in zip(ts, x)]
+
+
+@pytest.fixture(scope="module")
+def fast_kwargs():
+    return {"use_hst": False, "use_forecaster": True, "train_every": 64}
+
+
+def test_result_shape_and_range(fast_kwargs):
+    m = DeviceAnomalyModel(**fast_kwargs)
+    ts, x = _series(300)
+    res = _run(m, ts, x)
+    assert all(isinstance(r, AnomalyResult) for r in res)
+    assert all(0.0 <= r.score <= 1.0 for r in res)
+    assert res[-1].metric == "temperature" and res[-1].value == pytest.approx(x[-1])
+    assert set(res[-1].components) >= {"level", "seasonal", "stuck", "forecast"}
+
+
+def test_spike_scores_above_threshold_normal_data_does_not(fast_kwargs):
+    m = DeviceAnomalyModel(**fast_kwargs)
+    ts, x = _series(2000)
+    res = _run(m, ts[:1500], x[:1500])
+    normal_alarms = sum(r.is_anomaly for r in res[500:])
+    assert normal_alarms <= 3  # < 0.3 % of clean readings
+    spike = m.score_one(float(ts[1500]), {"temperature": float(x[1500] + 8.0)})
+    assert spike.is_anomaly and spike.score >= spike.threshold
+    assert spike.components["level"] > 3.0
+
+
+def test_level_shift_detected(fast_kwargs):
+    m = DeviceAnomalyModel(**fast_kwargs)
+    ts, x = _series(2000, seed=1)
+    x = x.copy()
+    x[1500:] += 3.0
+    res = _run(m, ts, x)
+    assert not any(r.is_anomaly for r in res[1000:1500])
+    assert any(r.is_anomaly for r in res[1500:1510])
+
+
+def test_stuck_sensor_detected(fast_kwargs):
+    m = DeviceAnomalyModel(**fast_kwargs)
+    ts, x = _series(1600, seed=2)
+    x = x.copy()
+    x[1500:] = x[1499]  # sensor freezes at its last value
+    res = _run(m, ts, x)
+    assert res[1540].components["stuck"] > 5.0
+    assert any(r.is_anomaly for r in res[1500:1600])
+    # A series that was always constant is not "stuck": nothing to compare with.
+    m2 = DeviceAnomalyModel(**fast_kwargs)
+    res2 = _run(m2, ts[:500], np.full(500, 45.0))
+    assert not any(r.is_anomaly for r in res2)
+
+
+def test_score_one_does_not_learn(fast_kwargs):
+    m = DeviceAnomalyModel(**fast_kwargs)
+    ts, x = _series(400, seed=3)
+    _run(m, ts, x)
+    before = pickle.dumps(m)
+    m.score_one(float(ts[-1] + 300), {"temperature": 99.0})
+    assert pickle.dumps(m) == before
+
+
+def test_pickle_round_trip_gives_identical_scores():
+    m = DeviceAnomalyModel()  # full ensemble, HST included
+    ts, x = _series(900, seed=4)
+    _run(m, ts[:600], x[:600])
+    blob = pickle.dumps(m)
+    assert len(blob) < 64_000
+    clone = pickle.loads(blob)
+    a = [r.score for r in _run(m, ts[600:], x[600:])]
+    b = [r.score for r in _run(clone, ts[600:], x[600:])]
+    assert a == b
+
+
+def test_batch_equals_one_by_one(fast_kwargs):
+    ts, x = _series(700, seed=5)
+    one = [r.score for r in _run(DeviceAnomalyModel(**fast_kwargs), ts, x, "v")]
+    batch = DeviceAnomalyModel(**fast_kwargs).score_learn_many(ts, {"v": x})
+    np.testing.assert_allclose(batch.scores, one, rtol=0, atol=1e-12)
+    assert batch.is_anomaly.dtype == bool and len(batch.thresholds) == len(ts)
+
+
+def test_multivariate_device_and_missing_values():
+    m = DeviceAnomalyModel(use_forecaster=False)
+    ts, x = _series(600, seed=6)
+    for i, (t, v) in enumerate(zip(ts, x)):
+        metrics = {"temperature": float(v), "humidity": 60.0 + 0.01 * (i % 7)}
+        if i % 50 == 0:
+            metrics["humidity"] = float("nan")  # a dropped field must not break scoring
+        r = m.score_learn_one(float(t), metrics)
+    r = m.score_one(float(ts[-1] + 300), {"temperature": float(x[-1]), "humidity": 95.0})
+    assert r.metric == "humidity" and r.is_anomaly
+
+
+def test_unknown_option_rejected():
+    with pytest.raises(TypeError):
+        DeviceAnomalyModel(not_an_option=1)
+
+
+def test_silence_detector():
+    s = SilenceDetector(factor=5.0)
+    assert not s.check(T0)  # never seen: nothing to say
+    for i in range(20):
+        s.observe(T0 + 10.0 * i)
+    last = T0 + 190.0
+    assert s.expected_interval() == pytest.approx(10.0)
+    assert not s.check(last + 45.0)
+    assert s.check(last + 51.0)
+    s.observe(last + 60.0)
+    assert not s.check(last + 61.0)
+
+
+def test_rules_defaults_and_config():
+    rules = RuleSet({"cold_room": {"temperature": {"min": 2, "max": 8}}})
+    assert rules.check("cold_room", {"temperature": 5.0}) == []
+    (v,) = rules.check("cold_room", {"temperature": 9.5})
+    assert (v.metric, v.kind, v.limit) == ("temperature", "max", 8.0)
+    assert rules.check("cold_room", {"temperature": 1.0})[0].kind == "min"
+    assert rules.check("unknown_type", {"temperature": 100.0}) == []
+    assert rules.check("forklift", {"battery": 5.0})[0].metric == "battery"
+    for dtype in ("cold_room", "conveyor", "forklift", "dock_door"):
+        assert dtype in rules.rules
+    custom = RuleSet({"cold_room": {"temperature": {"max": 4}}}, defaults=False)
+    assert custom.check("cold_room", {"temperature": 5.0})[0].limit == 4.0
+    with pytest.raises(ValueError):
+        RuleSet({"x": {"t": {"min": 5, "max": 1}}})
+
+
+def test_tail_calibrator_ranks_by_own_history():
+    c = TailCalibrator(half_life=1000, warmup=10)
+    rng = np.random.default_rng(0)
+    for v in np.abs(rng.normal(0, 1, 2000)):
+        c.update(float(v))
+    assert c.evidence(0.1) < 0.1
+    assert 1.0 < c.evidence(2.6) < 3.0  # ~1 % tail of |N(0,1)|
+    assert c.evidence(20.0) > c.evidence(5.0) > c.evidence(2.6)
+
+
+def test_neg_log10_tail_matches_erfc():
+    for z in (0.5, 2.0, 4.9, 5.1, 8.0):
+        exact = -math.log10(0.5 * math.erfc(z / math.sqrt(2)))
+        assert neg_log10_tail(z) == pytest.approx(exact, rel=1e-3)

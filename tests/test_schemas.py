@@ -1,0 +1,121 @@
+import math
+import time
+
+import pytest
+
+from schemas import codec
+from schemas.deadletter import DeadLetter
+from schemas.events import ClickEvent, Review, SensorReading
+from schemas.validation import InvalidEvent, Limits, parse
+
+NOW = 1_700_000_000.0
+
+
+def reading(**over):
+    base = {
+        "site": "berlin-1",
+        "zone": "cold-a",
+        "device_id": "dev-001",
+        "device_type": "cold_room",
+        "ts": NOW,
+        "seq": 7,
+        "metrics": {"temperature": 4.5, "humidity": 61},
+    }
+    base.update(over)
+    return codec.dumps(base)
+
+
+def refusal(payload: bytes, model=SensorReading, **kw) -> InvalidEvent:
+    with pytest.raises(InvalidEvent) as info:
+        parse(payload, model, now=NOW, **kw)
+    return info.value
+
+
+def test_valid_reading_round_trips():
+    r = parse(reading(), SensorReading, now=NOW)
+    assert r.metrics == {"temperature": 4.5, "humidity": 61.0}
+    assert r.device_type == "cold_room" and r.v == 1
+    again = parse(codec.dumps(r), SensorReading, now=NOW)
+    assert again == r
+
+
+def test_iso_timestamp_with_zone_is_accepted_and_naive_is_refused():
+    r = parse(reading(ts="2023-11-14T22:13:20Z"), SensorReading, now=NOW)
+    assert r.ts == NOW
+    e = refusal(reading(ts="2023-11-14T22:13:20"))
+    assert e.field == "ts" and "time zone" in e.reason
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "words"),
+    [
+        (reading(seq="seven"), "seq", "integer"),
+        (reading(metrics={"temperature": "warm"}), "metrics", "must be a number"),
+        (reading(metrics={}), "metrics", "at least 1"),
+        (reading(device_type="toaster"), "device_type", "cold_room"),
+        (reading(device_id="dev/001"), "device_id", "pattern"),
+        (reading(extra_field=1), "extra_field", "not a known field"),
+        (reading(ts=NOW * 1000), "ts", "milliseconds"),
+        (reading(ts=NOW + 3600), "ts", "in the future"),
+        (reading(ts=NOW - 30 * 86400), "ts", "in the past"),
+    ],
+)
+def test_refusals_name_field_value_and_reason(payload, field, words):
+    e = refusal(payload)
+    assert e.field == field
+    assert words in e.reason
+    assert e.errors[0].value  # the offending value is quoted
+
+
+def test_missing_fields_are_all_listed():
+    e = refusal(codec.dumps({"site": "s", "ts": NOW}))
+    fields = {err.field for err in e.errors}
+    assert {"zone", "device_id", "device_type", "seq", "metrics"} <= fields
+    assert all(err.reason == "is required" for err in e.errors if err.field in {"zone", "seq"})
+
+
+def test_nan_and_infinity_are_refused():
+    e = refusal(b'{"site":"s","zone":"z","device_id":"d","device_type":"cold_room","ts":1700000000,"seq":1,"metrics":{"t":NaN}}')
+    assert e.field == "$" and "not valid JSON" in e.reason
+    e = refusal(reading(metrics={"t": math.inf}))  # orjson writes inf as null: refused as not a number
+    assert e.field == "metrics" and "must be a number" in e.reason
+
+
+def test_oversized_and_non_object_payloads():
+    e = refusal(reading(), limits=Limits(max_payload_bytes=256 if len(reading()) > 256 else 100))
+    assert e.field == "$" and "exceeds" in e.reason
+    e = refusal(b"[1, 2, 3]")
+    assert "JSON object" in e.reason
+    e = refusal(b"\xff\xfe not json")
+    assert "not valid JSON" in e.reason
+
+
+def test_click_and_review_rules():
+    click = {"event_id": "e1", "user_id": "u1", "session_id": "s1", "item_id": "i1", "action": "purchase", "price": 9.5, "ts": NOW}
+    assert parse(codec.dumps(click), ClickEvent, now=NOW).action == "purchase"
+    e = refusal(codec.dumps(click | {"action": "like"}), ClickEvent)
+    assert e.field == "action"
+    e = refusal(codec.dumps(click | {"price": -1}), ClickEvent)
+    assert e.field == "price"
+    review = {"review_id": "r1", "user_id": "u1", "item_id": "i1", "rating": 6, "text": "great", "ts": NOW}
+    e = refusal(codec.dumps(review), Review)
+    assert e.field == "rating" and "less than or equal to 5" in e.reason
+    ok = parse(codec.dumps(review | {"rating": None}), Review, now=NOW)
+    assert ok.rating is None
+
+
+def test_dead_letter_keeps_original_bytes_and_every_error():
+    raw = b'{"site": "s", "ts": "yesterday"}'
+    e = refusal(raw)
+    letter = e.dead_letter(raw, "mqtt", mqtt_topic="wharf/s/z/dev-001/telemetry")
+    decoded = DeadLetter.model_validate_json(letter.encode())
+    assert decoded.payload == raw
+    assert decoded.kind == "sensor_reading" and decoded.source == "mqtt"
+    assert decoded.field == e.field and decoded.reason == e.reason
+    assert len(decoded.errors) == len(e.errors) >= 5
+    assert decoded.received_ts == pytest.approx(time.time(), abs=5)
+
+
+def test_event_time_limits_are_optional_for_internal_replays():
+    old = parse(reading(ts=NOW - 30 * 86400), SensorReading, now=None)
+    assert old.ts == NOW - 30 * 86400

@@ -1,0 +1,147 @@
+"""The ClickHouse writer: batching, exactly-once storage, acks after storage, backpressure, outages."""
+
+import asyncio
+import time
+
+import pytest
+
+from schemas.clickhouse import TABLES, migrate
+from streams.clickhouse import ClickHouseError, connect
+from streams.sink import ClickHouseWriter
+from wharf.infra.clickhouse_server import ClickHouseServer
+
+SPEC = TABLES["clicks"]
+
+
+def click_rows(i: int) -> list[dict]:
+    return [{"ts": time.time(), "event_id": f"e{i}", "user_id": f"u{i % 7}", "session_id": "s", "item_id": f"i{i % 3}",
+             "action": "view", "price": None, "category": ""}]
+
+
+@pytest.fixture(params=["chdb", "server"])
+def ch(request, chdb_path, unique):
+    if request.param == "chdb":
+        c = connect(f"chdb://{chdb_path}?database=sink_{unique}")
+    else:
+        c = connect(f"{request.getfixturevalue('server_url')}/sink_{unique}")
+    migrate(c)
+    yield c
+    c.command(f"DROP DATABASE IF EXISTS {c.database}")
+
+
+def stored(ch) -> list[tuple]:
+    return ch.query(f"SELECT kafka_partition, kafka_offset, event_id FROM {ch.table('clicks')} ORDER BY kafka_partition, kafka_offset")
+
+
+async def put_range(writer, partition, offsets, acks=None):
+    for o in offsets:
+        await writer.put(partition, o, click_rows(o), (lambda o=o: acks.append((partition, o))) if acks is not None else None)
+
+
+async def test_batches_by_size_and_acks_only_after_storage(ch):
+    acks: list = []
+    w = ClickHouseWriter(ch, SPEC, batch_rows=100, batch_seconds=30)
+    await put_range(w, 0, range(99), acks)
+    await asyncio.sleep(0.3)
+    assert acks == [] and stored(ch) == []  # neither full nor old: nothing written, nothing acked
+    await put_range(w, 0, [99], acks)  # the 100th row fills the batch
+    async with asyncio.timeout(10):
+        while len(acks) < 100:
+            await asyncio.sleep(0.05)
+    assert acks == [(0, o) for o in range(100)]  # in offset order
+    assert len(stored(ch)) == 100 and w.stats.batches == 1
+    await w.stop()
+
+
+async def test_time_flush(ch):
+    w = ClickHouseWriter(ch, SPEC, batch_rows=10_000, batch_seconds=0.3)
+    started = time.monotonic()
+    await put_range(w, 1, range(5))
+    await w.flush()
+    assert len(stored(ch)) == 5
+    assert time.monotonic() - started < 5
+    await w.stop()
+
+
+async def test_the_same_batch_twice_is_stored_once(ch):
+    first = ClickHouseWriter(ch, SPEC, batch_rows=1000, batch_seconds=0.1)
+    await put_range(first, 0, range(50))
+    await put_range(first, 3, range(20))
+    await first.stop()
+    # A new writer (a restarted worker) receives the same records again, plus new ones.
+    acks: list = []
+    second = ClickHouseWriter(ch, SPEC, batch_rows=1000, batch_seconds=0.1)
+    await put_range(second, 0, range(60), acks)
+    await put_range(second, 3, range(20), acks)
+    await second.flush()
+    rows = stored(ch)
+    assert len(rows) == 80 and len(set(rows)) == 80  # 70 old + 10 new, no duplicate
+    assert sorted(acks) == sorted([(0, o) for o in range(60)] + [(3, o) for o in range(20)])  # duplicates are acked too
+    assert second.stats.records_skipped_duplicate == 70
+    await second.stop()
+
+
+async def test_a_record_queued_twice_is_stored_once(ch):
+    w = ClickHouseWriter(ch, SPEC, batch_rows=1000, batch_seconds=0.1)
+    await put_range(w, 2, [0, 1, 2])
+    await put_range(w, 2, [1, 2, 3])  # a redelivery while the first copies are still pending
+    await w.flush()
+    assert [o for _, o, _ in stored(ch)] == [0, 1, 2, 3]
+    await w.stop()
+
+
+class LostAnswer:
+    """The real backend, but the answer to the first insert is lost after the rows were stored."""
+
+    def __init__(self, real):
+        self.real, self.failed = real, False
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def insert(self, *args, **kwargs):
+        self.real.insert(*args, **kwargs)
+        if not self.failed:
+            self.failed = True
+            raise ClickHouseError("connection reset while reading the answer", retryable=True)
+
+
+async def test_an_insert_whose_answer_was_lost_is_not_repeated(ch):
+    w = ClickHouseWriter(LostAnswer(ch), SPEC, batch_rows=1000, batch_seconds=0.05, retry_initial_seconds=0.05)
+    acks: list = []
+    await put_range(w, 0, range(30), acks)
+    await w.flush()
+    assert len(stored(ch)) == 30 and w.stats.failures == 1
+    assert len(acks) == 30
+    await w.stop()
+
+
+@pytest.mark.infra
+async def test_clickhouse_down_rows_wait_with_backpressure_then_arrive_once(stack, server_url, unique):
+    ch = connect(f"{server_url}/outage_{unique}")
+    migrate(ch)
+    server = ClickHouseServer(stack)
+    acks: list = []
+    w = ClickHouseWriter(ch, SPEC, batch_rows=20, batch_seconds=0.1, max_pending_rows=50,
+                         retry_initial_seconds=0.1, retry_max_seconds=0.5)
+    await put_range(w, 0, range(10), acks)
+    await w.flush()
+    assert len(acks) == 10
+    server.stop()
+    try:
+        await put_range(w, 0, range(10, 60), acks)  # 50 rows: exactly the pending limit
+        blocked = asyncio.create_task(put_range(w, 0, [60], acks))
+        await asyncio.sleep(1.5)
+        assert not blocked.done(), "put() must block once max_pending_rows wait"
+        assert w.pending_rows == 50 and len(acks) == 10
+        assert w.stats.failures >= 2 and "unreachable" in (w.stats.last_error or "")
+    finally:
+        server.start()
+    async with asyncio.timeout(60):
+        await blocked
+        await w.flush()
+    rows = stored(ch)
+    assert [o for _, o, _ in rows] == list(range(61))  # all of them, once, in order
+    assert acks == [(0, o) for o in range(61)]
+    await w.stop()
+    ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
