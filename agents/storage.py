@@ -13,7 +13,7 @@ from schemas.events import ClickEvent, SensorReading
 from schemas.validation import FieldError, InvalidEvent, Limits
 from streams.acks import OrderedAcker
 from streams.app import app, settings, storage, topics
-from streams.ingest import store_events
+from streams.ingest import SourceMarks, store_events
 
 LIMITS = Limits.from_settings(settings)
 BATCH = settings.sink_batch_rows
@@ -42,10 +42,15 @@ async def store_clicks(stream):  # noqa: ANN001
 async def store_dead_letters(stream):  # noqa: ANN001
     writer = storage.writer("dead_letters", settings.topic_dead_letters)
     acker = OrderedAcker()
+    seen = SourceMarks()
     async for events in stream.noack_take(BATCH, within=WITHIN):
+        await seen.load(storage.ch)
         for event in events:
             done = acker.track(event)
             letter = parse_dead_letter(event.value, event.message)
+            if seen.is_copy(letter):  # re-sent after a crash of the agent that refused the record
+                done()
+                continue
             await writer.put(event.message.partition, event.message.offset, rows.dead_letter(letter), done)
 
 

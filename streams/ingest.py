@@ -6,9 +6,12 @@ ClickHouse or its dead letter is confirmed by Kafka.
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from schemas.deadletter import DeadLetter
 from schemas.events import TimedEvent
 from schemas.validation import InvalidEvent, Limits, parse
 from streams.acks import OrderedAcker
@@ -18,8 +21,16 @@ from streams.sink import ClickHouseWriter
 async def send_dead_letter(dlq_topic: Any, error: InvalidEvent, payload: bytes, source: str, **where: Any) -> None:
     """Produce the dead letter and wait until Kafka has it (acks=all)."""
     letter = error.dead_letter(payload, source, **where)
-    fut = await dlq_topic.send(key=letter.kind.encode(), value=letter.encode())
+    fut = await dlq_topic.send(key=dead_letter_key(letter), value=letter.encode())
     await fut
+
+
+def dead_letter_key(letter: DeadLetter) -> bytes:
+    """All dead letters of one source partition (or MQTT topic) share a dead-letter partition, in order:
+    that is what lets the dead-letter agent drop the copies a redelivery produces."""
+    if letter.kafka_topic is not None:
+        return f"{letter.kafka_topic}/{letter.kafka_partition}".encode()
+    return (letter.mqtt_topic or letter.source).encode()
 
 
 async def store_events(
@@ -49,3 +60,37 @@ async def store_events(
             continue
         await writer.put(msg.partition, msg.offset, to_rows(parsed), done)
     return refused
+
+
+class SourceMarks:
+    """Highest source offset already dead-lettered, per source partition.
+
+    A worker that dies after producing a dead letter but before committing the
+    refused record's offset refuses it again after the restart; the copy has a
+    source offset at or below the mark (dead letters of one source partition
+    arrive in order, see `dead_letter_key`), so it is acked and not stored twice.
+    """
+
+    def __init__(self) -> None:
+        self.marks: dict[tuple[str, int], int] = {}
+        self.loaded = False
+
+    async def load(self, ch) -> None:  # noqa: ANN001 - streams.clickhouse.ClickHouse
+        if self.loaded:
+            return
+        rows = await asyncio.to_thread(
+            ch.query,
+            f"SELECT src_topic, src_partition, max(src_offset) FROM {ch.table('dead_letters')} "
+            f"WHERE src_partition >= 0 GROUP BY src_topic, src_partition",
+        )
+        self.marks = {(t, int(p)): int(o) for t, p, o in rows}
+        self.loaded = True
+
+    def is_copy(self, letter: DeadLetter) -> bool:
+        if letter.kafka_topic is None or letter.kafka_partition is None or letter.kafka_offset is None:
+            return False
+        key = (letter.kafka_topic, letter.kafka_partition)
+        if letter.kafka_offset <= self.marks.get(key, -1):
+            return True
+        self.marks[key] = letter.kafka_offset
+        return False

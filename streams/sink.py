@@ -129,8 +129,9 @@ class ClickHouseWriter:
         self._pending.append(_Record(partition, offset, list(rows), ack))
         self._pending_rows += len(rows)
         self._idle.clear()
-        if self._oldest is None:
+        if self._oldest is None:  # the first row of a batch starts its timer
             self._oldest = time.monotonic()
+            self._wake.set()
         if self._pending_rows >= self.batch_rows:
             self._wake.set()
 

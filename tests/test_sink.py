@@ -145,3 +145,19 @@ async def test_clickhouse_down_rows_wait_with_backpressure_then_arrive_once(stac
     assert acks == [(0, o) for o in range(61)]
     await w.stop()
     ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
+
+
+async def test_a_trickle_after_an_idle_spell_is_flushed_by_time(ch):
+    w = ClickHouseWriter(ch, SPEC, batch_rows=10_000, batch_seconds=0.2)
+    acks: list = []
+    await put_range(w, 0, range(3), acks)
+    async with asyncio.timeout(5):
+        while len(acks) < 3:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # the writer goes idle
+    await put_range(w, 0, range(3, 5), acks)  # a few rows, far below batch_rows
+    async with asyncio.timeout(5):
+        while len(acks) < 5:
+            await asyncio.sleep(0.05)
+    assert len(stored(ch)) == 5
+    await w.stop()

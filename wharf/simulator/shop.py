@@ -60,6 +60,8 @@ class ShopConfig:
     view_gap_s: float = 40.0
     p_complement: float = 0.35
     p_switch_category: float = 0.1
+    p_follow_trend: float = 0.2
+    """Share of category choices that follow the crowd (base popularity x trend) instead of the user's taste."""
     p_cart: float = 0.12
     p_remove: float = 0.2
     p_purchase: float = 0.6
@@ -105,6 +107,9 @@ class ShopSimulator:
         self.users: list[_User] = []
         self.hot = np.ones(n_cat)
         self._trend_epoch = -1
+        self.trend_history: list[tuple[int, list[str]]] = []
+        """(trend period number, hot category names), one entry per period started."""
+        self._cat_cache: dict[int, tuple[int, np.ndarray, np.ndarray, np.ndarray]] = {}
         self._seq = 0
         self._session_seq = 0
         self._event_seq = 0
@@ -160,23 +165,42 @@ class ShopSimulator:
             self.hot = np.ones(len(self.categories))
             hot = self.rng.choice(len(self.categories), size=min(cfg.hot_categories, len(self.categories)), replace=False)
             self.hot[hot] = cfg.hot_boost
+            self.trend_history.append((epoch, [self.categories[int(c)] for c in hot]))
+
+    def _category_arrays(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Stacked vectors/appeal/birth of a category's items, rebuilt when it gains items."""
+        cached = self._cat_cache.get(c)
+        cand = self.items_by_cat[c]
+        if cached is None or cached[0] != len(cand):
+            items = [self.items[i] for i in cand]
+            cached = (
+                len(cand),
+                np.stack([it.vec for it in items]),
+                np.array([it.appeal for it in items]),
+                np.array([it.born for it in items]),
+            )
+            self._cat_cache[c] = cached
+        return cached[1], cached[2], cached[3]
 
     def _pick_item(self, user: _User, c: int, ts: float) -> int:
         cfg = self.config
         cand = self.items_by_cat[c]
         if not cand:
             return -1
-        vecs = np.stack([self.items[i].vec for i in cand])
-        appeal = np.array([self.items[i].appeal for i in cand])
-        age = np.array([max(0.0, ts - self.items[i].born) for i in cand])
-        fresh = cfg.fresh_boost * np.exp(-age * math.log(2) / cfg.fresh_half_life_s)
-        logit = appeal + vecs @ user.vec / math.sqrt(cfg.latent_dim) + fresh
+        vecs, appeal, born = self._category_arrays(c)
+        age = np.maximum(ts - born, 0.0)
+        fresh = cfg.fresh_boost * np.exp(-age * (math.log(2) / cfg.fresh_half_life_s))
+        logit = appeal + vecs @ user.vec * (1.0 / math.sqrt(cfg.latent_dim)) + fresh
         p = np.exp(logit - logit.max())
-        return cand[int(self.rng.choice(len(cand), p=p / p.sum()))]
+        cdf = np.cumsum(p)
+        return cand[min(int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right")), len(cand) - 1)]
 
     def _pick_category(self, user: _User) -> int:
-        p = user.taste * self.hot
-        p = 0.9 * p / p.sum() + 0.1 / len(p)
+        # Mostly the user's own taste (tilted by trends); sometimes whatever is hot right now.
+        cfg = self.config
+        own = user.taste * self.hot
+        crowd = self.cat_base * self.hot**2
+        p = (1 - cfg.p_follow_trend) * own / own.sum() + cfg.p_follow_trend * crowd / crowd.sum()
         return int(self.rng.choice(len(p), p=p))
 
     # -------------------------------------------------------------- sessions
@@ -282,7 +306,8 @@ class ShopSimulator:
             if new_user:
                 user = self.users[-1]
             else:
-                user = self.users[int(rng.choice(len(self.users), p=self._activity / self._activity.sum()))]
+                cdf = np.cumsum(self._activity)
+                user = self.users[min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(self.users) - 1)]
             for ev in self._session(user, next_start):
                 self._seq += 1
                 heapq.heappush(pending, (ev["ts"], self._seq, "click", ev))

@@ -1,0 +1,57 @@
+"""Run real `wharf worker` processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerProcess:
+    def __init__(self, env: dict[str, str], web_port: int, log: Path):
+        self.env = {**os.environ, **env, "WHARF_WEB_PORT": str(web_port), "PYTHONUNBUFFERED": "1"}
+        self.web_port = web_port
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, ready_timeout: float = 90) -> WorkerProcess:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "wharf.cli", "worker", "--loglevel", "warning"],
+                                     cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}; log {self.log}:\n{self.log.read_text()[-3000:]}")
+            try:
+                self.stats()
+                return self
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"worker web server not up after {ready_timeout}s; log {self.log}")
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/stats", timeout=5) as r:
+            return json.loads(r.read())
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait()
