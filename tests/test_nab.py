@@ -94,7 +94,6 @@ def test_results_round_trip(tmp_path):
     assert "standard" in nab.format_report(rep)
 
 
-@pytest.mark.skipif(not NAB.is_dir(), reason="NAB data not available")
 def test_windowed_gaussian_on_real_files_matches_reference():
     """NAB's windowedGaussian on two real files; per-file values computed once and cross-checked
     against the full 18-file corpus, where this scorer reproduces NAB's published 12.1 / 4.8 / 16.0
@@ -119,7 +118,6 @@ REF_STANDARD = 66.613
 REF_LOW_FN = 77.742
 
 
-@pytest.mark.skipif(not NAB.is_dir(), reason="NAB data not available")
 def test_windowed_gaussian_corpus_reproduces_nab_published_scores():
     rep = nab.evaluate(NAB / "data", NAB / "labels/combined_windows.json", NAB / "labels/profiles.json",
                        detector_factory=nab.WindowedGaussianDetector, detector_name="windowedGaussian")

@@ -41,8 +41,7 @@ def _fresh_minilm(loaded: SentimentModel) -> SentimentModel:
 
 
 def _head(tmp_path: Path, name: str, n: int = 200) -> Path:
-    if not (DATA / name).exists():
-        pytest.skip(f"shared dataset {DATA / name} not available")
+    assert (DATA / name).exists(), f"shared dataset {DATA / name} is missing (the tests need ../shared/datasets)"
     lines = (DATA / name).read_text(encoding="utf-8").splitlines()[:n]
     path = tmp_path / name
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -118,9 +117,16 @@ def test_batch_and_single_predictions_agree(minilm: SentimentModel) -> None:
     assert batch == pytest.approx(single, abs=1e-4)
 
 
-def test_unknown_encoder_is_rejected() -> None:
+def test_unknown_encoder_and_ambiguous_labels_are_rejected() -> None:
     with pytest.raises(ValueError, match="unknown encoder"):
         SentimentModel("bert-large")
+    model = SentimentModel("lexicon")
+    model.learn_one("fine", "positive")
+    model.learn_one("bad", 0)
+    for bad in ("neg", 2, None):  # truthiness would silently learn "neg" as positive
+        with pytest.raises(ValueError):
+            model.learn_one("x", bad)
+    assert model.n_learned == 2
 
 
 def test_read_labelled_splits_on_last_tab(tmp_path: Path) -> None:

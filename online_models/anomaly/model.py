@@ -100,7 +100,6 @@ class _MetricState:
         self.last = math.nan
         self.run = 0
         self.repeat_rate = 0.5  # prior: P(reading == previous)
-        self.q_run = 1.0
         self.calib = {c: TailCalibrator(cfg.calib_half_life, cfg.calib_warmup) for c in COMPONENTS if c != "stuck"}
 
     def norm(self, x: float) -> float:
@@ -141,17 +140,15 @@ class _MetricState:
         run = self.run + 1
         if run < cfg.stuck_min_run:
             return 0.0
-        # Repeat rate as it was when the run began: a long run must not teach the
-        # model that repeats are normal. A metric that never varied is not "stuck".
-        q = min(max(self.q_run, 0.01), 1.0)
+        if self.level.mad <= 0.0:
+            return 0.0  # a metric that never varied is not "stuck": nothing to compare with
+        q = min(max(self.repeat_rate, 0.01), 0.999)
         return -run * math.log10(q) - 3.0  # -3: allow for the many chances to see a run
 
     def learn(self, ts: float, x: float, raw: dict[str, float], xin: np.ndarray | None, cfg: AnomalyConfig) -> None:
         for c, r in raw.items():
             self.calib[c].update(r)
         same = x == self.last
-        if same and self.run == 0:
-            self.q_run = self.repeat_rate if self.level.mad > 0 else 1.0
         self.run = self.run + 1 if same else 0
         self.repeat_rate += 0.01 * ((1.0 if same else 0.0) - self.repeat_rate)
         self.last = x

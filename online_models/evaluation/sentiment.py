@@ -172,3 +172,27 @@ def format_throughput(results: Sequence[Throughput]) -> str:
     for r in results:
         lines.append(f"{r.encoder:<9} {r.one_at_a_time:>10.0f}/s {r.batched:>10.0f}/s {r.load_seconds:>6.1f}s")
     return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m online_models.evaluation.sentiment FILE... [--encoder X] [--out FILE] [--threads N]`
+    (stand-in until `wharf evaluate sentiment` is wired)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER)
+    parser.add_argument("--out", type=Path, default=None, help="per-row TSV (only with one input file)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    for path in args.files:
+        report = evaluate(path, lambda: SentimentModel(args.encoder), out=args.out if len(args.files) == 1 else None)
+        print(format_report(report))
+
+
+if __name__ == "__main__":
+    main()

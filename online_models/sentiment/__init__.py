@@ -9,6 +9,7 @@ from online_models.sentiment.model import (
     SentimentModel,
     SentimentPrediction,
     rating_to_positive,
+    to_positive,
 )
 
-__all__ = ["DEFAULT_ENCODER", "ENCODERS", "SentimentModel", "SentimentPrediction", "rating_to_positive"]
+__all__ = ["DEFAULT_ENCODER", "ENCODERS", "SentimentModel", "SentimentPrediction", "rating_to_positive", "to_positive"]

@@ -30,6 +30,7 @@ DEFAULT_ENCODER = "minilm"
 # Naive-Bayes log-odds grow with text length; tanh(x / 4) keeps the feature in
 # (-1, 1) like the others, so one prior variance fits all features.
 _NB_SCALE = 4.0
+_CACHE_LIMIT = 4096  # texts whose fixed features are kept between precompute and learn
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,16 @@ class _Static:
     ngrams: list[int]
     embedding: np.ndarray | None
     zero_shot: float
+
+
+def to_positive(label: bool | int | str) -> bool:
+    """Accept True/False, 1/0 or "positive"/"negative"; anything else is an error, not truthiness."""
+    if isinstance(label, str):
+        if label.lower() in ("positive", "negative"):
+            return label.lower() == "positive"
+    elif label in (0, 1):  # bool, int and numpy integers
+        return bool(label)
+    raise ValueError(f"label must be True/False, 1/0 or 'positive'/'negative', not {label!r}")
 
 
 def rating_to_positive(rating: int | float | None) -> bool | None:
@@ -107,13 +118,14 @@ class SentimentModel:
         so a consumer can batch the MiniLM forward pass and still predict and
         learn strictly one review after another.
         """
-        texts = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        wanted = list(dict.fromkeys(texts))
+        if len(self._cache) + len(wanted) > _CACHE_LIMIT:
+            self._cache = {t: self._cache[t] for t in wanted if t in self._cache}
+        missing = [t for t in wanted if t not in self._cache]
         emb, zero = (None, None)
-        if self._minilm is not None and texts:
-            emb, zero = self._minilm.encode_many(texts)
-        if len(self._cache) + len(texts) > 4096:
-            self._cache.clear()
-        for i, text in enumerate(texts):
+        if self._minilm is not None and missing:
+            emb, zero = self._minilm.encode_many(missing)
+        for i, text in enumerate(missing):
             self._cache[text] = _Static(
                 compound=self._lexicon.compound(text),
                 ngrams=hashed_ngrams(text, self.n_features) if self._nb is not None else [],
@@ -154,13 +166,15 @@ class SentimentModel:
         self.precompute(texts)
         return [self.predict_one(t) for t in texts]
 
-    def learn_one(self, text: str, positive: bool) -> None:
+    def learn_one(self, text: str, positive: bool | int | str) -> None:
+        """Learn one labelled review (True / 1 / "positive", or False / 0 / "negative")."""
+        target = to_positive(positive)
         s = self._static(text)
-        self._head.learn(self._vector(s), bool(positive))
+        self._head.learn(self._vector(s), target)
         if self._nb is not None:
-            self._nb.learn(s.ngrams, bool(positive))
+            self._nb.learn(s.ngrams, target)
 
-    def learn_many(self, texts: Sequence[str], positives: Iterable[bool]) -> None:
+    def learn_many(self, texts: Sequence[str], positives: Iterable[bool | int | str]) -> None:
         self.precompute(texts)
         for text, positive in zip(texts, positives, strict=True):
             self.learn_one(text, positive)
