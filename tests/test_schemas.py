@@ -119,3 +119,18 @@ def test_dead_letter_keeps_original_bytes_and_every_error():
 def test_event_time_limits_are_optional_for_internal_replays():
     old = parse(reading(ts=NOW - 30 * 86400), SensorReading, now=None)
     assert old.ts == NOW - 30 * 86400
+
+
+def test_published_json_schema_is_the_models_schema():
+    import json
+    import re
+    from pathlib import Path
+
+    from schemas.events import DeviceStatus
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "device-payload.md").read_text()
+    for marker, model in (("sensor_reading", SensorReading), ("device_status", DeviceStatus)):
+        block = re.search(rf"<!-- schema:{marker} -->\n```json\n(.*?)\n```", doc, re.S).group(1)
+        assert json.loads(block) == model.model_json_schema()
+    example = json.loads(re.search(r"## Example\n\n```json\n(.*?)\n```", doc, re.S).group(1))
+    assert parse(codec.dumps(example), SensorReading).device_id == "dev-001"

@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 infra_app = typer.Typer(help="Start, stop and inspect the local Kafka, Mosquitto and ClickHouse servers.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
+evaluate_app = typer.Typer(help="Prequential (test-then-train) evaluation of the online models on real data.", no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
 console = Console()
 
 
@@ -97,6 +99,85 @@ def worker(
     storage.ch  # connect and migrate before consuming, so a bad URL fails here, loudly
     faust_app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
     Worker(faust_app, loglevel=loglevel).execute_from_commandline()
+
+
+@app.command("demo")
+def demo(
+    duration: float = typer.Option(0, help="Stop by itself after this many seconds (0: run until Ctrl-C)."),
+    rate: float = typer.Option(50.0, help="Synthetic readings per second."),
+) -> None:
+    """The main job: start the servers and a worker, stream synthetic telemetry and clicks through them, show what lands in ClickHouse."""
+    from wharf import demo as demo_mod
+
+    settings = _settings()
+    try:
+        code = demo_mod.run(settings, duration or None, rate, console)
+    except infra_error() as exc:
+        console.print(f"[red]demo failed:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+def infra_error() -> type[Exception]:
+    from wharf.infra import ServiceError
+
+    return ServiceError
+
+
+@evaluate_app.command("anomaly")
+def evaluate_anomaly(
+    nab: Path = typer.Option(..., "--nab", help="NAB root (with data/ and labels/) or its data/ folder."),
+    labels: Path = typer.Option(None, help="Anomaly windows JSON (default: NAB/labels/combined_windows.json)."),
+    profiles: Path = typer.Option(None, help="Scoring profiles JSON (default: NAB/labels/profiles.json, else NAB's published weights)."),
+    out: Path = typer.Option(None, help="Write NAB-style result CSVs (timestamp,anomaly_score) under this folder."),
+    detector: str = typer.Option("wharf", help="wharf (the production ensemble) or windowedGaussian (NAB's baseline)."),
+    score_only: Path = typer.Option(None, help="Only score existing result CSVs in this folder."),
+) -> None:
+    """Run the exact detector code of the sensor path over NAB files and score it the NAB way (three profiles, one corpus-wide threshold)."""
+    from online_models.evaluation import nab as nab_eval
+
+    data = nab / "data" if (nab / "data").is_dir() else nab
+    labels = labels or data.parent / "labels" / "combined_windows.json"
+    profiles = profiles or data.parent / "labels" / "profiles.json"
+    for path, what in ((data, "--nab"), (labels, "--labels")):
+        if not path.exists():
+            console.print(f"[red]{what}: {path} does not exist[/red]")
+            raise typer.Exit(2)
+    profile_file = profiles if profiles.is_file() else None
+    started = time.monotonic()
+    if score_only:
+        report = nab_eval.score_results(score_only, labels, profile_file, data)
+    else:
+        factories = {"wharf": nab_eval.DeviceModelDetector, "windowedGaussian": nab_eval.WindowedGaussianDetector}
+        if detector not in factories:
+            console.print(f"[red]--detector: choose one of {sorted(factories)}[/red]")
+            raise typer.Exit(2)
+        report = nab_eval.evaluate(data, labels, profile_file, out, factories[detector], detector)
+    print(nab_eval.format_report(report))
+    print(f"({time.monotonic() - started:.1f}s)")
+
+
+@evaluate_app.command("sentiment")
+def evaluate_sentiment(
+    files: list[Path] = typer.Argument(..., help="Files of `sentence<TAB>label` lines (label 1 positive, 0 negative)."),
+    encoder: str = typer.Option("minilm", help="minilm (default), hashing or lexicon."),
+    out: Path = typer.Option(None, help="Write each row's score and label here (one input file only)."),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)."),
+) -> None:
+    """Prequential accuracy and ROC AUC of the review sentiment model, in file order."""
+    from online_models.evaluation import sentiment as sentiment_eval
+    from online_models.sentiment import SentimentModel
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    for path in files:
+        if not path.is_file():
+            console.print(f"[red]{path}: no such file[/red]")
+            raise typer.Exit(2)
+        report = sentiment_eval.evaluate(path, lambda: SentimentModel(encoder), out=out if len(files) == 1 else None)
+        print(sentiment_eval.format_report(report))
 
 
 @app.command("settings")

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         "chdb://",
         description="`chdb://` (embedded, data in STATE_DIR/chdb), `chdb:///abs/path`, or `clickhouse://user:pass@host:port/db` (native protocol).",
     )
-    clickhouse_server_tcp_port: int = Field(19000, description="Native port of the local ClickHouse server (`wharf infra up --clickhouse-server`).")
+    clickhouse_server_tcp_port: int = Field(19000, description="Native port of the local ClickHouse server (`wharf infra up --services clickhouse`).")
     clickhouse_server_http_port: int = Field(18123, description="HTTP port of the local ClickHouse server.")
 
     # --- sink ----------------------------------------------------------------
