@@ -1,0 +1,1 @@
+"""MQTT → Kafka bridge (`wharf bridge`): lossless, acknowledged only after Kafka confirmed."""

@@ -101,6 +101,23 @@ def worker(
     Worker(faust_app, loglevel=loglevel).execute_from_commandline()
 
 
+@app.command("bridge")
+def bridge(
+    client_id: str = typer.Option("wharf-bridge-1", help="Stable MQTT client id: the persistent session Mosquitto keeps while this bridge is away."),
+    share_group: str = typer.Option("wharf-bridge", help="Shared-subscription group: bridges in one group split the messages. Empty: no sharing."),
+    loglevel: str = typer.Option("info", help="Log level."),
+) -> None:
+    """Run the MQTT -> Kafka bridge: acks each message to Mosquitto only after Kafka confirmed it."""
+    import asyncio
+    import logging
+
+    from mqtt_bridge.bridge import run_bridge
+
+    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
+    stats = asyncio.run(run_bridge(_settings(), client_id, share_group or None))
+    console.print(stats.line())
+
+
 @app.command("demo")
 def demo(
     duration: float = typer.Option(0, help="Stop by itself after this many seconds (0: run until Ctrl-C)."),

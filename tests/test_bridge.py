@@ -1,0 +1,158 @@
+"""The MQTT -> Kafka bridge against the real Mosquitto and Kafka."""
+
+import asyncio
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from mqtt_bridge.bridge import Bridge
+from mqtt_bridge.topics import TopicError, parse_topic
+from schemas import codec
+from schemas.deadletter import DeadLetter
+from wharf.infra.kafka import Kafka, ensure_topics
+
+pytestmark = pytest.mark.infra
+
+
+def test_topic_scheme():
+    t = parse_topic("wharf/berlin-1/cold-a/dev-001/telemetry")
+    assert (t.site, t.zone, t.device_id, t.kind) == ("berlin-1", "cold-a", "dev-001", "telemetry")
+    for bad in ("wharf/a/b/telemetry", "other/a/b/c/telemetry", "wharf/a/b/c/metrics", "wharf/a/b/c d/telemetry"):
+        with pytest.raises(TopicError):
+            parse_topic(bad)
+
+
+class Device:
+    def __init__(self, settings, device_id, password):
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{device_id}-{time.time_ns()}", protocol=mqtt.MQTTv311)
+        self.c.username_pw_set(device_id, password)
+        ok = threading.Event()
+        self.c.on_connect = lambda *a: ok.set()
+        self.c.connect(settings.mqtt_host, settings.mqtt_port)
+        self.c.loop_start()
+        assert ok.wait(10)
+
+    def publish(self, topic, payload):
+        self.c.publish(topic, payload, qos=1).wait_for_publish(10)
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def reading(site, zone, device, seq, **over):
+    r = {"site": site, "zone": zone, "device_id": device, "device_type": "cold_room", "ts": time.time(), "seq": seq,
+         "metrics": {"temperature": 4.2}}
+    r.update(over)
+    return codec.dumps(r)
+
+
+@pytest.fixture
+async def bridge_setup(stack, unique):
+    s = stack.model_copy(update={
+        "topic_sensor_readings": f"test.bridge.readings.{unique}",
+        "topic_device_status": f"test.bridge.status.{unique}",
+        "topic_dead_letters": f"test.bridge.dlq.{unique}",
+    })
+    await ensure_topics(s.kafka_bootstrap, [s.topic_sensor_readings, s.topic_device_status, s.topic_dead_letters], 4)
+    bridge = Bridge(s, client_id=f"test-bridge-{unique}", share_group=f"g{unique}")
+    ready = asyncio.Event()
+    task = asyncio.create_task(bridge.run(ready))
+    await asyncio.wait_for(ready.wait(), 20)
+    await asyncio.sleep(0.3)  # SUBACK
+    yield s, bridge
+    bridge.stop()
+    await asyncio.wait_for(task, 30)
+
+
+async def consume(settings, topic, n, timeout=30):
+    c = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
+    await c.start()
+    out = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(out) < n:
+                for msgs in (await c.getmany(timeout_ms=500)).values():
+                    out.extend(msgs)
+    finally:
+        await c.stop()
+    return out
+
+
+async def wait_for(predicate, timeout=30):
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.1)
+
+
+async def test_valid_readings_reach_kafka_keyed_by_device_and_are_acked(bridge_setup, unique):
+    s, bridge = bridge_setup
+    devices = [Device(s, f"dev-00{i}", f"dev-00{i}-secret") for i in (1, 2, 3)]
+    try:
+        for seq in range(30):
+            for i, d in enumerate(devices, start=1):
+                d.publish(f"wharf/site-{unique}/z1/dev-00{i}/telemetry", reading(f"site-{unique}", "z1", f"dev-00{i}", seq))
+        msgs = await consume(s, s.topic_sensor_readings, 90)
+        assert len(msgs) == 90
+        by_key: dict = {}
+        for m in msgs:
+            by_key.setdefault(m.key, []).append(codec.loads(m.value)["seq"])
+        assert sorted(by_key) == [b"dev-001", b"dev-002", b"dev-003"]
+        assert all(seqs == list(range(30)) for seqs in by_key.values())  # per-device order kept
+        await wait_for(lambda: bridge.stats.acked == 90)
+        assert bridge.stats.forwarded == 90 and bridge.stats.in_flight == 0
+    finally:
+        for d in devices:
+            d.close()
+
+
+async def test_invalid_payloads_are_dead_lettered_with_original_bytes(bridge_setup, unique):
+    s, bridge = bridge_setup
+    site = f"site-{unique}"
+    d = Device(s, "dev-001", "dev-001-secret")
+    bad = {
+        b"{not json": "$",
+        b'{"site":"x","zone":"z1","device_id":"dev-001","device_type":"cold_room","ts":1,"seq":1,"metrics":{"t":NaN}}': "$",
+        reading(site, "z1", "dev-001", 1, metrics={"temperature": "warm"}): "metrics",
+        reading(site, "z1", "dev-002", 1): "device_id",  # payload claims another device than the topic
+        reading(site, "z1", "dev-001", -1): "seq",
+    }
+    try:
+        for payload in bad:
+            d.publish(f"wharf/{site}/z1/dev-001/telemetry", payload)
+        d.publish(f"wharf/{site}/z1/dev-001/telemetry", reading(site, "z1", "dev-001", 2))
+        letters = [DeadLetter.model_validate_json(m.value) for m in await consume(s, s.topic_dead_letters, len(bad))]
+        assert {letter.payload: letter.field for letter in letters} == bad
+        assert all(letter.source == "mqtt" and letter.mqtt_topic == f"wharf/{site}/z1/dev-001/telemetry" for letter in letters)
+        assert len(await consume(s, s.topic_sensor_readings, 1)) == 1
+        await wait_for(lambda: bridge.stats.acked == len(bad) + 1)
+        assert bridge.stats.dead_lettered == len(bad)
+    finally:
+        d.close()
+
+
+@pytest.mark.slow
+async def test_nothing_is_acked_while_kafka_is_down(bridge_setup, unique):
+    s, bridge = bridge_setup
+    site = f"site-{unique}"
+    d = Device(s, "dev-001", "dev-001-secret")
+    kafka = Kafka(s)
+    try:
+        d.publish(f"wharf/{site}/z1/dev-001/telemetry", reading(site, "z1", "dev-001", 0))
+        await wait_for(lambda: bridge.stats.acked == 1)
+        kafka.stop()
+        for seq in range(1, 21):
+            d.publish(f"wharf/{site}/z1/dev-001/telemetry", reading(site, "z1", "dev-001", seq))
+        await wait_for(lambda: bridge.stats.received == 21)
+        await asyncio.sleep(3)
+        assert bridge.stats.acked == 1 and bridge.stats.in_flight == 20  # Mosquitto still owns them
+    finally:
+        await asyncio.to_thread(kafka.start)
+    await wait_for(lambda: bridge.stats.acked == 21, timeout=90)
+    msgs = await consume(s, s.topic_sensor_readings, 21, timeout=60)
+    seqs = sorted({codec.loads(m.value)["seq"] for m in msgs})
+    assert seqs == list(range(21))
+    d.close()
