@@ -215,6 +215,16 @@ def show_settings(markdown: bool = typer.Option(False, help="Print the settings 
     console.print(table)
 
 
+bench_app = typer.Typer(help="Benchmarks that print throughput, latency and memory beside same-run reference rates.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+from wharf.commands import commerce as _commerce  # noqa: E402
+from wharf.commands import sensors as _sensors  # noqa: E402
+
+_sensors.register(app, bench_app)
+_commerce.register(app, bench_app, evaluate_app)
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,1 @@
+"""Commerce path agents (issue: commerce path) — being written."""

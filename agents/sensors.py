@@ -1,0 +1,1 @@
+"""Sensor path agents (issue: sensor path) — being written."""
