@@ -1,8 +1,9 @@
 """A local server process we start, find again, and stop: pid file, log file, readiness wait.
 
 Servers run in their own session (they outlive the `wharf infra up` that started
-them) and are found again through their pid file plus a check that the pid still
-runs the same program, so a stale pid file never makes us kill a stranger.
+them) and are found again through their pid file, which also records the kernel
+start time of the process: a stale pid file, whose pid now belongs to another
+process, never makes us signal a stranger.
 """
 
 from __future__ import annotations
@@ -38,18 +39,12 @@ class ManagedProcess:
 
     def pid(self) -> int | None:
         try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
+            fields = self.pid_file.read_text().split()
+            pid, started = int(fields[0]), int(fields[1])
+        except (FileNotFoundError, ValueError, IndexError):
             return None
-        if not _alive(pid):
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        # The program name must match what we started; anything else means the pid was reused.
-        exe = os.path.basename(self.argv[0]).encode()
-        if not cmdline or exe not in os.path.basename(cmdline[0]):
+        # The pid must still be the process we started: same kernel start time (a reused pid differs).
+        if not _alive(pid) or _start_time(pid) != started:
             return None
         return pid
 
@@ -74,7 +69,7 @@ class ManagedProcess:
             start_new_session=True,
         )
         log.close()
-        self.pid_file.write_text(str(proc.pid))
+        self.pid_file.write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
         return proc.pid
 
     def wait_ready(self, check: Callable[[], bool], timeout: float, what: str) -> float:
@@ -139,6 +134,14 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return True
+
+
+def _start_time(pid: int) -> int | None:
+    """Kernel start time of a process (clock ticks since boot): stable for its life, unique with its pid."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _is_group_leader(pid: int) -> bool:
