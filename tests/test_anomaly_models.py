@@ -43,8 +43,8 @@ def test_result_shape_and_range(fast_kwargs):
 def test_spike_scores_above_threshold_normal_data_does_not(fast_kwargs):
     m = DeviceAnomalyModel(**fast_kwargs)
     ts, x = _series(2000)
-    res = _run(m, ts[:1500], x[:1500])
-    normal_alarms = sum(r.is_anomaly for r in res[500:])
+    res = m.score_learn_many(ts[:1500], {"temperature": x[:1500]})
+    normal_alarms = int(res.is_anomaly[500:].sum())
     assert normal_alarms <= 3  # < 0.3 % of clean readings
     spike = m.score_one(float(ts[1500]), {"temperature": float(x[1500] + 8.0)})
     assert spike.is_anomaly and spike.score >= spike.threshold
@@ -56,9 +56,9 @@ def test_level_shift_detected(fast_kwargs):
     ts, x = _series(2000, seed=1)
     x = x.copy()
     x[1500:] += 3.0
-    res = _run(m, ts, x)
-    assert not any(r.is_anomaly for r in res[1000:1500])
-    assert any(r.is_anomaly for r in res[1500:1510])
+    res = m.score_learn_many(ts, {"temperature": x})
+    assert not res.is_anomaly[1000:1500].any()
+    assert res.is_anomaly[1500:1510].any()
 
 
 def test_stuck_sensor_detected(fast_kwargs):
@@ -66,13 +66,13 @@ def test_stuck_sensor_detected(fast_kwargs):
     ts, x = _series(1600, seed=2)
     x = x.copy()
     x[1500:] = x[1499]  # sensor freezes at its last value
-    res = _run(m, ts, x)
-    assert res[1540].components["stuck"] > 5.0
-    assert any(r.is_anomaly for r in res[1500:1600])
+    res = m.score_learn_many(ts[:1540], {"temperature": x[:1540]})
+    assert m.score_one(float(ts[1540]), {"temperature": float(x[1540])}).components["stuck"] > 5.0
+    assert res.is_anomaly[1500:].any()
     # A series that was always constant is not "stuck": nothing to compare with.
     m2 = DeviceAnomalyModel(**fast_kwargs)
-    res2 = _run(m2, ts[:500], np.full(500, 45.0))
-    assert not any(r.is_anomaly for r in res2)
+    res2 = m2.score_learn_many(ts[:500], {"temperature": np.full(500, 45.0)})
+    assert not res2.is_anomaly.any()
 
 
 def test_score_one_does_not_learn(fast_kwargs):
@@ -87,21 +87,63 @@ def test_score_one_does_not_learn(fast_kwargs):
 def test_pickle_round_trip_gives_identical_scores():
     m = DeviceAnomalyModel()  # full ensemble, HST included
     ts, x = _series(900, seed=4)
-    _run(m, ts[:600], x[:600])
+    m.score_learn_many(ts[:600], {"temperature": x[:600]})
     blob = pickle.dumps(m)
     assert len(blob) < 64_000
     clone = pickle.loads(blob)
-    a = [r.score for r in _run(m, ts[600:], x[600:])]
-    b = [r.score for r in _run(clone, ts[600:], x[600:])]
-    assert a == b
+    a = m.score_learn_many(ts[600:], {"temperature": x[600:]}).scores
+    b = clone.score_learn_many(ts[600:], {"temperature": x[600:]}).scores
+    np.testing.assert_array_equal(a, b)
+    assert m.score_learn_one(float(ts[-1] + 300), {"temperature": 5.0}).score == clone.score_learn_one(
+        float(ts[-1] + 300), {"temperature": 5.0}).score
 
 
-def test_batch_equals_one_by_one(fast_kwargs):
+def test_batch_with_one_row_blocks_equals_one_by_one(fast_kwargs):
     ts, x = _series(700, seed=5)
     one = [r.score for r in _run(DeviceAnomalyModel(**fast_kwargs), ts, x, "v")]
-    batch = DeviceAnomalyModel(**fast_kwargs).score_learn_many(ts, {"v": x})
-    np.testing.assert_allclose(batch.scores, one, rtol=0, atol=1e-12)
+    batch = DeviceAnomalyModel(batch_max=1, **fast_kwargs).score_learn_many(ts, {"v": x})
+    np.testing.assert_allclose(batch.scores, one, rtol=0, atol=1e-9)
     assert batch.is_anomaly.dtype == bool and len(batch.thresholds) == len(ts)
+
+
+def test_block_path_is_prequential_and_agrees_with_one_by_one(fast_kwargs):
+    """Blocks are scored against the state before the block: same alarms as one-by-one on clear events,
+    and a row's score never depends on later rows of its block."""
+    ts, x = _series(1300, seed=7)
+    x = x.copy()
+    x[1003] += 6.0  # spike
+    x[1200:] += 3.0  # level shift (after the spike's 150-row suppression)
+    one = np.array([r.score for r in _run(DeviceAnomalyModel(**fast_kwargs), ts, x, "v")])
+    blk = DeviceAnomalyModel(**fast_kwargs).score_learn_many(ts, {"v": x})
+    for s in (one, blk.scores):
+        assert s[1003] >= 0.4 and s[1200:1208].max() >= 0.4
+        assert (s[600:1000] >= 0.4).sum() <= 2
+    # changing a later row of a block must not change earlier rows' scores
+    y = x.copy()
+    y[1190] += 50.0  # mid-block: the block is rows 1184..1215 (batch_max 32)
+    blk2 = DeviceAnomalyModel(**fast_kwargs).score_learn_many(ts, {"v": y})
+    np.testing.assert_array_equal(blk2.scores[:1190], blk.scores[:1190])
+    assert blk2.scores[1190] >= 0.4
+
+
+def test_batch_missing_values_and_new_metrics():
+    m = DeviceAnomalyModel(use_forecaster=False)
+    ts, x = _series(200, seed=8)
+    h = np.full(200, 60.0) + 0.01 * (np.arange(200) % 7)
+    h[::17] = np.nan
+    r = m.score_learn_many(ts, {"t": x, "h": h})
+    assert np.isfinite(r.scores).all() and set(r.metrics) <= {"t", "h", None}
+    r2 = m.score_learn_many(ts + 200 * 300, {"t": x, "p": x * 2})  # "h" absent, "p" new
+    assert np.isfinite(r2.scores).all() and m.names == ["t", "h", "p"]
+
+
+def test_measure_throughput_smoke():
+    from online_models.anomaly.bench import measure_throughput
+
+    r = measure_throughput(n_devices=4, rounds=2, warmup_rounds=1, one_by_one_events=40, batch_min=5, batch_max=20)
+    assert r["batch_events_per_s"] > 0 and r["one_by_one_events_per_s"] > 0
+    assert r["batch_readings_per_s"] == pytest.approx(3 * r["batch_events_per_s"])
+    assert 0 < r["pickled_bytes_per_device"] < 64_000
 
 
 def test_multivariate_device_and_missing_values():

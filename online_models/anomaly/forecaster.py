@@ -68,10 +68,14 @@ class OnlineMLPForecaster:
 
     def learn(self, x: np.ndarray, y: float) -> None:
         """Queue one (inputs, target); every ``train_every`` samples do ``epochs`` Adam steps on them."""
-        self.buf_x.append(x)
-        self.buf_y.append(y)
-        if len(self.buf_x) >= self.train_every:
-            self._train(np.stack(self.buf_x), np.asarray(self.buf_y, dtype=np.float32))
+        self.learn_many(np.asarray(x, dtype=np.float32)[None, :], np.array([y], dtype=np.float32))
+
+    def learn_many(self, xs: np.ndarray, ys: np.ndarray) -> None:
+        """Queue a block of (inputs, targets); trains whenever ``train_every`` samples are queued."""
+        self.buf_x.append(np.asarray(xs, dtype=np.float32))
+        self.buf_y.append(np.asarray(ys, dtype=np.float32))
+        if sum(len(b) for b in self.buf_y) >= self.train_every:
+            self._train(np.concatenate(self.buf_x), np.concatenate(self.buf_y))
             self.buf_x, self.buf_y = [], []
 
     def _train(self, xs: np.ndarray, ys: np.ndarray) -> None:

@@ -1,4 +1,4 @@
-"""Per-device, per-metric streaming anomaly ensemble (score first, then learn).
+"""Per-device streaming anomaly ensemble, vectorised over blocks of readings (score first, then learn).
 
 Ensemble, per metric:
   * ``level``    robust EWMA/MAD z-score of the value (spikes, level shifts);
@@ -7,16 +7,31 @@ Ensemble, per metric:
                  the normal range, e.g. a missing daily peak);
   * ``forecast`` error of a small PyTorch MLP forecaster (dynamics the statistics miss);
   * ``stuck``    run length of identical readings vs the metric's own repeat rate;
-per device: ``hst`` River HalfSpaceTrees over the squashed z-scores of all metrics
-(multivariate: unusual *combinations*).
+per device: ``hst`` River HalfSpaceTrees over the squashed (scaled to [0, 1])
+z-scores of all metrics (multivariate: unusual *combinations*).
 
 Every component's raw score is calibrated against its own history on this
-series into evidence ``E = -log10(tail probability)`` (:class:`GaussianTail`), so
-components and devices are comparable without per-file tuning; the device
-evidence is the max minus a Bonferroni term, mapped to ``score = E / e_full``
-in [0, 1] (score 0.5 ~ p = 10**-(e_full/2)). ``is_anomaly`` uses a streaming
-high quantile of the score, floored at ``min_threshold``. After an alarm the
-score is damped for ``suppress_events`` events: one incident, one alert.
+series into evidence ``E = -log10(tail probability)`` (:class:`TailCalibrator`
+logic, vectorised), so components and devices are comparable without per-file
+tuning. Per metric the two strongest evidences are summed (an incident moves
+several detectors at once, noise rarely does), the device evidence is the max
+over metrics, and ``score = E / e_full`` in [0, 1].
+
+Alerting: ``is_anomaly = score >= min_threshold`` (a fixed evidence level,
+``min_threshold * e_full`` ~ 5 decades). After an alert the score is damped
+(``suppress_factor``) for ``suppress_events`` readings: one incident, one alert.
+The suppression is keyed to the same fixed level as ``is_anomaly``, so the
+alert stream is exactly the rows where the (suppressed) score crosses it.
+
+Speed: the state of all metrics of a device lives in small NumPy arrays and
+readings are processed in blocks of up to ``batch_max`` rows: every row of a
+block is scored against the state at the start of the block (still strictly
+prequential: no row sees itself or later rows), then the block is learned with
+closed-form EWMA recursions (robust clipping limits frozen for the block). The
+forecaster predicts a block in one matrix product and trains every
+``train_every`` samples; HalfSpaceTrees scores/learns every ``hst_every``-th row
+(its evidence is held in between). ``score_learn_one`` is a block of one row, so
+one-by-one and batch results differ only through block boundaries.
 """
 
 from __future__ import annotations
@@ -28,9 +43,11 @@ import numpy as np
 
 from online_models.anomaly.detectors import SilenceDetector
 from online_models.anomaly.forecaster import OnlineMLPForecaster
-from online_models.anomaly.stats import GaussianTail, RobustLevel, SeasonalProfile, StreamingQuantile, TailCalibrator
+from online_models.anomaly.stats import GaussianTail
 
-COMPONENTS = ("level", "shift", "seasonal", "forecast", "stuck")
+COMPONENTS = ("level", "shift", "seasonal", "forecast", "stuck", "hst")
+_CAL = 4  # calibrated components: level, shift, seasonal, forecast
+_LN10 = math.log(10.0)
 
 
 @dataclass(slots=True)
@@ -59,238 +76,418 @@ class AnomalyConfig:
     long_alpha: float = 0.002
     shift_window: int = 8
     seasonal_bins: int = 48
-    calib_alpha: float = 0.002
+    seasonal_alpha: float = 0.15
     calib_half_life: float = 3000.0
     calib_warmup: int = 60
+    calib_bins: int = 48
+    calib_bins_per_unit: float = 4.0
+    calib_power: float = 3.0
+    calib_alpha: float = 0.002  # HST raw-score calibration (Gaussian on log1p)
     lags: int = 8
     hidden: int = 16
-    train_every: int = 128
-    hst_every: int = 4
+    train_every: int = 256
     epochs: int = 2
     use_forecaster: bool = True
     use_hst: bool = True
+    hst_every: int = 4
     hst_trees: int = 5
     hst_height: int = 5
     hst_window: int = 250
     e_full: float = 12.0
-    min_threshold: float = 0.4
-    quantile: float = 0.999
+    min_threshold: float = 0.4  # alert level on the score (evidence min_threshold * e_full)
     suppress_events: int = 150
     suppress_factor: float = 0.0
     stuck_min_run: int = 5
+    batch_max: int = 32  # rows per block scored against one frozen state
     seed: int = 0
 
 
-def _squash(z: float) -> float:
-    return 0.5 + 0.5 * math.tanh(z * 0.25)
+def _ewm(y0: np.ndarray, x: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """``y_t = y_{t-1} + a_t (x_t - y_{t-1})`` for every row (columns independent), closed form.
 
-
-class _MetricState:
-    """Everything one metric of one device needs (a few hundred floats)."""
-
-    def __init__(self, cfg: AnomalyConfig) -> None:
-        self.level = RobustLevel(cfg.level_alpha)
-        self.long = RobustLevel(cfg.long_alpha, clip=6.0)
-        self.seasonal = SeasonalProfile(cfg.seasonal_bins)
-        self.recent: list[float] = []
-        self.lagbuf: list[float] = [0.0] * cfg.lags
-        self.fc = OnlineMLPForecaster(cfg.lags, cfg.hidden, train_every=cfg.train_every, epochs=cfg.epochs, seed=cfg.seed) if cfg.use_forecaster else None
-        self.fc_err = 0.0
-        self.n = 0
-        self.last = math.nan
-        self.run = 0
-        self.repeat_rate = 0.5  # prior: P(reading == previous)
-        self.calib = {c: TailCalibrator(cfg.calib_half_life, cfg.calib_warmup) for c in COMPONENTS if c != "stuck"}
-
-    def norm(self, x: float) -> float:
-        s = self.long.scale()
-        z = (x - self.long.mean) / (s if s > 1e-9 else 1.0)
-        return max(-10.0, min(10.0, z))
-
-    def raw(self, ts: float, x: float, cfg: AnomalyConfig) -> tuple[dict[str, float], dict[str, float], np.ndarray | None]:
-        """Raw component scores (>= 0) and HST features, without changing state."""
-        lvl = self.level
-        s_floor = 0.05 * self.long.scale()
-        s = max(lvl.scale(), s_floor, 1e-9)
-        zl = (x - lvl.mean) / s if lvl.n >= 2 else 0.0
-        rec = self.recent
-        zs = (sum(rec) + zl) / (len(rec) + 1)
-        seas = self.seasonal
-        if seas.mature():
-            ss = max(1.2533 * seas.mad, s_floor, 1e-9)
-            zseas = seas.residual(ts, x) / ss
-        else:
-            zseas = 0.0
-        raw = {"level": abs(zl), "shift": abs(zs) * math.sqrt(len(rec) + 1) * 0.5, "seasonal": abs(zseas)}
-        xin = None
-        zf = 0.0
-        if self.fc is not None and self.n > cfg.lags:
-            xin = self.fc.inputs(self.lagbuf, ts)
-            pred = self.fc.predict(xin)
-            xin = (xin, pred)
-            err = self.norm(x) - pred
-            zf = err / max(self.fc_err * 1.2533, 0.05)
-            raw["forecast"] = abs(zf)
-        feats = {"l": _squash(zl), "s": _squash(zseas), "f": _squash(zf)}
-        return raw, feats, xin
-
-    def stuck_evidence(self, x: float, cfg: AnomalyConfig) -> float:
-        if x != self.last:
-            return 0.0
-        run = self.run + 1
-        if run < cfg.stuck_min_run:
-            return 0.0
-        if self.level.mad <= 0.0:
-            return 0.0  # a metric that never varied is not "stuck": nothing to compare with
-        q = min(max(self.repeat_rate, 0.01), 0.999)
-        return -run * math.log10(q) - 3.0  # -3: allow for the many chances to see a run
-
-    def learn(self, ts: float, x: float, raw: dict[str, float], xin: np.ndarray | None, cfg: AnomalyConfig) -> None:
-        for c, r in raw.items():
-            self.calib[c].update(r)
-        same = x == self.last
-        self.run = self.run + 1 if same else 0
-        self.repeat_rate += 0.01 * ((1.0 if same else 0.0) - self.repeat_rate)
-        self.last = x
-        lvl = self.level
-        zl = lvl.z(x) if lvl.n >= 2 else 0.0
-        zl = max(-10.0, min(10.0, zl))
-        self.recent.append(zl)
-        if len(self.recent) >= cfg.shift_window:
-            self.recent.pop(0)
-        lim = 4.0 * max(1.2533 * self.seasonal.mad, 0.05 * self.long.scale())
-        self.seasonal.update(ts, x, lim)
-        lvl.update(x)
-        if self.fc is not None:
-            xn = self.norm(x)
-            if xin is not None:
-                xin, pred = xin
-                err = xn - pred
-                a = max(0.01, 1.0 / (self.n + 1))
-                self.fc_err += a * (min(abs(err), 4 * self.fc_err * 1.2533 + 0.1) - self.fc_err)
-                self.fc.learn(xin, max(-10.0, min(10.0, xn)))
-            self.lagbuf.pop(0)
-            self.lagbuf.append(xn)
-        self.long.update(x)
-        self.n += 1
+    Requires ``0 <= a_t <= 0.5`` (so the running products stay far from 0 for blocks of <= 64 rows).
+    """
+    p = np.cumprod(1.0 - a, axis=0)
+    return p * (y0 + np.cumsum(a * x / p, axis=0))
 
 
 class DeviceAnomalyModel:
     """One per device; ``metrics`` may be any dict of floats (missing/new metrics are fine)."""
 
     def __init__(self, config: AnomalyConfig | None = None, **overrides: object) -> None:
-        cfg = config or AnomalyConfig()
+        cfg = AnomalyConfig(**vars(config)) if config is not None else AnomalyConfig()
         for k, v in overrides.items():
             if not hasattr(cfg, k):
                 raise TypeError(f"unknown option {k!r}")
             setattr(cfg, k, v)
+        if not 1 <= cfg.batch_max <= 64:
+            raise ValueError("batch_max must be in [1, 64]")
         self.cfg = cfg
-        self.metrics: dict[str, _MetricState] = {}
+        self.names: list[str] = []
+        self.index: dict[str, int] = {}
+        z = np.zeros(0)
+        # robust levels: fast (spikes) and long (normalisation); seasonal profile
+        self.lv_mean, self.lv_mad, self.lv_n = z.copy(), z.copy(), z.copy()
+        self.lg_mean, self.lg_mad, self.lg_n = z.copy(), z.copy(), z.copy()
+        self.recent = np.zeros((cfg.shift_window - 1, 0))
+        self.s_means = np.zeros((cfg.seasonal_bins, 0))
+        self.s_counts = np.zeros((cfg.seasonal_bins, 0))
+        self.s_mad, self.s_n = z.copy(), z.copy()
+        # forecaster, stuck detector
+        self.lagbuf = np.zeros((cfg.lags, 0))
+        self.fc: list[OnlineMLPForecaster] = []
+        self.fc_err = z.copy()
+        self.last, self.run, self.repeat_rate = z.copy(), z.copy(), z.copy()
+        # calibrators: decayed histograms per metric and component
+        self.c_counts = np.zeros((0, _CAL, cfg.calib_bins))
+        self.c_total = np.zeros((0, _CAL))
+        self.c_n = np.zeros((0, _CAL))
+        self.c_weight = 1.0
+        self.c_decay = 0.5 ** (-1.0 / cfg.calib_half_life)
         self.hst = None
         if cfg.use_hst:
             from river.anomaly import HalfSpaceTrees
 
             self.hst = HalfSpaceTrees(n_trees=cfg.hst_trees, height=cfg.hst_height, window_size=cfg.hst_window, seed=cfg.seed)
         self.hst_calib = GaussianTail(cfg.calib_alpha, max(cfg.calib_warmup, 2 * cfg.hst_window))
-        self.quantile = StreamingQuantile(cfg.quantile, init=cfg.min_threshold, step=0.01)
-        self.suppress_left = 0
         self.hst_last = 0.0
+        self.suppress_left = 0
         self.silence = SilenceDetector()
         self.n = 0
 
-    # ------------------------------------------------------------------ core step
-    def _evaluate(self, ts: float, metrics: dict[str, float]):
+    # ------------------------------------------------------------------ state management
+    def _add_metric(self, name: str) -> None:
         cfg = self.cfg
-        per_metric = {}
-        feats_all: dict[str, float] = {}
-        for name, x in metrics.items():
-            if x is None or x != x:  # None / NaN: nothing to score
-                continue
-            x = float(x)
-            st = self.metrics.get(name)
-            if st is None:
-                st = self.metrics[name] = _MetricState(cfg)
-            raw, feats, xin = st.raw(ts, x, cfg)
-            per_metric[name] = (st, x, raw, xin)
-            for k, v in feats.items():
-                feats_all[f"{name}:{k}"] = v
-        hst_x = feats_all
-        hst_raw = None
-        e_h = 0.0
-        if self.hst is not None and hst_x:
-            if self.n % cfg.hst_every == 0:  # strided: HST is the costliest member
-                hst_raw = self.hst.score_one(hst_x) * 10.0
-                e_h = self.hst_calib.evidence(hst_raw)
-            else:
-                e_h = self.hst_last
-        best_e, best_m, comps = 0.0, None, {}
-        for name, (st, x, raw, xin) in per_metric.items():
-            ev = {c: st.calib[c].evidence(r) for c, r in raw.items()}
-            ev["stuck"] = st.stuck_evidence(x, cfg)
-            ev["hst"] = e_h
-            # Sum of the two strongest calibrated evidences: an incident usually moves
-            # several detectors at once, noise rarely does (max alone over-alerts).
-            a = b = 0.0
-            for v in ev.values():
-                if v > a:
-                    a, b = v, a
-                elif v > b:
-                    b = v
-            e = a + b
-            if e > best_e or best_m is None:
-                best_e, best_m, comps = e, name, ev
-        e = best_e
-        score = min(max(e / cfg.e_full, 0.0), 1.0)
-        if self.suppress_left > 0:
-            score *= cfg.suppress_factor
-        thr = max(cfg.min_threshold, self.quantile.value)
-        return score, thr, best_m, comps, per_metric, hst_x, hst_raw
+        self.index[name] = len(self.names)
+        self.names.append(name)
 
-    def _learn(self, ts: float, score: float, thr: float, per_metric, hst_x, hst_raw) -> None:
-        for st, x, raw, xin in per_metric.values():
-            st.learn(ts, x, raw, xin, self.cfg)
-        if self.hst is not None and hst_raw is not None:
-            self.hst_last = self.hst_calib.evidence(hst_raw)
-            self.hst_calib.update(hst_raw)
-            self.hst.learn_one(hst_x)
-        if self.suppress_left > 0:
-            self.suppress_left -= 1
-        if score >= thr:
-            self.suppress_left = self.cfg.suppress_events
-        self.quantile.update(score)
-        self.silence.observe(ts)
-        self.n += 1
+        def grow(a: np.ndarray, fill: float = 0.0) -> np.ndarray:
+            col = np.full(a.shape[:-1] + (1,), fill) if a.ndim > 1 else np.array([fill])
+            return np.concatenate([a, col], axis=-1)
+
+        for attr in ("lv_mean", "lv_mad", "lv_n", "lg_mean", "lg_mad", "lg_n", "recent", "s_means",
+                     "s_counts", "s_mad", "s_n", "lagbuf", "fc_err", "run"):
+            setattr(self, attr, grow(getattr(self, attr)))
+        self.last = grow(self.last, math.nan)
+        self.repeat_rate = grow(self.repeat_rate, 0.5)  # prior: P(reading == previous)
+        self.c_counts = np.concatenate([self.c_counts, np.zeros((1, _CAL, cfg.calib_bins))])
+        self.c_total = np.concatenate([self.c_total, np.zeros((1, _CAL))])
+        self.c_n = np.concatenate([self.c_n, np.zeros((1, _CAL))])
+        if cfg.use_forecaster:
+            self.fc.append(OnlineMLPForecaster(cfg.lags, cfg.hidden, train_every=cfg.train_every,
+                                               epochs=cfg.epochs, seed=cfg.seed))
+
+    def _matrix(self, metrics: dict[str, object], n: int) -> np.ndarray:
+        for name in metrics:
+            if name not in self.index:
+                self._add_metric(name)
+        x = np.full((n, len(self.names)), np.nan)
+        for name, col in metrics.items():
+            x[:, self.index[name]] = np.asarray(col, dtype=float).reshape(n) if n else []
+        return x
+
+    # ------------------------------------------------------------------ block scoring (pure)
+    def _score_block(self, ts: np.ndarray, x: np.ndarray):
+        """Evidence per row/metric/component for a block, against the current (frozen) state."""
+        cfg = self.cfg
+        b_rows, m = x.shape
+        valid = ~np.isnan(x)
+        xf = np.where(valid, x, 0.0)
+        lg_scale = 1.2533 * self.lg_mad
+        s_floor = 0.05 * lg_scale
+        s = np.maximum(np.maximum(1.2533 * self.lv_mad, s_floor), 1e-9)
+        zl = np.where(self.lv_n >= 2, (xf - self.lv_mean) / s, 0.0)
+        zl = np.where(valid, np.clip(zl, -1e6, 1e6), 0.0)
+        zlc = np.clip(zl, -10.0, 10.0)
+        w = cfg.shift_window
+        seq = np.concatenate([self.recent, zlc])
+        cs = np.cumsum(np.concatenate([np.zeros((1, m)), seq]), axis=0)
+        zs = (cs[w:] - cs[:-w])[-b_rows:] / w if b_rows else zlc
+        raw = np.zeros((b_rows, m, _CAL))
+        raw[:, :, 0] = np.abs(zl)
+        raw[:, :, 1] = np.abs(zs) * math.sqrt(w) * 0.5
+        bins = ((ts % 86400.0) / 86400.0 * cfg.seasonal_bins).astype(np.int64) % cfg.seasonal_bins
+        mature = self.s_counts.min(axis=0) >= 3 if m else np.zeros(0, bool)
+        ss = np.maximum(np.maximum(1.2533 * self.s_mad, s_floor), 1e-9)
+        zseas = np.where(mature & valid, (xf - self.s_means[bins]) / ss, 0.0)
+        raw[:, :, 2] = np.abs(zseas)
+        avail = np.zeros((m, _CAL), bool)
+        avail[:, 0] = avail[:, 1] = True
+        avail[:, 2] = mature
+        lgs = np.where(lg_scale > 1e-9, lg_scale, 1.0)
+        xn = np.where(valid, np.clip((xf - self.lg_mean) / lgs, -10.0, 10.0), np.nan)
+        zf = np.zeros((b_rows, m))
+        fc_in = None
+        if cfg.use_forecaster and b_rows:
+            # lags: last values before each row (missing values carry the previous one)
+            seqn = np.concatenate([self.lagbuf, xn])
+            if np.isnan(seqn).any():
+                for i in range(cfg.lags, len(seqn)):
+                    bad = np.isnan(seqn[i])
+                    seqn[i, bad] = seqn[i - 1, bad]
+            lagwin = np.lib.stride_tricks.sliding_window_view(seqn[:-1], cfg.lags, axis=0)  # (B, M, L)
+            ang = (ts % 86400.0) / 86400.0 * (2.0 * math.pi)
+            sc = np.stack([np.sin(ang), np.cos(ang)], axis=1)
+            fc_in = []
+            for j in range(m):
+                if self.lg_n[j] <= cfg.lags:
+                    fc_in.append(None)
+                    continue
+                xin = np.concatenate([lagwin[:, j, :], sc], axis=1).astype(np.float32)
+                pred = self.fc[j].predict_many(xin)
+                err = np.where(valid[:, j], xn[:, j] - pred, 0.0)
+                zf[:, j] = err / max(self.fc_err[j] * 1.2533, 0.05)
+                fc_in.append((xin, err))
+                avail[j, 3] = True
+            raw[:, :, 3] = np.abs(zf)
+        # stuck: run of identical readings vs the metric's own repeat rate
+        prev = np.concatenate([self.last[None, :], x[:-1]]) if b_rows else x
+        same = (x == prev) & valid
+        idx = np.arange(1, b_rows + 1)[:, None]
+        last_reset = np.maximum.accumulate(np.where(same, 0, idx), axis=0)
+        run = np.where(last_reset == 0, self.run + idx, idx - last_reset)
+        q = np.clip(self.repeat_rate, 0.01, 0.999)
+        stuck = np.where(same & (run >= cfg.stuck_min_run) & (self.lv_mad > 1e-9 * np.maximum(1.0, np.abs(self.lv_mean))), -run * np.log10(q) - 3.0, 0.0)
+        ev = np.zeros((b_rows, m, len(COMPONENTS)))
+        ev[:, :, :_CAL] = self._evidence(raw) * avail
+        ev[:, :, 4] = np.maximum(stuck, 0.0)
+        ev[:, :, :5] *= valid[:, :, None]
+        feats = np.stack([0.5 + 0.5 * np.tanh(zl * 0.25), 0.5 + 0.5 * np.tanh(zseas * 0.25),
+                          0.5 + 0.5 * np.tanh(zf * 0.25)], axis=2)  # scaled to [0, 1] for HST
+        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, xn=xn, fc_in=fc_in,
+                        same=same, run=run, feats=feats)
+
+    def _evidence(self, raw: np.ndarray) -> np.ndarray:
+        """Vectorised :class:`TailCalibrator.evidence` for raw scores of shape (B, M, C)."""
+        cfg = self.cfg
+        nb = cfg.calib_bins
+        counts, total = self.c_counts, self.c_total
+        tail = np.cumsum(counts[:, :, ::-1], axis=2)[:, :, ::-1]  # (M, C, nb)
+        nonempty = counts > 0
+        top = np.where(nonempty.any(axis=2), nb - 1 - np.argmax(nonempty[:, :, ::-1], axis=2), -1)
+        u = np.log1p(np.maximum(raw, 0.0))
+        b = np.minimum((u * cfg.calib_bins_per_unit).astype(np.int64), nb - 1)
+        tot = np.where(total > 0, total, 1.0)
+        m_idx = np.arange(counts.shape[0])[None, :, None]
+        c_idx = np.arange(_CAL)[None, None, :]
+        t = tail[m_idx, c_idx, b]
+        with np.errstate(divide="ignore"):
+            inside = np.where(t < tot, -np.log10(np.maximum(t, 1e-300) / tot), 0.0)
+            p_top = counts[m_idx[0, :, 0][:, None], np.arange(_CAL)[None, :], np.maximum(top, 0)] / tot
+            base = np.where(top >= 0, -np.log10(np.maximum(p_top, 1e-300)), 0.0)
+        edge = (top + 1) / cfg.calib_bins_per_unit
+        beyond = base + cfg.calib_power * (u - edge) / _LN10
+        e = np.where(b <= top, inside, beyond)
+        ok = (self.c_n >= cfg.calib_warmup) & (total > 0)
+        return np.where(ok & (raw > 0.0), np.maximum(e, 0.0), 0.0)
+
+    def _hst_block(self, ev: np.ndarray, aux: dict, learn: bool) -> np.ndarray:
+        """HST evidence per row (held between the strided evaluations); learns when ``learn``."""
+        b_rows = ev.shape[0]
+        out = np.empty(b_rows)
+        if self.hst is None or not self.names:
+            out[:] = 0.0
+            return out
+        every = self.cfg.hst_every
+        feats, valid = aux["feats"], aux["valid"]
+        keys = [(f"{nm}:l", f"{nm}:s", f"{nm}:f") for nm in self.names]
+        last = self.hst_last
+        calib = self.hst_calib
+        for i in range(b_rows):
+            if (self.n + i) % every == 0:
+                fr = feats[i].tolist()
+                xd = {}
+                for j, ks in enumerate(keys):
+                    if valid[i, j]:
+                        xd[ks[0]], xd[ks[1]], xd[ks[2]] = fr[j]
+                if xd:
+                    r = self.hst.score_one(xd) * 10.0
+                    last = calib.evidence(r)
+                    if learn:
+                        calib.update(r)
+                        self.hst.learn_one(xd)
+            out[i] = last
+        if learn:
+            self.hst_last = last
+        return out
+
+    # ------------------------------------------------------------------ block learning
+    def _learn_block(self, ts: np.ndarray, x: np.ndarray, aux: dict) -> None:
+        cfg = self.cfg
+        valid, xf = aux["valid"], aux["xf"]
+        vf = valid.astype(float)
+        b_rows = len(ts)
+        # robust levels (clip limits frozen for the block)
+        for pre, alpha, clip in (("lv", cfg.level_alpha, 4.0), ("lg", cfg.long_alpha, 6.0)):
+            mean, mad, n = getattr(self, pre + "_mean"), getattr(self, pre + "_mad"), getattr(self, pre + "_n")
+            first = n == 0
+            if first.any():  # first reading initialises the mean
+                fi = np.argmax(valid, axis=0)
+                has = valid.any(axis=0) & first
+                mean = np.where(has, xf[fi, np.arange(len(mean))], mean)
+            lim = clip * 1.2533 * mad
+            use_lim = (n > 10) & (lim > 0)
+            xc = np.where(use_lim, np.clip(xf, mean - lim, mean + lim), xf)
+            nprev = n + np.cumsum(vf, axis=0) - vf
+            a = np.where(valid & (nprev >= 1), np.maximum(alpha, 1.0 / (nprev + 1.0)), 0.0)
+            ms = _ewm(mean, xc, a)
+            mprev = np.concatenate([mean[None, :], ms[:-1]])
+            mads = _ewm(mad, np.abs(xc - mprev), a)
+            setattr(self, pre + "_mean", ms[-1])
+            setattr(self, pre + "_mad", mads[-1])
+            setattr(self, pre + "_n", n + vf.sum(axis=0))
+        w1 = cfg.shift_window - 1
+        if w1 > 0:
+            self.recent = np.concatenate([self.recent, aux["zlc"]])[-w1:]
+        # seasonal profile: per (bin, metric) group update against the frozen bin mean
+        bins = aux["bins"]
+        lim = 4.0 * np.maximum(1.2533 * self.s_mad, 0.05 * 1.2533 * self.lg_mad)
+        sm, sc = self.s_means, self.s_counts
+        cb = sc[bins]  # (B, M) counts before the block
+        d = xf - sm[bins]
+        d = np.where((lim > 0) & (self.s_n > 50), np.clip(d, -lim, lim), d)
+        seen = valid & (cb > 0)
+        sn_prev = self.s_n + np.cumsum(seen, axis=0) - seen
+        a = np.where(seen, np.maximum(0.002, 1.0 / (sn_prev + 1.0)), 0.0)
+        self.s_mad = _ewm(self.s_mad, np.abs(d), np.minimum(a, 0.5))[-1]
+        self.s_n = self.s_n + seen.sum(axis=0)
+        nbins = cfg.seasonal_bins
+        mcount = x.shape[1]
+        flat = (bins[:, None] * mcount + np.arange(mcount)[None, :])[valid]
+        size = nbins * mcount
+        k = np.bincount(flat, minlength=size).reshape(nbins, mcount).astype(float)
+        dsum = np.bincount(flat, d[valid], minlength=size).reshape(nbins, mcount)
+        xsum = np.bincount(flat, xf[valid], minlength=size).reshape(nbins, mcount)
+        hit = k > 0
+        kk = np.where(hit, k, 1.0)
+        aa = np.maximum(cfg.seasonal_alpha, 1.0 / (sc + 1.0))
+        upd = sm + (1.0 - (1.0 - aa) ** kk) * dsum / kk
+        self.s_means = np.where(hit, np.where(sc > 0, upd, xsum / kk), sm)
+        self.s_counts = sc + k
+        # forecaster: error scale, training samples, lag buffer
+        xn = aux["xn"]
+        if cfg.use_forecaster and aux["fc_in"] is not None:
+            errs = np.zeros_like(xf)
+            act = np.zeros(x.shape[1], bool)
+            for j, item in enumerate(aux["fc_in"]):
+                if item is None or not valid[:, j].any():
+                    continue
+                xin, err = item
+                vj = valid[:, j]
+                errs[:, j] = err
+                act[j] = True
+                self.fc[j].learn_many(xin[vj], np.clip(xn[vj, j], -10.0, 10.0))
+            if act.any():
+                ncum = self.lg_n - b_rows + np.arange(b_rows)[:, None]  # approximate per-row count
+                aj = np.where(valid & act, np.maximum(0.01, 1.0 / (np.maximum(ncum, 1.0) + 1.0)), 0.0)
+                e = np.minimum(np.abs(errs), 4.0 * self.fc_err * 1.2533 + 0.1)
+                self.fc_err = _ewm(self.fc_err, e, np.minimum(aj, 0.5))[-1]
+            seqn = np.concatenate([self.lagbuf, np.where(valid, xn, np.nan)])
+            if not valid.all():
+                for i in range(cfg.lags, len(seqn)):
+                    bad = np.isnan(seqn[i])
+                    seqn[i, bad] = seqn[i - 1, bad]
+            self.lagbuf = np.nan_to_num(seqn[-cfg.lags:])
+        # stuck detector
+        same = aux["same"]
+        lastv = np.where(valid, x, np.nan)
+        has = valid.any(axis=0)
+        li = b_rows - 1 - np.argmax(valid[::-1], axis=0)
+        self.last = np.where(has, lastv[li, np.arange(x.shape[1])], self.last)
+        self.run = np.where(has, np.where(same[li, np.arange(x.shape[1])], aux["run"][li, np.arange(x.shape[1])], 0.0), self.run)
+        self.repeat_rate = _ewm(self.repeat_rate, same.astype(float), 0.01 * vf)[-1]
+        # calibrators: decayed histograms (newer samples weigh more)
+        raw = aux["raw"]
+        avail = aux["avail"] & has[:, None]
+        nb = cfg.calib_bins
+        b = np.minimum((np.log1p(np.maximum(raw, 0.0)) * cfg.calib_bins_per_unit).astype(np.int64), nb - 1)
+        wts = self.c_weight * self.c_decay ** np.arange(1, b_rows + 1)
+        msk = valid[:, :, None] & avail[None, :, :]
+        mc = x.shape[1] * _CAL
+        flat = ((np.arange(mc).reshape(1, x.shape[1], _CAL)) * nb + b)[msk]
+        wrow = np.broadcast_to(wts[:, None, None], raw.shape)[msk]
+        self.c_counts += np.bincount(flat, wrow, minlength=mc * nb).reshape(self.c_counts.shape)
+        self.c_total += (wts[:, None, None] * msk).sum(axis=0)
+        self.c_n += msk.sum(axis=0)
+        self.c_weight = float(wts[-1]) if b_rows else self.c_weight
+        if self.c_weight > 1e50:
+            s = 1.0 / self.c_weight
+            self.c_counts *= s
+            self.c_total *= s
+            self.c_weight = 1.0
+
+    # ------------------------------------------------------------------ fusion
+    @staticmethod
+    def _fuse(ev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per metric: sum of the two strongest evidences; per row: the strongest metric."""
+        if ev.shape[1] == 0:
+            return np.zeros(ev.shape[0]), np.full(ev.shape[0], -1)
+        top = np.partition(ev, ev.shape[2] - 2, axis=2)[:, :, -2:].sum(axis=2)
+        best = np.argmax(top, axis=1)
+        return top[np.arange(len(top)), best], best
+
+    def _run_block(self, ts: np.ndarray, x: np.ndarray, learn: bool):
+        cfg = self.cfg
+        ev, aux = self._score_block(ts, x)
+        ev[:, :, 5] = self._hst_block(ev, aux, learn)[:, None]
+        ev[:, :, 5] *= aux["valid"]
+        e, best = self._fuse(ev)
+        scores = np.clip(e / cfg.e_full, 0.0, 1.0)
+        thr = cfg.min_threshold
+        left = self.suppress_left
+        out = scores.tolist()
+        for i, s in enumerate(out):
+            if left > 0:
+                s *= cfg.suppress_factor
+                out[i] = s
+                left -= 1
+            if s >= thr:
+                left = cfg.suppress_events
+        if learn:
+            self._learn_block(ts, x, aux)
+            self.suppress_left = left
+            for t in ts.tolist():
+                self.silence.observe(t)
+            self.n += len(ts)
+        return np.asarray(out), best, ev, aux
 
     # ------------------------------------------------------------------ public API
+    def _one(self, ts: float, metrics: dict[str, float], learn: bool) -> AnomalyResult:
+        clean = {k: v for k, v in metrics.items() if v is not None}
+        x = self._matrix(clean, 1)
+        scores, best, ev, _ = self._run_block(np.array([float(ts)]), x, learn)
+        thr = self.cfg.min_threshold
+        j = int(best[0])
+        if j < 0 or np.isnan(x[0, j]):
+            return AnomalyResult(float(scores[0]), bool(scores[0] >= thr), thr, None, None, {})
+        comps = dict(zip(COMPONENTS, ev[0, j].tolist()))
+        return AnomalyResult(float(scores[0]), bool(scores[0] >= thr), thr, self.names[j], float(x[0, j]), comps)
+
     def score_one(self, ts: float, metrics: dict[str, float]) -> AnomalyResult:
         """Score without learning (state unchanged, except new metrics being registered)."""
-        score, thr, m, comps, per_metric, _, _ = self._evaluate(ts, metrics)
-        value = per_metric[m][1] if m in per_metric else None
-        return AnomalyResult(score, score >= thr, thr, m, value, comps)
+        return self._one(ts, metrics, learn=False)
 
     def learn_one(self, ts: float, metrics: dict[str, float]) -> None:
-        score, thr, _, _, per_metric, hst_x, hst_raw = self._evaluate(ts, metrics)
-        self._learn(ts, score, thr, per_metric, hst_x, hst_raw)
+        self._one(ts, metrics, learn=True)
 
     def score_learn_one(self, ts: float, metrics: dict[str, float]) -> AnomalyResult:
         """Prequential step: the result is computed before the model sees the reading."""
-        score, thr, m, comps, per_metric, hst_x, hst_raw = self._evaluate(ts, metrics)
-        self._learn(ts, score, thr, per_metric, hst_x, hst_raw)
-        value = per_metric[m][1] if m in per_metric else None
-        return AnomalyResult(score, score >= thr, thr, m, value, comps)
+        return self._one(ts, metrics, learn=True)
 
     def score_learn_many(self, ts: np.ndarray, metrics: dict[str, np.ndarray]) -> BatchResult:
-        """Prequential over a batch of events (same results as calling ``score_learn_one`` in order)."""
-        ts_l = np.asarray(ts, dtype=float).tolist()
-        names = list(metrics)
-        cols = [np.asarray(metrics[n], dtype=float).tolist() for n in names]
-        n = len(ts_l)
+        """Prequential over a batch of events, in blocks of ``batch_max`` rows (each block is scored
+        against the state left by the previous blocks, then learned)."""
+        ts = np.asarray(ts, dtype=float).reshape(-1)
+        n = len(ts)
+        x = self._matrix(metrics, n)
         scores = np.empty(n)
-        thrs = np.empty(n)
-        which: list[str | None] = [None] * n
-        for i in range(n):
-            row = {nm: col[i] for nm, col in zip(names, cols)}
-            score, thr, m, _, per_metric, hst_x, hst_raw = self._evaluate(ts_l[i], row)
-            self._learn(ts_l[i], score, thr, per_metric, hst_x, hst_raw)
-            scores[i], thrs[i], which[i] = score, thr, m
-        return BatchResult(scores, scores >= thrs, thrs, which)
+        best = np.empty(n, dtype=np.int64)
+        step = self.cfg.batch_max
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            s, b, _, _ = self._run_block(ts[lo:hi], x[lo:hi], learn=True)
+            scores[lo:hi], best[lo:hi] = s, b
+        thr = self.cfg.min_threshold
+        names = self.names
+        which = [names[j] if j >= 0 else None for j in best.tolist()]
+        return BatchResult(scores, scores >= thr, np.full(n, thr), which)
