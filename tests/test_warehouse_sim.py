@@ -84,3 +84,48 @@ def test_mqtt_credentials_setting_covers_every_device():
     sim = WarehouseSimulator()
     entries = dict(e.split(":") for e in sim.mqtt_devices_setting().split(","))
     assert entries == {d.device_id: d.password for d in sim.devices}
+
+
+@pytest.mark.infra
+def test_fleet_logs_in_as_each_device_and_publishes_in_real_time(settings, tmp_path):
+    """Against a real Mosquitto of its own (the devices need their own credentials)."""
+    import queue
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    from wharf.infra.mosquitto import Mosquitto
+    from wharf.simulator.devices import DeviceFleet
+
+    sim = WarehouseSimulator(WarehouseConfig(sites=1, zones_per_site=1, devices_per_zone=4, interval_s=0.5,
+                                             start_ts=__import__("time").time(), fault_every_s=0))
+    s = settings.model_copy(update={"state_dir": tmp_path, "mqtt_port": settings.mqtt_port + 100, "mqtt_devices": sim.mqtt_devices_setting()})
+    broker = Mosquitto(s)
+    broker.start()
+    got: queue.Queue = queue.Queue()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fleet-test-bridge", protocol=mqtt.MQTTv311)
+    sub.username_pw_set(s.mqtt_bridge_user, s.mqtt_bridge_password)
+    ready = threading.Event()
+    sub.on_connect = lambda c, *a: (c.subscribe([("wharf/+/+/+/telemetry", 1), ("wharf/+/+/+/status", 1)]), ready.set())
+    sub.on_message = lambda c, u, m: got.put((m.topic, m.payload))
+    sub.connect(s.mqtt_host, s.mqtt_port)
+    sub.loop_start()
+    fleet = DeviceFleet(s, sim, truth_file=tmp_path / "truth.jsonl")
+    try:
+        assert ready.wait(10)
+        fleet.connect()
+        stats = fleet.run(duration_s=3)
+        __import__("time").sleep(0.5)
+        messages = []
+        while not got.empty():
+            messages.append(got.get())
+        telemetry = [parse(p, SensorReading) for t, p in messages if t.endswith("/telemetry")]
+        births = [t for t, p in messages if t.endswith("/status") and b'"online"' in p]
+        assert len(births) == 4
+        assert {r.device_id for r in telemetry} == {d.device_id for d in sim.devices}
+        assert 16 <= len(telemetry) == stats.published["telemetry"] <= 32  # ~2 per second per device
+    finally:
+        fleet.close()
+        sub.disconnect()
+        sub.loop_stop()
+        broker.stop()

@@ -118,6 +118,46 @@ def bridge(
     console.print(stats.line())
 
 
+@app.command("simulate")
+def simulate(
+    duration: float = typer.Option(0, help="Seconds of wall time to run (0: until Ctrl-C)."),
+    seed: int = typer.Option(7, help="Same seed, same warehouse and same fault schedule."),
+    sites: int = typer.Option(2, help="Sites."),
+    zones: int = typer.Option(2, help="Zones per site."),
+    devices: int = typer.Option(4, help="Devices per zone (cold rooms, conveyors, forklifts, dock doors in turn)."),
+    interval: float = typer.Option(1.0, help="Seconds between a device's readings."),
+    speed: float = typer.Option(1.0, help="Simulated seconds per wall second."),
+    fault_every: float = typer.Option(120.0, help="Mean seconds (simulated) between injected faults; 0 for none."),
+    truth: Path = typer.Option(None, help="Append the injected faults (ground truth) to this JSON-lines file."),
+    print_credentials: bool = typer.Option(False, help="Print the WHARF_MQTT_DEVICES value these devices need, and exit."),
+) -> None:
+    """A warehouse of authenticated MQTT devices publishing telemetry in real time, with injected faults; works against any deployment."""
+    import signal as _signal
+
+    from wharf.simulator.devices import DeviceFleet
+    from wharf.simulator.warehouse import WarehouseConfig, WarehouseSimulator
+
+    cfg = WarehouseConfig(seed=seed, sites=sites, zones_per_site=zones, devices_per_zone=devices, interval_s=interval,
+                          start_ts=time.time(), fault_every_s=fault_every)
+    sim = WarehouseSimulator(cfg)
+    if print_credentials:
+        print(sim.mqtt_devices_setting())
+        return
+    fleet = DeviceFleet(_settings(), sim, speed=speed, truth_file=truth)
+    try:
+        fleet.connect()
+    except ConnectionError as exc:
+        console.print(f"[red]{exc}[/red]\nThe local Mosquitto accepts the devices in WHARF_MQTT_DEVICES; set it to the output of "
+                      "`wharf simulate --print-credentials` (same options) and run `wharf infra down && wharf infra up`.", soft_wrap=True)
+        raise typer.Exit(1) from None
+    _signal.signal(_signal.SIGINT, lambda *_: fleet.stop())
+    _signal.signal(_signal.SIGTERM, lambda *_: fleet.stop())
+    console.print(f"{len(sim.devices)} devices publishing to {_settings().mqtt_host}:{_settings().mqtt_port}; Ctrl-C stops.")
+    stats = fleet.run(duration or None)
+    fleet.close()
+    console.print(f"published {dict(stats.published)}; faults started: {stats.faults_started}")
+
+
 @app.command("demo")
 def demo(
     duration: float = typer.Option(0, help="Stop by itself after this many seconds (0: run until Ctrl-C)."),

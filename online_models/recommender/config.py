@@ -35,7 +35,7 @@ class RecommenderConfig:
     # --- co-occurrence ------------------------------------------------------
     recent_items: int = 20
     """Items remembered per user (the sources of co-occurrence pairs and scores)."""
-    pair_window: int = 8
+    pair_window: int = 5
     """A new interaction is paired with this many of the user's previous items."""
     cooc_top_n: int = 100
     """Co-occurrence row length kept per item (pruned from 1.5x back to this)."""
@@ -45,7 +45,9 @@ class RecommenderConfig:
     """Weight of the reverse pair (j -> i) relative to the forward one (i -> j)."""
     position_decay: float = 0.8
     """Pair/score weight multiplier per step back in the user's history."""
-    cooc_half_life_s: float = 30 * DAY
+    cooc_half_life_s: float = 90 * DAY
+    cooc_half_life_pairs: float = 300.0
+    """Also decay a row by its own traffic: half the weight after this many new pairs (0: off)."""
     cooc_prior: float = 1.0
     """Shrinks P(j | i) of rarely seen items i: row[j] / (total + prior)."""
     session_gap_s: float = 1800.0
@@ -55,7 +57,7 @@ class RecommenderConfig:
     dim: int = 32
     learning_rate: float = 0.05
     regularization: float = 0.002
-    negatives: int = 2
+    negatives: int = 1
     init_scale: float = 0.1
     latent_temperature: float = 1.0
     latent_min_events: int = 3
@@ -81,7 +83,7 @@ class RecommenderConfig:
             TRENDING: 0.1,
         }
     )
-    blend_every: int = 16
+    blend_every: int = 32
     """Every n-th event (deterministic) updates the blend weights before it is learned."""
     blend_rate: float = 0.02
     blend_floor: float = 0.01

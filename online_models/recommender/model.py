@@ -87,9 +87,11 @@ class OnlineRecommender:
             self._rng.setstate(self.state.rng_state)
         self._np_rng = np.random.default_rng(cfg.seed)
         self._rate_cooc = rate(cfg.cooc_half_life_s)
+        self._rate_pairs = rate(cfg.cooc_half_life_pairs)
         self._rate_pop = rate(cfg.popular_half_life_s)
         self._rate_trend = rate(cfg.trending_half_life_s)
         self._rate_user = rate(cfg.user_half_life_s)
+        self._view_weight = cfg.weight("view") or 1.0
         self.index = ItemIndex(cfg.dim)
         self.rebuild_caches()
 
@@ -129,7 +131,7 @@ class OnlineRecommender:
         st = self.items.get(item_id)
         if st is None:
             cfg = self.config
-            st = ItemState(item_id, category=category, price=price, cooc_ref=ts, popular_ts=ts, trending_ts=ts)
+            st = ItemState(item_id, category=category, price=price, popular_ts=ts, trending_ts=ts)
             st.factors = (self._np_rng.standard_normal(cfg.dim) * cfg.init_scale).astype(np.float32)
             self.items[item_id] = st
             self.index.add(st)
@@ -224,7 +226,7 @@ class OnlineRecommender:
         """Pairs (previous item -> this item) and the weaker reverse pairs."""
         cfg = self.config
         items = self.items
-        r = self._rate_cooc
+        r, rp = self._rate_cooc, self._rate_pairs
         top_n = cfg.cooc_top_n
         target = items[item_id]
         same, cross, back, pos = cfg.same_session_weight, cfg.cross_session_weight, cfg.backward_weight, cfg.position_decay
@@ -237,8 +239,8 @@ class OnlineRecommender:
             if prev is None:
                 continue
             amount = decay * (same if prev_session == session else cross)
-            prev.add_pair(item_id, amount, ts, r, top_n)
-            target.add_pair(prev_id, amount * back, ts, r, top_n)
+            prev.add_pair(item_id, amount, ts, r, rp, top_n)
+            target.add_pair(prev_id, amount * back, ts, r, rp, top_n)
             items[prev_id] = prev
             decay *= pos
             n += 1
@@ -265,7 +267,7 @@ class OnlineRecommender:
         idx = self.index
         lr = cfg.learning_rate
         keep = 1.0 - lr * cfg.regularization
-        scale = lr * min(weight / cfg.weight("view"), 3.0)
+        scale = lr * min(weight / self._view_weight, 3.0)
         p = user.factors
         qi = item.factors
         items = self.items
@@ -297,12 +299,11 @@ class OnlineRecommender:
     def _learn_popularity(self, item: ItemState, row: int, weight: float, ts: float) -> None:
         g = self.state
         if self._rate_trend * (ts - g.landmark) > 30.0:
-            # Shift the shared landmark; rows are recomputed from the item store (rare, O(items)).
+            # Shift the shared landmark before exp() overflows: one vectorised rescale.
+            n = len(self.index)
+            self.index.popular[:n] *= math.exp(-self._rate_pop * (ts - g.landmark))
+            self.index.trending[:n] *= math.exp(-self._rate_trend * (ts - g.landmark))
             g.landmark = ts
-            for st in self.items.values():
-                r = self.index.row.get(st.item_id)
-                if r is not None:
-                    self.index.write_popularity(r, st, g.landmark, self._rate_pop, self._rate_trend)
         item.popular, item.popular_ts = decayed_add(item.popular, item.popular_ts, weight, ts, self._rate_pop)
         item.trending, item.trending_ts = decayed_add(item.trending, item.trending_ts, weight, ts, self._rate_trend)
         self.index.write_popularity(row, item, g.landmark, self._rate_pop, self._rate_trend)
@@ -325,11 +326,15 @@ class OnlineRecommender:
 
     # ------------------------------------------------------------ scoring
 
+    def _live_session(self, user: UserState, now: float) -> str | None:
+        """The user's session if it may still be going on at `now` (else its items are history)."""
+        return user.session_id if now - user.last_ts <= self.config.session_gap_s else None
+
     def _cooc_components(self, user: UserState, now: float) -> tuple[dict[str, float], dict[str, float]]:
         """P(item | session items) and P(item | older items), each a sub-normalised mixture
         of the sources' rows P(j | i) = row[j] / (total + prior)."""
         cfg = self.config
-        r = self._rate_cooc
+        live = self._live_session(user, now)
         parts: tuple[dict[str, float], dict[str, float]] = ({}, {})
         norms = [0.0, 0.0]
         decay = 1.0
@@ -339,9 +344,9 @@ class OnlineRecommender:
             decay *= cfg.position_decay
             if st is None or not st.cooc or src <= 0:
                 continue
-            which = 0 if session == user.session_id else 1
+            which = 0 if session == live else 1
             norms[which] += src
-            denom = st.cooc_total + cfg.cooc_prior * math.exp(r * (now - st.cooc_ref)) if r else st.cooc_total + cfg.cooc_prior
+            denom = st.cooc_total + cfg.cooc_prior * st.cooc_prior_scale()
             f = src / denom
             acc = parts[which]
             for j, v in st.cooc.items():
@@ -421,13 +426,22 @@ class OnlineRecommender:
         idx = self.index
         n = len(idx)
         active = idx.active[:n]
+        if not active[row]:
+            return {}
         out: dict[str, float] = {}
-        pop, trend = self._popularity_vectors(n, now)
-        pop_sum = float(pop[active].sum())
+        # Masked sums as multiply + sum: a BLAS dot of >10k elements goes multi-threaded
+        # in OpenBLAS and is ~100x slower on a busy 2-core box.
+        mask = active.astype(np.float64)
+        n_active = float(mask.sum())
+        landmark = self.state.landmark
+        prior_p = cfg.new_item_prior * math.exp(self._rate_pop * (now - landmark))
+        prior_t = cfg.new_item_prior * math.exp(self._rate_trend * (now - landmark))
+        pop_row = float(idx.popular[row]) + prior_p
+        pop_sum = float((idx.popular[:n] * mask).sum()) + prior_p * n_active
         if pop_sum > 0:
-            out[POPULAR] = float(pop[row]) / pop_sum
-            out[TRENDING] = float(trend[row]) / float(trend[active].sum())
-        r = self._rate_cooc
+            out[POPULAR] = pop_row / pop_sum
+            out[TRENDING] = (float(idx.trending[row]) + prior_t) / (float((idx.trending[:n] * mask).sum()) + prior_t * n_active)
+        live = self._live_session(user, now)
         mass = [0.0, 0.0]
         norms = [0.0, 0.0]
         decay = 1.0
@@ -437,27 +451,33 @@ class OnlineRecommender:
             decay *= cfg.position_decay
             if st is None or not st.cooc or src <= 0:
                 continue
-            which = 0 if session == user.session_id else 1
+            which = 0 if session == live else 1
             norms[which] += src
             v = st.cooc.get(item_id)
             if v:
-                prior = cfg.cooc_prior * math.exp(r * (now - st.cooc_ref)) if r else cfg.cooc_prior
+                prior = cfg.cooc_prior * st.cooc_prior_scale()
                 mass[which] += src * v / (st.cooc_total + prior)
         for which, name in ((0, SESSION), (1, CO_OCCURRENCE)):
             if norms[which] > 0:
                 out[name] = mass[which] / norms[which]
         if user.events >= cfg.latent_min_events:
-            s = (idx.q[:n] @ user.factors + idx.bias[:n]).astype(np.float64) / cfg.latent_temperature
-            s = s[active] if not active.all() else s
-            top = s.max()
-            target = (float(idx.q[row] @ user.factors) + float(idx.bias[row])) / cfg.latent_temperature
-            out[LATENT] = math.exp(target - top) / float(np.exp(s - top).sum()) if active[row] else 0.0
+            s = idx.q[:n] @ user.factors
+            s += idx.bias[:n]
+            s *= 1.0 / cfg.latent_temperature
+            if n_active < n:
+                s[~active] = -np.inf
+            top = float(s.max())
+            target = float(s[row])
+            s -= top
+            np.exp(s, out=s)
+            out[LATENT] = math.exp(target - top) / float(s.sum(dtype=np.float64))
         pref = self._category_pref(user)
         code = idx.category[row]
         if pref and code >= 0:
-            cats = idx.category[:n]
-            in_cat = float(pop[(cats == code) & active].sum())
-            out[CATEGORY] = pref.get(int(code), 0.0) * float(pop[row]) / in_cat if in_cat > 0 else 0.0
+            in_cat = idx.category[:n] == code
+            in_cat &= active
+            cat_sum = float(idx.popular[:n][in_cat].sum()) + prior_p * float(in_cat.sum())
+            out[CATEGORY] = pref.get(int(code), 0.0) * pop_row / cat_sum if cat_sum > 0 else 0.0
         return out
 
     def _update_blend(self, user: UserState, item_id: str, now: float) -> None:

@@ -65,7 +65,13 @@ class ItemState:
     """Forward-decayed weight of 'item -> other item' pairs, bounded to the top-N."""
     cooc_total: float = 0.0
     """Sum of all pair weights ever added (same scale as `cooc`), including pruned ones."""
+    cooc_pairs: int = 0
+    cooc_clock: float = 0.0
+    """Decay clock of the row at its last pair: rate_s * ts + rate_pairs * pairs. It moves
+    with time *and* with the row's own traffic, so a busy item forgets in hours and
+    a rare one keeps its few pairs; an item nobody clicks keeps its evidence as is."""
     cooc_ref: float = 0.0
+    """Landmark (in clock units) the row's entries are scaled against."""
     factors: np.ndarray | None = None
     bias: float = 0.0
     popular: float = 0.0
@@ -74,15 +80,20 @@ class ItemState:
     trending_ts: float = 0.0
     events: int = 0
 
-    def add_pair(self, other: str, amount: float, t: float, rate: float, top_n: int) -> None:
-        exponent = rate * (t - self.cooc_ref)
+    def add_pair(self, other: str, amount: float, t: float, rate_s: float, rate_pairs: float, top_n: int) -> None:
+        self.cooc_pairs += 1
+        clock = rate_s * t + rate_pairs * self.cooc_pairs
+        if clock < self.cooc_clock:  # late event: it is as old as the row, not older
+            clock = self.cooc_clock
+        self.cooc_clock = clock
+        exponent = clock - self.cooc_ref
         if exponent > _MAX_EXPONENT or not self.cooc:
             if self.cooc:
                 shrink = math.exp(-exponent)
                 for k in self.cooc:
                     self.cooc[k] *= shrink
                 self.cooc_total *= shrink
-            self.cooc_ref, exponent = t, 0.0
+            self.cooc_ref, exponent = clock, 0.0
         scaled = amount * math.exp(exponent)
         cooc = self.cooc
         cooc[other] = cooc.get(other, 0.0) + scaled
@@ -90,6 +101,10 @@ class ItemState:
         if len(cooc) > top_n + (top_n >> 1):
             # Amortised O(1): prune back to top-N every N/2 new neighbours.
             self.cooc = dict(heapq.nlargest(top_n, cooc.items(), key=lambda kv: kv[1]))
+
+    def cooc_prior_scale(self) -> float:
+        """Factor that brings an unscaled pseudo-count to the row's scale (as of its last pair)."""
+        return math.exp(self.cooc_clock - self.cooc_ref)
 
 
 @dataclass(slots=True)

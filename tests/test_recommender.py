@@ -1,0 +1,232 @@
+"""Online recommender, its prequential evaluation and the shop simulator."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import pytest
+
+from online_models.evaluation.recommender import (
+    evaluate_file,
+    evaluate_interactions,
+    evaluate_simulator,
+    read_interactions,
+)
+from online_models.recommender import OnlineRecommender, RecommenderConfig
+from online_models.recommender.bench import bench_commerce
+from schemas.events import ClickEvent
+from wharf.simulator import ShopConfig, ShopSimulator, simulate_clicks
+
+CATS = "ABCDE"
+T0 = 1_700_000_000.0
+
+
+def _background(seed: int = 0, n_users: int = 150, per_user: int = 15) -> tuple[OnlineRecommender, dict[str, list[str]]]:
+    """A small shop: 5 categories x 40 items; each background user sticks mostly to one category."""
+    rng = random.Random(seed)
+    model = OnlineRecommender(RecommenderConfig(seed=seed))
+    items = {c: [f"{c}-{i}" for i in range(40)] for c in CATS}
+    for c, ids in items.items():
+        for item in ids:
+            model.add_item(item, category=c, price=10.0)
+    ts = T0
+    for u in range(n_users):
+        fav = rng.choice(CATS)
+        for n in range(per_user):
+            c = fav if rng.random() < 0.8 else rng.choice(CATS)
+            item = rng.choice(items[c][:25])
+            action = "purchase" if rng.random() < 0.1 else "view"
+            model.learn_one(
+                {"user_id": f"bg{u}", "session_id": f"bg{u}-{n // 5}", "item_id": item, "action": action, "category": c, "ts": ts}
+            )
+            ts += 7.0
+    return model, items
+
+
+def _share(recs, items: dict[str, list[str]], category: str) -> float:
+    return sum(r.item_id in set(items[category]) for r in recs) / max(len(recs), 1)
+
+
+def test_recommendations_move_toward_the_category_a_user_engages_with():
+    model, items = _background()
+    before = model.recommend("newcomer", 10)
+    ts = model.state.last_ts
+    for n, item in enumerate(items["A"][:6]):
+        action = "purchase" if n == 5 else "add_to_cart" if n == 3 else "view"
+        ts += 20
+        model.learn_one({"user_id": "newcomer", "session_id": "x1", "item_id": item, "action": action, "category": "A", "ts": ts})
+    after = model.recommend("newcomer", 10)
+    assert len(after) == 10
+    assert _share(after, items, "A") >= 0.7
+    assert _share(after, items, "A") > _share(before, items, "A")
+    assert {r.reason for r in after} - {"popular", "trending"}, "personal signals should appear"
+
+
+def test_purchased_items_are_excluded_but_still_recommended_to_others():
+    model, _ = _background()
+    hit = "B-0"
+    ts = model.state.last_ts
+    for u in range(30):  # make B-0 the most bought item
+        ts += 1
+        model.learn_one({"user_id": f"fan{u}", "item_id": hit, "action": "purchase", "category": "B", "ts": ts})
+    model.learn_one({"user_id": "buyer", "item_id": hit, "action": "purchase", "category": "B", "ts": ts + 1})
+    assert hit in [r.item_id for r in model.recommend("someone_else", 10)]
+    assert hit not in [r.item_id for r in model.recommend("buyer", 200)]
+    assert hit not in [r.item_id for r in model.recommend("someone_else", 200, exclude={hit})]
+
+
+def test_removed_catalogue_item_is_never_recommended():
+    model, _ = _background()
+    top = model.recommend("cold", 1)[0].item_id
+    model.remove_item(top)
+    users = ["cold", *list(model.users)[:20]]
+    for user in users:
+        assert top not in [r.item_id for r in model.recommend(user, 500)]
+    # Still learning clicks on it does not bring it back; add_item does.
+    model.learn_one({"user_id": "late", "item_id": top, "action": "purchase", "ts": model.state.last_ts + 1})
+    assert top not in [r.item_id for r in model.recommend("late", 500)]
+    model.add_item(top)
+    assert top in [r.item_id for r in model.recommend("cold", 500)]
+
+
+def test_cold_start_user_gets_popular_or_trending_items():
+    model, items = _background()
+    recs = model.recommend("never-seen", 10)
+    assert len(recs) == 10
+    assert {r.reason for r in recs} <= {"popular", "trending"}
+    # The background only clicked the first 25 items of each category: those are the popular ones.
+    popular = {i for ids in items.values() for i in ids[:25]}
+    assert all(r.item_id in popular for r in recs)
+    assert [r.score for r in recs] == sorted((r.score for r in recs), reverse=True)
+
+
+def test_remove_action_is_a_negative_signal():
+    model, items = _background()
+    ts = model.state.last_ts
+    for n, item in enumerate(items["C"][:3]):
+        model.learn_one({"user_id": "u", "session_id": "s", "item_id": item, "action": "add_to_cart", "category": "C", "ts": ts + n})
+    pref_before = model.users["u"].categories["C"]
+    model.learn_one({"user_id": "u", "session_id": "s", "item_id": items["C"][0], "action": "remove", "category": "C", "ts": ts + 5})
+    state = model.users["u"]
+    assert state.categories["C"] < pref_before
+    assert items["C"][0] not in [r[0] for r in state.recent]
+
+
+def test_pickle_round_trip_gives_identical_recommendations():
+    events = simulate_clicks(3000, seed=3, n_users=200, n_items=300)
+    model = OnlineRecommender(RecommenderConfig(seed=1))
+    for ev in events[:2500]:
+        model.learn_one(ev)
+    clone = pickle.loads(pickle.dumps(model))
+    users = list(model.users)[:25] + ["nobody"]
+    for user in users:
+        assert clone.recommend(user, 10) == model.recommend(user, 10)
+    # Same RNG state: learning the same events keeps them identical.
+    for ev in events[2500:]:
+        model.learn_one(ev)
+        clone.learn_one(ev)
+    for user in users:
+        assert clone.recommend(user, 10) == model.recommend(user, 10)
+
+
+def test_state_stores_alone_rebuild_the_model():
+    """What a Faust table would hold (per-user, per-item, per-worker) is enough to serve."""
+    model = OnlineRecommender(RecommenderConfig(seed=2))
+    for ev in simulate_clicks(2000, seed=4, n_users=150, n_items=250):
+        model.learn_one(ev)
+    users = {k: pickle.loads(pickle.dumps(v)) for k, v in model.users.items()}
+    items = {k: pickle.loads(pickle.dumps(v)) for k, v in model.items.items()}
+    state = pickle.loads(pickle.dumps(model.state))
+    rebuilt = OnlineRecommender(model.config, users=users, items=items, state=state)
+    for user in list(model.users)[:25]:
+        a, b = model.recommend(user, 10), rebuilt.recommend(user, 10)
+        assert [r.item_id for r in a] == [r.item_id for r in b]
+        assert [r.reason for r in a] == [r.reason for r in b]
+        assert [r.score for r in a] == pytest.approx([r.score for r in b], rel=1e-9)
+
+
+def test_simulator_is_deterministic_and_well_formed():
+    cfg = dict(n_users=200, n_items=300, new_items_per_day=5000, new_users_per_day=20000, events_per_second=2.0)
+    a = simulate_clicks(3000, seed=7, **cfg)
+    b = simulate_clicks(3000, seed=7, **cfg)
+    c = simulate_clicks(3000, seed=8, **cfg)
+    assert a == b
+    assert a != c
+    assert [e["ts"] for e in a] == sorted(e["ts"] for e in a)
+    assert {e["action"] for e in a} == {"view", "add_to_cart", "remove", "purchase"}
+    for e in a[:300]:
+        ClickEvent.model_validate(e)
+    assert len({e["event_id"] for e in a}) == len(a)
+    # New users and items arrive while it runs.
+    assert any(int(e["user_id"][1:]) >= 200 for e in a)
+    assert any(int(e["item_id"][1:]) >= 300 for e in a)
+
+
+def test_simulator_trends_shift_between_periods():
+    period_s = 300.0
+    sim = ShopSimulator(ShopConfig(seed=5, n_users=300, n_items=400, trend_period_s=period_s, events_per_second=5.0))
+    events = list(sim.events(10_000))
+    hot = dict(sim.trend_history)
+    assert len(hot) >= 5
+    counts: dict[int, dict[str, int]] = {}
+    for e in events:
+        per = counts.setdefault(int((e["ts"] - sim.config.start_ts) // period_s), {})
+        per[e["category"]] = per.get(e["category"], 0) + 1
+    when_hot, when_not = [], []
+    for period, per in counts.items():
+        total = sum(per.values())
+        if total < 500 or period not in hot:
+            continue
+        for category in sim.categories:
+            (when_hot if category in hot[period] else when_not).append(per.get(category, 0) / total)
+    assert when_hot and when_not
+    # Hot categories are drawn uniformly, so without trends both means would be ~1/n_categories.
+    assert sum(when_hot) / len(when_hot) > 1.3 * sum(when_not) / len(when_not)
+
+
+def test_prequential_evaluation_beats_popularity_on_simulated_shop():
+    report = evaluate_simulator(6000, seed=11, n_users=300, n_items=400, events_per_second=1.0, every=1)
+    hr = {m: v["hr@10"] for m, v in report.metrics.items()}
+    assert report.n_evaluated > 1000
+    assert hr["wharf"] > 1.5 * hr["popular"]
+    assert hr["wharf"] > hr["cooccurrence"]
+    assert 0 < report.metrics["wharf"]["ndcg@10"] <= hr["wharf"]
+
+
+def test_evaluate_file_reads_columns_and_both_modes(tmp_path):
+    rng = random.Random(0)
+    user_bias = {f"u{u}": rng.uniform(-1, 1) for u in range(60)}
+    item_bias = {f"m{i}": rng.uniform(-1, 1) for i in range(80)}
+    rows = []
+    for n in range(3000):
+        u, i = rng.choice(list(user_bias)), rng.choice(list(item_bias))
+        rating = min(5, max(1, round(3 + user_bias[u] + item_bias[i] + rng.gauss(0, 0.3))))
+        day, sec = divmod(n * 37, 86_400)
+        rows.append(f"2024-01-{day + 1:02d};{sec};{u};{i};{rating}")
+    rng.shuffle(rows)  # the reader must restore time order from the two time columns
+    path = tmp_path / "log.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    events = read_interactions(path, sep=";", header=False, user_col=2, item_col=3, time_cols=[0, 1], rating_col=4)
+    assert len(events) == 3000
+    assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)
+    ratings = evaluate_file(path, sep=";", header=False, user_col=2, item_col=3, time_cols=[0, 1], rating_col=4, mode="rating")
+    assert ratings.metrics["wharf_mf"]["rmse"] < ratings.metrics["global_mean"]["rmse"]
+    implicit = evaluate_file(path, sep=";", header=False, user_col=2, item_col=3, time_cols=[0, 1], every=5)
+    assert set(implicit.metrics) == {"wharf", "cooccurrence", "popular"}
+    assert implicit.n_evaluated == -(-implicit.n_eligible // 5)
+
+
+def test_header_and_named_columns(tmp_path):
+    path = tmp_path / "clicks.csv"
+    path.write_text("when,who,what,act\n3,a,x,view\n1,a,y,view\n2,b,x,purchase\n")
+    events = read_interactions(path, user_col="who", item_col="what", time_cols=["when"], action_col="act")
+    assert [(e["user_id"], e["item_id"], e["action"]) for e in events] == [("a", "y", "view"), ("b", "x", "purchase"), ("a", "x", "view")]
+    report = evaluate_interactions(events, every=1)
+    assert report.n_evaluated == 3
+
+
+def test_bench_reports_positive_numbers():
+    result = bench_commerce(n_events=1500, n_items=500, n_users=100, recommend_calls=50)
+    assert result.learn_events_per_s > 0 and result.recommend_p99_ms >= result.recommend_p50_ms > 0
+    assert result.items >= 500
