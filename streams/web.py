@@ -26,3 +26,6 @@ class Stats(View):
         except Exception as exc:  # a health view reports, it does not fail
             tables["error"] = str(exc).splitlines()[0]
         return self.json({"writers": writers, "tables": tables})
+
+
+from streams import dashboard  # noqa: E402,F401 - registers the dashboard views
