@@ -15,7 +15,6 @@ from pathlib import Path
 
 from faust.web import Request, Response, View
 
-from online_models.alarms import source_of
 from schemas import codec
 from streams.app import app, settings, storage, topics
 from streams.queries import DashboardQueries
@@ -49,6 +48,8 @@ class DashboardData(View):
 @app.page("/api/alarms/ack")
 class AckAlarm(View):
     async def post(self, request: Request) -> Response:
+        from online_models.alarms import source_of
+
         try:
             alarm_id = str((await request.json())["alarm_id"])
             device = source_of(alarm_id)
