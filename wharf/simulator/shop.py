@@ -24,12 +24,15 @@ the end. Sessions overlap in time; `events()` yields them merged in time order.
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from wharf.simulator import reviews
 
 CATEGORY_NAMES = (
     "phones", "phone_cases", "laptops", "laptop_bags", "headphones", "speakers", "cameras", "memory_cards",
@@ -66,6 +69,13 @@ class ShopConfig:
     p_remove: float = 0.2
     p_purchase: float = 0.6
     complements: int = 3
+    p_review: float = 0.35
+    """Share of purchases followed by a review (rating and text from `wharf.simulator.reviews`)."""
+    review_delay_s: float = 600.0
+    n_sellers: int = 20
+    defect_every_s: float = 3 * 3600.0
+    """Every this often (simulated) one popular item gets a defective batch for `defect_duration_s` (0: never)."""
+    defect_duration_s: float = 3600.0
 
 
 @dataclass(slots=True)
@@ -111,6 +121,10 @@ class ShopSimulator:
         """(trend period number, hot category names), one entry per period started."""
         self._cat_cache: dict[int, tuple[int, np.ndarray, np.ndarray, np.ndarray]] = {}
         self._seq = 0
+        self._review_seq = 0
+        self.purchases: Counter[str] = Counter()
+        self.defects: dict[int, tuple[str, float, float]] = {}
+        """Defective batches so far: epoch -> (item_id, start_ts, end_ts)."""
         self._session_seq = 0
         self._event_seq = 0
         for _ in range(cfg.n_items):
@@ -261,13 +275,38 @@ class ShopSimulator:
         return events
 
     def _after_purchase(self, event: dict[str, Any]) -> list[tuple[float, str, dict[str, Any]]]:
-        """Follow-up events of a purchase as (ts, kind, payload).
+        """Follow-up events of a purchase as (ts, kind, payload): sometimes a review, later."""
+        cfg, rng = self.config, self.rng
+        if rng.random() >= cfg.p_review:
+            return []
+        idx = int(event["item_id"][1:])
+        item, user = self.items[idx], self.users[int(event["user_id"][1:])]
+        self.purchases[event["item_id"]] += 1
+        fit = float(user.vec @ item.vec) / np.sqrt(cfg.latent_dim) + (item.appeal - 1.0)
+        ts = event["ts"] + float(rng.exponential(cfg.review_delay_s))
+        rating = reviews.rating_for(fit, self._defective(item.item_id, event["ts"]), rng)
+        self._review_seq += 1
+        return [(ts, "review", {
+            "review_id": f"r{cfg.seed}-{self._review_seq}", "user_id": user.user_id, "item_id": item.item_id,
+            "seller_id": f"seller-{idx % cfg.n_sellers:02d}", "rating": rating,
+            "text": reviews.review_text(rating, self.categories[item.category], rng), "ts": round(ts, 3),
+        })]
 
-        Reviews (`schemas.events.Review`) belong here: return e.g.
-        `(event["ts"] + delay, "review", {...})` and they are merged into `stream()`
-        in time order. None yet.
-        """
-        return []
+    def _defective(self, item_id: str, ts: float) -> bool:
+        """A defective batch: the ground truth for the sentiment-drop alarm (`defects`)."""
+        cfg = self.config
+        if cfg.defect_every_s <= 0:
+            return False
+        epoch = int((ts - cfg.start_ts) // cfg.defect_every_s)
+        if epoch < 1:
+            return False
+        if epoch not in self.defects:
+            # the best seller so far: an item that gets enough reviews for the drop to show
+            pick = self.purchases.most_common(1)[0][0] if self.purchases else item_id
+            start = cfg.start_ts + epoch * cfg.defect_every_s
+            self.defects[epoch] = (pick, start, start + cfg.defect_duration_s)
+        pick, start, end = self.defects[epoch]
+        return item_id == pick and start <= ts < end
 
     # ---------------------------------------------------------------- output
 
