@@ -133,3 +133,24 @@ def test_qos1_messages_survive_a_broker_restart(stack, unique):
         assert got == [f"m{i}".encode() for i in range(20)]
     finally:
         bridge.close()
+
+
+def test_new_device_credentials_take_effect_without_a_restart(stack, unique):
+    """`wharf infra up` on a running broker rewrites the password file and makes Mosquitto re-read it (SIGHUP)."""
+    import time
+
+    from wharf.infra.mosquitto import Mosquitto
+
+    newcomer = f"dev-{unique}"
+    assert check_login(stack.mqtt_host, stack.mqtt_port, newcomer, "pw") in (134, 135)
+    grown = stack.model_copy(update={"mqtt_devices": stack.mqtt_devices + f",{newcomer}:pw"})
+    broker = Mosquitto(grown)
+    pid = broker.process.pid()
+    assert broker.start() == 0.0 and broker.process.pid() == pid  # same process, not restarted
+    try:
+        deadline = time.monotonic() + 5
+        while check_login(stack.mqtt_host, stack.mqtt_port, newcomer, "pw") != 0:
+            assert time.monotonic() < deadline, "the running broker did not pick up the new password file"
+            time.sleep(0.1)
+    finally:
+        Mosquitto(stack).start()  # back to the test settings' devices

@@ -8,6 +8,8 @@ device's telemetry and status and writes the alert topics.
 from __future__ import annotations
 
 import getpass
+import os
+import signal
 import shutil
 import subprocess
 import threading
@@ -99,6 +101,7 @@ class Mosquitto:
 
     def start(self, timeout: float = 20.0) -> float:
         if self.process.running():
+            self.reload()
             return 0.0
         if not shutil.which("mosquitto") and not shutil.os.path.exists("/usr/sbin/mosquitto"):
             raise ServiceError("mosquitto: not installed; run `scripts/setup.sh` (apt-get install mosquitto mosquitto-clients)")
@@ -106,6 +109,14 @@ class Mosquitto:
         self._write_config()
         self.process.start()
         return self.process.wait_ready(self.ready, timeout, f"authenticated CONNACK on {self.settings.mqtt_host}:{self.settings.mqtt_port}")
+
+    def reload(self) -> None:
+        """Rewrite the password and ACL files from the settings; SIGHUP makes the running broker re-read them."""
+        pid = self.process.pid()
+        if pid is None:
+            return
+        self._write_config()
+        os.kill(pid, signal.SIGHUP)
 
     def ready(self) -> bool:
         return check_login(self.settings.mqtt_host, self.settings.mqtt_port, self.settings.mqtt_bridge_user, self.settings.mqtt_bridge_password) == 0
