@@ -161,14 +161,20 @@ def simulate(
 @app.command("demo")
 def demo(
     duration: float = typer.Option(0, help="Stop by itself after this many seconds (0: run until Ctrl-C)."),
-    rate: float = typer.Option(50.0, help="Synthetic readings per second."),
+    speed: float = typer.Option(1.0, help="Simulated seconds per wall second for the warehouse."),
+    interval: float = typer.Option(1.0, help="Seconds between a device's readings."),
+    shop_rate: float = typer.Option(20.0, help="Shop clicks per second."),
+    fault_every: float = typer.Option(90.0, help="Mean seconds between injected warehouse faults."),
+    seed: int = typer.Option(7, help="Seed of both simulators."),
 ) -> None:
-    """The main job: start the servers and a worker, stream synthetic telemetry and clicks through them, show what lands in ClickHouse."""
+    """The main job: servers, worker, bridge, warehouse and shop simulators, and the live dashboard."""
     from wharf import demo as demo_mod
 
     settings = _settings()
+    options = demo_mod.DemoOptions(duration=duration or None, speed=speed, interval=interval, shop_rate=shop_rate,
+                                   fault_every=fault_every, seed=seed)
     try:
-        code = demo_mod.run(settings, duration or None, rate, console)
+        code = demo_mod.run(settings, options, console)
     except infra_error() as exc:
         console.print(f"[red]demo failed:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from None

@@ -1,10 +1,12 @@
-"""`wharf demo`: the real stack end to end, watched from the terminal.
+"""`wharf demo`: the whole system, live, from one command.
 
-Starts the servers, a Faust worker, and a producer of synthetic telemetry and
-clicks (with a few malformed records on purpose), then prints every second how
-many rows reached ClickHouse and how many records were dead-lettered. Ctrl-C
-stops the producer, the worker and the servers cleanly; the data stays in the
-state folder and the next run continues from it.
+Starts the real servers (Kafka, Mosquitto; the ClickHouse server too when the
+settings point at it, else embedded chdb), a Faust worker (agents, models,
+dashboard), the MQTT bridge, and the simulators: a warehouse of authenticated
+MQTT devices with injected faults, and a shop producing clicks and reviews.
+Prints where to look and a health line every few seconds. Ctrl-C stops the
+simulators, the bridge, the worker and the servers it started, cleanly; the
+data stays in the state folder and the next run continues from it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from rich.console import Console
@@ -26,128 +29,186 @@ from rich.console import Console
 from schemas import codec
 from wharf import infra
 from wharf.settings import Settings
-
-DEVICE_TYPES = {"cold_room": {"temperature": (4.0, 0.6), "humidity": (60.0, 5.0)}, "conveyor": {"vibration": (0.3, 0.05)}}
+from wharf.simulator.devices import DeviceFleet
+from wharf.simulator.shop import ShopConfig, ShopSimulator
+from wharf.simulator.warehouse import WarehouseConfig, WarehouseSimulator
 
 
 @dataclass
-class Producer:
-    """Synthetic traffic straight to Kafka: readings of 12 devices and shop clicks, 1 malformed record in 200."""
+class DemoOptions:
+    duration: float | None = None
+    speed: float = 1.0
+    interval: float = 1.0
+    shop_rate: float = 20.0
+    fault_every: float = 90.0
+    seed: int = 7
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 60) -> None:
+        if not self.alive():
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _spawn(name: str, args: list[str], settings: Settings, env: dict[str, str]) -> Child:
+    log = settings.state_dir / f"{name}.log"
+    out = open(log, "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "wharf.cli", *args], stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, **settings.env(), **env, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    return Child(name, proc, log)
+
+
+def _get(settings: Settings, path: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://{settings.web_host}:{settings.web_port}{path}", timeout=5) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class ShopFeeder:
+    """The shop simulator in real time: clicks and reviews straight to Kafka, as a shop backend would send them."""
 
     settings: Settings
     rate: float
-    seed: int = 7
-    sent: dict[str, int] = field(default_factory=lambda: {"readings": 0, "clicks": 0, "malformed": 0})
+    seed: int
+    sent: dict[str, int] = field(default_factory=lambda: {"click": 0, "review": 0})
 
     async def run(self, stop: asyncio.Event) -> None:
-        rnd = random.Random(self.seed)
-        devices = [(f"site-{i % 2 + 1}", f"zone-{i % 3 + 1}", f"dev-{i:03d}", "cold_room" if i % 3 else "conveyor") for i in range(12)]
-        seq = {d[2]: int(time.time()) * 10 for d in devices}  # monotonic across demo runs
+        start = time.time()
+        sim = ShopSimulator(ShopConfig(seed=self.seed, events_per_second=self.rate, start_ts=start, n_users=500, n_items=400,
+                                       defect_every_s=600.0, defect_duration_s=300.0, review_delay_s=20.0, p_review=0.5))
+        stream = sim.stream()
         producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
         await producer.start()
         try:
-            n = 0
+            pending = next(stream)
             while not stop.is_set():
-                n += 1
-                site, zone, device_id, dtype = devices[n % len(devices)]
-                seq[device_id] += 1
-                metrics = {m: round(rnd.gauss(mu, sd), 3) for m, (mu, sd) in DEVICE_TYPES[dtype].items()}
-                reading = {"site": site, "zone": zone, "device_id": device_id, "device_type": dtype, "ts": time.time(),
-                           "seq": seq[device_id], "metrics": metrics}
-                if n % 200 == 0:
-                    await producer.send(self.settings.topic_sensor_readings, b'{"device_id": "' + device_id.encode() + b'", "temp": NaN}', key=device_id.encode())
-                    self.sent["malformed"] += 1
-                else:
-                    await producer.send(self.settings.topic_sensor_readings, codec.dumps(reading), key=device_id.encode())
-                    self.sent["readings"] += 1
-                if n % 4 == 0:
-                    user = f"user-{rnd.randrange(50)}"
-                    click = {"event_id": f"demo-{time.time_ns()}", "user_id": user, "session_id": f"{user}-s", "item_id": f"item-{rnd.randrange(200)}",
-                             "action": rnd.choice(["view", "view", "view", "add_to_cart", "purchase"]), "price": round(rnd.uniform(5, 90), 2), "ts": time.time()}
-                    await producer.send(self.settings.topic_clicks, codec.dumps(click), key=user.encode())
-                    self.sent["clicks"] += 1
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=1.0 / self.rate)
-                except TimeoutError:
-                    pass
+                kind, payload = pending
+                wait = payload["ts"] - time.time()
+                if wait > 0:
+                    try:
+                        await asyncio.wait_for(stop.wait(), timeout=min(wait, 1.0))
+                    except TimeoutError:
+                        pass
+                    continue
+                topic, key = ((self.settings.topic_clicks, payload["user_id"]) if kind == "click"
+                              else (self.settings.topic_reviews, payload["item_id"]))
+                await producer.send(topic, codec.dumps(payload), key=key.encode())
+                self.sent[kind] += 1
+                pending = next(stream)
             await producer.flush()
         finally:
             await producer.stop()
 
 
-def _stats(settings: Settings) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"http://{settings.web_host}:{settings.web_port}/stats", timeout=5) as r:
-            return json.loads(r.read())
-    except OSError:
-        return None
-
-
-def run(settings: Settings, duration: float | None, rate: float, console: Console) -> int:
+def run(settings: Settings, options: DemoOptions, console: Console) -> int:
     started = time.monotonic()
-    console.print("[bold]Wharf demo[/bold]: starting Kafka and Mosquitto ...")
+    warehouse = WarehouseSimulator(WarehouseConfig(seed=options.seed, interval_s=options.interval, start_ts=time.time(),
+                                                   fault_every_s=options.fault_every, first_fault_after_s=min(60.0, options.fault_every)))
+    known = dict(item.split(":", 1) for item in settings.mqtt_devices.split(",") if ":" in item)
+    known.update(item.split(":", 1) for item in warehouse.mqtt_devices_setting().split(","))
+    settings = settings.model_copy(update={"mqtt_devices": ",".join(f"{k}:{v}" for k, v in known.items())})
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    truth = settings.state_dir / "faults.jsonl"
+
+    console.print("[bold]Wharf demo[/bold] — starting the servers ...")
+    already = {st.name for st in infra.status(settings) if st.running}
     for st in infra.up(settings, infra.default_services(settings)):
-        console.print(f"  [green]✓[/green] {st.name:<10} {st.where}", soft_wrap=True)
-    log = settings.state_dir / "worker.log"
-    console.print(f"starting a Faust worker (log: {log}) ...", soft_wrap=True)
-    worker = subprocess.Popen([sys.executable, "-m", "wharf.cli", "worker", "--loglevel", "warning"],
-                              stdout=open(log, "ab"), stderr=subprocess.STDOUT, env={**os.environ, **settings.env()}, start_new_session=True)
+        console.print(f"  [green]✓[/green] {st.name:<10} {st.where}" + (" (already running)" if st.name in already else ""), soft_wrap=True)
+    ours = [name for name in infra.default_services(settings) if name not in already]
+    env = {"WHARF_MQTT_DEVICES": settings.mqtt_devices, "OPENBLAS_NUM_THREADS": "1"}
+    children = [_spawn("worker", ["worker", "--loglevel", "warning"], settings, env),
+                _spawn("bridge", ["bridge", "--loglevel", "warning"], settings, env)]
+    fleet: DeviceFleet | None = None
     try:
-        while _stats(settings) is None:
-            if worker.poll() is not None:
-                console.print(f"[red]worker exited with {worker.returncode}[/red]; see {log}")
+        console.print("starting the worker and the bridge ...")
+        while _get(settings, "/stats") is None:
+            dead = [c for c in children if not c.alive()]
+            if dead:
+                console.print(f"[red]{dead[0].name} exited with {dead[0].proc.returncode}[/red]; see {dead[0].log}", soft_wrap=True)
                 return 1
             time.sleep(0.5)
-        console.print(f"ready in {time.monotonic() - started:.1f}s.")
-        console.print(f"  worker stats:  http://{settings.web_host}:{settings.web_port}/stats", soft_wrap=True)
-        console.print(f"  topics:        {settings.topic_sensor_readings}, {settings.topic_clicks}, {settings.topic_dead_letters}", soft_wrap=True)
-        console.print(f"  ClickHouse:    {settings.clickhouse_url} (tables sensor_readings, clicks, dead_letters; views sensor_minute, clicks_minute)", soft_wrap=True)
-        console.print("  stop with Ctrl-C (the data stays in the state folder)\n")
-        return asyncio.run(_loop(settings, duration, rate, console, worker))
+        fleet = DeviceFleet(settings, warehouse, speed=options.speed, truth_file=truth)
+        fleet.connect()
+        url = f"http://{settings.web_host}:{settings.web_port}/"
+        console.print(f"ready in {time.monotonic() - started:.0f}s.\n")
+        console.print(f"  [bold]dashboard[/bold]     {url}", soft_wrap=True)
+        console.print(f"  recommendations {url}recommendations/<user_id>?k=10   health {url}stats", soft_wrap=True)
+        console.print(f"  devices         {len(warehouse.devices)} over MQTT {settings.mqtt_host}:{settings.mqtt_port} (faults every ~{options.fault_every:.0f}s, ground truth {truth})", soft_wrap=True)
+        console.print(f"  topics          {settings.topic_sensor_readings}, {settings.topic_alerts}, {settings.topic_clicks}, {settings.topic_reviews}, {settings.topic_dead_letters}", soft_wrap=True)
+        console.print(f"  ClickHouse      {settings.clickhouse_url}: sensor_readings, anomaly_scores, alerts, clicks, reviews, recommendations, dead_letters (+ views sensor_minute, clicks_minute, item_sentiment_hourly)", soft_wrap=True)
+        console.print(f"  logs            {settings.state_dir}/worker.log, bridge.log", soft_wrap=True)
+        console.print("  stop with Ctrl-C (data stays in the state folder)\n")
+        fleet_thread = threading.Thread(target=fleet.run, name="device-fleet", daemon=True)
+        fleet_thread.start()
+        code = asyncio.run(_watch(settings, options, console, children, fleet))
+        fleet.stop()
+        fleet_thread.join(10)
+        return code
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-        console.print("worker stopped; stopping the servers ...")
-        infra.down(settings)
+        console.print("stopping ...")
+        if fleet is not None:
+            fleet.stop()
+            fleet.close()
+        for child in reversed(children):
+            child.stop()
+        infra.down(settings, ours)  # only the servers this demo started
         console.print(f"stopped. State kept in {settings.state_dir}.", soft_wrap=True)
 
 
-async def _loop(settings: Settings, duration: float | None, rate: float, console: Console, worker: subprocess.Popen) -> int:
+async def _watch(settings: Settings, options: DemoOptions, console: Console, children: list[Child], fleet: DeviceFleet) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    producer = Producer(settings, rate)
-    task = asyncio.create_task(producer.run(stop))
+    shop = ShopFeeder(settings, options.shop_rate, options.seed)
+    shop_task = asyncio.create_task(shop.run(stop))
     t0 = time.monotonic()
-    last = (t0, 0)
+    last: tuple[float, dict[str, int]] = (t0, {})
+    code = 0
     while not stop.is_set():
         try:
-            await asyncio.wait_for(stop.wait(), timeout=2.0)
+            await asyncio.wait_for(stop.wait(), timeout=5.0)
         except TimeoutError:
             pass
-        if duration is not None and time.monotonic() - t0 >= duration:
+        if options.duration is not None and time.monotonic() - t0 >= options.duration:
             stop.set()
-        if worker.poll() is not None:
-            console.print(f"[red]worker exited with {worker.returncode}[/red]")
+        dead = [c for c in children if not c.alive()]
+        if dead:
+            console.print(f"[red]{dead[0].name} exited with {dead[0].proc.returncode}[/red]; see {dead[0].log}", soft_wrap=True)
+            code = 1
             stop.set()
             break
-        s = await asyncio.to_thread(_stats, settings) or {}
-        tables = s.get("tables", {})
-        stored = tables.get("sensor_readings", 0)
+        stats = await asyncio.to_thread(_get, settings, "/stats") or {}
+        dash = await asyncio.to_thread(_get, settings, "/api/dashboard") or {}
+        tables = stats.get("tables", {})
         now = time.monotonic()
-        per_s = (stored - last[1]) / max(now - last[0], 1e-6)
-        last = (now, stored)
-        errors = [w.get("last_error") for w in s.get("writers", {}).values() if w.get("last_error")]
+        rates = {k: (tables.get(k, 0) - last[1].get(k, 0)) / max(now - last[0], 1e-6) for k in ("sensor_readings", "clicks", "reviews")}
+        last = (now, dict(tables))
+        errors = [w.get("last_error") for w in stats.get("writers", {}).values() if w.get("last_error")]
+        lag = sum(w.get("pending_rows", 0) for w in stats.get("writers", {}).values())
         console.print(
-            f"sent {producer.sent['readings']} readings / {producer.sent['clicks']} clicks / {producer.sent['malformed']} malformed"
-            f" | in ClickHouse: {stored} readings ({per_s:.0f}/s), {tables.get('clicks', 0)} clicks, {tables.get('dead_letters', 0)} dead letters"
+            f"[{time.strftime('%H:%M:%S')}] readings {rates['sensor_readings']:.0f}/s  clicks {rates['clicks']:.0f}/s  reviews {rates['reviews']:.1f}/s"
+            f" | stored {tables.get('sensor_readings', 0)} readings, {tables.get('anomaly_scores', 0)} scores, {tables.get('dead_letters', 0)} dead letters"
+            f" | pending {lag} | active alarms {len(dash.get('active_alarms', []))} | faults {fleet.stats.faults_started}"
             + (f" | last error: {errors[-1]}" if errors else ""),
             soft_wrap=True,
         )
-    await task
-    return 0
+    await shop_task
+    return code

@@ -65,7 +65,7 @@ def down(settings: Settings, names: list[str] | None = None) -> list[str]:
     """Stop services in reverse dependency order; returns the names that were running."""
     stopped = []
     all_services = services(settings)
-    for name in reversed(names or list(SERVICES)):
+    for name in reversed(names if names is not None else list(SERVICES)):
         if all_services[name].stop():
             stopped.append(name)
     return stopped
