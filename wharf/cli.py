@@ -264,6 +264,21 @@ def show_settings(markdown: bool = typer.Option(False, help="Print the settings 
 bench_app = typer.Typer(help="Benchmarks that print throughput, latency and memory beside same-run reference rates.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
+@bench_app.command("all")
+def bench_all(
+    datasets: Path = typer.Option(Path(__file__).resolve().parent.parent.parent / "shared" / "datasets", help="The shared datasets folder."),
+    out: Path = typer.Option(Path("docs/BENCHMARKS.md"), help="Where to write the report."),
+    quick: bool = typer.Option(False, help="Shorter throughput runs (for a smoke check)."),
+) -> None:
+    """Run the sensor and commerce benchmarks and every evaluation, and write docs/BENCHMARKS.md."""
+    from wharf.benchall import run_all
+
+    report = run_all(datasets, _settings().state_dir, out, quick=quick)
+    failed = [s.title for s in report.sections if s.body.startswith("FAILED")]
+    console.print(f"wrote {out}" + (f"; [red]failed: {', '.join(failed)}[/red]" if failed else ""))
+    raise typer.Exit(1 if failed else 0)
+
+
 from wharf.commands import commerce as _commerce  # noqa: E402
 from wharf.commands import sensors as _sensors  # noqa: E402
 
