@@ -1,1 +1,515 @@
-"""Sensor path agents (issue: sensor path) — being written."""
+"""Sensor path agents: anomaly scores and alarms per device, and the alerts table.
+
+`score_devices` consumes readings, device status and operator commands together.
+All three topics are keyed by device_id with the same partition count, so one
+device's events land on one partition number everywhere, and the worker that owns
+that partition owns the device: its `DeviceAnomalyModel`, its alarms and its
+de-duplication window (a `DeviceState`).
+
+Hot path, per batch (`noack_take`): parse, drop exact duplicates (device_id, seq, ts),
+group readings by device, `score_learn_many` (score first, then learn), run the
+alarm conditions in event order, produce alarm events (Kafka confirms them), then
+hand one `anomaly_scores` row per reading to the writer, which acks the reading
+once the row is stored. The writer keys exactly-once on the readings partition/offset.
+
+State survives restarts and rebalances through the `sensor-state` table's changelog
+(compacted Kafka topic, one record per device, written with `send_changelog` to the
+device's partition): every `sensor_checkpoint_seconds` and whenever partitions are
+revoked, the worker first flushes the score writer (so every score up to the
+checkpoint is in ClickHouse), then writes each changed device's pickled state and one
+marker per partition with the last offset the state includes, per topic. A worker that
+gets the partition (a restart, or another worker after a rebalance) restores that state;
+records at or below the marker are already in it and are skipped.
+
+What a crash (kill -9) loses: the model and alarm updates since the last checkpoint,
+but not for good. Offsets are committed as soon as the scores are stored, so they can
+run ahead of the checkpoint; the new owner first re-reads the records between the
+checkpoint and the committed offset straight from Kafka and re-learns them (no rows,
+no alarm events: those were stored and sent the first time), then continues with the
+committed offset. Alarm ids and revisions depend on event times only, so the replay
+reproduces them; the only wall-clock alarm (silence) may be raised once more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import pickle
+import time
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from faust.web import Request, Response, View
+
+from online_models.alarms import DeviceMonitor, MonitorConfig, source_of
+from online_models.anomaly import DeviceAnomalyModel, RuleSet
+from schemas import codec, rows
+from schemas.events import Alert, DeviceStatus, SensorReading
+from schemas.validation import InvalidEvent, Limits, parse
+from streams.acks import OrderedAcker
+from streams.app import app, settings, storage, topics
+
+log = logging.getLogger(__name__)
+
+LIMITS = Limits.from_settings(settings)
+BATCH = settings.sink_batch_rows
+WITHIN = min(settings.sink_batch_seconds, 0.05)  # latency: alarms should not wait for a full batch
+DEVICE_DEDUP_KEYS = 1024  # per device, in the checkpointed state (the raw path keeps its own window)
+STATE_VERSION = 1
+REVOKE_CHECKPOINT_TIMEOUT = 30.0  # below Faust's broker session timeout
+
+
+def load_rules(text: str) -> RuleSet:
+    return RuleSet(json.loads(text) if text.strip() else None)
+
+
+def model_options(text: str) -> dict[str, Any]:
+    return json.loads(text) if text.strip() else {}
+
+
+RULES = load_rules(settings.sensor_rules)
+MODEL_OPTIONS = model_options(settings.sensor_model_options)
+MONITOR = MonitorConfig(clear_after=settings.sensor_alarm_clear_seconds, silence_factor=settings.sensor_silence_factor,
+                        stuck_readings=settings.sensor_stuck_readings)
+
+
+@dataclass
+class DeviceState:
+    """Everything the owner of a device keeps; pickled into the changelog at each checkpoint."""
+
+    device_id: str
+    partition: int
+    model: DeviceAnomalyModel
+    monitor: DeviceMonitor
+    recent: dict[tuple[int, float], None] = field(default_factory=dict)  # (seq, ts) of the last readings, oldest first
+
+    @classmethod
+    def new(cls, device_id: str, partition: int) -> DeviceState:
+        return cls(device_id, partition, DeviceAnomalyModel(**MODEL_OPTIONS), DeviceMonitor(device_id, MONITOR))
+
+    def is_duplicate(self, seq: int, ts: float) -> bool:
+        key = (seq, ts)
+        if key in self.recent:
+            return True
+        self.recent[key] = None
+        if len(self.recent) > DEVICE_DEDUP_KEYS:
+            del self.recent[next(iter(self.recent))]
+        return False
+
+    def dump(self) -> bytes:
+        return zlib.compress(pickle.dumps((STATE_VERSION, self), protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+    @staticmethod
+    def load(blob: bytes) -> DeviceState:
+        version, state = pickle.loads(zlib.decompress(blob))
+        if version != STATE_VERSION:
+            raise ValueError(f"device state version {version}, expected {STATE_VERSION}")
+        return state
+
+
+def marker_key(partition: int) -> bytes:
+    return b"\x00offsets/%d" % partition
+
+
+state_table = app.Table("sensor-state", key_type=bytes, value_type=bytes, store="memory://local",  # yarl: a bare "memory://" is falsy and Faust would fall back to RocksDB
+                        partitions=settings.topic_partitions, help="Pickled DeviceState per device + offset markers per partition.")
+state_table.key_serializer = state_table.value_serializer = "raw"
+
+device_sources = app.topic(settings.topic_sensor_readings, settings.topic_device_status, settings.topic_sensor_commands,
+                           key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+
+class Owner:
+    """The devices this worker owns, their checkpoints and restores. One per worker process."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, DeviceState] = {}
+        self.dirty: set[str] = set()
+        self.done_upto: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset applied to the state
+        self.skip_upto: dict[tuple[str, int], int] = {}  # restored markers: records at or below are in the state
+        self.loaded_partitions: set[int] = set()
+        self.lock = asyncio.Lock()
+        self.last_checkpoint = time.monotonic()
+        self.checkpoints = 0
+        self.replayed = 0
+        self.duplicates = 0
+        self.acker = OrderedAcker()
+
+    # --- restore -------------------------------------------------------------------------------------------
+    def _store(self) -> dict:
+        return state_table.data.data  # the memory store's dict: key bytes -> value bytes
+
+    async def ensure_partition(self, partition: int, first_offsets: dict[str, int]) -> None:
+        """First event of a partition since it was assigned: read its marker and re-learn the gap after it."""
+        if partition in self.loaded_partitions:
+            return
+        self.loaded_partitions.add(partition)
+        raw = self._store().get(marker_key(partition))
+        marks = json.loads(raw) if raw else {}
+        for topic, offset in marks.items():
+            self.skip_upto[(topic, partition)] = int(offset)
+            self.done_upto[(topic, partition)] = int(offset)
+        if marks:
+            await self._replay_gap(partition, marks, first_offsets)
+
+    async def load_owned(self) -> None:
+        """Load every device of the partitions we own (recovered from the changelog), not only those that speak:
+        a silent device must be noticed by its new owner too."""
+        store = state_table.data
+        for key, p in list(store._key_partition.items()):
+            if key.startswith(b"\x00") or key.decode() in self.devices:
+                continue
+            await self.ensure_partition(p, {})
+            self.device(key.decode(), p)
+
+    def device(self, device_id: str, partition: int) -> DeviceState:
+        st = self.devices.get(device_id)
+        if st is None:
+            blob = self._store().get(device_id.encode())
+            st = DeviceState.load(blob) if blob else DeviceState.new(device_id, partition)
+            st.partition = partition
+            self.devices[device_id] = st
+        return st
+
+    async def _replay_gap(self, partition: int, marks: dict[str, int], first_offsets: dict[str, int]) -> None:
+        """Re-learn records after the checkpoint that were committed before the crash (rows and alarms already out)."""
+        group = settings.app_id
+        tps = [TopicPartition(t, partition) for t in marks]
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+        finally:
+            await admin.close()
+        ranges = {}
+        for tp in tps:
+            end = committed.get(tp).offset if committed.get(tp) is not None and committed[tp].offset >= 0 else first_offsets.get(tp.topic, -1)
+            start = marks[tp.topic] + 1
+            if end > start:
+                ranges[tp] = (start, end)
+        if not ranges:
+            return
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None)
+        await consumer.start()
+        records = []
+        try:
+            consumer.assign(list(ranges))
+            for tp, (start, _) in ranges.items():
+                consumer.seek(tp, start)
+            left = set(ranges)
+            while left:
+                got = await consumer.getmany(*left, timeout_ms=1000)
+                for tp, msgs in got.items():
+                    for m in msgs:
+                        if m.offset < ranges[tp][1]:
+                            records.append(m)
+                    if msgs and msgs[-1].offset >= ranges[tp][1] - 1:
+                        left.discard(tp)
+                if not got:
+                    break  # nothing more to read (end reached or records deleted)
+        finally:
+            await consumer.stop()
+        records.sort(key=lambda m: m.timestamp)
+        for m in records:
+            await self.apply([_Rec(m.topic, m.partition, m.offset, m.timestamp / 1000.0, m.value)], emit=False)
+        self.replayed += len(records)
+        log.warning("partition %d: re-learned %d records committed after its last checkpoint", partition, len(records))
+
+    # --- the work ----------------------------------------------------------------------------------------
+    async def apply(self, recs: list[_Rec], emit: bool = True, dones: list | None = None) -> None:
+        """Apply records in order. With emit=False (replay) nothing leaves the process."""
+        readings: dict[str, list[tuple[int, SensorReading]]] = defaultdict(list)
+        parsed: list[tuple[_Rec, Any]] = []
+        for i, r in enumerate(recs):
+            key = (r.topic, r.partition)
+            if r.offset <= self.skip_upto.get(key, -1):
+                parsed.append((r, None))  # already in the restored state, its row already stored
+                continue
+            self.done_upto[key] = max(self.done_upto.get(key, -1), r.offset)
+            if r.topic == settings.topic_sensor_readings:
+                try:
+                    ev = parse(r.value, SensorReading, now=r.kafka_ts, limits=LIMITS)
+                except InvalidEvent:
+                    parsed.append((r, None))  # dead-lettered by the storage agent
+                    continue
+                st = self.device(ev.device_id, r.partition)
+                if st.is_duplicate(ev.seq, ev.ts):
+                    self.duplicates += 1
+                    parsed.append((r, None))
+                    continue
+                readings[ev.device_id].append((i, ev))
+                parsed.append((r, ev))
+            elif r.topic == settings.topic_device_status:
+                try:
+                    parsed.append((r, parse(r.value, DeviceStatus, now=r.kafka_ts, limits=LIMITS)))
+                except InvalidEvent:
+                    log.warning("ignoring invalid device status at %s/%d/%d", r.topic, r.partition, r.offset)
+                    parsed.append((r, None))
+            else:
+                try:
+                    parsed.append((r, codec.loads(r.value)))
+                except ValueError:
+                    log.warning("ignoring unreadable command at %s/%d/%d", r.topic, r.partition, r.offset)
+                    parsed.append((r, None))
+        # models: one batched call per device
+        results: dict[int, tuple[float, bool, float, str | None]] = {}
+        for device_id, items in readings.items():
+            st = self.devices[device_id]
+            metric_names = sorted({m for _, ev in items for m in ev.metrics})
+            cols = {m: np.array([ev.metrics.get(m, np.nan) for _, ev in items]) for m in metric_names}
+            res = st.model.score_learn_many(np.array([ev.ts for _, ev in items]), cols)
+            for j, (i, _) in enumerate(items):
+                results[i] = (float(res.scores[j]), bool(res.is_anomaly[j]), float(res.thresholds[j]), res.metrics[j])
+            self.dirty.add(device_id)
+        # alarms in event order
+        alerts: list[Alert] = []
+        score_rows: list[tuple[_Rec, list[dict]]] = []
+        for i, (r, ev) in enumerate(parsed):
+            if ev is None:
+                continue
+            if isinstance(ev, SensorReading):
+                st = self.devices[ev.device_id]
+                mon = st.monitor
+                mon.site, mon.zone, mon.device_type = ev.site, ev.zone, ev.device_type
+                score, is_anom, thr, metric = results[i]
+                alerts += mon.reading(ev.ts, ev.metrics, RULES, score, is_anom, metric)
+                if emit:
+                    value = ev.metrics.get(metric, next(iter(ev.metrics.values()))) if metric else next(iter(ev.metrics.values()))
+                    score_rows.append((r, [score_row(ev, score, thr, is_anom, metric or next(iter(ev.metrics)), value)]))
+            elif isinstance(ev, DeviceStatus):
+                st = self.device(ev.device_id, r.partition)
+                st.monitor.site, st.monitor.zone = ev.site, ev.zone
+                st.monitor.device_type = ev.device_type or st.monitor.device_type
+                alerts += st.monitor.status(ev.ts, ev.state, ev.interval_s)
+                self.dirty.add(ev.device_id)
+            elif isinstance(ev, dict) and ev.get("command") == "ack":
+                try:
+                    device_id = source_of(str(ev.get("alarm_id", "")))
+                except ValueError:
+                    continue
+                st = self.device(device_id, r.partition)
+                if a := st.monitor.alarms.ack(ev["alarm_id"], float(ev.get("ts") or r.kafka_ts), ev.get("by")):
+                    alerts.append(a)
+                self.dirty.add(device_id)
+        if not emit:
+            return
+        await send_alerts(alerts)
+        if settings.sensor_publish_scores and score_rows:
+            futs = [await topics["topic_anomaly_scores"].send(key=row[0]["device_id"].encode(), value=codec.dumps(row[0] | {"v": 1}))
+                    for _, row in score_rows]
+            await asyncio.gather(*futs)
+        # acks: readings once their score row is stored, everything else now (alarm events are confirmed)
+        writer = scores_writer()
+        by_rec = {id(r): rows_ for r, rows_ in score_rows}
+        for r, _ in parsed:
+            done = r.done
+            if done is None:
+                continue
+            rows_ = by_rec.get(id(r))
+            if rows_ is not None:
+                await writer.put(r.partition, r.offset, rows_, done)
+            else:
+                done()
+
+    # --- checkpoints ---------------------------------------------------------------------------------------
+    async def checkpoint(self, partitions: set[int] | None = None) -> int:
+        """Flush the scores, then write changed devices and the offset markers to the changelog; returns devices written."""
+        await scores_writer().flush()
+        futs = []
+        store = self._store()
+        written = 0
+        for device_id in list(self.dirty):
+            st = self.devices.get(device_id)
+            if st is None or (partitions is not None and st.partition not in partitions):
+                continue
+            blob = st.dump()
+            key = device_id.encode()
+            futs.append(state_table.send_changelog(st.partition, key, blob))
+            store[key] = blob
+            state_table.data._key_partition[key] = st.partition  # so Faust drops it locally if the partition moves
+            self.dirty.discard(device_id)
+            written += 1
+        marks: dict[int, dict[str, int]] = defaultdict(dict)
+        for (topic, p), offset in self.done_upto.items():
+            if partitions is None or p in partitions:
+                marks[p][topic] = offset
+        for p, m in marks.items():
+            value = json.dumps(m).encode()
+            if store.get(marker_key(p)) != value:
+                futs.append(state_table.send_changelog(p, marker_key(p), value))
+                store[marker_key(p)] = value
+                state_table.data._key_partition[marker_key(p)] = p
+        if futs:
+            await app.producer.flush()
+            await asyncio.gather(*futs)
+        self.last_checkpoint = time.monotonic()
+        self.checkpoints += 1
+        return written
+
+    def forget(self) -> None:
+        """After a rebalance: reload from the (recovered) table, which now holds the latest state of every partition we own."""
+        self.devices.clear()
+        self.dirty.clear()
+        self.done_upto.clear()
+        self.skip_upto.clear()
+        self.loaded_partitions.clear()
+
+    async def check_silence(self) -> None:
+        now = time.time()
+        alerts = []
+        for st in self.devices.values():
+            if a := st.monitor.check_silence(now):
+                alerts.append(a)
+                self.dirty.add(st.device_id)
+        await send_alerts(alerts)
+
+
+@dataclass(slots=True)
+class _Rec:
+    topic: str
+    partition: int
+    offset: int
+    kafka_ts: float
+    value: bytes
+    done: Any = None
+
+
+def score_row(ev: SensorReading, score: float, thr: float, is_anom: bool, metric: str, value: float) -> dict:
+    """The `anomaly_scores` row of one reading (same shape as `schemas.rows.anomaly_score`, without a model object)."""
+    return {"ts": ev.ts, "site": ev.site, "zone": ev.zone, "device_id": ev.device_id, "device_type": ev.device_type,
+            "seq": ev.seq, "metric": metric, "value": float(value), "score": score, "threshold": thr,
+            "is_anomaly": int(is_anom), "component_names": [], "component_scores": []}
+
+
+async def send_alerts(alerts: list[Alert]) -> None:
+    """Produce alarm events keyed by alarm_id and wait until Kafka has them (before any source record is acked)."""
+    if not alerts:
+        return
+    futs = [await topics["topic_alerts"].send(key=a.alarm_id.encode(), value=a.model_dump_json().encode()) for a in alerts]
+    await asyncio.gather(*futs)
+
+
+def scores_writer():  # noqa: ANN201
+    return storage.writer("anomaly_scores", settings.topic_sensor_readings)
+
+
+owner = Owner()
+
+
+@app.agent(device_sources, name="wharf.score-devices")
+async def score_devices(stream):  # noqa: ANN001
+    async for events in stream.noack_take(BATCH, within=WITHIN):
+        async with owner.lock:
+            recs = []
+            firsts: dict[int, dict[str, int]] = defaultdict(dict)
+            for event in events:
+                m = event.message
+                firsts[m.partition].setdefault(m.topic, m.offset)
+                recs.append(_Rec(m.topic, m.partition, m.offset, m.timestamp, event.value, owner.acker.track(event)))
+            try:
+                for p, first in firsts.items():
+                    await owner.ensure_partition(p, first)
+                await owner.apply(recs)
+            except Exception as exc:
+                # Unacked records would block every later rebalance and shutdown: stop the worker instead;
+                # Kafka redelivers them to the next owner.
+                log.exception("scoring failed; stopping the worker")
+                await app.crash(exc)
+                raise
+
+
+@app.timer(1.0)
+async def sensor_housekeeping() -> None:
+    """Silence checks every second; a checkpoint every `sensor_checkpoint_seconds`."""
+    if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
+        return
+    async with owner.lock:
+        await owner.load_owned()
+        await owner.check_silence()
+        if time.monotonic() - owner.last_checkpoint >= settings.sensor_checkpoint_seconds and owner.dirty:
+            await owner.checkpoint()
+
+
+@app.on_partitions_revoked.connect
+async def _checkpoint_on_revoke(app_: Any, revoked: set, **kwargs: Any) -> None:
+    """Partitions move: write their state now so the next owner continues from here."""
+    async with owner.lock:
+        try:
+            await asyncio.wait_for(owner.checkpoint(), timeout=REVOKE_CHECKPOINT_TIMEOUT)
+        except Exception:  # noqa: BLE001 - the next owner replays from the last checkpoint instead
+            log.exception("checkpoint on revoke failed; the next owner re-learns from the previous checkpoint")
+        owner.acker.forget({tp for tp in revoked})
+        owner.forget()
+
+
+# --- alerts table ----------------------------------------------------------------------------------------------
+
+
+class AlertRevisions:
+    """(alarm_id, rev) already stored: a replay after a crash re-sends identical alarm events; store each once."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self.seen: dict[tuple[str, int], None] = {}
+        self.loaded = False
+
+    async def load(self, ch) -> None:  # noqa: ANN001
+        if self.loaded:
+            return
+        table = ch.table("alerts")
+        rows_ = await asyncio.to_thread(ch.query, f"SELECT alarm_id, details FROM {table} ORDER BY ts DESC LIMIT {self.capacity}")
+        for alarm, details in reversed(rows_):
+            try:
+                self.seen[(alarm, int(json.loads(details).get("rev", 0)))] = None
+            except ValueError:
+                continue
+        self.loaded = True
+
+    def is_copy(self, alert: Alert) -> bool:
+        key = (alert.alarm_id, int(alert.details.get("rev", 0)))
+        if key in self.seen:
+            return True
+        self.seen[key] = None
+        if len(self.seen) > self.capacity:
+            del self.seen[next(iter(self.seen))]
+        return False
+
+
+@app.agent(topics["topic_alerts"], name="wharf.store-alerts")
+async def store_alerts(stream):  # noqa: ANN001
+    writer = storage.writer("alerts", settings.topic_alerts)
+    acker = OrderedAcker()
+    seen = AlertRevisions()
+    async for events in stream.noack_take(BATCH, within=WITHIN):
+        await seen.load(storage.ch)
+        for event in events:
+            done = acker.track(event)
+            try:
+                alert = Alert.model_validate_json(event.value)
+            except ValueError:
+                log.error("not an Alert on %s at offset %d; skipped", event.message.topic, event.message.offset)
+                done()
+                continue
+            if seen.is_copy(alert):
+                done()
+                continue
+            await writer.put(event.message.partition, event.message.offset, rows.alert(alert), done)
+
+
+@app.page("/sensors/devices")
+class DevicesView(View):
+    """The devices this worker owns: learned readings, active alarms (for operators and the state-moves test)."""
+
+    async def get(self, request: Request) -> Response:
+        return self.json({
+            "devices": {d: {"partition": st.partition, "learned": st.model.n, "readings": st.monitor.n,
+                            "active": {t: a.status for t, a in st.monitor.alarms.active.items()}}
+                        for d, st in owner.devices.items()},
+            "checkpoints": owner.checkpoints, "replayed": owner.replayed, "duplicates": owner.duplicates,
+        })

@@ -13,7 +13,7 @@ from schemas.events import ClickEvent, SensorReading
 from schemas.validation import FieldError, InvalidEvent, Limits
 from streams.acks import OrderedAcker
 from streams.app import app, settings, storage, topics
-from streams.ingest import SourceMarks, store_events
+from streams.ingest import RecentKeys, SourceMarks, store_events
 
 LIMITS = Limits.from_settings(settings)
 BATCH = settings.sink_batch_rows
@@ -24,9 +24,19 @@ WITHIN = settings.sink_batch_seconds
 async def store_sensor_readings(stream):  # noqa: ANN001
     writer = storage.writer("sensor_readings", settings.topic_sensor_readings)
     acker = OrderedAcker()
+    # MQTT redeliveries: a reading is (device_id, seq, ts); ts in whole seconds, as ClickHouse 18.16 stores it.
+    recent = RecentKeys(settings.sensor_dedup_window, lambda p, n: (
+        f"SELECT device_id, seq, toUInt32(ts) FROM {storage.ch.table('sensor_readings')} "
+        f"WHERE kafka_partition = {p} ORDER BY kafka_offset DESC LIMIT {n}"))
+    rebalances = app.rebalancing_count
     async for events in stream.noack_take(BATCH, within=WITHIN):
+        if rebalances != app.rebalancing_count:  # partitions may have been stored by another worker meanwhile
+            rebalances = app.rebalancing_count
+            recent.forget()
+        await recent.ensure(storage.ch, {e.message.partition for e in events})
         await store_events(events, model=SensorReading, to_rows=rows.sensor_reading, writer=writer,
-                           dlq_topic=topics["topic_dead_letters"], limits=LIMITS, acker=acker)
+                           dlq_topic=topics["topic_dead_letters"], limits=LIMITS, acker=acker,
+                           duplicate=lambda r, p: recent.seen(p, (r.device_id, r.seq, int(r.ts))))
 
 
 @app.agent(topics["topic_clicks"], name="wharf.store-clicks")

@@ -229,10 +229,16 @@ async def run_bridge(settings: Settings, client_id: str, share_group: str | None
             log.info("%s", bridge.stats.line())
 
     reporter = asyncio.create_task(report())
+    from mqtt_bridge.alerts import AlertPublisher  # alarm events back over MQTT, beside the bridge
+
+    alerts = AlertPublisher(settings, client_id=f"{client_id}-alerts")
+    alerts_task = asyncio.create_task(alerts.run())
     try:
         await bridge.run()
     finally:
         reporter.cancel()
+        alerts.stop()
+        await asyncio.wait({alerts_task}, timeout=10)
     return bridge.stats
 
 

@@ -42,8 +42,12 @@ async def store_events(
     dlq_topic: Any,
     limits: Limits,
     acker: OrderedAcker,
+    duplicate: Callable[[Any, int], bool] | None = None,
 ) -> int:
-    """Validate a batch of Faust events and hand them to the writer; returns how many were refused."""
+    """Validate a batch of Faust events and hand them to the writer; returns how many were refused.
+
+    `duplicate(parsed, partition)` True: a copy of an event already stored (e.g. an MQTT
+    redelivery the bridge forwarded twice): acked in order, not stored again."""
     refused = 0
     for event in events:
         done = acker.track(event)
@@ -56,6 +60,9 @@ async def store_events(
         except InvalidEvent as exc:
             refused += 1
             await send_dead_letter(dlq_topic, exc, payload, "kafka", kafka_topic=msg.topic, kafka_partition=msg.partition, kafka_offset=msg.offset)
+            done()
+            continue
+        if duplicate is not None and duplicate(parsed, msg.partition):
             done()
             continue
         await writer.put(msg.partition, msg.offset, to_rows(parsed), done)
@@ -93,4 +100,38 @@ class SourceMarks:
         if letter.kafka_offset <= self.marks.get(key, -1):
             return True
         self.marks[key] = letter.kafka_offset
+        return False
+
+
+class RecentKeys:
+    """The last `capacity` event keys per source partition, to drop copies with a new Kafka offset.
+
+    Loaded per partition from ClickHouse (`load_sql(partition, capacity)` returns rows that
+    are keys, newest first) the first time the partition is seen and again after a
+    rebalance, so a restart or a partition move does not forget what is stored.
+    """
+
+    def __init__(self, capacity: int, load_sql: Callable[[int, int], str]) -> None:
+        self.capacity = capacity
+        self.load_sql = load_sql
+        self.keys: dict[int, dict[tuple, None]] = {}
+        self.copies = 0
+
+    async def ensure(self, ch, partitions: set[int]) -> None:  # noqa: ANN001 - streams.clickhouse.ClickHouse
+        for p in partitions - self.keys.keys():
+            rows = await asyncio.to_thread(ch.query, self.load_sql(p, self.capacity))
+            self.keys[p] = {tuple(r): None for r in reversed(rows)}
+
+    def forget(self) -> None:
+        self.keys.clear()
+
+    def seen(self, partition: int, key: tuple) -> bool:
+        """True if `key` is a copy; otherwise remember it."""
+        window = self.keys.setdefault(partition, {})
+        if key in window:
+            self.copies += 1
+            return True
+        window[key] = None
+        if len(window) > self.capacity:
+            del window[next(iter(window))]
         return False

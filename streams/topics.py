@@ -30,6 +30,7 @@ SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("topic_recommendations", "user_id", "Recommendation JSON snapshots"),
     TopicSpec("topic_alerts", "alarm_id", "Alert JSON: every state change of every alarm"),
     TopicSpec("topic_dead_letters", "source", "DeadLetter JSON: refused input with original bytes and reason"),
+    TopicSpec("topic_sensor_commands", "device_id", "operator commands for a device's owning agent (alarm acks)"),
 )
 
 

@@ -24,6 +24,7 @@ import yaml  # noqa: E402 - pyyaml is a dev dependency
 
 from wharf.infra.kafka import KAFKA_VERSION  # noqa: E402
 from wharf.infra.mosquitto import acl_text  # noqa: E402
+from streams.topics import SPECS  # noqa: E402
 from wharf.settings import Settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -276,7 +277,7 @@ def test_kafka_init_creates_exactly_wharfs_topics(services: dict, monkeypatch, t
 
     defaults = isolated_settings(monkeypatch, tmp_path, {})
     assert calls == [(container.kafka_bootstrap, topic_names(defaults), defaults.topic_partitions)]
-    assert len(set(calls[0][1])) == 9
+    assert len(set(calls[0][1])) == len(SPECS)
 
 
 def test_wharf_services_wait_for_topics(services: dict) -> None:

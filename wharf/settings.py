@@ -84,6 +84,35 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, description="Port of the Faust worker's web server.")
     web_host: str = Field("127.0.0.1", description="Bind address of the Faust worker's web server.")
 
+    # --- sensor path -----------------------------------------------------------
+    topic_sensor_commands: str = Field("wharf.sensor.commands", description="Operator commands for the device owners (alarm acks), keyed by device_id.")
+    sensor_rules: str = Field(
+        "",
+        description='Rule thresholds per device type as JSON, merged over the built-in ones, e.g. `{"cold_room": {"temperature": {"min": 2, "max": 8}}}`.',
+    )
+    sensor_model_options: str = Field("", description='DeviceAnomalyModel options as JSON, e.g. `{"use_forecaster": false}` for more throughput.')
+    sensor_checkpoint_seconds: float = Field(30.0, gt=0, description="Interval of model and alarm checkpoints to the state changelog (also taken when partitions move).")
+    sensor_alarm_clear_seconds: float = Field(60.0, ge=0, description="An alarm clears once its condition has been normal this long (event time).")
+    sensor_silence_factor: float = Field(5.0, gt=1, description="A device is silent after this many times its usual reporting interval without telemetry.")
+    sensor_stuck_readings: int = Field(30, ge=3, description="Identical consecutive values of a metric that used to vary that make it flatlined (stuck).")
+    sensor_dedup_window: int = Field(50_000, ge=100, description="Recent reading keys (device_id, seq, ts) remembered per partition to drop MQTT redeliveries.")
+    sensor_publish_scores: bool = Field(False, description="Also produce every AnomalyScore to the anomaly-scores topic (ClickHouse always gets them).")
+
+    # --- commerce path ---------------------------------------------------------
+    topic_catalogue: str = Field("wharf.shop.catalogue", description="Catalogue changes (item removed / re-added), keyed by item_id.")
+    topic_item_also_viewed: str = Field("wharf.shop.also-viewed", description="Per-item 'also viewed' snapshots (feeds the item_also_viewed table), keyed by item_id.")
+    commerce_action_weights: str = Field("", description='Implicit-feedback weight per click action as JSON, merged over the recommender\'s defaults, e.g. `{"purchase": 8}`.')
+    commerce_half_life_scale: float = Field(1.0, gt=0, description="Multiplies every half-life (decay) and the session gap of the recommender.")
+    commerce_k: int = Field(10, ge=1, le=200, description="Default number of recommendations per request and per snapshot.")
+    commerce_snapshot_seconds: float = Field(60.0, gt=0, description="Interval of the top-K (active users) and 'also viewed' (active items) snapshots to ClickHouse.")
+    commerce_batch_seconds: float = Field(0.05, gt=0, description="Longest wait of the recommender agent for a batch of clicks.")
+    commerce_checkpoint_seconds: float = Field(2.0, gt=0, description="Interval of recommender checkpoints (changed users/items to the table changelog); clicks are acked after the checkpoint that includes them.")
+    commerce_sentiment_encoder: str = Field("minilm", description="Review sentiment encoder: `minilm` (most accurate), `hashing` or `lexicon` (fast, no model weights).")
+    commerce_sentiment_drop: float = Field(0.5, gt=0, le=2, description="Sentiment-drop alarm: an item's last-hour mean score this far below its long-run norm raises an alarm.")
+    commerce_sentiment_min_reviews: int = Field(5, ge=1, description="Reviews an item needs in the hour (and before it, for its norm) for the sentiment-drop alarm.")
+    commerce_collector_max_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted `POST /collect` body.")
+    commerce_collector_max_events: int = Field(1000, ge=1, description="Most events in one `POST /collect` batch.")
+
     @field_validator("state_dir", "cache_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

@@ -2,8 +2,423 @@
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+console = Console()
+STYLE = {"CRITICAL": "bold red", "MAJOR": "red", "MINOR": "yellow", "WARNING": "cyan"}
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add this area's commands to the main app and to the `wharf bench` group."""
+    alerts = typer.Typer(help="Alarms: follow them live, acknowledge them.", no_args_is_help=True)
+    app.add_typer(alerts, name="alerts")
+    alerts.command("tail")(alerts_tail)
+    alerts.command("ack")(alerts_ack)
+    app.command("replay")(replay)
+    bench.command("sensors")(bench_sensors)
+
+
+def _settings():  # noqa: ANN202
+    from wharf.settings import get_settings
+
+    return get_settings()
+
+
+# --- alerts ------------------------------------------------------------------------------------------------------
+
+
+async def send_ack(settings, alarm_id: str, by: str) -> None:  # noqa: ANN001
+    """Produce an ack command keyed by the alarm's device: the agent that owns the device applies it."""
+    from aiokafka import AIOKafkaProducer
+
+    from online_models.alarms import source_of
+    from schemas import codec
+
+    device = source_of(alarm_id)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topic_sensor_commands, codec.dumps({"command": "ack", "alarm_id": alarm_id, "ts": time.time(), "by": by}),
+                                     key=device.encode())
+    finally:
+        await producer.stop()
+
+
+def alerts_ack(alarm_id: str = typer.Argument(..., help="The alarm id (`device/type/start_ms`)."),
+               by: str = typer.Option(os.environ.get("USER", "operator"), help="Who acknowledges (kept in the alarm's details).")) -> None:
+    """Acknowledge an alarm: ACTIVE_UNACK -> ACTIVE_ACK, or CLEARED_UNACK -> CLEARED_ACK. Idempotent."""
+    try:
+        asyncio.run(send_ack(_settings(), alarm_id, by))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"ack for {alarm_id} sent; the alarm's next event on the alerts topic shows it")
+
+
+def alerts_tail(
+    ack: bool = typer.Option(False, "--ack", help="Acknowledge every new unacknowledged alarm as it arrives."),
+    from_beginning: bool = typer.Option(False, help="Replay the alerts topic from its start first."),
+    group: str = typer.Option("", help="Consumer group (committed, so a restart continues where it stopped). Default: none, live only."),
+    limit: int = typer.Option(0, help="Stop after this many events (0: run until Ctrl-C)."),
+) -> None:
+    """Follow alarm events live: one line per state change, the active set on top of mind."""
+    asyncio.run(_tail(_settings(), ack, from_beginning, group or None, limit))
+
+
+async def _tail(settings, ack: bool, from_beginning: bool, group: str | None, limit: int) -> None:  # noqa: ANN001
+    from aiokafka import AIOKafkaConsumer
+
+    from schemas.events import Alert
+
+    consumer = AIOKafkaConsumer(settings.topic_alerts, bootstrap_servers=settings.kafka_bootstrap, group_id=group,
+                                enable_auto_commit=group is not None,
+                                auto_offset_reset="earliest" if from_beginning else "latest")
+    await consumer.start()
+    seen: set[tuple[str, int]] = set()
+    active: dict[str, Alert] = {}
+    n = 0
+    console.print(f"[dim]following {settings.topic_alerts} on {settings.kafka_bootstrap} (Ctrl-C to stop)[/dim]")
+    try:
+        async for msg in consumer:
+            try:
+                a = Alert.model_validate_json(msg.value)
+            except ValueError:
+                console.print(f"[red]not an alert at offset {msg.offset}[/red]")
+                continue
+            key = (a.alarm_id, int(a.details.get("rev", 0)))
+            if key in seen:  # a copy from an at-least-once producer
+                continue
+            seen.add(key)
+            if a.status.startswith("ACTIVE"):
+                active[a.alarm_id] = a
+            else:
+                active.pop(a.alarm_id, None)
+            when = datetime.fromtimestamp(a.ts).strftime("%H:%M:%S")
+            lag = time.time() - a.ts
+            console.print(f"{when} [{STYLE.get(a.severity, '')}]{a.severity:<8}[/] {a.status:<13} {a.alarm_id}  {a.message}"
+                          f"  [dim](active {len(active)}, {lag:.2f}s after the event)[/dim]", soft_wrap=True)
+            if ack and a.status in ("ACTIVE_UNACK", "CLEARED_UNACK"):
+                await send_ack(settings, a.alarm_id, os.environ.get("USER", "operator"))
+            n += 1
+            if limit and n >= limit:
+                break
+    finally:
+        await consumer.stop()
+
+
+# --- replay ------------------------------------------------------------------------------------------------------
+
+
+def read_nab_csv(path: Path) -> list[tuple[float, float]]:
+    """NAB-style `timestamp,value` rows (timestamp `YYYY-mm-dd HH:MM:SS` or epoch seconds)."""
+    out = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            raw = row["timestamp"]
+            try:
+                ts = float(raw)
+            except ValueError:
+                ts = datetime.fromisoformat(raw).timestamp()
+            out.append((ts, float(row["value"])))
+    return out
+
+
+def replay(
+    csv_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="NAB-style CSV: timestamp,value."),
+    device: str = typer.Option(..., "--device", help="Device id (its MQTT user)."),
+    metric: str = typer.Option(..., "--metric", help="Metric name for the values."),
+    speed: float = typer.Option(60.0, help="Time compression: 60 = one hour of data per minute."),
+    site: str = typer.Option("site-1"),
+    zone: str = typer.Option("zone-1"),
+    device_type: str = typer.Option("cold_room", "--device-type"),
+    password: str = typer.Option("", help="MQTT password (default: from WHARF_MQTT_DEVICES)."),
+    limit: int = typer.Option(0, help="Publish at most this many rows."),
+) -> None:
+    """Publish a CSV as a device over authenticated MQTT (QoS 1), original spacing / speed, timestamps shifted to now."""
+    import paho.mqtt.client as mqtt
+
+    from mqtt_bridge.topics import telemetry_topic
+    from schemas import codec
+
+    settings = _settings()
+    rows = read_nab_csv(csv_file)[: limit or None]
+    if not rows:
+        console.print("[red]no rows[/red]")
+        raise typer.Exit(2)
+    secret = password or settings.device_credentials().get(device)
+    if not secret:
+        console.print(f"[red]no password for {device}: pass --password or add it to WHARF_MQTT_DEVICES[/red]")
+        raise typer.Exit(2)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{device}-replay-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv311)
+    client.username_pw_set(device, secret)
+    ok = threading.Event()
+    client.on_connect = lambda c, u, f, rc, p: ok.set() if not rc.is_failure else console.print(f"[red]MQTT refused: {rc}[/red]")
+    client.connect(settings.mqtt_host, settings.mqtt_port)
+    client.loop_start()
+    if not ok.wait(10):
+        raise typer.Exit(1)
+    topic = telemetry_topic(site, zone, device)
+    t_data0, t_wall0 = rows[0][0], time.time()
+    infos = []
+    try:
+        for seq, (ts, value) in enumerate(rows):
+            at = t_wall0 + (ts - t_data0) / speed
+            if (wait := at - time.time()) > 0:
+                time.sleep(wait)
+            payload = {"site": site, "zone": zone, "device_id": device, "device_type": device_type, "ts": at, "seq": seq, "metrics": {metric: value}}
+            infos.append(client.publish(topic, codec.dumps(payload), qos=1))
+            if seq % 500 == 0:
+                console.print(f"[dim]{seq}/{len(rows)} published[/dim]")
+        for info in infos:
+            info.wait_for_publish(30)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    console.print(f"published {len(rows)} readings of {device}.{metric} on {topic} in {time.time() - t_wall0:.1f}s")
+
+
+# --- bench -------------------------------------------------------------------------------------------------------
+
+
+def _rss_peak_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+class _Worker:
+    """A `wharf worker` subprocess for the bench, ready once its web server answers."""
+
+    def __init__(self, env: dict[str, str], web_port: int, log: Path) -> None:
+        import urllib.request
+
+        self.url = f"http://127.0.0.1:{web_port}/stats"
+        self.proc = subprocess.Popen([sys.executable, "-m", "wharf.cli", "worker", "--loglevel", "warning"],
+                                     env={**os.environ, **env, "WHARF_WEB_PORT": str(web_port), "PYTHONUNBUFFERED": "1"},
+                                     stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bench worker did not start; see {log}")
+            try:
+                urllib.request.urlopen(self.url, timeout=2).read()
+                return
+            except OSError:
+                time.sleep(0.5)
+
+    def stats(self) -> dict:
+        import json
+        import urllib.request
+
+        return json.loads(urllib.request.urlopen(self.url, timeout=10).read())
+
+    def stop(self) -> None:
+        import signal
+
+        os.killpg(self.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.pid, signal.SIGKILL)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def bench_sensors(
+    rate: float = typer.Option(5000.0, help="Target readings/s offered by the publishers."),
+    seconds: float = typer.Option(30.0, help="Publishing time."),
+    model_options: str = typer.Option("", help='DeviceAnomalyModel options for the worker (JSON), e.g. \'{"use_forecaster": false}\'.'),
+    publishers: int = typer.Option(3, help="Publishing devices (one MQTT connection each; at most the users in WHARF_MQTT_DEVICES)."),
+) -> None:
+    """Devices -> Mosquitto -> bridge -> Kafka -> worker -> ClickHouse on this machine: rate, latencies, memory, reference rates.
+
+    Needs `wharf infra up --services kafka,mosquitto,clickhouse`. Runs a worker and a bridge of its own
+    (fresh topics and app id), so it never touches other data.
+    """
+    asyncio.run(_bench(_settings(), rate, seconds, model_options, publishers))
+
+
+async def _bench(settings, rate: float, seconds: float, model_options: str, n_pub: int) -> None:  # noqa: ANN001, C901
+    import paho.mqtt.client as mqtt
+    from aiokafka import AIOKafkaConsumer
+
+    from schemas import codec
+    from streams.clickhouse import connect
+    from streams.topics import topic_names
+    from wharf.infra.kafka import ensure_topics
+    from wharf.settings import Settings
+
+    u = uuid.uuid4().hex[:8]
+    ch_url = settings.clickhouse_url if settings.clickhouse_url.startswith("clickhouse://") else settings.local_clickhouse_server_url
+    base = ch_url.rsplit("/", 1)[0]
+    env = {
+        "WHARF_APP_ID": f"bench-{u}", "WHARF_CLICKHOUSE_URL": f"{base}/bench_{u}",
+        "WHARF_SENSOR_ALARM_CLEAR_SECONDS": "0", "WHARF_SENSOR_CHECKPOINT_SECONDS": "30",
+        "WHARF_SINK_BATCH_SECONDS": "0.25",
+    }
+    for attr in ("topic_sensor_readings", "topic_device_status", "topic_sensor_commands", "topic_alerts", "topic_anomaly_scores", "topic_dead_letters"):
+        env[f"WHARF_{attr.upper()}"] = f"bench.{u}.{attr[6:]}"
+    if model_options:
+        env["WHARF_SENSOR_MODEL_OPTIONS"] = model_options
+    s = Settings(**{k[6:].lower(): v for k, v in env.items()})
+    await ensure_topics(settings.kafka_bootstrap, topic_names(s), settings.topic_partitions)
+    state = settings.state_dir / "bench" / u
+    state.mkdir(parents=True, exist_ok=True)
+    console.print(f"bench {u}: worker + bridge on {settings.kafka_bootstrap}, ClickHouse {base}/bench_{u}; logs in {state}")
+    worker = _Worker(env, settings.web_port + 50, state / "worker.log")
+    benv = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    bridge = subprocess.Popen([sys.executable, "-m", "wharf.cli", "bridge", "--client-id", f"bench-{u}", "--share-group", f"bench-{u}",
+                               "--loglevel", "warning"], env=benv, stdout=open(state / "bridge.log", "ab"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    ch = connect(env["WHARF_CLICKHOUSE_URL"])
+    creds = list(settings.device_credentials().items())[: max(1, n_pub)]
+    alarm_lat: list[float] = []
+    row_lat: list[float] = []
+    probe_sent: dict[int, float] = {}
+    stop = threading.Event()
+    published = [0]
+
+    async def watch_alerts() -> None:
+        c = AIOKafkaConsumer(s.topic_alerts, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
+        await c.start()
+        try:
+            while not stop.is_set() or time.time() < t_end + 10:
+                for msgs in (await c.getmany(timeout_ms=200)).values():
+                    now = time.time()
+                    for m in msgs:
+                        a = codec.loads(m.value)
+                        if a["status"] == "ACTIVE_UNACK" and a["alarm_type"] == "rule:temperature":
+                            alarm_lat.append(now - a["start_ts"])
+        finally:
+            await c.stop()
+
+    def publisher(i: int, user: str, secret: str) -> None:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{u}-{i}", protocol=mqtt.MQTTv311)
+        c.username_pw_set(user, secret)
+        c.max_inflight_messages_set(1000)
+        c.connect(settings.mqtt_host, settings.mqtt_port)
+        c.loop_start()
+        my = [user]  # the MQTT ACL lets a user publish under its own device id only: one device per publisher
+        per = rate / len(creds)
+        seq = 0
+        t0 = time.time()
+        topic = f"wharf/bench/z{i}/{my[0]}/telemetry"
+        while not stop.is_set():
+            due = int((time.time() - t0) * per)
+            while seq < due:
+                now = time.time()
+                bad = i == 0 and seq % 200 == 0  # the probe: a too-warm cold room every 200 readings -> one alarm each
+                temp = 20.0 if bad else 4.0 + (seq % 13) / 20
+                c.publish(topic, codec.dumps({"site": "bench", "zone": f"z{i}", "device_id": my[0], "device_type": "cold_room",
+                                              "ts": now, "seq": seq, "metrics": {"temperature": temp, "humidity": 50.0 + seq % 7}}), qos=1)
+                if i == 0 and seq % 100 == 50:
+                    probe_sent[seq] = now
+                seq += 1
+                published[0] += 1
+            time.sleep(0.002)
+        c.disconnect()
+        c.loop_stop()
+
+    await asyncio.sleep(3)
+    table = ch.table("sensor_readings")
+    t_start = time.time()
+    t_end = t_start + seconds
+    watcher = asyncio.create_task(watch_alerts())
+    threads = [threading.Thread(target=publisher, args=(i, user, pw), daemon=True) for i, (user, pw) in enumerate(creds)]
+    for t in threads:
+        t.start()
+    counts: list[tuple[float, int]] = []
+    probe_user = creds[0][0]
+    try:
+        while time.time() < t_end + 60:
+            if time.time() >= t_end:
+                stop.set()
+            n = (await asyncio.to_thread(ch.query, f"SELECT count() FROM {table}"))[0][0]
+            counts.append((time.time(), n))
+            seqs = await asyncio.to_thread(ch.query, f"SELECT max(seq) FROM {table} WHERE device_id = '{probe_user}'")
+            top = seqs[0][0] if seqs and seqs[0][0] is not None else -1
+            now = time.time()
+            for q in [q for q in probe_sent if q <= top]:
+                row_lat.append(now - probe_sent.pop(q))
+            if stop.is_set() and n >= published[0]:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.sleep(1)
+        watcher.cancel()
+        peak_worker = _rss_peak_mb(worker.pid)
+        peak_bridge = _rss_peak_mb(bridge.pid)
+        stats = worker.stats()
+        worker.stop()
+        bridge.terminate()
+        bridge.wait(30)
+    # sustained rate: rows/s over the middle of the run (after warm-up)
+    mid = [(t, n) for t, n in counts if t_start + 0.2 * seconds <= t <= t_end]
+    sustained = (mid[-1][1] - mid[0][1]) / (mid[-1][0] - mid[0][0]) if len(mid) >= 2 and mid[-1][0] > mid[0][0] else float("nan")
+    total = counts[-1][1] if counts else 0
+    drain = counts[-1][0] - t_end if counts else float("nan")
+    # reference 1: raw aiokafka consume rate of the same messages
+    c = AIOKafkaConsumer(s.topic_sensor_readings, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+                         enable_auto_commit=False, max_partition_fetch_bytes=4 << 20)
+    await c.start()
+    got, t0 = 0, time.time()
+    try:
+        while got < total:
+            batch = await c.getmany(timeout_ms=1000, max_records=10000)
+            if not batch:
+                break
+            got += sum(len(v) for v in batch.values())
+    finally:
+        await c.stop()
+    raw_rate = got / (time.time() - t0)
+    # reference 2: the detectors' own score+learn rate
+    import json as _json
+
+    opts = _json.loads(model_options) if model_options else {}
+    try:
+        from online_models.anomaly.bench import measure_throughput
+
+        m = measure_throughput(n_devices=100, n_metrics=2, rounds=3, warmup_rounds=1, one_by_one_events=500, **opts)
+        det = " ".join(f"{k}={v:,.0f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
+    except Exception as exc:  # noqa: BLE001 - report what we have
+        det = f"(measure_throughput failed: {exc})"
+    try:
+        ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
+    except Exception:  # noqa: BLE001
+        pass
+    print(f"offered          {published[0] / seconds:,.0f} readings/s for {seconds:.0f}s ({published[0]} readings, {len(creds)} publishers, "
+          f"model options {model_options or 'default'})")
+    print(f"stored           {total} rows in sensor_readings; sustained {sustained:,.0f} readings/s (Mosquitto -> bridge -> Kafka -> worker -> ClickHouse); "
+          f"drained {drain:.1f}s after publishing stopped")
+    print(f"publish->row     p50 {_pct(row_lat, .5) * 1000:.0f} ms  p95 {_pct(row_lat, .95) * 1000:.0f} ms  p99 {_pct(row_lat, .99) * 1000:.0f} ms "
+          f"({len(row_lat)} probes, 100 ms poll resolution)")
+    print(f"publish->alarm   p50 {_pct(alarm_lat, .5) * 1000:.0f} ms  p95 {_pct(alarm_lat, .95) * 1000:.0f} ms  p99 {_pct(alarm_lat, .99) * 1000:.0f} ms "
+          f"({len(alarm_lat)} alarms on the alerts topic)")
+    print(f"peak RSS         worker {peak_worker:.0f} MB, bridge {peak_bridge:.0f} MB")
+    print(f"reference        raw aiokafka consume {raw_rate:,.0f} msgs/s of the same topic")
+    print(f"reference        detectors score+learn (measure_throughput): {det}")
+    w = stats.get("writers", {})
+    print(f"worker writers   " + "  ".join(f"{k}: {v.get('rows_stored')} rows, {v.get('insert_seconds_total', 0):.1f}s inserting" for k, v in w.items() if v.get("rows_stored")))

@@ -1,0 +1,119 @@
+"""Alarm events back to the devices' world: Kafka `wharf.alerts` -> MQTT `wharf/{site}/alerts` (QoS 1).
+
+At least once: a batch of alarm events is published, and the Kafka offsets are
+committed only after Mosquitto acknowledged every message of the batch (PUBACK).
+A crash in between republishes the batch; subscribers can drop copies by
+`(alarm_id, details.rev)` (docs/alerts.md). Events of one alarm share a Kafka
+partition (keyed by alarm_id), so they are published in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from mqtt_bridge.topics import alerts_topic
+from schemas import codec
+from wharf.settings import Settings
+
+log = logging.getLogger("wharf.bridge.alerts")
+
+
+@dataclass
+class AlertPublisherStats:
+    consumed: int = 0
+    published: int = 0
+    commits: int = 0
+    started: float = field(default_factory=time.time)
+
+
+class AlertPublisher:
+    def __init__(self, settings: Settings, client_id: str = "wharf-bridge-1-alerts", group_id: str | None = None) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.group_id = group_id or f"{settings.app_id}-alerts-mqtt"
+        self.stats = AlertPublisherStats()
+        self._stop = asyncio.Event()
+        self._connected = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _client(self) -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True, protocol=mqtt.MQTTv311)
+        c.username_pw_set(self.settings.mqtt_bridge_user, self.settings.mqtt_bridge_password)
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.max_inflight_messages_set(1000)
+        c.max_queued_messages_set(0)  # unbounded: the consumer only reads the next batch after this one was acked
+        c.on_connect = lambda client, u, f, rc, p: self._connected.set() if not rc.is_failure else log.error("alerts MQTT refused: %s", rc)
+        c.on_disconnect = lambda *a: self._connected.clear()
+        return c
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        client = self._client()
+        client.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30)
+        client.loop_start()
+        consumer = AIOKafkaConsumer(self.settings.topic_alerts, bootstrap_servers=self.settings.kafka_bootstrap,
+                                    group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest")
+        try:
+            await self._start(consumer)
+            while not self._connected.is_set() and not self._stop.is_set():
+                await asyncio.sleep(0.05)
+            if ready is not None:
+                ready.set()
+            while not self._stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200, max_records=1000)
+                msgs = [m for part in batch.values() for m in part]
+                if not msgs:
+                    continue
+                self.stats.consumed += len(msgs)
+                infos = [client.publish(alerts_topic(self._site(m.value)), m.value, qos=1) for m in msgs]
+                await asyncio.to_thread(self._wait_all, infos)
+                self.stats.published += len(infos)
+                await self._commit(consumer)
+        finally:
+            await consumer.stop()
+            client.disconnect()
+            client.loop_stop()
+
+    @staticmethod
+    def _site(value: bytes) -> str:
+        try:
+            return codec.loads(value).get("site") or "unknown"
+        except ValueError:
+            return "unknown"
+
+    def _wait_all(self, infos: list[mqtt.MQTTMessageInfo]) -> None:
+        for info in infos:  # paho resends after a reconnect; we wait as long as it takes (offsets stay uncommitted)
+            while not info.is_published():
+                info.wait_for_publish(1.0)
+
+    async def _start(self, consumer: AIOKafkaConsumer) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await consumer.start()
+                return
+            except KafkaError as exc:
+                log.warning("alerts consumer: Kafka not reachable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await consumer.commit()
+                self.stats.commits += 1
+                return
+            except KafkaError as exc:
+                log.warning("alerts consumer: commit failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
