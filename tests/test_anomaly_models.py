@@ -75,6 +75,34 @@ def test_stuck_sensor_detected(fast_kwargs):
     assert not res2.is_anomaly.any()
 
 
+def test_alert_confidence_drops_for_a_device_that_keeps_alerting(fast_kwargs):
+    """Every crossing of the fixed evidence level is still an alert, but a device with many recent
+    incidents gets lower alert scores (closer to the level) than a quiet one with the same spike."""
+    ts, x = _series(3000, seed=9)
+    noisy = x.copy()
+    noisy[600:2500:200] += 8.0  # an incident every 200 rows (the last one 500 rows before the test spike)
+    quiet = x.copy()
+    for y in (noisy, quiet):
+        y[2900] += 8.0
+    rn = DeviceAnomalyModel(**fast_kwargs).score_learn_many(ts, {"v": noisy})
+    rq = DeviceAnomalyModel(**fast_kwargs).score_learn_many(ts, {"v": quiet})
+    assert rn.is_anomaly[2900] and rq.is_anomaly[2900]
+    assert rn.is_anomaly[600:2500].sum() >= 5  # the repeated incidents alert
+    assert 0.4 <= rn.scores[2900] < rq.scores[2900]
+    assert (rn.is_anomaly == (rn.scores >= rn.thresholds)).all()
+
+
+def test_weekly_profile_option(fast_kwargs):
+    """Optional hour-of-week profile: off by default, reported as a component when on."""
+    m = DeviceAnomalyModel(use_weekly=True, **fast_kwargs)
+    ts, x = _series(4000, seed=10, step=1800.0)  # ~12 weeks of half-hourly data
+    x = x + 2.0 * ((ts // 86400) % 7 >= 5)  # weekends are higher
+    m.score_learn_many(ts, {"v": x})
+    r = m.score_one(float(ts[-1] + 1800), {"v": float(x[-1])})
+    assert "weekly" in r.components and 0.0 <= r.score <= 1.0
+    assert DeviceAnomalyModel(**fast_kwargs).w_means.shape[0] == 0
+
+
 def test_score_one_does_not_learn(fast_kwargs):
     m = DeviceAnomalyModel(**fast_kwargs)
     ts, x = _series(400, seed=3)

@@ -6,6 +6,9 @@ Ensemble, per metric:
   * ``seasonal`` z-score against a daily time-of-day profile (anomalies *within*
                  the normal range, e.g. a missing daily peak);
   * ``forecast`` error of a small PyTorch MLP forecaster (dynamics the statistics miss);
+  * ``weekly``   (optional, ``use_weekly``; off by default) z-score against an hour-of-week
+                 profile once the metric has two weeks of history (holidays, weekday patterns;
+                 on NAB it catches 3 more nyc_taxi windows only below the alert level);
   * ``stuck``    run length of identical readings vs the metric's own repeat rate;
 per device: ``hst`` River HalfSpaceTrees over the squashed (scaled to [0, 1])
 z-scores of all metrics (multivariate: unusual *combinations*).
@@ -18,10 +21,19 @@ several detectors at once, noise rarely does), the device evidence is the max
 over metrics, and ``score = E / e_full`` in [0, 1].
 
 Alerting: ``is_anomaly = score >= min_threshold`` (a fixed evidence level,
-``min_threshold * e_full`` ~ 5 decades). After an alert the score is damped
+``L = min_threshold * e_full`` ~ 5 decades). After an alert the score is damped
 (``suppress_factor``) for ``suppress_events`` readings: one incident, one alert.
 The suppression is keyed to the same fixed level as ``is_anomaly``, so the
 alert stream is exactly the rows where the (suppressed) score crosses it.
+
+Alert confidence: below the level ``score = E / e_full``; at or above it the score
+ranks the alert by ``E - L - burst_penalty * log10(1 + b)``, where ``b`` is the
+device's decayed count (half-life ``burst_half_life`` rows) of recent incidents
+(crossings of ``L`` more than ``burst_gap`` rows apart): ``score = (L + softplus(.)) / e_full``,
+so every crossing is still an alert (score >= min_threshold) but a device that keeps
+crossing the level -- a bursty/noisy series -- gets alerts just above the level while
+a quiet device's alerts score higher. A stricter consumer threshold (e.g. NAB's
+reward-low-FP profile) therefore drops the alerts of bursty devices first.
 
 Speed: the state of all metrics of a device lives in small NumPy arrays and
 readings are processed in blocks of up to ``batch_max`` rows: every row of a
@@ -45,8 +57,9 @@ from online_models.anomaly.detectors import SilenceDetector
 from online_models.anomaly.forecaster import OnlineMLPForecaster
 from online_models.anomaly.stats import GaussianTail
 
-COMPONENTS = ("level", "shift", "seasonal", "forecast", "stuck", "hst")
-_CAL = 4  # calibrated components: level, shift, seasonal, forecast
+COMPONENTS = ("level", "shift", "seasonal", "forecast", "weekly", "stuck", "hst")
+_CAL = 5  # calibrated components: level, shift, seasonal, forecast, weekly
+_WEEK = 604800.0
 _LN10 = math.log(10.0)
 
 
@@ -77,6 +90,10 @@ class AnomalyConfig:
     shift_window: int = 8
     seasonal_bins: int = 48
     seasonal_alpha: float = 0.15
+    use_weekly: bool = False
+    weekly_bins: int = 168  # hour of week
+    weekly_alpha: float = 0.1
+    weekly_min_age: float = 2 * _WEEK  # seconds of history before the weekly profile is used
     calib_half_life: float = 3000.0
     calib_warmup: int = 60
     calib_bins: int = 48
@@ -97,6 +114,13 @@ class AnomalyConfig:
     min_threshold: float = 0.4  # alert level on the score (evidence min_threshold * e_full)
     suppress_events: int = 150
     suppress_factor: float = 0.0
+    # alert confidence: an alert's score above the alert level is its evidence minus
+    # burst_penalty * log10(1 + recent incidents) (softplus-floored at the level), so alerts from
+    # devices that keep crossing the level rank below those from quiet devices
+    burst_penalty: float = 4.0
+    burst_half_life: float = 5000.0  # rows
+    burst_gap: int = 40  # crossings closer than this (rows) are one incident
+    burst_softness: float = 1.0
     stuck_min_run: int = 5
     batch_max: int = 32  # rows per block scored against one frozen state
     seed: int = 0
@@ -109,6 +133,31 @@ def _ewm(y0: np.ndarray, x: np.ndarray, a: np.ndarray) -> np.ndarray:
     """
     p = np.cumprod(1.0 - a, axis=0)
     return p * (y0 + np.cumsum(a * x / p, axis=0))
+
+
+def _profile_learn(sm, sc, mad, n, bins, xf, valid, lg_mad, alpha):
+    """Block update of a periodic profile (bin means, counts, robust spread), each row against the
+    bin mean frozen at the start of the block; returns the new ``(means, counts, mad, n)``."""
+    lim = 4.0 * np.maximum(1.2533 * mad, 0.05 * 1.2533 * lg_mad)
+    cb = sc[bins]  # (B, M) counts before the block
+    d = xf - sm[bins]
+    d = np.where((lim > 0) & (n > 50), np.clip(d, -lim, lim), d)
+    seen = valid & (cb > 0)
+    n_prev = n + np.cumsum(seen, axis=0) - seen
+    a = np.where(seen, np.maximum(0.002, 1.0 / (n_prev + 1.0)), 0.0)
+    mad = _ewm(mad, np.abs(d), np.minimum(a, 0.5))[-1]
+    n = n + seen.sum(axis=0)
+    nbins, mcount = sm.shape
+    flat = (bins[:, None] * mcount + np.arange(mcount)[None, :])[valid]
+    size = nbins * mcount
+    k = np.bincount(flat, minlength=size).reshape(nbins, mcount).astype(float)
+    dsum = np.bincount(flat, d[valid], minlength=size).reshape(nbins, mcount)
+    xsum = np.bincount(flat, xf[valid], minlength=size).reshape(nbins, mcount)
+    hit = k > 0
+    kk = np.where(hit, k, 1.0)
+    aa = np.maximum(alpha, 1.0 / (sc + 1.0))
+    upd = sm + (1.0 - (1.0 - aa) ** kk) * dsum / kk
+    return np.where(hit, np.where(sc > 0, upd, xsum / kk), sm), sc + k, mad, n
 
 
 class DeviceAnomalyModel:
@@ -133,6 +182,11 @@ class DeviceAnomalyModel:
         self.s_means = np.zeros((cfg.seasonal_bins, 0))
         self.s_counts = np.zeros((cfg.seasonal_bins, 0))
         self.s_mad, self.s_n = z.copy(), z.copy()
+        wb = cfg.weekly_bins if cfg.use_weekly else 0
+        self.w_means = np.zeros((wb, 0))
+        self.w_counts = np.zeros((wb, 0))
+        self.w_mad, self.w_n = z.copy(), z.copy()
+        self.t_first = z.copy()
         # forecaster, stuck detector
         self.lagbuf = np.zeros((cfg.lags, 0))
         self.fc: list[OnlineMLPForecaster] = []
@@ -152,6 +206,10 @@ class DeviceAnomalyModel:
         self.hst_calib = GaussianTail(cfg.calib_alpha, max(cfg.calib_warmup, 2 * cfg.hst_window))
         self.hst_last = 0.0
         self.suppress_left = 0
+        # incidents: decayed count of alert-level crossings more than ``burst_gap`` rows apart
+        self.burst = 0.0
+        self.since_cross = 1 << 30
+        self.burst_decay = 0.5 ** (1.0 / cfg.burst_half_life)
         self.silence = SilenceDetector()
         self.n = 0
 
@@ -166,9 +224,10 @@ class DeviceAnomalyModel:
             return np.concatenate([a, col], axis=-1)
 
         for attr in ("lv_mean", "lv_mad", "lv_n", "lg_mean", "lg_mad", "lg_n", "recent", "s_means",
-                     "s_counts", "s_mad", "s_n", "lagbuf", "fc_err", "run"):
+                     "s_counts", "s_mad", "s_n", "w_means", "w_counts", "w_mad", "w_n", "lagbuf", "fc_err", "run"):
             setattr(self, attr, grow(getattr(self, attr)))
         self.last = grow(self.last, math.nan)
+        self.t_first = grow(self.t_first, math.nan)
         self.repeat_rate = grow(self.repeat_rate, 0.5)  # prior: P(reading == previous)
         self.c_counts = np.concatenate([self.c_counts, np.zeros((1, _CAL, cfg.calib_bins))])
         self.c_total = np.concatenate([self.c_total, np.zeros((1, _CAL))])
@@ -214,6 +273,17 @@ class DeviceAnomalyModel:
         avail = np.zeros((m, _CAL), bool)
         avail[:, 0] = avail[:, 1] = True
         avail[:, 2] = mature
+        # weekly: hour-of-week profile (holidays, weekday/weekend patterns), once the metric has
+        # a few weeks of history and the bin has been seen on two visits
+        wbins = ((ts % _WEEK) / _WEEK * cfg.weekly_bins).astype(np.int64) % cfg.weekly_bins
+        zw = np.zeros((b_rows, m))
+        if cfg.use_weekly and m:
+            wk_ok = (ts[0] - self.t_first >= cfg.weekly_min_age) if b_rows else np.zeros(m, bool)
+            w_ok = (self.w_counts[wbins] >= 2) & wk_ok & valid
+            ws = np.maximum(np.maximum(1.2533 * self.w_mad, s_floor), 1e-9)
+            zw = np.where(w_ok, (xf - self.w_means[wbins]) / ws, 0.0)
+            raw[:, :, 4] = np.abs(zw)
+            avail[:, 4] = wk_ok
         lgs = np.where(lg_scale > 1e-9, lg_scale, 1.0)
         xn = np.where(valid, np.clip((xf - self.lg_mean) / lgs, -10.0, 10.0), np.nan)
         zf = np.zeros((b_rows, m))
@@ -250,11 +320,11 @@ class DeviceAnomalyModel:
         stuck = np.where(same & (run >= cfg.stuck_min_run) & (self.lv_mad > 1e-9 * np.maximum(1.0, np.abs(self.lv_mean))), -run * np.log10(q) - 3.0, 0.0)
         ev = np.zeros((b_rows, m, len(COMPONENTS)))
         ev[:, :, :_CAL] = self._evidence(raw) * avail
-        ev[:, :, 4] = np.maximum(stuck, 0.0)
-        ev[:, :, :5] *= valid[:, :, None]
+        ev[:, :, 5] = np.maximum(stuck, 0.0)
+        ev[:, :, :6] *= valid[:, :, None]
         feats = np.stack([0.5 + 0.5 * np.tanh(zl * 0.25), 0.5 + 0.5 * np.tanh(zseas * 0.25),
                           0.5 + 0.5 * np.tanh(zf * 0.25)], axis=2)  # scaled to [0, 1] for HST
-        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, xn=xn, fc_in=fc_in,
+        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in,
                         same=same, run=run, feats=feats)
 
     def _evidence(self, raw: np.ndarray) -> np.ndarray:
@@ -339,31 +409,15 @@ class DeviceAnomalyModel:
         w1 = cfg.shift_window - 1
         if w1 > 0:
             self.recent = np.concatenate([self.recent, aux["zlc"]])[-w1:]
-        # seasonal profile: per (bin, metric) group update against the frozen bin mean
-        bins = aux["bins"]
-        lim = 4.0 * np.maximum(1.2533 * self.s_mad, 0.05 * 1.2533 * self.lg_mad)
-        sm, sc = self.s_means, self.s_counts
-        cb = sc[bins]  # (B, M) counts before the block
-        d = xf - sm[bins]
-        d = np.where((lim > 0) & (self.s_n > 50), np.clip(d, -lim, lim), d)
-        seen = valid & (cb > 0)
-        sn_prev = self.s_n + np.cumsum(seen, axis=0) - seen
-        a = np.where(seen, np.maximum(0.002, 1.0 / (sn_prev + 1.0)), 0.0)
-        self.s_mad = _ewm(self.s_mad, np.abs(d), np.minimum(a, 0.5))[-1]
-        self.s_n = self.s_n + seen.sum(axis=0)
-        nbins = cfg.seasonal_bins
-        mcount = x.shape[1]
-        flat = (bins[:, None] * mcount + np.arange(mcount)[None, :])[valid]
-        size = nbins * mcount
-        k = np.bincount(flat, minlength=size).reshape(nbins, mcount).astype(float)
-        dsum = np.bincount(flat, d[valid], minlength=size).reshape(nbins, mcount)
-        xsum = np.bincount(flat, xf[valid], minlength=size).reshape(nbins, mcount)
-        hit = k > 0
-        kk = np.where(hit, k, 1.0)
-        aa = np.maximum(cfg.seasonal_alpha, 1.0 / (sc + 1.0))
-        upd = sm + (1.0 - (1.0 - aa) ** kk) * dsum / kk
-        self.s_means = np.where(hit, np.where(sc > 0, upd, xsum / kk), sm)
-        self.s_counts = sc + k
+        # seasonal (time of day) and weekly (hour of week) profiles
+        self.s_means, self.s_counts, self.s_mad, self.s_n = _profile_learn(
+            self.s_means, self.s_counts, self.s_mad, self.s_n, aux["bins"], xf, valid, self.lg_mad, cfg.seasonal_alpha)
+        if cfg.use_weekly:
+            self.w_means, self.w_counts, self.w_mad, self.w_n = _profile_learn(
+                self.w_means, self.w_counts, self.w_mad, self.w_n, aux["wbins"], xf, valid, self.lg_mad, cfg.weekly_alpha)
+        if b_rows:
+            fi = np.argmax(valid, axis=0)
+            self.t_first = np.where(np.isnan(self.t_first) & valid.any(axis=0), ts[fi], self.t_first)
         # forecaster: error scale, training samples, lag buffer
         xn = aux["xn"]
         if cfg.use_forecaster and aux["fc_in"] is not None:
@@ -429,23 +483,38 @@ class DeviceAnomalyModel:
     def _run_block(self, ts: np.ndarray, x: np.ndarray, learn: bool):
         cfg = self.cfg
         ev, aux = self._score_block(ts, x)
-        ev[:, :, 5] = self._hst_block(ev, aux, learn)[:, None]
-        ev[:, :, 5] *= aux["valid"]
+        ev[:, :, 6] = self._hst_block(ev, aux, learn)[:, None]
+        ev[:, :, 6] *= aux["valid"]
         e, best = self._fuse(ev)
-        scores = np.clip(e / cfg.e_full, 0.0, 1.0)
         thr = cfg.min_threshold
-        left = self.suppress_left
-        out = scores.tolist()
-        for i, s in enumerate(out):
+        level = thr * cfg.e_full  # the alert level, in decades of evidence
+        e_full, k, beta = cfg.e_full, cfg.burst_softness, cfg.burst_penalty
+        gap, dec = cfg.burst_gap, self.burst_decay
+        left, burst, since = self.suppress_left, self.burst, self.since_cross
+        out = e.tolist()
+        for i, ei in enumerate(out):
+            if ei >= level:
+                # an alert; its score ranks it by the evidence left after discounting how many
+                # incidents this device has had lately (softplus floor: still >= the alert level)
+                xs = k * (ei - level - beta * math.log10(1.0 + burst))
+                sp = xs + math.log1p(math.exp(-xs)) if xs > 0 else math.log1p(math.exp(xs))
+                s = min(1.0, (level + sp / k) / e_full)
+                if since > gap:
+                    burst += 1.0
+                since = 0
+            else:
+                s = max(ei, 0.0) / e_full
+                since += 1
+            burst *= dec
             if left > 0:
                 s *= cfg.suppress_factor
-                out[i] = s
                 left -= 1
             if s >= thr:
                 left = cfg.suppress_events
+            out[i] = s
         if learn:
             self._learn_block(ts, x, aux)
-            self.suppress_left = left
+            self.suppress_left, self.burst, self.since_cross = left, burst, since
             for t in ts.tolist():
                 self.silence.observe(t)
             self.n += len(ts)
