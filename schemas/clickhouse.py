@@ -237,6 +237,25 @@ MIGRATIONS: list[Migration] = [
     ),
 ]
 
+# Commerce path (migration 2): per-item "also viewed" snapshots for dashboards, fed only by the
+# also-viewed topic (one table <- one topic). `shard` is the clicks partition whose recommender
+# state produced the list (the recommender keeps item state per user partition, see agents/commerce.py).
+ITEM_ALSO_VIEWED = _table(
+    "item_also_viewed",
+    """
+    ts {TS},
+    item_id String,
+    shard UInt16,
+    rank UInt16,
+    other_item_id String,
+    score Float32
+    """,
+    "MergeTree() PARTITION BY toYYYYMM(ts) ORDER BY (item_id, ts, shard, rank)",
+    ("ts",),
+)
+
+MIGRATIONS.append(Migration(2, "commerce: item_also_viewed snapshots", (ITEM_ALSO_VIEWED[0],), (ITEM_ALSO_VIEWED[1],)))
+
 TABLES: dict[str, TableSpec] = {spec.name: spec for m in MIGRATIONS for spec in m.tables}
 
 MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {db}.wharf_migrations (

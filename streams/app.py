@@ -28,7 +28,8 @@ app = faust.App(
     settings.app_id,
     broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
     store="rocksdb://",  # faust-streaming uses rocksdict when python-rocksdb is absent
-    datadir=str(settings.state_dir / "faust" / f"worker-{settings.web_port}"),
+    # One folder per (app, worker): RocksDB state of another app id must never be recovered into this one.
+    datadir=str(settings.state_dir / "faust" / f"{settings.app_id}-{settings.web_port}"),
     topic_partitions=settings.topic_partitions,
     topic_replication_factor=1,
     topic_allow_declare=True,

@@ -31,6 +31,8 @@ SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("topic_alerts", "alarm_id", "Alert JSON: every state change of every alarm"),
     TopicSpec("topic_dead_letters", "source", "DeadLetter JSON: refused input with original bytes and reason"),
     TopicSpec("topic_sensor_commands", "device_id", "operator commands for a device's owning agent (alarm acks)"),
+    TopicSpec("topic_catalogue", "item_id", "catalogue changes: an item removed or added back"),
+    TopicSpec("topic_item_also_viewed", "item_id", "per-item 'also viewed' snapshots"),
 )
 
 

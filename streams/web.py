@@ -29,3 +29,6 @@ class Stats(View):
 
 
 from streams import dashboard  # noqa: E402,F401 - registers the dashboard views
+
+import streams.collector  # noqa: E402,F401 - POST /collect, POST /catalogue (commerce path)
+import streams.serving  # noqa: E402,F401 - GET /recommendations/{user_id} (commerce path)

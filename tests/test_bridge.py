@@ -102,8 +102,9 @@ async def test_valid_readings_reach_kafka_keyed_by_device_and_are_acked(bridge_s
             by_key.setdefault(m.key, []).append(codec.loads(m.value)["seq"])
         assert sorted(by_key) == [b"dev-001", b"dev-002", b"dev-003"]
         assert all(seqs == list(range(30)) for seqs in by_key.values())  # per-device order kept
-        await wait_for(lambda: bridge.stats.acked == 90)
-        assert bridge.stats.forwarded == 90 and bridge.stats.in_flight == 0
+        # (other tests' devices may have left retained status messages, which the bridge also forwards)
+        await wait_for(lambda: bridge.stats.acked >= 90 and bridge.stats.in_flight == 0)
+        assert bridge.stats.forwarded >= 90 and bridge.stats.acked == bridge.stats.received
     finally:
         for d in devices:
             d.close()
@@ -128,7 +129,7 @@ async def test_invalid_payloads_are_dead_lettered_with_original_bytes(bridge_set
         assert {letter.payload: letter.field for letter in letters} == bad
         assert all(letter.source == "mqtt" and letter.mqtt_topic == f"wharf/{site}/z1/dev-001/telemetry" for letter in letters)
         assert len(await consume(s, s.topic_sensor_readings, 1)) == 1
-        await wait_for(lambda: bridge.stats.acked == len(bad) + 1)
+        await wait_for(lambda: bridge.stats.acked >= len(bad) + 1 and bridge.stats.in_flight == 0)
         assert bridge.stats.dead_lettered == len(bad)
     finally:
         d.close()
@@ -142,16 +143,19 @@ async def test_nothing_is_acked_while_kafka_is_down(bridge_setup, unique):
     kafka = Kafka(s)
     try:
         d.publish(f"wharf/{site}/z1/dev-001/telemetry", reading(site, "z1", "dev-001", 0))
-        await wait_for(lambda: bridge.stats.acked == 1)
+        await wait_for(lambda: bridge.stats.forwarded >= 1 and bridge.stats.in_flight == 0)
+        acked_before, received_before = bridge.stats.acked, bridge.stats.received
         kafka.stop()
         for seq in range(1, 21):
             d.publish(f"wharf/{site}/z1/dev-001/telemetry", reading(site, "z1", "dev-001", seq))
-        await wait_for(lambda: bridge.stats.received == 21)
-        await asyncio.sleep(3)
-        assert bridge.stats.acked == 1 and bridge.stats.in_flight == 20  # Mosquitto still owns them
+        await asyncio.sleep(5)
+        # Nothing was acked: the messages are still Mosquitto's (the bridge holds at most its in-flight window,
+        # and stops taking more while a send waits for Kafka).
+        assert bridge.stats.acked == acked_before
+        assert bridge.stats.received > received_before and bridge.stats.in_flight == bridge.stats.received - acked_before
     finally:
         await asyncio.to_thread(kafka.start)
-    await wait_for(lambda: bridge.stats.acked == 21, timeout=90)
+    await wait_for(lambda: bridge.stats.acked >= acked_before + 20 and bridge.stats.in_flight == 0, timeout=90)
     msgs = await consume(s, s.topic_sensor_readings, 21, timeout=60)
     seqs = sorted({codec.loads(m.value)["seq"] for m in msgs})
     assert seqs == list(range(21))

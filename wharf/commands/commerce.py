@@ -2,8 +2,271 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
 import typer
+
+ROOT = Path(__file__).resolve().parents[2]
+REVIEWS = ROOT.parent / "shared" / "datasets" / "sentiment" / "amazon_cells_labelled.txt"
 
 
 def register(app: typer.Typer, bench: typer.Typer, evaluate: typer.Typer) -> None:
     """Add this area's commands to the main app and to the `wharf bench` / `wharf evaluate` groups."""
+    evaluate.command("recommender")(evaluate_recommender)
+    bench.command("commerce")(bench_commerce)
+
+
+# --- wharf evaluate recommender ---------------------------------------------------------------------------
+
+
+def evaluate_recommender(
+    file: Path = typer.Argument(None, help="Delimited interaction log (omit with --simulate)."),
+    sep: str = typer.Option(",", help="Field separator (e.g. '::' for MovieLens .dat, '\\t')."),
+    user_col: str = typer.Option("user_id", help="User column: header name or 0-based position."),
+    item_col: str = typer.Option("item_id", help="Item column: header name or 0-based position."),
+    time_col: list[str] = typer.Option([], help="Time column(s), in sort order; repeat the option for several."),
+    action_col: str = typer.Option(None, help="Action column (view / add_to_cart / purchase / remove)."),
+    rating_col: str = typer.Option(None, help="Rating column (needed by --mode rating)."),
+    no_header: bool = typer.Option(False, help="The file has no header line (name columns by position)."),
+    mode: str = typer.Option("implicit", help="implicit: next-interaction HR@k / NDCG@k; rating: MAE / RMSE."),
+    k: int = typer.Option(10, help="Cut-off of HR@k / NDCG@k."),
+    every: int = typer.Option(None, help="Rank every n-th eligible event (default: about --max-evals of them)."),
+    max_evals: int = typer.Option(10_000, help="About this many ranked events."),
+    max_rows: int = typer.Option(None, help="Read at most this many rows."),
+    time_scale: float = typer.Option(1.0, help="Multiply the recommender's half-lives and session gap (slow logs: > 1)."),
+    simulate: int = typer.Option(0, help="Instead of a file: this many clicks of the shop simulator."),
+) -> None:
+    """Prequential (rank, then learn) evaluation of the online recommender against co-occurrence and popularity baselines."""
+    from online_models.evaluation import recommender as rec_eval
+
+    started = time.monotonic()
+    if simulate:
+        report = rec_eval.evaluate_simulator(simulate, k=k, every=every, max_evals=max_evals)
+    else:
+        if file is None or not file.is_file():
+            print(f"{file}: no such file (or pass --simulate N)", file=sys.stderr)
+            raise typer.Exit(2)
+        report = rec_eval.evaluate_file(
+            file, user_col=user_col, item_col=item_col, time_cols=tuple(time_col), action_col=action_col,
+            rating_col=rating_col, sep=sep.encode().decode("unicode_escape"), header=not no_header, mode=mode, k=k,
+            every=every, max_evals=max_evals, max_rows=max_rows, time_scale=time_scale,
+        )
+    print(report.format())
+    print(f"({time.monotonic() - started:.1f}s)")
+
+
+# --- wharf bench commerce ---------------------------------------------------------------------------------
+
+
+def bench_commerce(
+    clicks: int = typer.Option(30_000, help="Simulated clicks (the same ones for every click figure)."),
+    items: int = typer.Option(5_000, help="Catalogue size of the simulator."),
+    users: int = typer.Option(5_000, help="Users of the simulator."),
+    reviews: int = typer.Option(500, help="Reviews per encoder (from the shared Amazon review file)."),
+    encoders: str = typer.Option("lexicon,hashing,minilm", help="Sentiment encoders to time."),
+    requests: int = typer.Option(2_000, help="Recommendation requests against the worker."),
+    concurrency: int = typer.Option(16, help="Requests in flight at once."),
+    worker: bool = typer.Option(True, help="Also start a real worker: Kafka consume rate, worker click rate and HTTP latency."),
+) -> None:
+    """Throughput of the commerce path: clicks/s through the recommender, reviews/s through sentiment,
+    recommendation latency under concurrent load, and the raw reference rates of the same run."""
+    from wharf.simulator import ShopConfig, ShopSimulator
+
+    sim = ShopSimulator(ShopConfig(seed=0, n_items=items, n_users=users))
+    events = list(sim.events(clicks))
+    now = time.time()
+    shift = now - events[-1]["ts"] - 1
+    for e in events:  # recent times, so the Kafka path's age check accepts them
+        e["ts"] += shift
+    print(f"{len(events):,} simulated clicks, {items:,} items, {users:,} users; {os.cpu_count()} CPUs")
+
+    ref = _bench_learn_one(events)
+    path = _bench_update_path(events)
+    print(f"model learn_one, tight loop (reference):       {ref:>9,.0f} clicks/s")
+    print(f"recommender update path in-process (parse JSON + learn + per-batch checkpoint pickling): {path:>9,.0f} clicks/s")
+
+    _bench_sentiment([e.strip() for e in encoders.split(",") if e.strip()], reviews)
+
+    if worker:
+        try:
+            asyncio.run(_bench_worker(events, requests, concurrency))
+        except Exception as exc:  # noqa: BLE001 - the in-process figures above still stand
+            print(f"worker benchmark failed: {exc}")
+
+
+
+def _bench_learn_one(events: list[dict]) -> float:
+    from online_models.recommender import OnlineRecommender
+
+    from agents.commerce import recommender_config
+
+    model = OnlineRecommender(recommender_config())
+    t = time.perf_counter()
+    for e in events:
+        model.learn_one(e)
+    return len(events) / (time.perf_counter() - t)
+
+
+def _bench_update_path(events: list[dict]) -> float:
+    """The agent's per-record work without Kafka: JSON bytes -> validated click -> learn -> checkpoint per batch."""
+    from agents.commerce import CLICK_BATCH, Shard
+    from schemas import codec
+    from wharf.settings import get_settings
+
+    topic = get_settings().topic_clicks
+    payloads = [codec.dumps({k: e[k] for k in ("event_id", "user_id", "session_id", "item_id", "action", "ts", "price", "category")
+                             if e.get(k) is not None}) for e in events]
+    shard = Shard.new(0)
+    table: dict[bytes, bytes] = {}
+    now = time.time() + 1
+    t = time.perf_counter()
+    for i, payload in enumerate(payloads):
+        shard.apply(topic, i, payload, now)
+        if i % CLICK_BATCH == CLICK_BATCH - 1:
+            shard.checkpoint(table)
+    shard.checkpoint(table)
+    took = time.perf_counter() - t
+    if shard.clicks != len(events):
+        print(f"  (only {shard.clicks} of {len(events)} clicks were valid)")
+    return len(events) / took
+
+
+def _bench_sentiment(encoders: list[str], n: int) -> None:
+    from online_models.evaluation.sentiment import measure_throughput
+
+    if not REVIEWS.is_file():
+        print(f"sentiment: {REVIEWS} not found; skipped")
+        return
+    rows = [line.rsplit("\t", 1) for line in REVIEWS.read_text().splitlines() if "\t" in line][:n]
+    texts = [r[0] for r in rows]
+    positives = [r[1].strip() == "1" for r in rows]
+    import torch
+
+    torch.set_num_threads(1)  # as in the worker
+    print(f"sentiment, {len(texts)} reviews, 1 torch thread (predict + learn; the agent runs batched):")
+    for enc in encoders:
+        try:
+            r = measure_throughput(enc, texts, positives, batch_size=64)
+        except Exception as exc:  # noqa: BLE001 - e.g. MiniLM weights missing
+            print(f"  {enc:<8} failed: {exc}")
+            continue
+        print(f"  {enc:<8} {r.batched:>8,.0f} reviews/s batched, {r.one_at_a_time:>8,.0f} one by one (load {r.load_seconds:.1f}s)")
+
+
+async def _bench_worker(events: list[dict], requests: int, concurrency: int) -> None:
+    """A real worker with its own topics and state: raw consume rate, worker click rate, HTTP latency."""
+    import aiohttp
+    import numpy as np
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from schemas import codec
+    from wharf.infra.kafka import ensure_topics
+    from wharf.settings import get_settings
+
+    s = get_settings()
+    tag = uuid.uuid4().hex[:8]
+    topic = f"bench.clicks.{tag}"
+    state = Path(tempfile.mkdtemp(prefix="wharf-bench-"))
+    port = s.web_port + 100
+    env = {**os.environ, "WHARF_APP_ID": f"wharf-bench-{tag}", "WHARF_TOPIC_CLICKS": topic, "WHARF_STATE_DIR": str(state),
+           "WHARF_WEB_PORT": str(port), "WHARF_COMMERCE_SENTIMENT_ENCODER": "lexicon",
+           "WHARF_COMMERCE_SNAPSHOT_SECONDS": "3600", "PYTHONUNBUFFERED": "1"}
+    for name in ("reviews", "dead_letters", "recommendations", "sentiment", "alerts", "catalogue", "item_also_viewed", "sensor_readings"):
+        env[f"WHARF_TOPIC_{name.upper()}"] = f"bench.{name}.{tag}"
+    if s.clickhouse_url.startswith("clickhouse://"):
+        env["WHARF_CLICKHOUSE_URL"] = s.clickhouse_url.rsplit("/", 1)[0] + f"/bench_{tag}"
+    else:
+        env["WHARF_CLICKHOUSE_URL"] = "chdb://"
+    await ensure_topics(s.kafka_bootstrap, [v for k, v in env.items() if k.startswith("WHARF_TOPIC_")], s.topic_partitions)
+
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=20, max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        for e in events:
+            await producer.send(topic, codec.dumps(e), key=e["user_id"].encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=s.kafka_bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+                                group_id=None, max_partition_fetch_bytes=4 * 1024 * 1024)
+    await consumer.start()
+    got, t = 0, time.perf_counter()
+    try:
+        while got < len(events):
+            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            if not batch and time.perf_counter() - t > 30:
+                break
+            got += sum(len(v) for v in batch.values())
+    finally:
+        await consumer.stop()
+    print(f"raw aiokafka consume of the same clicks (reference): {got / (time.perf_counter() - t):>9,.0f} clicks/s")
+
+    log = state / "worker.log"
+    proc = subprocess.Popen([sys.executable, "-m", "wharf.cli", "worker", "--loglevel", "warning"], cwd=ROOT, env=env,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            first = last = None
+            deadline = time.monotonic() + 300
+            learned = 0
+            while time.monotonic() < deadline and learned < len(events):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker exited; see {log}")
+                try:
+                    async with http.get(f"{base}/commerce/stats") as r:
+                        body = await r.json()
+                    learned = sum(v["clicks"] for v in body["shards"].values())
+                except (aiohttp.ClientError, OSError, KeyError):
+                    learned = 0
+                if learned and first is None:
+                    first = (time.perf_counter(), learned)
+                last = (time.perf_counter(), learned)
+                await asyncio.sleep(0.2)
+            if first is None or last is None or last[1] <= first[1]:
+                raise RuntimeError(f"the worker learned {learned} clicks; see {log}")
+            rate = (last[1] - first[1]) / (last[0] - first[0])
+            print(f"worker: clicks/s through the recommender agent (Kafka -> learn -> checkpoint -> ack): {rate:>9,.0f} "
+                  f"({last[1]:,} clicks)")
+
+            user_ids = list(dict.fromkeys(e["user_id"] for e in events))
+            random.Random(0).shuffle(user_ids)
+            targets = [user_ids[i % len(user_ids)] for i in range(requests)]
+            latencies: list[float] = []
+            sem = asyncio.Semaphore(concurrency)
+            errors = 0
+
+            async def one(user: str) -> None:
+                nonlocal errors
+                async with sem:
+                    t0 = time.perf_counter()
+                    async with http.get(f"{base}/recommendations/{user}?k=10") as r:
+                        await r.read()
+                        if r.status != 200:
+                            errors += 1
+                    latencies.append(time.perf_counter() - t0)
+
+            await asyncio.gather(*(one(u) for u in targets[: min(100, requests)]))  # warm-up
+            latencies.clear()
+            t = time.perf_counter()
+            await asyncio.gather(*(one(u) for u in targets))
+            wall = time.perf_counter() - t
+            lat = np.array(latencies) * 1e3
+            print(f"GET /recommendations k=10, {len(lat):,} requests, {concurrency} concurrent, {len(user_ids):,} distinct users: "
+                  f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, max {lat.max():.1f} ms, "
+                  f"{len(lat) / wall:,.0f} req/s, {errors} errors")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,73 @@
+"""`GET /recommendations/{user_id}?k=10`: a user's top-K with the signal behind each item.
+
+The request is routed by the `commerce-recommender` table to the worker that owns the
+user's clicks partition (`app.table_route`): only that worker has the user's state and
+the shard it belongs to (agents/commerce.py). Any worker can be asked; a non-owner
+proxies the request. During a rebalance the owner may not be known yet: 503, retry.
+"""
+
+from __future__ import annotations
+
+from faust.web import Request, Response, View
+
+from agents.commerce import hourly, item_hourly, rec_table, recommenders, seller_hourly, sentiment
+from streams.app import app, settings
+
+MAX_K = 200
+
+
+_metadata_ready = False
+
+
+async def _routing_metadata() -> None:
+    """Faust routes by hashing the key with the producer's partitioner, which needs the changelog topic's
+    metadata; a worker that has not yet written to the changelog lacks it (TypeError inside Faust)."""
+    global _metadata_ready
+    if not _metadata_ready:
+        await app.producer._ensure_producer().partitions_for(rec_table.changelog_topic.get_topic_name())  # noqa: SLF001
+        _metadata_ready = True
+
+
+@app.page("/recommendations/{user_id}")
+class Recommendations(View):
+    async def get(self, request: Request, user_id: str) -> Response:
+        await _routing_metadata()
+        return await self.routed(request, user_id=user_id)
+
+    @app.table_route(table=rec_table, match_info="user_id")
+    async def routed(self, request: Request, user_id: str) -> Response:
+        try:
+            k = int(request.query.get("k", settings.commerce_k))
+        except ValueError:
+            return self.json({"error": "k must be an integer"}, status=400)
+        if not 1 <= k <= MAX_K:
+            return self.json({"error": f"k must be between 1 and {MAX_K}"}, status=400)
+        found = recommenders.recommend(user_id, k)
+        if found is None:
+            return self.json({"error": "this worker does not own the user's partition (rebalancing?); retry"}, status=503)
+        partition, items = found
+        return self.json({"user_id": user_id, "k": k, "partition": partition,
+                          "items": [{"item_id": it.item_id, "score": it.score, "reason": it.reason} for it in items]})
+
+
+@app.page("/commerce/stats")
+class CommerceStats(View):
+    """What this worker's commerce agents hold and did: shards, checkpoints, sentiment counters."""
+
+    async def get(self, request: Request) -> Response:
+        shards = {p: {"users": len(s.model.users), "items": len(s.model.items), "clicks": s.clicks, "skipped": s.skipped,
+                      "offsets": s.offsets} for p, s in sorted(recommenders.shards.items())}
+        return self.json({"shards": shards, "checkpoints": recommenders.checkpoints, "keys_written": recommenders.keys_written,
+                          "sentiment": {"encoder": sentiment.encoder, "scored": sentiment.scored, "learned": sentiment.learned,
+                                        "alerts": sentiment.alerts}})
+
+
+@app.page("/commerce/sentiment/{kind}/{key}")
+class HourlySentiment(View):
+    """This hour's review count and mean score of an item or a seller (the worker owning its partition)."""
+
+    async def get(self, request: Request, kind: str, key: str) -> Response:
+        table = {"item": item_hourly, "seller": seller_hourly}.get(kind)
+        if table is None:
+            return self.json({"error": "kind must be item or seller"}, status=404)
+        return self.json({kind: key, **hourly(table, key)})

@@ -1,0 +1,220 @@
+"""The commerce path end to end on the real services: clicks over HTTP and Kafka move a user's
+recommendations, reviews get scores, everything is in ClickHouse exactly once, invalid events are
+dead-lettered; a kill -9 restart and a second worker give the same recommendations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from schemas import codec
+from streams.clickhouse import connect
+from tests.test_pipeline import produce, wait_until
+from tests.workers import WorkerProcess
+
+pytestmark = [pytest.mark.infra, pytest.mark.slow]
+
+CATS = {"phones": [f"ph-{i}" for i in range(6)], "cases": [f"ca-{i}" for i in range(6)], "books": [f"bk-{i}" for i in range(6)]}
+
+
+def click(i: int, user: str, item: str, action: str = "view", session: str = "s1", ts: float | None = None) -> dict:
+    cat = {"ph": "phones", "ca": "cases", "bk": "books"}[item[:2]]
+    return {"event_id": f"e-{user}-{i}", "user_id": user, "session_id": session, "item_id": item, "action": action,
+            "ts": ts or time.time(), "category": cat, "price": 10.0}
+
+
+def history() -> list[dict]:
+    """Many users who view a phone and then its case: phone -> case co-occurs strongly; books are popular alone."""
+    out, n = [], 0
+    for u in range(60):
+        user = f"u{u:03d}"
+        ph = CATS["phones"][u % 6]
+        out.append(click(n, user, ph, session=f"s{u}"))
+        out.append(click(n + 1, user, f"ca-{u % 6}", session=f"s{u}"))
+        out.append(click(n + 2, user, CATS["books"][u % 3], session=f"b{u}", ts=time.time() - 4000))
+        n += 3
+    return out
+
+
+def http(method: str, url: str, body: object | None = None, timeout: float = 10) -> tuple[int, dict]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def recs(port: int, user: str, k: int = 5) -> list[tuple[str, str]]:
+    status, body = http("GET", f"http://127.0.0.1:{port}/recommendations/{user}?k={k}")
+    assert status == 200, body
+    return [(it["item_id"], it["reason"]) for it in body["items"]]
+
+
+def env_for(stack, server_url, unique: str, tmp_path) -> dict[str, str]:
+    return {
+        # Faust's RocksDB files live in STATE_DIR/faust/worker-PORT, whatever the app id: a folder per test.
+        "WHARF_STATE_DIR": str(tmp_path / "state"),
+        "WHARF_APP_ID": f"wharf-test-com-{unique}",
+        "WHARF_TOPIC_CLICKS": f"test.clicks.{unique}",
+        "WHARF_TOPIC_REVIEWS": f"test.reviews.{unique}",
+        "WHARF_TOPIC_SENTIMENT": f"test.sentiment.{unique}",
+        "WHARF_TOPIC_RECOMMENDATIONS": f"test.recs.{unique}",
+        "WHARF_TOPIC_ALERTS": f"test.alerts.{unique}",
+        "WHARF_TOPIC_DEAD_LETTERS": f"test.dlq.{unique}",
+        "WHARF_TOPIC_CATALOGUE": f"test.catalogue.{unique}",
+        "WHARF_TOPIC_ITEM_ALSO_VIEWED": f"test.also.{unique}",
+        "WHARF_TOPIC_SENSOR_READINGS": f"test.readings.{unique}",
+        "WHARF_CLICKHOUSE_URL": f"{server_url}/com_{unique}",
+        "WHARF_SINK_BATCH_ROWS": "500",
+        "WHARF_SINK_BATCH_SECONDS": "0.3",
+        "WHARF_COMMERCE_SENTIMENT_ENCODER": "hashing",
+        "WHARF_COMMERCE_SNAPSHOT_SECONDS": "2",
+        "WHARF_COMMERCE_CHECKPOINT_SECONDS": "0.5",
+        "WHARF_COMMERCE_SENTIMENT_MIN_REVIEWS": "3",
+    }
+
+
+async def ensure(stack, env: dict[str, str]) -> None:
+    from wharf.infra.kafka import ensure_topics
+
+    names = [v for k, v in env.items() if k.startswith("WHARF_TOPIC_")]
+    await ensure_topics(stack.kafka_bootstrap, names, stack.topic_partitions)
+
+
+def shard_clicks(port: int) -> int:
+    status, body = http("GET", f"http://127.0.0.1:{port}/commerce/stats")
+    return sum(s["clicks"] for s in body["shards"].values()) if status == 200 else -1
+
+
+async def test_commerce_path_end_to_end(stack, server_url, unique, tmp_path):
+    env = env_for(stack, server_url, unique, tmp_path)
+    await ensure(stack, env)
+    port = stack.web_port + 11
+    worker = WorkerProcess(env, web_port=port, log=tmp_path / "worker.log").start()
+    ch = connect(env["WHARF_CLICKHOUSE_URL"])
+    count = lambda table, where="1": ch.query(f"SELECT count() FROM {ch.table(table)} WHERE {where}")[0][0]  # noqa: E731
+    try:
+        base = history()
+        half = len(base) // 2
+        # Half directly to Kafka, half through the HTTP collector (two typed-list requests).
+        await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CLICKS"], [(c["user_id"].encode(), codec.dumps(c)) for c in base[:half]])
+        for chunk in (base[half:half + 40], base[half + 40:]):
+            status, body = http("POST", f"http://127.0.0.1:{port}/collect", [{"type": "click", **c} for c in chunk])
+            assert (status, body) == (202, {"accepted": len(chunk)})
+        await wait_until(lambda: shard_clicks(port) >= len(base), 60, "the recommender to learn the history")
+
+        # A new user views a phone: the matching case (co-occurrence) must now lead.
+        status, body = http("POST", f"http://127.0.0.1:{port}/collect", {"clicks": [click(0, "newbie", "ph-2", session="n1")]})
+        assert status == 202, body
+        await wait_until(lambda: shard_clicks(port) >= len(base) + 1, 30, "the new click")
+        top = recs(port, "newbie")
+        assert top[0][0] == "ca-2" and top[0][1] in ("session", "co_occurrence"), top
+        # ...and after buying it, it is excluded; removing an item from the catalogue drops it everywhere.
+        await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CLICKS"], [(b"newbie", codec.dumps(click(1, "newbie", "ca-2", "purchase", "n1")))])
+        await wait_until(lambda: shard_clicks(port) >= len(base) + 2, 30, "the purchase")
+        assert "ca-2" not in [i for i, _ in recs(port, "newbie", 10)]
+        cold = recs(port, "nobody-yet", 3)
+        assert cold and {r for _, r in cold} <= {"popular", "trending"}, cold
+        removed = cold[0][0]
+        status, body = http("POST", f"http://127.0.0.1:{port}/catalogue", {"item_id": removed, "action": "remove", "ts": time.time()})
+        assert status == 202, body
+        await wait_until(lambda: removed not in [i for i, _ in recs(port, "nobody-yet", 10)], 30, "the removal to reach every shard")
+
+        # Invalid events: 400 with per-event reasons, the valid ones accepted, the invalid ones dead-lettered.
+        bad_batch = {"clicks": [click(2, "u001", "bk-0"), {"user_id": "u001", "item_id": "x", "action": "teleport", "ts": time.time()}],
+                     "reviews": [{"review_id": "r-bad", "user_id": "u1", "item_id": "bk-0", "text": "", "ts": time.time()}]}
+        status, body = http("POST", f"http://127.0.0.1:{port}/collect", bad_batch)
+        assert status == 400 and body["accepted"] == 1, body
+        assert [r["index"] for r in body["rejected"]] == [1, 2]
+        assert any(e["field"] == "action" for e in body["rejected"][0]["errors"])
+        assert body["rejected"][1]["errors"][0]["field"] == "text"
+        await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CLICKS"], [(b"u002", b"not json")])
+        await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_REVIEWS"], [(b"bk-1", b'{"review_id": "r", "text": 5}')])
+
+        # Reviews: scored, stored once, sentiment topic fed; a run of bad reviews raises an item alarm.
+        now = time.time()
+        reviews = [{"review_id": f"r{i}", "user_id": f"u{i:03d}", "item_id": "bk-1", "seller_id": "shop-a", "rating": 5,
+                    "text": "great book, loved it", "ts": now - 3 * 3600 + i} for i in range(6)]
+        reviews += [{"review_id": f"r{i}", "user_id": f"u{i:03d}", "item_id": "bk-1", "seller_id": "shop-a", "rating": 1,
+                     "text": "terrible, broken and awful", "ts": now - 60 + i} for i in range(6, 12)]
+        status, body = http("POST", f"http://127.0.0.1:{port}/collect", [{"type": "review", **r} for r in reviews])
+        assert status == 202, body
+
+        n_clicks = len(base) + 3  # the newbie's two clicks and the valid one of the bad batch
+        try:
+            await wait_until(lambda: count("clicks") >= n_clicks and count("reviews") >= len(reviews) and count("dead_letters") >= 4
+                             and count("recommendations") > 0 and count("item_also_viewed") > 0, 90, "all rows")
+        except AssertionError:
+            raise AssertionError(f"clicks {count('clicks')}/{n_clicks}, reviews {count('reviews')}, dead letters "
+                                 f"{count('dead_letters')}, recs {count('recommendations')}, also {count('item_also_viewed')}; "
+                                 f"{worker.stats()}") from None
+        await asyncio.sleep(2)
+        assert count("clicks") == n_clicks
+        assert ch.query(f"SELECT uniqExact(event_id) FROM {ch.table('clicks')}")[0][0] == n_clicks
+        assert count("reviews") == len(reviews)
+        scores = dict(ch.query(f"SELECT label, avg(score) FROM {ch.table('reviews')} GROUP BY label"))
+        assert scores["positive"] > 0.2 and scores["negative"] < -0.2, scores
+        assert count("dead_letters") == 4
+        assert count("dead_letters", "source = 'http'") == 2
+        assert count("dead_letters", "source = 'http' AND kind = 'click' AND errors LIKE '%\"field\":\"action\"%'") == 1
+        assert count("item_also_viewed", "item_id = 'ph-1' AND rank = 1 AND other_item_id = 'ca-1'") > 0
+        await wait_until(lambda: count("alerts", "source_type = 'item'") > 0, 30, "the item alarm in ClickHouse")
+        status, body = http("GET", f"http://127.0.0.1:{port}/commerce/stats")
+        assert body["sentiment"]["alerts"] >= 1 and body["sentiment"]["scored"] == len(reviews), body
+    finally:
+        worker.stop()
+        ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
+
+
+async def test_restart_and_two_workers_give_the_same_recommendations(stack, server_url, unique, tmp_path):
+    env = env_for(stack, server_url, unique, tmp_path)
+    env["WHARF_COMMERCE_SNAPSHOT_SECONDS"] = "60"
+    await ensure(stack, env)
+    port_a, port_b = stack.web_port + 21, stack.web_port + 22
+    worker = WorkerProcess(env, web_port=port_a, log=tmp_path / "a.log").start()
+    other = None
+    try:
+        base = history()
+        await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CLICKS"], [(c["user_id"].encode(), codec.dumps(c)) for c in base])
+        await wait_until(lambda: shard_clicks(port_a) >= len(base), 60, "the history")
+        users = [f"u{u:03d}" for u in range(0, 60, 7)] + ["nobody"]
+        before = {u: recs(port_a, u) for u in users}
+        await asyncio.sleep(2.5)  # offsets committed (broker_commit_interval 1 s) after the checkpoint
+
+        worker.kill9()
+        worker = WorkerProcess(env, web_port=port_a, log=tmp_path / "a.log").start()
+        await wait_until(lambda: _all_answer(port_a, users), 60, "recovery")
+        assert {u: recs(port_a, u) for u in users} == before
+
+        # A second worker: partitions are shared, either worker answers for every user.
+        other = WorkerProcess(env, web_port=port_b, log=tmp_path / "b.log").start()
+        await wait_until(lambda: _all_answer(port_a, users) and _all_answer(port_b, users) and _shared(port_a, port_b), 90,
+                         "the rebalance to share the shards, and both workers to answer")
+        for port in (port_a, port_b):
+            assert {u: recs(port, u) for u in users} == before
+    finally:
+        worker.stop()
+        if other is not None:
+            other.stop()
+        ch = connect(env["WHARF_CLICKHOUSE_URL"])
+        ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
+
+
+def _all_answer(port: int, users: list[str]) -> bool:
+    try:
+        return all(http("GET", f"http://127.0.0.1:{port}/recommendations/{u}?k=5")[0] == 200 for u in users)
+    except OSError:
+        return False
+
+
+def _shared(port_a: int, port_b: int) -> bool:
+    a = http("GET", f"http://127.0.0.1:{port_a}/commerce/stats")[1].get("shards", {})
+    b = http("GET", f"http://127.0.0.1:{port_b}/commerce/stats")[1].get("shards", {})
+    return bool(a) and bool(b) and not set(a) & set(b)
