@@ -140,6 +140,8 @@ class Owner:
         self.replayed = 0
         self.duplicates = 0
         self.acker = OrderedAcker()
+        self.watermark: float | None = None  # newest event time processed (all owned devices)
+        self.last_arrival = time.monotonic()  # wall time of the last reading processed
 
     # --- restore -------------------------------------------------------------------------------------------
     def _store(self) -> dict:
@@ -279,6 +281,8 @@ class Owner:
                 mon.site, mon.zone, mon.device_type = ev.site, ev.zone, ev.device_type
                 score, is_anom, thr, metric = results[i]
                 alerts += mon.reading(ev.ts, ev.metrics, RULES, score, is_anom, metric)
+                self.watermark = ev.ts if self.watermark is None else max(self.watermark, ev.ts)
+                self.last_arrival = time.monotonic()
                 if emit:
                     value = ev.metrics.get(metric, next(iter(ev.metrics.values()))) if metric else next(iter(ev.metrics.values()))
                     score_rows.append((r, [score_row(ev, score, thr, is_anom, metric or next(iter(ev.metrics)), value)]))
@@ -360,8 +364,17 @@ class Owner:
         self.skip_upto.clear()
         self.loaded_partitions.clear()
 
+    def silence_clock(self, grace: float = 30.0) -> float:
+        """'Now' for silence checks: the newest event time processed, so a worker that lags behind
+        (busy, or catching up after a restart) does not call every device silent; it moves on with
+        the wall clock only once no reading at all has arrived for `grace` seconds."""
+        if self.watermark is None:
+            return time.time()
+        idle = time.monotonic() - self.last_arrival
+        return self.watermark + max(0.0, idle - grace)
+
     async def check_silence(self) -> None:
-        now = time.time()
+        now = self.silence_clock()
         alerts = []
         for st in self.devices.values():
             if a := st.monitor.check_silence(now):

@@ -62,6 +62,7 @@ class Alarm:
     end_ts: float | None = None
     ack_ts: float | None = None
     rev: int = 0
+    last_event_ts: float = 0.0
     last_bad_ts: float = 0.0
     normal_since: float | None = None
 
@@ -70,6 +71,10 @@ class Alarm:
         return self.status in (AlarmStatus.ACTIVE_UNACK, AlarmStatus.ACTIVE_ACK)
 
     def event(self, ts: float) -> Alert:
+        # Event times of one alarm never go backwards (readings carry device clocks, silence the stream's
+        # clock), so "latest state = the event with the greatest ts" holds for every consumer.
+        ts = max(ts, self.last_event_ts)
+        self.last_event_ts = ts
         self.rev += 1
         return Alert(ts=ts, alarm_id=self.alarm_id, alarm_type=self.alarm_type, source_type=self.source_type,
                      source_id=self.source_id, site=self.site, zone=self.zone, severity=self.severity, status=self.status,

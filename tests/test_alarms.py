@@ -90,3 +90,11 @@ def test_custom_rules_from_settings_json():
     mon.device_type = "forklift"
     out = mon.reading(1.0, {"battery": 12.0}, RuleSet({"forklift": {"battery": {"min": 20.0}}}), 0.0, False, None)
     assert out[0].alarm_type == "rule:battery" and out[0].details["limit"] == 20.0
+
+
+def test_event_times_of_one_alarm_never_go_backwards():
+    """A clear stamped with a device clock slightly behind the raise must still be the latest event of the alarm."""
+    book = AlarmBook("dev-1", clear_after=0)
+    raised = book.raise_("silence", Severity.MAJOR, 200.0, "no telemetry")
+    cleared = book.clear("silence", 199.4, "telemetry again")  # the device's own clock lags by 0.6 s
+    assert cleared.status == "CLEARED_UNACK" and cleared.ts >= raised.ts
