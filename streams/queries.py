@@ -66,26 +66,31 @@ class DashboardQueries:
         )
         return [dict(zip(("zone", "device_id", "metric", "ts", "value", "score"), r, strict=True)) for r in rows]
 
-    def first_alarm_per_device(self) -> dict[str, list[float]]:
+    def alarms_per_device(self) -> dict[str, list[tuple[float, float | None]]]:
+        """(start, clear time or None) of every device alarm, by device."""
         rows = self.ch.query(
-            f"SELECT source_id, toFloat64(min(start_ts)) FROM {self._t('alerts')} WHERE source_type = 'device' GROUP BY source_id, alarm_id"
+            f"SELECT source_id, toFloat64(min(start_ts)), max(toFloat64(ifNull(end_ts, toDateTime(0)))) FROM {self._t('alerts')} "
+            f"WHERE source_type = 'device' GROUP BY source_id, alarm_id"
         )
-        out: dict[str, list[float]] = {}
-        for device, start in rows:
-            out.setdefault(device, []).append(float(start))
+        out: dict[str, list[tuple[float, float | None]]] = {}
+        for device, start, end in rows:
+            out.setdefault(device, []).append((float(start), float(end) if end else None))
         return out
 
     def detection_delays(self, truth_file: Path | None) -> list[dict[str, Any]]:
-        """For each injected fault (simulator ground truth), the first alarm on its device at or after its start."""
+        """For each injected fault (simulator ground truth): the first alarm on its device from its start
+        on (detection delay), and when that alarm cleared."""
         if truth_file is None or not truth_file.exists():
             return []
         faults = [json.loads(line) for line in truth_file.read_text().splitlines() if line.strip()]
-        alarms = self.first_alarm_per_device()
+        alarms = self.alarms_per_device()
         out = []
         for f in faults[-50:]:
-            starts = sorted(s for s in alarms.get(f["device_id"], []) if f["start_ts"] - 5 <= s <= f["end_ts"] + 120)
-            delay = starts[0] - f["start_ts"] if starts else None
-            out.append({**f, "detected": delay is not None, "delay_s": None if delay is None else round(max(delay, 0.0), 1)})
+            hits = sorted(a for a in alarms.get(f["device_id"], []) if f["start_ts"] - 5 <= a[0] <= f["end_ts"] + 120)
+            delay = hits[0][0] - f["start_ts"] if hits else None
+            cleared = hits[0][1] if hits else None
+            out.append({**f, "detected": delay is not None, "delay_s": None if delay is None else round(max(delay, 0.0), 1),
+                        "cleared_ts": cleared})
         return out
 
     def top_recommended(self, minutes: int = 60, limit: int = 10) -> list[dict[str, Any]]:

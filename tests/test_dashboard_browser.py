@@ -41,7 +41,7 @@ def test_demo_dashboard_in_a_real_browser(stack, unique, tmp_path):
     env = {**os.environ, "WHARF_APP_ID": f"wharf-test-demo-{unique}", "WHARF_WEB_PORT": str(web_port),
            "WHARF_STATE_DIR": str(stack.state_dir), "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "demo.log", "wb")
-    demo = subprocess.Popen([sys.executable, "-m", "wharf.cli", "demo", "--duration", "240", "--fault-every", "25", "--shop-rate", "10"],
+    demo = subprocess.Popen([sys.executable, "-m", "wharf.cli", "demo", "--duration", "480", "--fault-every", "25", "--shop-rate", "15"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{web_port}/"
     options = webdriver.ChromeOptions()
@@ -55,12 +55,16 @@ def test_demo_dashboard_in_a_real_browser(stack, unique, tmp_path):
         wait_http(url + "stats", 120)
         browser = webdriver.Chrome(service=Service(driver_bin), options=options)
         browser.get(url)
-        wait = WebDriverWait(browser, 150, poll_frequency=2)
+        wait = WebDriverWait(browser, 300, poll_frequency=2)
         kpi = lambda label: int(browser.find_element(By.XPATH, f"//div[@class='kpi'][div[@class='l']='{label}']/div[@class='v']").text)  # noqa: E731
         wait.until(lambda b: kpi("readings / min") > 0)  # live sensor data reached ClickHouse and the page
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#temp canvas"))  # the per-zone chart is drawn
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#alarms .sev"))  # an alarm is shown
-        wait.until(lambda b: b.find_elements(By.XPATH, "//div[@id='delays']//td"))  # injected faults listed with detection
+        # an alarm raised for an injected fault, and cleared after it (the detection-delay table)
+        wait.until(lambda b: b.find_elements(By.XPATH, "//div[@id='delays']//td[starts-with(., 'after ')]"))
+        wait.until(lambda b: b.find_elements(By.XPATH, "//div[@id='delays']//td[starts-with(., 'cleared ')]"))
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#recs td"))  # recommendation snapshots
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#sentiment canvas"))  # review sentiment per item
         OUTPUT.mkdir(exist_ok=True)
         time.sleep(3)
         browser.save_screenshot(str(OUTPUT / "dashboard.png"))

@@ -79,6 +79,7 @@ def test_every_panel_on_real_rows(ch, tmp_path):
     assert [a["device_id"] for a in panels["anomalies"]] == ["d1"]
     delays = {d["device_id"]: d for d in panels["detection_delays"]}
     assert delays["d1"]["detected"] and delays["d1"]["delay_s"] == pytest.approx(10, abs=1.0)
+    assert delays["d1"]["cleared_ts"] is None  # a1 is still active
     assert not delays["d9"]["detected"]
     assert panels["top_recommended"][0] == {"item_id": "hot", "times": 3, "avg_score": 0.5}
     assert panels["trending"][0] == {"item_id": "hot", "clicks": 6, "purchases": 1}

@@ -93,20 +93,36 @@ def recommender_section(state_dir: Path) -> str:
     return "\n\n".join(out)
 
 
-def cli_section(args: list[str], timeout: float = 900) -> str:
-    proc = subprocess.run([sys.executable, "-m", "wharf.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+BENCH_DEVICES = ",".join(f"bench-{i:03d}:bench-{i:03d}-secret" for i in range(1, 9))
+
+
+def cli_section(args: list[str], env: dict[str, str], timeout: float = 1200) -> str:
+    proc = subprocess.run([sys.executable, "-m", "wharf.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, **env, "COLUMNS": "160"})
     text = proc.stdout.strip()
     if proc.returncode != 0:
         text += f"\n(exit code {proc.returncode})\n{proc.stderr.strip()[-2000:]}"
     return text
 
 
-def run_all(datasets: Path, state_dir: Path, out: Path, quick: bool = False) -> Report:
+def run_all(settings, datasets: Path, out: Path, quick: bool = False) -> Report:  # noqa: ANN001 - wharf.settings.Settings
+    from wharf import infra
+
+    state_dir = settings.state_dir
     report = Report()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     header = machine()
-    report.add("Sensor path throughput and latency", "wharf bench sensors", lambda: cli_section(["bench", "sensors"] + (["--quick"] if quick else [])))
-    report.add("Commerce path throughput and latency", "wharf bench commerce", lambda: cli_section(["bench", "commerce"] + (["--quick"] if quick else [])))
+    # The benchmarks need the servers, and publishers need MQTT logins of their own.
+    bench_settings = settings.model_copy(update={"mqtt_devices": settings.mqtt_devices + "," + BENCH_DEVICES})
+    infra.up(bench_settings, ["kafka", "mosquitto", "clickhouse"])
+    env = {"WHARF_MQTT_DEVICES": bench_settings.mqtt_devices, "OPENBLAS_NUM_THREADS": "1"}
+    seconds = "10" if quick else "20"
+    report.add("Sensor path at 5,000 readings/s offered", f"wharf bench sensors --rate 5000 --seconds {seconds} --publishers 8",
+               lambda: cli_section(["bench", "sensors", "--rate", "5000", "--seconds", seconds, "--publishers", "8"], env))
+    report.add("Sensor path at 1,000 readings/s offered", f"wharf bench sensors --rate 1000 --seconds {seconds} --publishers 8",
+               lambda: cli_section(["bench", "sensors", "--rate", "1000", "--seconds", seconds, "--publishers", "8"], env))
+    report.add("Commerce path throughput and latency", "wharf bench commerce" + (" --clicks 10000 --requests 500" if quick else ""),
+               lambda: cli_section(["bench", "commerce"] + (["--clicks", "10000", "--requests", "500"] if quick else []), env))
     report.add("Anomaly detection on NAB (18 shared files)", "wharf evaluate anomaly --nab ../shared/datasets/nab", lambda: nab_section(datasets))
     report.add("Review sentiment, default encoder (MiniLM)", "wharf evaluate sentiment ../shared/datasets/sentiment/*.txt", lambda: sentiment_section(datasets, "minilm"))
     report.add("Review sentiment, light encoder (hashing)", "wharf evaluate sentiment --encoder hashing ../shared/datasets/sentiment/*.txt", lambda: sentiment_section(datasets, "hashing"))

@@ -273,7 +273,7 @@ def bench_all(
     """Run the sensor and commerce benchmarks and every evaluation, and write docs/BENCHMARKS.md."""
     from wharf.benchall import run_all
 
-    report = run_all(datasets, _settings().state_dir, out, quick=quick)
+    report = run_all(_settings(), datasets, out, quick=quick)
     failed = [s.title for s in report.sections if s.body.startswith("FAILED")]
     console.print(f"wrote {out}" + (f"; [red]failed: {', '.join(failed)}[/red]" if failed else ""))
     raise typer.Exit(1 if failed else 0)

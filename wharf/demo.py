@@ -120,7 +120,8 @@ class ShopFeeder:
 def run(settings: Settings, options: DemoOptions, console: Console) -> int:
     started = time.monotonic()
     warehouse = WarehouseSimulator(WarehouseConfig(seed=options.seed, interval_s=options.interval, start_ts=time.time(),
-                                                   fault_every_s=options.fault_every, first_fault_after_s=min(60.0, options.fault_every)))
+                                                   fault_every_s=options.fault_every, first_fault_after_s=min(60.0, options.fault_every),
+                                                   fault_duration_s=min(40.0, options.fault_every)))
     known = dict(item.split(":", 1) for item in settings.mqtt_devices.split(",") if ":" in item)
     known.update(item.split(":", 1) for item in warehouse.mqtt_devices_setting().split(","))
     settings = settings.model_copy(update={"mqtt_devices": ",".join(f"{k}:{v}" for k, v in known.items())})
@@ -133,6 +134,10 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
         console.print(f"  [green]✓[/green] {st.name:<10} {st.where}" + (" (already running)" if st.name in already else ""), soft_wrap=True)
     ours = [name for name in infra.default_services(settings) if name not in already]
     env = {"WHARF_MQTT_DEVICES": settings.mqtt_devices, "OPENBLAS_NUM_THREADS": "1"}
+    # A livelier demo where the user has not chosen: alarms clear 20 s after a fault, snapshots every 15 s.
+    for name, value in (("WHARF_SENSOR_ALARM_CLEAR_SECONDS", "20"), ("WHARF_COMMERCE_SNAPSHOT_SECONDS", "15")):
+        if name not in os.environ:
+            env[name] = value
     children = [_spawn("worker", ["worker", "--loglevel", "warning"], settings, env),
                 _spawn("bridge", ["bridge", "--loglevel", "warning"], settings, env)]
     fleet: DeviceFleet | None = None
