@@ -47,12 +47,14 @@ class DashboardQueries:
         out = [dict(zip(keys, r, strict=True)) for r in rows]
         return sorted(out, key=lambda a: (order.get(a["severity"], 9), -a["since"]))
 
-    def zone_metric(self, metric: str = "temperature", minutes: int = 60) -> dict[str, list[list[float]]]:
-        """Per-zone average of one metric per minute."""
-        safe = metric.replace("'", "")
+    def zone_metric(self, metric: str = "temperature", minutes: int = 60, device_type: str = "cold_room") -> dict[str, list[list[float]]]:
+        """Per-zone average of one metric per minute, over the devices of one type (a zone mixes cold rooms and dock doors)."""
+        safe, dtype = metric.replace("'", ""), device_type.replace("'", "")
         rows = self.ch.query(
             f"SELECT concat(site, '/', zone) AS z, toUnixTimestamp(minute) AS t, avgMerge(avg_value) FROM {self._t('sensor_minute')} "
-            f"WHERE metric = '{safe}' AND minute > now() - INTERVAL {int(minutes)} MINUTE GROUP BY z, t ORDER BY z, t"
+            f"WHERE metric = '{safe}' AND minute > now() - INTERVAL {int(minutes)} MINUTE AND device_id IN "
+            f"(SELECT DISTINCT device_id FROM {self._t('sensor_readings')} WHERE device_type = '{dtype}' AND ts > now() - INTERVAL {int(minutes)} MINUTE) "
+            f"GROUP BY z, t ORDER BY z, t"
         )
         out: dict[str, list[list[float]]] = {}
         for zone, t, v in rows:

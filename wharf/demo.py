@@ -170,9 +170,10 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
         console.print("stopping ...")
         if fleet is not None:
             fleet.stop()
-            fleet.close()
-        for child in reversed(children):
+        for child in children:  # the worker first: it must not see the devices fall silent as they stop
             child.stop()
+        if fleet is not None:
+            fleet.close()
         infra.down(settings, ours)  # only the servers this demo started
         console.print(f"stopped. State kept in {settings.state_dir}.", soft_wrap=True)
 

@@ -32,9 +32,11 @@ PANELS = (
           "SELECT argMax(severity, ts) AS severity, argMax(alarm_type, ts) AS type, argMax(source_id, ts) AS source, "
           "argMax(zone, ts) AS zone, min(start_ts) AS since, argMax(status, ts) AS status, argMax(message, ts) AS message "
           "FROM wharf.alerts GROUP BY alarm_id HAVING status IN ('ACTIVE_UNACK', 'ACTIVE_ACK') ORDER BY since DESC", width=24),
-    Panel("Temperature per zone (per-minute mean)", "timeseries",
+    Panel("Cold-room temperature per zone (per-minute mean)", "timeseries",
           "SELECT minute AS time, concat(site, '/', zone) AS zone, avgMerge(avg_value) AS temperature FROM wharf.sensor_minute "
-          "WHERE metric = 'temperature' AND $__timeFilter(minute) GROUP BY time, zone ORDER BY time", width=24),
+          "WHERE metric = 'temperature' AND $__timeFilter(minute) AND device_id IN "
+          "(SELECT DISTINCT device_id FROM wharf.sensor_readings WHERE device_type = 'cold_room' AND $__timeFilter(ts)) "
+          "GROUP BY time, zone ORDER BY time", width=24),
     Panel("Anomalies (score above the alert level)", "table",
           "SELECT ts, concat(site, '/', zone) AS zone, device_id, metric, value, score FROM wharf.anomaly_scores "
           "WHERE is_anomaly = 1 AND $__timeFilter(ts) ORDER BY ts DESC LIMIT 200"),
