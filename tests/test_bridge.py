@@ -160,3 +160,11 @@ async def test_nothing_is_acked_while_kafka_is_down(bridge_setup, unique):
     seqs = sorted({codec.loads(m.value)["seq"] for m in msgs})
     assert seqs == list(range(21))
     d.close()
+
+
+async def test_bench_bridge_pushes_every_message_through(stack):
+    """The benchmark command is a real run: every message published is received, confirmed by Kafka and acked."""
+    from mqtt_bridge.bench import bench_bridge
+
+    out = await bench_bridge(stack, messages=300, publishers=2)
+    assert "300 received, confirmed by Kafka" in out and "msgs/s" in out

@@ -28,6 +28,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     alerts.command("ack")(alerts_ack)
     app.command("replay")(replay)
     bench.command("sensors")(bench_sensors)
+    bench.command("bridge")(_bench_bridge)
 
 
 def _settings():  # noqa: ANN202
@@ -422,3 +423,16 @@ async def _bench(settings, rate: float, seconds: float, model_options: str, n_pu
     print(f"reference        detectors score+learn (measure_throughput): {det}")
     w = stats.get("writers", {})
     print(f"worker writers   " + "  ".join(f"{k}: {v.get('rows_stored')} rows, {v.get('insert_seconds_total', 0):.1f}s inserting" for k, v in w.items() if v.get("rows_stored")))
+
+
+def _bench_bridge(
+    messages: int = typer.Option(30_000, help="Messages to push through."),
+    publishers: int = typer.Option(3, help="mosquitto_pub processes, one device login each (from WHARF_MQTT_DEVICES)."),
+) -> None:
+    """The MQTT -> Kafka bridge alone: its rate beside Mosquitto's publishing rate, on fresh topics."""
+    import asyncio as _asyncio
+
+    from mqtt_bridge.bench import bench_bridge
+    from wharf.settings import get_settings
+
+    print(_asyncio.run(bench_bridge(get_settings(), messages, publishers)))
