@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
+from mqtt_bridge.kafka import start_when_reachable
 from mqtt_bridge.topics import alerts_topic
 from schemas import codec
 from wharf.settings import Settings
@@ -96,15 +97,7 @@ class AlertPublisher:
                 info.wait_for_publish(1.0)
 
     async def _start(self, consumer: AIOKafkaConsumer) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await consumer.start()
-                return
-            except KafkaError as exc:
-                log.warning("alerts consumer: Kafka not reachable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
+        await start_when_reachable(consumer, "alerts consumer")
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         delay = 0.2

@@ -28,6 +28,7 @@ import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from mqtt_bridge.kafka import start_when_reachable
 from mqtt_bridge.topics import TopicError, parse_topic
 from schemas.events import DeviceStatus, SensorReading
 from schemas.validation import FieldError, InvalidEvent, Limits, parse
@@ -169,7 +170,7 @@ class Bridge:
             bootstrap_servers=self.settings.kafka_bootstrap, acks="all", enable_idempotence=True,
             linger_ms=5, max_batch_size=512 * 1024, request_timeout_ms=15000,
         )
-        await self._start_producer()
+        await start_when_reachable(self._producer, "bridge producer")
         self._client = self._make_client()
         _AsyncioPaho(loop, self._client)
         delay = 1.0
@@ -206,17 +207,6 @@ class Bridge:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-
-    async def _start_producer(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await self._producer.start()
-                return
-            except KafkaError as exc:
-                log.warning("Kafka not reachable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
 
     async def _send(self, pending: _Pending) -> None:
         topic, value, key = self._route(pending.msg)

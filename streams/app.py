@@ -41,6 +41,8 @@ app = faust.App(
     web_enabled=True,
     stream_wait_empty=True,
     broker_commit_interval=1.0,
+    broker_session_timeout=settings.kafka_session_timeout_seconds,
+    broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_seconds / 5),
     table_standby_replicas=0,
     logging_config=None,
 )

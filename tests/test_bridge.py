@@ -166,5 +166,8 @@ async def test_bench_bridge_pushes_every_message_through(stack):
     """The benchmark command is a real run: every message published is received, confirmed by Kafka and acked."""
     from mqtt_bridge.bench import bench_bridge
 
+    import re
+
     out = await bench_bridge(stack, messages=300, publishers=2)
-    assert "300 received, confirmed by Kafka" in out and "msgs/s" in out
+    received = int(re.search(r"bridge\s+([\d,]+) received, confirmed by Kafka", out).group(1).replace(",", ""))
+    assert received == 300 and "msgs/s" in out, out

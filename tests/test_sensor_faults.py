@@ -121,7 +121,7 @@ async def test_worker_kill_9_mid_stream_keeps_model_state(stack, server_url, uni
     st, feed = await run_with_fault(stack, server_url, unique, tmp_path, fault)
     try:
         # every reading learned exactly once: checkpoint + re-learned gap + the rest, nothing twice
-        # the killed member keeps its partitions until Kafka's session timeout (Faust: 60 s) evicts it
+        # the killed member keeps its partitions until Kafka's session timeout (WHARF_KAFKA_SESSION_TIMEOUT_SECONDS) evicts it
         ids = {d.id for d in feed.devices}
         await wait_until(lambda: len(_devices(st.workers[0], ids)["devices"]) == len(feed.devices), 90, "devices loaded")
         view = _devices(st.workers[0], ids)

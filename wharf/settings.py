@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     kafka_controller_port: int = Field(9093, description="KRaft controller port of the local Kafka started by `wharf infra up`.")
     kafka_heap: str = Field("512m", description="-Xmx of the local Kafka broker.")
     topic_partitions: int = Field(8, ge=1, description="Partitions of every Wharf topic (the unit of scale-out).")
+    kafka_session_timeout_seconds: float = Field(
+        30.0, ge=6, le=300, description="A worker that stops heartbeating (crashed) loses its partitions to the others after this long."
+    )
 
     # Topic names: declared once in streams/topics.py, named here.
     topic_sensor_readings: str = Field("wharf.sensor.readings", description="Valid telemetry from the MQTT bridge, keyed by device_id.")
