@@ -508,38 +508,33 @@ async def _snapshot_timer() -> None:
             log.exception("recommendation snapshot failed")
 
 
-@app.agent(topics["topic_recommendations"], name="wharf.store-recommendations")
-async def store_recommendations(stream):  # noqa: ANN001
-    writer = storage.writer("recommendations", settings.topic_recommendations)
+async def store_snapshots(stream, table: str, source_topic: str, to_rows, what: str) -> None:  # noqa: ANN001
+    """Snapshot topic -> its table through the writer; a record that is not a snapshot is logged and acked."""
+    writer = storage.writer(table, source_topic)
     acker = OrderedAcker()
     async for events in stream.noack_take(5000, within=settings.sink_batch_seconds):
         for event in events:
             done = acker.track(event)
             msg = event.message
             try:
-                rec = Recommendation.model_validate_json(event.value)
-            except ValueError:
-                log.error("not a Recommendation at %s/%d/%d; skipped", msg.topic, msg.partition, msg.offset)
+                out = to_rows(event.value)
+            except (ValueError, KeyError, TypeError):
+                log.error("not %s at %s/%d/%d; skipped", what, msg.topic, msg.partition, msg.offset)
                 done()
                 continue
-            await writer.put(msg.partition, msg.offset, rows.recommendation(rec), done)
+            await writer.put(msg.partition, msg.offset, out, done)
+
+
+@app.agent(topics["topic_recommendations"], name="wharf.store-recommendations")
+async def store_recommendations(stream):  # noqa: ANN001
+    await store_snapshots(stream, "recommendations", settings.topic_recommendations,
+                          lambda value: rows.recommendation(Recommendation.model_validate_json(value)), "a Recommendation")
 
 
 @app.agent(also_viewed_topic, name="wharf.store-item-also-viewed")
 async def store_also_viewed(stream):  # noqa: ANN001
-    writer = storage.writer("item_also_viewed", settings.topic_item_also_viewed)
-    acker = OrderedAcker()
-    async for events in stream.noack_take(5000, within=settings.sink_batch_seconds):
-        for event in events:
-            done = acker.track(event)
-            msg = event.message
-            try:
-                out = also_viewed_rows(codec.loads(event.value))
-            except (ValueError, KeyError, TypeError):
-                log.error("not an also-viewed snapshot at %s/%d/%d; skipped", msg.topic, msg.partition, msg.offset)
-                done()
-                continue
-            await writer.put(msg.partition, msg.offset, out, done)
+    await store_snapshots(stream, "item_also_viewed", settings.topic_item_also_viewed,
+                          lambda value: also_viewed_rows(codec.loads(value)), "an also-viewed snapshot")
 
 
 # --- sentiment -----------------------------------------------------------------------------------------

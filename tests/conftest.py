@@ -50,3 +50,18 @@ def server_url(stack: Settings) -> str:
 def chdb_path(tmp_path_factory) -> Path:
     """chdb runs one embedded server per process, on one folder: tests share it and isolate by database."""
     return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture(params=["chdb", "server"])
+def ch(request, chdb_path, unique):
+    """A fresh, migrated database on each backend: embedded chdb and the 18.16 server (test_clickhouse.py has its own, unmigrated)."""
+    from schemas.clickhouse import migrate
+    from streams.clickhouse import connect
+
+    if request.param == "chdb":
+        c = connect(f"chdb://{chdb_path}?database=t_{unique}")
+    else:
+        c = connect(f"{request.getfixturevalue('server_url')}/t_{unique}")
+    migrate(c)
+    yield c
+    c.command(f"DROP DATABASE IF EXISTS {c.database}")

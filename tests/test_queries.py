@@ -5,20 +5,10 @@ import time
 
 import pytest
 
-from schemas.clickhouse import TABLES, migrate
-from streams.clickhouse import connect
+from schemas.clickhouse import TABLES
 from streams.queries import DashboardQueries
 
 
-@pytest.fixture(params=["chdb", "server"])
-def ch(request, chdb_path, unique):
-    if request.param == "chdb":
-        c = connect(f"chdb://{chdb_path}?database=dash_{unique}")
-    else:
-        c = connect(f"{request.getfixturevalue('server_url')}/dash_{unique}")
-    migrate(c)
-    yield c
-    c.command(f"DROP DATABASE IF EXISTS {c.database}")
 
 
 def insert(ch, table, rows):

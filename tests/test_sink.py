@@ -18,15 +18,6 @@ def click_rows(i: int) -> list[dict]:
              "action": "view", "price": None, "category": ""}]
 
 
-@pytest.fixture(params=["chdb", "server"])
-def ch(request, chdb_path, unique):
-    if request.param == "chdb":
-        c = connect(f"chdb://{chdb_path}?database=sink_{unique}")
-    else:
-        c = connect(f"{request.getfixturevalue('server_url')}/sink_{unique}")
-    migrate(c)
-    yield c
-    c.command(f"DROP DATABASE IF EXISTS {c.database}")
 
 
 def stored(ch) -> list[tuple]:
