@@ -22,15 +22,17 @@ prove too thin (each shard sees 1/P of the traffic; with 8 partitions and a shop
 volume, popularity and co-occurrence are still well estimated). It needs the split in
 `online_models/recommender` and is noted in the hand-over.
 
-Durability: the working state is in memory (plain dicts: ~5-10k clicks/s per core
-instead of ~1k with a table write per change). Every `commerce_checkpoint_seconds` the
-agent writes every user and item changed since the last checkpoint, and the shard's
-`GlobalState` with the last applied offset per input topic, into the
-`commerce-recommender` table (rocksdict store, backed by its compacted changelog) under
-an event of that partition, and only then acks the records the checkpoint includes. Faust flushes the changelog producer before it commits offsets, so a
-committed click is always in the changelog. A restart (kill -9) or a rebalance
-restores the shard from the table; records redelivered after a crash that are at or
-below the shard's marker are already in the state and are skipped.
+Durability: the working state is in memory (plain dicts: a table write per change would cap the
+agent near 1k clicks/s). Every `commerce_checkpoint_seconds` the agent writes each shard's users and
+items changed since the last checkpoint, with the shard's `GlobalState` and the last applied offset
+per input topic, as one delta of the shard's log in the `commerce-recommender` table (rocksdict
+store, backed by its compacted changelog; `streams/deltalog.py`: a few chunked records per
+checkpoint instead of one record per changed user or item, and a full image when the deltas
+outgrow it), under an event of that partition, and only then acks the records the checkpoint
+includes. Faust flushes the changelog producer before it commits offsets, so a committed click is
+always in the changelog. A restart (kill -9) or a rebalance restores the shard from its newest
+committed checkpoint; records redelivered after a crash that are at or below the shard's marker
+are already in the state and are skipped.
 
 Scale-out: start more workers on more machines with the same app id. Kafka spreads the
 clicks partitions; each shard's table partition moves with it (Faust recovers it from
@@ -85,13 +87,14 @@ from schemas.events import ClickEvent, Ident, Recommendation, Review, SentimentS
 from schemas.validation import InvalidEvent, Limits, parse
 from streams.acks import OrderedAcker
 from streams.app import app, settings, storage, topics
+from streams.deltalog import DeltaLog
 from streams.ingest import send_dead_letter
 
 log = logging.getLogger(__name__)
 
 LIMITS = Limits.from_settings(settings)
 P = settings.topic_partitions
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: delta log (streams.deltalog); 1: one key per user/item
 CLICK_BATCH = 10_000
 MAX_PENDING = 100_000  # learned-but-unacked records that force a checkpoint
 SNAPSHOT_MAX_USERS = 2_000  # per shard and snapshot: the most recently active
@@ -168,20 +171,34 @@ class Tracked(dict):
         self.dirty.add(key)
 
 
-def user_key(p: int, user_id: str) -> bytes:
-    return f"u/{p}/{user_id}".encode()
+LOG_PREFIX = "r"  # recommender shard logs in the table: r/{partition}/{generation}/{seq}/{chunk|c}
 
 
-def item_key(p: int, item_id: str) -> bytes:
-    return f"i/{p}/{item_id}".encode()
+def _partition_of_key(key: bytes) -> int:
+    """Partition of a table key: `r/{p}/...` (streams.deltalog) or the v1 per-entry keys `u|i|g/{p}/...`."""
+    return int(key.split(b"/", 2)[1])
 
 
-def global_key(p: int) -> bytes:
-    return f"g/{p}".encode()
+def _legacy_state(entries: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """State v1 (one key per user `u/`, item `i/` and the marker `g/`), read once and rewritten as a delta log."""
+    users: dict[str, Any] = {}
+    items: dict[str, Any] = {}
+    out: dict[str, Any] = {"users": users, "items": items}
+    for key, blob in entries:
+        kind, _, rest = key.decode().partition("/")
+        ident = rest.partition("/")[2]
+        if kind == "u":
+            users[ident] = pickle.loads(blob)
+        elif kind == "i":
+            items[ident] = pickle.loads(blob)
+        else:
+            version, g, offsets = pickle.loads(blob)
+            if version == 1:
+                out.update(g=g, offsets=offsets)
+    return out
 
 
 def _dump(obj: Any) -> bytes:
-    """Pickled, uncompressed: zlib cost half of the checkpoint time, and the changelog is compacted anyway."""
     return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -214,14 +231,33 @@ class Shard:
     active_items: dict[str, None] = field(default_factory=dict)
     clicks: int = 0
     skipped: int = 0
+    log: DeltaLog = None  # type: ignore[assignment] - set in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.log is None:
+            self.log = DeltaLog(LOG_PREFIX, self.partition)
 
     @classmethod
     def new(cls, partition: int, users: dict | None = None, items: dict | None = None, g: GlobalState | None = None,
-            offsets: dict[str, int] | None = None) -> Shard:
+            offsets: dict[str, int] | None = None, log: DeltaLog | None = None) -> Shard:
         model = OnlineRecommender(recommender_config(), users=Tracked(users or {}), items=Tracked(items or {}), state=g)
         model.users.dirty.clear()
         model.items.dirty.clear()
-        return cls(partition, model, dict(offsets or {}))
+        return cls(partition, model, dict(offsets or {}), log=log)
+
+    @classmethod
+    def restore(cls, partition: int, entries: list[tuple[bytes, bytes]]) -> Shard:
+        """The shard as its last committed checkpoint left it (a new one if none); see `streams.deltalog`."""
+        log, found = DeltaLog.restore(LOG_PREFIX, partition, entries)
+        if found is not None:
+            version, g, offsets = found.meta
+            if version == STATE_VERSION:
+                return cls.new(partition, found.parts.get("users"), found.parts.get("items"), g, offsets, log=log)
+            log.stale.update(k for k, _ in entries)
+        legacy = [(k, v) for k, v in entries if k.decode().split("/", 1)[0] in ("u", "i", "g")]
+        shard = cls.new(partition, log=log, **_legacy_state(legacy)) if legacy else cls.new(partition, log=log)
+        log.stale.update(k for k, _ in legacy)  # rewritten in the new format by the next checkpoint, then deleted
+        return shard
 
     def apply(self, topic: str, offset: int, payload: bytes, timestamp: float) -> bool:
         """Learn one record (click or catalogue change); False if it is already in the state or invalid."""
@@ -253,20 +289,16 @@ class Shard:
         return True
 
     def checkpoint(self, table: Any) -> int:
-        """Write changed users/items and the marker into the table (call under an event of this partition)."""
-        p, m = self.partition, self.model
-        n = 0
-        for uid in m.users.dirty:
-            table[user_key(p, uid)] = _dump(m.users[uid])
-            n += 1
-        for iid in m.items.dirty:
-            table[item_key(p, iid)] = _dump(m.items[iid])
-            n += 1
+        """Write the changed users/items (or, when due, all of them) and the marker as one delta of the shard's
+        log (call under an event of this partition); returns the table records written."""
+        m = self.model
+        image = self.log.needs_image()
+        users = dict(m.users) if image else {uid: m.users[uid] for uid in m.users.dirty}
+        items = dict(m.items) if image else {iid: m.items[iid] for iid in m.items.dirty}
         m.users.dirty.clear()
         m.items.dirty.clear()
         m.state.rng_state = m._rng.getstate()  # noqa: SLF001 - what the model's own __getstate__ saves
-        table[global_key(p)] = _dump((STATE_VERSION, m.state, self.offsets))
-        return n + 1
+        return self.log.write(table, {"users": users, "items": items}, (STATE_VERSION, m.state, self.offsets), image)
 
 
 class Recommenders:
@@ -283,28 +315,16 @@ class Recommenders:
         wanted = partitions - self.shards.keys()
         if not wanted:
             return
-        users: dict[int, dict] = {p: {} for p in wanted}
-        items: dict[int, dict] = {p: {} for p in wanted}
-        glob: dict[int, tuple] = {}
+        entries: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in wanted}
         for key, blob in rec_table.items():
-            kind, _, rest = key.decode().partition("/")
-            p_text, _, ident = rest.partition("/")
-            p = int(p_text)
-            if p not in wanted:
-                continue
-            if kind == "u":
-                users[p][ident] = _load(blob)
-            elif kind == "i":
-                items[p][ident] = _load(blob)
-            elif kind == "g":
-                version, g, offsets = _load(blob)
-                if version == STATE_VERSION:
-                    glob[p] = (g, offsets)
+            p = _partition_of_key(key)
+            if p in wanted:
+                entries[p].append((key, blob))
         for p in wanted:
-            g, offsets = glob.get(p, (None, {}))
-            self.shards[p] = Shard.new(p, users[p], items[p], g, offsets)
-            if users[p] or items[p]:
-                log.info("recommender shard %d restored: %d users, %d items, offsets %s", p, len(users[p]), len(items[p]), offsets)
+            shard = self.shards[p] = Shard.restore(p, entries[p])
+            if shard.model.users or shard.model.items:
+                log.info("recommender shard %d restored: %d users, %d items, offsets %s",
+                         p, len(shard.model.users), len(shard.model.items), shard.offsets)
 
     def forget(self, partitions: set[int]) -> None:
         for p in partitions:

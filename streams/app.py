@@ -15,6 +15,7 @@ from typing import Any
 import faust
 
 from schemas.clickhouse import TABLES, migrate
+from streams import heap
 from streams.clickhouse import ClickHouse, from_settings
 from streams.sink import ClickHouseWriter
 from streams.topics import declare
@@ -48,6 +49,24 @@ app = faust.App(
 )
 
 topics = declare(app, settings)
+
+
+@app.task
+async def _fast_dispatch() -> None:
+    if settings.faust_fast_dispatch:
+        from streams import fastpath
+
+        fastpath.install(app)
+
+
+@app.timer(heap.FREEZE_SECONDS)
+async def _freeze_heap() -> None:
+    heap.freeze()
+
+
+@app.timer(heap.SWEEP_SECONDS)
+async def _sweep_heap() -> None:
+    heap.sweep()
 
 
 class Storage:
@@ -99,3 +118,4 @@ async def _flush_on_shutdown(app: Any, **kwargs: Any) -> None:
         await asyncio.wait_for(storage.flush_all(), timeout=10)
     except TimeoutError:
         log.warning("ClickHouse still unreachable at shutdown; unstored records stay uncommitted and will be redelivered")
+

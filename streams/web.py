@@ -8,6 +8,7 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
+from streams import heap
 from streams.app import app, storage
 
 
@@ -25,7 +26,9 @@ class Stats(View):
                 tables[table] = int(rows[0][0])
         except Exception as exc:  # a health view reports, it does not fail
             tables["error"] = str(exc).splitlines()[0]
-        return self.json({"writers": writers, "tables": tables})
+        dispatch = getattr(app.consumer, "dispatch_stats", None)
+        return self.json({"writers": writers, "tables": tables, "gc": heap.pauses.as_dict(),
+                          "dispatch": dataclasses.asdict(dispatch) if dispatch is not None else None})
 
 
 from streams import dashboard  # noqa: E402,F401 - registers the dashboard views

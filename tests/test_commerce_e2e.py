@@ -168,6 +168,10 @@ async def test_commerce_path_end_to_end(stack, server_url, unique, tmp_path):
         await wait_until(lambda: count("alerts", "source_type = 'item'") > 0, 30, "the item alarm in ClickHouse")
         status, body = http("GET", f"http://127.0.0.1:{port}/commerce/stats")
         assert body["sentiment"]["alerts"] >= 1 and body["sentiment"]["scored"] == len(reviews), body
+        assert body["checkpoints"] >= 1 and body["keys_written"] >= 2, body  # at least one chunk and its commit
+        status, body = http("GET", f"http://127.0.0.1:{port}/stats")
+        assert body["dispatch"]["direct"] > 0, body["dispatch"]  # streams/fastpath.py took part, and nothing was lost above
+        assert body["gc"]["collections"] > 0, body["gc"]
     finally:
         worker.stop()
         ch.command(f"DROP DATABASE IF EXISTS {ch.database}")

@@ -16,6 +16,8 @@ import numpy as np
 
 from online_models.recommender.state import ItemState
 
+_COOC_CACHE_ROWS = 200_000  # co-occurrence rows kept as arrays (a few KB each); cleared when full
+
 
 class ItemIndex:
     """Row numbers for item ids plus the dense arrays indexed by them."""
@@ -25,6 +27,7 @@ class ItemIndex:
         self.row: dict[str, int] = {}
         self.ids: list[str] = []
         self.categories: dict[str, int] = {}
+        self._cooc: dict[str, tuple[tuple[int, int, int], np.ndarray, np.ndarray]] = {}
         self._alloc(capacity)
 
     def _alloc(self, capacity: int) -> None:
@@ -79,6 +82,22 @@ class ItemIndex:
         for state in states:
             row = self.add(state)
             self.write_popularity(row, state, landmark, rate_pop, rate_trend)
+
+    def cooc_arrays(self, state: ItemState) -> tuple[np.ndarray, np.ndarray]:
+        """An item's co-occurrence row as (index rows, weights): built once per change of the row, so a
+        request adds each of the user's rows with one vector operation instead of a Python loop."""
+        version = (state.cooc_pairs, id(state.cooc), len(state.cooc))
+        cache = self.__dict__.setdefault("_cooc", {})  # absent from indexes pickled before it existed
+        hit = cache.get(state.item_id)
+        if hit is not None and hit[0] == version:
+            return hit[1], hit[2]
+        if len(cache) >= _COOC_CACHE_ROWS:
+            cache.clear()
+        row = self.row
+        rows = np.fromiter((row[j] for j in state.cooc), dtype=np.int64, count=len(state.cooc))
+        vals = np.fromiter(state.cooc.values(), dtype=np.float64, count=len(state.cooc))
+        cache[state.item_id] = (version, rows, vals)
+        return rows, vals
 
     def rows_of(self, item_ids: Iterable[str]) -> list[int]:
         row = self.row

@@ -93,6 +93,7 @@ class OnlineRecommender:
         self._rate_user = rate(cfg.user_half_life_s)
         self._view_weight = cfg.weight("view") or 1.0
         self.index = ItemIndex(cfg.dim)
+        self._pop_cache: tuple | None = None  # the masked popularity distributions of the last request
         self.rebuild_caches()
 
     # ------------------------------------------------------------------ state
@@ -100,14 +101,15 @@ class OnlineRecommender:
     def rebuild_caches(self) -> None:
         """Recreate the dense arrays from the item store (after a restart or a table swap)."""
         self.index = ItemIndex(self.config.dim, capacity=max(1024, len(self.items)))
+        self._pop_cache = None
         self.index.rebuild(self.items.values(), self.state.landmark, self._rate_pop, self._rate_trend)
 
     def __getstate__(self) -> dict[str, Any]:
         self.state.rng_state = self._rng.getstate()
-        return self.__dict__.copy()
+        return {**self.__dict__, "_pop_cache": None}
 
     def __setstate__(self, d: dict[str, Any]) -> None:
-        self.__dict__.update(d)
+        self.__dict__.update({"_pop_cache": None, **d})
 
     # --------------------------------------------------------------- catalogue
 
@@ -117,6 +119,7 @@ class OnlineRecommender:
         st.active = True
         self.index.write(self.index.row[item_id], st)
         self.items[item_id] = st
+        self._pop_cache = None
 
     def remove_item(self, item_id: str) -> None:
         """Take an item out of the catalogue: it is never recommended again (until `add_item`)."""
@@ -126,6 +129,7 @@ class OnlineRecommender:
         st.active = False
         self.index.write(self.index.row[item_id], st)
         self.items[item_id] = st
+        self._pop_cache = None
 
     def _item(self, item_id: str, category: str | None, price: float | None, ts: float) -> ItemState:
         st = self.items.get(item_id)
@@ -330,12 +334,13 @@ class OnlineRecommender:
         """The user's session if it may still be going on at `now` (else its items are history)."""
         return user.session_id if now - user.last_ts <= self.config.session_gap_s else None
 
-    def _cooc_components(self, user: UserState, now: float) -> tuple[dict[str, float], dict[str, float]]:
-        """P(item | session items) and P(item | older items), each a sub-normalised mixture
-        of the sources' rows P(j | i) = row[j] / (total + prior)."""
+    def _cooc_components(self, user: UserState, now: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """P(item | session items) and P(item | older items) over index rows, each a sub-normalised
+        mixture of the sources' rows P(j | i) = row[j] / (total + prior); None where no source has a row."""
         cfg = self.config
         live = self._live_session(user, now)
-        parts: tuple[dict[str, float], dict[str, float]] = ({}, {})
+        n = len(self.index)
+        parts: list[np.ndarray | None] = [None, None]
         norms = [0.0, 0.0]
         decay = 1.0
         for item_id, weight, _ts, session in reversed(user.recent):
@@ -347,17 +352,16 @@ class OnlineRecommender:
             which = 0 if session == live else 1
             norms[which] += src
             denom = st.cooc_total + cfg.cooc_prior * st.cooc_prior_scale()
-            f = src / denom
+            rows, vals = self.index.cooc_arrays(st)
             acc = parts[which]
-            for j, v in st.cooc.items():
-                acc[j] = acc.get(j, 0.0) + f * v
+            if acc is None:
+                acc = parts[which] = np.zeros(n)
+            acc[rows] += (src / denom) * vals  # rows of one item are distinct
         for which in (0, 1):
-            if norms[which] > 0:
-                inv = 1.0 / norms[which]
-                acc = parts[which]
-                for j in acc:
-                    acc[j] *= inv
-        return parts
+            acc = parts[which]
+            if acc is not None:
+                acc *= 1.0 / norms[which]
+        return parts[0], parts[1]
 
     def _category_pref(self, user: UserState) -> dict[int, float]:
         pos = {c: v for c, v in user.categories.items() if v > 0}
@@ -381,21 +385,24 @@ class OnlineRecommender:
         n = len(idx)
         active = idx.active[:n]
         out: dict[str, np.ndarray] = {}
-        pop, trend = self._popularity_vectors(n, now)
-        pop = np.where(active, pop, 0.0)
-        trend = np.where(active, trend, 0.0)
-        if pop.sum() > 0:
-            out[POPULAR] = pop / pop.sum()
-            out[TRENDING] = trend / trend.sum()
+        key = (n, now, self.state.events, self.state.landmark)
+        if self._pop_cache is not None and self._pop_cache[0] == key:  # no click since the last request
+            pop, popular, trending = self._pop_cache[1]
+        else:
+            pop, trend = self._popularity_vectors(n, now)
+            pop = np.where(active, pop, 0.0)
+            trend = np.where(active, trend, 0.0)
+            popular = trending = None
+            if pop.sum() > 0:
+                popular, trending = pop / pop.sum(), trend / trend.sum()
+            self._pop_cache = (key, (pop, popular, trending))
+        if popular is not None:
+            out[POPULAR], out[TRENDING] = popular, trending
         if user is None:
             return out
-        row = idx.row
         for name, part in zip((SESSION, CO_OCCURRENCE), self._cooc_components(user, now), strict=True):
-            if part:
-                vec = np.zeros(n)
-                keys = [row[j] for j in part]
-                vec[keys] = list(part.values())
-                out[name] = vec
+            if part is not None:
+                out[name] = part
         if user.events >= self.config.latent_min_events:
             s = (idx.q[:n] @ user.factors + idx.bias[:n]).astype(np.float64) / self.config.latent_temperature
             s[~active] = -np.inf
@@ -540,10 +547,11 @@ class OnlineRecommender:
         top = np.argpartition(-score, k - 1)[:k] if k < n else np.arange(n)
         top = top[np.argsort(-score[top], kind="stable")]
         out = []
-        for r in top:
+        names = list(dists)
+        reasons = np.argmax(np.stack([weights[c] * dists[c][top] for c in names]), axis=0)  # first on ties, as max()
+        for r, why in zip(top.tolist(), reasons.tolist(), strict=True):
             s = float(score[r])
             if s == -np.inf:
                 break
-            reason = max(dists, key=lambda c: weights[c] * dists[c][r])
-            out.append(RecommendedItem(item_id=idx.ids[r], score=s, reason=reason))
+            out.append(RecommendedItem(item_id=idx.ids[r], score=s, reason=names[why]))
         return out

@@ -1,0 +1,70 @@
+"""Faster message dispatch in Faust's consumer: half of a no-op agent's cost was the guard around each message.
+
+faust-streaming's `Consumer._drain_messages` hands every fetched record to the conductor through
+`wait_first(callback(message), suspend_flow.wait())`: four tasks, an `asyncio.wait` and three
+cancellations per record, so that a rebalance (`suspend_flow`) can interrupt a delivery that is
+blocked. Measured on this 2-core machine, a no-op agent consumed 5.7k records/s with it and
+10-11k records/s without it (`wharf bench faust`).
+
+A delivery can only block when flow control is suspended, the producer buffer is over its limit
+(`wait_until_ebb`), the conductor's callback map is being rebuilt (its lock is held) or a channel
+queue of the record's partition is full. When none of those holds, the callback runs to completion
+without yielding to the event loop, so nothing can set `suspend_flow` meanwhile and the guard has
+nothing to guard: we await the callback directly. In every other case Faust's own `wait_first` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from mode.services import WaitResults
+
+_EVENT_WAIT = asyncio.Event.wait.__code__
+
+
+@dataclass
+class DispatchStats:
+    direct: int = 0  # records delivered without the guard
+    guarded: int = 0  # records (and other waits) that went through Faust's wait_first
+
+
+def install(app: Any) -> DispatchStats:
+    """Wrap `app.consumer.wait_first`; idempotent. Returns the counters (also at `app.consumer.dispatch_stats`)."""
+    consumer = app.consumer
+    existing = getattr(consumer, "dispatch_stats", None)
+    if existing is not None:
+        return existing
+    stats = DispatchStats()
+    guarded_wait_first = consumer.wait_first
+    flow = app.flow_control
+    conductor = app.topics
+    lock = conductor._tp_to_callback_lock  # noqa: SLF001 - see the module docstring
+    tp_index = conductor._tp_index  # noqa: SLF001
+
+    def cannot_block(callback: Any) -> bool:
+        if not flow.is_active() or consumer.suspend_flow.is_set() or lock.locked():
+            return False
+        buffer = app.producer.buffer
+        if buffer.size > buffer.max_messages:
+            return False
+        frame = getattr(callback, "cr_frame", None)
+        message = frame.f_locals.get("message") if frame is not None else None  # the callback's argument
+        if message is None:
+            return False
+        return not any(chan.queue.full() for chan in tp_index.get(message.tp, ()))
+
+    async def wait_first(*coros: Any, timeout: Any = None) -> Any:
+        if (len(coros) == 2 and timeout is None and getattr(coros[1], "cr_code", None) is _EVENT_WAIT
+                and asyncio.iscoroutine(coros[0]) and cannot_block(coros[0])):
+            callback, suspended = coros
+            suspended.close()
+            stats.direct += 1
+            return WaitResults([callback], [await callback], False)
+        stats.guarded += 1
+        return await guarded_wait_first(*coros, timeout=timeout)
+
+    consumer.wait_first = wait_first
+    consumer.dispatch_stats = stats
+    return stats

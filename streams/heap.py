@@ -1,0 +1,69 @@
+"""Garbage-collector policy of a worker: long-lived model state out of the collector's way.
+
+A worker holds its models in memory (hundreds of thousands of container objects). CPython's full
+(generation 2) collection walks all of them, and it runs whenever the survivors grew by a quarter:
+while the recommender learned 60,000 clicks, a worker paused 150-220 ms every ~4 s, which is every
+request's p99. Freezing moves what is alive now into the permanent generation that collections skip;
+objects freed by reference counting are still freed at once. Only reference cycles among frozen
+objects wait, until `sweep` unfreezes and collects them (one full pause per `SWEEP_SECONDS`, logged
+with what it reclaimed).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FREEZE_SECONDS = 1.0
+SWEEP_SECONDS = 1800.0
+
+
+@dataclass
+class Pauses:
+    """The collector's pauses in this process (shown by `GET /stats`)."""
+
+    collections: int = 0
+    total_ms: float = 0.0
+    max_ms: float = 0.0
+    over_20ms: int = 0
+    _started: float = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        ms = (time.perf_counter() - self._started) * 1e3
+        self.collections += 1
+        self.total_ms += ms
+        self.max_ms = max(self.max_ms, ms)
+        self.over_20ms += ms > 20
+
+    def as_dict(self) -> dict[str, float]:
+        return {"collections": self.collections, "total_ms": round(self.total_ms, 1), "max_ms": round(self.max_ms, 1),
+                "over_20ms": self.over_20ms}
+
+
+pauses = Pauses()
+if pauses not in gc.callbacks:
+    gc.callbacks.append(pauses)
+
+
+def freeze() -> None:
+    gc.freeze()
+
+
+def sweep() -> int:
+    """Collect cycles among frozen objects; returns how many objects were reclaimed."""
+    started = time.perf_counter()
+    frozen = gc.get_freeze_count()
+    gc.unfreeze()
+    reclaimed = gc.collect()
+    gc.freeze()
+    log.info("heap sweep: %d frozen objects scanned, %d reclaimed in %.0f ms", frozen, reclaimed,
+             (time.perf_counter() - started) * 1e3)
+    return reclaimed
