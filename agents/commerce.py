@@ -406,25 +406,36 @@ def learn_batch(events: Sequence[Any]) -> None:
     pending.events.extend(events)
 
 
-def checkpoint() -> int:
+_checkpointing = asyncio.Lock()
+
+
+async def checkpoint() -> int:
     """Write every touched shard's changes under an event of its partition, then ack what they include.
 
-    Synchronous on purpose: no other coroutine sees a half-written checkpoint. Writes are coalesced per
-    interval (a popular item is written once, not once per click), which is what keeps the changelog
-    from throttling the agent."""
-    if not pending.events:
-        return 0
-    for p, event in pending.last.items():
-        shard = recommenders.shards.get(p)
-        if shard is not None:  # None: revoked meanwhile; its events are redelivered to the new owner
+    One shard at a time, yielding between shards so that requests are served (a shard's delta is
+    whole on its own; what its state learned meanwhile is included and skipped on redelivery).
+    Writes are coalesced per interval (a popular item is written once, not once per click), which
+    is what keeps the changelog from throttling the agent. Events of a shard revoked meanwhile are
+    not acked: the new owner gets them again."""
+    async with _checkpointing:
+        if not pending.events:
+            return 0
+        events, last = pending.events, pending.last
+        pending.events, pending.last, pending.since = [], {}, time.monotonic()
+        written: set[int] = set()
+        for p, event in last.items():
+            shard = recommenders.shards.get(p)
+            if shard is None:  # revoked; its events are redelivered to the new owner
+                continue
             with as_event(event):
                 recommenders.keys_written += shard.checkpoint(rec_table)
-    recommenders.checkpoints += 1
-    events, pending.events, pending.last = pending.events, [], {}
-    for event in events:  # in consumption order, so per partition in offset order
-        event.ack()
-    pending.since = time.monotonic()
-    return len(events)
+            written.add(p)
+            await asyncio.sleep(0)
+        recommenders.checkpoints += 1
+        acked = [e for e in events if e.message.partition in written]
+        for event in acked:  # in consumption order, so per partition in offset order
+            event.ack()
+        return len(acked)
 
 
 @app.agent(click_sources, name="wharf.commerce-recommender")
@@ -432,14 +443,14 @@ async def learn_clicks(stream):  # noqa: ANN001
     async for events in stream.noack_take(CLICK_BATCH, within=settings.commerce_batch_seconds):
         learn_batch(events)
         if time.monotonic() - pending.since >= settings.commerce_checkpoint_seconds or len(pending.events) >= MAX_PENDING:
-            checkpoint()
+            await checkpoint()
 
 
 @app.timer(0.25)
 async def _checkpoint_timer() -> None:
     """Checkpoint a quiet stream too (the agent only wakes on records)."""
     if pending.events and time.monotonic() - pending.since >= settings.commerce_checkpoint_seconds:
-        checkpoint()
+        await checkpoint()
 
 
 @app.on_partitions_revoked.connect
