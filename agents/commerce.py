@@ -179,23 +179,28 @@ def _partition_of_key(key: bytes) -> int:
     return int(key.split(b"/", 2)[1])
 
 
-def _legacy_state(entries: list[tuple[bytes, bytes]]) -> dict[str, Any]:
-    """State v1 (one key per user `u/`, item `i/` and the marker `g/`), read once and rewritten as a delta log."""
+def _legacy_state(entries: list[tuple[bytes, bytes]]) -> tuple[dict[str, Any], list[bytes]]:
+    """State v1 (one key per user `u/`, item `i/` and the marker `g/`), read once and rewritten as a delta log:
+    the `Shard.new` arguments and the v1 keys found (other keys are ignored)."""
     users: dict[str, Any] = {}
     items: dict[str, Any] = {}
     out: dict[str, Any] = {"users": users, "items": items}
+    keys: list[bytes] = []
     for key, blob in entries:
         kind, _, rest = key.decode().partition("/")
         ident = rest.partition("/")[2]
         if kind == "u":
-            users[ident] = pickle.loads(blob)
+            users[ident] = _load(blob)
         elif kind == "i":
-            items[ident] = pickle.loads(blob)
-        else:
-            version, g, offsets = pickle.loads(blob)
+            items[ident] = _load(blob)
+        elif kind == "g":
+            version, g, offsets = _load(blob)
             if version == 1:
                 out.update(g=g, offsets=offsets)
-    return out
+        else:
+            continue
+        keys.append(key)
+    return out, keys
 
 
 def _dump(obj: Any) -> bytes:
@@ -248,16 +253,14 @@ class Shard:
     @classmethod
     def restore(cls, partition: int, entries: list[tuple[bytes, bytes]]) -> Shard:
         """The shard as its last committed checkpoint left it (a new one if none); see `streams.deltalog`."""
-        log, found = DeltaLog.restore(LOG_PREFIX, partition, entries)
+        log, found = DeltaLog.restore(LOG_PREFIX, partition, entries)  # all of its own keys are stale already
         if found is not None:
             version, g, offsets = found.meta
             if version == STATE_VERSION:
                 return cls.new(partition, found.parts.get("users"), found.parts.get("items"), g, offsets, log=log)
-            log.stale.update(k for k, _ in entries)
-        legacy = [(k, v) for k, v in entries if k.decode().split("/", 1)[0] in ("u", "i", "g")]
-        shard = cls.new(partition, log=log, **_legacy_state(legacy)) if legacy else cls.new(partition, log=log)
-        log.stale.update(k for k, _ in legacy)  # rewritten in the new format by the next checkpoint, then deleted
-        return shard
+        state, legacy_keys = _legacy_state(entries)
+        log.stale.update(legacy_keys)  # rewritten in the new format by the next checkpoint, then deleted
+        return cls.new(partition, log=log, **state)
 
     def apply(self, topic: str, offset: int, payload: bytes, timestamp: float) -> bool:
         """Learn one record (click or catalogue change); False if it is already in the state or invalid."""

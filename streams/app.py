@@ -118,4 +118,3 @@ async def _flush_on_shutdown(app: Any, **kwargs: Any) -> None:
         await asyncio.wait_for(storage.flush_all(), timeout=10)
     except TimeoutError:
         log.warning("ClickHouse still unreachable at shutdown; unstored records stay uncommitted and will be redelivered")
-

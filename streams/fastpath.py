@@ -3,8 +3,8 @@
 faust-streaming's `Consumer._drain_messages` hands every fetched record to the conductor through
 `wait_first(callback(message), suspend_flow.wait())`: four tasks, an `asyncio.wait` and three
 cancellations per record, so that a rebalance (`suspend_flow`) can interrupt a delivery that is
-blocked. Measured on this 2-core machine, a no-op agent consumed 5.7k records/s with it and
-10-11k records/s without it (`wharf bench faust`).
+blocked. Measured on this 2-core machine with a throwaway no-op agent (`noack_take`, ack at once) over a
+topic of 60,000 clicks: 5.7k records/s with the guard, 10-11k records/s without it.
 
 A delivery can only block when flow control is suspended, the producer buffer is over its limit
 (`wait_until_ebb`), the conductor's callback map is being rebuilt (its lock is held) or a channel
