@@ -340,7 +340,8 @@ class OnlineRecommender:
         cfg = self.config
         live = self._live_session(user, now)
         n = len(self.index)
-        parts: list[np.ndarray | None] = [None, None]
+        rows: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+        vals: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
         norms = [0.0, 0.0]
         decay = 1.0
         for item_id, weight, _ts, session in reversed(user.recent):
@@ -352,15 +353,15 @@ class OnlineRecommender:
             which = 0 if session == live else 1
             norms[which] += src
             denom = st.cooc_total + cfg.cooc_prior * st.cooc_prior_scale()
-            rows, vals = self.index.cooc_arrays(st)
-            acc = parts[which]
-            if acc is None:
-                acc = parts[which] = np.zeros(n)
-            acc[rows] += (src / denom) * vals  # rows of one item are distinct
+            r, v = self.index.cooc_arrays(st)
+            rows[which].append(r)
+            vals[which].append((src / denom) * v)
+        parts: list[np.ndarray | None] = [None, None]
         for which in (0, 1):
-            acc = parts[which]
-            if acc is not None:
+            if rows[which]:  # one bincount instead of a scatter-add per source row (same additions, same order)
+                acc = np.bincount(np.concatenate(rows[which]), weights=np.concatenate(vals[which]), minlength=n)
                 acc *= 1.0 / norms[which]
+                parts[which] = acc
         return parts[0], parts[1]
 
     def _category_pref(self, user: UserState) -> dict[int, float]:
@@ -553,5 +554,5 @@ class OnlineRecommender:
             s = float(score[r])
             if s == -np.inf:
                 break
-            out.append(RecommendedItem(item_id=idx.ids[r], score=s, reason=names[why]))
+            out.append(RecommendedItem.model_construct(item_id=idx.ids[r], score=s, reason=names[why]))  # valid by construction
         return out
