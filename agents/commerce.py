@@ -85,6 +85,7 @@ from online_models.recommender import GlobalState, ItemState, OnlineRecommender,
 from schemas import codec, rows
 from schemas.events import ClickEvent, Ident, Recommendation, Review, SentimentScore, Severity, TimedEvent
 from schemas.validation import InvalidEvent, Limits, parse
+from streams import heap
 from streams.acks import OrderedAcker
 from streams.app import app, settings, storage, topics
 from streams.deltalog import DeltaLog
@@ -294,6 +295,13 @@ class Shard:
     def checkpoint(self, table: Any) -> int:
         """Write the changed users/items (or, when due, all of them) and the marker as one delta of the shard's
         log (call under an event of this partition); returns the table records written."""
+        written = 0
+        for written in self.checkpoint_steps(table):  # noqa: B007 - the last count is the total
+            pass
+        return written
+
+    def checkpoint_steps(self, table: Any) -> Iterator[int]:
+        """`checkpoint` piece by piece (`DeltaLog.steps`): the state must not learn until it ends."""
         m = self.model
         image = self.log.needs_image()
         users = dict(m.users) if image else {uid: m.users[uid] for uid in m.users.dirty}
@@ -301,7 +309,8 @@ class Shard:
         m.users.dirty.clear()
         m.items.dirty.clear()
         m.state.rng_state = m._rng.getstate()  # noqa: SLF001 - what the model's own __getstate__ saves
-        return self.log.write(table, {"users": users, "items": items}, (STATE_VERSION, m.state, self.offsets), image)
+        meta = (STATE_VERSION, m.state, dict(self.offsets))
+        return self.log.steps(table, {"users": users, "items": items}, meta, image)
 
 
 class Recommenders:
@@ -312,6 +321,7 @@ class Recommenders:
         self.cache: dict[tuple[str, int], tuple[float, int, list]] = {}
         self.checkpoints = 0
         self.keys_written = 0
+        self.revocations = 0  # shards dropped so far: a batch that yielded checks it before loading a shard
 
     def load(self, partitions: set[int]) -> None:
         """Restore shards from the (recovered) table: one pass over its keys for all new partitions."""
@@ -333,6 +343,7 @@ class Recommenders:
         for p in partitions:
             self.shards.pop(p, None)
         self.cache.clear()
+        self.revocations += 1
 
     def owned(self) -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.topic_clicks}
@@ -393,20 +404,34 @@ class Pending:
 pending = Pending()
 
 
-def learn_batch(events: Sequence[Any]) -> None:
-    """Learn a batch in order; the events wait in `pending` for the next checkpoint."""
+SLICE_SECONDS = 0.004  # the longest the recommender's learning or checkpointing holds the loop before yielding
+
+
+async def learn_batch(events: Sequence[Any]) -> None:
+    """Learn a batch in order; the events wait in `pending` for the next checkpoint.
+
+    Yields to the loop every `SLICE_SECONDS`, so requests are served while a batch is learned (hold
+    `_checkpointing`: no checkpoint may see half a batch). A shard revoked meanwhile is not loaded
+    again: its remaining events are left unacked for the new owner."""
     owned: set[int] | None = None
+    revocations = recommenders.revocations
+    started = time.perf_counter()
     for event in events:
         msg = event.message
         shard = recommenders.shards.get(msg.partition)
         if shard is None:
+            if recommenders.revocations != revocations:
+                continue
             owned = owned or recommenders.owned() | {msg.partition}
             recommenders.load(owned)
             shard = recommenders.shards[msg.partition]
         payload = event.value if isinstance(event.value, bytes) else bytes(event.value)
         shard.apply(msg.topic, msg.offset, payload, msg.timestamp)
         pending.last[msg.partition] = event
-    pending.events.extend(events)
+        pending.events.append(event)
+        if time.perf_counter() - started >= SLICE_SECONDS:
+            await asyncio.sleep(0)
+            started = time.perf_counter()
 
 
 _checkpointing = asyncio.Lock()
@@ -415,36 +440,49 @@ _checkpointing = asyncio.Lock()
 async def checkpoint() -> int:
     """Write every touched shard's changes under an event of its partition, then ack what they include.
 
-    One shard at a time, yielding between shards so that requests are served (a shard's delta is
-    whole on its own; what its state learned meanwhile is included and skipped on redelivery).
-    Writes are coalesced per interval (a popular item is written once, not once per click), which
-    is what keeps the changelog from throttling the agent. Events of a shard revoked meanwhile are
-    not acked: the new owner gets them again."""
+    Piece by piece, yielding every `SLICE_SECONDS` so that requests are served; no batch is learned
+    meanwhile (the lock), so each shard's delta is the state at its marker. Writes are coalesced per
+    interval (a popular item is written once, not once per click), which is what keeps the changelog
+    from throttling the agent. A shard revoked meanwhile is abandoned (an uncommitted write, ignored
+    by restore) and its events are not acked: the new owner gets them again."""
     async with _checkpointing:
         if not pending.events:
             return 0
         events, last = pending.events, pending.last
         pending.events, pending.last, pending.since = [], {}, time.monotonic()
         written: set[int] = set()
+        started = time.perf_counter()
         for p, event in last.items():
             shard = recommenders.shards.get(p)
             if shard is None:  # revoked; its events are redelivered to the new owner
                 continue
+            records = 0
             with as_event(event):
-                recommenders.keys_written += shard.checkpoint(rec_table)
-            written.add(p)
-            await asyncio.sleep(0)
+                for records in shard.checkpoint_steps(rec_table):  # noqa: B007 - the last count is the total
+                    if time.perf_counter() - started >= SLICE_SECONDS:
+                        await asyncio.sleep(0)
+                        started = time.perf_counter()
+                        if recommenders.shards.get(p) is not shard:
+                            break
+                else:
+                    recommenders.keys_written += records
+                    written.add(p)
         recommenders.checkpoints += 1
         acked = [e for e in events if e.message.partition in written]
-        for event in acked:  # in consumption order, so per partition in offset order
+        for i, event in enumerate(acked):  # in consumption order, so per partition in offset order
             event.ack()
+            if i % 1024 == 1023 and time.perf_counter() - started >= SLICE_SECONDS:
+                await asyncio.sleep(0)
+                started = time.perf_counter()
         return len(acked)
 
 
 @app.agent(click_sources, name="wharf.commerce-recommender")
 async def learn_clicks(stream):  # noqa: ANN001
     async for events in stream.noack_take(CLICK_BATCH, within=settings.commerce_batch_seconds):
-        learn_batch(events)
+        async with _checkpointing:
+            await learn_batch(events)
+        heap.freeze_if_due()
         if time.monotonic() - pending.since >= settings.commerce_checkpoint_seconds or len(pending.events) >= MAX_PENDING:
             await checkpoint()
 

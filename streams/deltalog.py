@@ -15,6 +15,11 @@ whose image is committed and applies its committed deltas in order, stopping at 
 is incomplete (a crash between chunks and commit): what the log holds is always a state that some
 checkpoint committed, never half of one.
 
+A write is pickled in *pieces* of at most `PIECE_ENTRIES` entries, and `steps` yields after each
+piece, so a writer on an event loop can serve requests between pieces: pickling a whole shard image
+at once held the recommender worker's loop for 50-190 ms. The commit names the chunk count of each
+piece (a bare count: one piece, as written before pieces existed).
+
 Keys: `{prefix}/{p}/{gen:06d}/{seq:09d}/{chunk}` and `.../c` for the commit; all of partition p's
 records go to changelog partition p (write them under an event of p), so Kafka keeps their order.
 """
@@ -22,11 +27,12 @@ records go to changelog partition p (write them under an event of p), so Kafka k
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 CHUNK_BYTES = 512 * 1024  # below Kafka's default 1 MB message limit, with room for the key and headers
+PIECE_ENTRIES = 200  # entries pickled at once (a few ms for the recommender's items)
 
 Parts = dict[str, dict[Any, Any]]  # e.g. {"users": {...}, "items": {...}}: merged entry by entry, delta over image
 
@@ -65,31 +71,48 @@ class DeltaLog:
 
     def write(self, table: MutableMapping[bytes, bytes], parts: Parts, meta: Any, image: bool) -> int:
         """Write an image (all entries; starts a new generation) or a delta (changed entries); returns records written."""
+        written = 0
+        for written in self.steps(table, parts, meta, image):  # noqa: B007 - the last count is the total
+            pass
+        return written
+
+    def steps(self, table: MutableMapping[bytes, bytes], parts: Parts, meta: Any, image: bool) -> Iterator[int]:
+        """`write` one piece at a time, yielding the records written so far after each piece and at the end.
+
+        The entries must not change until it ends. Left unfinished, it leaves chunks without a
+        commit, which restore ignores; the next write is then an image."""
         if image:
             self.stale.update(self.keys)
             self.keys = []
             self.generation += 1
             self.seq = 0
-        blob = _dump(parts)
-        chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
-        for i, chunk in enumerate(chunks):
-            key = self._key(self.generation, self.seq, str(i))
-            table[key] = chunk
-            self.keys.append(key)
+        counts: list[int] = []
+        size = written = 0
+        for piece in _pieces(parts):
+            blob = _dump(piece)
+            size += len(blob)
+            chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)]
+            for chunk in chunks:
+                key = self._key(self.generation, self.seq, str(written))
+                table[key] = chunk
+                self.keys.append(key)
+                written += 1
+            counts.append(len(chunks))
+            yield written
         commit = self._key(self.generation, self.seq, "c")
-        table[commit] = _dump((len(chunks), meta))
+        table[commit] = _dump((counts, meta))
         self.keys.append(commit)
+        written += 1
         if image:
-            self.image_bytes, self.delta_bytes = len(blob), 0
+            self.image_bytes, self.delta_bytes = size, 0
             for key in self.stale:  # only now: until this commit the older generation was the valid one
                 table.pop(key, None)
-            written = len(chunks) + 1 + len(self.stale)
+            written += len(self.stale)
             self.stale.clear()
         else:
-            self.delta_bytes += len(blob)
-            written = len(chunks) + 1
+            self.delta_bytes += size
         self.seq += 1
-        return written
+        yield written
 
     @classmethod
     def restore(cls, prefix: str, partition: int, entries: Iterable[tuple[bytes, bytes]],
@@ -120,16 +143,30 @@ class DeltaLog:
         meta: Any = None
         seq = 0
         while seq in seqs and "c" in seqs[seq]:
-            n_chunks, seq_meta = pickle.loads(seqs[seq]["c"])
-            if any(str(i) not in seqs[seq] for i in range(n_chunks)):
+            counts, seq_meta = pickle.loads(seqs[seq]["c"])
+            if isinstance(counts, int):  # written before pieces: one pickle
+                counts = [counts]
+            records = seqs[seq]
+            if any(str(i) not in records for i in range(sum(counts))):
                 break
-            blob = b"".join(seqs[seq][str(i)] for i in range(n_chunks))
-            delta: Parts = pickle.loads(blob)
-            if parts is None:
-                parts = delta
-            else:
-                for name, entries in delta.items():
-                    parts.setdefault(name, {}).update(entries)
+            merged: Parts = {} if parts is None else parts
+            first = 0
+            for n in counts:
+                piece: Parts = pickle.loads(b"".join(records[str(i)] for i in range(first, first + n)))
+                first += n
+                for name, entries in piece.items():
+                    merged.setdefault(name, {}).update(entries)
+            parts = merged
             meta = seq_meta
             seq += 1
         return parts, meta, max(seq - 1, 0)
+
+
+def _pieces(parts: Parts) -> Iterator[Parts]:
+    """`parts` as dicts of at most `PIECE_ENTRIES` entries; every name at least once, so restore sees it."""
+    if not parts:
+        yield {}
+    for name, entries in parts.items():
+        items = list(entries.items())
+        for i in range(0, max(len(items), 1), PIECE_ENTRIES):
+            yield {name: dict(items[i:i + PIECE_ENTRIES])}

@@ -53,8 +53,20 @@ if pauses not in gc.callbacks:
     gc.callbacks.append(pauses)
 
 
+_last_freeze = 0.0
+
+
 def freeze() -> None:
+    global _last_freeze
     gc.freeze()
+    _last_freeze = time.monotonic()
+
+
+def freeze_if_due() -> None:
+    """`freeze` at most every `FREEZE_SECONDS`, for code that allocates much before Faust's timers run
+    (they start once the worker is ready; restoring and learning the first backlog come earlier)."""
+    if time.monotonic() - _last_freeze >= FREEZE_SECONDS:
+        freeze()
 
 
 def sweep() -> int:

@@ -130,3 +130,32 @@ def test_recommender_shard_round_trip_through_its_log_and_from_the_v1_layout() -
     assert {u: migrated.model.recommend(u, 10) for u in users} == before
     migrated.checkpoint(v1)  # the first checkpoint writes the new layout and drops the old keys
     assert v1 and all(k.startswith(b"r/2/") for k in v1)
+
+
+def test_pieces_restore_whole_and_an_abandoned_write_is_ignored(monkeypatch) -> None:
+    """A write in pieces (the writer may yield between them) restores as one; one left half-way is not applied."""
+    monkeypatch.setattr(deltalog, "PIECE_ENTRIES", 7)
+    table: dict[bytes, bytes] = {}
+    log = DeltaLog("r", 3)
+    state = {"users": {f"u{i}": i for i in range(30)}, "items": {f"i{i}": -i for i in range(16)}}
+    steps = list(log.steps(table, {k: dict(v) for k, v in state.items()}, "m0", image=True))
+    assert len(steps) == 5 + 3 + 1  # 30 users in pieces of 7, 16 items, then the commit
+    assert steps == sorted(steps) and steps[-1] == sum(1 for _ in table)
+    _, found = _restore(table)
+    assert found is not None and found.parts == state and found.meta == "m0"
+
+    half = log.steps(table, {"users": {f"u{i}": 100 + i for i in range(30)}}, "m1", image=False)
+    next(half), next(half)  # two pieces written, then the writer gave up (e.g. its partition was revoked)
+    _, found = _restore(table)
+    assert found is not None and found.parts == state and found.meta == "m0"
+
+
+def test_a_commit_written_before_pieces_restores() -> None:
+    """Logs written by the previous version (commit = bare chunk count of one pickle) still restore."""
+    import pickle
+
+    blob = pickle.dumps({"users": {"a": 1, "b": 2}})
+    table = {b"r/3/000000/000000000/0": blob[:10], b"r/3/000000/000000000/1": blob[10:],
+             b"r/3/000000/000000000/c": pickle.dumps((2, "old"))}
+    _, found = _restore(table)
+    assert found is not None and found.parts == {"users": {"a": 1, "b": 2}} and found.meta == "old"
