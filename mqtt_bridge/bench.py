@@ -15,7 +15,7 @@ import uuid
 
 from mqtt_bridge.bridge import Bridge
 from schemas import codec
-from wharf.infra.kafka import ensure_topics
+from wharf.infra.kafka import delete_topics_containing, ensure_topics
 from wharf.settings import Settings
 
 
@@ -59,6 +59,7 @@ async def bench_bridge(settings: Settings, messages: int = 30_000, publishers: i
     done = bridge.stats.acked - start_received
     bridge.stop()
     await task
+    await delete_topics_containing(s.kafka_bootstrap, f"bench.bridge.{u}.")
     pub = f"{per * len(creds) / published_at:,.0f} msgs/s" if published_at else "not finished"
     return (f"publishers        {len(creds)} x mosquitto_pub, QoS 1, {per * len(creds):,} messages: {pub} into Mosquitto (reference)\n"
             f"bridge            {done:,} received, confirmed by Kafka (acks=all) and acked in {took:.1f}s: {done / took:,.0f} msgs/s\n"

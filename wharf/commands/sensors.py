@@ -268,7 +268,7 @@ async def _bench(settings, rate: float, seconds: float, model_options: str, n_pu
     from schemas import codec
     from streams.clickhouse import connect
     from streams.topics import topic_names
-    from wharf.infra.kafka import ensure_topics
+    from wharf.infra.kafka import delete_topics_containing, ensure_topics
     from wharf.settings import Settings
 
     u = uuid.uuid4().hex[:8]
@@ -410,6 +410,7 @@ async def _bench(settings, rate: float, seconds: float, model_options: str, n_pu
         ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
     except Exception:  # noqa: BLE001
         pass
+    await delete_topics_containing(settings.kafka_bootstrap, u)  # its topics and the bench app's internal ones
     print(f"offered          {published[0] / seconds:,.0f} readings/s for {seconds:.0f}s ({published[0]} readings, {len(creds)} publishers, "
           f"model options {model_options or 'default'})")
     print(f"stored           {total} rows in sensor_readings; sustained {sustained:,.0f} readings/s (Mosquitto -> bridge -> Kafka -> worker -> ClickHouse); "
