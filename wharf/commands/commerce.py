@@ -182,12 +182,26 @@ async def _bench_worker(events: list[dict], requests: int, concurrency: int) -> 
                 print(f"(bench database bench_{tag} not dropped: {exc})")
 
 
+async def _produce_clicks(bootstrap: str, topic: str, events: list[dict]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from schemas import codec
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        for e in events:
+            await producer.send(topic, codec.dumps(e), key=e["user_id"].encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
 async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurrency: int) -> None:
     import aiohttp
     import numpy as np
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaConsumer
 
-    from schemas import codec
     from wharf.infra.kafka import ensure_topics
     from wharf.settings import get_settings
 
@@ -206,14 +220,7 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
         env["WHARF_CLICKHOUSE_URL"] = "chdb://"
     await ensure_topics(s.kafka_bootstrap, [v for k, v in env.items() if k.startswith("WHARF_TOPIC_")], s.topic_partitions)
 
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=20, max_batch_size=256 * 1024)
-    await producer.start()
-    try:
-        for e in events:
-            await producer.send(topic, codec.dumps(e), key=e["user_id"].encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await _produce_clicks(s.kafka_bootstrap, topic, events)
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=s.kafka_bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
                                 group_id=None, max_partition_fetch_bytes=4 * 1024 * 1024)
@@ -296,14 +303,7 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
                 print(f"GET /recommendations k=10, {await measure(level, batch)}")
 
             # The same requests while the worker learns: the clicks once more, as new records.
-            producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", linger_ms=20, max_batch_size=256 * 1024)
-            await producer.start()
-            try:
-                for e in events:
-                    await producer.send(topic, codec.dumps(e), key=e["user_id"].encode())
-                await producer.flush()
-            finally:
-                await producer.stop()
+            await _produce_clicks(s.kafka_bootstrap, topic, events)
             deadline = time.monotonic() + 60
             while await learned_clicks() <= last[1]:
                 if time.monotonic() > deadline:
