@@ -109,7 +109,7 @@ def worker(
     worker.spinner = None
     from streams import heap
 
-    heap.freeze()  # the imported modules' objects (about 250,000): full collections walked them for 70-150 ms before the first timer
+    heap.freeze()  # the imported modules' objects (about 100,000): full collections walked them before the first timer
     worker.execute_from_commandline()
 
 
