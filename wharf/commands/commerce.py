@@ -297,12 +297,20 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
                         f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, max {lat.max():.1f} ms, "
                         f"{len(lat) / wall:,.0f} req/s, {errors} errors")
 
-            await asyncio.gather(*(one(u) for u in user_ids[-100:]))  # warm-up, users the timed requests ask last
+            # Each round asks distinct users, after the worker's 1 s answer cache has expired: no request is a cache hit.
+            from agents.commerce import RECS_CACHE_SECONDS
+
+            n_req = min(requests, len(user_ids))
+            if n_req < requests:
+                print(f"(rounds of {n_req:,} requests: one per distinct user)")
+            await asyncio.gather(*(one(u) for u in user_ids[-100:]))  # warm-up
             for n_level, level in enumerate(sorted({concurrency, max(1, concurrency // 4)}, reverse=True)):
-                batch = [user_ids[(i + n_level * requests) % len(user_ids)] for i in range(requests)]  # not in the 1 s cache
+                await asyncio.sleep(RECS_CACHE_SECONDS + 0.1)
+                batch = [user_ids[(i + n_level * n_req) % len(user_ids)] for i in range(n_req)]
                 print(f"GET /recommendations k=10, {await measure(level, batch)}")
 
             # The same requests while the worker learns: the clicks once more, as new records.
+            await asyncio.sleep(RECS_CACHE_SECONDS + 0.1)
             await _produce_clicks(s.kafka_bootstrap, topic, events)
             deadline = time.monotonic() + 60
             while await learned_clicks() <= last[1]:
@@ -310,7 +318,7 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
                     raise RuntimeError(f"the worker learned none of the second pass; see {log}")
                 await asyncio.sleep(0.05)
             t0, n0 = time.perf_counter(), await learned_clicks()
-            batch = [user_ids[(i + 2 * requests) % len(user_ids)] for i in range(requests)]
+            batch = [user_ids[(i + 2 * n_req) % len(user_ids)] for i in range(n_req)]
             line = await measure(concurrency, batch)
             n1 = await learned_clicks()
             print(f"GET /recommendations k=10 while the worker learns ({(n1 - n0) / (time.perf_counter() - t0):,.0f} clicks/s "
