@@ -65,6 +65,8 @@ def evaluate_recommender(
 
 # --- wharf bench commerce ---------------------------------------------------------------------------------
 
+OPEN_LOOP_RATE = 500.0  # requests/s of the open-loop latency rounds: about half of what one worker serves here
+
 
 def bench_commerce(
     clicks: int = typer.Option(30_000, help="Simulated clicks (the same ones for every click figure)."),
@@ -297,6 +299,27 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
                         f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, max {lat.max():.1f} ms, "
                         f"{len(lat) / wall:,.0f} req/s, {errors} errors")
 
+            async def open_loop(rate: float, batch: list[str]) -> str:
+                """Requests sent on a fixed schedule whatever the answers do; latency counted from the scheduled
+                time, so a stall delays every request due during it (a closed loop sends none then)."""
+                lat: list[float] = []
+                failed = 0
+                start = time.perf_counter() + 0.05
+
+                async def fire(i: int, user: str) -> None:
+                    nonlocal failed
+                    due = start + i / rate
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                    async with http.get(f"{base}/recommendations/{user}?k=10") as r:
+                        await r.read()
+                        failed += r.status != 200
+                    lat.append(time.perf_counter() - due)
+
+                await asyncio.gather(*(fire(i, u) for i, u in enumerate(batch)))
+                a = np.array(lat) * 1e3
+                return (f"{len(a):,} requests at {rate:,.0f}/s (open loop): p50 {np.percentile(a, 50):.1f} ms, "
+                        f"p99 {np.percentile(a, 99):.1f} ms, max {a.max():.1f} ms, {failed} errors")
+
             # Each round asks distinct users, after the worker's 1 s answer cache has expired: no request is a cache hit.
             from agents.commerce import RECS_CACHE_SECONDS
 
@@ -309,6 +332,9 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
                 batch = [user_ids[(i + n_level * n_req) % len(user_ids)] for i in range(n_req)]
                 print(f"GET /recommendations k=10, {await measure(level, batch)}")
 
+            await asyncio.sleep(RECS_CACHE_SECONDS + 0.1)
+            print(f"GET /recommendations k=10, {await open_loop(OPEN_LOOP_RATE, user_ids[:n_req])}")
+
             # The same requests while the worker learns: the clicks once more, as new records.
             await asyncio.sleep(RECS_CACHE_SECONDS + 0.1)
             await _produce_clicks(s.kafka_bootstrap, topic, events)
@@ -320,6 +346,12 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
             t0, n0 = time.perf_counter(), await learned_clicks()
             batch = [user_ids[(i + 2 * n_req) % len(user_ids)] for i in range(n_req)]
             line = await measure(concurrency, batch)
+            n1 = await learned_clicks()
+            print(f"GET /recommendations k=10 while the worker learns ({(n1 - n0) / (time.perf_counter() - t0):,.0f} clicks/s "
+                  f"meanwhile): {line}")
+            await asyncio.sleep(RECS_CACHE_SECONDS + 0.1)
+            t0, n0 = time.perf_counter(), await learned_clicks()
+            line = await open_loop(OPEN_LOOP_RATE, [user_ids[(i + 3 * n_req) % len(user_ids)] for i in range(n_req)])
             n1 = await learned_clicks()
             print(f"GET /recommendations k=10 while the worker learns ({(n1 - n0) / (time.perf_counter() - t0):,.0f} clicks/s "
                   f"meanwhile): {line}")
