@@ -85,7 +85,7 @@ from online_models.recommender import GlobalState, ItemState, OnlineRecommender,
 from schemas import codec, rows
 from schemas.events import ClickEvent, Ident, Recommendation, Review, SentimentScore, Severity, TimedEvent
 from schemas.validation import InvalidEvent, Limits, parse
-from streams import heap
+from streams import deltalog, heap
 from streams.acks import OrderedAcker
 from streams.app import app, settings, storage, topics
 from streams.deltalog import DeltaLog
@@ -295,10 +295,7 @@ class Shard:
     def checkpoint(self, table: Any) -> int:
         """Write the changed users/items (or, when due, all of them) and the marker as one delta of the shard's
         log (call under an event of this partition); returns the table records written."""
-        written = 0
-        for written in self.checkpoint_steps(table):  # noqa: B007 - the last count is the total
-            pass
-        return written
+        return deltalog.finish(self.checkpoint_steps(table))
 
     def checkpoint_steps(self, table: Any) -> Iterator[int]:
         """`checkpoint` piece by piece (`DeltaLog.steps`): the state must not learn until it ends."""
@@ -407,6 +404,21 @@ pending = Pending()
 SLICE_SECONDS = 0.004  # the longest the recommender's learning or checkpointing holds the loop before yielding
 
 
+class Slice:
+    """Yields to the event loop once `SLICE_SECONDS` of work have passed since the last yield."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    async def tick(self) -> bool:
+        """True if it yielded (other coroutines, e.g. a revocation, may have run)."""
+        if time.perf_counter() - self.started < SLICE_SECONDS:
+            return False
+        await asyncio.sleep(0)
+        self.started = time.perf_counter()
+        return True
+
+
 async def learn_batch(events: Sequence[Any]) -> None:
     """Learn a batch in order; the events wait in `pending` for the next checkpoint.
 
@@ -415,7 +427,7 @@ async def learn_batch(events: Sequence[Any]) -> None:
     again: its remaining events are left unacked for the new owner."""
     owned: set[int] | None = None
     revocations = recommenders.revocations
-    started = time.perf_counter()
+    work = Slice()
     for event in events:
         msg = event.message
         shard = recommenders.shards.get(msg.partition)
@@ -429,9 +441,7 @@ async def learn_batch(events: Sequence[Any]) -> None:
         shard.apply(msg.topic, msg.offset, payload, msg.timestamp)
         pending.last[msg.partition] = event
         pending.events.append(event)
-        if time.perf_counter() - started >= SLICE_SECONDS:
-            await asyncio.sleep(0)
-            started = time.perf_counter()
+        await work.tick()
 
 
 _checkpointing = asyncio.Lock()
@@ -451,7 +461,7 @@ async def checkpoint() -> int:
         events, last = pending.events, pending.last
         pending.events, pending.last, pending.since = [], {}, time.monotonic()
         written: set[int] = set()
-        started = time.perf_counter()
+        work = Slice()
         for p, event in last.items():
             shard = recommenders.shards.get(p)
             if shard is None:  # revoked; its events are redelivered to the new owner
@@ -459,11 +469,8 @@ async def checkpoint() -> int:
             records = 0
             with as_event(event):
                 for records in shard.checkpoint_steps(rec_table):  # noqa: B007 - the last count is the total
-                    if time.perf_counter() - started >= SLICE_SECONDS:
-                        await asyncio.sleep(0)
-                        started = time.perf_counter()
-                        if recommenders.shards.get(p) is not shard:
-                            break
+                    if await work.tick() and recommenders.shards.get(p) is not shard:
+                        break
                 else:
                     recommenders.keys_written += records
                     written.add(p)
@@ -471,9 +478,8 @@ async def checkpoint() -> int:
         acked = [e for e in events if e.message.partition in written]
         for i, event in enumerate(acked):  # in consumption order, so per partition in offset order
             event.ack()
-            if i % 1024 == 1023 and time.perf_counter() - started >= SLICE_SECONDS:
-                await asyncio.sleep(0)
-                started = time.perf_counter()
+            if i % 1024 == 1023:  # an ack is ~1.5 us: look at the clock now and then
+                await work.tick()
         return len(acked)
 
 

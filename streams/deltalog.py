@@ -71,10 +71,7 @@ class DeltaLog:
 
     def write(self, table: MutableMapping[bytes, bytes], parts: Parts, meta: Any, image: bool) -> int:
         """Write an image (all entries; starts a new generation) or a delta (changed entries); returns records written."""
-        written = 0
-        for written in self.steps(table, parts, meta, image):  # noqa: B007 - the last count is the total
-            pass
-        return written
+        return finish(self.steps(table, parts, meta, image))
 
     def steps(self, table: MutableMapping[bytes, bytes], parts: Parts, meta: Any, image: bool) -> Iterator[int]:
         """`write` one piece at a time, yielding the records written so far after each piece and at the end.
@@ -160,6 +157,14 @@ class DeltaLog:
             meta = seq_meta
             seq += 1
         return parts, meta, max(seq - 1, 0)
+
+
+def finish(steps: Iterator[int]) -> int:
+    """Run a `DeltaLog.steps` write to its end in one go; returns the records it wrote."""
+    written = 0
+    for written in steps:  # noqa: B007 - the last count is the total
+        pass
+    return written
 
 
 def _pieces(parts: Parts) -> Iterator[Parts]:

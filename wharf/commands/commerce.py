@@ -10,7 +10,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -343,18 +345,17 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the worker learned none of the second pass; see {log}")
                 await asyncio.sleep(0.05)
-            t0, n0 = time.perf_counter(), await learned_clicks()
-            batch = [user_ids[(i + 2 * n_req) % len(user_ids)] for i in range(n_req)]
-            line = await measure(concurrency, batch)
-            n1 = await learned_clicks()
-            print(f"GET /recommendations k=10 while the worker learns ({(n1 - n0) / (time.perf_counter() - t0):,.0f} clicks/s "
-                  f"meanwhile): {line}")
+
+            async def while_learning(round_: Coroutine[Any, Any, str]) -> None:
+                t0, n0 = time.perf_counter(), await learned_clicks()
+                line = await round_
+                n1 = await learned_clicks()
+                print(f"GET /recommendations k=10 while the worker learns ({(n1 - n0) / (time.perf_counter() - t0):,.0f} "
+                      f"clicks/s meanwhile): {line}")
+
+            await while_learning(measure(concurrency, [user_ids[(i + 2 * n_req) % len(user_ids)] for i in range(n_req)]))
             await asyncio.sleep(RECS_CACHE_SECONDS + 0.1)
-            t0, n0 = time.perf_counter(), await learned_clicks()
-            line = await open_loop(OPEN_LOOP_RATE, [user_ids[(i + 3 * n_req) % len(user_ids)] for i in range(n_req)])
-            n1 = await learned_clicks()
-            print(f"GET /recommendations k=10 while the worker learns ({(n1 - n0) / (time.perf_counter() - t0):,.0f} clicks/s "
-                  f"meanwhile): {line}")
+            await while_learning(open_loop(OPEN_LOOP_RATE, [user_ids[(i + 3 * n_req) % len(user_ids)] for i in range(n_req)]))
             async with http.get(f"{base}/stats") as r:
                 stats = await r.json()
             gc_ = stats.get("gc") or {}
