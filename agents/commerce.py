@@ -560,7 +560,7 @@ async def take_snapshots(k: int | None = None) -> tuple[int, int]:
         shard.active_items.clear()
         for i, uid in enumerate(users):
             recs = shard.model.recommend(uid, k)
-            rec = Recommendation(ts=now, user_id=uid, k=k, items=recs)
+            rec = Recommendation(ts=now, user_id=uid, k=k, items=[r._asdict() for r in recs])
             futs.append(await topics["topic_recommendations"].send(key=uid.encode(), value=codec.dumps(rec)))
             n_users += 1
             if i % 50 == 49:

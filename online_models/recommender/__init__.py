@@ -4,7 +4,7 @@ See `model.py` for the signals and the per-user / per-item state layout.
 """
 
 from online_models.recommender.config import COMPONENTS, RecommenderConfig
-from online_models.recommender.model import OnlineRecommender
+from online_models.recommender.model import OnlineRecommender, Ranked
 from online_models.recommender.state import GlobalState, ItemState, UserState
 
-__all__ = ["COMPONENTS", "GlobalState", "ItemState", "OnlineRecommender", "RecommenderConfig", "UserState"]
+__all__ = ["COMPONENTS", "GlobalState", "ItemState", "OnlineRecommender", "Ranked", "RecommenderConfig", "UserState"]

@@ -83,10 +83,11 @@ class ItemIndex:
             row = self.add(state)
             self.write_popularity(row, state, landmark, rate_pop, rate_trend)
 
-    def cooc_arrays(self, state: ItemState) -> tuple[np.ndarray, np.ndarray]:
-        """An item's co-occurrence row as (index rows, weights): built once per change of the row, so a
-        request adds each of the user's rows with one vector operation instead of a Python loop."""
-        version = (state.cooc_pairs, id(state.cooc), len(state.cooc))
+    def cooc_arrays(self, state: ItemState, prior: float) -> tuple[np.ndarray, np.ndarray]:
+        """An item's co-occurrence row as (index rows, P(j | item)), with `prior` pseudo-counts in the
+        denominator: built once per change of the row, so a request adds each of the user's rows with
+        one vector operation instead of a Python loop."""
+        version = (state.cooc_pairs, id(state.cooc), len(state.cooc), prior)  # every pair moves cooc_pairs
         cache = self.__dict__.setdefault("_cooc", {})  # absent from indexes pickled before it existed
         hit = cache.get(state.item_id)
         if hit is not None and hit[0] == version:
@@ -94,10 +95,11 @@ class ItemIndex:
         if len(cache) >= _COOC_CACHE_ROWS:
             cache.clear()
         row = self.row
-        rows = np.fromiter((row[j] for j in state.cooc), dtype=np.int64, count=len(state.cooc))
-        vals = np.fromiter(state.cooc.values(), dtype=np.float64, count=len(state.cooc))
-        cache[state.item_id] = (version, rows, vals)
-        return rows, vals
+        rows = np.fromiter(map(row.__getitem__, state.cooc), dtype=np.int64, count=len(state.cooc))
+        probs = np.fromiter(state.cooc.values(), dtype=np.float64, count=len(state.cooc))
+        probs *= 1.0 / (state.cooc_total + prior * state.cooc_prior_scale())
+        cache[state.item_id] = (version, rows, probs)
+        return rows, probs
 
     def rows_of(self, item_ids: Iterable[str]) -> list[int]:
         row = self.row

@@ -45,7 +45,8 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Collection, Mapping, MutableMapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -62,7 +63,27 @@ from online_models.recommender.config import (
     rate,
 )
 from online_models.recommender.state import GlobalState, ItemState, UserState, decayed_add, forward_add
-from schemas.events import RecommendedItem
+
+class Ranked(NamedTuple):
+    """One recommended item: its blended score and the signal that contributed most to it."""
+
+    item_id: str
+    score: float
+    reason: str
+
+
+@dataclass(slots=True)
+class _Shared:
+    """The user-independent part of a ranking (`OnlineRecommender._shared`)."""
+
+    key: tuple
+    base: np.ndarray  # blend-weighted popular + trending, -inf on inactive rows
+    popular: np.ndarray | None  # None: nothing active has any popularity
+    trending: np.ndarray | None
+    share: np.ndarray  # an item's share of its category's popularity
+    cats: np.ndarray
+    all_active: bool
+
 
 _RING = 2048  # recent items kept for popularity-proportional negative sampling
 _MAX_PURCHASED = 500
@@ -93,7 +114,7 @@ class OnlineRecommender:
         self._rate_user = rate(cfg.user_half_life_s)
         self._view_weight = cfg.weight("view") or 1.0
         self.index = ItemIndex(cfg.dim)
-        self._pop_cache: tuple | None = None  # the masked popularity distributions of the last request
+        self._pop_cache: _Shared | None = None  # what the last request shared with every user
         self.rebuild_caches()
 
     # ------------------------------------------------------------------ state
@@ -334,33 +355,40 @@ class OnlineRecommender:
         """The user's session if it may still be going on at `now` (else its items are history)."""
         return user.session_id if now - user.last_ts <= self.config.session_gap_s else None
 
-    def _cooc_components(self, user: UserState, now: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def _cooc_components(self, user: UserState, now: float, scale: tuple[float, float] = (1.0, 1.0),
+                         ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """P(item | session items) and P(item | older items) over index rows, each a sub-normalised
-        mixture of the sources' rows P(j | i) = row[j] / (total + prior); None where no source has a row."""
+        mixture of the sources' rows P(j | i) = row[j] / (total + prior), times its `scale`; None where
+        no source has a row."""
         cfg = self.config
         live = self._live_session(user, now)
         n = len(self.index)
+        cooc_arrays = self.index.cooc_arrays
+        items = self.items
+        prior = cfg.cooc_prior
+        position_decay = cfg.position_decay
         rows: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
-        vals: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
-        norms = [0.0, 0.0]
+        probs: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+        srcs: tuple[list[float], list[float]] = ([], [])
         decay = 1.0
         for item_id, weight, _ts, session in reversed(user.recent):
-            st = self.items.get(item_id)
+            st = items.get(item_id)
             src = weight * decay
-            decay *= cfg.position_decay
+            decay *= position_decay
             if st is None or not st.cooc or src <= 0:
                 continue
             which = 0 if session == live else 1
-            norms[which] += src
-            denom = st.cooc_total + cfg.cooc_prior * st.cooc_prior_scale()
-            r, v = self.index.cooc_arrays(st)
+            r, p = cooc_arrays(st, prior)
             rows[which].append(r)
-            vals[which].append((src / denom) * v)
+            probs[which].append(p)
+            srcs[which].append(src)
         parts: list[np.ndarray | None] = [None, None]
         for which in (0, 1):
-            if rows[which]:  # one bincount instead of a scatter-add per source row (same additions, same order)
-                acc = np.bincount(np.concatenate(rows[which]), weights=np.concatenate(vals[which]), minlength=n)
-                acc *= 1.0 / norms[which]
+            if rows[which]:  # one bincount for all source rows, each weighted by its source
+                weights = np.concatenate(probs[which])
+                weights *= np.repeat(srcs[which], [len(r) for r in rows[which]])
+                acc = np.bincount(np.concatenate(rows[which]), weights=weights, minlength=n)
+                acc *= scale[which] / sum(srcs[which])
                 parts[which] = acc
         return parts[0], parts[1]
 
@@ -380,46 +408,66 @@ class OnlineRecommender:
         prior_t = cfg.new_item_prior * math.exp(self._rate_trend * (now - landmark))
         return idx.popular[:n] + prior_p, idx.trending[:n] + prior_t
 
-    def _distributions(self, user: UserState | None, now: float) -> dict[str, np.ndarray]:
-        """Every available signal as a (sub-)probability vector over item rows."""
+    def _shared(self, n: int, now: float) -> _Shared:
+        """What every user's ranking shares, rebuilt only after a click or a catalogue change."""
+        key = (n, now, self.state.events, self.state.landmark)  # the blend also changes only with a click
+        if self._pop_cache is not None and self._pop_cache.key == key:
+            return self._pop_cache
         idx = self.index
-        n = len(idx)
         active = idx.active[:n]
-        out: dict[str, np.ndarray] = {}
-        key = (n, now, self.state.events, self.state.landmark)
-        if self._pop_cache is not None and self._pop_cache[0] == key:  # no click since the last request
-            pop, popular, trending = self._pop_cache[1]
-        else:
-            pop, trend = self._popularity_vectors(n, now)
-            pop = np.where(active, pop, 0.0)
-            trend = np.where(active, trend, 0.0)
-            popular = trending = None
-            if pop.sum() > 0:
-                popular, trending = pop / pop.sum(), trend / trend.sum()
-            self._pop_cache = (key, (pop, popular, trending))
-        if popular is not None:
-            out[POPULAR], out[TRENDING] = popular, trending
+        pop, trend = self._popularity_vectors(n, now)
+        pop = np.where(active, pop, 0.0)
+        trend = np.where(active, trend, 0.0)
+        blend = self.state.blend
+        base = np.zeros(n)
+        popular = trending = None
+        if pop.sum() > 0:
+            popular, trending = pop / pop.sum(), trend / trend.sum()
+            base += blend.get(POPULAR, 0.0) * popular
+            base += blend.get(TRENDING, 0.0) * trending
+        all_active = bool(active.all())
+        if not all_active:
+            base[~active] = -np.inf
+        # Category signal = preference of the item's category x the item's share of its category's popularity.
+        cats = idx.category[:n]
+        has = cats >= 0
+        cat_pop = np.bincount(cats[has], weights=pop[has], minlength=len(idx.categories))
+        of_item = np.append(cat_pop, 0.0)[cats]  # cats == -1 picks the trailing zero
+        share = np.divide(pop, of_item, out=np.zeros(n), where=of_item > 0)
+        self._pop_cache = _Shared(key, base, popular, trending, share, cats, all_active)
+        return self._pop_cache
+
+    def _signals(self, user: UserState | None, now: float, shared: _Shared) -> dict[str, tuple[float, np.ndarray]]:
+        """Every available signal as (blend weight, vector): the signal's weighted contribution is
+        weight x vector. The user's own signals come weighted already (weight 1.0)."""
+        blend = self.state.blend
+        out: dict[str, tuple[float, np.ndarray]] = {}
+        if shared.popular is not None:
+            out[POPULAR] = (blend.get(POPULAR, 0.0), shared.popular)
+            out[TRENDING] = (blend.get(TRENDING, 0.0), shared.trending)
         if user is None:
             return out
-        for name, part in zip((SESSION, CO_OCCURRENCE), self._cooc_components(user, now), strict=True):
+        weighted = self._cooc_components(user, now, (blend.get(SESSION, 0.0), blend.get(CO_OCCURRENCE, 0.0)))
+        for name, part in zip((SESSION, CO_OCCURRENCE), weighted, strict=True):
             if part is not None:
-                out[name] = part
+                out[name] = (1.0, part)
         if user.events >= self.config.latent_min_events:
+            idx = self.index
+            n = len(idx)
             s = (idx.q[:n] @ user.factors + idx.bias[:n]).astype(np.float64) / self.config.latent_temperature
-            s[~active] = -np.inf
+            if not shared.all_active:
+                s[~idx.active[:n]] = -np.inf
             s -= s.max()
-            e = np.exp(s)
-            out[LATENT] = e / e.sum()
+            np.exp(s, out=s)
+            s *= blend.get(LATENT, 0.0) / s.sum()
+            out[LATENT] = (1.0, s)
         pref = self._category_pref(user)
         if pref:
-            cats = idx.category[:n]
-            has = cats >= 0
-            cat_pop = np.bincount(cats[has], weights=pop[has], minlength=len(idx.categories))
-            w = np.zeros(len(idx.categories) + 1)
+            w = np.zeros(len(self.index.categories) + 1)
+            b = blend.get(CATEGORY, 0.0)
             for c, v in pref.items():
-                if cat_pop[c] > 0:
-                    w[c] = v / cat_pop[c]
-            out[CATEGORY] = w[cats] * pop  # cats == -1 picks the trailing zero
+                w[c] = b * v
+            out[CATEGORY] = (1.0, w[shared.cats] * shared.share)
         return out
 
     def _weights(self, available: Collection[str]) -> dict[str, float]:
@@ -520,20 +568,27 @@ class OnlineRecommender:
         k: int = 10,
         exclude: Collection[str] | None = None,
         ts: float | None = None,
-    ) -> list[RecommendedItem]:
-        """Top-`k` items for a user, best first, each with the signal that put it there."""
+    ) -> list[Ranked]:
+        """Top-`k` items for a user, best first, each with the signal that put it there.
+
+        The score is the blend over the user's available signals, renormalised: summed with the raw
+        blend weights (the shared popularity part is cached between clicks) and divided at the end."""
         idx = self.index
         n = len(idx)
         if n == 0 or k <= 0:
             return []
         user = self.users.get(str(user_id))
         now = ts if ts is not None else self.state.last_ts
-        dists = self._distributions(user, now)
-        weights = self._weights(dists.keys())
-        score = np.zeros(n)
-        for c, d in dists.items():
-            score += weights[c] * d
-        score[~idx.active[:n]] = -np.inf
+        shared = self._shared(n, now)
+        signals = self._signals(user, now, shared)
+        blend = self.state.blend
+        total = sum([blend.get(c, 0.0) for c in signals])
+        if total <= 0:
+            return []
+        score = shared.base.copy()
+        for c, (_w, part) in signals.items():
+            if c not in (POPULAR, TRENDING):  # in the shared base
+                score += part
         drop: list[int] = []
         if exclude:
             drop += idx.rows_of(exclude)
@@ -545,14 +600,20 @@ class OnlineRecommender:
         if drop:
             score[drop] = -np.inf
         k = min(k, n)
-        top = np.argpartition(-score, k - 1)[:k] if k < n else np.arange(n)
+        top = np.argpartition(score, n - k)[n - k:] if k < n else np.arange(n)
         top = top[np.argsort(-score[top], kind="stable")]
+        names = list(signals)
+        contrib = np.empty((len(names), len(top)))
+        for i, c in enumerate(names):
+            w, part = signals[c]
+            contrib[i] = part[top]
+            if w != 1.0:
+                contrib[i] *= w
+        reasons = contrib.argmax(axis=0).tolist()  # first on ties, as max()
+        scale = 1.0 / total
         out = []
-        names = list(dists)
-        reasons = np.argmax(np.stack([weights[c] * dists[c][top] for c in names]), axis=0)  # first on ties, as max()
-        for r, why in zip(top.tolist(), reasons.tolist(), strict=True):
-            s = float(score[r])
+        for r, s, why in zip(top.tolist(), score[top].tolist(), reasons, strict=True):
             if s == -np.inf:
                 break
-            out.append(RecommendedItem.model_construct(item_id=idx.ids[r], score=s, reason=names[why]))  # valid by construction
+            out.append(Ranked(idx.ids[r], s * scale, names[why]))
         return out
