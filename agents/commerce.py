@@ -90,6 +90,7 @@ from streams.acks import OrderedAcker
 from streams.app import app, settings, storage, topics
 from streams.deltalog import DeltaLog
 from streams.ingest import send_dead_letter
+from streams.slices import Slice
 
 log = logging.getLogger(__name__)
 
@@ -401,28 +402,10 @@ class Pending:
 pending = Pending()
 
 
-SLICE_SECONDS = 0.004  # the longest the recommender's learning or checkpointing holds the loop before yielding
-
-
-class Slice:
-    """Yields to the event loop once `SLICE_SECONDS` of work have passed since the last yield."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-
-    async def tick(self) -> bool:
-        """True if it yielded (other coroutines, e.g. a revocation, may have run)."""
-        if time.perf_counter() - self.started < SLICE_SECONDS:
-            return False
-        await asyncio.sleep(0)
-        self.started = time.perf_counter()
-        return True
-
-
 async def learn_batch(events: Sequence[Any]) -> None:
     """Learn a batch in order; the events wait in `pending` for the next checkpoint.
 
-    Yields to the loop every `SLICE_SECONDS`, so requests are served while a batch is learned (hold
+    Yields to the loop every slice (`streams.slices`), so requests are served while a batch is learned (hold
     `_checkpointing`: no checkpoint may see half a batch). A shard revoked meanwhile is not loaded
     again: its remaining events are left unacked for the new owner."""
     owned: set[int] | None = None
@@ -450,7 +433,7 @@ _checkpointing = asyncio.Lock()
 async def checkpoint() -> int:
     """Write every touched shard's changes under an event of its partition, then ack what they include.
 
-    Piece by piece, yielding every `SLICE_SECONDS` so that requests are served; no batch is learned
+    Piece by piece, yielding every slice (`streams.slices`) so that requests are served; no batch is learned
     meanwhile (the lock), so each shard's delta is the state at its marker. Writes are coalesced per
     interval (a popular item is written once, not once per click), which is what keeps the changelog
     from throttling the agent. A shard revoked meanwhile is abandoned (an uncommitted write, ignored

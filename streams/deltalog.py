@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CHUNK_BYTES = 512 * 1024  # below Kafka's default 1 MB message limit, with room for the key and headers
-PIECE_ENTRIES = 200  # entries pickled at once (a few ms for the recommender's items)
+PIECE_ENTRIES = 50  # entries pickled at once: ~0.8 ms for 50 of the recommender's items, ~1.8 ms for 50 users here
 
 Parts = dict[str, dict[Any, Any]]  # e.g. {"users": {...}, "items": {...}}: merged entry by entry, delta over image
 

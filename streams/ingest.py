@@ -16,6 +16,7 @@ from schemas.events import TimedEvent
 from schemas.validation import InvalidEvent, Limits, parse
 from streams.acks import OrderedAcker
 from streams.sink import ClickHouseWriter
+from streams.slices import Slice
 
 
 async def send_dead_letter(dlq_topic: Any, error: InvalidEvent, payload: bytes, source: str, **where: Any) -> None:
@@ -49,7 +50,9 @@ async def store_events(
     `duplicate(parsed, partition)` True: a copy of an event already stored (e.g. an MQTT
     redelivery the bridge forwarded twice): acked in order, not stored again."""
     refused = 0
+    work = Slice()
     for event in events:
+        await work.tick()
         done = acker.track(event)
         msg = event.message
         payload: bytes = event.value if isinstance(event.value, bytes) else bytes(event.value)

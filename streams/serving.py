@@ -16,6 +16,7 @@ from faust.web import Request, Response, View
 
 from agents.commerce import hourly, item_hourly, partition_of, rec_table, recommenders, seller_hourly, sentiment
 from schemas import codec
+from streams import slices
 from streams.app import app, settings
 
 MAX_K = 200
@@ -36,6 +37,7 @@ async def _routing_metadata() -> None:
 @app.page("/recommendations/{user_id}")
 class Recommendations(View):
     async def get(self, request: Request, user_id: str) -> Response:
+        slices.note_request()
         if partition_of(user_id) in recommenders.shards:
             return self.answer(request, user_id)
         await _routing_metadata()
