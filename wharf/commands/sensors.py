@@ -261,19 +261,39 @@ def bench_sensors(
     asyncio.run(_bench(_settings(), rate, seconds, model_options, publishers))
 
 
-async def _bench(settings, rate: float, seconds: float, model_options: str, n_pub: int) -> None:  # noqa: ANN001, C901
+def _bench_clickhouse_base(settings) -> str:  # noqa: ANN001
+    ch_url = settings.clickhouse_url if settings.clickhouse_url.startswith("clickhouse://") else settings.local_clickhouse_server_url
+    return ch_url.rsplit("/", 1)[0]
+
+
+async def _bench(settings, rate: float, seconds: float, model_options: str, n_pub: int) -> None:  # noqa: ANN001
+    """One bench run on topics and a ClickHouse database of its own, removed afterwards (also after a failure)."""
+    from streams.clickhouse import connect
+    from wharf.infra.kafka import delete_topics_containing
+
+    u = uuid.uuid4().hex[:8]
+    try:
+        await _bench_run(settings, u, rate, seconds, model_options, n_pub)
+    finally:
+        try:
+            ch = connect(f"{_bench_clickhouse_base(settings)}/bench_{u}")
+            ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
+        except Exception:  # noqa: BLE001 - the server may be what failed; the topics still go
+            pass
+        await delete_topics_containing(settings.kafka_bootstrap, u)  # its topics and the bench app's internal ones
+
+
+async def _bench_run(settings, u: str, rate: float, seconds: float, model_options: str, n_pub: int) -> None:  # noqa: ANN001, C901
     import paho.mqtt.client as mqtt
     from aiokafka import AIOKafkaConsumer
 
     from schemas import codec
     from streams.clickhouse import connect
     from streams.topics import topic_names
-    from wharf.infra.kafka import delete_topics_containing, ensure_topics
+    from wharf.infra.kafka import ensure_topics
     from wharf.settings import Settings
 
-    u = uuid.uuid4().hex[:8]
-    ch_url = settings.clickhouse_url if settings.clickhouse_url.startswith("clickhouse://") else settings.local_clickhouse_server_url
-    base = ch_url.rsplit("/", 1)[0]
+    base = _bench_clickhouse_base(settings)
     env = {
         "WHARF_APP_ID": f"bench-{u}", "WHARF_CLICKHOUSE_URL": f"{base}/bench_{u}",
         "WHARF_SENSOR_ALARM_CLEAR_SECONDS": "0", "WHARF_SENSOR_CHECKPOINT_SECONDS": "30",
@@ -406,11 +426,6 @@ async def _bench(settings, rate: float, seconds: float, model_options: str, n_pu
         det = " ".join(f"{k}={v:,.0f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
     except Exception as exc:  # noqa: BLE001 - report what we have
         det = f"(measure_throughput failed: {exc})"
-    try:
-        ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
-    except Exception:  # noqa: BLE001
-        pass
-    await delete_topics_containing(settings.kafka_bootstrap, u)  # its topics and the bench app's internal ones
     print(f"offered          {published[0] / seconds:,.0f} readings/s for {seconds:.0f}s ({published[0]} readings, {len(creds)} publishers, "
           f"model options {model_options or 'default'})")
     print(f"stored           {total} rows in sensor_readings; sustained {sustained:,.0f} readings/s (Mosquitto -> bridge -> Kafka -> worker -> ClickHouse); "
