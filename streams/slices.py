@@ -9,7 +9,7 @@ while requests are being answered (a request needs a few turns of the loop: its 
 from __future__ import annotations
 
 import asyncio
-import time
+from time import monotonic
 
 SLICE_SECONDS = 0.004  # the longest a loop holds the event loop before yielding
 SERVING_SLICE_SECONDS = 0.001  # the same while requests are being answered
@@ -21,21 +21,21 @@ _last_request = 0.0
 def note_request() -> None:
     """Called by request handlers: loops take short slices for the next `SERVING_WINDOW_SECONDS`."""
     global _last_request
-    _last_request = time.monotonic()
+    _last_request = monotonic()
 
 
 class Slice:
     """Yields to the event loop once a slice of work has passed since the last yield."""
 
     def __init__(self) -> None:
-        self.started = time.monotonic()
+        self.started = monotonic()
 
     async def tick(self) -> bool:
         """True if it yielded (other coroutines, e.g. a revocation, may have run meanwhile)."""
-        now = time.monotonic()
+        now = monotonic()
         budget = SERVING_SLICE_SECONDS if now - _last_request < SERVING_WINDOW_SECONDS else SLICE_SECONDS
         if now - self.started < budget:
             return False
         await asyncio.sleep(0)
-        self.started = time.monotonic()
+        self.started = monotonic()
         return True
