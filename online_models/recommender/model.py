@@ -64,6 +64,7 @@ from online_models.recommender.config import (
 )
 from online_models.recommender.state import GlobalState, ItemState, UserState, decayed_add, forward_add
 
+
 class Ranked(NamedTuple):
     """One recommended item: its blended score and the signal that contributed most to it."""
 
@@ -606,9 +607,7 @@ class OnlineRecommender:
         contrib = np.empty((len(names), len(top)))
         for i, c in enumerate(names):
             w, part = signals[c]
-            contrib[i] = part[top]
-            if w != 1.0:
-                contrib[i] *= w
+            contrib[i] = w * part[top]
         reasons = contrib.argmax(axis=0).tolist()  # first on ties, as max()
         scale = 1.0 / total
         out = []
