@@ -15,7 +15,7 @@ from typing import Any
 import faust
 
 from schemas.clickhouse import TABLES, migrate
-from streams import heap
+from streams import heap, partition_check
 from streams.clickhouse import ClickHouse, from_settings
 from streams.sink import ClickHouseWriter
 from streams.topics import declare
@@ -49,6 +49,7 @@ app = faust.App(
 )
 
 topics = declare(app, settings)
+partition_check.install()
 
 
 @app.task
