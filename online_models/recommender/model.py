@@ -115,7 +115,7 @@ class OnlineRecommender:
         self._rate_user = rate(cfg.user_half_life_s)
         self._view_weight = cfg.weight("view") or 1.0
         self.index = ItemIndex(cfg.dim)
-        self._pop_cache: _Shared | None = None  # what the last request shared with every user
+        self._shared_cache: _Shared | None = None  # what the last request shared with every user
         self.rebuild_caches()
 
     # ------------------------------------------------------------------ state
@@ -123,15 +123,15 @@ class OnlineRecommender:
     def rebuild_caches(self) -> None:
         """Recreate the dense arrays from the item store (after a restart or a table swap)."""
         self.index = ItemIndex(self.config.dim, capacity=max(1024, len(self.items)))
-        self._pop_cache = None
+        self._shared_cache = None
         self.index.rebuild(self.items.values(), self.state.landmark, self._rate_pop, self._rate_trend)
 
     def __getstate__(self) -> dict[str, Any]:
         self.state.rng_state = self._rng.getstate()
-        return {**self.__dict__, "_pop_cache": None}
+        return {**self.__dict__, "_shared_cache": None}
 
     def __setstate__(self, d: dict[str, Any]) -> None:
-        self.__dict__.update({"_pop_cache": None, **d})
+        self.__dict__.update({"_shared_cache": None, **d})
 
     # --------------------------------------------------------------- catalogue
 
@@ -141,7 +141,7 @@ class OnlineRecommender:
         st.active = True
         self.index.write(self.index.row[item_id], st)
         self.items[item_id] = st
-        self._pop_cache = None
+        self._shared_cache = None
 
     def remove_item(self, item_id: str) -> None:
         """Take an item out of the catalogue: it is never recommended again (until `add_item`)."""
@@ -151,7 +151,7 @@ class OnlineRecommender:
         st.active = False
         self.index.write(self.index.row[item_id], st)
         self.items[item_id] = st
-        self._pop_cache = None
+        self._shared_cache = None
 
     def _item(self, item_id: str, category: str | None, price: float | None, ts: float) -> ItemState:
         st = self.items.get(item_id)
@@ -412,8 +412,8 @@ class OnlineRecommender:
     def _shared(self, n: int, now: float) -> _Shared:
         """What every user's ranking shares, rebuilt only after a click or a catalogue change."""
         key = (n, now, self.state.events, self.state.landmark)  # the blend also changes only with a click
-        if self._pop_cache is not None and self._pop_cache.key == key:
-            return self._pop_cache
+        if self._shared_cache is not None and self._shared_cache.key == key:
+            return self._shared_cache
         idx = self.index
         active = idx.active[:n]
         pop, trend = self._popularity_vectors(n, now)
@@ -435,8 +435,8 @@ class OnlineRecommender:
         cat_pop = np.bincount(cats[has], weights=pop[has], minlength=len(idx.categories))
         of_item = np.append(cat_pop, 0.0)[cats]  # cats == -1 picks the trailing zero
         share = np.divide(pop, of_item, out=np.zeros(n), where=of_item > 0)
-        self._pop_cache = _Shared(key, base, popular, trending, share, cats, all_active)
-        return self._pop_cache
+        self._shared_cache = _Shared(key, base, popular, trending, share, cats, all_active)
+        return self._shared_cache
 
     def _signals(self, user: UserState | None, now: float, shared: _Shared) -> dict[str, tuple[float, np.ndarray]]:
         """Every available signal as (blend weight, vector): the signal's weighted contribution is

@@ -168,23 +168,20 @@ def _bench_sentiment(encoders: list[str], n: int) -> None:
 
 async def _bench_worker(events: list[dict], requests: int, concurrency: int) -> None:
     """A real worker with its own topics and state: raw consume rate, worker click rate, HTTP latency."""
-    from wharf.infra.kafka import delete_topics_containing
+    from wharf.infra import remove_bench_run
     from wharf.settings import get_settings
 
     s = get_settings()
     tag = uuid.uuid4().hex[:8]
     try:
         await _bench_worker_run(tag, events, requests, concurrency)
-    finally:  # its topics, the bench app's internal ones (changelogs, fan-out) and its ClickHouse database
-        await delete_topics_containing(s.kafka_bootstrap, tag)
-        if s.clickhouse_url.startswith("clickhouse://"):
-            from streams.clickhouse import connect
+    finally:
+        await remove_bench_run(s, tag, _bench_database_url(s.clickhouse_url, tag))
 
-            try:
-                ch = connect(s.clickhouse_url.rsplit("/", 1)[0] + f"/bench_{tag}")
-                ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
-            except Exception as exc:  # noqa: BLE001 - e.g. the worker never created it
-                print(f"(bench database bench_{tag} not dropped: {exc})")
+
+def _bench_database_url(clickhouse_url: str, tag: str) -> str | None:
+    """The bench worker's own database on the ClickHouse server; None: it runs on chdb in its state folder."""
+    return clickhouse_url.rsplit("/", 1)[0] + f"/bench_{tag}" if clickhouse_url.startswith("clickhouse://") else None
 
 
 async def _produce_clicks(bootstrap: str, topic: str, events: list[dict]) -> None:
@@ -219,10 +216,7 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
            "WHARF_COMMERCE_SNAPSHOT_SECONDS": "3600", "PYTHONUNBUFFERED": "1"}
     for name in ("reviews", "dead_letters", "recommendations", "sentiment", "alerts", "catalogue", "item_also_viewed", "sensor_readings"):
         env[f"WHARF_TOPIC_{name.upper()}"] = f"bench.{name}.{tag}"
-    if s.clickhouse_url.startswith("clickhouse://"):
-        env["WHARF_CLICKHOUSE_URL"] = s.clickhouse_url.rsplit("/", 1)[0] + f"/bench_{tag}"
-    else:
-        env["WHARF_CLICKHOUSE_URL"] = "chdb://"
+    env["WHARF_CLICKHOUSE_URL"] = _bench_database_url(s.clickhouse_url, tag) or "chdb://"
     await ensure_topics(s.kafka_bootstrap, [v for k, v in env.items() if k.startswith("WHARF_TOPIC_")], s.topic_partitions)
 
     await _produce_clicks(s.kafka_bootstrap, topic, events)

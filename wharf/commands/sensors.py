@@ -268,19 +268,13 @@ def _bench_clickhouse_base(settings) -> str:  # noqa: ANN001
 
 async def _bench(settings, rate: float, seconds: float, model_options: str, n_pub: int) -> None:  # noqa: ANN001
     """One bench run on topics and a ClickHouse database of its own, removed afterwards (also after a failure)."""
-    from streams.clickhouse import connect
-    from wharf.infra.kafka import delete_topics_containing
+    from wharf.infra import remove_bench_run
 
     u = uuid.uuid4().hex[:8]
     try:
         await _bench_run(settings, u, rate, seconds, model_options, n_pub)
     finally:
-        try:
-            ch = connect(f"{_bench_clickhouse_base(settings)}/bench_{u}")
-            ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
-        except Exception:  # noqa: BLE001 - the server may be what failed; the topics still go
-            pass
-        await delete_topics_containing(settings.kafka_bootstrap, u)  # its topics and the bench app's internal ones
+        await remove_bench_run(settings, u, f"{_bench_clickhouse_base(settings)}/bench_{u}")
 
 
 async def _bench_run(settings, u: str, rate: float, seconds: float, model_options: str, n_pub: int) -> None:  # noqa: ANN001, C901

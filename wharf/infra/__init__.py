@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from wharf.infra.clickhouse_server import ClickHouseServer
-from wharf.infra.kafka import Kafka, ensure_topics
+from wharf.infra.kafka import Kafka, delete_topics_containing, ensure_topics
 from wharf.infra.mosquitto import Mosquitto
 from wharf.infra.process import ServiceError
 from streams.topics import topic_names
@@ -19,7 +19,7 @@ from wharf.settings import Settings
 
 SERVICES = ("kafka", "mosquitto", "clickhouse")
 
-__all__ = ["SERVICES", "ServiceError", "ServiceStatus", "up", "down", "status", "services", "default_services"]
+__all__ = ["SERVICES", "ServiceError", "ServiceStatus", "up", "down", "status", "services", "default_services", "remove_bench_run"]
 
 
 def services(settings: Settings) -> dict[str, Kafka | Mosquitto | ClickHouseServer]:
@@ -87,3 +87,18 @@ def wait_for(predicate, timeout: float, interval: float = 0.2) -> bool:  # noqa:
             return True
         time.sleep(interval)
     return False
+
+
+async def remove_bench_run(settings: Settings, tag: str, database_url: str | None) -> None:
+    """Remove what one benchmark run made, also after a failure: its ClickHouse database (`database_url`; None
+    when it ran on chdb inside its own state folder) and every topic whose name holds its run `tag`."""
+    await delete_topics_containing(settings.kafka_bootstrap, tag)  # its own and its bench app's internal ones
+    if database_url is None:
+        return
+    from streams.clickhouse import connect
+
+    try:
+        ch = connect(database_url)
+        ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
+    except Exception as exc:  # noqa: BLE001 - e.g. the server is what failed, or the worker never created it
+        print(f"(bench database {database_url} not dropped: {exc})")
