@@ -94,6 +94,10 @@ def worker(
     if web_port:
         os.environ["WHARF_WEB_PORT"] = str(web_port)
         get_settings.cache_clear()
+    if get_settings().event_loop == "uvloop":
+        import mode.loop
+
+        mode.loop.use("uvloop")  # the policy, before Faust or aiokafka create a loop
     from faust import Worker
 
     import agents  # noqa: F401 - registers the agents
