@@ -62,6 +62,7 @@ from online_models.recommender.config import (
     RecommenderConfig,
     rate,
 )
+from online_models.recommender.scoring import HAS, SIGNALS, rank
 from online_models.recommender.state import GlobalState, ItemState, UserState, decayed_add, forward_add
 
 
@@ -79,13 +80,15 @@ class _Shared:
 
     key: tuple
     base: np.ndarray  # blend-weighted popular + trending, -inf on inactive rows
-    popular: np.ndarray | None  # None: nothing active has any popularity
-    trending: np.ndarray | None
+    popular: np.ndarray  # empty: nothing active has any popularity
+    trending: np.ndarray
     share: np.ndarray  # an item's share of its category's popularity
     cats: np.ndarray
     all_active: bool
 
 
+_EMPTY = np.zeros(0)
+_NO_ROWS = np.zeros(0, dtype=np.int64)
 _RING = 2048  # recent items kept for popularity-proportional negative sampling
 _MAX_PURCHASED = 500
 
@@ -356,21 +359,20 @@ class OnlineRecommender:
         """The user's session if it may still be going on at `now` (else its items are history)."""
         return user.session_id if now - user.last_ts <= self.config.session_gap_s else None
 
-    def _cooc_components(self, user: UserState, now: float, scale: tuple[float, float] = (1.0, 1.0),
-                         ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """P(item | session items) and P(item | older items) over index rows, each a sub-normalised
-        mixture of the sources' rows P(j | i) = row[j] / (total + prior), times its `scale`; None where
-        no source has a row."""
+    def _cooc_sources(self, user: UserState, now: float) -> tuple[list[np.ndarray], list[np.ndarray], list[float], float, float]:
+        """The user's recent items that have a co-occurrence row, newest first: each one's row as (index rows,
+        P(j | item)) and its weight (action, decayed by position), positive for an item of the live session
+        (the `session` signal), negative for an older one (`co_occurrence`); and the two sums of weights."""
         cfg = self.config
         live = self._live_session(user, now)
-        n = len(self.index)
         cooc_arrays = self.index.cooc_arrays
         items = self.items
         prior = cfg.cooc_prior
         position_decay = cfg.position_decay
-        rows: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
-        probs: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
-        srcs: tuple[list[float], list[float]] = ([], [])
+        rows: list[np.ndarray] = []
+        probs: list[np.ndarray] = []
+        signed: list[float] = []
+        in_session = older = 0.0
         decay = 1.0
         for item_id, weight, _ts, session in reversed(user.recent):
             st = items.get(item_id)
@@ -378,20 +380,16 @@ class OnlineRecommender:
             decay *= position_decay
             if st is None or not st.cooc or src <= 0:
                 continue
-            which = 0 if session == live else 1
             r, p = cooc_arrays(st, prior)
-            rows[which].append(r)
-            probs[which].append(p)
-            srcs[which].append(src)
-        parts: list[np.ndarray | None] = [None, None]
-        for which in (0, 1):
-            if rows[which]:  # one bincount for all source rows, each weighted by its source
-                weights = np.concatenate(probs[which])
-                weights *= np.repeat(srcs[which], [len(r) for r in rows[which]])
-                acc = np.bincount(np.concatenate(rows[which]), weights=weights, minlength=n)
-                acc *= scale[which] / sum(srcs[which])
-                parts[which] = acc
-        return parts[0], parts[1]
+            rows.append(r)
+            probs.append(p)
+            if session == live:
+                signed.append(src)
+                in_session += src
+            else:
+                signed.append(-src)
+                older += src
+        return rows, probs, signed, in_session, older
 
     def _category_pref(self, user: UserState) -> dict[int, float]:
         pos = {c: v for c, v in user.categories.items() if v > 0}
@@ -421,7 +419,7 @@ class OnlineRecommender:
         trend = np.where(active, trend, 0.0)
         blend = self.state.blend
         base = np.zeros(n)
-        popular = trending = None
+        popular = trending = _EMPTY
         if pop.sum() > 0:
             popular, trending = pop / pop.sum(), trend / trend.sum()
             base += blend.get(POPULAR, 0.0) * popular
@@ -437,39 +435,6 @@ class OnlineRecommender:
         share = np.divide(pop, of_item, out=np.zeros(n), where=of_item > 0)
         self._shared_cache = _Shared(key, base, popular, trending, share, cats, all_active)
         return self._shared_cache
-
-    def _signals(self, user: UserState | None, now: float, shared: _Shared) -> dict[str, tuple[float, np.ndarray]]:
-        """Every available signal as (blend weight, vector): the signal's weighted contribution is
-        weight x vector. The user's own signals come weighted already (weight 1.0)."""
-        blend = self.state.blend
-        out: dict[str, tuple[float, np.ndarray]] = {}
-        if shared.popular is not None:
-            out[POPULAR] = (blend.get(POPULAR, 0.0), shared.popular)
-            out[TRENDING] = (blend.get(TRENDING, 0.0), shared.trending)
-        if user is None:
-            return out
-        weighted = self._cooc_components(user, now, (blend.get(SESSION, 0.0), blend.get(CO_OCCURRENCE, 0.0)))
-        for name, part in zip((SESSION, CO_OCCURRENCE), weighted, strict=True):
-            if part is not None:
-                out[name] = (1.0, part)
-        if user.events >= self.config.latent_min_events:
-            idx = self.index
-            n = len(idx)
-            s = (idx.q[:n] @ user.factors + idx.bias[:n]).astype(np.float64) / self.config.latent_temperature
-            if not shared.all_active:
-                s[~idx.active[:n]] = -np.inf
-            s -= s.max()
-            np.exp(s, out=s)
-            s *= blend.get(LATENT, 0.0) / s.sum()
-            out[LATENT] = (1.0, s)
-        pref = self._category_pref(user)
-        if pref:
-            w = np.zeros(len(self.index.categories) + 1)
-            b = blend.get(CATEGORY, 0.0)
-            for c, v in pref.items():
-                w[c] = b * v
-            out[CATEGORY] = (1.0, w[shared.cats] * shared.share)
-        return out
 
     def _weights(self, available: Collection[str]) -> dict[str, float]:
         blend = self.state.blend
@@ -572,47 +537,68 @@ class OnlineRecommender:
     ) -> list[Ranked]:
         """Top-`k` items for a user, best first, each with the signal that put it there.
 
-        The score is the blend over the user's available signals, renormalised: summed with the raw
-        blend weights (the shared popularity part is cached between clicks) and divided at the end."""
+        The score is the blend over the user's available signals, renormalised: summed with the raw blend
+        weights (the shared popularity part is cached between clicks) by the compiled `scoring.rank`, and
+        divided at the end. Co-occurrence from the live session is the `session` signal, from older items
+        `co_occurrence`: each a mixture of the source items' rows P(j | i), weighted by the sources."""
         idx = self.index
         n = len(idx)
         if n == 0 or k <= 0:
             return []
+        cfg = self.config
         user = self.users.get(str(user_id))
         now = ts if ts is not None else self.state.last_ts
         shared = self._shared(n, now)
-        signals = self._signals(user, now, shared)
         blend = self.state.blend
-        total = sum([blend.get(c, 0.0) for c in signals])
-        if total <= 0:
-            return []
-        score = shared.base.copy()
-        for c, (_w, part) in signals.items():
-            if c not in (POPULAR, TRENDING):  # in the shared base
-                score += part
+        available = 0
+        total = 0.0
+        if len(shared.popular):
+            available |= HAS[POPULAR] | HAS[TRENDING]
+            total += blend.get(POPULAR, 0.0) + blend.get(TRENDING, 0.0)
+        rows: list[np.ndarray] = []
+        probs: list[np.ndarray] = []
+        signed: list[float] = []
+        scales = [0.0, 0.0]
+        latent = cat_weights = _EMPTY
         drop: list[int] = []
         if exclude:
             drop += idx.rows_of(exclude)
         if user is not None:
-            if self.config.exclude_purchased and user.purchased:
+            rows, probs, signed, in_session, older = self._cooc_sources(user, now)
+            for which, (name, mass) in enumerate(((SESSION, in_session), (CO_OCCURRENCE, older))):
+                if mass > 0:
+                    available |= HAS[name]
+                    total += blend.get(name, 0.0)
+                    scales[which] = blend.get(name, 0.0) / mass
+            if user.events >= cfg.latent_min_events:
+                available |= HAS[LATENT]
+                total += blend.get(LATENT, 0.0)
+                latent = (idx.q[:n] @ user.factors + idx.bias[:n]).astype(np.float64)
+                latent *= 1.0 / cfg.latent_temperature
+                if not shared.all_active:
+                    latent[~idx.active[:n]] = -np.inf
+                latent -= latent.max()
+                np.exp(latent, out=latent)
+            pref = self._category_pref(user)
+            if pref:
+                available |= HAS[CATEGORY]
+                b = blend.get(CATEGORY, 0.0)
+                total += b
+                cat_weights = np.zeros(len(idx.categories) + 1)
+                for c, v in pref.items():
+                    cat_weights[c] = b * v
+            if cfg.exclude_purchased and user.purchased:
                 drop += idx.rows_of(user.purchased)
-            if self.config.exclude_recent:
+            if cfg.exclude_recent:
                 drop += idx.rows_of(r[0] for r in user.recent)
-        if drop:
-            score[drop] = -np.inf
-        k = min(k, n)
-        top = np.argpartition(score, n - k)[n - k:] if k < n else np.arange(n)
-        top = top[np.argsort(-score[top], kind="stable")]
-        names = list(signals)
-        contrib = np.empty((len(names), len(top)))
-        for i, c in enumerate(names):
-            w, part = signals[c]
-            contrib[i] = w * part[top]
-        reasons = contrib.argmax(axis=0).tolist()  # first on ties, as max()
+        if total <= 0:
+            return []
+        top, scores, reasons = rank(
+            k, available, blend.get(POPULAR, 0.0), blend.get(TRENDING, 0.0), shared.base, shared.popular, shared.trending,
+            np.concatenate(rows) if rows else _NO_ROWS, np.concatenate(probs) if probs else _EMPTY,
+            np.array([len(r) for r in rows], dtype=np.int64), np.array(signed, dtype=np.float64), scales[0], scales[1],
+            latent, blend.get(LATENT, 0.0), shared.cats, shared.share, cat_weights, np.array(drop, dtype=np.int64),
+        )
         scale = 1.0 / total
-        out = []
-        for r, s, why in zip(top.tolist(), score[top].tolist(), reasons, strict=True):
-            if s == -np.inf:
-                break
-            out.append(Ranked(idx.ids[r], s * scale, names[why]))
-        return out
+        ids = idx.ids
+        return [Ranked(ids[r], s * scale, SIGNALS[why]) for r, s, why in zip(top.tolist(), scores.tolist(), reasons.tolist(), strict=True)]
