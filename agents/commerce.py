@@ -401,6 +401,10 @@ class Pending:
         self.events: list[Any] = []
         self.last: dict[int, Any] = {}  # partition -> its latest event (the context of its table writes)
         self.since = time.monotonic()
+        self.checkpointing = 0  # events of the checkpoint under way (learned, not acked yet)
+
+    def unacked(self) -> int:
+        return len(self.events) + self.checkpointing
 
 
 pending = Pending()
@@ -447,27 +451,31 @@ async def checkpoint() -> int:
             return 0
         events, last = pending.events, pending.last
         pending.events, pending.last, pending.since = [], {}, time.monotonic()
-        written: set[int] = set()
-        work = Slice()
-        for p, event in last.items():
-            shard = recommenders.shards.get(p)
-            if shard is None:  # revoked; its events are redelivered to the new owner
-                continue
-            records = 0
-            with as_event(event):
-                for records in shard.checkpoint_steps(rec_table):  # noqa: B007 - the last count is the total
-                    if await work.tick() and recommenders.shards.get(p) is not shard:
-                        break
-                else:
-                    recommenders.keys_written += records
-                    written.add(p)
-        recommenders.checkpoints += 1
-        acked = [e for e in events if e.message.partition in written]
-        for i, event in enumerate(acked):  # in consumption order, so per partition in offset order
-            event.ack()
-            if i % 1024 == 1023:  # an ack is ~1.5 us: look at the clock now and then
-                await work.tick()
-        return len(acked)
+        pending.checkpointing = len(events)  # until acked (`/commerce/stats` unacked)
+        try:
+            written: set[int] = set()
+            work = Slice()
+            for p, event in last.items():
+                shard = recommenders.shards.get(p)
+                if shard is None:  # revoked; its events are redelivered to the new owner
+                    continue
+                records = 0
+                with as_event(event):
+                    for records in shard.checkpoint_steps(rec_table):  # noqa: B007 - the last count is the total
+                        if await work.tick() and recommenders.shards.get(p) is not shard:
+                            break
+                    else:
+                        recommenders.keys_written += records
+                        written.add(p)
+            recommenders.checkpoints += 1
+            acked = [e for e in events if e.message.partition in written]
+            for i, event in enumerate(acked):  # in consumption order, so per partition in offset order
+                event.ack()
+                if i % 1024 == 1023:  # an ack is ~1.5 us: look at the clock now and then
+                    await work.tick()
+            return len(acked)
+        finally:
+            pending.checkpointing = 0
 
 
 @app.agent(click_sources, name="wharf.commerce-recommender")

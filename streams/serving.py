@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from faust.web import Request, Response, View
 
-from agents.commerce import hourly, item_hourly, partition_of, rec_table, recommenders, seller_hourly, sentiment
+from agents.commerce import hourly, item_hourly, partition_of, pending, rec_table, recommenders, seller_hourly, sentiment
 from schemas import codec
 from streams import slices
 from streams.app import app, settings
@@ -71,6 +71,7 @@ class CommerceStats(View):
         shards = {p: {"users": len(s.model.users), "items": len(s.model.items), "clicks": s.clicks, "skipped": s.skipped,
                       "offsets": s.offsets} for p, s in sorted(recommenders.shards.items())}
         return self.json({"shards": shards, "checkpoints": recommenders.checkpoints, "keys_written": recommenders.keys_written,
+                          "unacked": pending.unacked(),
                           "sentiment": {"encoder": sentiment.encoder, "scored": sentiment.scored, "learned": sentiment.learned,
                                         "alerts": sentiment.alerts}})
 
