@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import random
 
+import numpy as np
 import pytest
 
 from online_models.evaluation.recommender import (
@@ -111,6 +112,59 @@ def test_remove_action_is_a_negative_signal():
     state = model.users["u"]
     assert state.categories["C"] < pref_before
     assert items["C"][0] not in [r[0] for r in state.recent]
+
+
+def test_refresh_rows_rebuilds_the_ranking_cache_of_changed_rows():
+    model, items = _background()
+    before = model.recommend("bg0", 10)
+    source = model.users["bg0"].recent[-1][0]
+    cached = model.index._cooc[source]  # noqa: SLF001 - the cache under test
+    model.learn_one({"user_id": "bg0", "item_id": "E-39", "action": "view", "category": "E", "ts": T0 + 1e5})
+    assert model.items[source].cooc_pairs != cached[0][0]  # the row moved: its cached arrays are stale
+    model.refresh_rows([source])
+    fresh = model.index._cooc[source]  # noqa: SLF001
+    assert fresh[0][0] == model.items[source].cooc_pairs and "E-39" in model.items[source].cooc
+    assert model.index.row["E-39"] in fresh[1].tolist()
+    assert before
+
+
+def _reference_ranking(model: OnlineRecommender, user_id: str, k: int) -> list[tuple[str, str]]:
+    """The blend of `recommend` spelled out with dense NumPy vectors, one per signal: (item, reason) best first."""
+    idx, cfg, blend = model.index, model.config, model.state.blend
+    n, user, now = len(idx), model.users.get(user_id), model.state.last_ts
+    shared = model._shared(n, now)  # noqa: SLF001 - the same cached popularity
+    signals = {"popular": blend["popular"] * shared.popular, "trending": blend["trending"] * shared.trending}
+    rows, probs, signed, in_session, older = model._cooc_sources(user, now)  # noqa: SLF001
+    for name, mass, side in (("session", in_session, 1), ("co_occurrence", older, -1)):
+        if mass > 0:
+            dense = np.zeros(n)
+            for r, p, w in zip(rows, probs, signed, strict=True):
+                if w * side > 0:
+                    np.add.at(dense, r, p * abs(w))
+            signals[name] = dense * blend[name] / mass
+    if user.events >= cfg.latent_min_events:
+        logits = (idx.q[:n] @ user.factors + idx.bias[:n]).astype(np.float64) / cfg.latent_temperature
+        e = np.exp(logits - logits.max())
+        signals["latent"] = blend["latent"] * e / e.sum()
+    pref = model._category_pref(user)  # noqa: SLF001
+    if pref:
+        w = np.zeros(len(idx.categories) + 1)
+        for c, v in pref.items():
+            w[c] = blend["category"] * v
+        signals["category"] = w[shared.cats] * shared.share
+    score = shared.base + sum(v for name, v in signals.items() if name not in ("popular", "trending"))
+    score[idx.rows_of(user.purchased)] = -np.inf
+    top = sorted(range(n), key=lambda i: (-score[i], i))[:k]
+    names = list(signals)
+    return [(idx.ids[i], names[int(np.argmax([signals[c][i] for c in names]))]) for i in top if score[i] > -np.inf]
+
+
+def test_compiled_ranking_matches_the_blend_spelled_out_in_numpy():
+    model, _ = _background()
+    users = [f"bg{u}" for u in range(0, 150, 7)]
+    for user in users:
+        assert [(r.item_id, r.reason) for r in model.recommend(user, 15)] == _reference_ranking(model, user, 15), user
+    assert {r.reason for u in users for r in model.recommend(u, 15)} >= {"session", "co_occurrence", "category"}  # several signals won
 
 
 def test_pickle_round_trip_gives_identical_recommendations():
