@@ -242,6 +242,7 @@ class Shard:
     clicks: int = 0
     skipped: int = 0
     log: DeltaLog = None  # type: ignore[assignment] - set in __post_init__
+    changed_items: list[str] = field(default_factory=list)  # in the last checkpoint: their ranking caches to refresh
 
     def __post_init__(self) -> None:
         if self.log is None:
@@ -309,6 +310,7 @@ class Shard:
         items = dict(m.items) if image else {iid: m.items[iid] for iid in m.items.dirty}
         m.users.dirty.clear()
         m.items.dirty.clear()
+        self.changed_items = list(items)
         m.state.rng_state = m._rng.getstate()  # noqa: SLF001 - what the model's own __getstate__ saves
         meta = (STATE_VERSION, m.state, dict(self.offsets))
         return self.log.steps(table, {"users": users, "items": items}, meta, image)
@@ -473,6 +475,13 @@ async def checkpoint() -> int:
                 event.ack()
                 if i % 1024 == 1023:  # an ack is ~1.5 us: look at the clock now and then
                     await work.tick()
+            for p in written:  # rebuilt here rather than by the first request that ranks with a changed row
+                shard = recommenders.shards.get(p)
+                changed = shard.changed_items if shard is not None else []
+                for start in range(0, len(changed), 64):
+                    shard.model.refresh_rows(changed[start:start + 64])
+                    if await work.tick() and recommenders.shards.get(p) is not shard:
+                        break
             return len(acked)
         finally:
             pending.checkpointing = 0

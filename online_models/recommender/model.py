@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Collection, Mapping, MutableMapping
+from collections.abc import Collection, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -135,6 +135,16 @@ class OnlineRecommender:
 
     def __setstate__(self, d: dict[str, Any]) -> None:
         self.__dict__.update({"_shared_cache": None, **d})
+
+    def refresh_rows(self, item_ids: Iterable[str]) -> None:
+        """Rebuild the cached co-occurrence arrays of these items (those whose rows changed), so that a request
+        ranking with them does not build them; `recommend` builds any that are still stale."""
+        prior = self.config.cooc_prior
+        items = self.items
+        for item_id in item_ids:
+            st = items.get(item_id)
+            if st is not None and st.cooc:
+                self.index.cooc_arrays(st, prior)
 
     # --------------------------------------------------------------- catalogue
 
