@@ -79,6 +79,7 @@ def bench_commerce(
     encoders: str = typer.Option("lexicon,hashing,minilm", help="Sentiment encoders to time."),
     requests: int = typer.Option(2_000, help="Recommendation requests against the worker."),
     concurrency: int = typer.Option(16, help="Requests in flight at once."),
+    rounds: int = typer.Option(3, min=1, help="Rounds of requests at that concurrency on the caught-up worker (each one printed)."),
     worker: bool = typer.Option(True, help="Also start a real worker: Kafka consume rate, worker click rate and HTTP latency."),
 ) -> None:
     """Throughput of the commerce path: clicks/s through the recommender, reviews/s through sentiment,
@@ -102,7 +103,7 @@ def bench_commerce(
 
     if worker:
         try:
-            asyncio.run(_bench_worker(events, requests, concurrency))
+            asyncio.run(_bench_worker(events, requests, concurrency, rounds))
         except Exception as exc:  # noqa: BLE001 - the in-process figures above still stand
             print(f"worker benchmark failed: {exc}")
 
@@ -166,7 +167,7 @@ def _bench_sentiment(encoders: list[str], n: int) -> None:
         print(f"  {enc:<8} {r.batched:>8,.0f} reviews/s batched, {r.one_at_a_time:>8,.0f} one by one (load {r.load_seconds:.1f}s)")
 
 
-async def _bench_worker(events: list[dict], requests: int, concurrency: int) -> None:
+async def _bench_worker(events: list[dict], requests: int, concurrency: int, rounds: int) -> None:
     """A real worker with its own topics and state: raw consume rate, worker click rate, HTTP latency."""
     from wharf.infra import remove_bench_run
     from wharf.settings import get_settings
@@ -174,7 +175,7 @@ async def _bench_worker(events: list[dict], requests: int, concurrency: int) -> 
     s = get_settings()
     tag = uuid.uuid4().hex[:8]
     try:
-        await _bench_worker_run(tag, events, requests, concurrency)
+        await _bench_worker_run(tag, events, requests, concurrency, rounds)
     finally:
         await remove_bench_run(s, tag, _bench_database_url(s.clickhouse_url, tag))
 
@@ -199,7 +200,7 @@ async def _produce_clicks(bootstrap: str, topic: str, events: list[dict]) -> Non
         await producer.stop()
 
 
-async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurrency: int) -> None:
+async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurrency: int, rounds: int) -> None:
     import aiohttp
     import numpy as np
     from aiokafka import AIOKafkaConsumer
@@ -339,10 +340,12 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
             # as request latency: its long-lived objects are frozen, as the worker freezes its own.
             gc.collect()
             gc.freeze()
-            for n_level, level in enumerate(sorted({concurrency, max(1, concurrency // 4)}, reverse=True)):
+            levels = [concurrency] * rounds + ([concurrency // 4] if concurrency >= 4 else [])
+            for n_level, level in enumerate(levels):
                 await asyncio.sleep(RECS_CACHE_SECONDS + 0.1)
                 batch = [user_ids[(i + n_level * n_req) % len(user_ids)] for i in range(n_req)]
-                print(f"GET /recommendations k=10, {await measure(level, batch)}")
+                which = f" (round {n_level + 1} of {rounds})" if level == concurrency and rounds > 1 else ""
+                print(f"GET /recommendations k=10{which}, {await measure(level, batch)}")
 
             await asyncio.sleep(RECS_CACHE_SECONDS + 0.1)
             print(f"GET /recommendations k=10, {await open_loop(OPEN_LOOP_RATE, user_ids[:n_req])}")
