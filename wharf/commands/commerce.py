@@ -185,6 +185,25 @@ def _bench_database_url(clickhouse_url: str, tag: str) -> str | None:
     return clickhouse_url.rsplit("/", 1)[0] + f"/bench_{tag}" if clickhouse_url.startswith("clickhouse://") else None
 
 
+def _cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (Linux `/proc/stat`), None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def _stolen_since(before: list[int] | None) -> str:
+    """The share of CPU time the hypervisor gave to other machines since `before` (`steal`): on a shared
+    virtual machine, what no code here controls; printed beside each latency round."""
+    after = _cpu_times()
+    if before is None or after is None:
+        return ""
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    return f", CPU steal {100 * spent[7] / max(sum(spent), 1):.0f} %"
+
+
 async def _produce_clicks(bootstrap: str, topic: str, events: list[dict]) -> None:
     from aiokafka import AIOKafkaProducer
 
@@ -300,20 +319,20 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
                 sem = asyncio.Semaphore(level)
                 latencies.clear()
                 errors = 0
-                t = time.perf_counter()
+                t, cpu = time.perf_counter(), _cpu_times()
                 await asyncio.gather(*(one(u) for u in batch))
                 wall = time.perf_counter() - t
                 lat = np.array(latencies) * 1e3
                 return (f"{len(lat):,} requests, {level} concurrent, {len(user_ids):,} distinct users: "
                         f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, max {lat.max():.1f} ms, "
-                        f"{len(lat) / wall:,.0f} req/s, {errors} errors")
+                        f"{len(lat) / wall:,.0f} req/s, {errors} errors{_stolen_since(cpu)}")
 
             async def open_loop(rate: float, batch: list[str]) -> str:
                 """Requests sent on a fixed schedule whatever the answers do; latency counted from the scheduled
                 time, so a stall delays every request due during it (a closed loop sends none then)."""
                 lat: list[float] = []
                 failed = 0
-                start = time.perf_counter() + 0.05
+                start, cpu = time.perf_counter() + 0.05, _cpu_times()
 
                 async def fire(i: int, user: str) -> None:
                     nonlocal failed
@@ -327,7 +346,7 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
                 await asyncio.gather(*(fire(i, u) for i, u in enumerate(batch)))
                 a = np.array(lat) * 1e3
                 return (f"{len(a):,} requests at {rate:,.0f}/s (open loop): p50 {np.percentile(a, 50):.1f} ms, "
-                        f"p99 {np.percentile(a, 99):.1f} ms, max {a.max():.1f} ms, {failed} errors")
+                        f"p99 {np.percentile(a, 99):.1f} ms, max {a.max():.1f} ms, {failed} errors{_stolen_since(cpu)}")
 
             # Each round asks distinct users, after the worker's 1 s answer cache has expired: no request is a cache hit.
             from agents.commerce import RECS_CACHE_SECONDS
