@@ -92,6 +92,7 @@ from streams.app import app, settings, storage, topics
 from streams.deltalog import DeltaLog
 from streams.ingest import send_dead_letter
 from streams.slices import Slice
+from streams.topics import CATALOGUE_FANOUT, SELLER_SENTIMENT, internal_topic_name
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,8 @@ def _raw(*names: str, **kw: Any):  # noqa: ANN202 - faust.Topic
 catalogue_topic = _raw(settings.topic_catalogue)
 also_viewed_topic = _raw(settings.topic_item_also_viewed)
 # Internal topics, named after the app id like Faust's own.
-catalogue_fanout_topic = _raw(f"{settings.app_id}-commerce-catalogue-fanout")
-seller_topic = _raw(f"{settings.app_id}-commerce-seller-sentiment")
+catalogue_fanout_topic = _raw(internal_topic_name(settings, CATALOGUE_FANOUT))
+seller_topic = _raw(internal_topic_name(settings, SELLER_SENTIMENT))
 # The recommender reads both: same key space and partition count, so partition p of each belongs to shard p.
 # internal=True: Faust creates the fan-out topic (and the clicks topic if missing) with P partitions.
 click_sources = _raw(settings.topic_clicks, catalogue_fanout_topic.get_topic_name())

@@ -36,8 +36,25 @@ SPECS: tuple[TopicSpec, ...] = (
 )
 
 
+# Internal topics of the app, named after its id like Faust's own (not settings): suffixes.
+CATALOGUE_FANOUT = "commerce-catalogue-fanout"  # every catalogue change, copied to each clicks partition
+SELLER_SENTIMENT = "commerce-seller-sentiment"  # scored reviews re-keyed by seller
+INTERNAL = (CATALOGUE_FANOUT, SELLER_SENTIMENT)
+
+
 def topic_names(settings: Settings) -> list[str]:
     return [getattr(settings, spec.attr) for spec in SPECS]
+
+
+def internal_topic_name(settings: Settings, suffix: str) -> str:
+    return f"{settings.app_id}-{suffix}"
+
+
+def worker_topic_names(settings: Settings) -> list[str]:
+    """Every topic a worker subscribes to or writes besides Faust's changelogs, which `wharf worker` creates
+    before Faust subscribes: a topic created after the subscription is assigned only at the consumer's next
+    metadata refresh (5 minutes), so its records wait that long (the end-to-end test's catalogue fan-out did)."""
+    return topic_names(settings) + [internal_topic_name(settings, suffix) for suffix in INTERNAL]
 
 
 def declare(app, settings: Settings) -> dict[str, object]:  # noqa: ANN001 - faust.App

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from wharf.cli import app
@@ -71,3 +72,29 @@ def test_nab_evaluation_reproduces_the_published_baseline():
     assert result.exit_code == 0, result.output
     scores = dict(re.findall(r"^\s+(standard|reward_low_FP_rate|reward_low_FN_rate)\s+score\s+(-?[\d.]+)", result.output, re.M))
     assert scores == {"standard": "12.1", "reward_low_FP_rate": "4.8", "reward_low_FN_rate": "16.0"}
+
+
+@pytest.mark.infra
+def test_worker_topics_exist_before_faust_subscribes(stack, unique):
+    """A topic created after the consumer subscribed is assigned only at its next metadata refresh (5 min)."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams.topics import CATALOGUE_FANOUT, internal_topic_name
+    from wharf.cli import _create_worker_topics
+
+    s = stack.model_copy(update={"app_id": f"wharf-test-topics-{unique}", "topic_clicks": f"test.clicks.{unique}"})
+    _create_worker_topics(s)
+
+    async def partitions() -> dict[str, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+        await admin.start()
+        try:
+            wanted = [internal_topic_name(s, CATALOGUE_FANOUT), s.topic_clicks]
+            return {d["topic"]: len(d["partitions"]) for d in await admin.describe_topics(wanted)}
+        finally:
+            await admin.close()
+
+    found = asyncio.run(partitions())
+    assert found == {internal_topic_name(s, CATALOGUE_FANOUT): s.topic_partitions, s.topic_clicks: s.topic_partitions}

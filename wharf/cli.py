@@ -106,6 +106,7 @@ def worker(
     from streams.app import storage
 
     storage.ch  # connect and migrate before consuming, so a bad URL fails here, loudly
+    _create_worker_topics(get_settings())
     faust_app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
     worker = Worker(faust_app, loglevel=loglevel)
     # Faust's terminal spinner sets the root logger to DEBUG so that it turns on every record; every
@@ -115,6 +116,20 @@ def worker(
 
     heap.freeze()  # the imported modules' objects (about 100,000): full collections walked them before the first timer
     worker.execute_from_commandline()
+
+
+def _create_worker_topics(settings: Settings) -> None:
+    """Create the worker's topics before Faust subscribes (`streams.topics.worker_topic_names`), in a thread:
+    the main thread's event loop is Faust's to create."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streams.topics import worker_topic_names
+    from wharf.infra.kafka import ensure_topics
+
+    names = worker_topic_names(settings)
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, ensure_topics(settings.kafka_bootstrap, names, settings.topic_partitions)).result()
 
 
 @app.command("bridge")

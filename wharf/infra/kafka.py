@@ -11,6 +11,7 @@ import asyncio
 import logging
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from wharf.infra.process import ManagedProcess, ServiceError, ensure_ports_free, port_open
@@ -179,8 +180,10 @@ async def _broker_count(bootstrap: str) -> int:
         await admin.close()
 
 
-async def ensure_topics(bootstrap: str, names: list[str], partitions: int, configs: dict[str, dict[str, str]] | None = None) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
+async def ensure_topics(bootstrap: str, names: list[str], partitions: int, configs: dict[str, dict[str, str]] | None = None,
+                        timeout: float = 10.0) -> list[str]:
+    """Create the topics that do not exist yet and wait until the broker's metadata shows their partitions
+    (right after CreateTopics it may show none); returns the names created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
@@ -195,6 +198,11 @@ async def ensure_topics(bootstrap: str, names: list[str], partitions: int, confi
                     for n in missing
                 ]
             )
+            deadline = time.monotonic() + timeout
+            while any(len(d["partitions"]) < partitions for d in await admin.describe_topics(missing)):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"created topics {missing} show no partitions after {timeout:.0f} s")
+                await asyncio.sleep(0.05)
         return missing
     finally:
         await admin.close()
