@@ -21,11 +21,11 @@ SIGNALS = (POPULAR, TRENDING, SESSION, CO_OCCURRENCE, LATENT, CATEGORY)
 HAS = {name: 1 << i for i, name in enumerate(SIGNALS)}  # bits of `rank`'s `available`
 _POP, _TREND, _SESS, _COOC, _LAT, _CAT = range(6)
 
-# No `nnan`/`ninf`: inactive and excluded items are -inf.
-_FAST = {"reassoc", "contract", "nsz"}
+# No fastmath: reassociated (vectorised) sums depend on the arrays' alignment, so the same state gave
+# scores differing in the last bit from one call to the next (a restored shard then "differed").
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+@numba.njit(cache=True, nogil=True)
 def rank(
     k: int,
     available: int,  # the signals the user has, as bits (HAS)
