@@ -21,8 +21,8 @@ SIGNALS = (POPULAR, TRENDING, SESSION, CO_OCCURRENCE, LATENT, CATEGORY)
 HAS = {name: 1 << i for i, name in enumerate(SIGNALS)}  # bits of `rank`'s `available`
 _POP, _TREND, _SESS, _COOC, _LAT, _CAT = range(6)
 
-# No fastmath: reassociated (vectorised) sums depend on the arrays' alignment, so the same state gave
-# scores differing in the last bit from one call to the next (a restored shard then "differed").
+# No fastmath: a reassociated (vectorised) sum rounds differently when the shard's item rows come in
+# another order, as after a restore, so a restored shard's scores differed in the last bit.
 
 
 @numba.njit(cache=True, nogil=True)
