@@ -120,7 +120,8 @@ also_viewed_topic = _raw(settings.topic_item_also_viewed)
 catalogue_fanout_topic = _raw(internal_topic_name(settings, CATALOGUE_FANOUT))
 seller_topic = _raw(internal_topic_name(settings, SELLER_SENTIMENT))
 # The recommender reads both: same key space and partition count, so partition p of each belongs to shard p.
-# internal=True: Faust creates the fan-out topic (and the clicks topic if missing) with P partitions.
+# `wharf worker` creates these topics before Faust subscribes (streams.topics.worker_topic_names); internal=True
+# lets Faust create them too, with P partitions, for an app started another way.
 click_sources = _raw(settings.topic_clicks, catalogue_fanout_topic.get_topic_name())
 
 
@@ -456,36 +457,42 @@ async def checkpoint() -> int:
         pending.events, pending.last, pending.since = [], {}, time.monotonic()
         pending.checkpointing = len(events)  # until acked (`/commerce/stats` unacked)
         try:
-            written: set[int] = set()
-            work = Slice()
-            for p, event in last.items():
-                shard = recommenders.shards.get(p)
-                if shard is None:  # revoked; its events are redelivered to the new owner
-                    continue
-                records = 0
-                with as_event(event):
-                    for records in shard.checkpoint_steps(rec_table):  # noqa: B007 - the last count is the total
-                        if await work.tick() and recommenders.shards.get(p) is not shard:
-                            break
-                    else:
-                        recommenders.keys_written += records
-                        written.add(p)
-            recommenders.checkpoints += 1
-            acked = [e for e in events if e.message.partition in written]
-            for i, event in enumerate(acked):  # in consumption order, so per partition in offset order
-                event.ack()
-                if i % 1024 == 1023:  # an ack is ~1.5 us: look at the clock now and then
-                    await work.tick()
-            for p in written:  # rebuilt here rather than by the first request that ranks with a changed row
-                shard = recommenders.shards.get(p)
-                changed = shard.changed_items if shard is not None else []
-                for start in range(0, len(changed), 64):
-                    shard.model.refresh_rows(changed[start:start + 64])
-                    if await work.tick() and recommenders.shards.get(p) is not shard:
-                        break
-            return len(acked)
+            return await _write_then_ack(events, last)
         finally:
             pending.checkpointing = 0
+
+
+async def _write_then_ack(events: list[Any], last: dict[int, Any]) -> int:
+    """`checkpoint`'s work: each shard's delta written under `last[p]`, then the events of the shards written acked
+    (returns how many), then the ranking caches of the items written rebuilt."""
+    written: set[int] = set()
+    work = Slice()
+    for p, event in last.items():
+        shard = recommenders.shards.get(p)
+        if shard is None:  # revoked; its events are redelivered to the new owner
+            continue
+        records = 0
+        with as_event(event):
+            for records in shard.checkpoint_steps(rec_table):  # noqa: B007 - the last count is the total
+                if await work.tick() and recommenders.shards.get(p) is not shard:
+                    break
+            else:
+                recommenders.keys_written += records
+                written.add(p)
+    recommenders.checkpoints += 1
+    acked = [e for e in events if e.message.partition in written]
+    for i, event in enumerate(acked):  # in consumption order, so per partition in offset order
+        event.ack()
+        if i % 1024 == 1023:  # an ack is ~1.5 us: look at the clock now and then
+            await work.tick()
+    for p in written:  # rebuilt here rather than by the first request that ranks with a changed row
+        shard = recommenders.shards.get(p)
+        changed = shard.changed_items if shard is not None else []
+        for start in range(0, len(changed), 64):
+            shard.model.refresh_rows(changed[start:start + 64])
+            if await work.tick() and recommenders.shards.get(p) is not shard:
+                break
+    return len(acked)
 
 
 @app.agent(click_sources, name="wharf.commerce-recommender")
