@@ -82,7 +82,7 @@ from faust.streams import _current_event
 from pydantic import Field
 
 from online_models.alarms import AlarmBook
-from online_models.recommender import GlobalState, ItemState, OnlineRecommender, RecommenderConfig, UserState, scoring
+from online_models.recommender import GlobalState, ItemState, OnlineRecommender, RecommenderConfig, UserState, bpr, scoring
 from schemas import codec, rows
 from schemas.events import ClickEvent, Ident, Recommendation, Review, SentimentScore, Severity, TimedEvent
 from schemas.validation import InvalidEvent, Limits, parse
@@ -396,6 +396,7 @@ rec_table = app.Table("commerce-recommender", key_type=bytes, value_type=bytes, 
 rec_table.key_serializer = rec_table.value_serializer = "raw"
 recommenders = Recommenders()
 scoring.warm_up()  # the ranking kernel compiled (or loaded from Numba's cache) before the worker serves
+bpr.warm_up()  # and the learning step, before the first click
 
 
 class Pending:

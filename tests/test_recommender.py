@@ -167,6 +167,30 @@ def test_compiled_ranking_matches_the_blend_spelled_out_in_numpy():
     assert {r.reason for u in users for r in model.recommend(u, 15)} >= {"session", "co_occurrence", "category"}  # several signals won
 
 
+def test_compiled_bpr_step_matches_the_numpy_spelling():
+    """`bpr_step` against the update written out with NumPy on float64 copies: the user moves toward the clicked
+    item and away from the negative, both items toward/away from the user, and the returned gradient scale is
+    the sigmoid's complement times the step (checked on margins where it is near `scale`, mid-way and near 0)."""
+    from online_models.recommender.bpr import bpr_step
+
+    rng = np.random.default_rng(3)
+    for shift in (-8.0, 0.0, 8.0):
+        p, qi, qj = (rng.standard_normal(32).astype(np.float32) * 0.3 for _ in range(3))
+        margin = shift + 0.05
+        scale, keep = 0.05, 1.0 - 0.05 * 0.002
+        p64, qi64, qj64 = p.astype(np.float64), qi.astype(np.float64), qj.astype(np.float64)
+        x = float(p64 @ (qi64 - qj64)) + margin
+        g_want = scale / (1.0 + np.exp(x))
+        p_want = p64 * keep + g_want * (qi64 - qj64)
+        qi_want = qi64 * keep + g_want * p64
+        qj_want = qj64 * keep - g_want * p64
+        g = bpr_step(p, qi, qj, margin, scale, keep)
+        assert g == pytest.approx(g_want, rel=1e-5)
+        for got, want in ((p, p_want), (qi, qi_want), (qj, qj_want)):
+            assert got.dtype == np.float32
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
 def test_pickle_round_trip_gives_identical_recommendations():
     events = simulate_clicks(3000, seed=3, n_users=200, n_items=300)
     model = OnlineRecommender(RecommenderConfig(seed=1))

@@ -50,6 +50,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from online_models.recommender.bpr import bpr_step
 from online_models.recommender.caches import ItemIndex
 from online_models.recommender.config import (
     CATEGORY,
@@ -300,8 +301,8 @@ class OnlineRecommender:
         return -1
 
     def _learn_factors(self, user: UserState, item: ItemState, row: int, weight: float) -> None:
-        """BPR step per sampled negative: the clicked item should score above it.
-        Written as in-place NumPy ops on the small vectors (this is the hot path)."""
+        """BPR step per sampled negative: the clicked item should score above it (`bpr.bpr_step`, compiled:
+        this is the hot path). The dense index gets the new vectors and biases."""
         cfg = self.config
         idx = self.index
         lr = cfg.learning_rate
@@ -317,16 +318,7 @@ class OnlineRecommender:
                 continue
             neg = items[ids[j]]
             qj = neg.factors
-            diff = qi - qj
-            x = float(p @ diff) + item.bias - neg.bias
-            g = scale / (1.0 + math.exp(x)) if x > -30.0 else scale
-            gp = g * p
-            p *= keep
-            p += g * diff
-            qi *= keep
-            qi += gp
-            qj *= keep
-            qj -= gp
+            g = bpr_step(p, qi, qj, float(item.bias - neg.bias), scale, keep)
             item.bias = item.bias * keep + g
             neg.bias = neg.bias * keep - g
             idx.q[j] = qj
