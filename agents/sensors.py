@@ -429,11 +429,8 @@ async def score_devices(stream):  # noqa: ANN001
                 for p, first in firsts.items():
                     await owner.ensure_partition(p, first)
                 await owner.apply(recs)
-            except Exception as exc:
-                # Unacked records would block every later rebalance and shutdown: stop the worker instead;
-                # Kafka redelivers them to the next owner.
-                log.exception("scoring failed; stopping the worker")
-                await app.crash(exc)
+            except Exception:
+                log.exception("scoring failed; stopping the worker")  # the agent supervisor stops it (streams/app.py)
                 raise
 
 

@@ -46,6 +46,10 @@ app = faust.App(
     broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_seconds / 5),
     table_standby_replicas=0,
     logging_config=None,
+    # An agent that raises leaves its batch unacked: its partitions' commits stop there, and every later
+    # rebalance and shutdown waits for acks that never come. Faust's default restarts the agent and carries
+    # on; this stops the worker (exit 1) instead, and Kafka redelivers the batch to the next owner.
+    agent_supervisor="mode.CrashingSupervisor",
 )
 
 topics = declare(app, settings)

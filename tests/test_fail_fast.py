@@ -1,0 +1,93 @@
+"""An agent that raises stops the worker (exit 1), and the next worker gets the batch it never acked.
+
+Faust's default supervisor restarts a crashed agent and carries on: the batch it held stays unacked, its
+partition's commits stop there and every later rebalance waits for those acks. The worker here is the
+real `wharf worker` (all of Wharf's agents), plus one agent on a test topic that fails on a poisoned
+record the first time and writes down each record it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.workers import ROOT
+from tests.test_pipeline import produce
+from wharf.infra.kafka import ensure_topics
+
+SCRIPT = """
+import os, sys
+from streams.app import app
+from wharf.cli import app as cli
+
+probe = app.topic(os.environ["PROBE_TOPIC"], key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+@app.agent(probe, name="wharf.test-probe")
+async def probe_agent(stream):
+    async for events in stream.noack_take(100, within=0.1):
+        with open(os.environ["PROBE_SEEN"], "ab") as f:
+            f.write(b"".join(e.value + b"\\n" for e in events))
+        if os.environ.get("PROBE_FAIL") and any(e.value == b"poison" for e in events):
+            raise RuntimeError("injected agent failure")
+        for e in events:
+            e.ack()
+
+cli(["worker", "--loglevel", "warning"])
+"""
+
+
+def _start(env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, stdout=open(log, "ab"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_crashed_agent_stops_the_worker_and_its_batch_is_redelivered(stack, unique, tmp_path):
+    names = ("clicks", "reviews", "sentiment", "recommendations", "alerts", "dead_letters", "catalogue",
+             "item_also_viewed", "sensor_readings")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WHARF_APP_ID": f"wharf-test-crash-{unique}",
+           "WHARF_STATE_DIR": str(tmp_path / "state"), "WHARF_WEB_PORT": str(stack.web_port + 37),
+           "WHARF_CLICKHOUSE_URL": "chdb://", "WHARF_COMMERCE_SENTIMENT_ENCODER": "lexicon",
+           "PROBE_TOPIC": f"test.probe.{unique}", "PROBE_SEEN": str(tmp_path / "seen.txt")}
+    env.update({f"WHARF_TOPIC_{n.upper()}": f"test.{n}.{unique}" for n in names})
+    asyncio.run(ensure_topics(stack.kafka_bootstrap, [env["PROBE_TOPIC"]], 1))
+    asyncio.run(produce(stack.kafka_bootstrap, env["PROBE_TOPIC"], [(b"k", b"first"), (b"k", b"poison"), (b"k", b"last")]))
+    seen = Path(env["PROBE_SEEN"])
+
+    first = _start({**env, "PROBE_FAIL": "1"}, tmp_path / "first.log")
+    try:
+        _wait_for(lambda: first.poll() is not None, 120, "the worker to stop after the agent failed")
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    log = (tmp_path / "first.log").read_text(errors="replace")
+    assert first.returncode != 0, log[-3000:]
+    assert "injected agent failure" in log
+    assert b"poison" in seen.read_bytes()
+
+    second = _start(env, tmp_path / "second.log")
+    try:
+        # Nothing of the failed batch was acked, so nothing was committed: the next worker gets all of it.
+        _wait_for(lambda: seen.read_bytes().count(b"poison") == 2 and seen.read_bytes().count(b"first") == 2, 120,
+                  "the next worker to be given the unacked batch again")
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        try:
+            second.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(second.pid, signal.SIGKILL)
+            second.wait()
