@@ -219,6 +219,18 @@ async def _produce_clicks(bootstrap: str, topic: str, events: list[dict]) -> Non
         await producer.stop()
 
 
+def _faust_ceiling(env: dict[str, str], n: int) -> str:
+    """Faust alone over the same clicks: two agents that only ack (`wharf.faust_ceiling`)."""
+    label = "Faust alone, two no-op agents on the clicks (the worker's click delivery; reference):"
+    out = Path(env["WHARF_STATE_DIR"]) / "faust-ceiling.txt"
+    try:
+        subprocess.run([sys.executable, "-m", "wharf.faust_ceiling", str(n), str(out)], cwd=ROOT, env=env, capture_output=True,
+                       timeout=180)
+        return f"{label} {float(out.read_text()):>9,.0f} clicks/s"
+    except (subprocess.TimeoutExpired, OSError, ValueError) as exc:
+        return f"{label} failed ({type(exc).__name__}: {exc})"
+
+
 async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurrency: int, rounds: int) -> None:
     import aiohttp
     import numpy as np
@@ -254,6 +266,7 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
     finally:
         await consumer.stop()
     print(f"raw aiokafka consume of the same clicks (reference): {got / (time.perf_counter() - t):>9,.0f} clicks/s")
+    print(_faust_ceiling({**env, "WHARF_APP_ID": f"wharf-bench-{tag}-ceiling", "WHARF_WEB_PORT": str(port + 1)}, len(events)))
 
     log = state / "worker.log"
     proc = subprocess.Popen([sys.executable, "-m", "wharf.cli", "worker", "--loglevel", "warning"], cwd=ROOT, env=env,
