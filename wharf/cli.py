@@ -10,6 +10,7 @@ import time
 # Kafka, ClickHouse and the other workers. Read when NumPy loads, so set before anything imports it.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -94,12 +95,7 @@ def worker(
     if web_port:
         os.environ["WHARF_WEB_PORT"] = str(web_port)
         get_settings.cache_clear()
-    if get_settings().event_loop == "uvloop":
-        import mode.loop
-
-        mode.loop.use("uvloop")  # the policy, before Faust or aiokafka create a loop
-    from faust import Worker
-
+    use_event_loop()
     import agents  # noqa: F401 - registers the agents
     import streams.web  # noqa: F401 - registers the web views
     from streams.app import app as faust_app
@@ -107,14 +103,29 @@ def worker(
 
     storage.ch  # connect and migrate before consuming, so a bad URL fails here, loudly
     _create_worker_topics(get_settings())
+    from streams import heap
+
+    heap.freeze()  # the imported modules' objects (about 100,000): full collections walked them before the first timer
+    run_faust_worker(faust_app, loglevel)
+
+
+def use_event_loop() -> None:
+    """Install the configured event loop policy (`WHARF_EVENT_LOOP`): before Faust or aiokafka create a loop."""
+    if get_settings().event_loop == "uvloop":
+        import mode.loop
+
+        mode.loop.use("uvloop")
+
+
+def run_faust_worker(faust_app: Any, loglevel: str) -> None:
+    """Run a Faust app's worker in this process until it stops."""
+    from faust import Worker
+
     faust_app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
     worker = Worker(faust_app, loglevel=loglevel)
     # Faust's terminal spinner sets the root logger to DEBUG so that it turns on every record; every
     # debug call in Faust and aiokafka then builds a LogRecord (6% of a busy worker's time, measured).
     worker.spinner = None
-    from streams import heap
-
-    heap.freeze()  # the imported modules' objects (about 100,000): full collections walked them before the first timer
     worker.execute_from_commandline()
 
 

@@ -21,14 +21,9 @@ BATCH = 10_000  # agents/commerce.CLICK_BATCH (not imported: that module declare
 
 
 def main(n: int, out: Path) -> None:
-    from wharf.settings import get_settings
+    from wharf.cli import run_faust_worker, use_event_loop
 
-    if get_settings().event_loop == "uvloop":
-        import mode.loop
-
-        mode.loop.use("uvloop")
-    from faust import Worker
-
+    use_event_loop()
     from streams.app import app, settings
 
     clicks = app.topic(settings.topic_clicks, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -53,10 +48,7 @@ def main(n: int, out: Path) -> None:
 
     for i in range(2):
         app.agent(clicks, name=f"wharf.bench-no-op-{i}")(no_op(i))
-    app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
-    worker = Worker(app, loglevel="warning")
-    worker.spinner = None
-    worker.execute_from_commandline()
+    run_faust_worker(app, "warning")
 
 
 if __name__ == "__main__":
