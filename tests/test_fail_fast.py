@@ -13,11 +13,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.workers import ROOT
-from tests.test_pipeline import produce
+from tests.test_pipeline import produce, wait_until
 from wharf.infra.kafka import ensure_topics
 
 SCRIPT = """
@@ -46,15 +45,6 @@ def _start(env: dict[str, str], log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_crashed_agent_stops_the_worker_and_its_batch_is_redelivered(stack, unique, tmp_path):
     names = ("clicks", "reviews", "sentiment", "recommendations", "alerts", "dead_letters", "catalogue",
              "item_also_viewed", "sensor_readings")
@@ -69,7 +59,7 @@ def test_a_crashed_agent_stops_the_worker_and_its_batch_is_redelivered(stack, un
 
     first = _start({**env, "PROBE_FAIL": "1"}, tmp_path / "first.log")
     try:
-        _wait_for(lambda: first.poll() is not None, 120, "the worker to stop after the agent failed")
+        asyncio.run(wait_until(lambda: first.poll() is not None, 120, "the worker to stop after the agent failed"))
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
@@ -82,8 +72,8 @@ def test_a_crashed_agent_stops_the_worker_and_its_batch_is_redelivered(stack, un
     second = _start(env, tmp_path / "second.log")
     try:
         # Nothing of the failed batch was acked, so nothing was committed: the next worker gets all of it.
-        _wait_for(lambda: seen.read_bytes().count(b"poison") == 2 and seen.read_bytes().count(b"first") == 2, 120,
-                  "the next worker to be given the unacked batch again")
+        asyncio.run(wait_until(lambda: seen.read_bytes().count(b"poison") == 2 and seen.read_bytes().count(b"first") == 2, 120,
+                               "the next worker to be given the unacked batch again"))
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         try:
