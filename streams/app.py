@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
+import time
 from typing import Any
 
 import faust
@@ -25,7 +28,25 @@ log = logging.getLogger(__name__)
 
 settings: Settings = get_settings()
 
-app = faust.App(
+CRASH_EXIT_SECONDS = 20.0  # after an agent failed: the most Faust's own shutdown may take before the process exits
+
+
+class WharfApp(faust.App):
+    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
+        """An agent failed; the supervisor (`agent_supervisor` below) stops the worker. Faust's shutdown after a
+        crash sometimes hangs (seen in a CI run: 'We experienced a crash!', then no exit for 2 minutes), so the
+        process exits by itself if it is still there `CRASH_EXIT_SECONDS` later, as after a kill -9."""
+        await super()._on_agent_error(agent, exc)
+
+        def exit_if_still_running() -> None:
+            time.sleep(CRASH_EXIT_SECONDS)
+            log.critical("the worker did not stop %.0f s after agent %s failed; exiting now", CRASH_EXIT_SECONDS, agent.name)
+            os._exit(1)
+
+        threading.Thread(target=exit_if_still_running, name="wharf-crash-exit", daemon=True).start()
+
+
+app = WharfApp(
     settings.app_id,
     broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
     store="rocksdb://",  # faust-streaming uses rocksdict when python-rocksdb is absent
