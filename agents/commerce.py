@@ -496,9 +496,10 @@ async def _write_then_ack(events: list[Any], last: dict[int, Any]) -> int:
     return len(acked)
 
 
-@app.agent(click_sources, name="wharf.commerce-recommender")
-async def learn_clicks(stream):  # noqa: ANN001
-    async for events in stream.noack_take(CLICK_BATCH, within=settings.commerce_batch_seconds):
+@app.batch_agents.agent(click_sources, name="wharf.commerce-recommender", max_records=CLICK_BATCH,
+                        within=settings.commerce_batch_seconds)
+async def learn_clicks(agent):  # noqa: ANN001 - streams.batches.BatchAgent
+    async for events in agent.batches():
         async with _checkpointing:
             await learn_batch(events)
         heap.freeze_if_due()

@@ -19,6 +19,7 @@ import faust
 
 from schemas.clickhouse import TABLES, migrate
 from streams import heap, partition_check
+from streams.batches import BatchRouter
 from streams.clickhouse import ClickHouse, from_settings
 from streams.sink import ClickHouseWriter
 from streams.topics import declare
@@ -32,18 +33,39 @@ CRASH_EXIT_SECONDS = 20.0  # after an agent failed: the most Faust's own shutdow
 
 
 class WharfApp(faust.App):
+    """Faust's app with batch agents (`streams/batches.py`) and a worker that stops when any agent fails."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_agents = BatchRouter(self)
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()
+        self.batch_agents.install(consumer)  # before anything is fetched: the consumer reads its callback once
+        return consumer
+
     async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
-        """An agent failed; the supervisor (`agent_supervisor` below) stops the worker. Faust's shutdown after a
-        crash sometimes hangs (seen in a CI run: 'We experienced a crash!', then no exit for 2 minutes), so the
-        process exits by itself if it is still there `CRASH_EXIT_SECONDS` later, as after a kill -9."""
+        """A Faust agent failed; the supervisor (`agent_supervisor` below) stops the worker."""
         await super()._on_agent_error(agent, exc)
+        exit_later(agent.name)
 
-        def exit_if_still_running() -> None:
-            time.sleep(CRASH_EXIT_SECONDS)
-            log.critical("the worker did not stop %.0f s after agent %s failed; exiting now", CRASH_EXIT_SECONDS, agent.name)
-            os._exit(1)
+    def on_batch_agent_error(self, name: str, exc: BaseException) -> None:
+        """A batch agent failed (`streams/batches.py`); its task re-raises, which crashes the app and stops the worker."""
+        log.critical("agent %s failed; stopping the worker", name, exc_info=exc)
+        exit_later(name)
 
-        threading.Thread(target=exit_if_still_running, name="wharf-crash-exit", daemon=True).start()
+
+def exit_later(agent_name: str) -> None:
+    """Faust's shutdown after a crash sometimes hangs (seen in a CI run: 'We experienced a crash!', then no exit
+    for 2 minutes), so the process exits by itself if it is still there `CRASH_EXIT_SECONDS` after an agent
+    failed, as after a kill -9: nothing the agent had not acked was committed."""
+
+    def exit_if_still_running() -> None:
+        time.sleep(CRASH_EXIT_SECONDS)
+        log.critical("the worker did not stop %.0f s after agent %s failed; exiting now", CRASH_EXIT_SECONDS, agent_name)
+        os._exit(1)
+
+    threading.Thread(target=exit_if_still_running, name="wharf-crash-exit", daemon=True).start()
 
 
 app = WharfApp(

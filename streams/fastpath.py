@@ -8,7 +8,8 @@ topic of 60,000 clicks: 5.7k records/s with the guard, 10-11k records/s without 
 
 A delivery can only block when flow control is suspended, the producer buffer is over its limit
 (`wait_until_ebb`), the conductor's callback map is being rebuilt (its lock is held) or a channel
-queue of the record's partition is full. When none of those holds, the callback runs to completion
+queue of the record's partition is full; a record of a batch agent's topic (`streams/batches.py`) only
+when flow control is suspended or the agent's buffer is full. When none of those holds, the callback runs to completion
 without yielding to the event loop, so nothing can set `suspend_flow` meanwhile and the guard has
 nothing to guard: we await the callback directly. In every other case Faust's own `wait_first` runs.
 The direct path yields to the event loop every `YIELD_EVERY` records (Faust's drain loop itself
@@ -46,15 +47,22 @@ def install(app: Any) -> DispatchStats:
     lock = conductor._tp_to_callback_lock  # noqa: SLF001 - see the module docstring
     tp_index = conductor._tp_index  # noqa: SLF001
 
+    router = getattr(consumer, "batch_router", None)  # streams/batches.py
+    batch_topics = router.by_topic if router is not None else {}
+
     def cannot_block(callback: Any) -> bool:
-        if not flow.is_active() or consumer.suspend_flow.is_set() or lock.locked():
-            return False
-        buffer = app.producer.buffer
-        if buffer.size > buffer.max_messages:
+        if not flow.is_active() or consumer.suspend_flow.is_set():
             return False
         frame = getattr(callback, "cr_frame", None)
         message = frame.f_locals.get("message") if frame is not None else None  # the callback's argument
         if message is None:
+            return False
+        if message.topic in batch_topics:  # a batch agent's delivery waits only for room in its buffer
+            return not router.would_block(message)
+        if lock.locked():
+            return False
+        buffer = app.producer.buffer
+        if buffer.size > buffer.max_messages:
             return False
         return not any(chan.queue.full() for chan in tp_index.get(message.tp, ()))
 

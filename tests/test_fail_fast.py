@@ -3,7 +3,8 @@
 Faust's default supervisor restarts a crashed agent and carries on: the batch it held stays unacked, its
 partition's commits stop there and every later rebalance waits for those acks. The worker here is the
 real `wharf worker` (all of Wharf's agents), plus one agent on a test topic that fails on a poisoned
-record the first time and writes down each record it is given.
+record the first time and writes down each record it is given: a Faust agent, and a batch agent
+(`streams/batches.py`, which Faust's supervisor does not watch).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.workers import ROOT
 from tests.test_pipeline import produce, wait_until
@@ -26,15 +29,24 @@ from wharf.cli import app as cli
 
 probe = app.topic(os.environ["PROBE_TOPIC"], key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
-@app.agent(probe, name="wharf.test-probe")
-async def probe_agent(stream):
-    async for events in stream.noack_take(100, within=0.1):
-        with open(os.environ["PROBE_SEEN"], "ab") as f:
-            f.write(b"".join(e.value + b"\\n" for e in events))
-        if os.environ.get("PROBE_FAIL") and any(e.value == b"poison" for e in events):
-            raise RuntimeError("injected agent failure")
-        for e in events:
-            e.ack()
+def look(events):
+    with open(os.environ["PROBE_SEEN"], "ab") as f:
+        f.write(b"".join(e.value + b"\\n" for e in events))
+    if os.environ.get("PROBE_FAIL") and any(e.value == b"poison" for e in events):
+        raise RuntimeError("injected agent failure")
+    for e in events:
+        e.ack()
+
+if os.environ["PROBE_KIND"] == "batch":  # streams/batches.py
+    @app.batch_agents.agent(probe, name="wharf.test-probe", max_records=100, within=0.1)
+    async def probe_agent(agent):
+        async for events in agent.batches():
+            look(events)
+else:
+    @app.agent(probe, name="wharf.test-probe")
+    async def probe_agent(stream):
+        async for events in stream.noack_take(100, within=0.1):
+            look(events)
 
 cli(["worker", "--loglevel", "warning"])
 """
@@ -45,13 +57,14 @@ def _start(env: dict[str, str], log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def test_a_crashed_agent_stops_the_worker_and_its_batch_is_redelivered(stack, unique, tmp_path):
+@pytest.mark.parametrize("kind", ["faust", "batch"])
+def test_a_crashed_agent_stops_the_worker_and_its_batch_is_redelivered(kind, stack, unique, tmp_path):
     names = ("clicks", "reviews", "sentiment", "recommendations", "alerts", "dead_letters", "catalogue",
              "item_also_viewed", "sensor_readings")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WHARF_APP_ID": f"wharf-test-crash-{unique}",
            "WHARF_STATE_DIR": str(tmp_path / "state"), "WHARF_WEB_PORT": str(stack.web_port + 37),
            "WHARF_CLICKHOUSE_URL": "chdb://", "WHARF_COMMERCE_SENTIMENT_ENCODER": "lexicon",
-           "PROBE_TOPIC": f"test.probe.{unique}", "PROBE_SEEN": str(tmp_path / "seen.txt")}
+           "PROBE_TOPIC": f"test.probe.{unique}", "PROBE_SEEN": str(tmp_path / "seen.txt"), "PROBE_KIND": kind}
     env.update({f"WHARF_TOPIC_{n.upper()}": f"test.{n}.{unique}" for n in names})
     asyncio.run(ensure_topics(stack.kafka_bootstrap, [env["PROBE_TOPIC"]], 1))
     asyncio.run(produce(stack.kafka_bootstrap, env["PROBE_TOPIC"], [(b"k", b"first"), (b"k", b"poison"), (b"k", b"last")]))
