@@ -219,13 +219,14 @@ async def _produce_clicks(bootstrap: str, topic: str, events: list[dict]) -> Non
         await producer.stop()
 
 
-def _faust_ceiling(env: dict[str, str], n: int) -> str:
-    """Faust alone over the same clicks: two agents that only ack (`wharf.faust_ceiling`)."""
-    label = "Faust alone, two no-op agents on the clicks (the worker's click delivery; reference):"
-    out = Path(env["WHARF_STATE_DIR"]) / "faust-ceiling.txt"
+def _faust_ceiling(env: dict[str, str], n: int, delivery: str) -> str:
+    """The same clicks delivered to two agents that only ack (`wharf.faust_ceiling`): Faust's agents, or batch agents."""
+    label = {"faust": "Faust alone, two no-op Faust agents on the clicks (reference):",
+             "batch": "batch delivery alone, two no-op batch agents (the worker's click delivery; reference):"}[delivery]
+    out = Path(env["WHARF_STATE_DIR"]) / f"ceiling-{delivery}.txt"
     try:
-        subprocess.run([sys.executable, "-m", "wharf.faust_ceiling", str(n), str(out)], cwd=ROOT, env=env, capture_output=True,
-                       timeout=180)
+        subprocess.run([sys.executable, "-m", "wharf.faust_ceiling", str(n), str(out), delivery], cwd=ROOT, env=env,
+                       capture_output=True, timeout=180)
         return f"{label} {float(out.read_text()):>9,.0f} clicks/s"
     except (subprocess.TimeoutExpired, OSError, ValueError) as exc:
         return f"{label} failed ({type(exc).__name__}: {exc})"
@@ -266,7 +267,8 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
     finally:
         await consumer.stop()
     print(f"raw aiokafka consume of the same clicks (reference): {got / (time.perf_counter() - t):>9,.0f} clicks/s")
-    print(_faust_ceiling({**env, "WHARF_APP_ID": f"wharf-bench-{tag}-ceiling", "WHARF_WEB_PORT": str(port + 1)}, len(events)))
+    for delivery in ("faust", "batch"):
+        print(_faust_ceiling({**env, "WHARF_APP_ID": f"wharf-bench-{tag}-{delivery}", "WHARF_WEB_PORT": str(port + 1)}, len(events), delivery))
 
     log = state / "worker.log"
     proc = subprocess.Popen([sys.executable, "-m", "wharf.cli", "worker", "--loglevel", "warning"], cwd=ROOT, env=env,
