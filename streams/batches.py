@@ -34,6 +34,8 @@ from typing import Any
 
 from faust.events import Event
 
+from streams.slices import Slice
+
 log = logging.getLogger(__name__)
 
 AgentFun = Callable[["BatchAgent"], Awaitable[None]]
@@ -124,7 +126,10 @@ class BatchAgent:
             self._space.set()
             generation = app.consumer_generation_id
             events = []
+            work = Slice()
             for message in taken:
+                if await work.tick():  # requests are answered meanwhile; a rebalance may have begun
+                    generation = app.consumer_generation_id
                 if message.generation_id != generation:
                     self.dropped_stale += 1
                     continue
