@@ -68,9 +68,6 @@ class BatchAgent:
         self._space = asyncio.Event()
         self._space.set()
 
-    def __hash__(self) -> int:  # flow control keeps its queues in a WeakSet
-        return id(self)
-
     # --- the consumer's side --------------------------------------------------------------------------
     def would_block(self) -> bool:
         return len(self._buffer) >= self.max_buffered
@@ -181,7 +178,6 @@ class BatchRouter:
             for topic in topics:
                 self.app.topics.add(topic)  # subscribed by Faust's conductor; its channel never gets a record
             self.app.task(agent.run)
-            fun.batch_agent = agent  # type: ignore[attr-defined]
             return fun
 
         return decorate

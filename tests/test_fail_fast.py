@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.workers import ROOT
+from tests.workers import WorkerProcess
 from tests.test_pipeline import produce, wait_until
 from wharf.infra.kafka import ensure_topics
 
@@ -52,9 +50,8 @@ cli(["worker", "--loglevel", "warning"])
 """
 
 
-def _start(env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, stdout=open(log, "ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+def _worker(env: dict[str, str], log: Path) -> WorkerProcess:
+    return WorkerProcess(env, int(env["WHARF_WEB_PORT"]), log, argv=[sys.executable, "-c", SCRIPT]).launch()
 
 
 @pytest.mark.parametrize("kind", ["faust", "batch"])
@@ -70,27 +67,20 @@ def test_a_crashed_agent_stops_the_worker_and_its_batch_is_redelivered(kind, sta
     asyncio.run(produce(stack.kafka_bootstrap, env["PROBE_TOPIC"], [(b"k", b"first"), (b"k", b"poison"), (b"k", b"last")]))
     seen = Path(env["PROBE_SEEN"])
 
-    first = _start({**env, "PROBE_FAIL": "1"}, tmp_path / "first.log")
+    first = _worker({**env, "PROBE_FAIL": "1"}, tmp_path / "first.log")
     try:
-        asyncio.run(wait_until(lambda: first.poll() is not None, 120, "the worker to stop after the agent failed"))
+        asyncio.run(wait_until(lambda: first.proc.poll() is not None, 120, "the worker to stop after the agent failed"))
     finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
+        first.stop(timeout=0)
     log = (tmp_path / "first.log").read_text(errors="replace")
-    assert first.returncode != 0, log[-3000:]
+    assert first.proc.returncode != 0, log[-3000:]
     assert "injected agent failure" in log
     assert b"poison" in seen.read_bytes()
 
-    second = _start(env, tmp_path / "second.log")
+    second = _worker(env, tmp_path / "second.log")
     try:
         # Nothing of the failed batch was acked, so nothing was committed: the next worker gets all of it.
         asyncio.run(wait_until(lambda: seen.read_bytes().count(b"poison") == 2 and seen.read_bytes().count(b"first") == 2, 120,
                                "the next worker to be given the unacked batch again"))
     finally:
-        os.killpg(second.pid, signal.SIGTERM)
-        try:
-            second.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(second.pid, signal.SIGKILL)
-            second.wait()
+        second.stop()

@@ -14,18 +14,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+WORKER_ARGV = [sys.executable, "-m", "wharf.cli", "worker", "--loglevel", "warning"]
+
+
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], web_port: int, log: Path):
+    def __init__(self, env: dict[str, str], web_port: int, log: Path, argv: list[str] | None = None):
         self.env = {**os.environ, **env, "WHARF_WEB_PORT": str(web_port), "PYTHONUNBUFFERED": "1"}
         self.web_port = web_port
         self.log = log
+        self.argv = argv or WORKER_ARGV
         self.proc: subprocess.Popen | None = None
 
-    def start(self, ready_timeout: float = 90) -> WorkerProcess:
+    def launch(self) -> WorkerProcess:
+        """Start the process without waiting for its web server (it may stop before that)."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "wharf.cli", "worker", "--loglevel", "warning"],
-                                     cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        return self
+
+    def start(self, ready_timeout: float = 90) -> WorkerProcess:
+        self.launch()
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
