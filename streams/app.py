@@ -45,9 +45,10 @@ class WharfApp(faust.App):
         return consumer
 
     async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
-        """A Faust agent failed; the supervisor (`agent_supervisor` below) stops the worker."""
-        await super()._on_agent_error(agent, exc)
+        """A Faust agent failed; the supervisor (`agent_supervisor` below) stops the worker. The exit timer starts
+        first: Faust's own handler commits (`Consumer.on_task_error`), which can hang too."""
         exit_later(agent.name)
+        await super()._on_agent_error(agent, exc)
 
     def on_batch_agent_error(self, name: str, exc: BaseException) -> None:
         """A batch agent failed (`streams/batches.py`); its task re-raises, which crashes the app and stops the worker."""
