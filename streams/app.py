@@ -18,7 +18,7 @@ from typing import Any
 import faust
 
 from schemas.clickhouse import TABLES, migrate
-from streams import heap, partition_check
+from streams import heap, loopwatch, partition_check
 from streams.batches import BatchRouter
 from streams.clickhouse import ClickHouse, from_settings
 from streams.sink import ClickHouseWriter
@@ -106,6 +106,12 @@ async def _fast_dispatch() -> None:
         from streams import fastpath
 
         fastpath.install(app)
+
+
+@app.task
+async def _watch_loop() -> None:
+    loopwatch.watch.threshold_ms = settings.loop_stall_ms
+    loopwatch.watch.start(asyncio.get_running_loop())
 
 
 @app.timer(heap.FREEZE_SECONDS)

@@ -8,7 +8,7 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
-from streams import heap
+from streams import heap, loopwatch
 from streams.app import app, storage
 
 
@@ -27,7 +27,7 @@ class Stats(View):
         except Exception as exc:  # a health view reports, it does not fail
             tables["error"] = str(exc).splitlines()[0]
         dispatch = getattr(app.consumer, "dispatch_stats", None)
-        return self.json({"writers": writers, "tables": tables, "gc": heap.pauses.as_dict(),
+        return self.json({"writers": writers, "tables": tables, "gc": heap.pauses.as_dict(), "loop": loopwatch.watch.as_dict(),
                           "dispatch": dataclasses.asdict(dispatch) if dispatch is not None else None,
                           "batch_agents": app.batch_agents.stats()})
 

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     faust_fast_dispatch: bool = Field(
         True, description="Deliver fetched records to the agents without Faust's per-record rebalance guard when no delivery can block (`streams/fastpath.py`; about 2x a bare agent's rate)."
     )
+    loop_stall_ms: float = Field(
+        100.0, gt=0, description="A worker's event loop held longer than this is a stall: counted, and the longest kept with the stacks it was seen in (`GET /stats` loop)."
+    )
 
     # Topic names: declared once in streams/topics.py, named here.
     topic_sensor_readings: str = Field("wharf.sensor.readings", description="Valid telemetry from the MQTT bridge, keyed by device_id.")

@@ -409,6 +409,13 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
             print(f"worker garbage collector over the run: {gc_.get('collections', 0):,} collections, "
                   f"max pause {gc_.get('max_ms', 0):.0f} ms, {gc_.get('over_20ms', 0)} over 20 ms; "
                   f"records dispatched without Faust's per-record guard: {stats.get('dispatch')}")
+            loop = stats.get("loop") or {}
+            print(f"worker event loop: {loop.get('stalls', 0)} stalls over {loop.get('threshold_ms', 0):.0f} ms, "
+                  f"longest {loop.get('max_ms', 0):.0f} ms, {loop.get('total_ms', 0):,.0f} ms in all")
+            for stall in (loop.get("longest") or [])[:3]:
+                top = stall["stacks"][0] if stall["stacks"] else None
+                where = " <- ".join(reversed(top["stack"][-4:])) if top else "no sample: C code held the GIL"
+                print(f"  {stall['ms']:,.0f} ms stall, {stall['sampled']} samples; most in {where}")
     finally:
         proc.terminate()
         try:
