@@ -224,6 +224,35 @@ def test_state_stores_alone_rebuild_the_model():
         assert [r.score for r in a] == pytest.approx([r.score for r in b], rel=1e-9)
 
 
+def test_compact_state_pickles_equal_the_objects_and_old_pickles_still_load(monkeypatch):
+    """Checkpoints written before the compact format (still in changelogs) must restore to the same state."""
+    from online_models.recommender.state import ItemState, UserState
+
+    model = OnlineRecommender(RecommenderConfig(seed=2))
+    for ev in simulate_clicks(1500, seed=4, n_users=100, n_items=150):
+        model.learn_one(ev)
+    objects = [*list(model.users.values())[:30], *list(model.items.values())[:30]]
+    compacts = [pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) for obj in objects]
+    with monkeypatch.context() as m:  # pickled as before the compact format: the class, then each slot
+        m.delattr(UserState, "__reduce__")
+        m.delattr(ItemState, "__reduce__")
+        olds = [pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) for obj in objects]
+    for obj, compact, old in zip(objects, compacts, olds, strict=True):
+        assert b"_rebuild" in compact and b"_rebuild" not in old and len(compact) < len(old)
+        for blob in (compact, old):
+            back = pickle.loads(blob)
+            assert type(back) is type(obj)
+            for name in type(obj).__slots__:
+                want, got = getattr(obj, name), getattr(back, name)
+                if isinstance(want, np.ndarray):
+                    assert got.dtype == want.dtype and got.flags.writeable and np.array_equal(got, want)
+                else:
+                    assert got == want, name
+            if back.factors is not None:
+                back.factors += 1.0  # its own buffer, not the pickle's nor the original's
+                assert not np.array_equal(back.factors, obj.factors)
+
+
 def test_simulator_is_deterministic_and_well_formed():
     cfg = dict(n_users=200, n_items=300, new_items_per_day=5000, new_users_per_day=20000, events_per_second=2.0)
     a = simulate_clicks(3000, seed=7, **cfg)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any
 
 import numpy as np
 
@@ -106,6 +108,9 @@ class ItemState:
         """Factor that brings an unscaled pseudo-count to the row's scale (as of its last pair)."""
         return math.exp(self.cooc_clock - self.cooc_ref)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _compact(self)
+
 
 @dataclass(slots=True)
 class UserState:
@@ -125,6 +130,9 @@ class UserState:
     categories_ref: float = 0.0
     events: int = 0
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _compact(self)
+
 
 @dataclass(slots=True)
 class GlobalState:
@@ -139,3 +147,30 @@ class GlobalState:
     recent_items: list[str] = field(default_factory=list)
     """Ring buffer of recently interacted items: popularity-proportional negative samples."""
     recent_pos: int = 0
+
+
+# Checkpoints pickle every changed user and item (`streams/deltalog.py`), a large share of a worker's time.
+# Pickled as their slot values in order, with float32 factors as raw bytes, a user takes about half the
+# time to dump and a quarter to load of the default (copyreg's state dict and numpy's array reducer).
+# Pickles written before this still load: they set the slots one by one, as pickle always did.
+_GETTERS = {cls: attrgetter(*cls.__slots__) for cls in (ItemState, UserState)}
+_FACTORS = {cls: cls.__slots__.index("factors") for cls in (ItemState, UserState)}
+
+
+def _compact(obj: ItemState | UserState) -> tuple[Any, ...]:
+    cls = type(obj)
+    values = _GETTERS[cls](obj)
+    f = values[_FACTORS[cls]]
+    if f is not None and f.dtype == np.float32 and f.ndim == 1:
+        values = (*values[:_FACTORS[cls]], f.tobytes(), *values[_FACTORS[cls] + 1:])
+    return _rebuild, (cls, values)
+
+
+def _rebuild(cls: type, values: tuple[Any, ...]) -> Any:
+    obj = object.__new__(cls)
+    for name, value in zip(cls.__slots__, values, strict=True):
+        object.__setattr__(obj, name, value)
+    f = obj.factors
+    if isinstance(f, bytes):
+        obj.factors = np.frombuffer(f, dtype=np.float32).copy()
+    return obj
