@@ -53,6 +53,7 @@ class LoopWatch:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _main: int = 0
+    _stopped: bool = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Begin watching `loop` (call from the thread that runs it)."""
@@ -64,6 +65,8 @@ class LoopWatch:
         threading.Thread(target=self._watch, name="wharf-loopwatch", daemon=True).start()
 
     def _beat(self) -> None:
+        if self._stopped:
+            return
         now = time.monotonic()
         gap_ms = (now - self._last) * 1e3
         self._last = now
@@ -73,6 +76,10 @@ class LoopWatch:
             self._record(Stall(time.time() - gap_ms / 1e3, gap_ms, samples))
         assert self._loop is not None
         self._loop.call_later(BEAT_SECONDS, self._beat)
+
+    def stop(self) -> None:
+        """Stop watching (the beat and the sampling thread end)."""
+        self._stopped = True
 
     def _record(self, stall: Stall) -> None:
         self.stalls += 1
@@ -88,7 +95,7 @@ class LoopWatch:
 
     def _watch(self) -> None:
         threshold = self.threshold_ms / 1e3
-        while True:
+        while not self._stopped:
             time.sleep(BEAT_SECONDS)
             if time.monotonic() - self._last > threshold:
                 frame = sys._current_frames().get(self._main)  # noqa: SLF001 - the documented way to sample a thread
@@ -96,6 +103,14 @@ class LoopWatch:
                     stack = _stack(frame)
                     with self._lock:
                         self._samples[stack] += 1
+
+    def reset(self) -> None:
+        """Forget what was counted so far (a benchmark's rounds are counted one by one)."""
+        self.stalls, self.total_ms, self.max_ms = 0, 0.0, 0.0
+        self.longest.clear()
+
+    def summary(self) -> str:
+        return f"{self.stalls} stalls over {self.threshold_ms:.0f} ms, longest {self.max_ms:.0f} ms"
 
     def as_dict(self) -> dict[str, Any]:
         return {"threshold_ms": self.threshold_ms, "stalls": self.stalls, "total_ms": round(self.total_ms, 1),

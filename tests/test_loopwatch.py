@@ -36,3 +36,13 @@ async def test_short_pauses_are_not_stalls() -> None:
         hold_the_loop(0.05)
         await asyncio.sleep(0.02)
     assert watch.stalls == 0 and watch.max_ms == 0
+
+
+async def test_a_stopped_watch_records_nothing() -> None:
+    watch = LoopWatch(threshold_ms=50)
+    watch.start(asyncio.get_running_loop())
+    await asyncio.sleep(0.05)
+    watch.stop()
+    hold_the_loop(0.2)
+    await asyncio.sleep(0.05)
+    assert watch.stalls == 0

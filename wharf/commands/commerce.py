@@ -196,12 +196,14 @@ def _cpu_times() -> list[int] | None:
 
 def _stolen_since(before: list[int] | None) -> str:
     """The share of CPU time the hypervisor gave to other machines since `before` (`steal`): on a shared
-    virtual machine, what no code here controls; printed beside each latency round."""
+    virtual machine, what no code here controls; printed beside each latency round with the machine's idle share
+    (none left: the worker, Kafka and the load generator compete for the cores)."""
     after = _cpu_times()
     if before is None or after is None:
         return ""
     spent = [b - a for a, b in zip(before, after, strict=True)]
-    return f", CPU steal {100 * spent[7] / max(sum(spent), 1):.0f} %"
+    total = max(sum(spent), 1)
+    return f", CPU steal {100 * spent[7] / total:.0f} %, idle {100 * (spent[3] + spent[4]) / total:.0f} %"
 
 
 async def _produce_clicks(bootstrap: str, topic: str, events: list[dict]) -> None:
@@ -240,6 +242,8 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
     from wharf.infra.kafka import ensure_topics
     from wharf.settings import get_settings
 
+    from streams.loopwatch import LoopWatch
+
     s = get_settings()
     topic = f"bench.clicks.{tag}"
     state = Path(tempfile.mkdtemp(prefix="wharf-bench-"))
@@ -274,6 +278,10 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
     proc = subprocess.Popen([sys.executable, "-m", "wharf.cli", "worker", "--loglevel", "warning"], cwd=ROOT, env=env,
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
+    # The load generator's own loop: a stall here (e.g. starved of CPU on a busy machine) is counted as request
+    # latency, so each round reports it beside the worker's figures.
+    client_loop = LoopWatch(threshold_ms=20)
+    client_loop.start(asyncio.get_running_loop())
     try:
         async with aiohttp.ClientSession() as http:
 
@@ -335,12 +343,13 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
                 latencies.clear()
                 errors = 0
                 t, cpu = time.perf_counter(), _cpu_times()
+                client_loop.reset()
                 await asyncio.gather(*(one(u) for u in batch))
                 wall = time.perf_counter() - t
                 lat = np.array(latencies) * 1e3
                 return (f"{len(lat):,} requests, {level} concurrent, {len(user_ids):,} distinct users: "
                         f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms, max {lat.max():.1f} ms, "
-                        f"{len(lat) / wall:,.0f} req/s, {errors} errors{_stolen_since(cpu)}")
+                        f"{len(lat) / wall:,.0f} req/s, {errors} errors{_stolen_since(cpu)}; load generator: {client_loop.summary()}")
 
             async def open_loop(rate: float, batch: list[str]) -> str:
                 """Requests sent on a fixed schedule whatever the answers do; latency counted from the scheduled
@@ -348,6 +357,7 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
                 lat: list[float] = []
                 failed = 0
                 start, cpu = time.perf_counter() + 0.05, _cpu_times()
+                client_loop.reset()
 
                 async def fire(i: int, user: str) -> None:
                     nonlocal failed
@@ -361,7 +371,8 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
                 await asyncio.gather(*(fire(i, u) for i, u in enumerate(batch)))
                 a = np.array(lat) * 1e3
                 return (f"{len(a):,} requests at {rate:,.0f}/s (open loop): p50 {np.percentile(a, 50):.1f} ms, "
-                        f"p99 {np.percentile(a, 99):.1f} ms, max {a.max():.1f} ms, {failed} errors{_stolen_since(cpu)}")
+                        f"p99 {np.percentile(a, 99):.1f} ms, max {a.max():.1f} ms, {failed} errors{_stolen_since(cpu)}; "
+                        f"load generator: {client_loop.summary()}")
 
             # Each round asks distinct users, after the worker's 1 s answer cache has expired: no request is a cache hit.
             from agents.commerce import RECS_CACHE_SECONDS
@@ -417,6 +428,7 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
                 where = " <- ".join(reversed(top["stack"][-4:])) if top else "no sample: C code held the GIL"
                 print(f"  {stall['ms']:,.0f} ms stall, {stall['sampled']} samples; most in {where}")
     finally:
+        client_loop.stop()  # waiting for the worker below blocks this loop: not a stall of the load generator
         proc.terminate()
         try:
             proc.wait(30)
