@@ -4,7 +4,7 @@ A Faust agent's record goes through the conductor (an `Event` per record, put in
 subscribed channel) and then the agent's `Stream` (sensors, the current event, the take buffer): on
 this 2-core machine, two no-op agents on the clicks topic reach about 6-7k records/s (`wharf bench
 commerce`, "Faust alone"), less than the recommender alone learns. A `BatchAgent` takes the fetched
-records straight from the consumer's callback into a list, and its loop gets them in batches.
+records straight from the consumer's fetch (`getmany`) into a list, and its loop gets them in batches.
 
 Faust still subscribes, fetches, rebalances, commits and keeps the tables' changelogs. What a batch
 agent keeps of a Faust agent's contract:
@@ -76,6 +76,10 @@ class BatchAgent:
         while len(self._buffer) >= self.max_buffered:
             self._space.clear()
             await self._space.wait()
+        self.put_nowait(message)
+
+    def put_nowait(self, message: Any) -> None:
+        """Append a record; the caller checked `would_block` (the buffer may pass `max_buffered` otherwise)."""
         buffer = self._buffer
         if not buffer:
             self._first_in = monotonic()
@@ -162,6 +166,7 @@ class BatchRouter:
         self.agents: list[BatchAgent] = []
         self.by_topic: dict[str, tuple[BatchAgent, ...]] = {}
         self.installed = False
+        self.handed_over = 0  # records appended straight from the fetch (the others went through Faust's guarded path)
 
     def agent(self, *topics: Any, name: str, max_records: int, within: float,
               max_buffered: int | None = None) -> Callable[[AgentFun], AgentFun]:
@@ -209,7 +214,51 @@ class BatchRouter:
             return None
 
         consumer.callback = on_message
+        consumer.getmany = self._handing_over(consumer, consumer.getmany, on_message)
         consumer.batch_router = self
+
+    def _handing_over(self, consumer: Any, faust_getmany: Any, deliver: Any) -> Any:
+        """Faust's `getmany`, with each record of a batch agent's topic handed to its agents' buffers here.
+
+        Faust's drain loop (`Consumer._drain_messages`) takes each fetched record through `wait_first(callback(record),
+        suspend_flow.wait())`: several coroutines per record, a third of what delivering a click cost. A record with room
+        in its buffers is appended at once, with the drain loop's own bookkeeping for it (read offset, gap, periodic
+        commit); one that would wait (flow suspended, a buffer full) goes through that guarded path, as before. Other
+        records are passed on to Faust's loop unchanged."""
+        by_topic = self.by_topic
+        flow = self.app.flow_control
+        read_offset = consumer._read_offset  # noqa: SLF001 - Faust's drain loop keeps it per record; so must this one
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        commit_every = consumer._commit_every  # noqa: SLF001
+        suspend_flow = consumer.suspend_flow
+
+        async def getmany(timeout: float) -> Any:
+            work = Slice()
+            async for tp, message in faust_getmany(timeout=timeout):
+                agents = by_topic.get(tp.topic)
+                if agents is None:
+                    yield tp, message
+                    continue
+                offset = message.offset
+                r_offset = read_offset[tp]
+                if r_offset is not None and offset < r_offset:
+                    continue  # read already (Faust's loop drops these the same way)
+                if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
+                    await consumer._add_gap(tp, r_offset + 1, offset)  # noqa: SLF001
+                if commit_every is not None and consumer._n_acked >= commit_every:  # noqa: SLF001
+                    consumer._n_acked = 0  # noqa: SLF001
+                    await consumer.commit()
+                if flow.is_active() and not suspend_flow.is_set() and not any(a.would_block() for a in agents):
+                    message.incref(len(agents))
+                    for agent in agents:
+                        agent.put_nowait(message)
+                    self.handed_over += 1
+                else:
+                    await consumer.wait_first(deliver(message), suspend_flow.wait())
+                read_offset[tp] = offset
+                await work.tick()  # Faust's loop yields every 100 records; requests are answered meanwhile
+
+        return getmany
 
     def would_block(self, message: Any) -> bool:
         return any(agent.would_block() for agent in self.by_topic.get(message.topic, ()))

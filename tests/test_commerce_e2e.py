@@ -171,6 +171,7 @@ async def test_commerce_path_end_to_end(stack, server_url, unique, tmp_path):
         assert body["checkpoints"] >= 1 and body["keys_written"] >= 2, body  # at least one chunk and its commit
         status, body = http("GET", f"http://127.0.0.1:{port}/stats")
         assert body["dispatch"]["direct"] > 0, body["dispatch"]  # streams/fastpath.py took part, and nothing was lost above
+        assert body["dispatch"]["batch_handed_over"] > 0, body["dispatch"]  # clicks appended straight from the fetch
         batches = body["batch_agents"]  # the clicks reached both click agents through streams/batches.py
         assert batches["wharf.commerce-recommender"]["taken"] >= n_clicks + 1, batches  # with the bad one
         assert batches["wharf.store-clicks"]["taken"] >= n_clicks + 1, batches
