@@ -221,7 +221,7 @@ class BatchRouter:
         """Faust's `getmany`, with each record of a batch agent's topic handed to its agents' buffers here.
 
         Faust's drain loop (`Consumer._drain_messages`) takes each fetched record through `wait_first(callback(record),
-        suspend_flow.wait())`: several coroutines per record, a third of what delivering a click cost. A record with room
+        suspend_flow.wait())`: several coroutines per record, about a sixth of what delivering a click cost. A record with room
         in its buffers is appended at once, with the drain loop's own bookkeeping for it (read offset, gap, periodic
         commit); one that would wait (flow suspended, a buffer full) goes through that guarded path, as before. Other
         records are passed on to Faust's loop unchanged."""
