@@ -82,3 +82,11 @@ async def test_consumer_group_rebalance_between_two_consumers(stack, unique):
         await _poll_until([a], lambda: len(ra.assigned) == 6)
     finally:
         await a.stop()
+
+
+async def test_a_refused_topic_creation_is_named_not_waited_on_silently(stack, unique):
+    """CreateTopics reports a refusal in its result; ensure_topics retries until its deadline, then names it."""
+    topic = f"test.refused.{unique}"
+    with pytest.raises(TimeoutError, match=r"InvalidConfigurationError .*cleanup\.policy"):
+        await ensure_topics(stack.kafka_bootstrap, [topic], 1, configs={topic: {"cleanup.policy": "nonsense"}}, timeout=1)
+    assert await ensure_topics(stack.kafka_bootstrap, [topic], 1) == [topic]  # nothing was half-created

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from wharf.infra.process import ManagedProcess, ServiceError, ensure_ports_free, port_open
 from wharf.settings import Settings
@@ -181,9 +182,10 @@ async def _broker_count(bootstrap: str) -> int:
 
 
 async def ensure_topics(bootstrap: str, names: list[str], partitions: int, configs: dict[str, dict[str, str]] | None = None,
-                        timeout: float = 10.0) -> list[str]:
+                        timeout: float = 30.0) -> list[str]:
     """Create the topics that do not exist yet and wait until the broker's metadata shows their partitions
-    (right after CreateTopics it may show none); returns the names created."""
+    (right after CreateTopics it may show none; on a broker started seconds ago it took over 10 s in some test
+    runs); returns the names created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
@@ -191,21 +193,40 @@ async def ensure_topics(bootstrap: str, names: list[str], partitions: int, confi
     try:
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
-        if missing:
-            await admin.create_topics(
-                [
-                    NewTopic(name=n, num_partitions=partitions, replication_factor=1, topic_configs=(configs or {}).get(n, {}))
-                    for n in missing
-                ]
-            )
-            deadline = time.monotonic() + timeout
-            while any(len(d["partitions"]) < partitions for d in await admin.describe_topics(missing)):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"created topics {missing} show no partitions after {timeout:.0f} s")
-                await asyncio.sleep(0.05)
-        return missing
+        if not missing:
+            return missing
+
+        def new(names: list[str]) -> list[NewTopic]:
+            return [NewTopic(name=n, num_partitions=partitions, replication_factor=1, topic_configs=(configs or {}).get(n, {}))
+                    for n in names]
+
+        # CreateTopics reports failures in its result, not by raising. A broker that has just started can refuse
+        # (e.g. a replication factor above its registered brokers: none yet), and the topic never appeared (a first
+        # test's flake): what does not exist is created again until the deadline, which names the last refusals.
+        refused = _refusals(await admin.create_topics(new(missing)))
+        deadline = time.monotonic() + timeout
+        while True:
+            short = {d["topic"]: d["error_code"] for d in await admin.describe_topics(missing) if len(d["partitions"]) < partitions}
+            if not short:
+                return missing
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"created topics {missing} show no partitions after {timeout:.0f} s (metadata error codes {short})"
+                                   + (f"; CreateTopics refused: {refused}" if refused else ""))
+            existing = set(await admin.list_topics())
+            again = [n for n in short if n not in existing]
+            if again:
+                refused = _refusals(await admin.create_topics(new(again)))
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
+
+
+def _refusals(response: Any) -> dict[str, str]:
+    """Topic -> error of a CreateTopics response, without those that exist already."""
+    from aiokafka.errors import for_code
+
+    return {entry[0]: for_code(entry[1]).__name__ + (f" ({entry[2]})" if len(entry) > 2 and entry[2] else "")
+            for entry in response.topic_errors if entry[1] not in (0, 36)}  # 36: TOPIC_ALREADY_EXISTS
 
 
 async def delete_topics_containing(bootstrap: str, marker: str) -> list[str]:
