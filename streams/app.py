@@ -9,10 +9,9 @@ distributed engine is Kafka itself: each worker process joins the consumer group
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
-import os
-import threading
-import time
+import sys
 from typing import Any
 
 import faust
@@ -52,21 +51,20 @@ class WharfApp(faust.App):
 
     def on_batch_agent_error(self, name: str, exc: BaseException) -> None:
         """A batch agent failed (`streams/batches.py`); its task re-raises, which crashes the app and stops the worker."""
-        log.critical("agent %s failed; stopping the worker", name, exc_info=exc)
+        log.critical("agent %s failed", name, exc_info=exc)
         exit_later(name)
 
 
 def exit_later(agent_name: str) -> None:
-    """Faust's shutdown after a crash sometimes hangs (seen in a CI run: 'We experienced a crash!', then no exit
+    """Faust's shutdown after a crash sometimes hangs (seen in CI runs: 'We experienced a crash!', then no exit
     for 2 minutes), so the process exits by itself if it is still there `CRASH_EXIT_SECONDS` after an agent
-    failed, as after a kill -9: nothing the agent had not acked was committed."""
+    failed, as after a kill -9: nothing the agent had not acked was committed.
 
-    def exit_if_still_running() -> None:
-        time.sleep(CRASH_EXIT_SECONDS)
-        log.critical("the worker did not stop %.0f s after agent %s failed; exiting now", CRASH_EXIT_SECONDS, agent_name)
-        os._exit(1)
-
-    threading.Thread(target=exit_if_still_running, name="wharf-crash-exit", daemon=True).start()
+    The timer is faulthandler's watchdog, a C thread that needs no GIL: a Python timer thread did not fire in
+    a CI run, so the hang held the GIL (C code) or was past the point where Python threads run (the
+    interpreter's exit). The watchdog writes every thread's stack to stderr before it exits: where it hung."""
+    log.critical("agent %s failed; stopping the worker (exit within %.0f s)", agent_name, CRASH_EXIT_SECONDS)
+    faulthandler.dump_traceback_later(CRASH_EXIT_SECONDS, exit=True, file=sys.__stderr__)
 
 
 app = WharfApp(
