@@ -60,9 +60,10 @@ def exit_later(agent_name: str) -> None:
     for 2 minutes), so the process exits by itself if it is still there `CRASH_EXIT_SECONDS` after an agent
     failed, as after a kill -9: nothing the agent had not acked was committed.
 
-    The timer is faulthandler's watchdog, a C thread that needs no GIL: a Python timer thread did not fire in
-    a CI run, so the hang held the GIL (C code) or was past the point where Python threads run (the
-    interpreter's exit). The watchdog writes every thread's stack to stderr before it exits: where it hung."""
+    The hangs seen in CI came after Python's finalisation, in the native libraries' teardown, where no Python
+    thread runs (`wharf.cli.run_faust_worker` now exits before it). This timer is for a hang inside Faust's own
+    shutdown: faulthandler's watchdog, a C thread that needs no GIL, writes every thread's stack to stderr and
+    exits."""
     log.critical("agent %s failed; stopping the worker (exit within %.0f s)", agent_name, CRASH_EXIT_SECONDS)
     faulthandler.dump_traceback_later(CRASH_EXIT_SECONDS, exit=True, file=sys.__stderr__)
 

@@ -133,7 +133,7 @@ def run_faust_worker(faust_app: Any, loglevel: str) -> None:
         worker.execute_from_commandline()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    except BaseException:  # an agent crashed: Faust re-raises its error once the worker has stopped
+    except BaseException:  # mode's `exiting` turns an agent's crash into SystemExit(1); anything else lands here
         traceback.print_exc()
         code = 1
     # Faust has stopped every service by now (agents, commits, changelog producer, ClickHouse writers). What is
