@@ -33,7 +33,9 @@ class OrderedAcker:
         return done
 
     def _release(self, tp: Any) -> None:
-        queue = self._queues[tp]
+        queue = self._queues.get(tp)
+        if queue is None:  # revoked (`forget`) while this record was being stored: the new owner gets it again
+            return
         while queue and queue[0][1]:
             queue.popleft()[0].ack()
 

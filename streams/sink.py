@@ -94,6 +94,13 @@ class ClickHouseWriter:
         if self._task is None:
             self._stopping = False
             self._task = asyncio.create_task(self._run(), name=f"clickhouse-writer:{self.spec.name}")
+            self._task.add_done_callback(self._on_task_done)
+
+    def _on_task_done(self, task: asyncio.Task) -> None:
+        """A writer that dies stores and acks nothing more: its agents' records wait forever, so say so loudly."""
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("ClickHouse writer for %s stopped; records waiting for it will not be acked", self.spec.name,
+                         exc_info=task.exception())
 
     async def stop(self, flush: bool = True) -> None:
         """Flush what is pending (retrying while ClickHouse is down) and stop."""

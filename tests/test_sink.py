@@ -152,3 +152,40 @@ async def test_a_trickle_after_an_idle_spell_is_flushed_by_time(ch):
             await asyncio.sleep(0.05)
     assert len(stored(ch)) == 5
     await w.stop()
+
+
+async def test_a_partition_revoked_while_its_batch_is_acked_leaves_the_writer_running(ch):
+    """The writer yields while it acks a stored batch; a revocation meanwhile (OrderedAcker.forget, as the sensor
+    agent does) must not stop it: the revoked records stay unacked for their next owner, later ones are acked."""
+    from types import SimpleNamespace
+
+    from streams.acks import OrderedAcker
+
+    n = 20_000  # acked in one loop long enough to yield several times
+    acker = OrderedAcker()
+    acked: list[tuple[str, int]] = []
+
+    def event(tp: str, offset: int) -> SimpleNamespace:
+        e = SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
+        e.ack = lambda: acked.append((tp, offset))
+        return e
+
+    w = ClickHouseWriter(ch, SPEC, batch_rows=n, batch_seconds=5)
+    for o in range(n):  # one full batch over two partitions
+        await w.put(o % 2, o, click_rows(o), acker.track(event(f"p{o % 2}", o)))
+
+    async def revoke_p1_once_acks_begin() -> None:
+        while not acked:
+            await asyncio.sleep(0)
+        acker.forget({"p1"})
+
+    async with asyncio.timeout(30):
+        await asyncio.gather(w.flush(), revoke_p1_once_acks_begin())
+    assert {("p0", o) for o in range(0, n, 2)} <= set(acked)  # every record of the partition kept is acked
+    assert 0 < sum(tp == "p1" for tp, _ in acked) < n // 2  # p1's acks stopped at the revocation
+    assert w._task is not None and not w._task.done()  # noqa: SLF001 - the writer is still running
+    await w.put(0, n, click_rows(n), acker.track(event("p0", n)))
+    async with asyncio.timeout(30):
+        await w.flush()
+    assert acked[-1] == ("p0", n)
+    await w.stop()
