@@ -212,8 +212,7 @@ async def ensure_topics(bootstrap: str, names: list[str], partitions: int, confi
             if time.monotonic() > deadline:
                 raise TimeoutError(f"created topics {missing} show no partitions after {timeout:.0f} s (metadata error codes {short})"
                                    + (f"; CreateTopics refused: {refused}" if refused else ""))
-            existing = set(await admin.list_topics())
-            again = [n for n in short if n not in existing]
+            again = [n for n, code in short.items() if code == 3]  # UNKNOWN_TOPIC_OR_PARTITION: not created (yet)
             if again:
                 refused = _refusals(await admin.create_topics(new(again)))
             await asyncio.sleep(0.1)
