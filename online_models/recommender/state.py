@@ -160,9 +160,10 @@ _FACTORS = {cls: cls.__slots__.index("factors") for cls in (ItemState, UserState
 def _compact(obj: ItemState | UserState) -> tuple[Any, ...]:
     cls = type(obj)
     values = _GETTERS[cls](obj)
-    f = values[_FACTORS[cls]]
+    i = _FACTORS[cls]
+    f = values[i]
     if f is not None and f.dtype == np.float32 and f.ndim == 1:
-        values = (*values[:_FACTORS[cls]], f.tobytes(), *values[_FACTORS[cls] + 1:])
+        values = (*values[:i], f.tobytes(), *values[i + 1:])
     return _rebuild, (cls, values)
 
 
