@@ -169,8 +169,9 @@ def test_compiled_ranking_matches_the_blend_spelled_out_in_numpy():
 
 def test_compiled_bpr_step_matches_the_numpy_spelling():
     """`bpr_step` against the update written out with NumPy on float64 copies: the user moves toward the clicked
-    item and away from the negative, both items toward/away from the user, and the returned gradient scale is
-    the sigmoid's complement times the step (checked on margins where it is near `scale`, mid-way and near 0)."""
+    item and away from the negative, both items toward/away from the user, and the biases move by the sigmoid's
+    complement times the step (checked on margins where it is near `scale`, mid-way and near 0); the index rows
+    of the two items, and no others, get the new vectors and biases."""
     from online_models.recommender.bpr import bpr_step
 
     rng = np.random.default_rng(3)
@@ -184,11 +185,15 @@ def test_compiled_bpr_step_matches_the_numpy_spelling():
         p_want = p64 * keep + g_want * (qi64 - qj64)
         qi_want = qi64 * keep + g_want * p64
         qj_want = qj64 * keep - g_want * p64
-        g = bpr_step(p, qi, qj, margin, scale, keep)
-        assert g == pytest.approx(g_want, rel=1e-5)
+        q, bias = np.zeros((4, 32), dtype=np.float32), np.zeros(4, dtype=np.float32)
+        bi, bj = bpr_step(p, qi, qj, shift, -0.05, scale, keep, q, bias, 2, 0)
+        assert bi == pytest.approx(shift * keep + g_want, rel=1e-5, abs=1e-9)
+        assert bj == pytest.approx(-0.05 * keep - g_want, rel=1e-5, abs=1e-9)
+        assert bias.tolist() == pytest.approx([bj, 0.0, bi, 0.0], rel=1e-6)  # the index rows got them too
         for got, want in ((p, p_want), (qi, qi_want), (qj, qj_want)):
             assert got.dtype == np.float32
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+        assert (q[2] == qi).all() and (q[0] == qj).all() and not q[1].any() and not q[3].any()
 
 
 def test_pickle_round_trip_gives_identical_recommendations():

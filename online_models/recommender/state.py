@@ -21,7 +21,8 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
-from operator import attrgetter
+from operator import attrgetter, itemgetter
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -82,27 +83,36 @@ class ItemState:
     trending_ts: float = 0.0
     events: int = 0
 
-    def add_pair(self, other: str, amount: float, t: float, rate_s: float, rate_pairs: float, top_n: int) -> None:
-        self.cooc_pairs += 1
-        clock = rate_s * t + rate_pairs * self.cooc_pairs
-        if clock < self.cooc_clock:  # late event: it is as old as the row, not older
-            clock = self.cooc_clock
-        self.cooc_clock = clock
-        exponent = clock - self.cooc_ref
-        if exponent > _MAX_EXPONENT or not self.cooc:
-            if self.cooc:
-                shrink = math.exp(-exponent)
-                for k in self.cooc:
-                    self.cooc[k] *= shrink
-                self.cooc_total *= shrink
-            self.cooc_ref, exponent = clock, 0.0
-        scaled = amount * math.exp(exponent)
+    def add_pairs(self, pairs: Iterable[tuple[str, float]], t: float, rate_s: float, rate_pairs: float, top_n: int) -> None:
+        """Add `(other, amount)` pairs at time `t`, in order; each moves the row's decay clock by one pair.
+        One call per event and row: the reverse pairs of a click (up to `pair_window`) go in together."""
         cooc = self.cooc
-        cooc[other] = cooc.get(other, 0.0) + scaled
-        self.cooc_total += scaled
-        if len(cooc) > top_n + (top_n >> 1):
-            # Amortised O(1): prune back to top-N every N/2 new neighbours.
-            self.cooc = dict(heapq.nlargest(top_n, cooc.items(), key=lambda kv: kv[1]))
+        npairs = self.cooc_pairs
+        clock = self.cooc_clock
+        ref = self.cooc_ref
+        total = self.cooc_total
+        base = rate_s * t
+        limit = top_n + (top_n >> 1)
+        for other, amount in pairs:
+            npairs += 1
+            c = base + rate_pairs * npairs
+            if c > clock:  # a late event is as old as the row, not older
+                clock = c
+            exponent = clock - ref
+            if exponent > _MAX_EXPONENT or not cooc:
+                if cooc:
+                    shrink = math.exp(-exponent)
+                    for k in cooc:
+                        cooc[k] *= shrink
+                    total *= shrink
+                ref, exponent = clock, 0.0
+            scaled = amount * math.exp(exponent)
+            cooc[other] = cooc.get(other, 0.0) + scaled
+            total += scaled
+            if len(cooc) > limit:
+                # Amortised O(1): prune back to top-N every N/2 new neighbours.
+                cooc = dict(heapq.nlargest(top_n, cooc.items(), key=itemgetter(1)))
+        self.cooc, self.cooc_pairs, self.cooc_clock, self.cooc_ref, self.cooc_total = cooc, npairs, clock, ref, total
 
     def cooc_prior_scale(self) -> float:
         """Factor that brings an unscaled pseudo-count to the row's scale (as of its last pair)."""
