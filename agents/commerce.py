@@ -167,15 +167,19 @@ def recommender_config() -> RecommenderConfig:
 
 
 class Tracked(dict):
-    """A dict that remembers which keys were assigned since the last checkpoint (the model writes back every change)."""
+    """A dict that remembers which keys were assigned since the last checkpoint (the model writes back every change).
+
+    In the order they were first assigned: a restore appends the new keys of each delta in that order, so a
+    restored shard numbers its items as the live one did (the dense index's rows), and sums over them come
+    out the same to the last bit."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.dirty: set[str] = set()
+        self.dirty: dict[str, None] = {}
 
     def __setitem__(self, key: str, value: Any) -> None:
         dict.__setitem__(self, key, value)
-        self.dirty.add(key)
+        self.dirty[key] = None
 
 
 LOG_PREFIX = "r"  # recommender shard logs in the table: r/{partition}/{generation}/{seq}/{chunk|c}
