@@ -82,13 +82,13 @@ from faust.streams import _current_event
 from pydantic import Field
 
 from online_models.alarms import AlarmBook
-from online_models.recommender import GlobalState, ItemState, OnlineRecommender, RecommenderConfig, UserState, bpr, scoring
+from online_models.recommender import GlobalState, ItemState, OnlineRecommender, RecommenderConfig, bpr, scoring
 from schemas import codec, rows
 from schemas.events import ClickEvent, Ident, Recommendation, Review, SentimentScore, Severity, TimedEvent
-from schemas.validation import InvalidEvent, Limits, parse
+from schemas.validation import Checked, InvalidEvent, checked, parse
 from streams import deltalog, heap
 from streams.acks import OrderedAcker
-from streams.app import app, settings, storage, topics
+from streams.app import app, limits, settings, storage, topics
 from streams.deltalog import DeltaLog
 from streams.ingest import send_dead_letter
 from streams.slices import Slice
@@ -96,7 +96,6 @@ from streams.topics import CATALOGUE_FANOUT, SELLER_SENTIMENT, internal_topic_na
 
 log = logging.getLogger(__name__)
 
-LIMITS = Limits.from_settings(settings)
 P = settings.topic_partitions
 STATE_VERSION = 2  # 2: delta log (streams.deltalog); 1: one key per user/item
 CLICK_BATCH = 10_000
@@ -222,20 +221,6 @@ def _load(blob: bytes) -> Any:
     return pickle.loads(blob)
 
 
-def parse_click(payload: bytes, now: float) -> ClickEvent | None:
-    """The same acceptance as `schemas.validation.parse` (size, schema, time bounds) on the hot path:
-    pydantic's JSON parser directly, no refusal details (the storage agent dead-letters invalid clicks)."""
-    if len(payload) > LIMITS.max_payload_bytes:
-        return None
-    try:
-        click = ClickEvent.model_validate_json(payload)
-    except ValueError:
-        return None
-    if not now - LIMITS.max_past_age_seconds <= click.ts <= now + LIMITS.max_future_skew_seconds:
-        return None
-    return click
-
-
 @dataclass
 class Shard:
     """The recommender of one clicks partition and what its checkpoints need."""
@@ -274,15 +259,16 @@ class Shard:
         log.stale.update(legacy_keys)  # rewritten in the new format by the next checkpoint, then deleted
         return cls.new(partition, log=log, **state)
 
-    def apply(self, topic: str, offset: int, payload: bytes, timestamp: float) -> bool:
-        """Learn one record (click or catalogue change); False if it is already in the state or invalid."""
+    def apply(self, topic: str, offset: int, value: bytes | Checked, timestamp: float) -> bool:
+        """Learn one record (click or catalogue change); False if it is already in the state or invalid.
+        A click may come checked already (`streams.app` decodes them once for this agent and the storage agent)."""
         if offset <= self.offsets.get(topic, -1):
             self.skipped += 1
             return False
         self.offsets[topic] = offset
         m = self.model
         if topic == settings.topic_clicks:
-            click = parse_click(payload, timestamp)
+            click = checked(value, ClickEvent, now=timestamp, limits=limits).event
             if click is None:
                 return False  # invalid clicks are dead-lettered by the storage agent (agents/storage.py)
             m.learn_one({"user_id": click.user_id, "item_id": click.item_id, "action": click.action, "ts": click.ts,
@@ -294,7 +280,7 @@ class Shard:
             self.active_items[click.item_id] = None
             return True
         try:
-            change = CatalogueChange.model_validate_json(payload)  # validated by fan_out_catalogue already
+            change = CatalogueChange.model_validate_json(value)  # validated by fan_out_catalogue already
         except ValueError:
             return False
         if change.action == "remove":
@@ -437,8 +423,7 @@ async def learn_batch(events: Sequence[Any]) -> None:
             owned = owned or recommenders.owned() | {msg.partition}
             recommenders.load(owned)
             shard = recommenders.shards[msg.partition]
-        payload = event.value if isinstance(event.value, bytes) else bytes(event.value)
-        shard.apply(msg.topic, msg.offset, payload, msg.timestamp)
+        shard.apply(msg.topic, msg.offset, event.value, msg.timestamp)
         pending.last[msg.partition] = event
         pending.events.append(event)
         await work.tick()
@@ -537,7 +522,7 @@ async def fan_out_catalogue(stream):  # noqa: ANN001
             msg = event.message
             payload = event.value if isinstance(event.value, bytes) else bytes(event.value)
             try:
-                change = parse(payload, CatalogueChange, now=msg.timestamp, limits=LIMITS)
+                change = parse(payload, CatalogueChange, now=msg.timestamp, limits=limits)
             except InvalidEvent as exc:
                 await send_dead_letter(topics["topic_dead_letters"], exc, payload, "kafka", kafka_topic=msg.topic,
                                        kafka_partition=msg.partition, kafka_offset=msg.offset)
@@ -762,7 +747,7 @@ async def score_review_stream(stream):  # noqa: ANN001
             msg = event.message
             payload = event.value if isinstance(event.value, bytes) else bytes(event.value)
             try:
-                valid.append((event, done, parse(payload, Review, now=msg.timestamp, limits=LIMITS)))
+                valid.append((event, done, parse(payload, Review, now=msg.timestamp, limits=limits)))
             except InvalidEvent as exc:
                 await send_dead_letter(topics["topic_dead_letters"], exc, payload, "kafka", kafka_topic=msg.topic,
                                        kafka_partition=msg.partition, kafka_offset=msg.offset)

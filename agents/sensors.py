@@ -51,13 +51,12 @@ from online_models.alarms import DeviceMonitor, MonitorConfig, source_of
 from online_models.anomaly import DeviceAnomalyModel, RuleSet
 from schemas import codec, rows
 from schemas.events import Alert, DeviceStatus, SensorReading
-from schemas.validation import InvalidEvent, Limits, parse
+from schemas.validation import InvalidEvent, parse
 from streams.acks import OrderedAcker
-from streams.app import app, settings, storage, topics
+from streams.app import app, limits, settings, storage, topics
 
 log = logging.getLogger(__name__)
 
-LIMITS = Limits.from_settings(settings)
 BATCH = settings.sink_batch_rows
 WITHIN = min(settings.sink_batch_seconds, 0.05)  # latency: alarms should not wait for a full batch
 DEVICE_DEDUP_KEYS = 1024  # per device, in the checkpointed state (the raw path keeps its own window)
@@ -236,7 +235,7 @@ class Owner:
             self.done_upto[key] = max(self.done_upto.get(key, -1), r.offset)
             if r.topic == settings.topic_sensor_readings:
                 try:
-                    ev = parse(r.value, SensorReading, now=r.kafka_ts, limits=LIMITS)
+                    ev = parse(r.value, SensorReading, now=r.kafka_ts, limits=limits)
                 except InvalidEvent:
                     parsed.append((r, None))  # dead-lettered by the storage agent
                     continue
@@ -249,7 +248,7 @@ class Owner:
                 parsed.append((r, ev))
             elif r.topic == settings.topic_device_status:
                 try:
-                    parsed.append((r, parse(r.value, DeviceStatus, now=r.kafka_ts, limits=LIMITS)))
+                    parsed.append((r, parse(r.value, DeviceStatus, now=r.kafka_ts, limits=limits)))
                 except InvalidEvent:
                     log.warning("ignoring invalid device status at %s/%d/%d", r.topic, r.partition, r.offset)
                     parsed.append((r, None))

@@ -10,12 +10,11 @@ from __future__ import annotations
 from schemas import rows
 from schemas.deadletter import DeadLetter
 from schemas.events import ClickEvent, SensorReading
-from schemas.validation import FieldError, InvalidEvent, Limits
+from schemas.validation import FieldError, InvalidEvent
 from streams.acks import OrderedAcker
-from streams.app import app, settings, storage, topics
+from streams.app import app, limits, settings, storage, topics
 from streams.ingest import RecentKeys, SourceMarks, store_events
 
-LIMITS = Limits.from_settings(settings)
 BATCH = settings.sink_batch_rows
 WITHIN = settings.sink_batch_seconds
 
@@ -35,17 +34,18 @@ async def store_sensor_readings(stream):  # noqa: ANN001
             recent.forget()
         await recent.ensure(storage.ch, {e.message.partition for e in events})
         await store_events(events, model=SensorReading, to_rows=rows.sensor_reading, writer=writer,
-                           dlq_topic=topics["topic_dead_letters"], limits=LIMITS, acker=acker,
+                           dlq_topic=topics["topic_dead_letters"], limits=limits, acker=acker,
                            duplicate=lambda r, p: recent.seen(p, (r.device_id, r.seq, int(r.ts))))
 
 
 @app.batch_agents.agent(topics["topic_clicks"], name="wharf.store-clicks", max_records=BATCH, within=WITHIN)
 async def store_clicks(agent):  # noqa: ANN001 - streams.batches.BatchAgent: the clicks skip Faust's per-record path
+    # The clicks arrive checked (`schemas.validation.Checked`, decoded once for this agent and the recommender).
     writer = storage.writer("clicks", settings.topic_clicks)
     acker = OrderedAcker()
     async for events in agent.batches():
         await store_events(events, model=ClickEvent, to_rows=rows.click, writer=writer,
-                           dlq_topic=topics["topic_dead_letters"], limits=LIMITS, acker=acker)
+                           dlq_topic=topics["topic_dead_letters"], limits=limits, acker=acker)
 
 
 @app.agent(topics["topic_dead_letters"], name="wharf.store-dead-letters")

@@ -1,6 +1,6 @@
 """The Faust app: broker, state store, topics and the ClickHouse storage every agent writes through.
 
-Agents live in `agents/` and import `app`, `topics` and `storage` from here. The
+Agents live in `agents/` and import `app`, `topics`, `limits` and `storage` from here. The
 distributed engine is Kafka itself: each worker process joins the consumer group
 `settings.app_id`, gets a share of every topic's partitions, and Faust tables
 (RocksDB via rocksdict, backed by changelog topics) move with their partitions.
@@ -17,6 +17,8 @@ from typing import Any
 import faust
 
 from schemas.clickhouse import TABLES, migrate
+from schemas.events import ClickEvent
+from schemas.validation import Limits, check
 from streams import heap, loopwatch, partition_check
 from streams.batches import BatchRouter
 from streams.clickhouse import ClickHouse, from_settings
@@ -96,6 +98,9 @@ app = WharfApp(
 )
 
 topics = declare(app, settings)
+limits = Limits.from_settings(settings)  # what every agent and the collector accept (size, event time)
+# Two batch agents read the clicks (raw storage, recommender): each click is validated once and both get the result.
+app.batch_agents.decode(topics["topic_clicks"], lambda m: check(m.value, ClickEvent, now=m.timestamp, limits=limits))
 partition_check.install()
 
 

@@ -21,6 +21,10 @@ agent keeps of a Faust agent's contract:
 - an agent that raises stops the worker (a failed app task crashes the app; `WharfApp.on_batch_agent_error`),
   as `agent_supervisor` does for Faust agents.
 
+A topic may have a decoder (`BatchRouter.decode`): its records reach the agents as what the decoder made of
+them, computed by the first agent that takes the record and shared with the others (the clicks are validated
+once for the raw storage and the recommender).
+
 A topic read by a batch agent must have no Faust agent: its records never reach Faust's channels.
 """
 
@@ -48,9 +52,10 @@ class BatchAgent:
                  max_records: int, within: float, max_buffered: int) -> None:
         for topic in topics:
             if topic.value_serializer != "raw" or topic.key_serializer != "raw":
-                raise ValueError(f"batch agent {name}: topic {topic.get_topic_name()} must be raw bytes (records are not decoded)")
+                raise ValueError(f"batch agent {name}: topic {topic.get_topic_name()} must be raw bytes (Faust decodes no record of a batch agent; see `BatchRouter.decode`)")
         self.app = app
         self.topics = topics
+        self.decoders: dict[str, Callable[[Any], Any]] = {}  # the router's, by topic name
         self.topic_names = {name for topic in topics for name in topic.topics}
         self.name = name
         self.fun = fun
@@ -101,6 +106,7 @@ class BatchAgent:
         app = self.app
         flow = app.flow_control
         consumer = app.consumer
+        decoders = self.decoders
         while True:
             if not self._buffer:
                 self._arrived.clear()
@@ -137,7 +143,12 @@ class BatchAgent:
                 if not message.tracked:
                     message.tracked = True
                     consumer.track_message(message)
-                events.append(Event(app, message.key, message.value, message.headers, message))
+                value = message.value
+                if type(value) is bytes:  # noqa: E721 - a decoded value is never bytes
+                    decode = decoders.get(message.topic)
+                    if decode is not None:
+                        value = message.value = decode(message)  # the next agent reading it takes this
+                events.append(Event(app, message.key, value, message.headers, message))
             self.taken += len(events)
             if events:
                 yield events
@@ -167,6 +178,7 @@ class BatchRouter:
         self.by_topic: dict[str, tuple[BatchAgent, ...]] = {}
         self.installed = False
         self.handed_over = 0  # records appended straight from the fetch (the others went through Faust's guarded path)
+        self.decoders: dict[str, Callable[[Any], Any]] = {}
 
     def agent(self, *topics: Any, name: str, max_records: int, within: float,
               max_buffered: int | None = None) -> Callable[[AgentFun], AgentFun]:
@@ -177,6 +189,7 @@ class BatchRouter:
                 raise RuntimeError(f"batch agent {name} declared after the consumer was created")
             agent = BatchAgent(self.app, topics, name, fun, max_records=max_records, within=within,
                                max_buffered=max_buffered or 2 * max_records)
+            agent.decoders = self.decoders
             self.agents.append(agent)
             for topic_name in agent.topic_names:
                 self.by_topic[topic_name] = (*self.by_topic.get(topic_name, ()), agent)
@@ -186,6 +199,13 @@ class BatchRouter:
             return fun
 
         return decorate
+
+    def decode(self, topic: Any, decoder: Callable[[Any], Any]) -> None:
+        """Records of `topic` reach its batch agents as `decoder(message)` (not bytes), decoded once for all of them."""
+        if self.installed:
+            raise RuntimeError(f"decoder of {topic.get_topic_name()} declared after the consumer was created")
+        for name in topic.topics:
+            self.decoders[name] = decoder
 
     def install(self, consumer: Any) -> None:
         """Take over the consumer's callback (`WharfApp._new_consumer`: `Consumer._drain_messages` reads it once)."""

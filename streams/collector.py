@@ -26,13 +26,12 @@ from faust.web import Request, Response, View
 from agents.commerce import CatalogueChange, catalogue_topic
 from schemas import codec
 from schemas.events import ClickEvent, Review, TimedEvent
-from schemas.validation import FieldError, InvalidEvent, Limits, validate
-from streams.app import app, settings, topics
+from schemas.validation import FieldError, InvalidEvent, validate
+from streams.app import app, limits, settings, topics
 from streams.ingest import send_dead_letter
 
 log = logging.getLogger(__name__)
 
-LIMITS = Limits.from_settings(settings)
 
 # type -> (model, kind for validation/dead letters, topic attribute or topic, key field)
 KINDS: dict[str, tuple[type[TimedEvent], str, Any, str]] = {
@@ -88,7 +87,7 @@ def check(kind: str | None, obj: Any, now: float) -> TimedEvent:
         got = obj.get("type") if isinstance(obj, dict) else None
         raise InvalidEvent("http_event", [FieldError("type", repr(got), f"must be one of {sorted(KINDS)}")])
     model = KINDS[kind][0]
-    event = validate(obj, model, now=now, limits=LIMITS, kind=kind)
+    event = validate(obj, model, now=now, limits=limits, kind=kind)
     return event
 
 
@@ -102,8 +101,8 @@ async def collect(data: Any, now: float) -> tuple[int, list[dict[str, Any]]]:
     for i, (kind, obj) in enumerate(items):
         raw = codec.dumps(obj)
         try:
-            if len(raw) > LIMITS.max_payload_bytes:
-                raise InvalidEvent(kind or "http_event", [FieldError("$", f"{len(raw)} bytes", f"event exceeds {LIMITS.max_payload_bytes} bytes")])
+            if len(raw) > limits.max_payload_bytes:
+                raise InvalidEvent(kind or "http_event", [FieldError("$", f"{len(raw)} bytes", f"event exceeds {limits.max_payload_bytes} bytes")])
             event = check(kind, obj, now)
         except InvalidEvent as exc:
             futs.append(send_dead_letter(topics["topic_dead_letters"], exc, raw, "http"))
@@ -165,7 +164,7 @@ class Catalogue(View):
         valid, refused = [], []
         for i, obj in enumerate(changes):
             try:
-                valid.append(validate(obj, CatalogueChange, now=now, limits=LIMITS, kind="catalogue_change"))
+                valid.append(validate(obj, CatalogueChange, now=now, limits=limits, kind="catalogue_change"))
             except InvalidEvent as exc:
                 refused.append({"index": i, "errors": [e.as_dict() for e in exc.errors]})
         if refused:  # a catalogue change is an operator action: all or nothing

@@ -13,7 +13,7 @@ from typing import Any
 
 from schemas.deadletter import DeadLetter
 from schemas.events import TimedEvent
-from schemas.validation import InvalidEvent, Limits, parse
+from schemas.validation import InvalidEvent, Limits, checked
 from streams.acks import OrderedAcker
 from streams.sink import ClickHouseWriter
 from streams.slices import Slice
@@ -46,6 +46,7 @@ async def store_events(
     duplicate: Callable[[Any, int], bool] | None = None,
 ) -> int:
     """Validate a batch of Faust events and hand them to the writer; returns how many were refused.
+    An event's value is its record's bytes, or what a decoder made of them (`schemas.validation.Checked`).
 
     `duplicate(parsed, partition)` True: a copy of an event already stored (e.g. an MQTT
     redelivery the bridge forwarded twice): acked in order, not stored again."""
@@ -55,16 +56,16 @@ async def store_events(
         await work.tick()
         done = acker.track(event)
         msg = event.message
-        payload: bytes = event.value if isinstance(event.value, bytes) else bytes(event.value)
-        try:
-            # Time bounds are checked against the record's Kafka timestamp, not the wall clock:
-            # a backlog consumed after an outage is still valid.
-            parsed = parse(payload, model, now=msg.timestamp, limits=limits)
-        except InvalidEvent as exc:
+        # Time bounds are checked against the record's Kafka timestamp, not the wall clock:
+        # a backlog consumed after an outage is still valid.
+        record = checked(event.value, model, now=msg.timestamp, limits=limits)
+        if record.error is not None:
             refused += 1
-            await send_dead_letter(dlq_topic, exc, payload, "kafka", kafka_topic=msg.topic, kafka_partition=msg.partition, kafka_offset=msg.offset)
+            await send_dead_letter(dlq_topic, record.error, record.payload, "kafka", kafka_topic=msg.topic,
+                                   kafka_partition=msg.partition, kafka_offset=msg.offset)
             done()
             continue
+        parsed = record.event
         if duplicate is not None and duplicate(parsed, msg.partition):
             done()
             continue

@@ -6,7 +6,7 @@ import pytest
 from schemas import codec
 from schemas.deadletter import DeadLetter
 from schemas.events import ClickEvent, Review, SensorReading
-from schemas.validation import InvalidEvent, Limits, parse
+from schemas.validation import InvalidEvent, Limits, check, checked, parse, validate
 
 NOW = 1_700_000_000.0
 
@@ -44,6 +44,8 @@ def test_iso_timestamp_with_zone_is_accepted_and_naive_is_refused():
     assert r.ts == NOW
     e = refusal(reading(ts="2023-11-14T22:13:20"))
     assert e.field == "ts" and "time zone" in e.reason
+    e = refusal(reading(ts="2023-11-14T23:13:20Z"))  # an hour ahead: the value is quoted as it was sent
+    assert e.field == "ts" and "in the future" in e.reason and e.errors[0].value == "'2023-11-14T23:13:20Z'"
 
 
 @pytest.mark.parametrize(
@@ -114,6 +116,17 @@ def test_dead_letter_keeps_original_bytes_and_every_error():
     assert decoded.field == e.field and decoded.reason == e.reason
     assert len(decoded.errors) == len(e.errors) >= 5
     assert decoded.received_ts == pytest.approx(time.time(), abs=5)
+
+
+def test_check_keeps_the_bytes_and_the_refusal_and_checked_takes_a_check_as_it_is():
+    good, bad = reading(), reading(seq="seven")
+    ok = check(good, SensorReading, now=NOW)
+    assert ok.error is None and ok.payload == good
+    assert ok.event == parse(good, SensorReading, now=NOW) == validate(codec.loads(good), SensorReading, now=NOW)
+    no = check(bad, SensorReading, now=NOW)
+    assert no.event is None and no.payload == bad and no.error.field == "seq" and "integer" in no.error.reason
+    assert checked(no, SensorReading, now=NOW) is no  # a reader before checked it: not checked again
+    assert checked(bytearray(good), SensorReading, now=NOW).event == ok.event
 
 
 def test_event_time_limits_are_optional_for_internal_replays():

@@ -171,7 +171,6 @@ class OnlineRecommender:
     def _item(self, item_id: str, category: str | None, price: float | None, ts: float) -> ItemState:
         st = self.items.get(item_id)
         if st is None:
-            cfg = self.config
             st = ItemState(item_id, category=category, price=price, popular_ts=ts, trending_ts=ts)
             st.factors = self._initial_factors()
             self.items[item_id] = st
@@ -199,7 +198,6 @@ class OnlineRecommender:
     def _user(self, user_id: str, ts: float) -> UserState:
         st = self.users.get(user_id)
         if st is None:
-            cfg = self.config
             st = UserState(user_id, categories_ref=ts)
             st.factors = self._initial_factors()
         return st
