@@ -490,16 +490,8 @@ class OnlineRecommender:
             if norms[which] > 0:
                 out[name] = mass[which] / norms[which]
         if user.events >= cfg.latent_min_events:
-            s = idx.q[:n] @ user.factors
-            s += idx.bias[:n]
-            s *= 1.0 / cfg.latent_temperature
-            if n_active < n:
-                s[~active] = -np.inf
-            top = float(s.max())
-            target = float(s[row])
-            s -= top
-            np.exp(s, out=s)
-            out[LATENT] = math.exp(target - top) / float(s.sum(dtype=np.float64))
+            w = self._latent_weights(user, n, n_active == n)
+            out[LATENT] = float(w[row]) / float(w.sum())
         pref = self._category_pref(user)
         code = idx.category[row]
         if pref and code >= 0:
@@ -508,6 +500,18 @@ class OnlineRecommender:
             cat_sum = float(idx.popular[:n][in_cat].sum()) + prior_p * float(in_cat.sum())
             out[CATEGORY] = pref.get(int(code), 0.0) * pop_row / cat_sum if cat_sum > 0 else 0.0
         return out
+
+    def _latent_weights(self, user: UserState, n: int, all_active: bool) -> np.ndarray:
+        """exp(score - max score) of each item for the user (float64; 0 on inactive items): the numerators of the
+        latent signal's softmax, shared by ranking and by the blend's update."""
+        idx = self.index
+        s = (idx.q[:n] @ user.factors + idx.bias[:n]).astype(np.float64)
+        s *= 1.0 / self.config.latent_temperature
+        if not all_active:
+            s[~idx.active[:n]] = -np.inf
+        s -= s.max()
+        np.exp(s, out=s)
+        return s
 
     def _update_blend(self, user: UserState, item_id: str, now: float) -> None:
         """One online-EM step: move the weights toward each signal's share of the
@@ -580,12 +584,7 @@ class OnlineRecommender:
             if user.events >= cfg.latent_min_events:
                 available |= HAS[LATENT]
                 total += blend.get(LATENT, 0.0)
-                latent = (idx.q[:n] @ user.factors + idx.bias[:n]).astype(np.float64)
-                latent *= 1.0 / cfg.latent_temperature
-                if not shared.all_active:
-                    latent[~idx.active[:n]] = -np.inf
-                latent -= latent.max()
-                np.exp(latent, out=latent)
+                latent = self._latent_weights(user, n, shared.all_active)
             pref = self._category_pref(user)
             if pref:
                 available |= HAS[CATEGORY]
