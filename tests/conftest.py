@@ -1,10 +1,11 @@
 """Shared fixtures. Tests talk to the real servers that `make test` started (scripts/test.sh);
-run alone, the `stack` fixture starts them itself (idempotent)."""
+run alone, the `stack` fixture starts those not running and stops them when the session ends."""
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,12 +29,16 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def stack(settings: Settings) -> Settings:
-    """The real Kafka, Mosquitto and ClickHouse server, up and answering."""
+def stack(settings: Settings) -> Iterator[Settings]:
+    """The real Kafka, Mosquitto and ClickHouse server, up and answering; those this session started are stopped
+    at its end (left running, they held the test ports against the next run, e.g. CI in another checkout)."""
     from wharf import infra
 
-    infra.up(settings, ["kafka", "mosquitto", "clickhouse"])
-    return settings
+    wanted = ["kafka", "mosquitto", "clickhouse"]
+    running = {s.name for s in infra.status(settings) if s.running}
+    infra.up(settings, wanted)
+    yield settings
+    infra.down(settings, [name for name in wanted if name not in running])
 
 
 @pytest.fixture
