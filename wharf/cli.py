@@ -98,6 +98,9 @@ def worker(
         os.environ["WHARF_WEB_PORT"] = str(web_port)
         get_settings.cache_clear()
     use_event_loop()
+    from streams import heap
+
+    heap.configure()  # before the imports below allocate most of what the worker starts with
     import agents  # noqa: F401 - registers the agents
     import streams.web  # noqa: F401 - registers the web views
     from streams.app import app as faust_app
@@ -105,8 +108,6 @@ def worker(
 
     storage.ch  # connect and migrate before consuming, so a bad URL fails here, loudly
     _create_worker_topics(get_settings())
-    from streams import heap
-
     heap.freeze()  # the imported modules' objects (about 100,000): full collections walked them before the first timer
     run_faust_worker(faust_app, loglevel)
 
