@@ -49,13 +49,13 @@ class BatchAgent:
     """The records of some topics, delivered in batches of up to `max_records` (or what `within` seconds gave)."""
 
     def __init__(self, app: Any, topics: tuple[Any, ...], name: str, fun: AgentFun, *,
-                 max_records: int, within: float, max_buffered: int) -> None:
+                 max_records: int, within: float, max_buffered: int, decoders: dict[str, Callable[[Any], Any]]) -> None:
         for topic in topics:
             if topic.value_serializer != "raw" or topic.key_serializer != "raw":
                 raise ValueError(f"batch agent {name}: topic {topic.get_topic_name()} must be raw bytes (Faust decodes no record of a batch agent; see `BatchRouter.decode`)")
         self.app = app
         self.topics = topics
-        self.decoders: dict[str, Callable[[Any], Any]] = {}  # the router's, by topic name
+        self.decoders = decoders  # the router's (`BatchRouter.decode`), by topic name; filled before any record
         self.topic_names = {name for topic in topics for name in topic.topics}
         self.name = name
         self.fun = fun
@@ -188,8 +188,7 @@ class BatchRouter:
             if self.installed:
                 raise RuntimeError(f"batch agent {name} declared after the consumer was created")
             agent = BatchAgent(self.app, topics, name, fun, max_records=max_records, within=within,
-                               max_buffered=max_buffered or 2 * max_records)
-            agent.decoders = self.decoders
+                               max_buffered=max_buffered or 2 * max_records, decoders=self.decoders)
             self.agents.append(agent)
             for topic_name in agent.topic_names:
                 self.by_topic[topic_name] = (*self.by_topic.get(topic_name, ()), agent)

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
