@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 import faust
+from mode.utils.objects import cached_property
 
 from schemas.clickhouse import TABLES, migrate
 from schemas.events import ClickEvent
@@ -22,6 +23,7 @@ from schemas.validation import Limits, check
 from streams import heap, loopwatch, partition_check
 from streams.batches import BatchRouter
 from streams.clickhouse import ClickHouse, from_settings
+from streams.flow import KeepQueuesWhileFlowing
 from streams.sink import ClickHouseWriter
 from streams.topics import declare
 from wharf.settings import Settings, get_settings
@@ -34,11 +36,17 @@ CRASH_EXIT_SECONDS = 20.0  # after an agent failed: the most Faust's own shutdow
 
 
 class WharfApp(faust.App):
-    """Faust's app with batch agents (`streams/batches.py`) and a worker that stops when any agent fails."""
+    """Faust's app with batch agents (`streams/batches.py`), flow control that never drops delivered records
+    (`streams/flow.py`), and a worker that stops when any agent fails."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_agents = BatchRouter(self)
+
+    @cached_property
+    def flow_control(self) -> KeepQueuesWhileFlowing:
+        """Faust's flow control, except that resuming what is already flowing drops nothing (`streams/flow.py`)."""
+        return KeepQueuesWhileFlowing(loop=self.loop)
 
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()

@@ -118,7 +118,10 @@ async def test_worker_kill_9_mid_stream_keeps_model_state(stack, server_url, uni
         st.workers[0].kill9()
         st.workers[0] = st.worker(0).start()
 
-    st, feed = await run_with_fault(stack, server_url, unique, tmp_path, fault)
+    # 100 readings/s: the kill lands mid-stream and the restarted worker starts with a backlog. At 400/s the feed
+    # (3 s) was often over, and stored, before the kill, and this test missed that Faust's recovery dropped records
+    # delivered while it sought the partitions (`streams/flow.py`).
+    st, feed = await run_with_fault(stack, server_url, unique, tmp_path, fault, rate=100.0)
     try:
         # every reading learned exactly once: checkpoint + re-learned gap + the rest, nothing twice
         # the killed member keeps its partitions until Kafka's session timeout (WHARF_KAFKA_SESSION_TIMEOUT_SECONDS) evicts it
