@@ -62,6 +62,7 @@ WITHIN = min(settings.sink_batch_seconds, 0.05)  # latency: alarms should not wa
 DEVICE_DEDUP_KEYS = 1024  # per device, in the checkpointed state (the raw path keeps its own window)
 STATE_VERSION = 1
 REVOKE_CHECKPOINT_TIMEOUT = 30.0  # below Faust's broker session timeout
+REPLAY_TIMEOUT = 60.0  # re-reading what was committed after a partition's checkpoint
 
 
 def load_rules(text: str) -> RuleSet:
@@ -196,26 +197,11 @@ class Owner:
                 ranges[tp] = (start, end)
         if not ranges:
             return
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None)
-        await consumer.start()
-        records = []
-        try:
-            consumer.assign(list(ranges))
-            for tp, (start, _) in ranges.items():
-                consumer.seek(tp, start)
-            left = set(ranges)
-            while left:
-                got = await consumer.getmany(*left, timeout_ms=1000)
-                for tp, msgs in got.items():
-                    for m in msgs:
-                        if m.offset < ranges[tp][1]:
-                            records.append(m)
-                    if msgs and msgs[-1].offset >= ranges[tp][1] - 1:
-                        left.discard(tp)
-                if not got:
-                    break  # nothing more to read (end reached or records deleted)
-        finally:
-            await consumer.stop()
+        records = await _read_ranges(ranges)
+        missing = sum(end - start for start, end in ranges.values()) - len(records)
+        if missing:  # deleted by retention while no worker owned the partition
+            log.error("partition %d: %d records committed after its last checkpoint are no longer in Kafka; "
+                      "its devices' models never learn them", partition, missing)
         records.sort(key=lambda m: m.timestamp)
         for m in records:
             await self.apply([_Rec(m.topic, m.partition, m.offset, m.timestamp / 1000.0, m.value)], emit=False)
@@ -380,6 +366,34 @@ class Owner:
                 alerts.append(a)
                 self.dirty.add(st.device_id)
         await send_alerts(alerts)
+
+
+async def _read_ranges(ranges: dict[TopicPartition, tuple[int, int]]) -> list[Any]:
+    """The records of each partition's [start, end) offsets. An empty fetch does not mean a range is done (a fresh
+    consumer's first fetch can take over a second on a busy machine): each is read until its position passes its
+    end, for up to `REPLAY_TIMEOUT`; then the worker stops, and its restart reads the ranges again."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    records: list[Any] = []
+    deadline = time.monotonic() + REPLAY_TIMEOUT
+    try:
+        consumer.assign(list(ranges))
+        for tp, (start, _) in ranges.items():
+            consumer.seek(tp, start)
+        left = set(ranges)
+        while left:
+            got = await consumer.getmany(*left, timeout_ms=1000)
+            for tp, msgs in got.items():
+                records += [m for m in msgs if m.offset < ranges[tp][1]]
+            for tp in list(left):
+                if await consumer.position(tp) >= ranges[tp][1]:
+                    left.discard(tp)
+            if left and time.monotonic() > deadline:
+                raise TimeoutError(f"re-reading {sorted(f'{tp.topic}/{tp.partition}' for tp in left)} took over {REPLAY_TIMEOUT:.0f} s")
+    finally:
+        await consumer.stop()
+    return records
 
 
 @dataclass(slots=True)

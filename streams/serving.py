@@ -68,7 +68,7 @@ class CommerceStats(View):
     """What this worker's commerce agents hold and did: shards, checkpoints, sentiment counters."""
 
     async def get(self, request: Request) -> Response:
-        shards = {p: {"users": len(s.model.users), "items": len(s.model.items), "clicks": s.clicks, "skipped": s.skipped,
+        shards = {p: {"users": len(s.model.users), "items": len(s.model.items), "clicks": s.clicks, "learned": s.model.state.events, "skipped": s.skipped,
                       "offsets": s.offsets} for p, s in sorted(recommenders.shards.items())}
         return self.json({"shards": shards, "checkpoints": recommenders.checkpoints, "keys_written": recommenders.keys_written,
                           "unacked": pending.unacked(),

@@ -176,3 +176,29 @@ async def test_two_workers_share_devices_and_state_moves_on_stop(stack, server_u
         assert {d: view[d]["learned"] for d in st.moved} == {d: feed.per_device for d in st.moved}
     finally:
         st.close()
+
+
+async def test_the_gap_after_a_checkpoint_is_read_whole(stack, unique):
+    """`_read_ranges` (the re-learn after a crash) returns exactly the committed-but-unlearned offsets of each partition."""
+    from aiokafka import AIOKafkaProducer, TopicPartition
+
+    from agents.sensors import _read_ranges
+    from wharf.infra.kafka import ensure_topics
+
+    topic = f"test.gap.{unique}"
+    await ensure_topics(stack.kafka_bootstrap, [topic], 2)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(50):
+            await producer.send(topic, b"%d" % i, partition=0)
+        for i in range(10):
+            await producer.send(topic, b"%d" % i, partition=1)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    ranges = {TopicPartition(topic, 0): (10, 40), TopicPartition(topic, 1): (3, 10)}
+    got = await _read_ranges(ranges)
+    by_partition = {p: sorted(m.offset for m in got if m.partition == p) for p in (0, 1)}
+    assert by_partition == {0: list(range(10, 40)), 1: list(range(3, 10))}
+    assert all(m.value == b"%d" % m.offset for m in got)
