@@ -68,8 +68,8 @@ class CommerceStats(View):
     """What this worker's commerce agents hold and did: shards, checkpoints, sentiment counters."""
 
     async def get(self, request: Request) -> Response:
-        shards = {p: {"users": len(s.model.users), "items": len(s.model.items), "clicks": s.clicks, "learned": s.model.state.events, "skipped": s.skipped,
-                      "offsets": s.offsets} for p, s in sorted(recommenders.shards.items())}
+        shards = {p: {"users": len(s.model.users), "items": len(s.model.items), "clicks": s.clicks, "skipped": s.skipped,
+                      "learned": s.model.state.events, "offsets": s.offsets} for p, s in sorted(recommenders.shards.items())}
         return self.json({"shards": shards, "checkpoints": recommenders.checkpoints, "keys_written": recommenders.keys_written,
                           "unacked": pending.unacked(),
                           "sentiment": {"encoder": sentiment.encoder, "scored": sentiment.scored, "learned": sentiment.learned,
