@@ -85,12 +85,12 @@ from online_models.alarms import AlarmBook
 from online_models.recommender import GlobalState, ItemState, OnlineRecommender, RecommenderConfig, bpr, scoring
 from schemas import codec, rows
 from schemas.events import ClickEvent, Ident, Recommendation, Review, SentimentScore, Severity, TimedEvent
-from schemas.validation import Checked, InvalidEvent, checked, parse
+from schemas.validation import Checked, checked
 from streams import deltalog, heap
 from streams.acks import OrderedAcker
 from streams.app import app, limits, settings, storage, topics
 from streams.deltalog import DeltaLog
-from streams.ingest import send_dead_letter
+from streams.ingest import valid_or_dead_letter
 from streams.slices import Slice
 from streams.topics import CATALOGUE_FANOUT, SELLER_SENTIMENT, internal_topic_name
 
@@ -522,13 +522,8 @@ async def fan_out_catalogue(agent):  # noqa: ANN001 - streams.batches.BatchAgent
     async for events in agent.batches():
         for event in events:
             done = acker.track(event)
-            msg = event.message
-            payload = event.value if isinstance(event.value, bytes) else bytes(event.value)
-            try:
-                change = parse(payload, CatalogueChange, now=msg.timestamp, limits=limits)
-            except InvalidEvent as exc:
-                await send_dead_letter(topics["topic_dead_letters"], exc, payload, "kafka", kafka_topic=msg.topic,
-                                       kafka_partition=msg.partition, kafka_offset=msg.offset)
+            change = await valid_or_dead_letter(event, CatalogueChange, dlq_topic=topics["topic_dead_letters"], limits=limits)
+            if change is None:
                 done()
                 continue
             value = codec.dumps(change)
@@ -747,14 +742,11 @@ async def score_review_stream(stream):  # noqa: ANN001
         valid: list[tuple[Any, Any, Review]] = []
         for event in events:
             done = acker.track(event)
-            msg = event.message
-            payload = event.value if isinstance(event.value, bytes) else bytes(event.value)
-            try:
-                valid.append((event, done, parse(payload, Review, now=msg.timestamp, limits=limits)))
-            except InvalidEvent as exc:
-                await send_dead_letter(topics["topic_dead_letters"], exc, payload, "kafka", kafka_topic=msg.topic,
-                                       kafka_partition=msg.partition, kafka_offset=msg.offset)
+            review = await valid_or_dead_letter(event, Review, dlq_topic=topics["topic_dead_letters"], limits=limits)
+            if review is None:
                 done()
+            else:
+                valid.append((event, done, review))
         if not valid:
             continue
         texts = [r.text for _, _, r in valid]

@@ -13,7 +13,7 @@ from typing import Any
 
 from schemas.deadletter import DeadLetter
 from schemas.events import TimedEvent
-from schemas.validation import InvalidEvent, Limits, checked
+from schemas.validation import E, InvalidEvent, Limits, checked
 from streams.acks import OrderedAcker
 from streams.sink import ClickHouseWriter
 from streams.slices import Slice
@@ -34,6 +34,20 @@ def dead_letter_key(letter: DeadLetter) -> bytes:
     return (letter.mqtt_topic or letter.source).encode()
 
 
+async def valid_or_dead_letter(event: Any, model: type[E], *, dlq_topic: Any, limits: Limits) -> E | None:
+    """A Faust event's value validated, or None once its dead letter (the original bytes and every reason) is in
+    Kafka. The value is the record's bytes, or what a decoder made of them (`schemas.validation.Checked`).
+    Time bounds are checked against the record's Kafka timestamp, not the wall clock: a backlog consumed after an
+    outage is still valid."""
+    msg = event.message
+    record = checked(event.value, model, now=msg.timestamp, limits=limits)
+    if record.error is None:
+        return record.event
+    await send_dead_letter(dlq_topic, record.error, record.payload, "kafka", kafka_topic=msg.topic,
+                           kafka_partition=msg.partition, kafka_offset=msg.offset)
+    return None
+
+
 async def store_events(
     events: Sequence[Any],
     *,
@@ -45,8 +59,8 @@ async def store_events(
     acker: OrderedAcker,
     duplicate: Callable[[Any, int], bool] | None = None,
 ) -> int:
-    """Validate a batch of Faust events and hand them to the writer; returns how many were refused.
-    An event's value is its record's bytes, or what a decoder made of them (`schemas.validation.Checked`).
+    """Validate a batch of Faust events and hand them to the writer; returns how many were refused
+    (`valid_or_dead_letter`).
 
     `duplicate(parsed, partition)` True: a copy of an event already stored (e.g. an MQTT
     redelivery the bridge forwarded twice): acked in order, not stored again."""
@@ -56,16 +70,11 @@ async def store_events(
         await work.tick()
         done = acker.track(event)
         msg = event.message
-        # Time bounds are checked against the record's Kafka timestamp, not the wall clock:
-        # a backlog consumed after an outage is still valid.
-        record = checked(event.value, model, now=msg.timestamp, limits=limits)
-        if record.error is not None:
+        parsed = await valid_or_dead_letter(event, model, dlq_topic=dlq_topic, limits=limits)
+        if parsed is None:
             refused += 1
-            await send_dead_letter(dlq_topic, record.error, record.payload, "kafka", kafka_topic=msg.topic,
-                                   kafka_partition=msg.partition, kafka_offset=msg.offset)
             done()
             continue
-        parsed = record.event
         if duplicate is not None and duplicate(parsed, msg.partition):
             done()
             continue

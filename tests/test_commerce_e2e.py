@@ -137,6 +137,8 @@ async def test_commerce_path_end_to_end(stack, server_url, unique, tmp_path):
         assert body["rejected"][1]["errors"][0]["field"] == "text"
         await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CLICKS"], [(b"u002", b"not json")])
         await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_REVIEWS"], [(b"bk-1", b'{"review_id": "r", "text": 5}')])
+        await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CATALOGUE"],
+                      [(b"bk-9", b'{"item_id": "bk-9", "action": "explode", "ts": %.3f}' % time.time())])
 
         # Reviews: scored, stored once, sentiment topic fed; a run of bad reviews raises an item alarm.
         now = time.time()
@@ -149,7 +151,7 @@ async def test_commerce_path_end_to_end(stack, server_url, unique, tmp_path):
 
         n_clicks = len(base) + 3  # the newbie's two clicks and the valid one of the bad batch
         try:
-            await wait_until(lambda: count("clicks") >= n_clicks and count("reviews") >= len(reviews) and count("dead_letters") >= 4
+            await wait_until(lambda: count("clicks") >= n_clicks and count("reviews") >= len(reviews) and count("dead_letters") >= 5
                              and count("recommendations") > 0 and count("item_also_viewed") > 0, 90, "all rows")
         except AssertionError:
             raise AssertionError(f"clicks {count('clicks')}/{n_clicks}, reviews {count('reviews')}, dead letters "
@@ -161,8 +163,10 @@ async def test_commerce_path_end_to_end(stack, server_url, unique, tmp_path):
         assert count("reviews") == len(reviews)
         scores = dict(ch.query(f"SELECT label, avg(score) FROM {ch.table('reviews')} GROUP BY label"))
         assert scores["positive"] > 0.2 and scores["negative"] < -0.2, scores
-        assert count("dead_letters") == 4
+        assert count("dead_letters") == 5
         assert count("dead_letters", "source = 'http'") == 2
+        for topic, field in (("CATALOGUE", "action"), ("REVIEWS", "text"), ("CLICKS", "$")):
+            assert count("dead_letters", f"src_topic = '{env['WHARF_TOPIC_' + topic]}' AND errors LIKE '%\"field\":\"{field}\"%'") == 1
         assert count("dead_letters", "source = 'http' AND kind = 'click' AND errors LIKE '%\"field\":\"action\"%'") == 1
         assert count("item_also_viewed", "item_id = 'ph-1' AND rank = 1 AND other_item_id = 'ca-1'") > 0
         await wait_until(lambda: count("alerts", "source_type = 'item'") > 0, 30, "the item alarm in ClickHouse")
