@@ -58,6 +58,16 @@ def test_toml_file_is_read_below_the_environment(tmp_path, monkeypatch):
     assert s.topic_partitions == 3 and s.mqtt_port == 3883
 
 
+def test_workers_advertise_an_address_other_workers_can_reach(monkeypatch):
+    """Faust forwards a request to the owner's advertised URL: a wildcard bind must not be advertised."""
+    monkeypatch.setenv("WHARF_CONFIG", "/nonexistent.toml")
+    assert Settings().advertised_web_host() == "127.0.0.1"
+    assert Settings(web_host="10.1.2.3").advertised_web_host() == "10.1.2.3"
+    every = Settings(web_host="0.0.0.0", kafka_bootstrap="127.0.0.1:9092")
+    assert every.advertised_web_host() == "127.0.0.1"  # the address on the route to Kafka
+    assert Settings(web_host="0.0.0.0", web_advertised_host="worker-3.internal").advertised_web_host() == "worker-3.internal"
+
+
 def test_infra_status_names_every_service():
     result = runner.invoke(app, ["infra", "status"])
     for name in ("kafka", "mosquitto", "clickhouse"):

@@ -206,8 +206,11 @@ async def test_restart_and_two_workers_give_the_same_recommendations(stack, serv
         await wait_until(lambda: _all_answer(port_a, users), 150, "recovery")
         assert {u: recs(port_a, u) for u in users} == before
 
-        # A second worker: partitions are shared, either worker answers for every user.
-        other = WorkerProcess(env, web_port=port_b, log=tmp_path / "b.log").start()
+        # A second worker: partitions are shared, either worker answers for every user. It binds every interface and
+        # advertises another loopback address: the first worker forwards its users' requests there.
+        other = WorkerProcess({**env, "WHARF_WEB_HOST": "0.0.0.0", "WHARF_WEB_ADVERTISED_HOST": "127.0.0.2"}, web_port=port_b,
+                              log=tmp_path / "b.log").start()
+        assert other.stats()["url"] == f"http://127.0.0.2:{port_b}" and worker.stats()["url"] == f"http://127.0.0.1:{port_a}"
         await wait_until(lambda: _all_answer(port_a, users) and _all_answer(port_b, users) and _shared(port_a, port_b), 90,
                          "the rebalance to share the shards, and both workers to answer")
         for port in (port_a, port_b):

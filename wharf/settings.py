@@ -9,6 +9,7 @@ directory). The README's settings table is generated from this class
 from __future__ import annotations
 
 import os
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,9 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+
+_EVERY_INTERFACE = frozenset({"0.0.0.0", "::", ""})
 
 
 def _config_file() -> Path:
@@ -91,7 +95,12 @@ class Settings(BaseSettings):
     # --- Faust worker --------------------------------------------------------
     app_id: str = Field("wharf", description="Faust app id (Kafka consumer group and changelog prefix).")
     web_port: int = Field(6066, description="Port of the Faust worker's web server.")
-    web_host: str = Field("127.0.0.1", description="Bind address of the Faust worker's web server.")
+    web_host: str = Field("127.0.0.1", description="Bind address of the Faust worker's web server (0.0.0.0: every interface).")
+    web_advertised_host: str = Field(
+        "", description="Host or address at which other workers reach this worker's web server: Faust forwards a request "
+        "for a user to the worker that owns the user's partition there. Empty: WHARF_WEB_HOST, or, when that binds every "
+        "interface, this machine's address on its route to Kafka."
+    )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="Event loop of the worker: uvloop (libuv; a recommendation request cost the worker about 12 % less CPU, measured) or asyncio's own."
     )
@@ -149,6 +158,21 @@ class Settings(BaseSettings):
     @property
     def local_clickhouse_server_url(self) -> str:
         return f"clickhouse://default:@127.0.0.1:{self.clickhouse_server_tcp_port}/wharf"
+
+    def advertised_web_host(self) -> str:
+        """`web_advertised_host`, or its default (see its description). A wildcard bind is no address another worker
+        can use: every worker would advertise the same 0.0.0.0, and a forwarded request would come back to its sender."""
+        if self.web_advertised_host:
+            return self.web_advertised_host
+        if self.web_host not in _EVERY_INTERFACE:
+            return self.web_host
+        host, _, port = self.kafka_bootstrap.split(",")[0].strip().rpartition(":")
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.connect((host, int(port)))  # UDP: picks the route to Kafka, sends nothing
+                return probe.getsockname()[0]
+        except (OSError, ValueError):
+            return socket.gethostname()
 
     def device_credentials(self) -> dict[str, str]:
         creds: dict[str, str] = {}
