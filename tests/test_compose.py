@@ -407,6 +407,8 @@ def test_worker_serves_its_web_port(services: dict, monkeypatch, tmp_path) -> No
     s = container_settings(services, "wharf-worker", monkeypatch, tmp_path)
     assert s.web_host == "0.0.0.0", "the worker must bind all interfaces for the published port to reach it"
     assert published(svc).get(s.web_port) is not None
+    # Other workers reach it at its advertised address: its route to Kafka, here (no `kafka` host) its host name.
+    assert s.kafka_bootstrap.startswith("kafka:") and s.advertised_web_host() not in ("0.0.0.0", "::", "")
     assert any(str(v).endswith(":" + str(s.state_dir)) for v in svc.get("volumes", [])), "worker state is not on a volume"
 
 
