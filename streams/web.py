@@ -27,7 +27,8 @@ class Stats(View):
         except Exception as exc:  # a health view reports, it does not fail
             tables["error"] = str(exc).splitlines()[0]
         dispatch = getattr(app.consumer, "dispatch_stats", None)
-        return self.json({"url": str(app.conf.canonical_url), "writers": writers, "tables": tables, "gc": heap.pauses.as_dict(), "loop": loopwatch.watch.as_dict(),
+        return self.json({"url": str(app.conf.canonical_url),  # where the other workers forward requests for this one
+                          "writers": writers, "tables": tables, "gc": heap.pauses.as_dict(), "loop": loopwatch.watch.as_dict(),
                           "dispatch": {**(dataclasses.asdict(dispatch) if dispatch is not None else {}),
                                        "batch_handed_over": app.batch_agents.handed_over},
                           "batch_agents": app.batch_agents.stats()})
