@@ -74,7 +74,7 @@ def _spawn(name: str, args: list[str], settings: Settings, env: dict[str, str]) 
 
 def _get(settings: Settings, path: str) -> dict | None:
     try:
-        with urllib.request.urlopen(f"http://{settings.web_host}:{settings.web_port}{path}", timeout=5) as r:
+        with urllib.request.urlopen(f"http://{settings.advertised_web_host()}:{settings.web_port}{path}", timeout=5) as r:
             return json.loads(r.read())
     except (OSError, ValueError):
         return None
@@ -151,7 +151,7 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
             time.sleep(0.5)
         fleet = DeviceFleet(settings, warehouse, speed=options.speed, truth_file=truth)
         fleet.connect()
-        url = f"http://{settings.web_host}:{settings.web_port}/"
+        url = f"http://{settings.advertised_web_host()}:{settings.web_port}/"
         console.print(f"ready in {time.monotonic() - started:.0f}s.\n")
         console.print(f"  [bold]dashboard[/bold]     {url}", soft_wrap=True)
         console.print(f"  recommendations {url}recommendations/<user_id>?k=10   health {url}stats", soft_wrap=True)
