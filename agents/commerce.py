@@ -506,6 +506,7 @@ async def _checkpoint_timer() -> None:
 @app.on_partitions_revoked.connect
 async def _drop_revoked_shards(app_: Any, revoked: set, **kwargs: Any) -> None:
     """A revoked shard's state is in the changelog up to its last acked batch; the new owner restores it."""
+    sentiment.forget({tp.partition for tp in revoked if tp.topic == settings.topic_reviews})
     gone = {tp.partition for tp in revoked if tp.topic == settings.topic_clicks}
     recommenders.forget(gone)
     pending.events = [e for e in pending.events if e.message.partition not in gone]
@@ -619,8 +620,24 @@ async def store_also_viewed(stream):  # noqa: ANN001
 # --- sentiment -----------------------------------------------------------------------------------------
 
 
+SENTIMENT_LOG_PREFIX = "s"  # review model checkpoints in their table: s/{partition}/{generation}/{seq}/{chunk|c}
+SENTIMENT_STATE_VERSION = 1
+SENTIMENT_PIECE_ENTRIES = 5_000  # n-gram counts are small entries: 5,000 to a table record, not 50
+
+sentiment_table = app.Table("commerce-sentiment-model", key_type=bytes, value_type=bytes, partitions=P,
+                            help="The review model's learned state (head, n-gram counts) with the review offsets it "
+                                 "includes: a delta log (streams.deltalog) under one reviews partition of its worker.")
+sentiment_table.key_serializer = sentiment_table.value_serializer = "raw"
+
+
 class Sentiment:
-    """The review model of this worker, built on first use (MiniLM takes seconds to load)."""
+    """The review model of this worker, built on first use (MiniLM takes seconds to load), and its checkpoints.
+
+    One model per worker learns from the reviews of every partition it owns. After each batch, before the batch's
+    reviews are handed to the writer (so before any is acked), what it learned goes to the log of one owned
+    partition (the lowest with an event). A restarted or rebalanced worker adopts the most learned checkpoint it
+    finds under its partitions, if it knows more than its own model, and skips learning the reviews that checkpoint
+    includes (`through`): a review is learned once, also when Kafka delivers it again."""
 
     def __init__(self, encoder: str) -> None:
         self.encoder = encoder
@@ -628,6 +645,81 @@ class Sentiment:
         self.scored = 0
         self.learned = 0
         self.alerts = 0
+        self.through: dict[int, int] = {}  # reviews partition -> the last offset the model learned
+        self.logs: dict[int, DeltaLog] = {}  # owned partitions' checkpoint logs, as found in the table
+        self.last: dict[int, Any] = {}  # owned partition -> its latest event (the context of a write there)
+        self.written_to: int | None = None  # the log of the last checkpoint: deltas go there, elsewhere an image
+        self.since: list[str] = []  # texts learned since the last checkpoint (the n-gram counts they changed)
+        self.checkpoints = 0
+        self.restored = 0  # reviews the adopted checkpoints included
+
+    @property
+    def model_learned(self) -> int:
+        """Reviews the model has learned, restored ones included (without building the model)."""
+        return self._model.n_learned if self._model is not None else 0
+
+    def restore(self, partitions: set[int]) -> None:
+        """Read the checkpoint logs of newly owned partitions; adopt the most learned one if it knows more."""
+        wanted = partitions - self.logs.keys()
+        if not wanted:
+            return
+        entries: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in wanted}
+        for key, blob in sentiment_table.items():
+            p = _partition_of_key(key)
+            if p in wanted:
+                entries[p].append((key, blob))
+        best: tuple[int, int, dict, Any] | None = None
+        for p in sorted(wanted):
+            self.logs[p], found = DeltaLog.restore(SENTIMENT_LOG_PREFIX, p, entries[p], piece_entries=SENTIMENT_PIECE_ENTRIES)
+            if found is None:
+                continue
+            version, encoder, n_learned, through = found.meta
+            if version != SENTIMENT_STATE_VERSION or encoder != self.encoder:
+                log.warning("review model checkpoint under partition %d is of encoder %r (version %s), not %r: not used",
+                            p, encoder, version, self.encoder)
+                continue
+            if best is None or n_learned > best[0]:
+                best = (n_learned, p, through, found.parts)
+        if best is not None and best[0] > self.model.n_learned:
+            n_learned, p, through, parts = best
+            self.model.load_learned_state(parts)
+            self.through = dict(through)
+            self.written_to, self.since = None, []
+            self.restored += n_learned
+            log.info("review model restored from partition %d: %d reviews learned, through offsets %s", p, n_learned, through)
+
+    def forget(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self.logs.pop(p, None)
+            self.last.pop(p, None)
+            if self.written_to == p:
+                self.written_to = None
+
+    def learn(self, partition: int, offset: int, review: Review) -> None:
+        """Learn a review from its rating, unless the model includes it already."""
+        if offset <= self.through.get(partition, -1):
+            return
+        self.through[partition] = offset
+        if self.model.learn_rating(review.text, review.rating):
+            self.learned += 1
+            self.since.append(review.text)
+
+    def checkpoint(self, owned: set[int]) -> int:
+        """Write what was learned since the last checkpoint; returns the table records written. Only under a partition
+        this worker owns (`owned`): another worker may write its own log there (a rebalance under way)."""
+        candidates = self.last.keys() & self.logs.keys() & owned
+        if not self.since or not candidates:
+            return 0
+        p = min(candidates)
+        log_ = self.logs[p]
+        image = p != self.written_to or log_.needs_image()
+        parts = self.model.learned_state(None if image else self.since)
+        meta = (SENTIMENT_STATE_VERSION, self.encoder, self.model.n_learned, dict(self.through))
+        with as_event(self.last[p]):
+            written = log_.write(sentiment_table, parts, meta, image)
+        self.written_to, self.since = p, []
+        self.checkpoints += 1
+        return written
 
     @property
     def model(self) -> Any:
@@ -705,19 +797,22 @@ def check_drop(norm: ItemNorm, item_id: str, ts: float) -> Any:
     return norm.book.normal("sentiment_drop", ts)
 
 
-def score_reviews(reviews: Sequence[Review]) -> list[SentimentScore]:
+def score_reviews(reviews: Sequence[tuple[Any, Review]]) -> list[SentimentScore]:
     """Predict each review, then learn it from its rating, strictly in order (features were batched)."""
     model = sentiment.model
     out = []
-    for r in reviews:
+    for event, r in reviews:
         pred = model.predict_one(r.text)
         out.append(SentimentScore(ts=r.ts, review_id=r.review_id, user_id=r.user_id, item_id=r.item_id, seller_id=r.seller_id,
                                   rating=r.rating, score=max(-1.0, min(1.0, pred.score)), label=pred.label,
                                   model=sentiment.encoder, text=r.text))
-        if model.learn_rating(r.text, r.rating):
-            sentiment.learned += 1
+        sentiment.learn(event.message.partition, event.message.offset, r)
     sentiment.scored += len(out)
     return out
+
+
+def owned_review_partitions() -> set[int]:
+    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.topic_reviews}
 
 
 def update_item_sentiment(event: Any, s: SentimentScore) -> Any:
@@ -749,10 +844,15 @@ async def score_review_stream(stream):  # noqa: ANN001
                 valid.append((event, done, review))
         if not valid:
             continue
+        owned = owned_review_partitions()
+        for event, _done, _r in valid:
+            sentiment.last[event.message.partition] = event
+        sentiment.restore(owned)
         texts = [r.text for _, _, r in valid]
         model = sentiment.model
         await asyncio.to_thread(model.precompute, texts)  # the MiniLM forward pass, off the event loop
-        scores = score_reviews([r for _, _, r in valid])
+        scores = score_reviews([(event, r) for event, _, r in valid])
+        sentiment.checkpoint(owned)  # before any of these reviews can be acked
         futs = []
         for (event, _done, _r), s in zip(valid, scores, strict=True):
             value = codec.dumps(s)

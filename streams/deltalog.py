@@ -56,6 +56,7 @@ class DeltaLog:
     prefix: str
     partition: int
     compact_factor: float = 2.0
+    piece_entries: int = PIECE_ENTRIES  # more for small entries (the review model's n-gram counts): fewer records
     generation: int = -1
     seq: int = 0
     image_bytes: int = 0
@@ -85,7 +86,7 @@ class DeltaLog:
             self.seq = 0
         counts: list[int] = []
         size = written = 0
-        for piece in _pieces(parts):
+        for piece in _pieces(parts, self.piece_entries):
             blob = _dump(piece)
             size += len(blob)
             chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)]
@@ -113,13 +114,13 @@ class DeltaLog:
 
     @classmethod
     def restore(cls, prefix: str, partition: int, entries: Iterable[tuple[bytes, bytes]],
-                compact_factor: float = 2.0) -> tuple[DeltaLog, Restored | None]:
+                compact_factor: float = 2.0, piece_entries: int = PIECE_ENTRIES) -> tuple[DeltaLog, Restored | None]:
         """Rebuild from the table's entries of this partition (other keys are ignored).
 
         The log that comes back writes an image next: it starts a clean generation and deletes
         everything found here once that image is committed."""
         head = f"{prefix}/{partition}/".encode()
-        log = cls(prefix, partition, compact_factor)
+        log = cls(prefix, partition, compact_factor, piece_entries)
         found: dict[int, dict[int, dict[str, bytes]]] = {}
         for key, value in entries:
             if not key.startswith(head):
@@ -167,11 +168,11 @@ def finish(steps: Iterator[int]) -> int:
     return written
 
 
-def _pieces(parts: Parts) -> Iterator[Parts]:
-    """`parts` as dicts of at most `PIECE_ENTRIES` entries; every name at least once, so restore sees it."""
+def _pieces(parts: Parts, size: int = PIECE_ENTRIES) -> Iterator[Parts]:
+    """`parts` as dicts of at most `size` entries; every name at least once, so restore sees it."""
     if not parts:
         yield {}
     for name, entries in parts.items():
         items = list(entries.items())
-        for i in range(0, max(len(items), 1), PIECE_ENTRIES):
-            yield {name: dict(items[i:i + PIECE_ENTRIES])}
+        for i in range(0, max(len(items), 1), size):
+            yield {name: dict(items[i:i + size])}

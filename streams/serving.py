@@ -73,7 +73,8 @@ class CommerceStats(View):
         return self.json({"shards": shards, "checkpoints": recommenders.checkpoints, "keys_written": recommenders.keys_written,
                           "unacked": pending.unacked(),
                           "sentiment": {"encoder": sentiment.encoder, "scored": sentiment.scored, "learned": sentiment.learned,
-                                        "alerts": sentiment.alerts}})
+                                        "model_learned": sentiment.model_learned, "restored": sentiment.restored,
+                                        "checkpoints": sentiment.checkpoints, "alerts": sentiment.alerts}})
 
 
 @app.page("/commerce/sentiment/{kind}/{key}")

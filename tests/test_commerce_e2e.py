@@ -223,45 +223,62 @@ async def test_restart_and_two_workers_give_the_same_recommendations(stack, serv
         ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
 
 
-async def test_kill_9_mid_stream_every_click_stored_and_learned_once(stack, server_url, unique, tmp_path):
-    """The worker restarts while clicks keep coming, so it starts with a backlog: every click is stored once, and the
-    shards' models learned each once (`learned` counts the clicks in a shard's state, restored ones included).
-    The sensor twin of this test caught Faust's recovery dropping records (`streams/flow.py`); this one passed with
-    and without that fix (one run each): the clicks' batch agents take their records within 0.3 s, so little
+async def test_kill_9_mid_stream_every_click_and_review_stored_and_learned_once(stack, server_url, unique, tmp_path):
+    """The worker restarts while clicks and rated reviews keep coming, so it starts with a backlog: every click and
+    review is stored once, the shards' models learned each click once (`learned` counts the clicks in a shard's
+    state, restored ones included), and the review model each review once (`model_learned`, from its checkpoint).
+    The sensor twin of this test caught Faust's recovery dropping records (`streams/flow.py`); the click part passed
+    with and without that fix (one run each): the clicks' batch agents take their records within 0.3 s, so little
     waits in their buffers when recovery ends."""
     env = env_for(stack, server_url, unique, tmp_path)
     await ensure(stack, env)
     port = stack.web_port + 23
-    batches, per_batch = 40, 100
+    batches, per_batch, reviews_per_batch = 40, 100, 10
     clicks = [click(i, f"u{i % 300:03d}", f"{('ph', 'ca', 'bk')[i % 3]}-{i % 6}", session=f"s{i % 300}")
               for i in range(batches * per_batch)]
-    n = len(clicks)
+    now = time.time()
+    reviews = [{"review_id": f"r{i}", "user_id": f"u{i % 300:03d}", "item_id": f"bk-{i % 16}", "rating": 5 if i % 3 else 1,
+                "text": f"great book {i}, loved every page" if i % 3 else f"awful book {i}, the binding broke at once",
+                "ts": now + i * 0.01} for i in range(batches * reviews_per_batch)]
+    n, n_reviews = len(clicks), len(reviews)
     ch = connect(env["WHARF_CLICKHOUSE_URL"])
 
-    def learned() -> int:
+    def stats() -> dict:
         status, body = http("GET", f"http://127.0.0.1:{port}/commerce/stats")
-        return sum(s["learned"] for s in body["shards"].values()) if status == 200 else -1
+        return body if status == 200 else {}
 
-    def stored() -> tuple[int, int]:
-        return tuple(ch.query(f"SELECT count(), uniqExact(kafka_partition, kafka_offset) FROM {ch.table('clicks')}")[0])
+    def learned() -> int:
+        return sum(s["learned"] for s in stats().get("shards", {}).values())
 
-    async def feed() -> None:  # 4,000 clicks over about 8 s
+    def reviews_learned() -> int:
+        return stats().get("sentiment", {}).get("model_learned", -1)
+
+    def stored(table: str) -> tuple[int, int]:
+        return tuple(ch.query(f"SELECT count(), uniqExact(kafka_partition, kafka_offset) FROM {ch.table(table)}")[0])
+
+    async def feed() -> None:  # 4,000 clicks and 400 reviews over about 8 s
         for b in range(batches):
             chunk = clicks[b * per_batch:(b + 1) * per_batch]
             await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CLICKS"], [(c["user_id"].encode(), codec.dumps(c)) for c in chunk])
+            some = reviews[b * reviews_per_batch:(b + 1) * reviews_per_batch]
+            await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_REVIEWS"], [(r["item_id"].encode(), codec.dumps(r)) for r in some])
             await asyncio.sleep(0.2)
 
     worker = WorkerProcess(env, web_port=port, log=tmp_path / "w.log").start()
     feeding = asyncio.create_task(feed())
     try:
-        await wait_until(lambda: learned() >= n // 4, 60, "a quarter of the clicks learned")
-        assert learned() < n, "the kill must land mid-stream"
+        await wait_until(lambda: learned() >= n // 4 and reviews_learned() >= n_reviews // 8, 60, "a quarter of the clicks learned")
+        assert learned() < n and reviews_learned() < n_reviews, "the kill must land mid-stream"
         worker.kill9()
         worker = await asyncio.to_thread(WorkerProcess(env, web_port=port, log=tmp_path / "w.log").start)
         await feeding
-        await wait_until(lambda: learned() >= n and stored()[0] >= n, 150, "every click learned and stored")
-        await asyncio.sleep(3)  # a click learned or stored twice would show by now
-        assert (learned(), stored()) == (n, (n, n))
+        await wait_until(lambda: learned() >= n and stored("clicks")[0] >= n and reviews_learned() >= n_reviews
+                         and stored("reviews")[0] >= n_reviews, 150, "every click and review learned and stored")
+        await asyncio.sleep(3)  # a click or review learned or stored twice would show by now
+        assert (learned(), stored("clicks")) == (n, (n, n))
+        assert (reviews_learned(), stored("reviews")) == (n_reviews, (n_reviews, n_reviews))
+        sentiment = stats()["sentiment"]
+        assert sentiment["restored"] > 0 and sentiment["learned"] == n_reviews - sentiment["restored"], sentiment
     finally:
         feeding.cancel()
         worker.stop()

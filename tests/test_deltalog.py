@@ -132,11 +132,10 @@ def test_recommender_shard_round_trip_through_its_log_and_from_the_v1_layout() -
     assert v1 and all(k.startswith(b"r/2/") for k in v1)
 
 
-def test_pieces_restore_whole_and_an_abandoned_write_is_ignored(monkeypatch) -> None:
+def test_pieces_restore_whole_and_an_abandoned_write_is_ignored() -> None:
     """A write in pieces (the writer may yield between them) restores as one; one left half-way is not applied."""
-    monkeypatch.setattr(deltalog, "PIECE_ENTRIES", 7)
     table: dict[bytes, bytes] = {}
-    log = DeltaLog("r", 3)
+    log = DeltaLog("r", 3, piece_entries=7)
     state = {"users": {f"u{i}": i for i in range(30)}, "items": {f"i{i}": -i for i in range(16)}}
     steps = list(log.steps(table, {k: dict(v) for k, v in state.items()}, "m0", image=True))
     assert len(steps) == 5 + 3 + 1  # 30 users in pieces of 7, 16 items, then the commit

@@ -163,3 +163,33 @@ def test_prequential_minilm_on_real_file(tmp_path: Path, minilm: SentimentModel)
     assert report.encoder == "minilm"
     assert report.accuracy >= 0.83 and report.auc >= 0.90
     assert report.accuracy > lexicon.accuracy + 0.03  # the encoder must earn its cost
+
+
+def test_learned_state_restores_the_same_predictions(tmp_path: Path) -> None:
+    """A worker's review model checkpoint (agents/commerce.py `Sentiment`): an image, then a delta of only the n-gram
+    counts the later reviews touched, restored through the delta log into a fresh model of the same encoder."""
+    from streams.deltalog import DeltaLog
+
+    rows = read_labelled(DATA / "amazon_cells_labelled.txt")
+    model = SentimentModel(encoder="hashing")
+    for text, label in rows[:400]:
+        model.learn_one(text, label)
+    table: dict[bytes, bytes] = {}
+    log = DeltaLog("s", 2, piece_entries=5_000)
+    log.write(table, model.learned_state(), "first", image=True)
+    later = rows[400:600]
+    for text, label in later:
+        model.learn_one(text, label)
+    delta = model.learned_state([t for t, _ in later])
+    assert len(delta["ngrams"]) < len(model.learned_state()["ngrams"])  # a delta, not the whole vocabulary
+    log.write(table, delta, "second", image=False)
+
+    _, found = DeltaLog.restore("s", 2, list(table.items()), piece_entries=5_000)
+    assert found is not None and found.meta == "second"
+    restored = SentimentModel(encoder="hashing")
+    restored.load_learned_state(found.parts)
+    assert restored.n_learned == model.n_learned == 600
+    probe = [t for t, _ in rows[600:800]]
+    assert [restored.predict_one(t) for t in probe] == [model.predict_one(t) for t in probe]
+    with pytest.raises(ValueError, match="another encoder"):
+        SentimentModel(encoder="lexicon").load_learned_state(found.parts)

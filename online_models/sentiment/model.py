@@ -187,6 +187,38 @@ class SentimentModel:
         self.learn_one(text, positive)
         return True
 
+    # -- checkpoints: what learning changed, without the encoders' weights --------------------------------
+    def learned_state(self, since: Iterable[str] | None = None) -> dict[str, dict[Any, Any]]:
+        """The learned state as named parts of entries (`streams.deltalog` writes them): the head and the n-gram
+        counts, all of them, or with `since` (the texts learned since the last call) only the counts those touched.
+        It restores into a model of the same encoder (`load_learned_state`)."""
+        parts: dict[str, dict[Any, Any]] = {"head": {"head": self._head}}
+        nb = self._nb
+        if nb is not None:
+            neg, pos = nb.counts
+            keys = neg.keys() | pos.keys() if since is None else {h for t in since for h in hashed_ngrams(t, self.n_features)}
+            parts["ngrams"] = {h: (neg.get(h, 0.0), pos.get(h, 0.0)) for h in keys}
+            parts["ngram_totals"] = {"totals": (tuple(nb.totals), nb.vocabulary)}
+        return parts
+
+    def load_learned_state(self, parts: dict[str, dict[Any, Any]]) -> None:
+        """Continue from a checkpoint (`learned_state`, its deltas merged over its image): predictions come out
+        as they did when it was taken."""
+        head = parts["head"]["head"]
+        if head.mean.shape != self._head.mean.shape or (self._nb is not None) != ("ngram_totals" in parts):
+            raise ValueError(f"checkpoint is of another encoder than {self.encoder!r}")
+        self._head = head
+        if self._nb is not None:
+            nb = NgramNaiveBayes(self._nb.alpha)
+            for h, (neg, pos) in parts.get("ngrams", {}).items():
+                if neg:
+                    nb.counts[0][h] = neg
+                if pos:
+                    nb.counts[1][h] = pos
+            totals, nb.vocabulary = parts["ngram_totals"]["totals"]
+            nb.totals = list(totals)
+            self._nb = nb
+
     # -- pickling: drop the feature cache (encoder and lexicon drop their own weights)
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
