@@ -185,8 +185,18 @@ LOG_PREFIX = "r"  # recommender shard logs in the table: r/{partition}/{generati
 
 
 def _partition_of_key(key: bytes) -> int:
-    """Partition of a table key: `r/{p}/...` (streams.deltalog) or the v1 per-entry keys `u|i|g/{p}/...`."""
+    """Partition of a table key: `r/{p}/...` and `s/{p}/...` (streams.deltalog logs) or the v1 per-entry keys `u|i|g/{p}/...`."""
     return int(key.split(b"/", 2)[1])
+
+
+def _entries_of(table: Any, partitions: set[int]) -> dict[int, list[tuple[bytes, bytes]]]:
+    """A log table's entries by partition, for these partitions only: one pass over the table's keys."""
+    entries: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in partitions}
+    for key, blob in table.items():
+        p = _partition_of_key(key)
+        if p in partitions:
+            entries[p].append((key, blob))
+    return entries
 
 
 def _legacy_state(entries: list[tuple[bytes, bytes]]) -> tuple[dict[str, Any], list[bytes]]:
@@ -323,11 +333,7 @@ class Recommenders:
         wanted = partitions - self.shards.keys()
         if not wanted:
             return
-        entries: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in wanted}
-        for key, blob in rec_table.items():
-            p = _partition_of_key(key)
-            if p in wanted:
-                entries[p].append((key, blob))
+        entries = _entries_of(rec_table, wanted)
         for p in wanted:
             shard = self.shards[p] = Shard.restore(p, entries[p])
             if shard.model.users or shard.model.items:
@@ -663,11 +669,7 @@ class Sentiment:
         wanted = partitions - self.logs.keys()
         if not wanted:
             return
-        entries: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in wanted}
-        for key, blob in sentiment_table.items():
-            p = _partition_of_key(key)
-            if p in wanted:
-                entries[p].append((key, blob))
+        entries = _entries_of(sentiment_table, wanted)
         best: tuple[int, int, dict, Any] | None = None
         for p in sorted(wanted):
             self.logs[p], found = DeltaLog.restore(SENTIMENT_LOG_PREFIX, p, entries[p], piece_entries=SENTIMENT_PIECE_ENTRIES)
