@@ -72,9 +72,10 @@ def _spawn(name: str, args: list[str], settings: Settings, env: dict[str, str]) 
     return Child(name, proc, log)
 
 
-def _get(settings: Settings, path: str) -> dict | None:
+def _get(url: str, path: str) -> dict | None:
+    """GET `path` (no leading slash) of the worker at `url`, as JSON; None if it does not answer."""
     try:
-        with urllib.request.urlopen(f"http://{settings.advertised_web_host()}:{settings.web_port}{path}", timeout=5) as r:
+        with urllib.request.urlopen(url + path, timeout=5) as r:
             return json.loads(r.read())
     except (OSError, ValueError):
         return None
@@ -141,9 +142,10 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
     children = [_spawn("worker", ["worker", "--loglevel", "warning"], settings, env),
                 _spawn("bridge", ["bridge", "--loglevel", "warning"], settings, env)]
     fleet: DeviceFleet | None = None
+    url = f"http://{settings.advertised_web_host()}:{settings.web_port}/"  # once: a wildcard bind finds its route to Kafka
     try:
         console.print("starting the worker and the bridge ...")
-        while _get(settings, "/stats") is None:
+        while _get(url, "stats") is None:
             dead = [c for c in children if not c.alive()]
             if dead:
                 console.print(f"[red]{dead[0].name} exited with {dead[0].proc.returncode}[/red]; see {dead[0].log}", soft_wrap=True)
@@ -151,7 +153,6 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
             time.sleep(0.5)
         fleet = DeviceFleet(settings, warehouse, speed=options.speed, truth_file=truth)
         fleet.connect()
-        url = f"http://{settings.advertised_web_host()}:{settings.web_port}/"
         console.print(f"ready in {time.monotonic() - started:.0f}s.\n")
         console.print(f"  [bold]dashboard[/bold]     {url}", soft_wrap=True)
         console.print(f"  recommendations {url}recommendations/<user_id>?k=10   health {url}stats", soft_wrap=True)
@@ -162,7 +163,7 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
         console.print("  stop with Ctrl-C (data stays in the state folder)\n")
         fleet_thread = threading.Thread(target=fleet.run, name="device-fleet", daemon=True)
         fleet_thread.start()
-        code = asyncio.run(_watch(settings, options, console, children, fleet))
+        code = asyncio.run(_watch(settings, url, options, console, children, fleet))
         fleet.stop()
         fleet_thread.join(10)
         return code
@@ -178,7 +179,8 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
         console.print(f"stopped. State kept in {settings.state_dir}.", soft_wrap=True)
 
 
-async def _watch(settings: Settings, options: DemoOptions, console: Console, children: list[Child], fleet: DeviceFleet) -> int:
+async def _watch(settings: Settings, url: str, options: DemoOptions, console: Console, children: list[Child],
+                 fleet: DeviceFleet) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -201,8 +203,8 @@ async def _watch(settings: Settings, options: DemoOptions, console: Console, chi
             code = 1
             stop.set()
             break
-        stats = await asyncio.to_thread(_get, settings, "/stats") or {}
-        dash = await asyncio.to_thread(_get, settings, "/api/dashboard") or {}
+        stats = await asyncio.to_thread(_get, url, "stats") or {}
+        dash = await asyncio.to_thread(_get, url, "api/dashboard") or {}
         tables = stats.get("tables", {})
         now = time.monotonic()
         rates = {k: (tables.get(k, 0) - last[1].get(k, 0)) / max(now - last[0], 1e-6) for k in ("sensor_readings", "clicks", "reviews")}
