@@ -22,14 +22,20 @@ prove too thin (each shard sees 1/P of the traffic; with 8 partitions and a shop
 volume, popularity and co-occurrence are still well estimated). It needs the split in
 `online_models/recommender` and is noted in the hand-over.
 
+Where the shards live: in the worker's learner processes (`streams/learner.py`, `WHARF_COMMERCE_LEARNERS`),
+so that learning runs beside the event loop that fetches, validates, stores and acks the clicks and
+answers requests. The agent validates each click once, sends it to its shard's learner, and keeps it
+unacked in `pending`; requests for a user's recommendations are answered by that learner.
+
 Durability: the working state is in memory (plain dicts: a table write per change would cap the
-agent near 1k clicks/s). Every `commerce_checkpoint_seconds` the agent writes each shard's users and
-items changed since the last checkpoint, with the shard's `GlobalState` and the last applied offset
-per input topic, as one delta of the shard's log in the `commerce-recommender` table (rocksdict
-store, backed by its compacted changelog; `streams/deltalog.py`: a few chunked records per
-checkpoint instead of one record per changed user or item, and a full image when the deltas
-outgrow it), under an event of that partition, and only then acks the records the checkpoint
-includes. Faust flushes the changelog producer before it commits offsets, so a committed click is
+agent near 1k clicks/s). Every `commerce_checkpoint_seconds` the agent asks the learners for each
+shard's users and items changed since the last checkpoint, with the shard's `GlobalState` and the
+last applied offset per input topic, as one delta of the shard's log (`streams/deltalog.py`: a few
+chunked records per checkpoint instead of one record per changed user or item, and a full image
+when the deltas outgrow it). A learner takes it in line with the records sent to it, so it holds
+exactly the events pending when it was asked for. The agent writes those records to the
+`commerce-recommender` table (rocksdict store, backed by its compacted changelog) under an event of
+the shard's partition, and only then acks the events the checkpoint includes. Faust flushes the changelog producer before it commits offsets, so a committed click is
 always in the changelog. A restart (kill -9) or a rebalance restores the shard from its newest
 committed checkpoint; records redelivered after a crash that are at or below the shard's marker
 are already in the state and are skipped.
@@ -65,7 +71,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
+import itertools
 import json
 import logging
 import pickle
@@ -73,7 +79,7 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -82,15 +88,16 @@ from faust.streams import _current_event
 from pydantic import Field
 
 from online_models.alarms import AlarmBook
-from online_models.recommender import GlobalState, ItemState, OnlineRecommender, RecommenderConfig, bpr, scoring
+from online_models.recommender import RecommenderConfig
 from schemas import codec, rows
 from schemas.events import ClickEvent, Ident, Recommendation, Review, SentimentScore, Severity, TimedEvent
 from schemas.validation import Checked, checked
-from streams import deltalog, heap
 from streams.acks import OrderedAcker
 from streams.app import app, limits, settings, storage, topics
 from streams.deltalog import DeltaLog
 from streams.ingest import valid_or_dead_letter
+from streams.learner import Learner, Learners
+from streams.shard import Catalogue, Click, Record
 from streams.slices import Slice
 from streams.topics import CATALOGUE_FANOUT, SELLER_SENTIMENT, internal_topic_name
 
@@ -165,25 +172,6 @@ def recommender_config() -> RecommenderConfig:
     return cfg.for_time_scale(settings.commerce_half_life_scale) if settings.commerce_half_life_scale != 1.0 else cfg
 
 
-class Tracked(dict):
-    """A dict that remembers which keys were assigned since the last checkpoint (the model writes back every change).
-
-    In the order they were first assigned: a restore appends the new keys of each delta in that order, so a
-    restored shard numbers its items as the live one did (the dense index's rows), and sums over them come
-    out the same to the last bit."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.dirty: dict[str, None] = {}
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        dict.__setitem__(self, key, value)
-        self.dirty[key] = None
-
-
-LOG_PREFIX = "r"  # recommender shard logs in the table: r/{partition}/{generation}/{seq}/{chunk|c}
-
-
 def _partition_of_key(key: bytes) -> int:
     """Partition of a table key: `r/{p}/...` and `s/{p}/...` (streams.deltalog logs) or the v1 per-entry keys `u|i|g/{p}/...`."""
     return int(key.split(b"/", 2)[1])
@@ -199,30 +187,6 @@ def _entries_of(table: Any, partitions: set[int]) -> dict[int, list[tuple[bytes,
     return entries
 
 
-def _legacy_state(entries: list[tuple[bytes, bytes]]) -> tuple[dict[str, Any], list[bytes]]:
-    """State v1 (one key per user `u/`, item `i/` and the marker `g/`), read once and rewritten as a delta log:
-    the `Shard.new` arguments and the v1 keys found (other keys are ignored)."""
-    users: dict[str, Any] = {}
-    items: dict[str, Any] = {}
-    out: dict[str, Any] = {"users": users, "items": items}
-    keys: list[bytes] = []
-    for key, blob in entries:
-        kind, _, rest = key.decode().partition("/")
-        ident = rest.partition("/")[2]
-        if kind == "u":
-            users[ident] = _load(blob)
-        elif kind == "i":
-            items[ident] = _load(blob)
-        elif kind == "g":
-            version, g, offsets = _load(blob)
-            if version == 1:
-                out.update(g=g, offsets=offsets)
-        else:
-            continue
-        keys.append(key)
-    return out, keys
-
-
 def _dump(obj: Any) -> bytes:
     return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -231,119 +195,32 @@ def _load(blob: bytes) -> Any:
     return pickle.loads(blob)
 
 
-@dataclass
-class Shard:
-    """The recommender of one clicks partition and what its checkpoints need."""
-
-    partition: int
-    model: OnlineRecommender
-    offsets: dict[str, int] = field(default_factory=dict)  # topic -> last offset applied to the state
-    active_users: dict[str, None] = field(default_factory=dict)  # since the last snapshot, oldest first
-    active_items: dict[str, None] = field(default_factory=dict)
-    clicks: int = 0
-    skipped: int = 0
-    log: DeltaLog = None  # type: ignore[assignment] - set in __post_init__
-    changed_items: list[str] = field(default_factory=list)  # in the last checkpoint: their ranking caches to refresh
-
-    def __post_init__(self) -> None:
-        if self.log is None:
-            self.log = DeltaLog(LOG_PREFIX, self.partition)
-
-    @classmethod
-    def new(cls, partition: int, users: dict | None = None, items: dict | None = None, g: GlobalState | None = None,
-            offsets: dict[str, int] | None = None, log: DeltaLog | None = None) -> Shard:
-        model = OnlineRecommender(recommender_config(), users=Tracked(users or {}), items=Tracked(items or {}), state=g)
-        model.users.dirty.clear()
-        model.items.dirty.clear()
-        return cls(partition, model, dict(offsets or {}), log=log)
-
-    @classmethod
-    def restore(cls, partition: int, entries: list[tuple[bytes, bytes]]) -> Shard:
-        """The shard as its last committed checkpoint left it (a new one if none); see `streams.deltalog`."""
-        log, found = DeltaLog.restore(LOG_PREFIX, partition, entries)  # all of its own keys are stale already
-        if found is not None:
-            version, g, offsets = found.meta
-            if version == STATE_VERSION:
-                return cls.new(partition, found.parts.get("users"), found.parts.get("items"), g, offsets, log=log)
-        state, legacy_keys = _legacy_state(entries)
-        log.stale.update(legacy_keys)  # rewritten in the new format by the next checkpoint, then deleted
-        return cls.new(partition, log=log, **state)
-
-    def apply(self, topic: str, offset: int, value: bytes | Checked, timestamp: float) -> bool:
-        """Learn one record (click or catalogue change); False if it is already in the state or invalid.
-        A click may come checked already (`streams.app` decodes them once for this agent and the storage agent)."""
-        if offset <= self.offsets.get(topic, -1):
-            self.skipped += 1
-            return False
-        self.offsets[topic] = offset
-        m = self.model
-        if topic == settings.topic_clicks:
-            click = checked(value, ClickEvent, now=timestamp, limits=limits).event
-            if click is None:
-                return False  # invalid clicks are dead-lettered by the storage agent (agents/storage.py)
-            m.learn_one({"user_id": click.user_id, "item_id": click.item_id, "action": click.action, "ts": click.ts,
-                         "session_id": click.session_id, "category": click.category, "price": click.price})
-            self.clicks += 1
-            self.active_users.pop(click.user_id, None)  # most recent last
-            self.active_users[click.user_id] = None
-            self.active_items.pop(click.item_id, None)
-            self.active_items[click.item_id] = None
-            return True
-        try:
-            change = CatalogueChange.model_validate_json(value)  # validated by fan_out_catalogue already
-        except ValueError:
-            return False
-        if change.action == "remove":
-            m.remove_item(change.item_id)
-        else:
-            m.add_item(change.item_id, change.category, change.price)
-        return True
-
-    def checkpoint(self, table: Any) -> int:
-        """Write the changed users/items (or, when due, all of them) and the marker as one delta of the shard's
-        log (call under an event of this partition); returns the table records written."""
-        return deltalog.finish(self.checkpoint_steps(table))
-
-    def checkpoint_steps(self, table: Any) -> Iterator[int]:
-        """`checkpoint` piece by piece (`DeltaLog.steps`): the state must not learn until it ends."""
-        m = self.model
-        image = self.log.needs_image()
-        users = dict(m.users) if image else {uid: m.users[uid] for uid in m.users.dirty}
-        items = dict(m.items) if image else {iid: m.items[iid] for iid in m.items.dirty}
-        m.users.dirty.clear()
-        m.items.dirty.clear()
-        self.changed_items = list(items)
-        m.state.rng_state = m._rng.getstate()  # noqa: SLF001 - what the model's own __getstate__ saves
-        meta = (STATE_VERSION, m.state, dict(self.offsets))
-        return self.log.steps(table, {"users": users, "items": items}, meta, image)
-
-
 class Recommenders:
-    """The shards this worker owns. One per worker process."""
+    """The shards this worker owns, held by its learner processes (`streams/learner.py`). One per worker process."""
 
     def __init__(self) -> None:
-        self.shards: dict[int, Shard] = {}
-        self.cache: dict[tuple[str, int], tuple[float, int, list]] = {}
+        self.learners = Learners(settings.commerce_learners, recommender_config())
+        self.shards: dict[int, int] = {}  # partition -> serial of its restore (sent to its learner)
+        self._serials = itertools.count(1)
         self.checkpoints = 0
         self.keys_written = 0
         self.revocations = 0  # shards dropped so far: a batch that yielded checks it before loading a shard
 
     def load(self, partitions: set[int]) -> None:
-        """Restore shards from the (recovered) table: one pass over its keys for all new partitions."""
+        """Send the new partitions' table entries (recovered) to their learners: one pass over the table's keys."""
         wanted = partitions - self.shards.keys()
         if not wanted:
             return
         entries = _entries_of(rec_table, wanted)
         for p in wanted:
-            shard = self.shards[p] = Shard.restore(p, entries[p])
-            if shard.model.users or shard.model.items:
-                log.info("recommender shard %d restored: %d users, %d items, offsets %s",
-                         p, len(shard.model.users), len(shard.model.items), shard.offsets)
+            self.shards[p] = next(self._serials)
+            self.learners.of(p).work("load", p, entries[p]).add_done_callback(functools.partial(_restored, p))
 
     def forget(self, partitions: set[int]) -> None:
         for p in partitions:
             self.shards.pop(p, None)
-        self.cache.clear()
+        for learner, ps in self.learners.by_learner(partitions).items():
+            learner.send("forget", ps)
         self.revocations += 1
 
     def owned(self) -> set[int]:
@@ -355,48 +232,50 @@ class Recommenders:
         recovery = app.tables.recovery
         return not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
 
-    def shard_for_user(self, user_id: str) -> Shard | None:
-        """The user's shard, if this worker owns it and it is restored (None: answer 503, the caller retries)."""
+    def holds(self, user_id: str) -> bool:
+        """Whether the user's shard is (being) restored here, loading it if this worker owns it and is ready."""
         p = partition_of(user_id)
-        if p not in self.shards:
-            if not self.ready():
-                return None
+        if p not in self.shards and self.ready():
             owned = self.owned()
             if p in owned:
                 self.load(owned)
-        return self.shards.get(p)
+        return p in self.shards
 
-    def recommend(self, user_id: str, k: int) -> tuple[int, list] | None:
-        """(partition, items) for a user this worker owns; a short cache absorbs request bursts, and a
-        user's own click invalidates it (their events count is part of the key)."""
-        shard = self.shard_for_user(user_id)
-        if shard is None:
+    async def recommend(self, user_id: str, k: int) -> tuple[int, list[tuple[str, float, str]]] | None:
+        """(partition, [(item_id, score, reason)]) for a user this worker owns; None: answer 503, the caller retries."""
+        if not self.holds(user_id):
             return None
-        user = shard.model.users.get(user_id)
-        events = user.events if user is not None else 0
-        hit = self.cache.get((user_id, k))
-        now = time.monotonic()
-        if hit is not None and hit[0] > now and hit[1] == events:
-            return shard.partition, hit[2]
-        recs = shard.model.recommend(user_id, k)
-        if len(self.cache) > 100_000:
-            self.cache.clear()
-        self.cache[(user_id, k)] = (now + RECS_CACHE_SECONDS, events, recs)
-        return shard.partition, recs
+        p = partition_of(user_id)
+        recs = await self.learners.of(p).ask("recommend", p, user_id, k)
+        return None if recs is None else (p, recs)
+
+    async def stats(self) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+        """Each shard's counters (shards still restoring are not in it yet), and each learner's: its time at work and
+        answering, its longest step of work (what a request may wait behind), its collector's pauses."""
+        shards: dict[int, dict[str, Any]] = {}
+        learners: dict[int, dict[str, Any]] = {}
+        for learner in self.learners.by_learner(self.shards):
+            found = await learner.ask("stats")
+            shards |= found["shards"]
+            learners[learner.index] = found["process"]
+        return dict(sorted(shards.items())), learners
 
 
-RECS_CACHE_SECONDS = 1.0
+def _restored(p: int, fut: asyncio.Future) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        users, items, offsets = fut.result()
+        if users or items:
+            log.info("recommender shard %d restored: %d users, %d items, offsets %s", p, users, items, offsets)
+
 
 rec_table = app.Table("commerce-recommender", key_type=bytes, value_type=bytes, partitions=P,
                       help="Recommender shards: users, items and global state (with offset markers) per clicks partition.")
 rec_table.key_serializer = rec_table.value_serializer = "raw"
 recommenders = Recommenders()
-scoring.warm_up()  # the ranking kernel compiled (or loaded from Numba's cache) before the worker serves
-bpr.warm_up()  # and the learning step, before the first click
 
 
 class Pending:
-    """Events learned but not yet in the changelog: acked only after the next checkpoint."""
+    """Events sent to the learners but not yet in the changelog: acked only after the next checkpoint."""
 
     def __init__(self) -> None:
         self.events: list[Any] = []
@@ -411,66 +290,106 @@ class Pending:
 pending = Pending()
 
 
-async def learn_batch(events: Sequence[Any]) -> None:
-    """Learn a batch in order; the events wait in `pending` for the next checkpoint.
+def as_record(topic: str, offset: int, value: bytes | Checked, timestamp: float) -> Record:
+    """A clicks or catalogue record as its shard learns it. A click may come checked already (`streams.app` decodes
+    them once for this agent and the storage agent); invalid ones are dead-lettered by the storage agent
+    (agents/storage.py) and catalogue changes were validated by `fan_out_catalogue`."""
+    if topic == settings.topic_clicks:
+        c = checked(value, ClickEvent, now=timestamp, limits=limits).event
+        return Record(topic, offset, None if c is None else
+                      Click(c.user_id, c.item_id, c.action, c.ts, c.session_id, c.category, c.price))
+    try:
+        change = CatalogueChange.model_validate_json(value)
+    except ValueError:
+        return Record(topic, offset, None)
+    return Record(topic, offset, Catalogue(change.action, change.item_id, change.category, change.price))
 
-    Yields to the loop every slice (`streams.slices`), so requests are served while a batch is learned (hold
-    `_checkpointing`: no checkpoint may see half a batch). A shard revoked meanwhile is not loaded
-    again: its remaining events are left unacked for the new owner."""
+
+async def learn_batch(events: Sequence[Any]) -> None:
+    """Decode a batch and send it to the learners, in order; the events wait in `pending` for the next checkpoint.
+
+    Yields to the loop every slice (`streams.slices`), so requests are served meanwhile; what was decoded
+    is sent before each yield, so a checkpoint never lies between an event in `pending` and its record. A
+    shard revoked meanwhile is not loaded again: its remaining events are left unacked for the new owner."""
+    recommenders.learners.check()
     owned: set[int] | None = None
     revocations = recommenders.revocations
     work = Slice()
+    out: dict[Learner, list[tuple[int, Record]]] = {}
     for event in events:
         msg = event.message
-        shard = recommenders.shards.get(msg.partition)
-        if shard is None:
+        p = msg.partition
+        if p not in recommenders.shards:
             if recommenders.revocations != revocations:
                 continue
-            owned = owned or recommenders.owned() | {msg.partition}
+            owned = owned or recommenders.owned() | {p}
+            _send(out)
             recommenders.load(owned)
-            shard = recommenders.shards[msg.partition]
-        shard.apply(msg.topic, msg.offset, event.value, msg.timestamp)
-        pending.last[msg.partition] = event
+        out.setdefault(recommenders.learners.of(p), []).append((p, as_record(msg.topic, msg.offset, event.value, msg.timestamp)))
+        pending.last[p] = event
         pending.events.append(event)
-        await work.tick()
+        if work.due():
+            _send(out)
+            await work.tick()
+    _send(out)
 
 
-_checkpointing = asyncio.Lock()
+def _send(out: dict[Learner, list[tuple[int, Record]]]) -> None:
+    for learner, records in out.items():
+        if records:
+            learner.send("records", records)
+    out.clear()
+
+
+_checkpointing = asyncio.Lock()  # taken by checkpoints, one at a time
+_sending = asyncio.Lock()  # a batch being sent, and a checkpoint cutting `pending`
 
 
 async def checkpoint() -> int:
-    """Write every touched shard's changes under an event of its partition, then ack what they include.
+    """Ask each touched shard's learner for its checkpoint, write it under an event of the shard's partition, then
+    ack the events it includes (returns how many).
 
-    Piece by piece, yielding every slice (`streams.slices`) so that requests are served; no batch is learned
-    meanwhile (the lock), so each shard's delta is the state at its marker. Writes are coalesced per
-    interval (a popular item is written once, not once per click), which is what keeps the changelog
-    from throttling the agent. A shard revoked meanwhile is abandoned (an uncommitted write, ignored
-    by restore) and its events are not acked: the new owner gets them again."""
+    The learners take checkpoints in line with the records sent to them, so a checkpoint holds exactly the
+    events in `pending` when it was asked for; the agent goes on sending new batches meanwhile. Writes are
+    coalesced per interval (a popular item is written once, not once per click), which is what keeps the
+    changelog from throttling the agent. A shard revoked meanwhile is abandoned (its records are not written:
+    the restore of the new owner ignores the missing delta) and its events are not acked: the new owner gets
+    them again."""
     async with _checkpointing:
-        if not pending.events:
-            return 0
-        events, last = pending.events, pending.last
-        pending.events, pending.last, pending.since = [], {}, time.monotonic()
-        pending.checkpointing = len(events)  # until acked (`/commerce/stats` unacked)
+        async with _sending:
+            if not pending.events:
+                return 0
+            events, last = pending.events, pending.last
+            pending.events, pending.last, pending.since = [], {}, time.monotonic()
+            pending.checkpointing = len(events)  # until acked (`/commerce/stats` unacked)
+            asked = [learner.work("checkpoint", ps) for learner, ps in recommenders.learners.by_learner(last).items()]
+            serials = {p: recommenders.shards.get(p) for p in last}
         try:
-            return await _write_then_ack(events, last)
+            return await _write_then_ack(events, last, serials, asked)
         finally:
             pending.checkpointing = 0
 
 
-async def _write_then_ack(events: list[Any], last: dict[int, Any]) -> int:
-    """`checkpoint`'s work: each shard's delta written under `last[p]`, then the events of the shards written acked
-    (returns how many), then the ranking caches of the items written rebuilt."""
+async def _write_then_ack(events: list[Any], last: dict[int, Any], serials: dict[int, int | None],
+                          asked: list[asyncio.Future]) -> int:
+    """`checkpoint`'s work: each shard's records written under `last[p]`, then the events of the shards written acked.
+    A shard whose serial changed was revoked (and maybe restored again) meanwhile: its records are not written."""
+    done: dict[int, tuple[list[tuple[bytes, bytes | None]], int] | None] = {}
+    for reply in asked:
+        done |= await reply
     written: set[int] = set()
     work = Slice()
-    for p, event in last.items():
-        shard = recommenders.shards.get(p)
-        if shard is None:  # revoked; its events are redelivered to the new owner
+    for p, found in done.items():
+        if found is None or recommenders.shards.get(p) != serials[p]:  # revoked; its events go to the new owner
             continue
-        records = 0
-        with as_event(event):
-            for records in shard.checkpoint_steps(rec_table):  # noqa: B007 - the last count is the total
-                if await work.tick() and recommenders.shards.get(p) is not shard:
+        ops, records = found
+        with as_event(last[p]):
+            for i, (key, value) in enumerate(ops):
+                if value is None:
+                    rec_table.pop(key, None)
+                else:
+                    rec_table[key] = value
+                if await work.tick() and recommenders.shards.get(p) != serials[p]:
                     break
             else:
                 recommenders.keys_written += records
@@ -481,32 +400,39 @@ async def _write_then_ack(events: list[Any], last: dict[int, Any]) -> int:
         event.ack()
         if i % 1024 == 1023:  # an ack is ~1.5 us: look at the clock now and then
             await work.tick()
-    for p in written:  # rebuilt here rather than by the first request that ranks with a changed row
-        shard = recommenders.shards.get(p)
-        changed = shard.changed_items if shard is not None else []
-        for start in range(0, len(changed), 64):
-            shard.model.refresh_rows(changed[start:start + 64])
-            if await work.tick() and recommenders.shards.get(p) is not shard:
-                break
     return len(acked)
+
+
+_checkpoint_task: asyncio.Task | None = None
+
+
+def _checkpoint_soon() -> asyncio.Task:
+    """The checkpoint under way, or a new one in the background: the agent sends on while it is written."""
+    global _checkpoint_task
+    if _checkpoint_task is None or _checkpoint_task.done():
+        if _checkpoint_task is not None:
+            _checkpoint_task.result()  # a failed checkpoint stops the agent, and with it the worker
+        _checkpoint_task = asyncio.ensure_future(checkpoint())
+    return _checkpoint_task
 
 
 @app.batch_agents.agent(click_sources, name="wharf.commerce-recommender", max_records=CLICK_BATCH,
                         within=settings.commerce_batch_seconds)
 async def learn_clicks(agent):  # noqa: ANN001 - streams.batches.BatchAgent
     async for events in agent.batches():
-        async with _checkpointing:
+        async with _sending:
             await learn_batch(events)
-        heap.freeze_if_due()
-        if time.monotonic() - pending.since >= settings.commerce_checkpoint_seconds or len(pending.events) >= MAX_PENDING:
-            await checkpoint()
+        if pending.unacked() >= MAX_PENDING:
+            await _checkpoint_soon()  # the learners are behind: wait for them
+        elif time.monotonic() - pending.since >= settings.commerce_checkpoint_seconds:
+            _checkpoint_soon()
 
 
 @app.timer(0.25)
 async def _checkpoint_timer() -> None:
     """Checkpoint a quiet stream too (the agent only wakes on records)."""
     if pending.events and time.monotonic() - pending.since >= settings.commerce_checkpoint_seconds:
-        await checkpoint()
+        await _checkpoint_soon()
 
 
 @app.on_partitions_revoked.connect
@@ -542,45 +468,32 @@ async def fan_out_catalogue(agent):  # noqa: ANN001 - streams.batches.BatchAgent
 # --- snapshots -----------------------------------------------------------------------------------------
 
 
-def also_viewed(item: ItemState, prior: float, k: int = ALSO_VIEWED_K) -> list[tuple[str, float]]:
-    """Top-k P(j | i) of an item's co-occurrence row (the recommender's own normalisation)."""
-    if not item.cooc:
-        return []
-    denom = item.cooc_total + prior * item.cooc_prior_scale()
-    return [(j, v / denom) for j, v in heapq.nlargest(k, item.cooc.items(), key=lambda kv: kv[1])]
-
-
 def also_viewed_rows(data: dict) -> list[dict[str, Any]]:
     return [{"ts": data["ts"], "item_id": data["item_id"], "shard": data["shard"], "rank": r, "other_item_id": j, "score": s}
             for r, (j, s) in enumerate(data["items"], start=1)]
 
 
 async def take_snapshots(k: int | None = None) -> tuple[int, int]:
-    """Top-K of recently active users and 'also viewed' of recently clicked items, onto their topics."""
+    """Top-K of recently active users and 'also viewed' of recently clicked items (from the learners), onto their topics."""
     k = k or settings.commerce_k
     now = time.time()
+    asked = [learner.work("snapshot", k, ALSO_VIEWED_K, SNAPSHOT_MAX_USERS)
+             for learner in recommenders.learners.by_learner(recommenders.shards)]
     futs = []
     n_users = n_items = 0
-    for shard in list(recommenders.shards.values()):
-        users = list(shard.active_users)[-SNAPSHOT_MAX_USERS:]
-        items = list(shard.active_items)[-SNAPSHOT_MAX_USERS:]
-        shard.active_users.clear()
-        shard.active_items.clear()
-        for i, uid in enumerate(users):
-            recs = shard.model.recommend(uid, k)
-            rec = Recommendation(ts=now, user_id=uid, k=k, items=[r._asdict() for r in recs])
-            futs.append(await topics["topic_recommendations"].send(key=uid.encode(), value=codec.dumps(rec)))
-            n_users += 1
-            if i % 50 == 49:
-                await asyncio.sleep(0)  # let requests and the agents run
-        prior = shard.model.config.cooc_prior
-        for iid in items:
-            st = shard.model.items.get(iid)
-            lst = also_viewed(st, prior) if st is not None else []
-            if lst:
-                value = codec.dumps({"ts": now, "item_id": iid, "shard": shard.partition, "items": lst})
+    work = Slice()
+    for reply in asked:
+        for p, recs, lists in await reply:
+            for uid, items in recs:
+                rec = Recommendation(ts=now, user_id=uid, k=k, items=[{"item_id": i, "score": s, "reason": r} for i, s, r in items])
+                futs.append(await topics["topic_recommendations"].send(key=uid.encode(), value=codec.dumps(rec)))
+                n_users += 1
+                await work.tick()  # let requests and the agents run
+            for iid, lst in lists:
+                value = codec.dumps({"ts": now, "item_id": iid, "shard": p, "items": lst})
                 futs.append(await also_viewed_topic.send(key=iid.encode(), value=value))
                 n_items += 1
+                await work.tick()
     await asyncio.gather(*futs)
     return n_users, n_items
 

@@ -39,27 +39,27 @@ class Recommendations(View):
     async def get(self, request: Request, user_id: str) -> Response:
         slices.note_request()
         if partition_of(user_id) in recommenders.shards:
-            return self.answer(request, user_id)
+            return await self.answer(request, user_id)
         await _routing_metadata()
         return await self.routed(request, user_id=user_id)
 
     @app.table_route(table=rec_table, match_info="user_id")
     async def routed(self, request: Request, user_id: str) -> Response:
-        return self.answer(request, user_id)
+        return await self.answer(request, user_id)
 
-    def answer(self, request: Request, user_id: str) -> Response:
+    async def answer(self, request: Request, user_id: str) -> Response:
         try:
             k = int(request.query.get("k", settings.commerce_k))
         except ValueError:
             return self.json({"error": "k must be an integer"}, status=400)
         if not 1 <= k <= MAX_K:
             return self.json({"error": f"k must be between 1 and {MAX_K}"}, status=400)
-        found = recommenders.recommend(user_id, k)
+        found = await recommenders.recommend(user_id, k)
         if found is None:
             return self.json({"error": "this worker does not own the user's partition (rebalancing?); retry"}, status=503)
         partition, items = found
         body = codec.dumps({"user_id": user_id, "k": k, "partition": partition,
-                            "items": [{"item_id": it.item_id, "score": it.score, "reason": it.reason} for it in items]})
+                            "items": [{"item_id": i, "score": s, "reason": r} for i, s, r in items]})
         return self.bytes(body, content_type="application/json")
 
 
@@ -68,9 +68,8 @@ class CommerceStats(View):
     """What this worker's commerce agents hold and did: shards, checkpoints, sentiment counters."""
 
     async def get(self, request: Request) -> Response:
-        shards = {p: {"users": len(s.model.users), "items": len(s.model.items), "clicks": s.clicks, "skipped": s.skipped,
-                      "learned": s.model.state.events, "offsets": s.offsets} for p, s in sorted(recommenders.shards.items())}
-        return self.json({"shards": shards, "checkpoints": recommenders.checkpoints, "keys_written": recommenders.keys_written,
+        shards, learners = await recommenders.stats()
+        return self.json({"shards": shards, "learners": learners, "checkpoints": recommenders.checkpoints, "keys_written": recommenders.keys_written,
                           "unacked": pending.unacked(),
                           "sentiment": {"encoder": sentiment.encoder, "scored": sentiment.scored, "learned": sentiment.learned,
                                         "model_learned": sentiment.model_learned, "restored": sentiment.restored,

@@ -30,11 +30,15 @@ class Slice:
     def __init__(self) -> None:
         self.started = monotonic()
 
-    async def tick(self) -> bool:
-        """True if it yielded (other coroutines, e.g. a revocation, may have run meanwhile)."""
+    def due(self) -> bool:
+        """Whether the slice has passed (`tick` would yield)."""
         now = monotonic()
         budget = SERVING_SLICE_SECONDS if now - _last_request < SERVING_WINDOW_SECONDS else SLICE_SECONDS
-        if now - self.started < budget:
+        return now - self.started >= budget
+
+    async def tick(self) -> bool:
+        """True if it yielded (other coroutines, e.g. a revocation, may have run meanwhile)."""
+        if not self.due():
             return False
         await asyncio.sleep(0)
         self.started = monotonic()

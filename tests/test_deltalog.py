@@ -99,18 +99,18 @@ def test_recommender_shard_round_trip_through_its_log_and_from_the_v1_layout() -
     """A shard checkpointed into a table and restored recommends exactly as before; v1 keys are read and replaced."""
     import pickle
 
-    from agents.commerce import Shard
-    from schemas import codec
+    from online_models.recommender import RecommenderConfig
+    from streams.shard import Click, Record, Shard
     from wharf.settings import get_settings
     from wharf.simulator import ShopConfig, ShopSimulator
 
     topic = get_settings().topic_clicks
     events = list(ShopSimulator(ShopConfig(seed=1, n_items=300, n_users=200)).events(3000))
-    now = events[-1]["ts"] + 1
     table: dict[bytes, bytes] = {}
-    shard = Shard.new(2)
+    config = RecommenderConfig()
+    shard = Shard.new(2, config)
     for i, e in enumerate(events):
-        shard.apply(topic, i, codec.dumps({k: v for k, v in e.items() if v is not None}), now)
+        shard.apply(Record(topic, i, Click(**{f: e.get(f) for f in Click._fields})))
         if i % 700 == 699:
             shard.checkpoint(table)
     shard.checkpoint(table)
@@ -118,14 +118,14 @@ def test_recommender_shard_round_trip_through_its_log_and_from_the_v1_layout() -
     users = sorted(shard.model.users)[:40]
     before = {u: shard.model.recommend(u, 10) for u in users}
 
-    again = Shard.restore(2, list(table.items()))
+    again = Shard.restore(2, config, list(table.items()))
     assert again.offsets == shard.offsets and len(again.model.items) == len(shard.model.items)
     assert {u: again.model.recommend(u, 10) for u in users} == before
 
     v1 = {f"u/2/{u}".encode(): pickle.dumps(st) for u, st in shard.model.users.items()}
     v1 |= {f"i/2/{i}".encode(): pickle.dumps(st) for i, st in shard.model.items.items()}
     v1[b"g/2"] = pickle.dumps((1, shard.model.state, shard.offsets))
-    migrated = Shard.restore(2, list(v1.items()))
+    migrated = Shard.restore(2, config, list(v1.items()))
     assert migrated.offsets == shard.offsets
     assert {u: migrated.model.recommend(u, 10) for u in users} == before
     migrated.checkpoint(v1)  # the first checkpoint writes the new layout and drops the old keys

@@ -128,6 +128,7 @@ class Settings(BaseSettings):
     commerce_snapshot_seconds: float = Field(60.0, gt=0, description="Interval of the top-K (active users) and 'also viewed' (active items) snapshots to ClickHouse.")
     commerce_batch_seconds: float = Field(0.05, gt=0, description="Longest wait of the recommender agent for a batch of clicks.")
     commerce_checkpoint_seconds: float = Field(5.0, gt=0, description="Interval of recommender checkpoints (changed users/items to the table changelog); clicks are acked after the checkpoint that includes them.")
+    commerce_learners: int = Field(1, ge=1, le=64, description="Processes that learn the recommender's shards beside the worker's event loop (partition p in learner p mod n); one more core each.")
     commerce_sentiment_encoder: str = Field("minilm", description="Review sentiment encoder: `minilm` (most accurate), `hashing` or `lexicon` (fast, no model weights).")
     commerce_sentiment_drop: float = Field(0.5, gt=0, le=2, description="Sentiment-drop alarm: an item's last-hour mean score this far below its long-run norm raises an alarm.")
     commerce_sentiment_min_reviews: int = Field(5, ge=1, description="Reviews an item needs in the hour (and before it, for its norm) for the sentiment-drop alarm.")

@@ -122,20 +122,22 @@ def _bench_learn_one(events: list[dict]) -> float:
 
 
 def _bench_update_path(events: list[dict]) -> float:
-    """The agent's per-record work without Kafka: JSON bytes -> validated click -> learn -> checkpoint per batch."""
-    from agents.commerce import CLICK_BATCH, Shard
+    """The per-record work of the agent and its learner without Kafka, in one process: JSON bytes -> validated click
+    -> learn -> checkpoint per batch."""
+    from agents.commerce import CLICK_BATCH, as_record, recommender_config
     from schemas import codec
+    from streams.shard import Shard
     from wharf.settings import get_settings
 
     topic = get_settings().topic_clicks
     payloads = [codec.dumps({k: e[k] for k in ("event_id", "user_id", "session_id", "item_id", "action", "ts", "price", "category")
                              if e.get(k) is not None}) for e in events]
-    shard = Shard.new(0)
+    shard = Shard.new(0, recommender_config())
     table: dict[bytes, bytes] = {}
     now = time.time() + 1
     t = time.perf_counter()
     for i, payload in enumerate(payloads):
-        shard.apply(topic, i, payload, now)
+        shard.apply(as_record(topic, i, payload, now))
         if i % CLICK_BATCH == CLICK_BATCH - 1:
             shard.checkpoint(table)
     shard.checkpoint(table)
@@ -375,7 +377,7 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
                         f"load generator: {client_loop.summary()}")
 
             # Each round asks distinct users, after the worker's 1 s answer cache has expired: no request is a cache hit.
-            from agents.commerce import RECS_CACHE_SECONDS
+            from streams.learner import RECS_CACHE_SECONDS
 
             n_req = min(requests, len(user_ids))
             if n_req < requests:
@@ -427,6 +429,10 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
                 top = stall["stacks"][0] if stall["stacks"] else None
                 where = " <- ".join(reversed(top["stack"][-4:])) if top else "no sample: C code held the GIL"
                 print(f"  {stall['ms']:,.0f} ms stall, {stall['sampled']} samples; most in {where}")
+            for i, lp in sorted((await commerce_stats())["learners"].items()):
+                print(f"learner process {i}: {lp['work_s']:,.1f} s at work, {lp['answered']:,} requests answered in "
+                      f"{lp['answer_s']:,.2f} s, longest step of work {lp['longest_step_ms']:.1f} ms ({lp['longest_step']}); collector: "
+                      f"{lp['gc']['collections']:,} collections, max pause {lp['gc']['max_ms']:.0f} ms")
     finally:
         client_loop.stop()  # waiting for the worker below blocks this loop: not a stall of the load generator
         proc.terminate()

@@ -1,0 +1,201 @@
+"""One clicks partition's recommender and its checkpoint log: what a learner process holds (`streams/learner.py`).
+
+No Faust here: shards live in a learner process, which gets the worker's records already decoded
+(`Record`) and hands back its checkpoints as table writes (`TableWrites`) for the worker to apply
+under an event of the shard's partition.
+"""
+
+from __future__ import annotations
+
+import heapq
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any, NamedTuple
+
+from online_models.recommender import GlobalState, ItemState, OnlineRecommender, RecommenderConfig
+from streams.deltalog import DeltaLog, finish
+
+STATE_VERSION = 2  # 2: delta log (streams.deltalog); 1: one key per user/item
+LOG_PREFIX = "r"  # recommender shard logs in the table: r/{partition}/{generation}/{seq}/{chunk|c}
+
+
+class Click(NamedTuple):
+    """A valid click, as the model learns it (`ClickEvent`'s fields)."""
+
+    user_id: str
+    item_id: str
+    action: str
+    ts: float
+    session_id: str | None
+    category: str | None
+    price: float | None
+
+
+class Catalogue(NamedTuple):
+    """A catalogue change: `remove` or `add` an item."""
+
+    action: str
+    item_id: str
+    category: str | None
+    price: float | None
+
+
+class Record(NamedTuple):
+    """One input record of a shard: its topic and offset (the checkpoint marker) and what it says;
+    None for an invalid record, which only moves the marker (it is dead-lettered elsewhere)."""
+
+    topic: str
+    offset: int
+    event: Click | Catalogue | None
+
+
+class Tracked(dict):
+    """A dict that remembers which keys were assigned since the last checkpoint (the model writes back every change).
+
+    In the order they were first assigned: a restore appends the new keys of each delta in that order, so a
+    restored shard numbers its items as the live one did (the dense index's rows), and sums over them come
+    out the same to the last bit."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.dirty: dict[str, None] = {}
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        dict.__setitem__(self, key, value)
+        self.dirty[key] = None
+
+
+class TableWrites(dict):
+    """A table stand-in that records a checkpoint's writes in order (a value of None deletes the key),
+    for the worker to replay into the real table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[bytes, bytes | None]] = []
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.ops.append((key, value))
+
+    def pop(self, key: bytes, default: Any = None) -> Any:
+        self.ops.append((key, None))
+        return default
+
+
+@dataclass
+class Shard:
+    """The recommender of one clicks partition and what its checkpoints need."""
+
+    partition: int
+    model: OnlineRecommender
+    offsets: dict[str, int] = field(default_factory=dict)  # topic -> last offset applied to the state
+    active_users: dict[str, None] = field(default_factory=dict)  # since the last snapshot, oldest first
+    active_items: dict[str, None] = field(default_factory=dict)
+    clicks: int = 0
+    skipped: int = 0
+    log: DeltaLog = None  # type: ignore[assignment] - set in __post_init__
+    changed_items: list[str] = field(default_factory=list)  # in the last checkpoint: their ranking caches to refresh
+
+    def __post_init__(self) -> None:
+        if self.log is None:
+            self.log = DeltaLog(LOG_PREFIX, self.partition)
+
+    @classmethod
+    def new(cls, partition: int, config: RecommenderConfig, users: dict | None = None, items: dict | None = None,
+            g: GlobalState | None = None, offsets: dict[str, int] | None = None, log: DeltaLog | None = None) -> Shard:
+        model = OnlineRecommender(config, users=Tracked(users or {}), items=Tracked(items or {}), state=g)
+        model.users.dirty.clear()
+        model.items.dirty.clear()
+        return cls(partition, model, dict(offsets or {}), log=log)
+
+    @classmethod
+    def restore(cls, partition: int, config: RecommenderConfig, entries: list[tuple[bytes, bytes]]) -> Shard:
+        """The shard as its last committed checkpoint left it (a new one if none); see `streams.deltalog`."""
+        log, found = DeltaLog.restore(LOG_PREFIX, partition, entries)  # all of its own keys are stale already
+        if found is not None:
+            version, g, offsets = found.meta
+            if version == STATE_VERSION:
+                return cls.new(partition, config, found.parts.get("users"), found.parts.get("items"), g, offsets, log=log)
+        state, legacy_keys = _legacy_state(entries)
+        log.stale.update(legacy_keys)  # rewritten in the new format by the next checkpoint, then deleted
+        return cls.new(partition, config, log=log, **state)
+
+    def apply(self, record: Record) -> bool:
+        """Learn one record; False if it is already in the state (redelivered after a restart) or invalid."""
+        topic, offset, event = record
+        if offset <= self.offsets.get(topic, -1):
+            self.skipped += 1
+            return False
+        self.offsets[topic] = offset
+        m = self.model
+        if type(event) is Click:
+            m.learn_one(event._asdict())
+            self.clicks += 1
+            self.active_users.pop(event.user_id, None)  # most recent last
+            self.active_users[event.user_id] = None
+            self.active_items.pop(event.item_id, None)
+            self.active_items[event.item_id] = None
+            return True
+        if event is None:
+            return False
+        if event.action == "remove":
+            m.remove_item(event.item_id)
+        else:
+            m.add_item(event.item_id, event.category, event.price)
+        return True
+
+    def checkpoint(self, table: Any) -> int:
+        """Write the changed users/items (or, when due, all of them) and the marker as one delta of the shard's
+        log; returns the table records written."""
+        return finish(self.checkpoint_steps(table))
+
+    def checkpoint_steps(self, table: Any) -> Iterator[int]:
+        """`checkpoint` piece by piece (`DeltaLog.steps`): the state must not learn until it ends."""
+        m = self.model
+        image = self.log.needs_image()
+        users = dict(m.users) if image else {uid: m.users[uid] for uid in m.users.dirty}
+        items = dict(m.items) if image else {iid: m.items[iid] for iid in m.items.dirty}
+        m.users.dirty.clear()
+        m.items.dirty.clear()
+        self.changed_items = list(items)
+        m.state.rng_state = m._rng.getstate()  # noqa: SLF001 - what the model's own __getstate__ saves
+        meta = (STATE_VERSION, m.state, dict(self.offsets))
+        return self.log.steps(table, {"users": users, "items": items}, meta, image)
+
+    def stats(self) -> dict[str, Any]:
+        m = self.model
+        return {"users": len(m.users), "items": len(m.items), "clicks": self.clicks, "skipped": self.skipped,
+                "learned": m.state.events, "offsets": dict(self.offsets)}
+
+
+def also_viewed(item: ItemState, prior: float, k: int) -> list[tuple[str, float]]:
+    """Top-k P(j | i) of an item's co-occurrence row (the recommender's own normalisation)."""
+    if not item.cooc:
+        return []
+    denom = item.cooc_total + prior * item.cooc_prior_scale()
+    return [(j, v / denom) for j, v in heapq.nlargest(k, item.cooc.items(), key=itemgetter(1))]
+
+
+def _legacy_state(entries: list[tuple[bytes, bytes]]) -> tuple[dict[str, Any], list[bytes]]:
+    """State v1 (one key per user `u/`, item `i/` and the marker `g/`), read once and rewritten as a delta log:
+    the `Shard.new` arguments and the v1 keys found (other keys are ignored)."""
+    users: dict[str, Any] = {}
+    items: dict[str, Any] = {}
+    out: dict[str, Any] = {"users": users, "items": items}
+    keys: list[bytes] = []
+    for key, blob in entries:
+        kind, _, rest = key.decode().partition("/")
+        ident = rest.partition("/")[2]
+        if kind == "u":
+            users[ident] = pickle.loads(blob)
+        elif kind == "i":
+            items[ident] = pickle.loads(blob)
+        elif kind == "g":
+            version, g, offsets = pickle.loads(blob)
+            if version == 1:
+                out.update(g=g, offsets=offsets)
+        else:
+            continue
+        keys.append(key)
+    return out, keys
