@@ -93,7 +93,7 @@ from schemas import codec, rows
 from schemas.events import ClickEvent, Ident, Recommendation, Review, SentimentScore, Severity, TimedEvent
 from schemas.validation import Checked, checked
 from streams.acks import OrderedAcker
-from streams.app import app, limits, settings, storage, topics
+from streams.app import app, exit_later, limits, settings, storage, topics
 from streams.deltalog import DeltaLog
 from streams.ingest import valid_or_dead_letter
 from streams.learner import Learner, Learners
@@ -199,7 +199,7 @@ class Recommenders:
     """The shards this worker owns, held by its learner processes (`streams/learner.py`). One per worker process."""
 
     def __init__(self) -> None:
-        self.learners = Learners(settings.commerce_learners, recommender_config())
+        self.learners = Learners(settings.commerce_learners, recommender_config(), on_death=_learner_died)
         self.shards: dict[int, int] = {}  # partition -> serial of its restore (sent to its learner)
         self._serials = itertools.count(1)
         self.checkpoints = 0
@@ -259,6 +259,13 @@ class Recommenders:
             shards |= found["shards"]
             learners[learner.index] = found["process"]
         return dict(sorted(shards.items())), learners
+
+
+def _learner_died(exc: BaseException) -> None:
+    """What a dead learner had learned since its shards' last checkpoint is gone, and their unacked events with it:
+    stop the worker, so that nothing more is acked and the restart restores the shards and reads those events again."""
+    exit_later("wharf.commerce-recommender (its learner process)")
+    asyncio.ensure_future(app.crash(exc))
 
 
 def _restored(p: int, fut: asyncio.Future) -> None:

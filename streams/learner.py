@@ -24,17 +24,19 @@ worker: it reads an end of file from the worker's pipes, and Linux kills it when
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import itertools
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -74,6 +76,11 @@ def serve(work: Connection, ask: Connection, bulk: Connection, config: Recommend
 
 
 def _die_with_parent() -> None:
+    """Live exactly as long as the worker: out of its process group, so that a signal sent to the group (Ctrl-C, a
+    supervisor's stop) reaches the worker alone, which stops in order while its learner still answers; killed by
+    Linux when the worker exits (else by the end of file on its pipes)."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -226,7 +233,7 @@ class Host:
         from streams import heap
 
         return {"shards": {p: shard.stats() for p, shard in self.shards.items()},
-                "process": {"work_s": round(self.work_seconds, 3), "answered": self.answered,
+                "process": {"pid": os.getpid(), "work_s": round(self.work_seconds, 3), "answered": self.answered,
                             "answer_s": round(self.answer_seconds, 3), "longest_step_ms": round(self.longest_step * 1e3, 1), "longest_step": self.longest_kind,
                             "queued_jobs": len(self.jobs), "gc": heap.pauses.as_dict()}}
 
@@ -250,9 +257,10 @@ class LearnerDied(RuntimeError):
 class Learner:
     """One learner process, seen from the worker's event loop."""
 
-    def __init__(self, index: int, config: RecommenderConfig) -> None:
+    def __init__(self, index: int, config: RecommenderConfig, on_death: Callable[[BaseException], None]) -> None:
         self.index = index
         self.config = config
+        self.on_death = on_death
         self.error: BaseException | None = None
         self._started = False
         self._ids = itertools.count(1)
@@ -314,7 +322,8 @@ class Learner:
         try:
             _send_all(self._outbox, self._work)
         except OSError as exc:
-            self._loop.call_soon_threadsafe(self._died, exc)
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._died, exc)
 
     def _read_bulk(self) -> None:
         try:
@@ -322,7 +331,8 @@ class Learner:
                 req, ok, payload = self._bulk.recv()
                 self._loop.call_soon_threadsafe(self._resolve, req, ok, payload)
         except (EOFError, OSError) as exc:
-            self._loop.call_soon_threadsafe(self._died, exc)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is exiting anyway
+                self._loop.call_soon_threadsafe(self._died, exc)
 
     def _read_answers(self) -> None:
         """On the event loop, when the `ask` pipe has data: answers are small and written whole."""
@@ -351,13 +361,15 @@ class Learner:
             if not fut.done():
                 fut.set_exception(LearnerDied(f"learner {self.index} is gone"))
         self._futures.clear()
+        self.on_death(exc)
 
 
 class Learners:
     """The worker's learner processes; partition p's shard is in learner p mod n."""
 
-    def __init__(self, n: int, config: RecommenderConfig) -> None:
-        self.all = [Learner(i, config) for i in range(n)]
+    def __init__(self, n: int, config: RecommenderConfig, on_death: Callable[[BaseException], None]) -> None:
+        """`on_death` is called (on the event loop) when a learner dies or raises: the worker must stop."""
+        self.all = [Learner(i, config, on_death) for i in range(n)]
 
     def of(self, partition: int) -> Learner:
         learner = self.all[partition % len(self.all)]

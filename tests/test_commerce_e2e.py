@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -269,7 +272,11 @@ async def test_kill_9_mid_stream_every_click_and_review_stored_and_learned_once(
     try:
         await wait_until(lambda: learned() >= n // 4 and reviews_learned() >= n_reviews // 8, 60, "a quarter of the clicks learned")
         assert learned() < n and reviews_learned() < n_reviews, "the kill must land mid-stream"
-        worker.kill9()
+        learner_pids = [lp["pid"] for lp in stats()["learners"].values()]
+        assert learner_pids
+        os.kill(worker.proc.pid, signal.SIGKILL)  # the worker alone, not its process group: its learners must follow
+        worker.proc.wait()
+        await wait_until(lambda: not any(map(_running, learner_pids)), 10, "the learner processes gone with their worker")
         worker = await asyncio.to_thread(WorkerProcess(env, web_port=port, log=tmp_path / "w.log").start)
         await feeding
         await wait_until(lambda: learned() >= n and stored("clicks")[0] >= n and reviews_learned() >= n_reviews
@@ -283,6 +290,45 @@ async def test_kill_9_mid_stream_every_click_and_review_stored_and_learned_once(
         feeding.cancel()
         worker.stop()
         ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
+
+
+def _running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie (nobody may reap an orphan in a container)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+async def test_a_learner_that_dies_stops_its_worker_and_the_restart_learns_each_click_once(stack, server_url, unique, tmp_path):
+    """The shards live in a learner process (streams/learner.py): if it is killed, what it had learned since the last
+    checkpoint is gone, so the worker must not go on acking. It stops (exit status not 0), and a restart restores
+    the shards and learns every click exactly once."""
+    env = env_for(stack, server_url, unique, tmp_path)
+    await ensure(stack, env)
+    port = stack.web_port + 24
+    clicks = [click(i, f"u{i % 200:03d}", f"{('ph', 'ca', 'bk')[i % 3]}-{i % 6}", session=f"s{i % 200}") for i in range(2000)]
+    worker = WorkerProcess(env, web_port=port, log=tmp_path / "w.log").start()
+
+    def learned() -> int:
+        status, body = http("GET", f"http://127.0.0.1:{port}/commerce/stats")
+        return sum(s["learned"] for s in body.get("shards", {}).values()) if status == 200 else -1
+
+    try:
+        await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CLICKS"], [(c["user_id"].encode(), codec.dumps(c)) for c in clicks[:1000]])
+        await wait_until(lambda: learned() >= 1000, 60, "the first clicks learned")
+        (pid,) = [lp["pid"] for lp in http("GET", f"http://127.0.0.1:{port}/commerce/stats")[1]["learners"].values()]
+        os.kill(pid, signal.SIGKILL)
+        code = await asyncio.to_thread(worker.proc.wait, 60)
+        assert code != 0
+        assert "learner 0 is gone" in (tmp_path / "w.log").read_text()
+        await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CLICKS"], [(c["user_id"].encode(), codec.dumps(c)) for c in clicks[1000:]])
+        worker = await asyncio.to_thread(WorkerProcess(env, web_port=port, log=tmp_path / "w.log").start)
+        await wait_until(lambda: learned() >= len(clicks), 60, "every click learned after the restart")
+        await asyncio.sleep(2)
+        assert learned() == len(clicks)
+    finally:
+        worker.stop()
 
 
 def _all_answer(port: int, users: list[str]) -> bool:
