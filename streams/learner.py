@@ -31,6 +31,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import resource
 import signal
 import threading
 import time
@@ -235,7 +236,8 @@ class Host:
         return {"shards": {p: shard.stats() for p, shard in self.shards.items()},
                 "process": {"pid": os.getpid(), "work_s": round(self.work_seconds, 3), "answered": self.answered,
                             "answer_s": round(self.answer_seconds, 3), "longest_step_ms": round(self.longest_step * 1e3, 1), "longest_step": self.longest_kind,
-                            "queued_jobs": len(self.jobs), "gc": heap.pauses.as_dict()}}
+                            "queued_jobs": len(self.jobs), "gc": heap.pauses.as_dict(),
+                            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}}
 
 
 # --- the worker's side ---------------------------------------------------------------------------------

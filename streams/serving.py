@@ -12,6 +12,8 @@ since revoked shards are dropped before the new assignment (agents/commerce.py).
 
 from __future__ import annotations
 
+import resource
+
 from faust.web import Request, Response, View
 
 from agents.commerce import hourly, item_hourly, partition_of, pending, rec_table, recommenders, seller_hourly, sentiment
@@ -69,7 +71,8 @@ class CommerceStats(View):
 
     async def get(self, request: Request) -> Response:
         shards, learners = await recommenders.stats()
-        return self.json({"shards": shards, "learners": learners, "checkpoints": recommenders.checkpoints, "keys_written": recommenders.keys_written,
+        return self.json({"shards": shards, "learners": learners,
+                          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "checkpoints": recommenders.checkpoints, "keys_written": recommenders.keys_written,
                           "unacked": pending.unacked(),
                           "sentiment": {"encoder": sentiment.encoder, "scored": sentiment.scored, "learned": sentiment.learned,
                                         "model_learned": sentiment.model_learned, "restored": sentiment.restored,

@@ -429,10 +429,13 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
                 top = stall["stacks"][0] if stall["stacks"] else None
                 where = " <- ".join(reversed(top["stack"][-4:])) if top else "no sample: C code held the GIL"
                 print(f"  {stall['ms']:,.0f} ms stall, {stall['sampled']} samples; most in {where}")
-            for i, lp in sorted((await commerce_stats())["learners"].items()):
+            final = await commerce_stats()
+            for i, lp in sorted(final["learners"].items()):
                 print(f"learner process {i}: {lp['work_s']:,.1f} s at work, {lp['answered']:,} requests answered in "
-                      f"{lp['answer_s']:,.2f} s, longest step of work {lp['longest_step_ms']:.1f} ms ({lp['longest_step']}); collector: "
-                      f"{lp['gc']['collections']:,} collections, max pause {lp['gc']['max_ms']:.0f} ms")
+                      f"{lp['answer_s']:,.2f} s, longest step of work {lp['longest_step_ms']:.1f} ms ({lp['longest_step']}); "
+                      f"collector: {lp['gc']['collections']:,} collections, max pause {lp['gc']['max_ms']:.0f} ms; "
+                      f"peak memory {lp['peak_rss_mb']:,.0f} MB")
+            print(f"worker process peak memory: {final['peak_rss_mb']:,.0f} MB")
     finally:
         client_loop.stop()  # waiting for the worker below blocks this loop: not a stall of the load generator
         proc.terminate()
