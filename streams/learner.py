@@ -111,6 +111,7 @@ class Host:
         from streams import heap
 
         ask = self.ask
+        swept = time.monotonic()
         while True:
             while ask.poll():
                 self.answer(*ask.recv())
@@ -126,7 +127,10 @@ class Host:
                             self.longest_step, self.longest_kind = step, job.__name__.removeprefix("do_")
                 except StopIteration:
                     self.jobs.popleft()
-                    heap.freeze_if_due()
+                    heap.freeze_if_due()  # the worker's collector policy (streams/heap.py), here for the shards
+                    if time.monotonic() - swept >= heap.SWEEP_SECONDS:
+                        heap.sweep()
+                        swept = time.monotonic()
                 self.work_seconds += time.perf_counter() - started
                 continue
             if work in wait([work, ask]):
