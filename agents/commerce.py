@@ -35,10 +35,11 @@ chunked records per checkpoint instead of one record per changed user or item, a
 when the deltas outgrow it). A learner takes it in line with the records sent to it, so it holds
 exactly the events pending when it was asked for. The agent writes those records to the
 `commerce-recommender` table (rocksdict store, backed by its compacted changelog) under an event of
-the shard's partition, and only then acks the events the checkpoint includes. Faust flushes the changelog producer before it commits offsets, so a committed click is
-always in the changelog. A restart (kill -9) or a rebalance restores the shard from its newest
-committed checkpoint; records redelivered after a crash that are at or below the shard's marker
-are already in the state and are skipped.
+the shard's partition, and only then acks the events the checkpoint includes. Faust flushes the
+changelog producer before it commits offsets, so a committed click is always in the changelog. A
+restart (kill -9) or a rebalance restores the shard from its newest committed checkpoint; records
+redelivered after a crash that are at or below the shard's marker are already in the state and are
+skipped. A learner that dies stops the worker, with the same outcome as a kill -9.
 
 Scale-out: start more workers on more machines with the same app id. Kafka spreads the
 clicks partitions; each shard's table partition moves with it (Faust recovers it from
