@@ -41,7 +41,9 @@ from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from online_models.recommender import RecommenderConfig
+from online_models.recommender import RecommenderConfig, bpr, scoring
+from streams import heap
+from streams.shard import Shard, TableWrites, also_viewed
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,6 @@ _FATAL = -1  # request id of a learner's last words
 def serve(work: Connection, ask: Connection, bulk: Connection, config: RecommenderConfig) -> None:
     """A learner process's main: carry out `work` in order, answer `ask` between slices, until the worker goes."""
     _die_with_parent()
-    from online_models.recommender import bpr, scoring
-    from streams import heap
-
     heap.configure()
     bpr.warm_up()
     scoring.warm_up()
@@ -71,7 +70,7 @@ def serve(work: Connection, ask: Connection, bulk: Connection, config: Recommend
         return  # the worker closed its pipes or is gone
     except BaseException:  # noqa: BLE001 - told to the worker, which stops
         try:
-            ask.send((_FATAL, False, traceback.format_exc()))
+            ask.send((_FATAL, traceback.format_exc()))
         finally:
             raise SystemExit(1) from None
 
@@ -92,8 +91,6 @@ class Host:
     """What runs in a learner process: its shards, their answer cache, and the queue of work."""
 
     def __init__(self, config: RecommenderConfig, ask: Connection, bulk: Connection) -> None:
-        from streams.shard import Shard
-
         self.config = config
         self.ask = ask
         self.bulk: queue.SimpleQueue = queue.SimpleQueue()
@@ -108,8 +105,6 @@ class Host:
         self.work_seconds = 0.0
 
     def run(self, work: Connection) -> None:
-        from streams import heap
-
         ask = self.ask
         swept = time.monotonic()
         while True:
@@ -139,7 +134,7 @@ class Host:
 
     def reply(self, req: int, payload: Any) -> None:
         """The reply to a piece of work, sent by the bulk thread (pickled there too: the payload is not changed after)."""
-        self.bulk.put((req, True, payload))
+        self.bulk.put((req, payload))
 
     # Work, in order: generators that yield after each small step.
 
@@ -153,8 +148,6 @@ class Host:
             yield
 
     def do_load(self, req: int, p: int, entries: list[tuple[bytes, bytes]]) -> Iterator[None]:
-        from streams.shard import Shard
-
         shard = self.shards[p] = Shard.restore(p, self.config, entries)
         self.reply(req, (len(shard.model.users), len(shard.model.items), shard.offsets))
         yield
@@ -168,8 +161,6 @@ class Host:
     def do_checkpoint(self, req: int, partitions: list[int]) -> Iterator[None]:
         """Each shard's checkpoint as table writes ({p: (writes, records)}; None for a shard not held), then
         the ranking caches of the items it wrote rebuilt (rather than by the first request that needs them)."""
-        from streams.shard import TableWrites
-
         out: dict[int, tuple[list, int] | None] = {}
         for p in partitions:
             shard = self.shards.get(p)
@@ -191,8 +182,6 @@ class Host:
     def do_snapshot(self, req: int, k: int, k_items: int, max_active: int) -> Iterator[None]:
         """Per shard: the top-k of its users and the 'also viewed' top-k_items of its items, of those active since
         the last snapshot (the most recent `max_active` of each)."""
-        from streams.shard import also_viewed
-
         out = []
         for p, shard in list(self.shards.items()):
             users = list(shard.active_users)[-max_active:]
@@ -212,7 +201,7 @@ class Host:
 
     def answer(self, kind: str, req: int, *args: Any) -> None:
         started = time.perf_counter()
-        self.ask.send((req, True, getattr(self, f"ask_{kind}")(*args)))
+        self.ask.send((req, getattr(self, f"ask_{kind}")(*args)))
         self.answered += 1
         self.answer_seconds += time.perf_counter() - started
 
@@ -235,8 +224,6 @@ class Host:
         return recs
 
     def ask_stats(self) -> dict[str, Any]:
-        from streams import heap
-
         return {"shards": {p: shard.stats() for p, shard in self.shards.items()},
                 "process": {"pid": os.getpid(), "work_s": round(self.work_seconds, 3), "answered": self.answered,
                             "answer_s": round(self.answer_seconds, 3), "longest_step_ms": round(self.longest_step * 1e3, 1), "longest_step": self.longest_kind,
@@ -334,8 +321,8 @@ class Learner:
     def _read_bulk(self) -> None:
         try:
             while True:
-                req, ok, payload = self._bulk.recv()
-                self._loop.call_soon_threadsafe(self._resolve, req, ok, payload)
+                req, payload = self._bulk.recv()
+                self._loop.call_soon_threadsafe(self._resolve, req, payload)
         except (EOFError, OSError) as exc:
             with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is exiting anyway
                 self._loop.call_soon_threadsafe(self._died, exc)
@@ -349,7 +336,7 @@ class Learner:
             self._loop.remove_reader(self._ask.fileno())
             self._died(exc)
 
-    def _resolve(self, req: int, ok: bool, payload: Any) -> None:
+    def _resolve(self, req: int, payload: Any) -> None:
         if req == _FATAL:
             self._died(LearnerDied(f"learner {self.index} raised:\n{payload}"))
             return
@@ -391,7 +378,3 @@ class Learners:
         for p in sorted(partitions):
             out.setdefault(self.of(p), []).append(p)
         return out
-
-    def stop(self) -> None:
-        for learner in self.all:
-            learner.stop()
