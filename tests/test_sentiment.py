@@ -18,7 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from online_models.evaluation.sentiment import evaluate, format_report, read_labelled, roc_auc  # noqa: E402
 from online_models.sentiment import SentimentModel, rating_to_positive  # noqa: E402
 
-DATA = Path("/work/shared/datasets/sentiment")
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "sentiment"  # ../shared beside the checkout
 POSITIVE = ["I love it, excellent quality and works great!", "Absolutely wonderful, best purchase ever."]
 NEGATIVE = ["Terrible. It broke after one day, I hate it.", "Awful quality, a complete waste of money."]
 
