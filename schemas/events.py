@@ -21,6 +21,16 @@ Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0
 
 MetricName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 
+INT64_MAX = 2**63 - 1
+"""Integers are bounded by what every consumer holds: ClickHouse's 64-bit columns and the JSON codec (2^64 was
+accepted once and then stopped both sensor writers)."""
+METRIC_ABS_MAX = 1e15
+"""Metric magnitudes beyond this are refused: the detectors square values, and 1e200 would turn a device's
+model state into inf/NaN for good."""
+LATEST_TS = 4_102_444_800.0
+"""2100-01-01T00:00Z: the last time every ClickHouse DateTime holds (a backlog read from Kafka is checked against
+its own record time, which a producer sets, so the bound must also be absolute)."""
+
 
 class DeviceType(StrEnum):
     COLD_ROOM = "cold_room"
@@ -50,13 +60,15 @@ class AlarmStatus(StrEnum):
     CLEARED_ACK = "CLEARED_ACK"
 
 
-def _to_epoch(value: Any) -> Any:
+def to_epoch(value: Any) -> float:
     """Accept epoch seconds or an ISO-8601 string with a zone; reject the ambiguous rest."""
     if isinstance(value, bool):
         raise ValueError("must be epoch seconds or an ISO-8601 string, not a boolean")
     if isinstance(value, int | float):
         if value > 1e11:
             raise ValueError("looks like epoch milliseconds; send epoch seconds (a float may carry the fraction)")
+        if value < -1e11:
+            raise ValueError("must be after 1970-01-01")
         return float(value)
     if isinstance(value, str):
         try:
@@ -81,13 +93,15 @@ class TimedEvent(Event):
     @field_validator("ts", mode="before")
     @classmethod
     def _epoch(cls, value: Any) -> Any:
-        return _to_epoch(value)
+        return to_epoch(value)
 
     @field_validator("ts")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be after 1970-01-01")
+        if value >= LATEST_TS:
+            raise ValueError("must be before 2100-01-01")
         return value
 
 
@@ -98,7 +112,7 @@ class SensorReading(TimedEvent):
     zone: Ident
     device_id: Ident
     device_type: DeviceType
-    seq: int = Field(..., ge=0, description="Per-device sequence number, increasing by one per reading.")
+    seq: int = Field(..., ge=0, le=INT64_MAX, description="Per-device sequence number, increasing by one per reading.")
     metrics: dict[MetricName, float] = Field(..., min_length=1, max_length=32)
 
     @field_validator("metrics", mode="before")
@@ -107,7 +121,9 @@ class SensorReading(TimedEvent):
         if isinstance(value, dict):
             for name, metric in value.items():
                 if isinstance(metric, bool) or not isinstance(metric, int | float):
-                    raise ValueError(f"metric {name!r} must be a number, got {type(metric).__name__}")
+                    raise ValueError(f"metric {str(name)[:40]!r} must be a number, got {type(metric).__name__}")
+                if not -METRIC_ABS_MAX <= metric <= METRIC_ABS_MAX:
+                    raise ValueError(f"metric {str(name)[:40]!r} must be within ±{METRIC_ABS_MAX:g}")
         return value
 
 

@@ -9,13 +9,14 @@ timestamp, so a backlog replayed after an outage is not refused for its age.
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import pydantic
 
 from schemas import codec
-from schemas.deadletter import DeadLetter
+from schemas.deadletter import DEFAULT_KEEP_BYTES, DeadLetter
 from schemas.events import INPUT_TYPES, TimedEvent
 
 E = TypeVar("E", bound=TimedEvent)
@@ -48,8 +49,16 @@ class InvalidEvent(ValueError):
     def reason(self) -> str:
         return self.errors[0].reason
 
-    def dead_letter(self, payload: bytes, source: str, **where: object) -> DeadLetter:
-        return DeadLetter.wrap(payload, kind=self.kind, source=source, errors=[e.as_dict() for e in self.errors], **where)
+    def dead_letter(self, payload: bytes, source: str, *, keep_bytes: int = DEFAULT_KEEP_BYTES, **where: object) -> DeadLetter:
+        return DeadLetter.wrap(payload, kind=self.kind, source=source, errors=[e.as_dict() for e in self.errors],
+                               keep_bytes=keep_bytes, **where)
+
+
+def processing_error(kind: str, stage: str, exc: BaseException, payload: bytes | None = None) -> InvalidEvent:
+    """A record that passed validation but broke a later step (`stage`): it becomes a dead letter like an invalid
+    one, so that the content of one message can never stop a path. The reason names the step and the error."""
+    size = f"{len(payload)} bytes" if payload is not None else "the record"
+    return InvalidEvent(kind, [FieldError("$", size, f"could not be processed by {stage}: {type(exc).__name__}: {_text(exc)}")])
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class Limits:
     max_payload_bytes: int = 64 * 1024
     max_future_skew_seconds: float = 300.0
     max_past_age_seconds: float = 7 * 24 * 3600.0
+    dead_letter_keep_bytes: int = DEFAULT_KEEP_BYTES
 
     @classmethod
     def from_settings(cls, settings: object) -> Limits:
@@ -64,18 +74,58 @@ class Limits:
             max_payload_bytes=settings.max_payload_bytes,  # type: ignore[attr-defined]
             max_future_skew_seconds=settings.max_future_skew_seconds,  # type: ignore[attr-defined]
             max_past_age_seconds=settings.max_past_age_seconds,  # type: ignore[attr-defined]
+            dead_letter_keep_bytes=settings.dead_letter_keep_bytes,  # type: ignore[attr-defined]
         )
 
 
+MAX_DEPTH = 16
+"""JSON nesting refused beyond this (Wharf's events are at most 2 levels deep): a deep payload must not reach
+code that recurses over it."""
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlong = 2, 60, 60, 40
+_repr.maxdict = _repr.maxlist = _repr.maxtuple = _repr.maxset = 4
+
+
 def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)
+    """A bounded picture of any value: depth, length and digits are capped (`repr` of a 1,000-deep list recursed
+    until the process died, and of a 5,000-digit int raises)."""
+    try:
+        text = _repr.repr(value)
+    except Exception:  # noqa: BLE001 - whatever a value's repr does, the refusal must still be written
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _text(exc: BaseException, limit: int = 200) -> str:
+    try:
+        text = str(exc).splitlines()[0] if str(exc) else ""
+    except Exception:  # noqa: BLE001
+        text = ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _depth_exceeds(data: object, limit: int) -> bool:
+    """True if `data` nests deeper than `limit` containers (iterative: no recursion over untrusted input)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _from_pydantic(exc: pydantic.ValidationError) -> list[FieldError]:
     out = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "$"
+        loc = ".".join(str(p) for p in err["loc"])[:120] or "$"
         reason = err["msg"]
         if err["type"] == "missing":
             reason = "is required"
@@ -91,9 +141,12 @@ def decode_json(payload: bytes, kind: str, limits: Limits = Limits()) -> object:
     if len(payload) > limits.max_payload_bytes:
         raise InvalidEvent(kind, [FieldError("$", f"{len(payload)} bytes", f"payload exceeds {limits.max_payload_bytes} bytes")])
     try:
-        return codec.loads(payload)
+        data = codec.loads(payload)
     except codec.JSONDecodeError as exc:
-        raise InvalidEvent(kind, [FieldError("$", _short(bytes(payload[:60])), f"is not valid JSON: {exc}")]) from None
+        raise InvalidEvent(kind, [FieldError("$", _short(bytes(payload[:60])), f"is not valid JSON: {_text(exc)}")]) from None
+    if _depth_exceeds(data, MAX_DEPTH):
+        raise InvalidEvent(kind, [FieldError("$", f"{len(payload)} bytes", f"nests deeper than {MAX_DEPTH} levels")])
+    return data
 
 
 def validate(data: object, model: type[E], *, now: float | None = None, limits: Limits = Limits(), kind: str | None = None) -> E:
@@ -105,6 +158,8 @@ def validate(data: object, model: type[E], *, now: float | None = None, limits: 
         event = model.model_validate(data)
     except pydantic.ValidationError as exc:
         raise InvalidEvent(kind, _from_pydantic(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - as in `parse`: a refusal, never a crash
+        raise InvalidEvent(kind, [FieldError("$", _short(data), f"could not be validated: {type(exc).__name__}: {_text(exc)}")]) from None
     if now is not None:
         _check_time(event, now, limits, kind, data.get("ts"))
     return event
@@ -118,10 +173,21 @@ def _check_time(event: TimedEvent, now: float, limits: Limits, kind: str, sent: 
 
 
 def parse(payload: bytes, model: type[E], *, now: float | None = None, limits: Limits = Limits()) -> E:
-    """Bytes to a valid event, or InvalidEvent naming field, value and reason.
+    """Bytes to a valid event, or InvalidEvent naming field, value and reason; never any other exception, whatever
+    the bytes are (an unforeseen error becomes a refusal of the whole payload).
 
     A valid payload takes pydantic's own JSON parser (about half the time of decoding first); a payload it
     refuses is decoded and validated again step by step, which is what names the reasons."""
+    try:
+        return _parse(payload, model, now, limits)
+    except InvalidEvent:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        raise InvalidEvent(_kind_of(model), [FieldError("$", f"{len(payload)} bytes",
+                                                        f"could not be validated: {type(exc).__name__}: {_text(exc)}")]) from None
+
+
+def _parse(payload: bytes, model: type[E], now: float | None, limits: Limits) -> E:
     if len(payload) > limits.max_payload_bytes:
         decode_json(payload, _kind_of(model), limits)  # raises, naming the limit
     try:

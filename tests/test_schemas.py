@@ -1,11 +1,14 @@
+import json
 import math
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from schemas import codec
 from schemas.deadletter import DeadLetter
-from schemas.events import ClickEvent, Review, SensorReading
+from schemas.events import ClickEvent, DeviceStatus, Review, SensorReading
 from schemas.validation import InvalidEvent, Limits, check, checked, parse, validate
 
 NOW = 1_700_000_000.0
@@ -147,3 +150,80 @@ def test_published_json_schema_is_the_models_schema():
         assert json.loads(block) == model.model_json_schema()
     example = json.loads(re.search(r"## Example\n\n```json\n(.*?)\n```", doc, re.S).group(1))
     assert parse(codec.dumps(example), SensorReading).device_id == "dev-001"
+
+
+# --- hostile input: validation survives anything, refusals stay bounded --------------------------------------------
+
+GOOD = {"site": "s1", "zone": "z1", "device_id": "dev-001", "device_type": "cold_room", "ts": 1_700_000_000.0, "seq": 1,
+        "metrics": {"temperature": 4.2}}
+
+
+def _refused(payload: bytes) -> InvalidEvent:
+    with pytest.raises(InvalidEvent) as info:
+        parse(payload, SensorReading)
+    return info.value
+
+
+def test_a_reading_nested_1000_levels_deep_is_refused_not_a_crash():
+    """It killed the bridge with RecursionError inside the refusal's own message, on every restart."""
+    deep = b'{"a":' * 1000 + b"1" + b"}" * 1000
+    for payload in (codec.dumps(GOOD | {"metrics": {"temperature": 1}}).replace(b"1}}", b"1}, \"x\": " + deep + b"}"),
+                    codec.dumps(GOOD).replace(b'"seq":1', b'"seq":' + b"[" * 1000 + b"]" * 1000), deep):
+        e = _refused(payload)
+        assert e.errors and all(len(err.value) <= 80 for err in e.errors)
+        letter = e.dead_letter(payload, "mqtt", mqtt_topic="wharf/s1/z1/dev-001/telemetry")
+        assert letter.payload == payload and len(letter.encode()) < 20_000
+
+
+def test_values_no_column_holds_are_refused_naming_the_field():
+    """seq = 2^64 passed validation and then stopped both sensor writers (chdb: Integer exceeds 64-bit range)."""
+    import json
+
+    assert _refused(json.dumps(GOOD | {"seq": 2**64}).encode()).field == "seq"
+    assert parse(json.dumps(GOOD | {"seq": 2**63 - 1}).encode(), SensorReading).seq == 2**63 - 1
+    e = _refused(codec.dumps(GOOD | {"metrics": {"temperature": 1e200}}))
+    assert e.field == "metrics" and "temperature" in e.reason and "1e+15" in e.reason
+    assert _refused(codec.dumps(GOOD | {"ts": "2200-01-01T00:00:00Z"})).reason == "must be before 2100-01-01"
+    for huge in (10**400, -(10**400)):  # beyond float, and beyond str(int)'s default 4,300 digits
+        raw = codec.dumps(GOOD).replace(b'"seq":1', b'"seq":' + str(huge).encode())
+        assert _refused(raw).field in ("seq", "$")
+        raw = codec.dumps(GOOD).replace(b'"ts":1700000000.0', b'"ts":' + str(huge).encode())
+        assert _refused(raw).field in ("ts", "$")
+
+
+def test_a_dead_letter_is_bounded_whatever_the_input():
+    import hashlib
+
+    from schemas.deadletter import MAX_ERRORS, DeadLetter
+
+    payload = b"x" * (900 * 1024)  # an MQTT payload under the broker's limit, over Kafka's once base64-encoded
+    errors = [{"field": f"f{i}", "value": "v" * 10_000, "reason": "r" * 10_000} for i in range(50)]
+    letter = DeadLetter.wrap(payload, kind="sensor_reading", source="mqtt", errors=errors, keep_bytes=64 * 1024)
+    encoded = letter.encode()
+    assert len(encoded) < 100_000  # Kafka's default record limit is 1 MB
+    assert letter.payload == payload[: 64 * 1024] and letter.payload_truncated
+    assert letter.payload_size == len(payload) and letter.payload_sha256 == hashlib.sha256(payload).hexdigest()
+    assert len(letter.errors) == MAX_ERRORS and letter.errors_total == 50
+    assert all(len(v) <= 300 for e in letter.errors for v in e.values())
+    whole = DeadLetter.wrap(b"{}", kind="click", source="http", errors=[])
+    assert whole.payload == b"{}" and not whole.payload_truncated
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(
+    st.binary(max_size=2000),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
+                 lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+                 max_leaves=40).map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({k: st.one_of(st.just(v), st.integers(), st.floats(allow_nan=False), st.text(max_size=20), st.none(),
+                                        st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3))
+                           for k, v in GOOD.items()}).map(lambda v: json.dumps(v).encode()),
+))
+def test_any_bytes_give_an_event_or_a_bounded_refusal(payload):
+    """Property: whatever the bytes, validation returns an event or raises InvalidEvent, never anything else, and
+    the dead letter of a refusal fits a Kafka record."""
+    for model in (SensorReading, DeviceStatus, ClickEvent, Review):
+        try:
+            parse(payload, model, now=1_700_000_000.0)
+        except InvalidEvent as e:
+            assert e.errors and len(e.dead_letter(payload, "kafka").encode()) < 200_000

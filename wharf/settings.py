@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(64 * 1024, ge=256, description="Largest accepted event payload.")
     max_future_skew_seconds: float = Field(300.0, ge=0, description="Events stamped further in the future than this are invalid.")
     max_past_age_seconds: float = Field(7 * 24 * 3600.0, ge=0, description="Events older than this are invalid.")
+    dead_letter_keep_bytes: int = Field(64 * 1024, ge=0, le=512 * 1024, description="A dead letter keeps at most this prefix of the refused bytes (with their size and SHA-256): it always fits a Kafka record.")
+    dead_letter_ttl_days: float = Field(30.0, ge=0, description="Dead letters older than this are deleted from ClickHouse (hourly); 0 keeps them forever.")
 
     # --- Faust worker --------------------------------------------------------
     app_id: str = Field("wharf", description="Faust app id (Kafka consumer group and changelog prefix).")
@@ -117,6 +119,7 @@ class Settings(BaseSettings):
     sensor_silence_factor: float = Field(5.0, gt=1, description="A device is silent after this many times its usual reporting interval without telemetry.")
     sensor_stuck_readings: int = Field(30, ge=3, description="Identical consecutive values of a metric that used to vary that make it flatlined (stuck).")
     sensor_dedup_window: int = Field(50_000, ge=100, description="Recent reading keys (device_id, seq, ts) remembered per partition to drop MQTT redeliveries.")
+    sensor_max_metrics_per_device: int = Field(32, ge=1, le=1024, description="Metric names one device's model tracks; further names are stored with the reading but not modelled (bounded state per device).")
     sensor_publish_scores: bool = Field(False, description="Also produce every AnomalyScore to the anomaly-scores topic (ClickHouse always gets them).")
 
     # --- commerce path ---------------------------------------------------------
