@@ -7,13 +7,19 @@ offset order once the writer has stored the rows); the work is in
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+
 from schemas import rows
 from schemas.deadletter import DeadLetter
 from schemas.events import ClickEvent, SensorReading
 from schemas.validation import FieldError, InvalidEvent
 from streams.acks import OrderedAcker
 from streams.app import app, limits, settings, storage, topics
-from streams.ingest import RecentKeys, SourceMarks, store_events
+from streams.ingest import RecentKeys, SourceMarks, expire_dead_letters, store_events
+
+log = logging.getLogger(__name__)
 
 BATCH = settings.sink_batch_rows
 WITHIN = settings.sink_batch_seconds
@@ -62,6 +68,15 @@ async def store_dead_letters(stream):  # noqa: ANN001
                 done()
                 continue
             await writer.put(event.message.partition, event.message.offset, rows.dead_letter(letter), done)
+
+
+@app.timer(3600.0, on_leader=True)
+async def _expire_dead_letters() -> None:
+    """Dead letters are kept `dead_letter_ttl_days`; one worker (the leader) deletes older ones hourly."""
+    try:
+        await asyncio.to_thread(expire_dead_letters, storage.ch, settings.dead_letter_ttl_days, time.time())
+    except Exception:  # noqa: BLE001 - ClickHouse away: the next hour tries again
+        log.exception("deleting expired dead letters failed")
 
 
 def parse_dead_letter(payload: bytes, msg) -> DeadLetter:  # noqa: ANN001

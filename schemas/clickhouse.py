@@ -256,6 +256,16 @@ ITEM_ALSO_VIEWED = _table(
 
 MIGRATIONS.append(Migration(2, "commerce: item_also_viewed snapshots", (ITEM_ALSO_VIEWED[0],), (ITEM_ALSO_VIEWED[1],)))
 
+# Bounded dead letters (migration 3): a dead letter keeps a prefix of the refused bytes, with the SHA-256 of the
+# whole payload and whether it was cut. ADD COLUMN has no IF NOT EXISTS on 18.16: `migrate` tolerates a column
+# another worker added first.
+_DEAD_LETTERS_V3 = TableSpec(DEAD_LETTERS[1].name, DEAD_LETTERS[1].columns + ("payload_sha256", "payload_truncated"),
+                             DEAD_LETTERS[1].time_columns)
+MIGRATIONS.append(Migration(3, "dead letters: payload hash and truncation", (
+    "ALTER TABLE {db}.dead_letters ADD COLUMN payload_sha256 String",
+    "ALTER TABLE {db}.dead_letters ADD COLUMN payload_truncated UInt8",
+), (_DEAD_LETTERS_V3,)))
+
 TABLES: dict[str, TableSpec] = {spec.name: spec for m in MIGRATIONS for spec in m.tables}
 
 MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {db}.wharf_migrations (
@@ -284,7 +294,11 @@ def migrate(ch: Any, migrations: list[Migration] | None = None) -> list[int]:
         if m.version <= current:
             continue
         for sql in m.statements:
-            ch.command(render(sql, database=ch.database, modern=ch.modern))
+            try:
+                ch.command(render(sql, database=ch.database, modern=ch.modern))
+            except Exception as exc:
+                if not (" ADD COLUMN " in sql and "already exists" in str(exc)):  # a concurrent migrate added it
+                    raise
         ch.command(
             f"INSERT INTO {ch.database}.wharf_migrations (version, name, applied_at) SELECT {m.version}, '{m.name.replace(chr(39), '')}', now()"
         )

@@ -125,6 +125,8 @@ def dead_letter(e: DeadLetter) -> list[Row]:
             # ClickHouse String holds any bytes; chdb's JSON input wants text, so keep base64 there too.
             "payload": e.payload_b64,
             "payload_size": e.payload_size,
+            "payload_sha256": e.payload_sha256 or "",
+            "payload_truncated": int(e.payload_truncated),
         }
     ]
 

@@ -19,12 +19,14 @@ from mode.utils.objects import cached_property
 
 from schemas.clickhouse import TABLES, migrate
 from schemas.events import ClickEvent
-from schemas.validation import Limits, check
+from schemas import codec
+from schemas.validation import Limits, check, processing_error
 from streams import heap, loopwatch, partition_check
 from streams.batches import BatchRouter
 from streams.clickhouse import ClickHouse, from_settings
 from streams.flow import KeepQueuesWhileFlowing
-from streams.sink import ClickHouseWriter
+from streams.ingest import send_dead_letter
+from streams.sink import ClickHouseWriter, Refused
 from streams.topics import declare
 from wharf.settings import Settings, get_settings
 
@@ -155,8 +157,21 @@ class Storage:
         if table not in self._writers:
             w = ClickHouseWriter.from_settings(self.ch, TABLES[table], self.settings)
             w.source_topic = source_topic
+            if table != "dead_letters":  # the dead letters' own writer cannot dead-letter: it logs the rows
+                w.on_refused = self._dead_letter_of(table, source_topic)
             self._writers[table] = w
         return self._writers[table]
+
+    @staticmethod
+    def _dead_letter_of(table: str, source_topic: str) -> Refused:
+        """Rows ClickHouse refused become a dead letter of their source record (the rows as JSON: nothing is lost)."""
+
+        async def refused(partition: int, offset: int, rows: list[dict[str, Any]], exc: BaseException) -> None:
+            error = processing_error(f"{table} row", "the ClickHouse insert", exc)
+            await send_dead_letter(topics["topic_dead_letters"], error, codec.dumps(rows), "kafka", keep_bytes=limits.dead_letter_keep_bytes,
+                                   kafka_topic=source_topic, kafka_partition=partition, kafka_offset=offset)
+
+        return refused
 
     @property
     def writers(self) -> dict[str, ClickHouseWriter]:

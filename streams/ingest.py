@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from schemas.deadletter import DeadLetter
+from schemas.deadletter import DEFAULT_KEEP_BYTES, DeadLetter
 from schemas.events import TimedEvent
 from schemas.validation import E, InvalidEvent, Limits, checked
 from streams.acks import OrderedAcker
@@ -19,9 +19,10 @@ from streams.sink import ClickHouseWriter
 from streams.slices import Slice
 
 
-async def send_dead_letter(dlq_topic: Any, error: InvalidEvent, payload: bytes, source: str, **where: Any) -> None:
-    """Produce the dead letter and wait until Kafka has it (acks=all)."""
-    letter = error.dead_letter(payload, source, **where)
+async def send_dead_letter(dlq_topic: Any, error: InvalidEvent, payload: bytes, source: str, *,
+                           keep_bytes: int = DEFAULT_KEEP_BYTES, **where: Any) -> None:
+    """Produce the dead letter (at most `keep_bytes` of the payload) and wait until Kafka has it (acks=all)."""
+    letter = error.dead_letter(payload, source, keep_bytes=keep_bytes, **where)
     fut = await dlq_topic.send(key=dead_letter_key(letter), value=letter.encode())
     await fut
 
@@ -43,8 +44,8 @@ async def valid_or_dead_letter(event: Any, model: type[E], *, dlq_topic: Any, li
     record = checked(event.value, model, now=msg.timestamp, limits=limits)
     if record.error is None:
         return record.event
-    await send_dead_letter(dlq_topic, record.error, record.payload, "kafka", kafka_topic=msg.topic,
-                           kafka_partition=msg.partition, kafka_offset=msg.offset)
+    await send_dead_letter(dlq_topic, record.error, record.payload, "kafka", keep_bytes=limits.dead_letter_keep_bytes,
+                           kafka_topic=msg.topic, kafka_partition=msg.partition, kafka_offset=msg.offset)
     return None
 
 
@@ -80,6 +81,16 @@ async def store_events(
             continue
         await writer.put(msg.partition, msg.offset, to_rows(parsed), done)
     return refused
+
+
+def expire_dead_letters(ch, ttl_days: float, now: float) -> int | None:  # noqa: ANN001 - streams.clickhouse.ClickHouse
+    """Delete dead letters received more than `ttl_days` before `now` (0: keep them all); returns the cutoff.
+    A mutation rather than a table TTL: ClickHouse 18.16 has no TTL clause, and ALTER ... DELETE runs on both."""
+    if ttl_days <= 0:
+        return None
+    cutoff = int(now - ttl_days * 86400)
+    ch.command(f"ALTER TABLE {ch.table('dead_letters')} DELETE WHERE received_ts < toDateTime({cutoff}, 'UTC')")
+    return cutoff
 
 
 class SourceMarks:

@@ -9,7 +9,13 @@ Rows arrive with the Kafka coordinates of the record they came from. The writer
 - acknowledges a record (so Faust may commit its offset) only after its rows are stored;
 - retries with capped exponential backoff while ClickHouse is unreachable, keeping
   the rows; once `max_pending_rows` wait, `put` blocks, which stops the agent's
-  stream and so the Kafka consumer: backpressure instead of unbounded memory.
+  stream and so the Kafka consumer: backpressure instead of unbounded memory;
+- never dies of a row: a batch refused for its content (any error that is not
+  "unreachable") is inserted again record by record, and the records ClickHouse
+  still refuses go to `on_refused` (a dead letter, confirmed by Kafka) and are
+  acked. If every record of the batch is refused, the fault is more likely the
+  table's than the rows': that is retried like an outage, and only after
+  `refuse_after` such rounds are the records dead-lettered.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +35,8 @@ from streams.slices import Slice
 log = logging.getLogger(__name__)
 
 Ack = Callable[[], Any]
+Refused = Callable[[int, int, list[dict[str, Any]], BaseException], Awaitable[None]]
+"""(partition, offset, rows, error): keep a record ClickHouse refused (its dead letter), return once it is durable."""
 
 
 @dataclass
@@ -50,6 +58,7 @@ class WriterStats:
     last_flush_seconds: float = 0.0
     insert_seconds_total: float = 0.0
     retrying_since: float | None = None
+    records_refused: int = 0
 
 
 @dataclass
@@ -62,6 +71,8 @@ class ClickHouseWriter:
     retry_initial_seconds: float = 0.2
     retry_max_seconds: float = 30.0
     source_topic: str | None = None
+    on_refused: Refused | None = None
+    refuse_after: int = 3
     stats: WriterStats = field(default_factory=WriterStats)
 
     def __post_init__(self) -> None:
@@ -77,6 +88,7 @@ class ClickHouseWriter:
         self._oldest: float | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self._all_refused_rounds = 0
 
     @classmethod
     def from_settings(cls, ch: ClickHouse, spec: TableSpec, settings: Any) -> ClickHouseWriter:
@@ -178,7 +190,7 @@ class ClickHouseWriter:
                 await self._flush_once()
                 delay = self.retry_initial_seconds
                 self.stats.retrying_since = None
-            except ClickHouseError as exc:
+            except Exception as exc:  # noqa: BLE001 - unreachable, every record refused (see the docstring), or a bug: never die
                 self.stats.failures += 1
                 self.stats.last_error = str(exc).splitlines()[0]
                 self.stats.retrying_since = self.stats.retrying_since or time.time()
@@ -210,19 +222,29 @@ class ClickHouseWriter:
             if r.offset > marks.get(r.partition, -1):
                 fresh.append(r)
                 marks[r.partition] = r.offset
-        rows = [row | {"kafka_partition": r.partition, "kafka_offset": r.offset} for r in fresh for row in r.rows]
+        rows = [row for r in fresh for row in self._rows(r)]
         started = time.monotonic()
+        refused: list[tuple[_Record, BaseException]] = []
         if rows:
-            await asyncio.to_thread(self.ch.insert, self.spec.name, self.spec.columns, rows, self.spec.time_columns)
+            try:
+                await asyncio.to_thread(self.ch.insert, self.spec.name, self.spec.columns, rows, self.spec.time_columns)
+            except ClickHouseError as exc:
+                if exc.retryable:
+                    raise
+                refused = await self._insert_each(fresh)
+            except Exception:  # noqa: BLE001 - a client library refusing a value (chdb: TypeError for > 64-bit ints)
+                refused = await self._insert_each(fresh)
         took = time.monotonic() - started
+        for r, exc in refused:
+            await self._refuse(r, exc)
         self._watermarks = marks
         for _ in batch:
             self._pending.popleft()
         self._pending_rows -= n_rows
         self._oldest = time.monotonic() if self._pending else None
         self.stats.batches += 1
-        self.stats.rows_stored += len(rows)
-        self.stats.records_stored += len(fresh)
+        self.stats.rows_stored += len(rows) - sum(len(r.rows) for r, _ in refused)
+        self.stats.records_stored += len(fresh) - len(refused)
         self.stats.records_skipped_duplicate += len(batch) - len(fresh)
         self.stats.last_flush_seconds = took
         self.stats.insert_seconds_total += took
@@ -235,3 +257,45 @@ class ClickHouseWriter:
             self._space.set()
         if not self._pending:
             self._idle.set()
+
+    @staticmethod
+    def _rows(r: _Record) -> list[dict[str, Any]]:
+        return [row | {"kafka_partition": r.partition, "kafka_offset": r.offset} for row in r.rows]
+
+    async def _insert_each(self, records: list[_Record]) -> list[tuple[_Record, BaseException]]:
+        """The batch was refused for its content: find the records ClickHouse refuses, storing the others (in
+        offset order, so the high-water marks stay true). Raises ClickHouseError to retry the batch when ClickHouse
+        becomes unreachable meanwhile, or when it refuses every record (for up to `refuse_after` rounds)."""
+        refused: list[tuple[_Record, BaseException]] = []
+        for r in records:
+            try:
+                await asyncio.to_thread(self.ch.insert, self.spec.name, self.spec.columns, self._rows(r), self.spec.time_columns)
+            except ClickHouseError as exc:
+                if exc.retryable:
+                    raise
+                refused.append((r, exc))
+            except Exception as exc:  # noqa: BLE001 - as in `_flush_once`
+                refused.append((r, exc))
+        if len(refused) == len(records):
+            self._all_refused_rounds += 1
+            if self._all_refused_rounds < self.refuse_after:
+                error = refused[0][1]
+                raise ClickHouseError(f"every record of a batch was refused: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        self._all_refused_rounds = 0
+        return refused
+
+    async def _refuse(self, r: _Record, exc: BaseException) -> None:
+        """A record ClickHouse will not store: its dead letter first (when this writer has a way to send one), then
+        it counts as done. Without one (the dead-letter table's own writer) the rows are logged whole."""
+        self.stats.records_refused += 1
+        self.stats.last_error = f"refused {self.source_topic}/{r.partition}/{r.offset}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+        if self.on_refused is not None:
+            try:
+                await self.on_refused(r.partition, r.offset, r.rows, exc)
+            except Exception as error:  # noqa: BLE001 - Kafka did not take the dead letter: retry the batch later
+                raise ClickHouseError(f"dead letter of a refused record not sent: {error}", retryable=True) from error
+            log.error("ClickHouse refused a record for %s (%s/%d/%d): %s; dead-lettered", self.spec.name,
+                      self.source_topic, r.partition, r.offset, self.stats.last_error)
+        else:
+            log.critical("ClickHouse refused a record for %s (%s/%d/%d): %s; its rows: %.2000r", self.spec.name,
+                         self.source_topic, r.partition, r.offset, self.stats.last_error, r.rows)

@@ -189,3 +189,67 @@ async def test_a_partition_revoked_while_its_batch_is_acked_leaves_the_writer_ru
         await w.flush()
     assert acked[-1] == ("p0", n)
     await w.stop()
+
+
+async def test_a_row_clickhouse_refuses_is_dead_lettered_and_the_writer_lives_on(ch):
+    """A value a column cannot hold (chdb: the JSON insert refuses it; server: the driver cannot pack it) used to
+    kill the writer or be retried forever; now the batch is split, the record is handed to `on_refused`, the
+    others are stored, and everything is acked in order."""
+    acks: list = []
+    refused: list = []
+
+    async def on_refused(partition, offset, rows, exc):
+        refused.append((partition, offset, rows[0]["event_id"], type(exc).__name__))
+
+    w = ClickHouseWriter(ch, SPEC, batch_rows=1000, batch_seconds=0.1, on_refused=on_refused, retry_initial_seconds=0.05)
+    await put_range(w, 0, range(5), acks)
+    await w.put(0, 5, [click_rows(5)[0] | {"price": "not a number"}], lambda: acks.append((0, 5)))
+    await put_range(w, 0, range(6, 10), acks)
+    async with asyncio.timeout(20):
+        await w.flush()
+    assert [o for _, o, _ in stored(ch)] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    assert [r[:3] for r in refused] == [(0, 5, "e5")]
+    assert acks == [(0, o) for o in range(10)]
+    assert w.stats.records_refused == 1 and w.stats.records_stored == 9
+    await put_range(w, 0, range(10, 12), acks)  # alive
+    await w.flush()
+    assert len(stored(ch)) == 11
+    await w.stop()
+
+
+async def test_a_batch_refused_whole_is_retried_before_it_is_dead_lettered(ch):
+    """Every record refused looks like the table's fault, not the rows': retried `refuse_after` rounds first."""
+    refused: list = []
+
+    async def on_refused(partition, offset, rows, exc):
+        refused.append(offset)
+
+    w = ClickHouseWriter(ch, SPEC, batch_rows=1000, batch_seconds=0.05, on_refused=on_refused, retry_initial_seconds=0.05,
+                         refuse_after=3)
+    await w.put(1, 0, [click_rows(0)[0] | {"price": "bad"}])
+    async with asyncio.timeout(20):
+        await w.flush()
+    assert refused == [0] and w.stats.failures == 2 and stored(ch) == []
+    await w.stop()
+
+
+def test_dead_letters_expire_after_their_ttl(ch):
+    from schemas.deadletter import DeadLetter
+    from schemas.rows import dead_letter
+    from streams.ingest import expire_dead_letters
+
+    spec = TABLES["dead_letters"]
+    now = time.time()
+    rows = []
+    for i, age_days in enumerate((40, 31, 29, 1)):
+        letter = DeadLetter.wrap(b"x", kind="click", source="http", errors=[{"field": "$", "value": "", "reason": "r"}])
+        rows += [r | {"received_ts": now - age_days * 86400, "kafka_partition": 0, "kafka_offset": i} for r in dead_letter(letter)]
+    ch.insert("dead_letters", spec.columns, rows, spec.time_columns)
+    assert expire_dead_letters(ch, 0, now) is None
+    assert expire_dead_letters(ch, 30, now) == int(now - 30 * 86400)
+    deadline = time.monotonic() + 20  # a mutation runs in the background on a server
+    while time.monotonic() < deadline and ch.query(f"SELECT count() FROM {ch.table('dead_letters')}")[0][0] != 2:
+        time.sleep(0.2)
+    assert sorted(o for (o,) in ch.query(f"SELECT kafka_offset FROM {ch.table('dead_letters')}")) == [2, 3]
+    assert ch.query(f"SELECT payload_sha256 FROM {ch.table('dead_letters')} LIMIT 1")[0][0] == DeadLetter.wrap(
+        b"x", kind="click", source="http", errors=[]).payload_sha256
