@@ -91,12 +91,12 @@ from pydantic import Field
 from online_models.alarms import AlarmBook
 from online_models.recommender import RecommenderConfig
 from schemas import codec, rows
-from schemas.events import ClickEvent, Ident, Recommendation, Review, SentimentScore, Severity, TimedEvent
-from schemas.validation import Checked, checked
+from schemas.events import ClickEvent, Ident, Recommendation, Review, SentimentScore, Severity, TimedEvent, to_epoch
+from schemas.validation import Checked, checked, processing_error
 from streams.acks import OrderedAcker
 from streams.app import app, exit_later, limits, settings, storage, topics
 from streams.deltalog import DeltaLog
-from streams.ingest import valid_or_dead_letter
+from streams.ingest import send_dead_letter, valid_or_dead_letter
 from streams.learner import Learner, Learners
 from streams.shard import Catalogue, Click, Record
 from streams.slices import Slice
@@ -661,8 +661,9 @@ sentiment = Sentiment(settings.commerce_sentiment_encoder)
 
 
 def _event_ts(event: Any = None) -> float:
-    """Window by the review's own time (its JSON `ts`; reviews and sentiment scores both carry it), not Kafka's."""
-    return float(codec.loads(event.value)["ts"]) if event is not None else time.time()
+    """Window by the review's own time (its JSON `ts`; reviews and sentiment scores both carry it), not Kafka's.
+    A review may carry an ISO-8601 `ts` (validated before this runs): read it as validation does."""
+    return to_epoch(codec.loads(event.value)["ts"]) if event is not None else time.time()
 
 
 item_hourly = app.Table("commerce-item-sentiment-hourly", default=lambda: [0, 0.0], partitions=P,
@@ -720,17 +721,23 @@ def check_drop(norm: ItemNorm, item_id: str, ts: float) -> Any:
     return norm.book.normal("sentiment_drop", ts)
 
 
-def score_reviews(reviews: Sequence[tuple[Any, Review]]) -> list[SentimentScore]:
-    """Predict each review, then learn it from its rating, strictly in order (features were batched)."""
+def score_reviews(reviews: Sequence[tuple[Any, Review]]) -> list[SentimentScore | Exception]:
+    """Predict each review, then learn it from its rating, strictly in order (features were batched). A review the
+    model fails on gets its error in its place (the caller dead-letters it): one text must not stop the path."""
     model = sentiment.model
-    out = []
+    out: list[SentimentScore | Exception] = []
     for event, r in reviews:
-        pred = model.predict_one(r.text)
-        out.append(SentimentScore(ts=r.ts, review_id=r.review_id, user_id=r.user_id, item_id=r.item_id, seller_id=r.seller_id,
-                                  rating=r.rating, score=max(-1.0, min(1.0, pred.score)), label=pred.label,
-                                  model=sentiment.encoder, text=r.text))
-        sentiment.learn(event.message.partition, event.message.offset, r)
-    sentiment.scored += len(out)
+        try:
+            pred = model.predict_one(r.text)
+            out.append(SentimentScore(ts=r.ts, review_id=r.review_id, user_id=r.user_id, item_id=r.item_id, seller_id=r.seller_id,
+                                      rating=r.rating, score=max(-1.0, min(1.0, pred.score)), label=pred.label,
+                                      model=sentiment.encoder, text=r.text))
+            sentiment.learn(event.message.partition, event.message.offset, r)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.exception("review at %s/%d/%d broke the review model; dead-lettered", event.message.topic,
+                          event.message.partition, event.message.offset)
+            out.append(exc)
+    sentiment.scored += sum(isinstance(x, SentimentScore) for x in out)
     return out
 
 
@@ -778,6 +785,12 @@ async def score_review_stream(stream):  # noqa: ANN001
         sentiment.checkpoint(owned)  # before any of these reviews can be acked
         futs = []
         for (event, _done, _r), s in zip(valid, scores, strict=True):
+            if isinstance(s, Exception):
+                m = event.message
+                futs.append(send_dead_letter(topics["topic_dead_letters"], processing_error("review", "the review model", s, m.value), m.value,
+                                             "kafka", keep_bytes=limits.dead_letter_keep_bytes, kafka_topic=m.topic,
+                                             kafka_partition=m.partition, kafka_offset=m.offset))
+                continue
             value = codec.dumps(s)
             futs.append(await topics["topic_sentiment"].send(key=s.item_id.encode(), value=value))
             if s.seller_id:
@@ -788,7 +801,10 @@ async def score_review_stream(stream):  # noqa: ANN001
                 futs.append(await topics["topic_alerts"].send(key=alert.alarm_id.encode(), value=codec.dumps(alert)))
         await asyncio.gather(*futs)  # Kafka has the scores and alerts before the reviews are acked
         for (event, done, _r), s in zip(valid, scores, strict=True):
-            await writer.put(event.message.partition, event.message.offset, rows.review(s), done)
+            if isinstance(s, Exception):
+                done()  # its dead letter is confirmed above
+            else:
+                await writer.put(event.message.partition, event.message.offset, rows.review(s), done)
 
 
 @app.agent(seller_topic, name="wharf.commerce-seller-sentiment")

@@ -50,10 +50,11 @@ from faust.web import Request, Response, View
 from online_models.alarms import DeviceMonitor, MonitorConfig, source_of
 from online_models.anomaly import DeviceAnomalyModel, RuleSet
 from schemas import codec, rows
-from schemas.events import Alert, DeviceStatus, SensorReading
-from schemas.validation import InvalidEvent, parse
+from schemas.events import Alert, DeviceStatus, SensorReading, to_epoch
+from schemas.validation import InvalidEvent, parse, processing_error
 from streams.acks import OrderedAcker
 from streams.app import app, limits, settings, storage, topics
+from streams.ingest import send_dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ class DeviceState:
 
     @classmethod
     def new(cls, device_id: str, partition: int) -> DeviceState:
-        return cls(device_id, partition, DeviceAnomalyModel(**MODEL_OPTIONS), DeviceMonitor(device_id, MONITOR))
+        return cls(device_id, partition, DeviceAnomalyModel(**({"max_metrics": settings.sensor_max_metrics_per_device} | MODEL_OPTIONS)),
+                   DeviceMonitor(device_id, MONITOR))
 
     def is_duplicate(self, seq: int, ts: float) -> bool:
         key = (seq, ts)
@@ -139,6 +141,7 @@ class Owner:
         self.checkpoints = 0
         self.replayed = 0
         self.duplicates = 0
+        self.dead_lettered = 0
         self.acker = OrderedAcker()
         self.watermark: float | None = None  # newest event time processed (all owned devices)
         self.last_arrival = time.monotonic()  # wall time of the last reading processed
@@ -210,9 +213,13 @@ class Owner:
 
     # --- the work ----------------------------------------------------------------------------------------
     async def apply(self, recs: list[_Rec], emit: bool = True, dones: list | None = None) -> None:
-        """Apply records in order. With emit=False (replay) nothing leaves the process."""
+        """Apply records in order. With emit=False (replay) nothing leaves the process.
+
+        No record can stop the path: one that is invalid, or breaks its device's model or the alarm step, becomes a
+        dead letter (Kafka confirms it before the record is acked) and the others go on."""
         readings: dict[str, list[tuple[int, SensorReading]]] = defaultdict(list)
         parsed: list[tuple[_Rec, Any]] = []
+        letters: list[tuple[_Rec, InvalidEvent]] = []
         for i, r in enumerate(recs):
             key = (r.topic, r.partition)
             if r.offset <= self.skip_upto.get(key, -1):
@@ -235,24 +242,30 @@ class Owner:
             elif r.topic == settings.topic_device_status:
                 try:
                     parsed.append((r, parse(r.value, DeviceStatus, now=r.kafka_ts, limits=limits)))
-                except InvalidEvent:
-                    log.warning("ignoring invalid device status at %s/%d/%d", r.topic, r.partition, r.offset)
+                except InvalidEvent as exc:  # nothing else stores device status: its dead letter is sent here
+                    letters.append((r, exc))
                     parsed.append((r, None))
             else:
                 try:
                     parsed.append((r, codec.loads(r.value)))
-                except ValueError:
-                    log.warning("ignoring unreadable command at %s/%d/%d", r.topic, r.partition, r.offset)
+                except ValueError as exc:
+                    letters.append((r, processing_error("sensor_command", "the device owner", exc, r.value)))
                     parsed.append((r, None))
         # models: one batched call per device
         results: dict[int, tuple[float, bool, float, str | None]] = {}
         for device_id, items in readings.items():
             st = self.devices[device_id]
-            metric_names = sorted({m for _, ev in items for m in ev.metrics})
-            cols = {m: np.array([ev.metrics.get(m, np.nan) for _, ev in items]) for m in metric_names}
-            res = st.model.score_learn_many(np.array([ev.ts for _, ev in items]), cols)
-            for j, (i, _) in enumerate(items):
-                results[i] = (float(res.scores[j]), bool(res.is_anomaly[j]), float(res.thresholds[j]), res.metrics[j])
+            try:
+                metric_names = sorted({m for _, ev in items for m in ev.metrics})
+                cols = {m: np.array([ev.metrics.get(m, np.nan) for _, ev in items]) for m in metric_names}
+                res = st.model.score_learn_many(np.array([ev.ts for _, ev in items]), cols)
+                for j, (i, _) in enumerate(items):
+                    results[i] = (float(res.scores[j]), bool(res.is_anomaly[j]), float(res.thresholds[j]), res.metrics[j])
+            except Exception as exc:  # noqa: BLE001 - readings that break their device's model are refused, not fatal
+                log.exception("device %s: the model failed on %d readings; they are dead-lettered", device_id, len(items))
+                for i, _ in items:
+                    letters.append((parsed[i][0], processing_error("sensor_reading", "the anomaly model", exc, parsed[i][0].value)))
+                    parsed[i] = (parsed[i][0], None)
             self.dirty.add(device_id)
         # alarms in event order
         alerts: list[Alert] = []
@@ -260,35 +273,19 @@ class Owner:
         for i, (r, ev) in enumerate(parsed):
             if ev is None:
                 continue
-            if isinstance(ev, SensorReading):
-                st = self.devices[ev.device_id]
-                mon = st.monitor
-                mon.site, mon.zone, mon.device_type = ev.site, ev.zone, ev.device_type
-                score, is_anom, thr, metric = results[i]
-                alerts += mon.reading(ev.ts, ev.metrics, RULES, score, is_anom, metric)
-                self.watermark = ev.ts if self.watermark is None else max(self.watermark, ev.ts)
-                self.last_arrival = time.monotonic()
-                if emit:
-                    value = ev.metrics.get(metric, next(iter(ev.metrics.values()))) if metric else next(iter(ev.metrics.values()))
-                    score_rows.append((r, [score_row(ev, score, thr, is_anom, metric or next(iter(ev.metrics)), value)]))
-            elif isinstance(ev, DeviceStatus):
-                st = self.device(ev.device_id, r.partition)
-                st.monitor.site, st.monitor.zone = ev.site, ev.zone
-                st.monitor.device_type = ev.device_type or st.monitor.device_type
-                alerts += st.monitor.status(ev.ts, ev.state, ev.interval_s)
-                self.dirty.add(ev.device_id)
-            elif isinstance(ev, dict) and ev.get("command") == "ack":
-                try:
-                    device_id = source_of(str(ev.get("alarm_id", "")))
-                except ValueError:
-                    continue
-                st = self.device(device_id, r.partition)
-                if a := st.monitor.alarms.ack(ev["alarm_id"], float(ev.get("ts") or r.kafka_ts), ev.get("by")):
-                    alerts.append(a)
-                self.dirty.add(device_id)
+            try:
+                alerts += self._alarms(r, ev, results.get(i), score_rows, emit)
+            except Exception as exc:  # noqa: BLE001 - one record's alarm step must not stop the others
+                log.exception("%s/%d/%d broke the alarm step; dead-lettered", r.topic, r.partition, r.offset)
+                kind = {settings.topic_sensor_readings: "sensor_reading", settings.topic_device_status: "device_status"}.get(r.topic, "sensor_command")
+                letters.append((r, processing_error(kind, "the alarm step", exc, r.value)))
         if not emit:
             return
         await send_alerts(alerts)
+        await asyncio.gather(*(send_dead_letter(topics["topic_dead_letters"], error, r.value, "kafka", keep_bytes=limits.dead_letter_keep_bytes,
+                                                kafka_topic=r.topic, kafka_partition=r.partition, kafka_offset=r.offset)
+                               for r, error in letters))
+        self.dead_lettered += len(letters)
         if settings.sensor_publish_scores and score_rows:
             futs = [await topics["topic_anomaly_scores"].send(key=row[0]["device_id"].encode(), value=codec.dumps(row[0] | {"v": 1}))
                     for _, row in score_rows]
@@ -305,6 +302,36 @@ class Owner:
                 await writer.put(r.partition, r.offset, rows_, done)
             else:
                 done()
+
+    def _alarms(self, r: _Rec, ev: Any, result: tuple[float, bool, float, str | None] | None,
+                score_rows: list[tuple[_Rec, list[dict]]], emit: bool) -> list[Alert]:
+        """One record's alarm step (and, for a reading, its score row); raises for a record it cannot handle."""
+        if isinstance(ev, SensorReading):
+            st = self.devices[ev.device_id]
+            mon = st.monitor
+            mon.site, mon.zone, mon.device_type = ev.site, ev.zone, ev.device_type
+            score, is_anom, thr, metric = result
+            alerts = mon.reading(ev.ts, ev.metrics, RULES, score, is_anom, metric)
+            self.watermark = ev.ts if self.watermark is None else max(self.watermark, ev.ts)
+            self.last_arrival = time.monotonic()
+            if emit:
+                value = ev.metrics.get(metric, next(iter(ev.metrics.values()))) if metric else next(iter(ev.metrics.values()))
+                score_rows.append((r, [score_row(ev, score, thr, is_anom, metric or next(iter(ev.metrics)), value)]))
+            return alerts
+        if isinstance(ev, DeviceStatus):
+            st = self.device(ev.device_id, r.partition)
+            st.monitor.site, st.monitor.zone = ev.site, ev.zone
+            st.monitor.device_type = ev.device_type or st.monitor.device_type
+            self.dirty.add(ev.device_id)
+            return st.monitor.status(ev.ts, ev.state, ev.interval_s)
+        if not (isinstance(ev, dict) and ev.get("command") == "ack"):
+            raise ValueError("is not a known command (expected an object with command 'ack')")
+        device_id = source_of(str(ev.get("alarm_id", "")))  # ValueError for an id no device alarm has
+        st = self.device(device_id, r.partition)
+        self.dirty.add(device_id)
+        by = ev.get("by")
+        a = st.monitor.alarms.ack(str(ev["alarm_id"]), to_epoch(ev.get("ts") or r.kafka_ts), by[:64] if isinstance(by, str) else None)
+        return [a] if a else []
 
     # --- checkpoints ---------------------------------------------------------------------------------------
     async def checkpoint(self, partitions: set[int] | None = None) -> int:
@@ -535,4 +562,5 @@ class DevicesView(View):
                             "active": {t: a.status for t, a in st.monitor.alarms.active.items()}}
                         for d, st in owner.devices.items()},
             "checkpoints": owner.checkpoints, "replayed": owner.replayed, "duplicates": owner.duplicates,
+            "dead_lettered": owner.dead_lettered,
         })

@@ -16,12 +16,13 @@ import time
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from mqtt_bridge.kafka import start_when_reachable
-from mqtt_bridge.topics import alerts_topic
+from mqtt_bridge.topics import LEVEL, alerts_topic
 from schemas import codec
+from schemas.validation import processing_error
 from wharf.settings import Settings
 
 log = logging.getLogger("wharf.bridge.alerts")
@@ -32,6 +33,7 @@ class AlertPublisherStats:
     consumed: int = 0
     published: int = 0
     commits: int = 0
+    dead_lettered: int = 0
     started: float = field(default_factory=time.time)
 
 
@@ -43,6 +45,7 @@ class AlertPublisher:
         self.stats = AlertPublisherStats()
         self._stop = asyncio.Event()
         self._connected = threading.Event()
+        self._producer: AIOKafkaProducer | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -75,21 +78,51 @@ class AlertPublisher:
                 if not msgs:
                     continue
                 self.stats.consumed += len(msgs)
-                infos = [client.publish(alerts_topic(self._site(m.value)), m.value, qos=1) for m in msgs]
+                infos, letters = [], []
+                for m in msgs:
+                    try:
+                        infos.append(client.publish(alerts_topic(self._site(m.value)), m.value, qos=1))
+                    except Exception as exc:  # noqa: BLE001 - one record must not stop the publisher
+                        letters.append(self._dead_letter(m, exc))
                 await asyncio.to_thread(self._wait_all, infos)
+                await self._send_dead_letters(letters)
                 self.stats.published += len(infos)
                 await self._commit(consumer)
         finally:
             await consumer.stop()
+            if self._producer is not None:
+                await self._producer.stop()
             client.disconnect()
             client.loop_stop()
 
     @staticmethod
     def _site(value: bytes) -> str:
+        """The alarm's site, as a topic level: an alert without a valid one (Wharf writes valid ones, but anyone
+        with access to Kafka may write anything) goes to `wharf/unknown/alerts`."""
         try:
-            return codec.loads(value).get("site") or "unknown"
-        except ValueError:
+            site = codec.loads(value).get("site")
+        except (ValueError, AttributeError):
             return "unknown"
+        return site if isinstance(site, str) and LEVEL.match(site) else "unknown"
+
+    def _dead_letter(self, m, exc: BaseException) -> tuple[bytes, bytes]:  # noqa: ANN001 - aiokafka ConsumerRecord
+        """(key, value): keyed by source partition, as every dead letter of a Kafka record is (`streams.ingest`)."""
+        log.error("alert at %s/%d/%d could not be published (%s); dead-lettered", m.topic, m.partition, m.offset, exc)
+        error = processing_error("alert", "the MQTT alert publisher", exc, m.value)
+        letter = error.dead_letter(m.value, "kafka", keep_bytes=self.settings.dead_letter_keep_bytes, kafka_topic=m.topic,
+                                   kafka_partition=m.partition, kafka_offset=m.offset)
+        return f"{m.topic}/{m.partition}".encode(), letter.encode()
+
+    async def _send_dead_letters(self, letters: list[tuple[bytes, bytes]]) -> None:
+        """Kafka has them before the batch's offsets are committed."""
+        if not letters:
+            return
+        if self._producer is None:
+            self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+            await start_when_reachable(self._producer, "alerts dead-letter producer")
+        futs = [await self._producer.send(self.settings.topic_dead_letters, value, key=key) for key, value in letters]
+        await asyncio.gather(*futs)
+        self.stats.dead_lettered += len(letters)
 
     def _wait_all(self, infos: list[mqtt.MQTTMessageInfo]) -> None:
         for info in infos:  # paho resends after a reconnect; we wait as long as it takes (offsets stay uncommitted)

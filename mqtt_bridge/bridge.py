@@ -26,12 +26,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, RequestTimedOutError
 
 from mqtt_bridge.kafka import start_when_reachable
 from mqtt_bridge.topics import TopicError, parse_topic
 from schemas.events import DeviceStatus, SensorReading
-from schemas.validation import FieldError, InvalidEvent, Limits, parse
+from schemas.validation import FieldError, InvalidEvent, Limits, parse, processing_error
 from wharf.settings import Settings
 
 log = logging.getLogger("wharf.bridge")
@@ -63,6 +63,20 @@ class _Pending:
     msg: mqtt.MQTTMessage
     topic: str = ""
     done: bool = False
+    route: tuple[str, bytes, bytes] | None = None  # (Kafka topic, value, key), decided once
+    refusals: int = 0  # times Kafka refused its record for good (too large, ...)
+
+
+def _retriable(exc: BaseException) -> bool:
+    """Worth sending again unchanged: Kafka is away or busy. A record Kafka refuses for what it is (too large, ...)
+    or a client error about the value is not: it becomes a smaller dead letter instead of blocking the PUBACKs."""
+    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaConnectionError | RequestTimedOutError)
+
+
+def _topic_text(msg: mqtt.MQTTMessage) -> str:
+    """The message's topic as text, whatever its bytes (paho's `topic` raises on invalid UTF-8)."""
+    raw = getattr(msg, "_topic", b"")
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
 
 class _AsyncioPaho:
@@ -209,18 +223,41 @@ class Bridge:
         self._wake.set()
 
     async def _send(self, pending: _Pending) -> None:
-        topic, value, key = self._route(pending.msg)
+        if pending.route is None:
+            pending.route = self._route(pending.msg)
+        topic, value, key = pending.route
         pending.topic = topic
         try:
             fut = await self._producer.send(topic, value, key=key)
-        except KafkaError as exc:
-            self._retry(pending, exc)
+        except Exception as exc:  # noqa: BLE001 - whatever the record is, it is stored, dead-lettered or retried
+            if self._refuse(pending, exc):
+                await self._send(pending)
+            else:
+                self._retry(pending, exc)
             return
         fut.add_done_callback(lambda f, p=pending: self._sent(p, f))
 
+    def _refuse(self, pending: _Pending, exc: BaseException) -> bool:
+        """Kafka refused the record for what it is: route a dead letter instead (only the size and SHA-256 of the
+        payload if the refused record was already a dead letter). False: retry it as it is."""
+        if _retriable(exc) or pending.refusals >= 2:  # a 2 KB letter refused too: Kafka's fault, not the message's
+            return False
+        pending.refusals += 1
+        payload = bytes(pending.msg.payload)
+        keep = 0 if pending.topic == self.settings.topic_dead_letters else self.limits.dead_letter_keep_bytes
+        letter = processing_error("mqtt_message", "Kafka", exc, payload).dead_letter(
+            payload, "mqtt", keep_bytes=keep, mqtt_topic=_topic_text(pending.msg))
+        log.error("Kafka refused the record of %s (%s); sending a dead letter instead", _topic_text(pending.msg)[:200], exc)
+        pending.route = (self.settings.topic_dead_letters, letter.encode(), pending.route[2] if pending.route else b"")
+        return True
+
     def _sent(self, pending: _Pending, fut: asyncio.Future) -> None:
         if fut.cancelled() or fut.exception() is not None:  # not acked: Mosquitto keeps the message while we retry
-            self._retry(pending, fut.exception() if not fut.cancelled() else "cancelled")
+            error = fut.exception() if not fut.cancelled() else None
+            if error is not None and self._refuse(pending, error):
+                self._spawn(self._send(pending))
+            else:
+                self._retry(pending, error or "cancelled")
             return
         if pending.topic == self.settings.topic_dead_letters:
             self.stats.dead_lettered += 1
@@ -238,16 +275,21 @@ class Bridge:
             await asyncio.sleep(delay)
             await self._send(pending)
 
-        task = asyncio.get_running_loop().create_task(again())
+        self._spawn(again())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
 
     def _route(self, msg: mqtt.MQTTMessage) -> tuple[str, bytes, bytes]:
-        """Where a message goes: (topic, value, key). Invalid messages become dead letters."""
+        """Where a message goes: (topic, value, key). Invalid messages become dead letters, and so does a message
+        that breaks anything here: no content can stop the bridge or hold the PUBACKs behind it."""
         payload = bytes(msg.payload)
+        topic = _topic_text(msg)
         now = time.time()
         try:
-            where = parse_topic(msg.topic)
+            where = parse_topic(topic)
             model = SensorReading if where.kind == "telemetry" else DeviceStatus
             event = parse(payload, model, now=now, limits=self.limits)
             mismatch = [
@@ -259,10 +301,15 @@ class Bridge:
                 raise InvalidEvent("sensor_reading" if where.kind == "telemetry" else "device_status", mismatch)
             out_topic = self.settings.topic_sensor_readings if where.kind == "telemetry" else self.settings.topic_device_status
             return out_topic, payload, event.device_id.encode()
-        except (InvalidEvent, TopicError) as exc:
-            error = exc if isinstance(exc, InvalidEvent) else InvalidEvent("mqtt_message", [FieldError("topic", repr(msg.topic), str(exc))])
-            letter = error.dead_letter(payload, "mqtt", mqtt_topic=msg.topic)
-            return self.settings.topic_dead_letters, letter.encode(), msg.topic.encode()
+        except InvalidEvent as exc:
+            error = exc
+        except TopicError as exc:
+            error = InvalidEvent("mqtt_message", [FieldError("topic", topic, str(exc))])
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.exception("a message on %s broke the bridge's routing; dead-lettered", topic[:200])
+            error = processing_error("mqtt_message", "the bridge", exc, payload)
+        letter = error.dead_letter(payload, "mqtt", keep_bytes=self.limits.dead_letter_keep_bytes, mqtt_topic=topic)
+        return self.settings.topic_dead_letters, letter.encode(), topic.encode()[:256]
 
     def _release_acks(self) -> None:
         """PUBACKs in arrival order, as MQTT requires."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_LEVEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+LEVEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 KINDS = ("telemetry", "status")
 
 
@@ -26,7 +26,7 @@ def parse_topic(topic: str) -> DeviceTopic:
     if len(parts) != 5 or parts[0] != "wharf" or parts[4] not in KINDS:
         raise TopicError("is not wharf/{site}/{zone}/{device_id}/telemetry|status")
     for name, value in zip(("site", "zone", "device_id"), parts[1:4], strict=True):
-        if not _LEVEL.match(value):
+        if not LEVEL.match(value):
             raise TopicError(f"{name} level {value!r} is not a valid id")
     return DeviceTopic(parts[1], parts[2], parts[3], parts[4])
 

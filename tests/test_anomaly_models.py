@@ -234,3 +234,13 @@ def test_neg_log10_tail_matches_erfc():
     for z in (0.5, 2.0, 4.9, 5.1, 8.0):
         exact = -math.log10(0.5 * math.erfc(z / math.sqrt(2)))
         assert neg_log10_tail(z) == pytest.approx(exact, rel=1e-3)
+
+
+def test_one_device_cannot_grow_its_model_without_bound():
+    """Each metric name costs a forecaster and calibrators: names past `max_metrics` are not modelled."""
+    m = DeviceAnomalyModel(max_metrics=3, use_forecaster=False)
+    for i in range(10):
+        m.learn_one(1_700_000_000.0 + i, {f"m{j}": float(i + j) for j in range(i, i + 4)})
+    assert len(m.names) == 3 and m.ignored_metrics > 0
+    res = m.score_one(1_700_000_100.0, {"other": 1.0})  # only unknown names: scored as nothing, no error
+    assert 0.0 <= res.score <= 1.0 and len(m.names) == 3

@@ -85,6 +85,7 @@ class BatchResult:
 class AnomalyConfig:
     """One configuration for every device and metric (no per-device tuning)."""
 
+    max_metrics: int = 32  # metric names one model tracks (bounded state); the schema allows 32 per reading
     level_alpha: float = 0.02
     long_alpha: float = 0.002
     shift_window: int = 8
@@ -212,6 +213,7 @@ class DeviceAnomalyModel:
         self.burst_decay = 0.5 ** (1.0 / cfg.burst_half_life)
         self.silence = SilenceDetector()
         self.n = 0
+        self.ignored_metrics = 0
 
     # ------------------------------------------------------------------ state management
     def _add_metric(self, name: str) -> None:
@@ -237,12 +239,19 @@ class DeviceAnomalyModel:
                                                epochs=cfg.epochs, seed=cfg.seed))
 
     def _matrix(self, metrics: dict[str, object], n: int) -> np.ndarray:
+        """Rows x known metrics. Names past ``cfg.max_metrics`` are not modelled (counted in ``ignored_metrics``):
+        each name costs a forecaster and calibrators, so one device must not grow its state without bound."""
         for name in metrics:
             if name not in self.index:
+                if len(self.names) >= self.cfg.max_metrics:
+                    self.ignored_metrics += 1
+                    continue
                 self._add_metric(name)
         x = np.full((n, len(self.names)), np.nan)
         for name, col in metrics.items():
-            x[:, self.index[name]] = np.asarray(col, dtype=float).reshape(n) if n else []
+            j = self.index.get(name)
+            if j is not None:
+                x[:, j] = np.asarray(col, dtype=float).reshape(n) if n else []
         return x
 
     # ------------------------------------------------------------------ block scoring (pure)
