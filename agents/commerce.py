@@ -96,7 +96,7 @@ from schemas.validation import Checked, checked, processing_error
 from streams.acks import OrderedAcker
 from streams.app import app, exit_later, limits, settings, storage, topics
 from streams.deltalog import DeltaLog
-from streams.ingest import send_dead_letter, valid_or_dead_letter
+from streams.ingest import dead_letter_event, produce_dead_letter, valid_or_dead_letter
 from streams.learner import Learner, Learners
 from streams.shard import Catalogue, Click, Record
 from streams.slices import Slice
@@ -516,7 +516,7 @@ async def _snapshot_timer() -> None:
 
 
 async def store_snapshots(stream, table: str, source_topic: str, to_rows, what: str) -> None:  # noqa: ANN001
-    """Snapshot topic -> its table through the writer; a record that is not a snapshot is logged and acked."""
+    """Snapshot topic -> its table through the writer; a record that is not a snapshot is dead-lettered."""
     writer = storage.writer(table, source_topic)
     acker = OrderedAcker()
     async for events in stream.noack_take(5000, within=settings.sink_batch_seconds):
@@ -525,8 +525,9 @@ async def store_snapshots(stream, table: str, source_topic: str, to_rows, what: 
             msg = event.message
             try:
                 out = to_rows(event.value)
-            except (ValueError, KeyError, TypeError):
-                log.error("not %s at %s/%d/%d; skipped", what, msg.topic, msg.partition, msg.offset)
+            except Exception as exc:  # noqa: BLE001 - anyone with access to Kafka can write here
+                await dead_letter_event(topics["topic_dead_letters"], event, processing_error(table, f"the {table} table ({what} expected)", exc),
+                                        limits=limits)
                 done()
                 continue
             await writer.put(msg.partition, msg.offset, out, done)
@@ -787,9 +788,9 @@ async def score_review_stream(stream):  # noqa: ANN001
         for (event, _done, _r), s in zip(valid, scores, strict=True):
             if isinstance(s, Exception):
                 m = event.message
-                futs.append(send_dead_letter(topics["topic_dead_letters"], processing_error("review", "the review model", s, m.value), m.value,
-                                             "kafka", keep_bytes=limits.dead_letter_keep_bytes, kafka_topic=m.topic,
-                                             kafka_partition=m.partition, kafka_offset=m.offset))
+                futs.append(await produce_dead_letter(topics["topic_dead_letters"], processing_error("review", "the review model", s, m.value),
+                                                      m.value, "kafka", keep_bytes=limits.dead_letter_keep_bytes, kafka_topic=m.topic,
+                                                      kafka_partition=m.partition, kafka_offset=m.offset))
                 continue
             value = codec.dumps(s)
             futs.append(await topics["topic_sentiment"].send(key=s.item_id.encode(), value=value))
@@ -810,8 +811,15 @@ async def score_review_stream(stream):  # noqa: ANN001
 @app.agent(seller_topic, name="wharf.commerce-seller-sentiment")
 async def seller_sentiment(stream):  # noqa: ANN001
     """Hourly per-seller windows; keyed by seller_id, so each write is in its own partition."""
-    async for value in stream:
-        s = SentimentScore.model_validate_json(value)
+    async for event in stream.events():
+        try:
+            s = SentimentScore.model_validate_json(event.value)
+            if not s.seller_id:
+                raise ValueError("seller_id is required on the seller topic")
+        except Exception as exc:  # noqa: BLE001 - a record that is not a score must not stop the worker
+            await dead_letter_event(topics["topic_dead_letters"], event, processing_error("sentiment_score", "the seller windows", exc),
+                                    limits=limits)
+            continue
         n, total = seller_hourly[s.seller_id].value()
         seller_hourly[s.seller_id] = [n + 1, total + s.score]
 

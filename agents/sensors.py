@@ -54,7 +54,7 @@ from schemas.events import Alert, DeviceStatus, SensorReading, to_epoch
 from schemas.validation import InvalidEvent, parse, processing_error
 from streams.acks import OrderedAcker
 from streams.app import app, limits, settings, storage, topics
-from streams.ingest import send_dead_letter
+from streams.ingest import dead_letter_event, produce_dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -282,9 +282,11 @@ class Owner:
         if not emit:
             return
         await send_alerts(alerts)
-        await asyncio.gather(*(send_dead_letter(topics["topic_dead_letters"], error, r.value, "kafka", keep_bytes=limits.dead_letter_keep_bytes,
-                                                kafka_topic=r.topic, kafka_partition=r.partition, kafka_offset=r.offset)
-                               for r, error in letters))
+        letters.sort(key=lambda x: (x[0].topic, x[0].partition, x[0].offset))  # in offset order (`produce_dead_letter`)
+        await asyncio.gather(*[await produce_dead_letter(topics["topic_dead_letters"], error, r.value, "kafka",
+                                                         keep_bytes=limits.dead_letter_keep_bytes, kafka_topic=r.topic,
+                                                         kafka_partition=r.partition, kafka_offset=r.offset)
+                               for r, error in letters])
         self.dead_lettered += len(letters)
         if settings.sensor_publish_scores and score_rows:
             futs = [await topics["topic_anomaly_scores"].send(key=row[0]["device_id"].encode(), value=codec.dumps(row[0] | {"v": 1}))
@@ -542,8 +544,8 @@ async def store_alerts(stream):  # noqa: ANN001
             done = acker.track(event)
             try:
                 alert = Alert.model_validate_json(event.value)
-            except ValueError:
-                log.error("not an Alert on %s at offset %d; skipped", event.message.topic, event.message.offset)
+            except Exception as exc:  # noqa: BLE001 - anyone with access to Kafka can write here
+                await dead_letter_event(topics["topic_dead_letters"], event, processing_error("alert", "the alerts table", exc), limits=limits)
                 done()
                 continue
             if seen.is_copy(alert):

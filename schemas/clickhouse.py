@@ -257,13 +257,15 @@ ITEM_ALSO_VIEWED = _table(
 MIGRATIONS.append(Migration(2, "commerce: item_also_viewed snapshots", (ITEM_ALSO_VIEWED[0],), (ITEM_ALSO_VIEWED[1],)))
 
 # Bounded dead letters (migration 3): a dead letter keeps a prefix of the refused bytes, with the SHA-256 of the
-# whole payload and whether it was cut. ADD COLUMN has no IF NOT EXISTS on 18.16: `migrate` tolerates a column
+# whole payload and whether it was cut, and the step that refused it (several agents dead-letter records of one
+# source partition, each in offset order: copies are told apart per stage). ADD COLUMN has no IF NOT EXISTS on 18.16: `migrate` tolerates a column
 # another worker added first.
-_DEAD_LETTERS_V3 = TableSpec(DEAD_LETTERS[1].name, DEAD_LETTERS[1].columns + ("payload_sha256", "payload_truncated"),
+_DEAD_LETTERS_V3 = TableSpec(DEAD_LETTERS[1].name, DEAD_LETTERS[1].columns + ("payload_sha256", "payload_truncated", "stage"),
                              DEAD_LETTERS[1].time_columns)
 MIGRATIONS.append(Migration(3, "dead letters: payload hash and truncation", (
     "ALTER TABLE {db}.dead_letters ADD COLUMN payload_sha256 String",
     "ALTER TABLE {db}.dead_letters ADD COLUMN payload_truncated UInt8",
+    "ALTER TABLE {db}.dead_letters ADD COLUMN stage String DEFAULT 'validation'",
 ), (_DEAD_LETTERS_V3,)))
 
 TABLES: dict[str, TableSpec] = {spec.name: spec for m in MIGRATIONS for spec in m.tables}

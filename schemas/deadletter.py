@@ -36,6 +36,7 @@ class DeadLetter(BaseModel):
     kafka_topic: str | None = None
     kafka_partition: int | None = None
     kafka_offset: int | None = None
+    stage: str = Field("validation", description="The step that refused the record: validation, or the step it broke.")
     field: str = Field(..., description="Dotted path of the first offending field, or '$' for the whole payload.")
     reason: str
     errors: list[dict[str, str]] = Field(default_factory=list, description="The first problems found: field, value, reason.")
@@ -48,7 +49,7 @@ class DeadLetter(BaseModel):
 
     @classmethod
     def wrap(cls, payload: bytes, *, kind: str, source: str, errors: list[dict[str, str]],
-             keep_bytes: int = DEFAULT_KEEP_BYTES, **where: object) -> DeadLetter:
+             keep_bytes: int = DEFAULT_KEEP_BYTES, stage: str = "validation", **where: object) -> DeadLetter:
         keep = max(0, min(keep_bytes, MAX_KEEP_BYTES))
         kept = [{k: _cut(v) for k, v in e.items()} for e in errors[:MAX_ERRORS]]
         first = kept[0] if kept else {"field": "$", "reason": "invalid"}
@@ -58,6 +59,7 @@ class DeadLetter(BaseModel):
         return cls(
             kind=_cut(kind),
             source=source,
+            stage=_cut(stage),
             field=first["field"],
             reason=first["reason"],
             errors=kept,

@@ -126,6 +126,7 @@ def dead_letter(e: DeadLetter) -> list[Row]:
             "payload": e.payload_b64,
             "payload_size": e.payload_size,
             "payload_sha256": e.payload_sha256 or "",
+            "stage": e.stage,
             "payload_truncated": int(e.payload_truncated),
         }
     ]

@@ -36,9 +36,10 @@ class FieldError:
 
 
 class InvalidEvent(ValueError):
-    def __init__(self, kind: str, errors: list[FieldError]):
+    def __init__(self, kind: str, errors: list[FieldError], stage: str = "validation"):
         self.kind = kind
         self.errors = errors
+        self.stage = stage  # validation, or the later step the record broke (`processing_error`)
         super().__init__(f"invalid {kind}: " + "; ".join(str(e) for e in errors))
 
     @property
@@ -51,14 +52,14 @@ class InvalidEvent(ValueError):
 
     def dead_letter(self, payload: bytes, source: str, *, keep_bytes: int = DEFAULT_KEEP_BYTES, **where: object) -> DeadLetter:
         return DeadLetter.wrap(payload, kind=self.kind, source=source, errors=[e.as_dict() for e in self.errors],
-                               keep_bytes=keep_bytes, **where)
+                               keep_bytes=keep_bytes, stage=self.stage, **where)
 
 
 def processing_error(kind: str, stage: str, exc: BaseException, payload: bytes | None = None) -> InvalidEvent:
     """A record that passed validation but broke a later step (`stage`): it becomes a dead letter like an invalid
     one, so that the content of one message can never stop a path. The reason names the step and the error."""
     size = f"{len(payload)} bytes" if payload is not None else "the record"
-    return InvalidEvent(kind, [FieldError("$", size, f"could not be processed by {stage}: {type(exc).__name__}: {_text(exc)}")])
+    return InvalidEvent(kind, [FieldError("$", size, f"could not be processed by {stage}: {type(exc).__name__}: {_text(exc)}")], stage)
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,25 @@ from streams.slices import Slice
 async def send_dead_letter(dlq_topic: Any, error: InvalidEvent, payload: bytes, source: str, *,
                            keep_bytes: int = DEFAULT_KEEP_BYTES, **where: Any) -> None:
     """Produce the dead letter (at most `keep_bytes` of the payload) and wait until Kafka has it (acks=all)."""
+    await (await produce_dead_letter(dlq_topic, error, payload, source, keep_bytes=keep_bytes, **where))
+
+
+async def produce_dead_letter(dlq_topic: Any, error: InvalidEvent, payload: bytes, source: str, *,
+                              keep_bytes: int = DEFAULT_KEEP_BYTES, **where: Any) -> Any:
+    """Queue the dead letter and return the future Kafka confirms it with. Letters of one source partition must be
+    queued in offset order, one after the other (not from concurrent tasks): `SourceMarks` relies on it."""
     letter = error.dead_letter(payload, source, keep_bytes=keep_bytes, **where)
-    fut = await dlq_topic.send(key=dead_letter_key(letter), value=letter.encode())
-    await fut
+    return await dlq_topic.send(key=dead_letter_key(letter), value=letter.encode())
+
+
+async def dead_letter_event(dlq_topic: Any, event: Any, error: InvalidEvent, *, limits: Limits) -> None:
+    """A Faust event's record as a dead letter (its raw bytes, the source coordinates), confirmed by Kafka: for a
+    record that fails a step after validation, or on a topic Wharf writes itself, so that no content stops an
+    agent and none is dropped unseen."""
+    msg = event.message
+    raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
+    await send_dead_letter(dlq_topic, error, raw, "kafka", keep_bytes=limits.dead_letter_keep_bytes,
+                           kafka_topic=msg.topic, kafka_partition=msg.partition, kafka_offset=msg.offset)
 
 
 def dead_letter_key(letter: DeadLetter) -> bytes:
@@ -94,16 +110,18 @@ def expire_dead_letters(ch, ttl_days: float, now: float) -> int | None:  # noqa:
 
 
 class SourceMarks:
-    """Highest source offset already dead-lettered, per source partition.
+    """Highest source offset already dead-lettered, per source partition and stage.
 
     A worker that dies after producing a dead letter but before committing the
     refused record's offset refuses it again after the restart; the copy has a
     source offset at or below the mark (dead letters of one source partition
-    arrive in order, see `dead_letter_key`), so it is acked and not stored twice.
+    arrive in order, see `dead_letter_key`, from each stage that refuses records:
+    validation in one agent, a model step in another), so it is acked and not
+    stored twice.
     """
 
     def __init__(self) -> None:
-        self.marks: dict[tuple[str, int], int] = {}
+        self.marks: dict[tuple[str, int, str], int] = {}
         self.loaded = False
 
     async def load(self, ch) -> None:  # noqa: ANN001 - streams.clickhouse.ClickHouse
@@ -111,16 +129,16 @@ class SourceMarks:
             return
         rows = await asyncio.to_thread(
             ch.query,
-            f"SELECT src_topic, src_partition, max(src_offset) FROM {ch.table('dead_letters')} "
-            f"WHERE src_partition >= 0 GROUP BY src_topic, src_partition",
+            f"SELECT src_topic, src_partition, stage, max(src_offset) FROM {ch.table('dead_letters')} "
+            f"WHERE src_partition >= 0 GROUP BY src_topic, src_partition, stage",
         )
-        self.marks = {(t, int(p)): int(o) for t, p, o in rows}
+        self.marks = {(t, int(p), stage): int(o) for t, p, stage, o in rows}
         self.loaded = True
 
     def is_copy(self, letter: DeadLetter) -> bool:
         if letter.kafka_topic is None or letter.kafka_partition is None or letter.kafka_offset is None:
             return False
-        key = (letter.kafka_topic, letter.kafka_partition)
+        key = (letter.kafka_topic, letter.kafka_partition, letter.stage)
         if letter.kafka_offset <= self.marks.get(key, -1):
             return True
         self.marks[key] = letter.kafka_offset

@@ -181,6 +181,10 @@ class Stack:
     def distinct_readings(self) -> int:
         return self.ch.query(f"SELECT count() FROM (SELECT device_id, seq FROM {self.ch.table('sensor_readings')} GROUP BY device_id, seq)")[0][0]
 
+    def kafka_letters(self) -> list[tuple]:
+        """(kind, topic, field, reason) of the dead letters of Kafka records, for failure messages."""
+        return self.ch.query(f"SELECT kind, src_topic, field, reason FROM {self.ch.table('dead_letters')} WHERE source = 'kafka'")
+
     def close(self) -> None:
         for w in self.workers:
             w.stop()

@@ -253,3 +253,20 @@ def test_dead_letters_expire_after_their_ttl(ch):
     assert sorted(o for (o,) in ch.query(f"SELECT kafka_offset FROM {ch.table('dead_letters')}")) == [2, 3]
     assert ch.query(f"SELECT payload_sha256 FROM {ch.table('dead_letters')} LIMIT 1")[0][0] == DeadLetter.wrap(
         b"x", kind="click", source="http", errors=[]).payload_sha256
+
+
+def test_dead_letters_of_one_partition_from_two_stages_are_not_taken_for_copies(ch):
+    """Validation (the storage agent) and a later step (the device owner) dead-letter records of the same source
+    partition independently: a later offset from one must not make the other's earlier one look redelivered."""
+    from schemas.validation import FieldError, InvalidEvent, processing_error
+    from streams.ingest import SourceMarks
+
+    where = {"kafka_topic": "readings", "kafka_partition": 3}
+    invalid = InvalidEvent("sensor_reading", [FieldError("seq", "-1", "must be >= 0")])
+    broke = processing_error("sensor_reading", "the anomaly model", RuntimeError("boom"))
+    marks = SourceMarks()
+    asyncio.run(marks.load(ch))
+    assert not marks.is_copy(invalid.dead_letter(b"{}", "kafka", kafka_offset=10, **where))
+    assert not marks.is_copy(broke.dead_letter(b"{}", "kafka", kafka_offset=5, **where))
+    assert marks.is_copy(invalid.dead_letter(b"{}", "kafka", kafka_offset=10, **where))  # a real copy: redelivered
+    assert broke.dead_letter(b"{}", "kafka", kafka_offset=5, **where).stage == "the anomaly model"
