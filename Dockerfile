@@ -31,7 +31,9 @@ COPY . .
 RUN pip install --no-deps . && pip check
 
 # Run as an unprivileged user; the state folder (Faust tables, logs) is a volume.
+# openssl: the one-shot mosquitto-init makes the broker's TLS certificate (wharf/infra/tls.py).
 RUN set -eux; \
+    apt-get update; apt-get install -y --no-install-recommends openssl; rm -rf /var/lib/apt/lists/*; \
     useradd --system --uid 10001 --user-group --create-home --home-dir /home/wharf wharf; \
     mkdir -p /var/lib/wharf; \
     chown wharf:wharf /var/lib/wharf

@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from mqtt_bridge.connection import bridge_endpoint, secure
 from mqtt_bridge.kafka import start_when_reachable
 from mqtt_bridge.topics import LEVEL, alerts_topic
 from schemas import codec
@@ -52,7 +53,8 @@ class AlertPublisher:
 
     def _client(self) -> mqtt.Client:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True, protocol=mqtt.MQTTv311)
-        c.username_pw_set(self.settings.mqtt_bridge_user, self.settings.mqtt_bridge_password)
+        c.username_pw_set(self.settings.mqtt_bridge_user, self.settings.bridge_password())
+        secure(c, self.settings)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         c.max_inflight_messages_set(1000)
         c.max_queued_messages_set(0)  # unbounded: the consumer only reads the next batch after this one was acked
@@ -62,7 +64,7 @@ class AlertPublisher:
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         client = self._client()
-        client.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30)
+        client.connect_async(*bridge_endpoint(self.settings), keepalive=30)
         client.loop_start()
         consumer = AIOKafkaConsumer(self.settings.topic_alerts, bootstrap_servers=self.settings.kafka_bootstrap,
                                     group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest")

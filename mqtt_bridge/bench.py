@@ -14,8 +14,10 @@ import time
 import uuid
 
 from mqtt_bridge.bridge import Bridge
+from mqtt_bridge.connection import mosquitto_client_args
 from schemas import codec
 from wharf.infra.kafka import delete_topics_containing, ensure_topics
+from wharf.secrets import device_registry
 from wharf.settings import Settings
 
 
@@ -41,11 +43,16 @@ async def bench_bridge(settings: Settings, messages: int = 30_000, publishers: i
     per = messages // len(creds)
     now = time.time()
     site = f"bench{u}"
-    lines = {user: b"\n".join(codec.dumps({"site": site, "zone": "z1", "device_id": user, "device_type": "cold_room", "ts": now,
+    registry = device_registry(s)
+    places = {user: (site if user not in registry or registry[user].site == "+" else registry[user].site,
+                     "z1" if user not in registry or registry[user].zone == "+" else registry[user].zone) for user, _ in creds}
+    lines = {user: b"\n".join(codec.dumps({"site": places[user][0], "zone": places[user][1], "device_id": user, "device_type": "cold_room", "ts": now,
                                            "seq": i, "metrics": {"temperature": 4.0}}) for i in range(per)) + b"\n" for user, _ in creds}
     t0 = time.monotonic()
-    procs = [subprocess.Popen(["mosquitto_pub", "-h", s.mqtt_host, "-p", str(s.mqtt_port), "-u", user, "-P", pw, "-q", "1", "-V", "mqttv311",
-                               "-t", f"wharf/{site}/z1/{user}/telemetry", "-l"], stdin=subprocess.PIPE) for user, pw in creds]
+    # The password goes in the environment-free way mosquitto_pub offers (-P); the client id is the user name (the broker's rule).
+    procs = [subprocess.Popen(["mosquitto_pub", *mosquitto_client_args(s), "-i", user, "-u", user, "-P", pw, "-q", "1", "-V", "mqttv311",
+                               "-t", f"wharf/{places[user][0]}/{places[user][1]}/{user}/telemetry", "-l"], stdin=subprocess.PIPE)
+             for user, pw in creds]
     for proc, (user, _) in zip(procs, creds, strict=True):
         proc.stdin.write(lines[user])
         proc.stdin.close()

@@ -28,6 +28,7 @@ import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, RequestTimedOutError
 
+from mqtt_bridge.connection import bridge_endpoint, secure
 from mqtt_bridge.kafka import start_when_reachable
 from mqtt_bridge.topics import TopicError, parse_topic
 from schemas.events import DeviceStatus, SensorReading
@@ -137,7 +138,8 @@ class Bridge:
     def _make_client(self) -> mqtt.Client:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False,
                              protocol=mqtt.MQTTv311, manual_ack=True)
-        client.username_pw_set(self.settings.mqtt_bridge_user, self.settings.mqtt_bridge_password)
+        client.username_pw_set(self.settings.mqtt_bridge_user, self.settings.bridge_password())
+        secure(client, self.settings)
         client.max_inflight_messages_set(1000)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -190,7 +192,7 @@ class Bridge:
         delay = 1.0
         while True:
             try:
-                self._client.connect(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30)
+                self._client.connect(*bridge_endpoint(self.settings), keepalive=30)
                 break
             except OSError as exc:
                 log.warning("MQTT broker not reachable (%s); retrying in %.0fs", exc, delay)

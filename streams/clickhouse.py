@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from schemas import codec
+from wharf.redact import redact
 
 
 class ClickHouseError(RuntimeError):
@@ -147,9 +148,9 @@ class ServerClickHouse(ClickHouse):
                 return fn(self._client)
             except (errors.NetworkError, errors.SocketTimeoutError, EOFError, ConnectionError, OSError) as exc:
                 self._client.disconnect()
-                raise ClickHouseError(f"ClickHouse server unreachable at {self.url}: {exc}", retryable=True) from None
+                raise ClickHouseError(f"ClickHouse server unreachable at {redact(self.url)}: {redact(exc)}", retryable=True) from None
             except errors.Error as exc:
-                raise ClickHouseError(f"ClickHouse: {exc}\n  in: {sql[:300]}") from None
+                raise ClickHouseError(f"ClickHouse: {redact(exc)}\n  in: {sql[:300]}") from None
 
     def command(self, sql: str) -> None:
         self._call(lambda c: c.execute(sql), sql)
@@ -207,8 +208,24 @@ def connect(url: str, default_chdb_path: Path | None = None) -> ClickHouse:
             return _EMBEDDED[key]
     if url.startswith("clickhouse://"):
         return ServerClickHouse(url)
-    raise ValueError(f"WHARF_CLICKHOUSE_URL: {url!r} must start with chdb:// or clickhouse://")
+    raise ValueError(f"WHARF_CLICKHOUSE_URL: {redact(url)!r} must start with chdb:// or clickhouse://")
 
 
 def from_settings(settings: Any) -> ClickHouse:
-    return connect(settings.clickhouse_url, settings.chdb_path)
+    return connect(with_local_password(settings, settings.clickhouse_url), settings.chdb_path)
+
+
+def with_local_password(settings: Any, url: str) -> str:
+    """`url` with the local server's generated password when it names that server (`wharf infra up` manages its
+    users) without one; any other URL as it is."""
+    parsed = urlparse(url)
+    if (parsed.scheme != "clickhouse" or parsed.password or parsed.hostname not in ("127.0.0.1", "localhost")
+            or parsed.port != settings.clickhouse_server_tcp_port):
+        return url
+    from wharf.secrets import clickhouse_password
+
+    password = clickhouse_password(settings)
+    if not password:
+        return url
+    user = parsed.username or "default"
+    return parsed._replace(netloc=f"{user}:{quote(password, safe='')}@{parsed.hostname}:{parsed.port}").geturl()

@@ -10,6 +10,7 @@ from faust.web import Request, Response, View
 
 from streams import heap, loopwatch
 from streams.app import app, storage
+from wharf.redact import redact
 
 
 @app.page("/stats")
@@ -17,7 +18,8 @@ class Stats(View):
     """Writer counters and row counts per table: a health view for operators and the demo."""
 
     async def get(self, request: Request) -> Response:
-        writers = {name: dataclasses.asdict(w.stats) | {"pending_rows": w.pending_rows} for name, w in storage.writers.items()}
+        writers = {name: {k: redact(v) if k == "last_error" and v else v for k, v in dataclasses.asdict(w.stats).items()}
+                   | {"pending_rows": w.pending_rows} for name, w in storage.writers.items()}
         tables: dict[str, Any] = {}
         try:
             ch = storage.ch
@@ -25,7 +27,7 @@ class Stats(View):
                 rows = await asyncio.to_thread(ch.query, f"SELECT count() FROM {ch.table(table)}")
                 tables[table] = int(rows[0][0])
         except Exception as exc:  # a health view reports, it does not fail
-            tables["error"] = str(exc).splitlines()[0]
+            tables["error"] = redact(str(exc).splitlines()[0])
         dispatch = getattr(app.consumer, "dispatch_stats", None)
         return self.json({"url": str(app.conf.canonical_url),  # where the other workers forward requests for this one
                           "writers": writers, "tables": tables, "gc": heap.pauses.as_dict(), "loop": loopwatch.watch.as_dict(),

@@ -48,7 +48,7 @@ def unique() -> str:
 
 @pytest.fixture(scope="session")
 def server_url(stack: Settings) -> str:
-    return f"clickhouse://default:@127.0.0.1:{stack.clickhouse_server_tcp_port}"
+    return stack.local_clickhouse_server_url.rsplit("/", 1)[0]  # with the password `wharf infra up` generated
 
 
 @pytest.fixture(scope="session")

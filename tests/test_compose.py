@@ -34,7 +34,22 @@ MOSQUITTO_DIR = ROOT / "deploy" / "mosquitto"
 GRAFANA_DATASOURCES = ROOT / "deploy" / "grafana" / "provisioning" / "datasources"
 
 # Services that run the repo's image (Wharf's own code, configured by WHARF_*).
-WHARF_SERVICES = ("kafka-init", "wharf-worker", "wharf-bridge")
+WHARF_SERVICES = ("kafka-init", "mosquitto-init", "wharf-worker", "wharf-bridge")
+# The operator's .env (never committed): what Compose interpolates into ${NAME:?...} references.
+DOTENV = {"WHARF_MQTT_BRIDGE_PASSWORD": "compose-bridge-pw-1", "WHARF_CLICKHOUSE_PASSWORD": "compose-ch-pw-2",
+          "WHARF_MQTT_DEVICES": "dev-001:compose-dev-pw-3", "WHARF_MQTT_DEVICE_REGISTRY": "dev-001=site-1/zone-a"}
+_REF = re.compile(r"\$\{(\w+)(?::?[-?][^}]*)?\}")
+
+
+def interpolate(value: str) -> str:
+    """Compose's ${NAME}, ${NAME:?message} and ${NAME:-default} with DOTENV; $$ is a literal $ for the container."""
+    def one(m: re.Match) -> str:
+        if m.group(1) in DOTENV:
+            return DOTENV[m.group(1)]
+        default = re.match(r"\$\{\w+:?-([^}]*)\}", m.group(0))
+        assert default, f"{m.group(0)} has no value in the test .env"
+        return default.group(1)
+    return _REF.sub(one, value).replace("$$", "$")
 
 
 # --- helpers -------------------------------------------------------------------
@@ -54,7 +69,7 @@ def env_of(service: dict) -> dict[str, str]:
     env = service.get("environment") or {}
     if isinstance(env, list):  # KEY=VALUE form
         env = dict(item.split("=", 1) for item in env)
-    return {k: str(v) for k, v in env.items()}
+    return {k: interpolate(str(v)) for k, v in env.items()}
 
 
 def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str]) -> Settings:
@@ -230,7 +245,7 @@ def test_wharf_reaches_kafka_on_the_internal_listener(services: dict, monkeypatc
     env = env_of(services["kafka"])
     advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
     bound = listeners(env["KAFKA_LISTENERS"])
-    for name in WHARF_SERVICES:
+    for name in (n for n in WHARF_SERVICES if n != "mosquitto-init"):  # it only writes Mosquitto's files
         s = container_settings(services, name, monkeypatch, tmp_path)
         host, port = host_port(s.kafka_bootstrap)
         assert host in service_names("kafka", services["kafka"]), f"{name}: bootstrap {s.kafka_bootstrap} is not the kafka service"
@@ -292,31 +307,55 @@ def mosquitto_conf() -> list[tuple[str, str]]:
     return conf_lines((MOSQUITTO_DIR / "mosquitto.conf").read_text())
 
 
-def test_acl_file_is_acl_text(services: dict, monkeypatch, tmp_path) -> None:
-    s = container_settings(services, "wharf-bridge", monkeypatch, tmp_path)
-    assert (MOSQUITTO_DIR / "acl").read_text() == acl_text(s)
-    assert (MOSQUITTO_DIR / "acl").read_text() == acl_text(isolated_settings(monkeypatch, tmp_path, {}))
-
-
 def _passwd_ok(password: str, entry: str) -> bool:
     parts = entry.split("$")
     if parts[1] == "7":  # $7$iterations$salt$hash: PBKDF2-HMAC-SHA512 (mosquitto >= 2.0)
         iterations, salt, digest = int(parts[2]), base64.b64decode(parts[3]), base64.b64decode(parts[4])
         return hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, len(digest)) == digest
-    if parts[1] == "6":  # $6$salt$hash: SHA512(password + salt) (mosquitto 1.x)
-        salt, digest = base64.b64decode(parts[2]), base64.b64decode(parts[3])
-        return hashlib.sha512(password.encode() + salt).digest() == digest
     raise AssertionError(f"unknown mosquitto password hash type ${parts[1]}$")
 
 
-def test_passwd_file_has_exactly_the_bridge_and_devices_with_their_passwords(services: dict, monkeypatch, tmp_path) -> None:
-    s = container_settings(services, "wharf-bridge", monkeypatch, tmp_path)
-    expected = {s.mqtt_bridge_user: s.mqtt_bridge_password, **s.device_credentials()}
-    entries = dict(line.split(":", 1) for line in (MOSQUITTO_DIR / "passwd").read_text().splitlines() if line.strip())
-    assert set(entries) == set(expected)
-    for user, password in expected.items():
-        assert _passwd_ok(password, entries[user]), f"passwd: {user}'s hash does not match the settings' password"
-    assert not _passwd_ok("wrong-password", entries[s.mqtt_bridge_user])
+def run_mosquitto_init(services: dict, monkeypatch, tmp_path) -> tuple[Settings, Path]:
+    """Run mosquitto-init's own command (the operator's .env: DOTENV) into a folder; return its settings and the folder."""
+    import sys
+
+    import wharf.settings
+
+    init = services["mosquitto-init"]
+    assert init["entrypoint"] == ["python", "-c"] and init.get("restart", "no") == "no"
+    code, target = init["command"]
+    assert any(str(v).endswith(":" + target) for v in init["volumes"])
+    container = container_settings(services, "mosquitto-init", monkeypatch, tmp_path)
+    monkeypatch.setattr(wharf.settings, "get_settings", lambda: container)
+    out = tmp_path / "mosquitto-config"
+    out.mkdir()
+    monkeypatch.setattr(sys, "argv", ["-c", str(out)])
+    exec(compile(code, "mosquitto-init", "exec"), {"__name__": "__main__"})
+    return container, out
+
+
+def test_mosquitto_init_writes_the_acl_and_passwords_from_the_operators_env(services: dict, monkeypatch, tmp_path) -> None:
+    s, out = run_mosquitto_init(services, monkeypatch, tmp_path)
+    assert (out / "acl").read_text() == acl_text(s)
+    assert "user dev-001\ntopic write wharf/site-1/zone-a/dev-001/telemetry" in (out / "acl").read_text()
+    devices = dict(line.split(":", 1) for line in (out / "passwd").read_text().splitlines())
+    services_ = dict(line.split(":", 1) for line in (out / "passwd-services").read_text().splitlines())
+    assert set(devices) == {"dev-001"} and set(services_) == {s.mqtt_bridge_user}
+    assert _passwd_ok("compose-dev-pw-3", devices["dev-001"]) and not _passwd_ok("dev-001-secret", devices["dev-001"])
+    assert _passwd_ok("compose-bridge-pw-1", services_[s.mqtt_bridge_user])
+    assert {"ca.crt", "server.crt", "server.key"} <= {p.name for p in (out / "tls").iterdir()}
+
+
+def test_no_usable_default_password_is_committed(services: dict) -> None:
+    assert not (MOSQUITTO_DIR / "passwd").exists() and not (MOSQUITTO_DIR / "acl").exists()
+    text = COMPOSE.read_text() + "".join(f.read_text() for f in GRAFANA_DATASOURCES.glob("*.y*ml"))
+    for literal in ("wharf-secret", "wharf-bridge-secret", "-secret"):
+        assert literal not in text
+    raw = {k: str(v) for svc in services.values() for k, v in (svc.get("environment") or {}).items()}
+    for key, value in raw.items():
+        if "PASSWORD" in key or key == "WHARF_MQTT_DEVICES":
+            assert value.startswith("${") and ":?" in value, f"{key} is not taken from the operator's .env"
+    assert _REF.search(raw["WHARF_CLICKHOUSE_URL"]), "the ClickHouse URL's password is not from .env"
 
 
 def test_mosquitto_service_uses_the_committed_files(services: dict, monkeypatch, tmp_path) -> None:
@@ -324,39 +363,46 @@ def test_mosquitto_service_uses_the_committed_files(services: dict, monkeypatch,
     conf = dict(mosquitto_conf())
     mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in svc["volumes"]}
     mount_point = next(target for target, source in mounts.items() if source.rstrip("/") in ("./deploy/mosquitto", "deploy/mosquitto"))
+    generated = next(target for target, source in mounts.items() if source == "mosquitto-config")
     command = " ".join(svc["command"])
     assert f"-c {mount_point}/mosquitto.conf" in command
-    for key, name in (("password_file", "passwd"), ("acl_file", "acl")):
-        target = conf[key]
-        assert target.endswith("/" + name)
-        assert f"{mount_point}/{name}" in command and str(Path(target).parent) in command, f"{key} {target} is not installed by the command"
+    installed = {k: v for k, v in mosquitto_conf() if k in ("password_file", "acl_file", "certfile", "keyfile")}
+    for key, target in mosquitto_conf():
+        if key in installed:
+            name = Path(target).name
+            assert f"{generated}/" in command and name in command and str(Path(target).parent) in command, f"{key} {target} is not installed"
+    assert svc["depends_on"]["mosquitto-init"]["condition"] == "service_completed_successfully"
     assert conf["allow_anonymous"] == "false" and conf["persistence"] == "true"
     assert any(target == conf["persistence_location"].rstrip("/") and not source.startswith(".") for target, source in mounts.items())
 
 
 def test_wharf_reaches_mosquitto(services: dict, monkeypatch, tmp_path) -> None:
-    port = int(dict(mosquitto_conf())["listener"].split()[0])
+    ports = [int(v.split()[0]) for k, v in mosquitto_conf() if k == "listener"]
     for name in ("wharf-bridge",):
         s = container_settings(services, name, monkeypatch, tmp_path)
         assert s.mqtt_host in service_names("mosquitto", services["mosquitto"])
-        assert s.mqtt_port == port
+        assert {s.mqtt_port, s.mqtt_bridge_port, s.mqtt_tls_port} == set(ports)
         assert services[name]["depends_on"]["mosquitto"]["condition"] == "service_healthy"
     defaults = isolated_settings(monkeypatch, tmp_path, {})
-    assert published(services["mosquitto"]).get(port) == defaults.mqtt_port
-    check = services["mosquitto"]["healthcheck"]["test"]
-    args = {check[i]: check[i + 1] for i in range(len(check) - 1)}
-    assert args["-u"] == defaults.mqtt_bridge_user and args["-P"] == defaults.mqtt_bridge_password and args["-p"] == str(port)
+    assert published(services["mosquitto"]).get(defaults.mqtt_port) == defaults.mqtt_port
+    assert published(services["mosquitto"]).get(defaults.mqtt_tls_port) == defaults.mqtt_tls_port
+    assert defaults.mqtt_bridge_port not in published(services["mosquitto"]), "the bridge listener is for containers only"
+    kind, check = services["mosquitto"]["healthcheck"]["test"]
+    args = dict(re.findall(r"(-\w) (\S+)", check))
+    assert kind == "CMD-SHELL" and args["-u"] == defaults.mqtt_bridge_user and args["-p"] == str(defaults.mqtt_bridge_port)
+    assert args["-P"] == '"$$WHARF_MQTT_BRIDGE_PASSWORD"' and "WHARF_MQTT_BRIDGE_PASSWORD" in services["mosquitto"]["environment"]
 
 
 def test_mosquitto_matches_the_native_broker_config(monkeypatch, tmp_path) -> None:
     """Every directive `wharf infra up` writes, except addresses, paths and the OS user, is the same here."""
-    assert shutil.which("mosquitto_passwd"), "scripts/setup.sh installs mosquitto"
     from wharf.infra.mosquitto import Mosquitto
+    from wharf.secrets import ensure_secrets
 
     settings = isolated_settings(monkeypatch, tmp_path, {"WHARF_STATE_DIR": str(tmp_path / "state")})
+    ensure_secrets(settings)
     broker = Mosquitto(settings)
     broker._write_config()
-    local_only = {"user", "listener", "password_file", "acl_file", "persistence_location", "log_dest"}
+    local_only = {"user", "listener", "password_file", "acl_file", "persistence_location", "log_dest", "certfile", "keyfile"}
     native = sorted(kv for kv in conf_lines((broker.dir / "mosquitto.conf").read_text()) if kv[0] not in local_only)
     compose_side = sorted(kv for kv in mosquitto_conf() if kv[0] not in local_only)
     assert compose_side == native
@@ -379,8 +425,8 @@ def test_wharf_reaches_clickhouse_with_its_user(services: dict, monkeypatch, tmp
         assert unquote(url.password or "") == ch["CLICKHOUSE_PASSWORD"]
         assert url.path.lstrip("/") == ch["CLICKHOUSE_DB"]
     assert services["wharf-worker"]["depends_on"]["clickhouse"]["condition"] == "service_healthy"
-    check = services["clickhouse"]["healthcheck"]["test"]
-    assert ch["CLICKHOUSE_USER"] in check and ch["CLICKHOUSE_PASSWORD"] in check
+    kind, check = services["clickhouse"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL" and '"$$CLICKHOUSE_USER"' in check and '"$$CLICKHOUSE_PASSWORD"' in check
     assert any(str(v).endswith(":/var/lib/clickhouse") for v in services["clickhouse"]["volumes"])
 
 
@@ -394,7 +440,8 @@ def test_grafana_datasource_points_at_clickhouse(services: dict) -> None:
     assert ds["jsonData"]["host"] in service_names("clickhouse", services["clickhouse"])
     assert (ds["jsonData"]["protocol"], int(ds["jsonData"]["port"])) == ("native", 9000)
     assert ds["jsonData"]["username"] == ch["CLICKHOUSE_USER"]
-    assert ds["secureJsonData"]["password"] == ch["CLICKHOUSE_PASSWORD"]
+    assert ds["secureJsonData"]["password"] == "$WHARF_CLICKHOUSE_PASSWORD"  # Grafana reads it from its environment
+    assert env_of(services["grafana"])["WHARF_CLICKHOUSE_PASSWORD"] == ch["CLICKHOUSE_PASSWORD"]
     assert ds["jsonData"]["defaultDatabase"] == ch["CLICKHOUSE_DB"]
     assert "grafana-clickhouse-datasource" in env_of(services["grafana"]).get("GF_PLUGINS_PREINSTALL", "")
 

@@ -1,4 +1,6 @@
-"""The real Mosquitto: password auth, per-device ACLs, and QoS 1 persistence across a broker restart."""
+"""The real Mosquitto: password auth, per-device ACLs, and QoS 1 persistence across a broker restart.
+
+The bridge user logs in on the bridge listener (WHARF_MQTT_BRIDGE_PORT), devices on the device listener."""
 
 import queue
 import threading
@@ -7,6 +9,7 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import SecretStr
 
 from wharf.infra.mosquitto import Mosquitto, check_login
 
@@ -16,7 +19,7 @@ pytestmark = pytest.mark.infra
 class Client:
     """A small synchronous wrapper: connect, subscribe, publish QoS 1 and wait for the broker's answer."""
 
-    def __init__(self, settings, user, password, client_id=None, clean_start=True, v5=True):
+    def __init__(self, settings, user, password, client_id=None, clean_start=True, v5=True, port=None, ca_file=None):
         self.messages: queue.Queue = queue.Queue()
         self.acks: dict[int, ReasonCode] = {}
         self.subacks: queue.Queue = queue.Queue()
@@ -27,6 +30,11 @@ class Client:
             self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or uuid.uuid4().hex,
                                  protocol=mqtt.MQTTv311, clean_session=clean_start)
         self.c.username_pw_set(user, password)
+        if ca_file is not None:
+            self.c.tls_set(ca_certs=str(ca_file))
+        port = port or (settings.mqtt_bridge_port if user == settings.mqtt_bridge_user else settings.mqtt_port)
+        self.disconnects: queue.Queue = queue.Queue()
+        self.c.on_disconnect = lambda c, u, f, rc, p: self.disconnects.put(rc)
         self.c.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload))
         self.c.on_publish = self._on_publish
         self.c.on_subscribe = lambda c, u, mid, rcs, props: self.subacks.put(rcs)
@@ -35,9 +43,9 @@ class Client:
         if v5:
             props = mqtt.Properties(mqtt.PacketTypes.CONNECT)
             props.SessionExpiryInterval = 3600
-            self.c.connect(settings.mqtt_host, settings.mqtt_port, clean_start=clean_start, properties=props)
+            self.c.connect(settings.mqtt_host, port, clean_start=clean_start, properties=props)
         else:
-            self.c.connect(settings.mqtt_host, settings.mqtt_port)
+            self.c.connect(settings.mqtt_host, port)
         self.c.loop_start()
         assert connected.wait(10), "no CONNACK"
 
@@ -62,15 +70,18 @@ class Client:
 
 
 def test_password_auth(stack):
-    assert check_login(stack.mqtt_host, stack.mqtt_port, stack.mqtt_bridge_user, stack.mqtt_bridge_password) == 0
+    assert check_login(stack.mqtt_host, stack.mqtt_bridge_port, stack.mqtt_bridge_user, stack.bridge_password()) == 0
     assert check_login(stack.mqtt_host, stack.mqtt_port, "dev-001", "dev-001-secret") == 0
+    # Each user on its own listener only: the bridge's password does not open the device port, nor a device's the bridge's.
+    assert check_login(stack.mqtt_host, stack.mqtt_port, stack.mqtt_bridge_user, stack.bridge_password()) in (134, 135)
+    assert check_login(stack.mqtt_host, stack.mqtt_bridge_port, "dev-001", "dev-001-secret") in (134, 135)
     # Mosquitto 2.0 answers 135 (not authorized); newer brokers 134 (bad user name or password).
     assert check_login(stack.mqtt_host, stack.mqtt_port, "dev-001", "wrong") in (134, 135)
     assert check_login(stack.mqtt_host, stack.mqtt_port, "intruder", "x") in (134, 135)
 
 
 def test_device_publishes_its_own_telemetry_and_the_bridge_receives_it(stack, unique):
-    bridge = Client(stack, stack.mqtt_bridge_user, stack.mqtt_bridge_password)
+    bridge = Client(stack, stack.mqtt_bridge_user, stack.bridge_password())
     device = Client(stack, "dev-001", "dev-001-secret")
     try:
         assert not bridge.subscribe("wharf/+/+/+/telemetry")[0].is_failure
@@ -85,7 +96,7 @@ def test_device_publishes_its_own_telemetry_and_the_bridge_receives_it(stack, un
 
 
 def test_acl_refuses_a_device_speaking_for_another(stack, unique):
-    bridge = Client(stack, stack.mqtt_bridge_user, stack.mqtt_bridge_password)
+    bridge = Client(stack, stack.mqtt_bridge_user, stack.bridge_password())
     device = Client(stack, "dev-001", "dev-001-secret")
     snoop = Client(stack, "dev-002", "dev-002-secret")
     try:
@@ -115,7 +126,7 @@ def test_qos1_messages_survive_a_broker_restart(stack, unique):
     (measured here), so the bridge uses 3.1.1 for its subscription.
     """
     client_id = f"test-bridge-{unique}"
-    bridge = Client(stack, stack.mqtt_bridge_user, stack.mqtt_bridge_password, client_id=client_id, clean_start=False, v5=False)
+    bridge = Client(stack, stack.mqtt_bridge_user, stack.bridge_password(), client_id=client_id, clean_start=False, v5=False)
     bridge.subscribe(f"wharf/site-{unique}/+/+/telemetry")
     bridge.close()  # session stays (expiry 1 h)
     device = Client(stack, "dev-001", "dev-001-secret")
@@ -127,7 +138,7 @@ def test_qos1_messages_survive_a_broker_restart(stack, unique):
     broker.stop()  # SIGTERM: mosquitto writes its persistence file
     broker.start()
 
-    bridge = Client(stack, stack.mqtt_bridge_user, stack.mqtt_bridge_password, client_id=client_id, clean_start=False, v5=False)
+    bridge = Client(stack, stack.mqtt_bridge_user, stack.bridge_password(), client_id=client_id, clean_start=False, v5=False)
     try:
         got = [bridge.messages.get(timeout=10)[1] for _ in range(20)]
         assert got == [f"m{i}".encode() for i in range(20)]
@@ -143,7 +154,7 @@ def test_new_device_credentials_take_effect_without_a_restart(stack, unique):
 
     newcomer = f"dev-{unique}"
     assert check_login(stack.mqtt_host, stack.mqtt_port, newcomer, "pw") in (134, 135)
-    grown = stack.model_copy(update={"mqtt_devices": stack.mqtt_devices + f",{newcomer}:pw"})
+    grown = stack.model_copy(update={"mqtt_devices": SecretStr(stack.mqtt_devices.get_secret_value() + f",{newcomer}:pw")})
     broker = Mosquitto(grown)
     pid = broker.process.pid()
     assert broker.start() == 0.0 and broker.process.pid() == pid  # same process, not restarted

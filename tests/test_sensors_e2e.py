@@ -66,14 +66,17 @@ async def make_topics(stack, env: dict[str, str]) -> None:
 
 
 def add_devices(settings, ids: list[str]) -> None:
-    """Give devices MQTT credentials on the running test Mosquitto (password `<id>-secret`) and reload it (SIGHUP)."""
+    """Register devices for the test's site (password `<id>-secret`, test-only) on the running test Mosquitto: it
+    rewrites the password and ACL files and reloads them (SIGHUP)."""
+    from pydantic import SecretStr
+
     from wharf.infra.mosquitto import Mosquitto
 
-    mosq = Mosquitto(settings)
-    passwd = mosq.dir / "passwd"
-    for device_id in ids:
-        subprocess.run(["mosquitto_passwd", "-b", str(passwd), device_id, f"{device_id}-secret"], check=True, capture_output=True)
-    os.kill(mosq.process.pid(), signal.SIGHUP)
+    grown = settings.model_copy(update={
+        "mqtt_devices": SecretStr(",".join([settings.mqtt_devices.get_secret_value(), *(f"{d}:{d}-secret" for d in ids)])),
+        "mqtt_device_registry": ",".join([settings.mqtt_device_registry, *(f"{d}={SITE}/+" for d in ids)]),
+    })
+    Mosquitto(grown).start()
     time.sleep(0.5)
 
 
@@ -203,13 +206,14 @@ async def test_devices_through_bridge_and_worker_exactly_once_with_alarm_raised_
     await make_topics(stack, env)
     n_devices, per_device = 12, 60
     ids = [f"e{unique[:6]}-{i:02d}" for i in range(n_devices)]
-    add_devices(stack, ids)
+    watcher_id = f"e{unique[:6]}-watch"  # a login of its own: on device ports the client id is the user name
+    add_devices(stack, [*ids, watcher_id])
     st = Stack(stack, env, tmp_path, unique)
     st.workers.append(st.worker().start())
     st.bridge.start()
     alerts_seen: list[dict] = []
     watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{unique}", protocol=mqtt.MQTTv311)
-    watcher.username_pw_set(ids[0], f"{ids[0]}-secret")
+    watcher.username_pw_set(watcher_id, f"{watcher_id}-secret")
     watcher.on_message = lambda c, u, m: alerts_seen.append(codec.loads(m.payload))
     watcher.connect(stack.mqtt_host, stack.mqtt_port)
     watcher.subscribe(f"wharf/{SITE}/alerts", qos=1)

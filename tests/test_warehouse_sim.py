@@ -80,10 +80,11 @@ def test_scheduled_faults_rotate_through_every_kind():
     assert all(f.kind not in ("compressor_failure", "door_left_open") or f.device_id.startswith("coldroom") for f in sim.faults)
 
 
-def test_mqtt_credentials_setting_covers_every_device():
+def test_registry_setting_binds_every_device_to_its_site_and_zone():
+    from wharf.secrets import Placement, parse_registry
+
     sim = WarehouseSimulator()
-    entries = dict(e.split(":") for e in sim.mqtt_devices_setting().split(","))
-    assert entries == {d.device_id: d.password for d in sim.devices}
+    assert parse_registry(sim.registry_setting(), "test") == {d.device_id: Placement(d.site, d.zone) for d in sim.devices}
 
 
 @pytest.mark.infra
@@ -94,21 +95,28 @@ def test_fleet_logs_in_as_each_device_and_publishes_in_real_time(settings, tmp_p
 
     import paho.mqtt.client as mqtt
 
+    from pydantic import SecretStr
+
     from wharf.infra.mosquitto import Mosquitto
+    from wharf.secrets import ensure_secrets
     from wharf.simulator.devices import DeviceFleet
 
     sim = WarehouseSimulator(WarehouseConfig(sites=1, zones_per_site=1, devices_per_zone=4, interval_s=0.5,
                                              start_ts=__import__("time").time(), fault_every_s=0))
-    s = settings.model_copy(update={"state_dir": tmp_path, "mqtt_port": settings.mqtt_port + 100, "mqtt_devices": sim.mqtt_devices_setting()})
+    # Its own broker and state folder: `ensure_secrets` generates the devices' passwords from the registry.
+    s = settings.model_copy(update={"state_dir": tmp_path, "mqtt_port": settings.mqtt_port + 100, "mqtt_bridge_port": settings.mqtt_bridge_port + 100,
+                                    "mqtt_tls_port": settings.mqtt_tls_port + 100, "mqtt_devices": SecretStr(""),
+                                    "mqtt_device_registry": sim.registry_setting()})
+    ensure_secrets(s)
     broker = Mosquitto(s)
     broker.start()
     got: queue.Queue = queue.Queue()
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fleet-test-bridge", protocol=mqtt.MQTTv311)
-    sub.username_pw_set(s.mqtt_bridge_user, s.mqtt_bridge_password)
+    sub.username_pw_set(s.mqtt_bridge_user, s.bridge_password())
     ready = threading.Event()
     sub.on_connect = lambda c, *a: (c.subscribe([("wharf/+/+/+/telemetry", 1), ("wharf/+/+/+/status", 1)]), ready.set())
     sub.on_message = lambda c, u, m: got.put((m.topic, m.payload))
-    sub.connect(s.mqtt_host, s.mqtt_port)
+    sub.connect(s.mqtt_host, s.mqtt_bridge_port)
     sub.loop_start()
     fleet = DeviceFleet(s, sim, truth_file=tmp_path / "truth.jsonl")
     try:

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from wharf.redact import install_log_redaction, redact
 from wharf.settings import Settings, describe, get_settings
 
 app = typer.Typer(
@@ -38,7 +39,7 @@ def _settings() -> Settings:
     try:
         return get_settings()
     except Exception as exc:  # pydantic's message already names the variable and the reason
-        console.print(f"[red]invalid settings:[/red] {exc}")
+        console.print(f"[red]invalid settings:[/red] {redact(exc)}")
         raise typer.Exit(2) from None
 
 
@@ -61,6 +62,10 @@ def infra_up(
         took = "already running" if not st.ready_seconds else f"ready in {st.ready_seconds:.1f}s"
         console.print(f"[green]✓[/green] {st.name:<10} pid {st.pid:<7} {took:<18} {st.where}", soft_wrap=True)
     console.print(f"stack ready in {time.monotonic() - started:.1f}s; state in {settings.state_dir}")
+    from wharf.secrets import secrets_dir
+
+    console.print(f"secrets (0600, never printed) in {secrets_dir(settings)}: mqtt-bridge-password, mqtt-devices, clickhouse-password, "
+                  f"api-keys, operator-token; MQTT CA {settings.ca_file()}", soft_wrap=True)
 
 
 @infra_app.command("down")
@@ -83,7 +88,7 @@ def infra_status() -> None:
     for st in infra.status(settings):
         state = "[green]running[/green]" if st.running else "[dim]stopped[/dim]"
         console.print(f"{st.name:<10} {state:<24} pid {str(st.pid or '-'):<7} {st.where}\n{'':<11}log {st.log}", soft_wrap=True)
-    console.print(f"ClickHouse used by Wharf: {settings.clickhouse_url}", soft_wrap=True)
+    console.print(f"ClickHouse used by Wharf: {redact(settings.clickhouse_url)}", soft_wrap=True)
 
 
 @app.command("worker")
@@ -100,6 +105,7 @@ def worker(
     use_event_loop()
     from streams import heap
 
+    install_log_redaction()
     heap.configure()  # before the imports below allocate most of what the worker starts with
     import agents  # noqa: F401 - registers the agents
     import streams.web  # noqa: F401 - registers the web views
@@ -174,6 +180,7 @@ def bridge(
     from mqtt_bridge.bridge import run_bridge
 
     logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
+    install_log_redaction()
     stats = asyncio.run(run_bridge(_settings(), client_id, share_group or None))
     console.print(stats.line())
 
@@ -189,7 +196,8 @@ def simulate(
     speed: float = typer.Option(1.0, help="Simulated seconds per wall second."),
     fault_every: float = typer.Option(120.0, help="Mean seconds (simulated) between injected faults; 0 for none."),
     truth: Path = typer.Option(None, help="Append the injected faults (ground truth) to this JSON-lines file."),
-    print_credentials: bool = typer.Option(False, help="Print the WHARF_MQTT_DEVICES value these devices need, and exit."),
+    register: bool = typer.Option(False, help="Add these devices (with their sites and zones) to the registry STATE_DIR/devices, and exit; "
+                                  "`wharf infra up` then gives them passwords and ACL entries."),
 ) -> None:
     """A warehouse of authenticated MQTT devices publishing telemetry in real time, with injected faults; works against any deployment."""
     import signal as _signal
@@ -200,15 +208,18 @@ def simulate(
     cfg = WarehouseConfig(seed=seed, sites=sites, zones_per_site=zones, devices_per_zone=devices, interval_s=interval,
                           start_ts=time.time(), fault_every_s=fault_every)
     sim = WarehouseSimulator(cfg)
-    if print_credentials:
-        print(sim.mqtt_devices_setting())
+    if register:
+        from wharf.secrets import parse_registry, register_devices
+
+        path = register_devices(_settings(), parse_registry(sim.registry_setting(), "simulator"))
+        console.print(f"{len(sim.devices)} devices registered in {path}; now run `wharf infra up`.")
         return
     fleet = DeviceFleet(_settings(), sim, speed=speed, truth_file=truth)
     try:
         fleet.connect()
     except ConnectionError as exc:
-        console.print(f"[red]{exc}[/red]\nThe local Mosquitto accepts the devices in WHARF_MQTT_DEVICES; set it to the output of "
-                      "`wharf simulate --print-credentials` (same options) and run `wharf infra down && wharf infra up`.", soft_wrap=True)
+        console.print(f"[red]{exc}[/red]\nThe local Mosquitto accepts registered devices: run `wharf simulate --register` "
+                      "(same options), then `wharf infra up`.", soft_wrap=True)
         raise typer.Exit(1) from None
     _signal.signal(_signal.SIGINT, lambda *_: fleet.stop())
     _signal.signal(_signal.SIGTERM, lambda *_: fleet.stop())
@@ -307,7 +318,7 @@ def evaluate_sentiment(
 def show_settings(markdown: bool = typer.Option(False, help="Print the settings table as Markdown (for the README).")) -> None:
     """Every setting: environment variable, current value, meaning."""
     settings = _settings()
-    current = settings.env()
+    current = settings.shown()  # secrets masked, URL passwords removed
     if markdown:
         print("| Variable | Default | Meaning |\n|---|---|---|")
         for env, default, desc in describe():
@@ -347,6 +358,7 @@ _commerce.register(app, bench_app, evaluate_app)
 
 
 def main() -> None:
+    install_log_redaction()
     try:
         app()
     except KeyboardInterrupt:

@@ -28,6 +28,8 @@ from rich.console import Console
 
 from schemas import codec
 from wharf import infra
+from wharf.redact import redact
+from wharf.secrets import parse_registry, register_devices
 from wharf.settings import Settings
 from wharf.simulator.devices import DeviceFleet
 from wharf.simulator.shop import ShopConfig, ShopSimulator
@@ -123,10 +125,8 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
     warehouse = WarehouseSimulator(WarehouseConfig(seed=options.seed, interval_s=options.interval, start_ts=time.time(),
                                                    fault_every_s=options.fault_every, first_fault_after_s=min(60.0, options.fault_every),
                                                    fault_duration_s=min(40.0, options.fault_every)))
-    known = dict(item.split(":", 1) for item in settings.mqtt_devices.split(",") if ":" in item)
-    known.update(item.split(":", 1) for item in warehouse.mqtt_devices_setting().split(","))
-    settings = settings.model_copy(update={"mqtt_devices": ",".join(f"{k}:{v}" for k, v in known.items())})
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    # The warehouse's devices join the registry; `infra.up` gives them passwords (secrets folder) and ACL entries.
+    register_devices(settings, parse_registry(warehouse.registry_setting(), "demo"))
     truth = settings.state_dir / "faults.jsonl"
 
     console.print("[bold]Wharf demo[/bold] — starting the servers ...")
@@ -134,7 +134,7 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
     for st in infra.up(settings, infra.default_services(settings)):
         console.print(f"  [green]✓[/green] {st.name:<10} {st.where}" + (" (already running)" if st.name in already else ""), soft_wrap=True)
     ours = [name for name in infra.default_services(settings) if name not in already]
-    env = {"WHARF_MQTT_DEVICES": settings.mqtt_devices, "OPENBLAS_NUM_THREADS": "1"}
+    env = {"OPENBLAS_NUM_THREADS": "1"}
     # A livelier demo where the user has not chosen: alarms clear 20 s after a fault, snapshots every 15 s.
     for name, value in (("WHARF_SENSOR_ALARM_CLEAR_SECONDS", "20"), ("WHARF_COMMERCE_SNAPSHOT_SECONDS", "15")):
         if name not in os.environ:
@@ -158,7 +158,7 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
         console.print(f"  recommendations {url}recommendations/<user_id>?k=10   health {url}stats", soft_wrap=True)
         console.print(f"  devices         {len(warehouse.devices)} over MQTT {settings.mqtt_host}:{settings.mqtt_port} (faults every ~{options.fault_every:.0f}s, ground truth {truth})", soft_wrap=True)
         console.print(f"  topics          {settings.topic_sensor_readings}, {settings.topic_alerts}, {settings.topic_clicks}, {settings.topic_reviews}, {settings.topic_dead_letters}", soft_wrap=True)
-        console.print(f"  ClickHouse      {settings.clickhouse_url}: sensor_readings, anomaly_scores, alerts, clicks, reviews, recommendations, dead_letters (+ views sensor_minute, clicks_minute, item_sentiment_hourly)", soft_wrap=True)
+        console.print(f"  ClickHouse      {redact(settings.clickhouse_url)}: sensor_readings, anomaly_scores, alerts, clicks, reviews, recommendations, dead_letters (+ views sensor_minute, clicks_minute, item_sentiment_hourly)", soft_wrap=True)
         console.print(f"  logs            {settings.state_dir}/worker.log, bridge.log", soft_wrap=True)
         console.print("  stop with Ctrl-C (data stays in the state folder)\n")
         fleet_thread = threading.Thread(target=fleet.run, name="device-fleet", daemon=True)

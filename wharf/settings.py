@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -67,10 +67,12 @@ class Settings(BaseSettings):
     mqtt_host: str = Field("127.0.0.1", description="Mosquitto host.")
     mqtt_port: int = Field(1883, description="Mosquitto port.")
     mqtt_bridge_user: str = Field("wharf-bridge", description="MQTT user of the bridge (reads all telemetry, writes alerts).")
-    mqtt_bridge_password: str = Field("wharf-bridge-secret", description="Password of the bridge's MQTT user.")
-    mqtt_devices: str = Field(
-        "dev-001:dev-001-secret",
-        description="Device credentials the local Mosquitto accepts, `id:password` comma separated. A device may publish only under its own id.",
+    mqtt_bridge_password: SecretStr = Field(
+        SecretStr(""), description="Password of the bridge's MQTT user. Empty: the one `wharf infra up` generated (SECRETS_DIR/mqtt-bridge-password)."
+    )
+    mqtt_devices: SecretStr = Field(
+        SecretStr(""),
+        description="Device credentials, `id:password` comma separated, over those generated for the registered devices (SECRETS_DIR/mqtt-devices).",
     )
 
     # --- ClickHouse ----------------------------------------------------------
@@ -138,6 +140,25 @@ class Settings(BaseSettings):
     commerce_collector_max_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted `POST /collect` body.")
     commerce_collector_max_events: int = Field(1000, ge=1, description="Most events in one `POST /collect` batch.")
 
+    # --- secrets and transport (wharf/secrets.py, wharf/infra/tls.py) ---------------
+    secrets_dir: str = Field("", description="Folder of the per-install secrets that `wharf infra up` generates (0700, files 0600). Empty: STATE_DIR/secrets.")
+    clickhouse_password: SecretStr = Field(
+        SecretStr(""), description="Password of `default` on the local ClickHouse server (`wharf infra up` sets it), added to WHARF_CLICKHOUSE_URL when that names the local server without one. Empty: SECRETS_DIR/clickhouse-password."
+    )
+    mqtt_device_registry: str = Field(
+        "", description="Site and zone of each device, `id=site/zone` comma separated (`+`: any, for test devices), over the file STATE_DIR/devices. "
+        "A device may publish only on `wharf/<site>/<zone>/<id>/telemetry|status`; an unregistered one on nothing."
+    )
+    mqtt_bridge_port: int = Field(
+        1884, description="Mosquitto listener of Wharf's own clients (bridge, alert publisher): only the bridge user logs in there. "
+        "On the device listeners the client id is the user name, so no device can take over the bridge's session."
+    )
+    mqtt_tls: bool = Field(False, description="Wharf's MQTT clients connect over TLS (devices to WHARF_MQTT_TLS_PORT; the bridge listener speaks TLS), trusting WHARF_MQTT_CA_FILE.")
+    mqtt_tls_port: int = Field(8883, description="TLS listener for devices on the local Mosquitto (server certificate from the install's CA).")
+    mqtt_tls_required: bool = Field(False, description="The local Mosquitto has no plaintext listener (implies WHARF_MQTT_TLS).")
+    mqtt_ca_file: str = Field("", description="CA certificate MQTT clients trust. Empty: STATE_DIR/tls/ca.crt, generated once by `wharf infra up`.")
+    mqtt_max_connections: int = Field(10_000, ge=1, description="Most clients per Mosquitto listener.")
+
     @field_validator("state_dir", "cache_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -161,7 +182,9 @@ class Settings(BaseSettings):
 
     @property
     def local_clickhouse_server_url(self) -> str:
-        return f"clickhouse://default:@127.0.0.1:{self.clickhouse_server_tcp_port}/wharf"
+        from wharf.secrets import clickhouse_password
+
+        return f"clickhouse://default:{clickhouse_password(self)}@127.0.0.1:{self.clickhouse_server_tcp_port}/wharf"
 
     def advertised_web_host(self) -> str:
         """`web_advertised_host`, or its default (see its description). A wildcard bind is no address another worker
@@ -179,20 +202,36 @@ class Settings(BaseSettings):
             return socket.gethostname()
 
     def device_credentials(self) -> dict[str, str]:
-        creds: dict[str, str] = {}
-        for item in filter(None, (p.strip() for p in self.mqtt_devices.split(","))):
-            device_id, sep, password = item.partition(":")
-            if not sep or not device_id or not password:
-                raise ValueError(f"WHARF_MQTT_DEVICES: entry {item!r} is not `device_id:password`")
-            creds[device_id] = password
-        return creds
+        from wharf.secrets import device_credentials
+
+        return device_credentials(self)
+
+    def bridge_password(self) -> str:
+        """The bridge's MQTT password: set, or generated by `wharf infra up` (wharf/secrets.py)."""
+        from wharf.secrets import bridge_password
+
+        return bridge_password(self)
+
+    @property
+    def mqtt_tls_on(self) -> bool:
+        return self.mqtt_tls or self.mqtt_tls_required
+
+    def ca_file(self) -> Path:
+        return Path(self.mqtt_ca_file) if self.mqtt_ca_file else self.state_dir / "tls" / "ca.crt"
 
     def env(self) -> dict[str, str]:
-        """These settings as `WHARF_*` variables, for child processes."""
+        """These settings as `WHARF_*` variables, for child processes (secrets in clear: children need them)."""
         out: dict[str, str] = {}
         for name, value in self.model_dump().items():
-            out[f"WHARF_{name.upper()}"] = str(value)
+            out[f"WHARF_{name.upper()}"] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
         return out
+
+    def shown(self) -> dict[str, str]:
+        """`env()` for people: secrets masked, URL passwords removed (`wharf settings`)."""
+        from wharf.redact import MASK, redact
+
+        secret = {f"WHARF_{name.upper()}" for name, f in type(self).model_fields.items() if f.annotation is SecretStr}
+        return {k: (MASK if v else "") if k in secret else redact(v) for k, v in self.env().items()}
 
 
 def describe() -> list[tuple[str, str, str]]:
@@ -200,6 +239,8 @@ def describe() -> list[tuple[str, str, str]]:
     rows = []
     for name, field in Settings.model_fields.items():
         default: Any = field.default
+        if isinstance(default, SecretStr):
+            default = default.get_secret_value()
         if name == "cache_dir":
             default = "~/.cache/wharf"
         rows.append((f"WHARF_{name.upper()}", str(default), field.description or ""))

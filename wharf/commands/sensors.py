@@ -150,6 +150,9 @@ def replay(
     """Publish a CSV as a device over authenticated MQTT (QoS 1), original spacing / speed, timestamps shifted to now."""
     import paho.mqtt.client as mqtt
 
+    from mqtt_bridge.connection import device_endpoint, secure
+
+    from mqtt_bridge.connection import device_endpoint, secure
     from mqtt_bridge.topics import telemetry_topic
     from schemas import codec
 
@@ -162,11 +165,12 @@ def replay(
     if not secret:
         console.print(f"[red]no password for {device}: pass --password or add it to WHARF_MQTT_DEVICES[/red]")
         raise typer.Exit(2)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{device}-replay-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv311)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311)  # the broker's rule on device ports
     client.username_pw_set(device, secret)
+    secure(client, settings)
     ok = threading.Event()
     client.on_connect = lambda c, u, f, rc, p: ok.set() if not rc.is_failure else console.print(f"[red]MQTT refused: {rc}[/red]")
-    client.connect(settings.mqtt_host, settings.mqtt_port)
+    client.connect(*device_endpoint(settings))
     client.loop_start()
     if not ok.wait(10):
         raise typer.Exit(1)
@@ -262,7 +266,9 @@ def bench_sensors(
 
 
 def _bench_clickhouse_base(settings) -> str:  # noqa: ANN001
-    ch_url = settings.clickhouse_url if settings.clickhouse_url.startswith("clickhouse://") else settings.local_clickhouse_server_url
+    from streams.clickhouse import with_local_password
+
+    ch_url = with_local_password(settings, settings.clickhouse_url) if settings.clickhouse_url.startswith("clickhouse://") else settings.local_clickhouse_server_url
     return ch_url.rsplit("/", 1)[0]
 
 
@@ -281,6 +287,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     import paho.mqtt.client as mqtt
     from aiokafka import AIOKafkaConsumer
 
+    from mqtt_bridge.connection import device_endpoint, secure
     from schemas import codec
     from streams.clickhouse import connect
     from streams.topics import topic_names
@@ -309,6 +316,9 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
                               start_new_session=True)
     ch = connect(env["WHARF_CLICKHOUSE_URL"])
     creds = list(settings.device_credentials().items())[: max(1, n_pub)]
+    from wharf.secrets import device_registry
+
+    registry = device_registry(settings)
     alarm_lat: list[float] = []
     row_lat: list[float] = []
     probe_sent: dict[int, float] = {}
@@ -330,23 +340,27 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
             await c.stop()
 
     def publisher(i: int, user: str, secret: str) -> None:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{u}-{i}", protocol=mqtt.MQTTv311)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user, protocol=mqtt.MQTTv311)
         c.username_pw_set(user, secret)
+        secure(c, settings)
         c.max_inflight_messages_set(1000)
-        c.connect(settings.mqtt_host, settings.mqtt_port)
+        c.connect(*device_endpoint(settings))
         c.loop_start()
         my = [user]  # the MQTT ACL lets a user publish under its own device id only: one device per publisher
         per = rate / len(creds)
         seq = 0
         t0 = time.time()
-        topic = f"wharf/bench/z{i}/{my[0]}/telemetry"
+        place = registry.get(user)
+        site, zone = (place.site, place.zone) if place else ("bench", f"z{i}")
+        site, zone = ("bench" if site == "+" else site), (f"z{i}" if zone == "+" else zone)
+        topic = f"wharf/{site}/{zone}/{my[0]}/telemetry"
         while not stop.is_set():
             due = int((time.time() - t0) * per)
             while seq < due:
                 now = time.time()
                 bad = i == 0 and seq % 200 == 0  # the probe: a too-warm cold room every 200 readings -> one alarm each
                 temp = 20.0 if bad else 4.0 + (seq % 13) / 20
-                c.publish(topic, codec.dumps({"site": "bench", "zone": f"z{i}", "device_id": my[0], "device_type": "cold_room",
+                c.publish(topic, codec.dumps({"site": site, "zone": zone, "device_id": my[0], "device_type": "cold_room",
                                               "ts": now, "seq": seq, "metrics": {"temperature": temp, "humidity": 50.0 + seq % 7}}), qos=1)
                 if i == 0 and seq % 100 == 50:
                     probe_sent[seq] = now

@@ -14,6 +14,7 @@ from wharf.infra.clickhouse_server import ClickHouseServer
 from wharf.infra.kafka import Kafka, delete_topics_containing, ensure_topics
 from wharf.infra.mosquitto import Mosquitto
 from wharf.infra.process import ServiceError
+from wharf.secrets import ensure_secrets
 from streams.topics import topic_names
 from wharf.settings import Settings
 
@@ -49,7 +50,7 @@ def up(settings: Settings, names: list[str] | None = None) -> list[ServiceStatus
     unknown = set(names) - set(SERVICES)
     if unknown:
         raise ServiceError(f"unknown service(s) {sorted(unknown)}; choose from {list(SERVICES)}")
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_secrets(settings)  # the state folder 0700, per-install secrets 0600: before any server reads them
     all_services = services(settings)
     out = []
     for name in names:
@@ -95,10 +96,11 @@ async def remove_bench_run(settings: Settings, tag: str, database_url: str | Non
     await delete_topics_containing(settings.kafka_bootstrap, tag)  # its own and its bench app's internal ones
     if database_url is None:
         return
-    from streams.clickhouse import connect
+    from streams.clickhouse import connect, with_local_password
+    from wharf.redact import redact
 
     try:
-        ch = connect(database_url)
+        ch = connect(with_local_password(settings, database_url))
         ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
     except Exception as exc:  # noqa: BLE001 - e.g. the server is what failed, or the worker never created it
-        print(f"(bench database {database_url} not dropped: {exc})")
+        print(redact(f"(bench database {database_url} not dropped: {exc})"))

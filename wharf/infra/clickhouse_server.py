@@ -6,6 +6,7 @@ and by users who want a server without Docker. Its data stays in the state folde
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -31,7 +32,9 @@ class ClickHouseServer:
 
     @property
     def where(self) -> str:
-        return f"{self.settings.local_clickhouse_server_url} (http :{self.settings.clickhouse_server_http_port}), data {self.dir / 'data'}"
+        from wharf.redact import redact
+
+        return f"{redact(self.settings.local_clickhouse_server_url)} (http :{self.settings.clickhouse_server_http_port}), data {self.dir / 'data'}"
 
     def _write_config(self) -> None:
         s = self.settings
@@ -71,7 +74,13 @@ class ClickHouseServer:
 </yandex>
 """
         )
-        (self.dir / "users.xml").write_text(
+        from wharf.secrets import clickhouse_password, write_private
+
+        password = clickhouse_password(s)
+        # The generated password as its SHA-256 (18.16 knows password_sha256_hex): users.xml never holds it in clear.
+        password_xml = (f"<password_sha256_hex>{hashlib.sha256(password.encode()).hexdigest()}</password_sha256_hex>"
+                        if password else "<password></password>")
+        write_private(self.dir / "users.xml",
             """<?xml version="1.0"?>
 <yandex>
     <profiles>
@@ -83,7 +92,7 @@ class ClickHouseServer:
     </profiles>
     <users>
         <default>
-            <password></password>
+            PASSWORD_XML
             <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
             <profile>default</profile>
             <quota>default</quota>
@@ -102,7 +111,7 @@ class ClickHouseServer:
         </default>
     </quotas>
 </yandex>
-"""
+""".replace("PASSWORD_XML", password_xml),
         )
 
     def start(self, timeout: float = 60.0) -> float:
@@ -121,7 +130,10 @@ class ClickHouseServer:
     def _client(self):  # noqa: ANN202
         from clickhouse_driver import Client
 
-        return Client(host="127.0.0.1", port=self.settings.clickhouse_server_tcp_port, connect_timeout=2, send_receive_timeout=10)
+        from wharf.secrets import clickhouse_password
+
+        return Client(host="127.0.0.1", port=self.settings.clickhouse_server_tcp_port, password=clickhouse_password(self.settings),
+                      connect_timeout=2, send_receive_timeout=10)
 
     def ready(self) -> bool:
         return port_open("127.0.0.1", self.settings.clickhouse_server_tcp_port) and self._client().execute("SELECT 1") == [(1,)]

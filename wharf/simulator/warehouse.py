@@ -52,10 +52,6 @@ class Device:
     interval_s: float
     skew_s: float
 
-    @property
-    def password(self) -> str:
-        """Demo credentials; a real deployment provisions its own (WHARF_MQTT_DEVICES)."""
-        return f"{self.device_id}-secret"
 
 
 @dataclass(frozen=True)
@@ -232,6 +228,6 @@ class WarehouseSimulator:
             st.seq += 1
             yield Publication(ts, d, kind, self._payload(d, st, ts, metrics, kind))
 
-    def mqtt_devices_setting(self) -> str:
-        """The `WHARF_MQTT_DEVICES` value that lets these devices log in to the local Mosquitto."""
-        return ",".join(f"{d.device_id}:{d.password}" for d in self.devices)
+    def registry_setting(self) -> str:
+        """The `WHARF_MQTT_DEVICE_REGISTRY` value that binds these devices to their sites and zones."""
+        return ",".join(f"{d.device_id}={d.site}/{d.zone}" for d in self.devices)

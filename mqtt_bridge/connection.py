@@ -1,0 +1,36 @@
+"""Where and how Wharf's MQTT clients connect: devices to the device listeners, the bridge to its own.
+
+Devices (simulator, replay, benchmarks) use WHARF_MQTT_PORT, or WHARF_MQTT_TLS_PORT when TLS
+is on; there Mosquitto makes the client id the user name, so a device cannot claim another's
+session. The bridge and the alert publisher use WHARF_MQTT_BRIDGE_PORT, where only the
+bridge user logs in. With TLS on, every client verifies the broker against the install's CA.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import paho.mqtt.client as mqtt
+
+from wharf.settings import Settings
+
+
+def device_endpoint(settings: Settings) -> tuple[str, int]:
+    return settings.mqtt_host, settings.mqtt_tls_port if settings.mqtt_tls_on else settings.mqtt_port
+
+
+def bridge_endpoint(settings: Settings) -> tuple[str, int]:
+    return settings.mqtt_host, settings.mqtt_bridge_port
+
+
+def secure(client: mqtt.Client, settings: Settings) -> mqtt.Client:
+    """TLS with the install's CA (hostname checked) when the settings ask for it; the client unchanged otherwise."""
+    if settings.mqtt_tls_on:
+        client.tls_set(ca_certs=str(settings.ca_file()), cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    return client
+
+
+def mosquitto_client_args(settings: Settings) -> list[str]:
+    """Host, port and TLS options for `mosquitto_pub` / `mosquitto_sub` as a device."""
+    host, port = device_endpoint(settings)
+    return ["-h", host, "-p", str(port), *(["--cafile", str(settings.ca_file())] if settings.mqtt_tls_on else [])]
