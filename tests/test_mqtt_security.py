@@ -148,15 +148,18 @@ def test_retained_publishes_are_refused(stack, unique):
         late.close()
 
 
-def test_payloads_over_the_bridge_limit_never_reach_the_bridge(stack, unique):
-    """message_size_limit / max_packet_size follow WHARF_MAX_PAYLOAD_BYTES: the broker drops (and here disconnects)
-    what the bridge would refuse anyway."""
+def test_payloads_over_the_transport_limit_never_reach_the_bridge(stack, unique):
+    """message_size_limit / max_packet_size are the transport's limit (1 MiB): the broker drops (and here
+    disconnects) what is larger. Smaller payloads over WHARF_MAX_PAYLOAD_BYTES reach the bridge, which dead-letters
+    them (tests/test_hostile_input.py)."""
+    from wharf.infra.mosquitto import MESSAGE_SIZE_LIMIT
+
     bridge = Client(stack, stack.mqtt_bridge_user, stack.bridge_password())
     device = Client(stack, "dev-001", "dev-001-secret")
     topic = f"wharf/site-{unique}/z1/dev-001/telemetry"
     try:
         bridge.subscribe("wharf/+/+/+/telemetry")
-        device.c.publish(topic, b"x" * (stack.max_payload_bytes + 2048), qos=1)
+        device.c.publish(topic, b"x" * (MESSAGE_SIZE_LIMIT + 2048), qos=1)
         with pytest.raises(queue.Empty):
             bridge.messages.get(timeout=1.5)
     finally:

@@ -78,6 +78,11 @@ def listener_blocks(settings: Settings, files: dict[str, str], tls: dict[str, st
     return out
 
 
+MESSAGE_SIZE_LIMIT = 1024 * 1024
+"""The largest MQTT payload the broker takes (Kafka's default record limit): anything up to it is stored or
+dead-lettered; beyond it the broker disconnects the sender."""
+
+
 def broker_options(settings: Settings) -> list[str]:
     """Options that apply to the whole broker (the same in the Compose config)."""
     return [
@@ -93,9 +98,10 @@ def broker_options(settings: Settings) -> list[str]:
         # Nothing is retained: a device cannot leave a message for whoever subscribes later (a client
         # that publishes with the retain flag is disconnected). Kafka is where messages are kept.
         "retain_available false",
-        # Payloads over the bridge's limit are refused at the broker (WHARF_MAX_PAYLOAD_BYTES).
-        f"message_size_limit {settings.max_payload_bytes}",
-        f"max_packet_size {settings.max_payload_bytes + 1024}",
+        # The transport's own limit. Payloads between WHARF_MAX_PAYLOAD_BYTES and this reach the bridge and
+        # become (bounded) dead letters, so a device's oversized message is accounted for, not just dropped.
+        f"message_size_limit {MESSAGE_SIZE_LIMIT}",
+        f"max_packet_size {MESSAGE_SIZE_LIMIT + 1024}",
         "log_type error",
         "log_type warning",
         "log_type notice",
