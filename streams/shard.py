@@ -121,7 +121,7 @@ class Shard:
         legacy = [key for key, _ in entries if key[:2] in (b"u/", b"i/", b"g/")]
         if legacy:  # v1 (pickles): never loaded, deleted after the next image
             log.stale.update(legacy)
-            log.refused.append(f"{len(legacy)} records of state version 1 (pickled), e.g. {legacy[0]!r}: not loaded")
+            log.refused.append(f"{len(legacy)} record(s) of state version 1 (pickled), e.g. {legacy[0]!r}: not loaded")
         if found is not None:
             problem = _not_a_checkpoint(found.meta, found.parts)
             if problem is None:
