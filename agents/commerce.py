@@ -728,7 +728,7 @@ def _load_norm(item_id: str, blob: bytes) -> ItemNorm:
     try:
         norm = NORM_CODEC.loads(blob)
         if type(norm) is not ItemNorm or not all(type(getattr(norm, f, None)) is t for f, t in _NORM_FIELDS.items()) \
-                or not (norm.book is None or type(norm.book) is AlarmBook):
+                or not (getattr(norm, "book", 0) is None or type(getattr(norm, "book", 0)) is AlarmBook):
             raise StateFormatError(f"not an ItemNorm: {type(norm).__name__}")
     except StateFormatError as exc:
         log.error("%s: state of item %r refused (%s); its norm starts fresh", item_norms.name, item_id, exc)

@@ -192,7 +192,7 @@ class Owner:
             marks = json.loads(raw) if raw else {}
             if type(marks) is not dict or not all(type(t) is str and type(o) is int for t, o in marks.items()):
                 raise ValueError("not {topic: offset}")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             log.error("%s: offset marker of partition %d refused (%s); the partition starts without one", state_table.name, partition, exc)
             return {}
         return marks
