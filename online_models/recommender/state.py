@@ -22,11 +22,12 @@ import heapq
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter, itemgetter
+from typing import Any
 
 import numpy as np
 
-from schemas.state import StateTypes
+from schemas.state import StateType, StateTypes
 
 _MAX_EXPONENT = 30.0  # rescale forward-decayed maps before exp() grows past ~1e13
 
@@ -154,5 +155,30 @@ class GlobalState:
     recent_pos: int = 0
 
 
+def _user_state(user: UserState) -> dict[str, Any]:
+    """A user's slots, `recent` as four columns: as a dozen 4-tuples it cost more to encode and decode than the rest."""
+    state = dict(zip(UserState.__slots__, _USER_SLOTS(user)))
+    recent = user.recent
+    if all(type(r) is tuple and len(r) == 4 for r in recent):
+        state["recent"] = tuple(list(col) for col in zip(*recent)) if recent else ([], [], [], [])
+    return state
+
+
+def _set_user_state(user: UserState, state: Any) -> None:
+    if type(state) is not dict or not state.keys() <= _USER_SLOT_NAMES:
+        raise ValueError("not the fields of a UserState")
+    recent = state.get("recent")
+    if type(recent) is tuple:
+        if len(recent) != 4 or not all(type(c) is list and len(c) == len(recent[0]) for c in recent):
+            raise ValueError("a malformed recent history")
+        state["recent"] = list(zip(*recent))
+    for name, value in state.items():
+        object.__setattr__(user, name, value)
+
+
+_USER_SLOTS = attrgetter(*UserState.__slots__)
+_USER_SLOT_NAMES = frozenset(UserState.__slots__)
+
+
 # Checkpoints (`streams/shard.py`) write these in Wharf's state format, which rebuilds only the classes listed here.
-STATE_TYPES = StateTypes(UserState, ItemState, GlobalState)
+STATE_TYPES = StateTypes(StateType(UserState, _user_state, _set_user_state), ItemState, GlobalState)
