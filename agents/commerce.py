@@ -75,7 +75,6 @@ import functools
 import itertools
 import json
 import logging
-import pickle
 import time
 import weakref
 from collections.abc import Iterator, Sequence
@@ -88,10 +87,13 @@ from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 from pydantic import Field
 
+from online_models.alarms import STATE_TYPES as ALARM_STATE_TYPES
 from online_models.alarms import AlarmBook
 from online_models.recommender import RecommenderConfig
+from online_models.sentiment.model import LEARNED_STATE_TYPES
 from schemas import codec, rows
 from schemas.events import ClickEvent, Ident, Recommendation, Review, SentimentScore, Severity, TimedEvent, to_epoch
+from schemas.state import StateCodec, StateFormatError, StateTypes
 from schemas.validation import Checked, checked, processing_error
 from streams.acks import OrderedAcker
 from streams.app import app, exit_later, limits, settings, storage, topics
@@ -105,7 +107,7 @@ from streams.topics import CATALOGUE_FANOUT, SELLER_SENTIMENT, internal_topic_na
 log = logging.getLogger(__name__)
 
 P = settings.topic_partitions
-STATE_VERSION = 2  # 2: delta log (streams.deltalog); 1: one key per user/item
+STATE_VERSION = 3  # 3: state format (schemas.state); 2: pickled delta log (streams.deltalog); 1: one key per user/item
 CLICK_BATCH = 10_000
 MAX_PENDING = 100_000  # learned-but-unacked records that force a checkpoint
 SNAPSHOT_MAX_USERS = 2_000  # per shard and snapshot: the most recently active
@@ -182,18 +184,14 @@ def _entries_of(table: Any, partitions: set[int]) -> dict[int, list[tuple[bytes,
     """A log table's entries by partition, for these partitions only: one pass over the table's keys."""
     entries: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in partitions}
     for key, blob in table.items():
-        p = _partition_of_key(key)
+        try:
+            p = _partition_of_key(key)
+        except (IndexError, ValueError):
+            log.error("%s: key %r is not one of a checkpoint log; ignored", table.name, key)
+            continue
         if p in partitions:
             entries[p].append((key, blob))
     return entries
-
-
-def _dump(obj: Any) -> bytes:
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _load(blob: bytes) -> Any:
-    return pickle.loads(blob)
 
 
 class Recommenders:
@@ -271,7 +269,9 @@ def _learner_died(exc: BaseException) -> None:
 
 def _restored(p: int, fut: asyncio.Future) -> None:
     if not fut.cancelled() and fut.exception() is None:
-        users, items, offsets = fut.result()
+        users, items, offsets, refused = fut.result()
+        for problem in refused:
+            log.error("%s: record refused in recommender shard %d's checkpoint log: %s", rec_table.name, p, problem)
         if users or items:
             log.info("recommender shard %d restored: %d users, %d items, offsets %s", p, users, items, offsets)
 
@@ -549,7 +549,8 @@ async def store_also_viewed(stream):  # noqa: ANN001
 
 
 SENTIMENT_LOG_PREFIX = "s"  # review model checkpoints in their table: s/{partition}/{generation}/{seq}/{chunk|c}
-SENTIMENT_STATE_VERSION = 1
+SENTIMENT_STATE_VERSION = 2  # 2: state format (schemas.state); 1: pickled
+SENTIMENT_CODEC = StateCodec(LEARNED_STATE_TYPES)
 SENTIMENT_PIECE_ENTRIES = 5_000  # n-gram counts are small entries: 5,000 to a table record, not 50
 
 sentiment_table = app.Table("commerce-sentiment-model", key_type=bytes, value_type=bytes, partitions=P,
@@ -594,10 +595,18 @@ class Sentiment:
         entries = _entries_of(sentiment_table, wanted)
         best: tuple[int, int, dict, Any] | None = None
         for p in sorted(wanted):
-            self.logs[p], found = DeltaLog.restore(SENTIMENT_LOG_PREFIX, p, entries[p], piece_entries=SENTIMENT_PIECE_ENTRIES)
+            self.logs[p], found = DeltaLog.restore(SENTIMENT_LOG_PREFIX, p, entries[p], piece_entries=SENTIMENT_PIECE_ENTRIES,
+                                                   codec=SENTIMENT_CODEC)
+            for problem in self.logs[p].refused:
+                log.error("%s: record refused in the review model's checkpoint log %d: %s", sentiment_table.name, p, problem)
             if found is None:
                 continue
-            version, encoder, n_learned, through = found.meta
+            meta = found.meta
+            if type(meta) is not tuple or len(meta) != 4 or type(meta[2]) is not int or type(meta[3]) is not dict \
+                    or not all(type(k) is int and type(v) is int for k, v in meta[3].items()):
+                log.error("%s: checkpoint under partition %d has no valid metadata; not used", sentiment_table.name, p)
+                continue
+            version, encoder, n_learned, through = meta
             if version != SENTIMENT_STATE_VERSION or encoder != self.encoder:
                 log.warning("review model checkpoint under partition %d is of encoder %r (version %s), not %r: not used",
                             p, encoder, version, self.encoder)
@@ -606,7 +615,12 @@ class Sentiment:
                 best = (n_learned, p, through, found.parts)
         if best is not None and best[0] > self.model.n_learned:
             n_learned, p, through, parts = best
-            self.model.load_learned_state(parts)
+            try:
+                self.model.load_learned_state(parts)
+            except ValueError as exc:
+                log.error("%s: checkpoint under partition %d refused (%s); the model goes on without it",
+                          sentiment_table.name, p, exc)
+                return
             self.through = dict(through)
             self.written_to, self.since = None, []
             self.restored += n_learned
@@ -672,7 +686,7 @@ item_hourly = app.Table("commerce-item-sentiment-hourly", default=lambda: [0, 0.
 seller_hourly = app.Table("commerce-seller-sentiment-hourly", default=lambda: [0, 0.0], partitions=P,
                           help="Per seller and hour: [reviews, score sum].").tumbling(3600, expires=timedelta(days=2)).relative_to(_event_ts)
 item_norms = app.Table("commerce-item-sentiment-norm", key_type=bytes, value_type=bytes, partitions=P,
-                       help="Per item: long-run sentiment norm and its alarm book (pickled).")
+                       help="Per item: long-run sentiment norm and its alarm book (state format, schemas.state).")
 item_norms.key_serializer = item_norms.value_serializer = "raw"
 
 
@@ -705,6 +719,23 @@ class ItemNorm:
         else:
             self.hour_n += 1
             self.hour_sum += score
+
+
+NORM_CODEC = StateCodec(StateTypes(ItemNorm) | ALARM_STATE_TYPES)
+_NORM_FIELDS = {"hour": int, "hour_n": int, "hour_sum": float, "n": int, "mean": float}
+
+
+def _load_norm(item_id: str, blob: bytes) -> ItemNorm:
+    """An item's stored norm; a record refused (not in the state format, or not a norm) is logged and starts fresh."""
+    try:
+        norm = NORM_CODEC.loads(blob)
+        if type(norm) is not ItemNorm or not all(type(getattr(norm, f, None)) is t for f, t in _NORM_FIELDS.items()) \
+                or not (getattr(norm, "book", 0) is None or type(getattr(norm, "book", 0)) is AlarmBook):
+            raise StateFormatError(f"not an ItemNorm: {type(norm).__name__}")
+    except StateFormatError as exc:
+        log.error("%s: state of item %r refused (%s); its norm starts fresh", item_norms.name, item_id, exc)
+        return ItemNorm()
+    return norm
 
 
 def check_drop(norm: ItemNorm, item_id: str, ts: float) -> Any:
@@ -753,10 +784,10 @@ def update_item_sentiment(event: Any, s: SentimentScore) -> Any:
         item_hourly[s.item_id] = [n + 1, total + s.score]
         key = s.item_id.encode()
         blob = item_norms.get(key)
-        norm = _load(blob) if blob else ItemNorm()
+        norm = _load_norm(s.item_id, blob) if blob else ItemNorm()
         norm.add(s.ts, s.score)
         alert = check_drop(norm, s.item_id, s.ts)
-        item_norms[key] = _dump(norm)
+        item_norms[key] = NORM_CODEC.dumps(norm)
     return alert
 
 

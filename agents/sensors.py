@@ -16,7 +16,7 @@ State survives restarts and rebalances through the `sensor-state` table's change
 (compacted Kafka topic, one record per device, written with `send_changelog` to the
 device's partition): every `sensor_checkpoint_seconds` and whenever partitions are
 revoked, the worker first flushes the score writer (so every score up to the
-checkpoint is in ClickHouse), then writes each changed device's pickled state and one
+checkpoint is in ClickHouse), then writes each changed device's state (`schemas.state`) and one
 marker per partition with the last offset the state includes, per topic. A worker that
 gets the partition (a restart, or another worker after a rebalance) restores that state;
 records at or below the marker are already in it and are skipped.
@@ -35,9 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import pickle
 import time
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,10 +45,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.web import Request, Response, View
 
+from online_models.alarms import STATE_TYPES as ALARM_STATE_TYPES
 from online_models.alarms import DeviceMonitor, MonitorConfig, source_of
 from online_models.anomaly import DeviceAnomalyModel, RuleSet
+from online_models.anomaly.state_types import STATE_TYPES as ANOMALY_STATE_TYPES
 from schemas import codec, rows
 from schemas.events import Alert, DeviceStatus, SensorReading, to_epoch
+from schemas.state import StateCodec, StateFormatError, StateType, StateTypes
 from schemas.validation import InvalidEvent, parse, processing_error
 from streams.acks import OrderedAcker
 from streams.app import app, limits, settings, storage, topics
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 BATCH = settings.sink_batch_rows
 WITHIN = min(settings.sink_batch_seconds, 0.05)  # latency: alarms should not wait for a full batch
 DEVICE_DEDUP_KEYS = 1024  # per device, in the checkpointed state (the raw path keeps its own window)
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: state format (schemas.state); 1: pickled
 REVOKE_CHECKPOINT_TIMEOUT = 30.0  # below Faust's broker session timeout
 REPLAY_TIMEOUT = 60.0  # re-reading what was committed after a partition's checkpoint
 
@@ -82,7 +83,7 @@ MONITOR = MonitorConfig(clear_after=settings.sensor_alarm_clear_seconds, silence
 
 @dataclass
 class DeviceState:
-    """Everything the owner of a device keeps; pickled into the changelog at each checkpoint."""
+    """Everything the owner of a device keeps; written to the changelog at each checkpoint (`schemas.state`)."""
 
     device_id: str
     partition: int
@@ -105,14 +106,40 @@ class DeviceState:
         return False
 
     def dump(self) -> bytes:
-        return zlib.compress(pickle.dumps((STATE_VERSION, self), protocol=pickle.HIGHEST_PROTOCOL), 1)
+        return STATE_CODEC.dumps((STATE_VERSION, self), compress=True)
 
     @staticmethod
     def load(blob: bytes) -> DeviceState:
-        version, state = pickle.loads(zlib.decompress(blob))
-        if version != STATE_VERSION:
-            raise ValueError(f"device state version {version}, expected {STATE_VERSION}")
-        return state
+        """Raises StateFormatError for anything but this version's state of a device (pickles included)."""
+        found = STATE_CODEC.loads(blob)
+        if type(found) is not tuple or len(found) != 2 or found[0] != STATE_VERSION or type(found[1]) is not DeviceState:
+            raise StateFormatError(f"not a device state of version {STATE_VERSION}")
+        return found[1]
+
+
+def _device_state(st: DeviceState) -> dict[str, Any]:
+    """The de-duplication window as two arrays: as 1,024 (seq, ts) tuples it took half of a state's decoding time."""
+    if not all(type(seq) is int and 0 <= seq < 1 << 63 and type(ts) is float for seq, ts in st.recent):
+        return st.__dict__  # kept as tuples
+    n = len(st.recent)
+    return {**st.__dict__, "recent": (np.fromiter((seq for seq, _ in st.recent), np.int64, n),
+                                      np.fromiter((ts for _, ts in st.recent), np.float64, n))}
+
+
+def _set_device_state(st: DeviceState, state: Any) -> None:
+    recent = state.get("recent") if type(state) is dict else None
+    if type(recent) is tuple:
+        seqs, tss = recent
+        if not (type(seqs) is type(tss) is np.ndarray and seqs.dtype == np.int64 and tss.dtype == np.float64
+                and seqs.ndim == 1 and seqs.shape == tss.shape):
+            raise ValueError("a malformed de-duplication window")
+        state = {**state, "recent": dict.fromkeys(zip(seqs.tolist(), tss.tolist()))}
+    if type(state) is not dict or set(state) != {"device_id", "partition", "model", "monitor", "recent"}:
+        raise ValueError("not the fields of a DeviceState")
+    st.__dict__.update(state)
+
+
+STATE_CODEC = StateCodec(StateTypes(StateType(DeviceState, _device_state, _set_device_state)) | ANOMALY_STATE_TYPES | ALARM_STATE_TYPES)
 
 
 def marker_key(partition: int) -> bytes:
@@ -120,7 +147,7 @@ def marker_key(partition: int) -> bytes:
 
 
 state_table = app.Table("sensor-state", key_type=bytes, value_type=bytes, store="memory://local",  # yarl: a bare "memory://" is falsy and Faust would fall back to RocksDB
-                        partitions=settings.topic_partitions, help="Pickled DeviceState per device + offset markers per partition.")
+                        partitions=settings.topic_partitions, help="DeviceState per device (schemas.state) + offset markers per partition.")
 state_table.key_serializer = state_table.value_serializer = "raw"
 
 device_sources = app.topic(settings.topic_sensor_readings, settings.topic_device_status, settings.topic_sensor_commands,
@@ -155,32 +182,56 @@ class Owner:
         if partition in self.loaded_partitions:
             return
         self.loaded_partitions.add(partition)
-        raw = self._store().get(marker_key(partition))
-        marks = json.loads(raw) if raw else {}
+        marks = self._marks(partition)
         for topic, offset in marks.items():
             self.skip_upto[(topic, partition)] = int(offset)
             self.done_upto[(topic, partition)] = int(offset)
         if marks:
             await self._replay_gap(partition, marks, first_offsets)
 
+    def _marks(self, partition: int) -> dict[str, int]:
+        raw = self._store().get(marker_key(partition))
+        try:
+            marks = json.loads(raw) if raw else {}
+            if type(marks) is not dict or not all(type(t) is str and type(o) is int for t, o in marks.items()):
+                raise ValueError("not {topic: offset}")
+        except (ValueError, RecursionError) as exc:
+            log.error("%s: offset marker of partition %d refused (%s); the partition starts without one", state_table.name, partition, exc)
+            return {}
+        return marks
+
     async def load_owned(self) -> None:
         """Load every device of the partitions we own (recovered from the changelog), not only those that speak:
         a silent device must be noticed by its new owner too."""
         store = state_table.data
         for key, p in list(store._key_partition.items()):
-            if key.startswith(b"\x00") or key.decode() in self.devices:
+            device_id = key.decode(errors="replace")
+            if key.startswith(b"\x00") or device_id in self.devices:
                 continue
             await self.ensure_partition(p, {})
-            self.device(key.decode(), p)
+            self.device(device_id, p)
 
     def device(self, device_id: str, partition: int) -> DeviceState:
         st = self.devices.get(device_id)
         if st is None:
-            blob = self._store().get(device_id.encode())
-            st = DeviceState.load(blob) if blob else DeviceState.new(device_id, partition)
+            st = self._restore(device_id, partition)
             st.partition = partition
             self.devices[device_id] = st
         return st
+
+    def _restore(self, device_id: str, partition: int) -> DeviceState:
+        """The device's checkpointed state; a record refused (a pickle, or not a device's state) is logged and the
+        device starts fresh: a crafted record must neither run code nor stop the worker."""
+        blob = self._store().get(device_id.encode())
+        try:
+            if blob:
+                st = DeviceState.load(blob)
+                if st.device_id == device_id:
+                    return st
+                raise StateFormatError(f"the state of device {st.device_id!r}")
+        except StateFormatError as exc:
+            log.error("%s: state of device %r refused (%s); the device starts fresh", state_table.name, device_id, exc)
+        return DeviceState.new(device_id, partition)
 
     async def _replay_gap(self, partition: int, marks: dict[str, int], first_offsets: dict[str, int]) -> None:
         """Re-learn records after the checkpoint that were committed before the crash (rows and alarms already out)."""

@@ -29,6 +29,7 @@ from typing import Any
 
 from online_models.anomaly.rules import RuleSet
 from schemas.events import AlarmStatus, Alert, Severity
+from schemas.state import StateTypes
 
 SEVERITY_RANK = {Severity.WARNING: 0, Severity.MINOR: 1, Severity.MAJOR: 2, Severity.CRITICAL: 3}
 
@@ -282,3 +283,7 @@ class DeviceMonitor:
                 if a := self.alarms.clear(t, ts, "device online"):
                     out.append(a)
         return out
+
+
+# What a device's or an item's alarms are made of: the allow-list their checkpoints are decoded with (`schemas.state`).
+STATE_TYPES = StateTypes(DeviceMonitor, MonitorConfig, AlarmBook, Alarm, Severity, AlarmStatus)

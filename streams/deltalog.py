@@ -2,7 +2,7 @@
 
 Writing one table key per changed user or item cost the recommender most of its time: each key is a
 rocksdict put plus a changelog record through Faust's and aiokafka's per-message Python path
-(about 4,000 keys per 5,000 clicks in `wharf bench commerce`). Here a checkpoint is one pickled
+(about 4,000 keys per 5,000 clicks in `wharf bench commerce`). Here a checkpoint is one encoded
 delta (the changed entries), cut into chunks of at most `CHUNK_BYTES`, followed by a commit record
 that names the chunk count and carries the metadata (e.g. the input offsets the state includes):
 a handful of records per checkpoint, whatever the number of changed entries.
@@ -15,10 +15,16 @@ whose image is committed and applies its committed deltas in order, stopping at 
 is incomplete (a crash between chunks and commit): what the log holds is always a state that some
 checkpoint committed, never half of one.
 
-A write is pickled in *pieces* of at most `PIECE_ENTRIES` entries, and `steps` yields after each
-piece, so a writer on an event loop can serve requests between pieces: pickling a whole shard image
+A write is encoded in *pieces* of at most `PIECE_ENTRIES` entries, and `steps` yields after each
+piece, so a writer on an event loop can serve requests between pieces: encoding a whole shard image
 at once held the recommender worker's loop for 50-190 ms. The commit names the chunk count of each
-piece (a bare count: one piece, as written before pieces existed).
+piece.
+
+Records are in Wharf's state format (`schemas.state`, with the caller's allow-list), never pickles:
+anyone who can write to the changelog topic could otherwise run code in the worker. A record that is
+not in that format, or that it refuses, ends its generation's replay there, as an incomplete delta
+would (an image refused: the generation is skipped), and is listed in `DeltaLog.refused` for the
+caller to log; logs written by versions that pickled are refused that way.
 
 Keys: `{prefix}/{p}/{gen:06d}/{seq:09d}/{chunk}` and `.../c` for the commit; all of partition p's
 records go to changelog partition p (write them under an event of p), so Kafka keeps their order.
@@ -26,19 +32,17 @@ records go to changelog partition p (write them under an event of p), so Kafka k
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.state import StateCodec, StateFormatError
+
 CHUNK_BYTES = 512 * 1024  # below Kafka's default 1 MB message limit, with room for the key and headers
-PIECE_ENTRIES = 50  # entries pickled at once: ~0.8 ms for 50 of the recommender's items, ~1.8 ms for 50 users here
+PIECE_ENTRIES = 50  # entries encoded at once: ~0.8 ms for 50 of the recommender's items, ~1.8 ms for 50 users here
 
 Parts = dict[str, dict[Any, Any]]  # e.g. {"users": {...}, "items": {...}}: merged entry by entry, delta over image
-
-
-def _dump(obj: Any) -> bytes:
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+PLAIN = StateCodec()  # plain data only: no class on the allow-list
 
 
 @dataclass
@@ -63,6 +67,8 @@ class DeltaLog:
     delta_bytes: int = 0
     keys: list[bytes] = field(default_factory=list)  # of the current generation
     stale: set[bytes] = field(default_factory=set)  # older generations, incomplete writes, legacy keys: deleted after the next image
+    codec: StateCodec = PLAIN  # the state format with the allow-list of what the entries and metadata hold
+    refused: list[str] = field(default_factory=list)  # records the last restore refused, one line each (for the log)
 
     def _key(self, gen: int, seq: int, tail: str) -> bytes:
         return f"{self.prefix}/{self.partition}/{gen:06d}/{seq:09d}/{tail}".encode()
@@ -87,7 +93,7 @@ class DeltaLog:
         counts: list[int] = []
         size = written = 0
         for piece in _pieces(parts, self.piece_entries):
-            blob = _dump(piece)
+            blob = self.codec.dumps(piece)
             size += len(blob)
             chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)]
             for chunk in chunks:
@@ -98,7 +104,7 @@ class DeltaLog:
             counts.append(len(chunks))
             yield written
         commit = self._key(self.generation, self.seq, "c")
-        table[commit] = _dump((counts, meta))
+        table[commit] = self.codec.dumps((counts, meta))
         self.keys.append(commit)
         written += 1
         if image:
@@ -114,50 +120,76 @@ class DeltaLog:
 
     @classmethod
     def restore(cls, prefix: str, partition: int, entries: Iterable[tuple[bytes, bytes]],
-                compact_factor: float = 2.0, piece_entries: int = PIECE_ENTRIES) -> tuple[DeltaLog, Restored | None]:
+                compact_factor: float = 2.0, piece_entries: int = PIECE_ENTRIES,
+                codec: StateCodec = PLAIN) -> tuple[DeltaLog, Restored | None]:
         """Rebuild from the table's entries of this partition (other keys are ignored).
 
         The log that comes back writes an image next: it starts a clean generation and deletes
-        everything found here once that image is committed."""
+        everything found here once that image is committed. Records refused are in its `refused`."""
         head = f"{prefix}/{partition}/".encode()
-        log = cls(prefix, partition, compact_factor, piece_entries)
+        log = cls(prefix, partition, compact_factor, piece_entries, codec=codec)
         found: dict[int, dict[int, dict[str, bytes]]] = {}
         for key, value in entries:
             if not key.startswith(head):
                 continue
             log.stale.add(key)
-            gen_text, seq_text, tail = key[len(head):].decode().split("/")
-            found.setdefault(int(gen_text), {}).setdefault(int(seq_text), {})[tail] = value
+            try:
+                gen_text, seq_text, tail = key[len(head):].decode().split("/")
+                gen, seq = int(gen_text), int(seq_text)
+            except ValueError:
+                log.refused.append(f"{key!r}: not a key of a checkpoint log")
+                continue
+            found.setdefault(gen, {}).setdefault(seq, {})[tail] = value
         log.generation = max(found, default=-1)
         for gen in sorted(found, reverse=True):
-            parts, meta, n = cls._replay(found[gen])
+            parts, meta, n = log._replay(gen, found[gen])
             if parts is not None:
                 return log, Restored(parts, meta, gen, n)
         return log, None
 
-    @staticmethod
-    def _replay(seqs: dict[int, dict[str, bytes]]) -> tuple[Parts | None, Any, int]:
+    def _replay(self, gen: int, seqs: dict[int, dict[str, bytes]]) -> tuple[Parts | None, Any, int]:
         parts: Parts | None = None
         meta: Any = None
         seq = 0
         while seq in seqs and "c" in seqs[seq]:
-            counts, seq_meta = pickle.loads(seqs[seq]["c"])
-            if isinstance(counts, int):  # written before pieces: one pickle
-                counts = [counts]
             records = seqs[seq]
-            if any(str(i) not in records for i in range(sum(counts))):
+            try:
+                counts, seq_meta = self._commit(records)
+                if counts is None:
+                    break  # chunks missing: a write that did not finish
+                pieces = []
+                first = 0
+                for n in counts:
+                    pieces.append(self._piece(b"".join(records[str(i)] for i in range(first, first + n))))
+                    first += n
+            except StateFormatError as exc:
+                self.refused.append(f"{self._key(gen, seq, 'c')!r} (generation {gen}, checkpoint {seq}): {exc}")
                 break
             merged: Parts = {} if parts is None else parts
-            first = 0
-            for n in counts:
-                piece: Parts = pickle.loads(b"".join(records[str(i)] for i in range(first, first + n)))
-                first += n
+            for piece in pieces:
                 for name, entries in piece.items():
                     merged.setdefault(name, {}).update(entries)
             parts = merged
             meta = seq_meta
             seq += 1
         return parts, meta, max(seq - 1, 0)
+
+    def _commit(self, records: dict[str, bytes]) -> tuple[list[int] | None, Any]:
+        """A commit's chunk counts (None if a chunk is missing) and metadata."""
+        commit = self.codec.loads(records["c"])
+        if type(commit) is not tuple or len(commit) != 2 or type(commit[0]) is not list or \
+                not all(type(n) is int and n >= 0 for n in commit[0]) or sum(commit[0]) > len(records):
+            raise StateFormatError("not a checkpoint commit (chunk counts, metadata)")
+        counts, meta = commit
+        if any(str(i) not in records for i in range(sum(counts))):
+            return None, meta
+        return counts, meta
+
+    def _piece(self, blob: bytes) -> Parts:
+        piece = self.codec.loads(blob)
+        if type(piece) is not dict or not all(type(k) is str and type(v) is dict for k, v in piece.items()):
+            raise StateFormatError("not a checkpoint piece (named dicts of entries)")
+        return piece
 
 
 def finish(steps: Iterator[int]) -> int:

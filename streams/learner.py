@@ -149,7 +149,7 @@ class Host:
 
     def do_load(self, req: int, p: int, entries: list[tuple[bytes, bytes]]) -> Iterator[None]:
         shard = self.shards[p] = Shard.restore(p, self.config, entries)
-        self.reply(req, (len(shard.model.users), len(shard.model.items), shard.offsets))
+        self.reply(req, (len(shard.model.users), len(shard.model.items), dict(shard.offsets), list(shard.log.refused)))
         yield
 
     def do_forget(self, partitions: list[int]) -> Iterator[None]:

@@ -8,17 +8,19 @@ under an event of the shard's partition.
 from __future__ import annotations
 
 import heapq
-import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from online_models.recommender import GlobalState, ItemState, OnlineRecommender, RecommenderConfig
+from online_models.recommender import GlobalState, ItemState, OnlineRecommender, RecommenderConfig, UserState
+from online_models.recommender.state import STATE_TYPES
+from schemas.state import StateCodec
 from streams.deltalog import DeltaLog, finish
 
-STATE_VERSION = 2  # 2: delta log (streams.deltalog); 1: one key per user/item
+STATE_VERSION = 3  # 3: Wharf's state format (schemas.state); 2: pickled delta log; 1: pickled, one key per user/item
 LOG_PREFIX = "r"  # recommender shard logs in the table: r/{partition}/{generation}/{seq}/{chunk|c}
+CODEC = StateCodec(STATE_TYPES)  # users, items, the global state: nothing else is rebuilt from a checkpoint
 
 
 class Click(NamedTuple):
@@ -99,7 +101,7 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.log is None:
-            self.log = DeltaLog(LOG_PREFIX, self.partition)
+            self.log = DeltaLog(LOG_PREFIX, self.partition, codec=CODEC)
 
     @classmethod
     def new(cls, partition: int, config: RecommenderConfig, users: dict | None = None, items: dict | None = None,
@@ -111,15 +113,22 @@ class Shard:
 
     @classmethod
     def restore(cls, partition: int, config: RecommenderConfig, entries: list[tuple[bytes, bytes]]) -> Shard:
-        """The shard as its last committed checkpoint left it (a new one if none); see `streams.deltalog`."""
-        log, found = DeltaLog.restore(LOG_PREFIX, partition, entries)  # all of its own keys are stale already
+        """The shard as its last committed checkpoint left it (a new one if none); see `streams.deltalog`.
+
+        What it refused (not in the state format, or not a shard's checkpoint) is in `log.refused`: the caller
+        logs it. A shard whose checkpoint is refused starts empty, as with no checkpoint."""
+        log, found = DeltaLog.restore(LOG_PREFIX, partition, entries, codec=CODEC)  # all of its own keys are stale already
+        legacy = [key for key, _ in entries if key[:2] in (b"u/", b"i/", b"g/")]
+        if legacy:  # v1 (pickles): never loaded, deleted after the next image
+            log.stale.update(legacy)
+            log.refused.append(f"{len(legacy)} record(s) of state version 1 (pickled), e.g. {legacy[0]!r}: not loaded")
         if found is not None:
-            version, g, offsets = found.meta
-            if version == STATE_VERSION:
+            problem = _not_a_checkpoint(found.meta, found.parts)
+            if problem is None:
+                version, g, offsets = found.meta
                 return cls.new(partition, config, found.parts.get("users"), found.parts.get("items"), g, offsets, log=log)
-        state, legacy_keys = _legacy_state(entries)
-        log.stale.update(legacy_keys)  # rewritten in the new format by the next checkpoint, then deleted
-        return cls.new(partition, config, log=log, **state)
+            log.refused.append(f"generation {found.generation} of {LOG_PREFIX}/{partition}: {problem}; the shard starts empty")
+        return cls.new(partition, config, log=log)
 
     def apply(self, record: Record) -> bool:
         """Learn one record; False if it is already in the state (redelivered after a restart) or invalid."""
@@ -177,25 +186,20 @@ def also_viewed(item: ItemState, prior: float, k: int) -> list[tuple[str, float]
     return [(j, v / denom) for j, v in heapq.nlargest(k, item.cooc.items(), key=itemgetter(1))]
 
 
-def _legacy_state(entries: list[tuple[bytes, bytes]]) -> tuple[dict[str, Any], list[bytes]]:
-    """State v1 (one key per user `u/`, item `i/` and the marker `g/`), read once and rewritten as a delta log:
-    the `Shard.new` arguments and the v1 keys found (other keys are ignored)."""
-    users: dict[str, Any] = {}
-    items: dict[str, Any] = {}
-    out: dict[str, Any] = {"users": users, "items": items}
-    keys: list[bytes] = []
-    for key, blob in entries:
-        kind, _, rest = key.decode().partition("/")
-        ident = rest.partition("/")[2]
-        if kind == "u":
-            users[ident] = pickle.loads(blob)
-        elif kind == "i":
-            items[ident] = pickle.loads(blob)
-        elif kind == "g":
-            version, g, offsets = pickle.loads(blob)
-            if version == 1:
-                out.update(g=g, offsets=offsets)
-        else:
-            continue
-        keys.append(key)
-    return out, keys
+
+def _not_a_checkpoint(meta: Any, parts: dict[str, dict[Any, Any]]) -> str | None:
+    """Why a decoded log is not this version's shard checkpoint (None if it is): its shape, not every value."""
+    if type(meta) is not tuple or len(meta) != 3:
+        return "its metadata is not (version, global state, offsets)"
+    version, g, offsets = meta
+    if version != STATE_VERSION:
+        return f"state version {version!r}, expected {STATE_VERSION}"
+    if type(g) is not GlobalState or type(offsets) is not dict or \
+            not all(type(t) is str and type(o) is int for t, o in offsets.items()):
+        return "its metadata is not (version, global state, offsets)"
+    if parts.keys() - {"users", "items"}:
+        return f"unknown parts {sorted(parts.keys() - {'users', 'items'})}"
+    for name, kind in (("users", UserState), ("items", ItemState)):
+        if not all(type(k) is str and type(v) is kind for k, v in parts.get(name, {}).items()):
+            return f"its {name} are not {kind.__name__} by id"
+    return None

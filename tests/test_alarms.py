@@ -1,12 +1,11 @@
 """Alarm lifecycle (plain code): one active alarm per type, updated not duplicated, cleared after a normal spell, acks."""
 
-import pickle
-
 import pytest
 
-from online_models.alarms import AlarmBook, DeviceMonitor, MonitorConfig, alarm_id, source_of
+from online_models.alarms import STATE_TYPES, AlarmBook, DeviceMonitor, MonitorConfig, alarm_id, source_of
 from online_models.anomaly import RuleSet
 from schemas.events import AlarmStatus, Alert, Severity
+from schemas.state import StateCodec
 
 
 def test_raise_update_clear_with_delay_and_revisions():
@@ -81,8 +80,13 @@ def test_monitor_rules_stuck_anomaly_silence_offline():
     assert [(e.alarm_type, e.severity) for e in off] == [("offline", "CRITICAL")]
     on = mon.status(t + 203, "online")
     assert [(e.alarm_type, e.status) for e in on] == [("offline", "CLEARED_UNACK")]
-    again = pickle.loads(pickle.dumps(mon))  # checkpointed with the model
+    codec = StateCodec(STATE_TYPES)  # checkpointed with the model (agents/sensors.py)
+    again = codec.loads(codec.dumps(mon))
     assert again.alarms.active.keys() == mon.alarms.active.keys()
+    for book in ("active", "cleared_unack"):
+        assert {k: vars(a) for k, a in getattr(again.alarms, book).items()} == {k: vars(a) for k, a in getattr(mon.alarms, book).items()}
+    assert mon.alarms.cleared_unack and all(type(a.status) is AlarmStatus for a in again.alarms.cleared_unack.values())
+    assert again.cfg == mon.cfg and again.varied == mon.varied
 
 
 def test_custom_rules_from_settings_json():

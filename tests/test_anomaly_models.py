@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from online_models.anomaly import AnomalyResult, DeviceAnomalyModel, RuleSet, SilenceDetector
+from online_models.anomaly.state_types import STATE_TYPES
 from online_models.anomaly.stats import TailCalibrator, neg_log10_tail
+from schemas.state import StateCodec
 
 T0 = 1_700_000_000.0
 
@@ -112,18 +114,22 @@ def test_score_one_does_not_learn(fast_kwargs):
     assert pickle.dumps(m) == before
 
 
-def test_pickle_round_trip_gives_identical_scores():
+def test_state_format_round_trip_gives_identical_scores():
+    """As checkpoints write a device's model (agents/sensors.py, schemas/state.py): it scores and learns on identically."""
     m = DeviceAnomalyModel()  # full ensemble, HST included
     ts, x = _series(900, seed=4)
     m.score_learn_many(ts[:600], {"temperature": x[:600]})
-    blob = pickle.dumps(m)
+    codec = StateCodec(STATE_TYPES)
+    blob = codec.dumps(m, compress=True)
     assert len(blob) < 64_000
-    clone = pickle.loads(blob)
+    clone = codec.loads(blob)
+    assert clone.hst._tree_nodes[0][0] is clone.hst.trees[0]  # one set of nodes, as River keeps them
     a = m.score_learn_many(ts[600:], {"temperature": x[600:]}).scores
     b = clone.score_learn_many(ts[600:], {"temperature": x[600:]}).scores
     np.testing.assert_array_equal(a, b)
     assert m.score_learn_one(float(ts[-1] + 300), {"temperature": 5.0}).score == clone.score_learn_one(
         float(ts[-1] + 300), {"temperature": 5.0}).score
+    assert codec.dumps(clone) == codec.dumps(m)  # the same state, bit for bit
 
 
 def test_batch_with_one_row_blocks_equals_one_by_one(fast_kwargs):

@@ -95,8 +95,9 @@ def test_other_partitions_and_prefixes_are_ignored() -> None:
     assert nothing is None
 
 
-def test_recommender_shard_round_trip_through_its_log_and_from_the_v1_layout() -> None:
-    """A shard checkpointed into a table and restored recommends exactly as before; v1 keys are read and replaced."""
+def test_recommender_shard_round_trip_through_its_log_and_v1_pickles_are_not_loaded() -> None:
+    """A shard checkpointed into a table and restored recommends exactly as before; v1 keys (pickles) are refused,
+    not loaded, and deleted by the next image."""
     import pickle
 
     from online_models.recommender import RecommenderConfig
@@ -121,14 +122,15 @@ def test_recommender_shard_round_trip_through_its_log_and_from_the_v1_layout() -
     again = Shard.restore(2, config, list(table.items()))
     assert again.offsets == shard.offsets and len(again.model.items) == len(shard.model.items)
     assert {u: again.model.recommend(u, 10) for u in users} == before
+    assert again.log.refused == []
 
     v1 = {f"u/2/{u}".encode(): pickle.dumps(st) for u, st in shard.model.users.items()}
     v1 |= {f"i/2/{i}".encode(): pickle.dumps(st) for i, st in shard.model.items.items()}
     v1[b"g/2"] = pickle.dumps((1, shard.model.state, shard.offsets))
-    migrated = Shard.restore(2, config, list(v1.items()))
-    assert migrated.offsets == shard.offsets
-    assert {u: migrated.model.recommend(u, 10) for u in users} == before
-    migrated.checkpoint(v1)  # the first checkpoint writes the new layout and drops the old keys
+    fresh = Shard.restore(2, config, list(v1.items()))
+    assert fresh.offsets == {} and not fresh.model.users and not fresh.model.items
+    assert len(fresh.log.refused) == 1 and "state version 1 (pickled)" in fresh.log.refused[0]
+    fresh.checkpoint(v1)  # the first checkpoint writes the new layout and drops the old keys
     assert v1 and all(k.startswith(b"r/2/") for k in v1)
 
 
@@ -149,12 +151,33 @@ def test_pieces_restore_whole_and_an_abandoned_write_is_ignored() -> None:
     assert found is not None and found.parts == state and found.meta == "m0"
 
 
-def test_a_commit_written_before_pieces_restores() -> None:
-    """Logs written by the previous version (commit = bare chunk count of one pickle) still restore."""
+def test_logs_written_as_pickles_are_refused_and_never_unpickled(tmp_path) -> None:
+    """Logs written by earlier versions (pickles) are refused: nothing in them runs, restore goes on without them."""
     import pickle
 
-    blob = pickle.dumps({"users": {"a": 1, "b": 2}})
+    marker = tmp_path / "ran"
+
+    class Boom:
+        def __reduce__(self):
+            return (marker.write_text, ("pickle ran",))
+
+    blob = pickle.dumps({"users": {"a": Boom()}})
     table = {b"r/3/000000/000000000/0": blob[:10], b"r/3/000000/000000000/1": blob[10:],
-             b"r/3/000000/000000000/c": pickle.dumps((2, "old"))}
-    _, found = _restore(table)
-    assert found is not None and found.parts == {"users": {"a": 1, "b": 2}} and found.meta == "old"
+             b"r/3/000000/000000000/c": pickle.dumps(([2], Boom()))}
+    log, found = _restore(table)
+    assert found is None and not marker.exists()
+    assert len(log.refused) == 1 and "pickle" in log.refused[0] and "r/3/000000/000000000/c" in log.refused[0]
+    # a crafted piece under a valid commit of the new format: the image is refused, an older generation is used
+    good = DeltaLog("r", 3)
+    good.write(table, {"users": {"a": 1}}, "m0", image=True)
+    table[b"r/3/000009/000000000/0"] = blob
+    table[b"r/3/000009/000000000/c"] = DeltaLog("r", 3).codec.dumps(([1], "crafted"))
+    log, found = _restore(table)
+    assert found is not None and found.meta == "m0" and found.parts == {"users": {"a": 1}} and not marker.exists()
+    assert any("000009" in r for r in log.refused)
+    assert log.generation == 9  # the next image starts above everything found, which it then deletes
+    # keys that are not a log's, and commits that claim more chunks than exist, are refused, not fatal
+    table[b"r/3/not-a-key"] = b"x"
+    table[b"r/3/000010/000000000/c"] = DeltaLog("r", 3).codec.dumps(([10**9], "crafted"))
+    log, found = _restore(table)
+    assert found is not None and found.meta == "m0" and len(log.refused) == 3

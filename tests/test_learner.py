@@ -46,7 +46,7 @@ async def test_the_learner_learns_and_checkpoints_what_a_shard_in_the_worker_wou
     learner.send("records", [(5, r) for r in records[:1500]])
     learner.send("records", [(5, r) for r in records[1500:]] + [(5, records[10])])  # a redelivered record is skipped
     writes = (await learner.work("checkpoint", [5, 6]))
-    assert await loaded == (0, 0, {})
+    assert await loaded == (0, 0, {}, [])  # users, items, offsets, records refused
     assert writes[6] is None  # not held by this learner
     ops, records_written = writes[5]
     assert records_written == len(ops) > 1

@@ -16,7 +16,9 @@ from online_models.evaluation.recommender import (
 )
 from online_models.recommender import OnlineRecommender, RecommenderConfig
 from online_models.recommender.bench import bench_commerce
+from online_models.recommender.state import STATE_TYPES
 from schemas.events import ClickEvent
+from schemas.state import StateCodec
 from wharf.simulator import ShopConfig, ShopSimulator, simulate_clicks
 
 CATS = "ABCDE"
@@ -218,9 +220,10 @@ def test_state_stores_alone_rebuild_the_model():
     model = OnlineRecommender(RecommenderConfig(seed=2))
     for ev in simulate_clicks(2000, seed=4, n_users=150, n_items=250):
         model.learn_one(ev)
-    users = {k: pickle.loads(pickle.dumps(v)) for k, v in model.users.items()}
-    items = {k: pickle.loads(pickle.dumps(v)) for k, v in model.items.items()}
-    state = pickle.loads(pickle.dumps(model.state))
+    codec = StateCodec(STATE_TYPES)  # as checkpoints write them (streams/shard.py)
+    users = {k: codec.loads(codec.dumps(v)) for k, v in model.users.items()}
+    items = {k: codec.loads(codec.dumps(v)) for k, v in model.items.items()}
+    state = codec.loads(codec.dumps(model.state))
     rebuilt = OnlineRecommender(model.config, users=users, items=items, state=state)
     for user in list(model.users)[:25]:
         a, b = model.recommend(user, 10), rebuilt.recommend(user, 10)
@@ -229,33 +232,28 @@ def test_state_stores_alone_rebuild_the_model():
         assert [r.score for r in a] == pytest.approx([r.score for r in b], rel=1e-9)
 
 
-def test_compact_state_pickles_equal_the_objects_and_old_pickles_still_load(monkeypatch):
-    """Checkpoints written before the compact format (still in changelogs) must restore to the same state."""
+def test_state_format_gives_back_equal_users_and_items_with_their_own_arrays():
+    """Checkpointed users and items come back slot for slot, factors as writable float32 arrays of their own."""
     from online_models.recommender.state import ItemState, UserState
 
     model = OnlineRecommender(RecommenderConfig(seed=2))
     for ev in simulate_clicks(1500, seed=4, n_users=100, n_items=150):
         model.learn_one(ev)
     objects = [*list(model.users.values())[:30], *list(model.items.values())[:30]]
-    compacts = [pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) for obj in objects]
-    with monkeypatch.context() as m:  # pickled as before the compact format: the class, then each slot
-        m.delattr(UserState, "__reduce__")
-        m.delattr(ItemState, "__reduce__")
-        olds = [pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) for obj in objects]
-    for obj, compact, old in zip(objects, compacts, olds, strict=True):
-        assert b"_rebuild" in compact and b"_rebuild" not in old and len(compact) < len(old)
-        for blob in (compact, old):
-            back = pickle.loads(blob)
-            assert type(back) is type(obj)
-            for name in type(obj).__slots__:
-                want, got = getattr(obj, name), getattr(back, name)
-                if isinstance(want, np.ndarray):
-                    assert got.dtype == want.dtype and got.flags.writeable and np.array_equal(got, want)
-                else:
-                    assert got == want, name
-            if back.factors is not None:
-                back.factors += 1.0  # its own buffer, not the pickle's nor the original's
-                assert not np.array_equal(back.factors, obj.factors)
+    codec = StateCodec(STATE_TYPES)
+    for obj in objects:
+        back = codec.loads(codec.dumps(obj))
+        assert type(back) is type(obj) and type(obj) in (ItemState, UserState)
+        for name in type(obj).__slots__:
+            want, got = getattr(obj, name), getattr(back, name)
+            if isinstance(want, np.ndarray):
+                assert got.dtype == want.dtype and got.flags.writeable and np.array_equal(got, want)
+            else:
+                assert got == want and type(got) is type(want), name
+        if back.factors is not None:
+            back.factors += 1.0  # its own buffer, not the record's nor the original's
+            assert not np.array_equal(back.factors, obj.factors)
+        assert back.recent == obj.recent if isinstance(obj, UserState) else back.cooc == obj.cooc
 
 
 def test_simulator_is_deterministic_and_well_formed():

@@ -5,7 +5,7 @@ Why this shape: per-event backprop costs ~100 us in PyTorch, far too slow for
 its weights (a 2-layer MLP is ~2 us in NumPy) and *trains* with PyTorch only
 every ``train_every`` events, on the samples collected since the last step.
 All state (weights and Adam moments) lives in small float32 NumPy arrays, so
-the model pickles in a few KB and a round-trip gives identical predictions.
+the model checkpoints in a few KB (`schemas.state`) and a round trip gives identical predictions.
 Training is deterministic (no sampling), so replays are reproducible.
 """
 

@@ -1,4 +1,4 @@
-"""Cheap streaming statistics in plain Python floats (a few per metric, so pickles stay small).
+"""Cheap streaming statistics in plain Python floats (a few per metric, so checkpoints stay small).
 
 Plain floats beat NumPy for per-event scalar updates (no array overhead); the
 batch path of the model calls the same code in a tight loop.

@@ -1,6 +1,6 @@
 """Per-user, per-item and per-worker state of the online recommender.
 
-Every value here is a small picklable dataclass, so a Faust table keyed by user
+Every value here is a small dataclass of plain data, so a Faust table keyed by user
 (`UserState`) and one keyed by item (`ItemState`) can replace the plain dicts the
 model uses by default. `GlobalState` is per worker (blend weights, RNG, a sample
 of recent items); it is tiny and can live in a single-key table.
@@ -26,6 +26,8 @@ from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
+
+from schemas.state import StateType, StateTypes
 
 _MAX_EXPONENT = 30.0  # rescale forward-decayed maps before exp() grows past ~1e13
 
@@ -118,9 +120,6 @@ class ItemState:
         """Factor that brings an unscaled pseudo-count to the row's scale (as of its last pair)."""
         return math.exp(self.cooc_clock - self.cooc_ref)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _compact(self)
-
 
 @dataclass(slots=True)
 class UserState:
@@ -140,9 +139,6 @@ class UserState:
     categories_ref: float = 0.0
     events: int = 0
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _compact(self)
-
 
 @dataclass(slots=True)
 class GlobalState:
@@ -159,29 +155,30 @@ class GlobalState:
     recent_pos: int = 0
 
 
-# Checkpoints pickle every changed user and item (`streams/deltalog.py`), a large share of a worker's time.
-# Pickled as their slot values in order, with float32 factors as raw bytes, a user takes about half the
-# time to dump and a quarter to load of the default (copyreg's state dict and numpy's array reducer).
-# Pickles written before this still load: they set the slots one by one, as pickle always did.
-_GETTERS = {cls: attrgetter(*cls.__slots__) for cls in (ItemState, UserState)}
-_FACTORS = {cls: cls.__slots__.index("factors") for cls in (ItemState, UserState)}
+def _user_state(user: UserState) -> dict[str, Any]:
+    """A user's slots, `recent` as four columns: as a dozen 4-tuples it cost more to encode and decode than the rest."""
+    state = dict(zip(UserState.__slots__, _USER_SLOTS(user)))
+    recent = user.recent
+    if all(type(r) is tuple and len(r) == 4 for r in recent):
+        state["recent"] = tuple(list(col) for col in zip(*recent)) if recent else ([], [], [], [])
+    return state
 
 
-def _compact(obj: ItemState | UserState) -> tuple[Any, ...]:
-    cls = type(obj)
-    values = _GETTERS[cls](obj)
-    i = _FACTORS[cls]
-    f = values[i]
-    if f is not None and f.dtype == np.float32 and f.ndim == 1:
-        values = (*values[:i], f.tobytes(), *values[i + 1:])
-    return _rebuild, (cls, values)
+def _set_user_state(user: UserState, state: Any) -> None:
+    if type(state) is not dict or not state.keys() <= _USER_SLOT_NAMES:
+        raise ValueError("not the fields of a UserState")
+    recent = state.get("recent")
+    if type(recent) is tuple:
+        if len(recent) != 4 or not all(type(c) is list and len(c) == len(recent[0]) for c in recent):
+            raise ValueError("a malformed recent history")
+        state["recent"] = list(zip(*recent))
+    for name, value in state.items():
+        object.__setattr__(user, name, value)
 
 
-def _rebuild(cls: type, values: tuple[Any, ...]) -> Any:
-    obj = object.__new__(cls)
-    for name, value in zip(cls.__slots__, values, strict=True):
-        object.__setattr__(obj, name, value)
-    f = obj.factors
-    if isinstance(f, bytes):
-        obj.factors = np.frombuffer(f, dtype=np.float32).copy()
-    return obj
+_USER_SLOTS = attrgetter(*UserState.__slots__)
+_USER_SLOT_NAMES = frozenset(UserState.__slots__)
+
+
+# Checkpoints (`streams/shard.py`) write these in Wharf's state format, which rebuilds only the classes listed here.
+STATE_TYPES = StateTypes(StateType(UserState, _user_state, _set_user_state), ItemState, GlobalState)

@@ -24,6 +24,7 @@ import numpy as np
 from online_models.sentiment.head import ProbitHead
 from online_models.sentiment.lexicon import LexiconPrior
 from online_models.sentiment.ngrams import NgramNaiveBayes, hashed_ngrams
+from schemas.state import StateTypes
 
 ENCODERS = ("lexicon", "hashing", "minilm")
 DEFAULT_ENCODER = "minilm"
@@ -69,6 +70,18 @@ def rating_to_positive(rating: int | float | None) -> bool | None:
     if rating <= 2:
         return False
     return None
+
+
+def _same_shape(head: ProbitHead, like: ProbitHead) -> bool:
+    n = like.mean.shape[0]
+    mean, cov = getattr(head, "mean", None), getattr(head, "cov", None)
+    return (type(mean) is np.ndarray and mean.dtype == np.float64 and mean.shape == (n,)
+            and type(cov) is np.ndarray and cov.dtype == np.float64 and cov.shape == (n, n)
+            and type(getattr(head, "n_seen", None)) is int and type(getattr(head, "noise", None)) in (int, float))
+
+
+# What `learned_state` holds besides plain data: the allow-list its checkpoints are decoded with (`schemas.state`).
+LEARNED_STATE_TYPES = StateTypes(ProbitHead)
 
 
 class SentimentModel:
@@ -203,20 +216,33 @@ class SentimentModel:
 
     def load_learned_state(self, parts: dict[str, dict[Any, Any]]) -> None:
         """Continue from a checkpoint (`learned_state`, its deltas merged over its image): predictions come out
-        as they did when it was taken."""
-        head = parts["head"]["head"]
-        if head.mean.shape != self._head.mean.shape or (self._nb is not None) != ("ngram_totals" in parts):
+        as they did when it was taken.
+
+        The checkpoint comes from outside the process: anything not shaped like this model's state raises ValueError
+        and leaves the model as it was."""
+        head = parts.get("head", {}).get("head") if type(parts.get("head")) is dict else None
+        if type(head) is not ProbitHead or not _same_shape(head, self._head):
+            raise ValueError(f"checkpoint is of another encoder than {self.encoder!r} (or has no probit head of its shape)")
+        if (self._nb is not None) != ("ngram_totals" in parts):
             raise ValueError(f"checkpoint is of another encoder than {self.encoder!r}")
-        self._head = head
+        nb = None
         if self._nb is not None:
             nb = NgramNaiveBayes(self._nb.alpha)
-            for h, (neg, pos) in parts.get("ngrams", {}).items():
+            ngrams, totals = parts.get("ngrams", {}), parts["ngram_totals"].get("totals")
+            if type(ngrams) is not dict or type(totals) is not tuple or len(totals) != 2 or type(totals[1]) is not int \
+                    or type(totals[0]) is not tuple or len(totals[0]) != 2 or not all(type(t) is float for t in totals[0]):
+                raise ValueError("checkpoint's n-gram counts are malformed")
+            for h, counts in ngrams.items():
+                if type(h) is not int or type(counts) is not tuple or len(counts) != 2 or not all(type(c) is float for c in counts):
+                    raise ValueError("checkpoint's n-gram counts are malformed")
+                neg, pos = counts
                 if neg:
                     nb.counts[0][h] = neg
                 if pos:
                     nb.counts[1][h] = pos
-            totals, nb.vocabulary = parts["ngram_totals"]["totals"]
-            nb.totals = list(totals)
+            nb.totals, nb.vocabulary = list(totals[0]), totals[1]
+        self._head = head
+        if nb is not None:
             self._nb = nb
 
     # -- pickling: drop the feature cache (encoder and lexicon drop their own weights)

@@ -1,0 +1,301 @@
+"""schemas/state.py: what checkpoints are written in. Every model's state comes back as it was; anything that is
+not this format, or that it does not allow, is refused with StateFormatError and runs nothing."""
+
+from __future__ import annotations
+
+import csv
+import os
+import pickle
+import random
+import zlib
+from collections import defaultdict, deque
+from datetime import datetime
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from online_models.alarms import STATE_TYPES as ALARM_TYPES
+from online_models.alarms import Alarm, AlarmBook, DeviceMonitor, MonitorConfig
+from online_models.anomaly import DeviceAnomalyModel, RuleSet
+from schemas.events import AlarmStatus, Severity
+from schemas.state import MAGIC, Limits, StateCodec, StateFormatError, StateTypes
+
+NAB = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "nab" / "data" / "realKnownCause"
+
+
+class Marker:
+    """Pickles that would write a file when loaded (what an attacker with access to the broker could produce)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def _readings(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real machine temperatures from NAB where the shared datasets are present, else a noisy daily cycle."""
+    path = NAB / "machine_temperature_system_failure.csv"
+    if path.exists():
+        with path.open() as f:
+            rows = list(csv.reader(f))[1:n + 1]
+        ts = np.array([datetime.fromisoformat(r[0]).timestamp() for r in rows])
+        return ts, np.array([float(r[1]) for r in rows])
+    rng = np.random.default_rng(0)
+    ts = 1.7e9 + 300.0 * np.arange(n)
+    return ts, 70 + 5 * np.sin(ts / 86400 * 2 * np.pi) + rng.normal(0, 0.5, n)
+
+
+def _device_state():
+    from agents.sensors import DeviceState
+
+    ts, x = _readings(3000)
+    st_ = DeviceState.new("dev-7", 3)
+    rules = RuleSet(None)
+    st_.monitor.device_type = "cold_room"
+    for start in range(0, 2000, 32):
+        t, v = ts[start:start + 32], x[start:start + 32]
+        res = st_.model.score_learn_many(t, {"temperature": v, "humidity": v / 2})
+        for j in range(len(t)):
+            st_.is_duplicate(start + j, float(t[j]))
+            st_.monitor.reading(float(t[j]), {"temperature": float(v[j])}, rules, float(res.scores[j]), bool(res.is_anomaly[j]),
+                                res.metrics[j])
+    return st_, ts, x
+
+
+def test_plain_values_come_back_with_their_types() -> None:
+    shared = np.arange(6, dtype=np.float32)
+    value = {
+        "none": None, "flags": [True, False], "ints": [0, -1, 2**63 - 1, -2**63, 2**64, -(2**200)], "float": 1.5,
+        "nan": float("nan"), "str": "Köln", "bytes": b"\x00\xff", "tuple": (1, ("a", 2.0), []), "list": [(1, 2), [3]],
+        (4, "k"): "tuple key", 7: "int key", None: "none key", "set": {1, 2}, "frozen": frozenset({"a"}),
+        "deque": deque([1, 2, 3], maxlen=5), "dd": defaultdict(list, {"a": [1]}), "enum": Severity.MAJOR,
+        "arrays": [np.zeros((2, 3)), np.asfortranarray(np.arange(6.0).reshape(2, 3)), np.array(3.5), np.zeros(0, np.int64),
+                   np.array([True, False]), np.array([1 + 2j], np.complex128), np.arange(4, dtype=">i4")],
+        "scalars": [np.float64(0.1), np.float32(2.5), np.int64(-3), np.bool_(True)], "shared": [shared, shared],
+    }
+    codec = StateCodec(ALARM_TYPES)
+    for compress in (False, True):
+        back = codec.loads(codec.dumps(value, compress=compress))
+        assert back.keys() == value.keys()
+        for k, v in value.items():
+            if k in ("arrays", "scalars", "shared", "nan"):
+                continue
+            assert back[k] == v and type(back[k]) is type(v), k
+        assert back["tuple"] == (1, ("a", 2.0), []) and type(back["tuple"][1]) is tuple and type(back["tuple"][2]) is list
+        assert back["deque"].maxlen == 5 and back["dd"].default_factory is list and back["nan"] != back["nan"]
+        for a, b in zip(value["arrays"], back["arrays"], strict=True):
+            assert b.dtype == a.dtype and b.shape == a.shape and np.array_equal(a, b) and b.flags.writeable
+            assert b.flags.f_contiguous == a.flags.f_contiguous
+        assert [type(s) for s in back["scalars"]] == [type(s) for s in value["scalars"]] and back["scalars"] == value["scalars"]
+        assert back["shared"][0] is back["shared"][1]  # one array, as in the original
+
+
+def test_a_device_state_scores_and_alarms_identically_after_a_round_trip() -> None:
+    """DeviceAnomalyModel (full ensemble: forecaster and River HST), DeviceMonitor and the de-duplication window."""
+    from agents.sensors import STATE_VERSION, DeviceState
+
+    state, ts, x = _device_state()
+    blob = state.dump()
+    assert blob[:3] == MAGIC and len(blob) < 64_000
+    clone = DeviceState.load(blob)
+    assert clone.recent == state.recent and clone.is_duplicate(1999, float(ts[1999]))
+    assert clone.monitor.alarms.active.keys() == state.monitor.alarms.active.keys()
+    rules = RuleSet(None)
+    for s in (state, clone):
+        s.out = []
+        for start in range(2000, 3000, 32):
+            t, v = ts[start:start + 32], x[start:start + 32]
+            res = s.model.score_learn_many(t, {"temperature": v, "humidity": v / 2})
+            s.out.append(res.scores)
+            for j in range(len(t)):
+                s.out.append(s.monitor.reading(float(t[j]), {"temperature": float(v[j]) + 20 * (start > 2500)}, rules,
+                                               float(res.scores[j]), bool(res.is_anomaly[j]), res.metrics[j]))
+    assert any(isinstance(o, list) and o for o in state.out)  # alarms were raised after the restore
+    for a, b in zip(state.out, clone.out, strict=True):
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert a == b
+    del state.out, clone.out
+    assert clone.dump() == state.dump()  # the same state, bit for bit
+    with pytest.raises(StateFormatError, match=f"version {STATE_VERSION}"):
+        DeviceState.load(StateCodec(ALARM_TYPES).dumps((1, {"device_id": "x"})))
+
+
+def test_recommender_users_items_and_global_state_round_trip() -> None:
+    from online_models.recommender import OnlineRecommender, RecommenderConfig
+    from online_models.recommender.state import STATE_TYPES
+    from wharf.simulator import simulate_clicks
+
+    model = OnlineRecommender(RecommenderConfig(seed=5))
+    for ev in simulate_clicks(2500, seed=6, n_users=150, n_items=200):
+        model.learn_one(ev)
+    model.state.rng_state = model._rng.getstate()  # noqa: SLF001 - as the shard checkpoint takes it
+    codec = StateCodec(STATE_TYPES)
+    users, items, g = (codec.loads(codec.dumps(v)) for v in (dict(model.users), dict(model.items), model.state))
+    assert type(g.rng_state) is tuple and g.rng_state == model.state.rng_state
+    clone = OnlineRecommender(model.config, users=users, items=items, state=g)
+    probe = list(model.users)[:30] + ["nobody"]
+    assert [clone.recommend(u, 10) for u in probe] == [model.recommend(u, 10) for u in probe]
+    assert clone._rng.getstate() == model._rng.getstate()  # noqa: SLF001
+
+
+def test_item_norm_with_its_alarm_book_round_trips() -> None:
+    from agents.commerce import NORM_CODEC, ItemNorm, check_drop
+
+    norm = ItemNorm()
+    for i in range(40):
+        norm.add(3600.0 * (i // 10) + i, 0.8 if i < 30 else -0.9)
+        check_drop(norm, "bk-1", 3600.0 * (i // 10) + i)
+    assert norm.book.active
+    back = NORM_CODEC.loads(NORM_CODEC.dumps(norm))
+    assert vars(back) | {"book": None} == vars(norm) | {"book": None}
+    assert {k: vars(a) for k, a in back.book.active.items()} == {k: vars(a) for k, a in norm.book.active.items()}
+    assert type(next(iter(back.book.active.values())).status) is AlarmStatus
+
+
+# --- refusals ------------------------------------------------------------------------------------------------
+
+
+def test_a_class_not_on_the_allow_list_is_refused_on_both_sides_with_where_it_was() -> None:
+    monitor = DeviceMonitor("d-1", MonitorConfig())
+    monitor.alarms.raise_("x", Severity.MINOR, 1.0, "m")
+    with pytest.raises(StateFormatError, match="online_models.alarms:DeviceMonitor"):
+        StateCodec(StateTypes(AlarmBook, Alarm)).dumps(monitor)
+    blob = StateCodec(ALARM_TYPES).dumps({"m": monitor})
+    narrow = StateCodec(StateTypes(DeviceMonitor, MonitorConfig, AlarmBook, Severity, AlarmStatus))  # no Alarm
+    with pytest.raises(StateFormatError, match="online_models.alarms:Alarm' refused") as err:
+        narrow.loads(blob)
+    assert err.value.where == "DeviceMonitor > AlarmBook"
+
+
+def test_pickles_and_compressed_pickles_are_refused_and_run_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    codec = StateCodec(ALARM_TYPES)
+    for blob in (pickle.dumps(Marker(marker)), zlib.compress(pickle.dumps((1, Marker(marker))), 1)):
+        with pytest.raises(StateFormatError, match="refused"):
+            codec.loads(blob)
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(Marker(marker)))  # the pickle is real: loaded by pickle, it runs
+    assert marker.exists()
+
+
+def test_truncated_and_corrupted_records_are_refused() -> None:
+    state, _, _ = _device_state()
+    from agents.sensors import STATE_CODEC
+
+    for compress in (False, True):
+        blob = STATE_CODEC.dumps(state, compress=compress)
+        for cut in list(range(0, 64)) + list(range(64, len(blob), max(1, len(blob) // 97))):
+            with pytest.raises(StateFormatError):
+                STATE_CODEC.loads(blob[:cut])
+        with pytest.raises(StateFormatError):
+            STATE_CODEC.loads(blob + b"\x00")
+    rng = random.Random(1)
+    blob = bytearray(STATE_CODEC.dumps(state))
+    for _ in range(300):  # flipped bytes: either still a state (a changed number) or refused
+        bad = bytearray(blob)
+        bad[rng.randrange(5, len(bad))] ^= 1 << rng.randrange(8)
+        try:
+            STATE_CODEC.loads(bytes(bad))
+        except StateFormatError:
+            pass
+    with pytest.raises(StateFormatError, match="version"):
+        STATE_CODEC.loads(MAGIC + b"\x02\x00\xc0")
+    with pytest.raises(StateFormatError, match="flags"):
+        STATE_CODEC.loads(MAGIC + b"\x01\x80\xc0")
+
+
+def _raw(value: object) -> bytes:
+    """A record as an attacker could craft it: the header, then any msgpack."""
+    return MAGIC + b"\x01\x00" + msgpack.packb(value, use_bin_type=True)
+
+
+def test_crafted_structures_are_refused() -> None:
+    E = msgpack.ExtType
+    codec = StateCodec(ALARM_TYPES)
+    cases = {
+        "object dtype": E(10, bytes((3, 0, 1)) + b"|O8" + (1).to_bytes(8, "little") + b"\x00" * 8),
+        "structured dtype": E(10, bytes((7, 0, 1)) + b"[('a',)" + (1).to_bytes(8, "little")),
+        "shape and bytes disagree": E(10, bytes((3, 0, 1)) + b"<f8" + (10**6).to_bytes(8, "little") + b"\x00" * 8),
+        "unknown ext": E(99, b""),
+        "back-reference to nothing": E(12, (5).to_bytes(4, "little")),
+        "marker out of place": [1, E(2, b"")],
+        "marker alone": E(1, b"online_models.alarms:AlarmBook"),
+        "dunder attribute": [E(1, b"online_models.alarms:AlarmBook"), {"__class__": 1}],
+        "state not a dict": [E(1, b"online_models.alarms:AlarmBook"), [1, 2]],
+        "not an enum member": [E(7, b"schemas.events:Severity"), "BOOM"],
+        "object named as an enum": [E(7, b"online_models.alarms:AlarmBook"), "x"],
+        "module of the standard library": [E(1, b"os:system"), {}],
+        "defaultdict factory": [E(6, b"os.system"), {}],
+    }
+    for name, value in cases.items():
+        with pytest.raises(StateFormatError):
+            codec.loads(_raw(value))
+            pytest.fail(name)
+    with pytest.raises(StateFormatError, match="unhashable"):
+        codec.loads(MAGIC + b"\x01\x00" + b"\x81\x91\x01\x02")  # {[1]: 2}
+    with pytest.raises(StateFormatError, match="numbers only"):
+        codec.dumps(np.array([object()]))
+
+
+def test_limits_on_depth_size_and_entries() -> None:
+    E = msgpack.ExtType
+    codec = StateCodec(ALARM_TYPES, Limits(max_bytes=1 << 20, max_items=100_000, max_depth=8))
+    nested: object = {}
+    for _ in range(9):
+        nested = [E(1, b"online_models.alarms:AlarmBook"), {"x": nested}]
+    with pytest.raises(StateFormatError, match="nested over 8"):
+        codec.loads(_raw(nested))
+    with pytest.raises(StateFormatError):
+        codec.loads(MAGIC + b"\x01\x00" + b"\x91" * 5000 + b"\xc0")  # 5,000 nested lists
+    with pytest.raises(StateFormatError, match="over 100000 entries"):
+        codec.loads(codec.dumps([[]] * 200_000))
+    with pytest.raises(StateFormatError, match="over the limit"):
+        codec.loads(codec.dumps(b"x" * (2 << 20)))
+    bomb = MAGIC + b"\x01\x01" + zlib.compress(msgpack.packb(b"\x00" * (64 << 20)), 9)  # 64 kB that inflate to 64 MB
+    assert len(bomb) < 100_000
+    with pytest.raises(StateFormatError, match="decompresses to over"):
+        codec.loads(bomb)
+
+
+# --- fuzzing -------------------------------------------------------------------------------------------------
+
+_NAMES = [b"online_models.alarms:AlarmBook", b"online_models.alarms:Alarm", b"schemas.events:Severity", b"os:system", b"x"]
+_DTYPES = [b"<f8", b"|b1", b"<i4", b"|O8", b"<U3", b"zz"]
+_ext = st.one_of(
+    st.builds(msgpack.ExtType, st.integers(0, 20), st.binary(max_size=24)),
+    st.builds(msgpack.ExtType, st.sampled_from([1, 7]), st.sampled_from(_NAMES)),
+    st.builds(msgpack.ExtType, st.just(10), st.builds(lambda d, n, raw: bytes((len(d), 0, n)) + d + raw,
+                                                         st.sampled_from(_DTYPES), st.integers(0, 3), st.binary(max_size=40))),
+)
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(), st.text(max_size=8),
+                  st.binary(max_size=8), _ext)
+_structure = st.recursive(_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=5), st.dictionaries(st.one_of(st.text(max_size=4), st.integers(-2**63, 2**63 - 1)), inner, max_size=4),
+    st.tuples(_ext, inner), st.tuples(_ext, inner, inner)), max_leaves=30)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=200), st.booleans())
+def test_random_bytes_raise_nothing_but_state_format_error(data: bytes, with_header: bool) -> None:
+    try:
+        StateCodec(ALARM_TYPES).loads((MAGIC + b"\x01\x00" if with_header else b"") + data)
+    except StateFormatError:
+        pass
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_structure, st.booleans())
+def test_random_msgpack_structures_raise_nothing_but_state_format_error(value: object, compress: bool) -> None:
+    payload = msgpack.packb(value, use_bin_type=True)
+    blob = MAGIC + (b"\x01\x01" + zlib.compress(payload) if compress else b"\x01\x00" + payload)
+    try:
+        StateCodec(ALARM_TYPES).loads(blob)
+    except StateFormatError:
+        pass
