@@ -316,8 +316,10 @@ def show_settings(markdown: bool = typer.Option(False, help="Print the settings 
     table = Table(title="Wharf settings (WHARF_* environment, then WHARF_CONFIG TOML)")
     for col in ("variable", "value", "meaning"):
         table.add_column(col)
+    hidden = ("WHARF_WEB_API_KEYS", "WHARF_WEB_OPERATOR_TOKENS", "WHARF_WEB_SESSION_SECRET")  # credentials are never printed
     for env, _default, desc in describe():
-        table.add_row(env, current.get(env, ""), desc)
+        value = current.get(env, "")
+        table.add_row(env, "(set, hidden)" if env in hidden and value else value, desc)
     console.print(table)
 
 

@@ -135,6 +135,15 @@ class Settings(BaseSettings):
     commerce_collector_max_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted `POST /collect` body.")
     commerce_collector_max_events: int = Field(1000, ge=1, description="Most events in one `POST /collect` batch.")
 
+    # --- HTTP credentials (streams/credentials.py, streams/guard.py) -----------------------------------------
+    web_api_keys: str = Field("", description="API keys of services (shop backends), comma separated: `POST /collect`, `POST /catalogue` and `GET /recommendations` accept `Authorization: Bearer KEY` or `X-API-Key: KEY`. None set and no file: those endpoints refuse everyone.")
+    web_api_keys_file: str = Field("", description="File with more API keys, one per line (`#` comments); re-read when it changes, so deleting a line revokes that key without a restart.")
+    web_operator_tokens: str = Field("", description="Operator tokens, comma separated: every other endpoint (dashboard data, acks, `/stats`) accepts `Authorization: Bearer TOKEN` or a dashboard login made with one.")
+    web_operator_tokens_file: str = Field("", description="File with more operator tokens, one per line; re-read when it changes (a removed token also ends the logins made with it).")
+    web_session_secret: str = Field("", description="Key that signs dashboard login cookies; empty: a random key per worker process (logins end when it restarts).")
+    web_session_hours: float = Field(12.0, gt=0, le=24 * 30, description="Lifetime of a dashboard login.")
+    web_allowed_origins: str = Field("", description="Browser origins (`scheme://host:port`, comma separated) allowed to send writes besides the worker's own addresses.")
+
     @field_validator("state_dir", "cache_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
