@@ -179,6 +179,13 @@ class Owner:
             self.devices[device_id] = st
         return st
 
+    def known_device(self, device_id: str, partition: int) -> DeviceState | None:
+        """The device's state if it has any here (in memory or checkpointed), else None: only telemetry and status
+        create a device, so made-up ids in commands cannot grow the state."""
+        if device_id in self.devices or device_id.encode() in self._store():
+            return self.device(device_id, partition)
+        return None
+
     async def _replay_gap(self, partition: int, marks: dict[str, int], first_offsets: dict[str, int]) -> None:
         """Re-learn records after the checkpoint that were committed before the crash (rows and alarms already out)."""
         group = settings.app_id
@@ -282,10 +289,10 @@ class Owner:
                     device_id = source_of(str(ev.get("alarm_id", "")))
                 except ValueError:
                     continue
-                st = self.device(device_id, r.partition)
-                if a := st.monitor.alarms.ack(ev["alarm_id"], float(ev.get("ts") or r.kafka_ts), ev.get("by")):
+                st = self.known_device(device_id, r.partition)  # a command never creates a device: unknown ids are no-ops
+                if st is not None and (a := st.monitor.alarms.ack(ev["alarm_id"], float(ev.get("ts") or r.kafka_ts), ev.get("by"))):
                     alerts.append(a)
-                self.dirty.add(device_id)
+                    self.dirty.add(device_id)
         if not emit:
             return
         await send_alerts(alerts)
