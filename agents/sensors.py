@@ -233,6 +233,13 @@ class Owner:
             log.error("%s: state of device %r refused (%s); the device starts fresh", state_table.name, device_id, exc)
         return DeviceState.new(device_id, partition)
 
+    def known_device(self, device_id: str, partition: int) -> DeviceState | None:
+        """The device's state if it has any here (in memory or checkpointed), else None: only telemetry and status
+        create a device, so made-up ids in commands cannot grow the state."""
+        if device_id in self.devices or device_id.encode() in self._store():
+            return self.device(device_id, partition)
+        return None
+
     async def _replay_gap(self, partition: int, marks: dict[str, int], first_offsets: dict[str, int]) -> None:
         """Re-learn records after the checkpoint that were committed before the crash (rows and alarms already out)."""
         group = settings.app_id
@@ -380,7 +387,9 @@ class Owner:
         if not (isinstance(ev, dict) and ev.get("command") == "ack"):
             raise ValueError("is not a known command (expected an object with command 'ack')")
         device_id = source_of(str(ev.get("alarm_id", "")))  # ValueError for an id no device alarm has
-        st = self.device(device_id, r.partition)
+        st = self.known_device(device_id, r.partition)  # a command never creates a device: made-up ids cannot grow state
+        if st is None:
+            raise ValueError(f"names device {device_id[:64]!r}, which has no state here")
         self.dirty.add(device_id)
         by = ev.get("by")
         a = st.monitor.alarms.ack(str(ev["alarm_id"]), to_epoch(ev.get("ts") or r.kafka_ts), by[:64] if isinstance(by, str) else None)

@@ -95,6 +95,14 @@ app = WharfApp(
     web_bind=settings.web_host,
     web_port=settings.web_port,
     web_enabled=True,
+    # Faust's own views (/router: the cluster's worker URLs, /table: table data, /graph, the stats index,
+    # /performance) are not served: forwarding requests to a key's owner (`table_route`) needs none of them.
+    # The routes that are served all pass `streams.guard`.
+    web_router_enabled=False,
+    web_tables_enabled=False,
+    web_graph_enabled=False,
+    web_stats_enabled=False,
+    web_metrics_enabled=False,
     stream_wait_empty=True,
     broker_commit_interval=1.0,
     broker_session_timeout=settings.kafka_session_timeout_seconds,

@@ -12,12 +12,15 @@ must not be re-sent. Kafka unreachable: 503 and nothing is guaranteed, re-send t
 
 `POST /catalogue` takes one catalogue change or a list (`item_id`, `action`
 "remove" | "add", `ts`, optional `category`, `price`) onto the catalogue topic.
+
+Both need an API key and `Content-Type: application/json` (`streams.guard`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -48,14 +51,18 @@ class BodyError(Exception):
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than `limit` bytes before reading them when the length is declared."""
+    """The whole request body, however it arrives (one `content.read(n)` returns what is buffered, at most
+    64 KiB: a larger body was cut). More than `limit` bytes is a 413: before reading when the length is
+    declared, and as soon as the bytes read pass it when it is not (chunked)."""
     declared = request.content_length
     if declared is not None and declared > limit:
         raise BodyError(413, f"body of {declared} bytes exceeds {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise BodyError(413, f"body exceeds {limit} bytes")
-    return body
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise BodyError(413, f"body exceeds {limit} bytes")
+    return bytes(body)
 
 
 def split_batch(data: Any) -> list[tuple[str | None, Any]]:
@@ -140,8 +147,9 @@ class Collect(View):
         except BodyError as exc:
             return _json(self, {"error": str(exc), "accepted": 0}, exc.status)
         except Exception as exc:  # noqa: BLE001 - Kafka unreachable or timed out: nothing is guaranteed
-            log.exception("collect failed")
-            return _json(self, {"error": f"not stored, re-send the batch: {exc}", "accepted": 0}, 503)
+            eid = secrets.token_hex(6)
+            log.error("collect failed (error id %s)", eid, exc_info=exc)
+            return _json(self, {"error": f"not stored, re-send the batch ({type(exc).__name__})", "id": eid, "accepted": 0}, 503)
         if refused:
             return _json(self, {"accepted": accepted, "rejected": refused}, 400)
         return _json(self, {"accepted": accepted}, 202)
@@ -172,5 +180,7 @@ class Catalogue(View):
         try:
             await asyncio.gather(*(_send(catalogue_topic, c.item_id.encode(), codec.dumps(c)) for c in valid))
         except Exception as exc:  # noqa: BLE001
-            return _json(self, {"error": f"not stored, re-send: {exc}", "accepted": 0}, 503)
+            eid = secrets.token_hex(6)
+            log.error("catalogue change failed (error id %s)", eid, exc_info=exc)
+            return _json(self, {"error": f"not stored, re-send ({type(exc).__name__})", "id": eid, "accepted": 0}, 503)
         return _json(self, {"accepted": len(valid)}, 202)

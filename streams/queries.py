@@ -88,7 +88,8 @@ class DashboardQueries:
         alarms = self.alarms_per_device()
         out = []
         for f in faults[-50:]:
-            hits = sorted(a for a in alarms.get(f["device_id"], []) if f["start_ts"] - 5 <= a[0] <= f["end_ts"] + 120)
+            hits = sorted((a for a in alarms.get(f["device_id"], []) if f["start_ts"] - 5 <= a[0] <= f["end_ts"] + 120),
+                          key=lambda a: a[0])  # by start only: two alarms opened by one reading tie, and None (not cleared) has no order
             delay = hits[0][0] - f["start_ts"] if hits else None
             cleared = hits[0][1] if hits else None
             out.append({**f, "detected": delay is not None, "delay_s": None if delay is None else round(max(delay, 0.0), 1),

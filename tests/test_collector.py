@@ -1,7 +1,8 @@
 """POST /collect and POST /catalogue: validation, per-event refusals, size limits, Kafka acks before 202.
 
 The views run in-process against a stand-in for the Faust topics (no servers needed): what the
-real services do with the records is covered by tests/test_commerce_e2e.py."""
+real services do with the records is covered by tests/test_commerce_e2e.py, and the real web server
+(credentials, a body sent slowly in pieces) by tests/test_http_auth.py."""
 
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ class Req:
         self.content = self
         self._body = body
 
-    async def read(self, n: int) -> bytes:
-        return self._body[:n]
+    async def iter_any(self):  # noqa: ANN201 - aiohttp's StreamReader: the body in the pieces that arrived
+        for i in range(0, len(self._body), 4096):
+            yield self._body[i:i + 4096]
 
 
 def click(**over: Any) -> dict:

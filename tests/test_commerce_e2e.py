@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -44,9 +46,17 @@ def history() -> list[dict]:
     return out
 
 
+# Every worker of these tests accepts these (env_for): shops' key for ingest and recommendations, the operator
+# token for the rest. Two workers share them, so a forwarded request authenticates at the owner.
+API_KEY, OPERATOR_TOKEN = f"key-{secrets.token_urlsafe(18)}", f"op-{secrets.token_urlsafe(18)}"
+SERVICE_PATHS = ("/collect", "/catalogue", "/recommendations/")
+
+
 def http(method: str, url: str, body: object | None = None, timeout: float = 10) -> tuple[int, dict]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    path = urllib.parse.urlsplit(url).path
+    secret = API_KEY if path.startswith(SERVICE_PATHS) else OPERATOR_TOKEN
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", "Authorization": f"Bearer {secret}"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
@@ -81,6 +91,8 @@ def env_for(stack, server_url, unique: str, tmp_path) -> dict[str, str]:
         "WHARF_COMMERCE_SNAPSHOT_SECONDS": "2",
         "WHARF_COMMERCE_CHECKPOINT_SECONDS": "0.5",
         "WHARF_COMMERCE_SENTIMENT_MIN_REVIEWS": "3",
+        "WHARF_WEB_API_KEYS": API_KEY,
+        "WHARF_WEB_OPERATOR_TOKENS": OPERATOR_TOKEN,
     }
 
 
@@ -216,8 +228,13 @@ async def test_restart_and_two_workers_give_the_same_recommendations(stack, serv
         assert other.stats()["url"] == f"http://127.0.0.2:{port_b}" and worker.stats()["url"] == f"http://127.0.0.1:{port_a}"
         await wait_until(lambda: _all_answer(port_a, users) and _all_answer(port_b, users) and _shared(port_a, port_b), 90,
                          "the rebalance to share the shards, and both workers to answer")
-        for port in (port_a, port_b):
+        for port in (port_a, port_b):  # half of these are forwarded to the other worker, with the shop's key
             assert {u: recs(port, u) for u in users} == before
+            for user in users[:3]:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/recommendations/{user}?k=5")
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    urllib.request.urlopen(req, timeout=10)
+                assert refused.value.code == 401
     finally:
         worker.stop()
         if other is not None:

@@ -92,11 +92,7 @@ async def run_with_fault(stack, server_url, unique, tmp_path, fault, n_devices=8
 def _devices(w, only=None):  # the worker's /sensors/devices view
     """`only`: the test's own device ids. Other tests' devices may have left retained status messages
     on the shared broker, which this test's bridge forwards too."""
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{w.web_port}/sensors/devices", timeout=5) as r:
-        view = json.loads(r.read())
+    view = w.get("/sensors/devices")
     if only is not None:
         view["devices"] = {d: v for d, v in view["devices"].items() if d in only}
     return view

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,9 +18,17 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER_ARGV = [sys.executable, "-m", "wharf.cli", "worker", "--loglevel", "warning"]
 
 
+def credentials(env: dict[str, str]) -> dict[str, str]:
+    """`env` with an operator token and an API key of its own unless it names some: a worker refuses every
+    request without them (streams/guard.py)."""
+    return {"WHARF_WEB_OPERATOR_TOKENS": f"op-{secrets.token_urlsafe(18)}", "WHARF_WEB_API_KEYS": f"key-{secrets.token_urlsafe(18)}", **env}
+
+
 class WorkerProcess:
     def __init__(self, env: dict[str, str], web_port: int, log: Path, argv: list[str] | None = None):
-        self.env = {**os.environ, **env, "WHARF_WEB_PORT": str(web_port), "PYTHONUNBUFFERED": "1"}
+        self.env = {**credentials({**os.environ, **env}), "WHARF_WEB_PORT": str(web_port), "PYTHONUNBUFFERED": "1"}
+        self.operator_token = self.env["WHARF_WEB_OPERATOR_TOKENS"].split(",")[0].strip()
+        self.api_key = self.env["WHARF_WEB_API_KEYS"].split(",")[0].strip()
         self.web_port = web_port
         self.log = log
         self.argv = argv or WORKER_ARGV
@@ -45,9 +54,14 @@ class WorkerProcess:
                 time.sleep(0.3)
         raise TimeoutError(f"worker web server not up after {ready_timeout}s; log {self.log}")
 
-    def stats(self) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/stats", timeout=5) as r:
+    def get(self, path: str, timeout: float = 5) -> dict:
+        """GET a JSON view as an operator."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.web_port}{path}", headers={"Authorization": f"Bearer {self.operator_token}"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
+
+    def stats(self) -> dict:
+        return self.get("/stats")
 
     def kill9(self) -> None:
         assert self.proc is not None

@@ -328,7 +328,8 @@ def show_settings(markdown: bool = typer.Option(False, help="Print the settings 
     for col in ("variable", "value", "meaning"):
         table.add_column(col)
     for env, _default, desc in describe():
-        table.add_row(env, current.get(env, ""), desc)
+        value = current.get(env, "")
+        table.add_row(env, value, desc)
     console.print(table)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from aiokafka import AIOKafkaProducer
 from rich.console import Console
 
 from schemas import codec
+from streams.credentials import KeySource
 from wharf import infra
 from wharf.redact import redact
 from wharf.secrets import parse_registry, register_devices
@@ -74,10 +76,10 @@ def _spawn(name: str, args: list[str], settings: Settings, env: dict[str, str]) 
     return Child(name, proc, log)
 
 
-def _get(url: str, path: str) -> dict | None:
-    """GET `path` (no leading slash) of the worker at `url`, as JSON; None if it does not answer."""
+def _get(url: str, path: str, token: str) -> dict | None:
+    """GET `path` (no leading slash) of the worker at `url` as an operator, as JSON; None if it does not answer."""
     try:
-        with urllib.request.urlopen(url + path, timeout=5) as r:
+        with urllib.request.urlopen(urllib.request.Request(url + path, headers={"Authorization": f"Bearer {token}"}), timeout=5) as r:
             return json.loads(r.read())
     except (OSError, ValueError):
         return None
@@ -135,6 +137,13 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
         console.print(f"  [green]✓[/green] {st.name:<10} {st.where}" + (" (already running)" if st.name in already else ""), soft_wrap=True)
     ours = [name for name in infra.default_services(settings) if name not in already]
     env = {"OPENBLAS_NUM_THREADS": "1"}
+    # The one place with a default credential: a demo whose user configured no operator token gets a fresh one
+    # (normally the one `wharf infra up` generated into the secrets folder), and prints it to log in with.
+    explicit = KeySource.of(settings.web_operator_tokens.get_secret_value(), "").keys()
+    configured = explicit or KeySource.of("", settings.operator_tokens_file()).keys()
+    token = configured[0] if configured else secrets.token_urlsafe(24)
+    if not configured:
+        env["WHARF_WEB_OPERATOR_TOKENS"] = token
     # A livelier demo where the user has not chosen: alarms clear 20 s after a fault, snapshots every 15 s.
     for name, value in (("WHARF_SENSOR_ALARM_CLEAR_SECONDS", "20"), ("WHARF_COMMERCE_SNAPSHOT_SECONDS", "15")):
         if name not in os.environ:
@@ -145,7 +154,7 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
     url = f"http://{settings.advertised_web_host()}:{settings.web_port}/"  # once: a wildcard bind finds its route to Kafka
     try:
         console.print("starting the worker and the bridge ...")
-        while _get(url, "stats") is None:
+        while _get(url, "stats", token) is None:
             dead = [c for c in children if not c.alive()]
             if dead:
                 console.print(f"[red]{dead[0].name} exited with {dead[0].proc.returncode}[/red]; see {dead[0].log}", soft_wrap=True)
@@ -155,7 +164,9 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
         fleet.connect()
         console.print(f"ready in {time.monotonic() - started:.0f}s.\n")
         console.print(f"  [bold]dashboard[/bold]     {url}", soft_wrap=True)
-        console.print(f"  recommendations {url}recommendations/<user_id>?k=10   health {url}stats", soft_wrap=True)
+        console.print("  operator token  " + (f"{token}   (log in with it; set WHARF_WEB_OPERATOR_TOKENS for your own)" if not explicit
+                                              else "the first of WHARF_WEB_OPERATOR_TOKENS[_FILE]"), soft_wrap=True)
+        console.print(f"  recommendations {url}recommendations/<user_id>?k=10   health {url}stats   (header Authorization: Bearer <token>)", soft_wrap=True)
         console.print(f"  devices         {len(warehouse.devices)} over MQTT {settings.mqtt_host}:{settings.mqtt_port} (faults every ~{options.fault_every:.0f}s, ground truth {truth})", soft_wrap=True)
         console.print(f"  topics          {settings.topic_sensor_readings}, {settings.topic_alerts}, {settings.topic_clicks}, {settings.topic_reviews}, {settings.topic_dead_letters}", soft_wrap=True)
         console.print(f"  ClickHouse      {redact(settings.clickhouse_url)}: sensor_readings, anomaly_scores, alerts, clicks, reviews, recommendations, dead_letters (+ views sensor_minute, clicks_minute, item_sentiment_hourly)", soft_wrap=True)
@@ -163,7 +174,7 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
         console.print("  stop with Ctrl-C (data stays in the state folder)\n")
         fleet_thread = threading.Thread(target=fleet.run, name="device-fleet", daemon=True)
         fleet_thread.start()
-        code = asyncio.run(_watch(settings, url, options, console, children, fleet))
+        code = asyncio.run(_watch(settings, url, token, options, console, children, fleet))
         fleet.stop()
         fleet_thread.join(10)
         return code
@@ -179,7 +190,7 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
         console.print(f"stopped. State kept in {settings.state_dir}.", soft_wrap=True)
 
 
-async def _watch(settings: Settings, url: str, options: DemoOptions, console: Console, children: list[Child],
+async def _watch(settings: Settings, url: str, token: str, options: DemoOptions, console: Console, children: list[Child],
                  fleet: DeviceFleet) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -203,8 +214,8 @@ async def _watch(settings: Settings, url: str, options: DemoOptions, console: Co
             code = 1
             stop.set()
             break
-        stats = await asyncio.to_thread(_get, url, "stats") or {}
-        dash = await asyncio.to_thread(_get, url, "api/dashboard") or {}
+        stats = await asyncio.to_thread(_get, url, "stats", token) or {}
+        dash = await asyncio.to_thread(_get, url, "api/dashboard", token) or {}
         tables = stats.get("tables", {})
         now = time.monotonic()
         rates = {k: (tables.get(k, 0) - last[1].get(k, 0)) / max(now - last[0], 1e-6) for k in ("sensor_readings", "clicks", "reviews")}

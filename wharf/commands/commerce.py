@@ -237,6 +237,8 @@ def _faust_ceiling(env: dict[str, str], n: int, delivery: str) -> str:
 
 
 async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurrency: int, rounds: int) -> None:
+    import secrets
+
     import aiohttp
     import numpy as np
     from aiokafka import AIOKafkaConsumer
@@ -252,7 +254,8 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
     port = s.web_port + 100
     env = {**os.environ, "WHARF_APP_ID": f"wharf-bench-{tag}", "WHARF_TOPIC_CLICKS": topic, "WHARF_STATE_DIR": str(state),
            "WHARF_WEB_PORT": str(port), "WHARF_COMMERCE_SENTIMENT_ENCODER": "lexicon",
-           "WHARF_COMMERCE_SNAPSHOT_SECONDS": "3600", "PYTHONUNBUFFERED": "1"}
+           "WHARF_COMMERCE_SNAPSHOT_SECONDS": "3600", "PYTHONUNBUFFERED": "1",
+           "WHARF_WEB_OPERATOR_TOKENS": secrets.token_urlsafe(24)}  # the bench's own: /stats, /recommendations
     for name in ("reviews", "dead_letters", "recommendations", "sentiment", "alerts", "catalogue", "item_also_viewed", "sensor_readings"):
         env[f"WHARF_TOPIC_{name.upper()}"] = f"bench.{name}.{tag}"
     env["WHARF_CLICKHOUSE_URL"] = _bench_database_url(s.clickhouse_url, tag) or "chdb://"
@@ -285,7 +288,7 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
     client_loop = LoopWatch(threshold_ms=20)
     client_loop.start(asyncio.get_running_loop())
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {env['WHARF_WEB_OPERATOR_TOKENS']}"}) as http:
 
             async def commerce_stats() -> dict:
                 async with http.get(f"{base}/commerce/stats") as r:

@@ -211,11 +211,14 @@ class _Worker:
     """A `wharf worker` subprocess for the bench, ready once its web server answers."""
 
     def __init__(self, env: dict[str, str], web_port: int, log: Path) -> None:
+        import secrets
         import urllib.request
 
-        self.url = f"http://127.0.0.1:{web_port}/stats"
+        token = secrets.token_urlsafe(24)  # this bench worker's own operator token, for its /stats
+        self.request = urllib.request.Request(f"http://127.0.0.1:{web_port}/stats", headers={"Authorization": f"Bearer {token}"})
         self.proc = subprocess.Popen([sys.executable, "-m", "wharf.cli", "worker", "--loglevel", "warning"],
-                                     env={**os.environ, **env, "WHARF_WEB_PORT": str(web_port), "PYTHONUNBUFFERED": "1"},
+                                     env={**os.environ, **env, "WHARF_WEB_PORT": str(web_port), "PYTHONUNBUFFERED": "1",
+                                          "WHARF_WEB_OPERATOR_TOKENS": token},
                                      stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.proc.pid
         deadline = time.monotonic() + 120
@@ -223,7 +226,7 @@ class _Worker:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"bench worker did not start; see {log}")
             try:
-                urllib.request.urlopen(self.url, timeout=2).read()
+                urllib.request.urlopen(self.request, timeout=2).read()
                 return
             except OSError:
                 time.sleep(0.5)
@@ -232,7 +235,7 @@ class _Worker:
         import json
         import urllib.request
 
-        return json.loads(urllib.request.urlopen(self.url, timeout=10).read())
+        return json.loads(urllib.request.urlopen(self.request, timeout=10).read())
 
     def stop(self) -> None:
         import signal
