@@ -164,7 +164,7 @@ def _create_worker_topics(settings: Settings) -> None:
 
     names = worker_topic_names(settings)
     with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, ensure_topics(settings.kafka_bootstrap, names, settings.topic_partitions)).result()
+        pool.submit(asyncio.run, ensure_topics(settings, names, settings.topic_partitions)).result()
 
 
 @app.command("bridge")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from wharf.infra.process import ManagedProcess, ServiceError, ensure_ports_free, port_open
+from wharf.kafka_auth import kafka_client
 from wharf.settings import Settings
 
 KAFKA_VERSION = "3.9.1"
@@ -162,17 +163,17 @@ class Kafka:
         return self.process.wait_ready(self.ready, timeout, f"broker metadata on {self.host}:{self.port}")
 
     def ready(self) -> bool:
-        return port_open(self.host, self.port) and asyncio.run(_broker_count(self.settings.kafka_bootstrap)) >= 1
+        return port_open(self.host, self.port) and asyncio.run(_broker_count(self.settings)) >= 1
 
     def stop(self) -> bool:
         return self.process.stop()
 
 
-async def _broker_count(bootstrap: str) -> int:
+async def _broker_count(settings: Settings) -> int:
     from aiokafka.admin import AIOKafkaAdminClient
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # probing a starting broker is noisy by nature
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    admin = AIOKafkaAdminClient(**kafka_client(settings), request_timeout_ms=2000)
     try:
         await admin.start()
         cluster = await admin.describe_cluster()
@@ -181,14 +182,14 @@ async def _broker_count(bootstrap: str) -> int:
         await admin.close()
 
 
-async def ensure_topics(bootstrap: str, names: list[str], partitions: int, configs: dict[str, dict[str, str]] | None = None,
+async def ensure_topics(settings: Settings, names: list[str], partitions: int, configs: dict[str, dict[str, str]] | None = None,
                         timeout: float = 30.0) -> list[str]:
     """Create the topics that do not exist yet and wait until the broker's metadata shows their partitions
     (right after CreateTopics it may show none; on a broker started seconds ago it took over 10 s in some test
     runs); returns the names created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    admin = AIOKafkaAdminClient(**kafka_client(settings), request_timeout_ms=10000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -228,14 +229,14 @@ def _refusals(response: Any) -> dict[str, str]:
             for entry in response.topic_errors if entry[1] not in (0, 36)}  # 36: TOPIC_ALREADY_EXISTS
 
 
-async def delete_topics_containing(bootstrap: str, marker: str) -> list[str]:
+async def delete_topics_containing(settings: Settings, marker: str) -> list[str]:
     """Delete every topic whose name contains `marker` (a benchmark's run tag: its own and its app's internal topics).
 
     Left behind, they pile up: aiokafka decodes the whole cluster's metadata in Python on every refresh,
     which held a worker's event loop for 40-130 ms at a time once a development broker had 550 topics."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+    admin = AIOKafkaAdminClient(**kafka_client(settings), request_timeout_ms=30000)
     await admin.start()
     try:
         names = [n for n in await admin.list_topics() if marker in n]
