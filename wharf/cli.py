@@ -65,7 +65,7 @@ def infra_up(
     from wharf.secrets import secrets_dir
 
     console.print(f"secrets (0600, never printed) in {secrets_dir(settings)}: mqtt-bridge-password, mqtt-devices, clickhouse-password, "
-                  f"api-keys, operator-token; MQTT CA {settings.ca_file()}", soft_wrap=True)
+                  f"api-keys, operator-token, kafka-password, kafka-admin-password; MQTT CA {settings.ca_file()}", soft_wrap=True)
 
 
 @infra_app.command("down")

@@ -57,7 +57,7 @@ def up(settings: Settings, names: list[str] | None = None) -> list[ServiceStatus
         svc = all_services[name]
         took = svc.start()
         if name == "kafka":
-            asyncio.run(ensure_topics(settings, topic_names(settings), settings.topic_partitions))
+            asyncio.run(ensure_topics(Kafka(settings).admin_settings(), topic_names(settings), settings.topic_partitions))
         out.append(_status(name, svc, took))
     return out
 
