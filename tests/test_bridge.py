@@ -12,8 +12,8 @@ from mqtt_bridge.bridge import Bridge
 from mqtt_bridge.topics import TopicError, parse_topic
 from schemas import codec
 from schemas.deadletter import DeadLetter
-from wharf.kafka_auth import kafka_client
 from wharf.infra.kafka import Kafka, ensure_topics
+from wharf.kafka_auth import kafka_client
 
 pytestmark = pytest.mark.infra
 
