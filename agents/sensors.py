@@ -56,6 +56,7 @@ from schemas.validation import InvalidEvent, parse, processing_error
 from streams.acks import OrderedAcker
 from streams.app import app, limits, settings, storage, topics
 from streams.ingest import dead_letter_event, produce_dead_letter
+from wharf.kafka_auth import kafka_client
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ class Owner:
         """Re-learn records after the checkpoint that were committed before the crash (rows and alarms already out)."""
         group = settings.app_id
         tps = [TopicPartition(t, partition) for t in marks]
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        admin = AIOKafkaAdminClient(**kafka_client(settings))
         await admin.start()
         try:
             committed = await admin.list_consumer_group_offsets(group, partitions=tps)
@@ -461,7 +462,7 @@ async def _read_ranges(ranges: dict[TopicPartition, tuple[int, int]]) -> list[An
     """The records of each partition's [start, end) offsets. An empty fetch does not mean a range is done (a fresh
     consumer's first fetch can take over a second on a busy machine): each is read until its position passes its
     end, for up to `REPLAY_TIMEOUT`; then the worker stops, and its restart reads the ranges again."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None,
+    consumer = AIOKafkaConsumer(**kafka_client(settings), enable_auto_commit=False, group_id=None,
                                 auto_offset_reset="earliest")
     await consumer.start()
     records: list[Any] = []

@@ -24,6 +24,7 @@ from mqtt_bridge.kafka import start_when_reachable
 from mqtt_bridge.topics import LEVEL, alerts_topic
 from schemas import codec
 from schemas.validation import processing_error
+from wharf.kafka_auth import kafka_client
 from wharf.settings import Settings
 
 log = logging.getLogger("wharf.bridge.alerts")
@@ -66,7 +67,7 @@ class AlertPublisher:
         client = self._client()
         client.connect_async(*bridge_endpoint(self.settings), keepalive=30)
         client.loop_start()
-        consumer = AIOKafkaConsumer(self.settings.topic_alerts, bootstrap_servers=self.settings.kafka_bootstrap,
+        consumer = AIOKafkaConsumer(self.settings.topic_alerts, **kafka_client(self.settings),
                                     group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest")
         try:
             await self._start(consumer)
@@ -120,7 +121,7 @@ class AlertPublisher:
         if not letters:
             return
         if self._producer is None:
-            self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+            self._producer = AIOKafkaProducer(**kafka_client(self.settings), acks="all", enable_idempotence=True)
             await start_when_reachable(self._producer, "alerts dead-letter producer")
         futs = [await self._producer.send(self.settings.topic_dead_letters, value, key=key) for key, value in letters]
         await asyncio.gather(*futs)

@@ -28,7 +28,7 @@ async def bench_bridge(settings: Settings, messages: int = 30_000, publishers: i
     u = uuid.uuid4().hex[:6]
     s = settings.model_copy(update={"topic_sensor_readings": f"bench.bridge.{u}.readings", "topic_device_status": f"bench.bridge.{u}.status",
                                     "topic_dead_letters": f"bench.bridge.{u}.dlq"})
-    await ensure_topics(s.kafka_bootstrap, [s.topic_sensor_readings, s.topic_device_status, s.topic_dead_letters], s.topic_partitions)
+    await ensure_topics(s, [s.topic_sensor_readings, s.topic_device_status, s.topic_dead_letters], s.topic_partitions)
     bridge = Bridge(s, client_id=f"bench-bridge-{u}", share_group=f"bench{u}")
     ready = asyncio.Event()
     task = asyncio.create_task(bridge.run(ready))
@@ -66,7 +66,7 @@ async def bench_bridge(settings: Settings, messages: int = 30_000, publishers: i
     done = bridge.stats.acked - start_received
     bridge.stop()
     await task
-    await delete_topics_containing(s.kafka_bootstrap, f"bench.bridge.{u}.")
+    await delete_topics_containing(s, f"bench.bridge.{u}.")
     pub = f"{per * len(creds) / published_at:,.0f} msgs/s" if published_at else "not finished"
     return (f"publishers        {len(creds)} x mosquitto_pub, QoS 1, {per * len(creds):,} messages: {pub} into Mosquitto (reference)\n"
             f"bridge            {done:,} received, confirmed by Kafka (acks=all) and acked in {took:.1f}s: {done / took:,.0f} msgs/s\n"

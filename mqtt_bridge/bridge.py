@@ -33,6 +33,7 @@ from mqtt_bridge.kafka import start_when_reachable
 from mqtt_bridge.topics import TopicError, parse_topic
 from schemas.events import DeviceStatus, SensorReading
 from schemas.validation import FieldError, InvalidEvent, Limits, parse, processing_error
+from wharf.kafka_auth import kafka_client
 from wharf.settings import Settings
 
 log = logging.getLogger("wharf.bridge")
@@ -183,7 +184,7 @@ class Bridge:
     async def run(self, ready: asyncio.Event | None = None) -> None:
         loop = asyncio.get_running_loop()
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+            **kafka_client(self.settings), acks="all", enable_idempotence=True,
             linger_ms=5, max_batch_size=512 * 1024, request_timeout_ms=15000,
         )
         await start_when_reachable(self._producer, "bridge producer")

@@ -28,6 +28,7 @@ from streams.flow import KeepQueuesWhileFlowing
 from streams.ingest import send_dead_letter
 from streams.sink import ClickHouseWriter, Refused
 from streams.topics import declare
+from wharf.kafka_auth import faust_credentials
 from wharf.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def exit_later(agent_name: str) -> None:
 app = WharfApp(
     settings.app_id,
     broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
+    broker_credentials=faust_credentials(settings),  # SASL/SCRAM when WHARF_KAFKA_SECURITY says so
     store="rocksdb://",  # faust-streaming uses rocksdict when python-rocksdb is absent
     # One folder per (app, worker): RocksDB state of another app id must never be recovered into this one.
     datadir=str(settings.state_dir / "faust" / f"{settings.app_id}-{settings.web_port}"),

@@ -20,7 +20,7 @@ def test_faust_ceiling_waits_for_both_agents_and_writes_a_rate(delivery, stack, 
     out = tmp_path / "rate.txt"
     env = {**os.environ, "WHARF_APP_ID": f"wharf-test-ceiling-{unique}", "WHARF_TOPIC_CLICKS": topic,
            "WHARF_STATE_DIR": str(tmp_path / "state"), "WHARF_WEB_PORT": str(stack.web_port + 38)}
-    asyncio.run(ensure_topics(stack.kafka_bootstrap, [topic], stack.topic_partitions))
+    asyncio.run(ensure_topics(stack, [topic], stack.topic_partitions))
     proc = subprocess.Popen([sys.executable, "-m", "wharf.faust_ceiling", "400", str(out), delivery], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -28,7 +28,7 @@ def test_faust_ceiling_waits_for_both_agents_and_writes_a_rate(delivery, stack, 
         async def trickle() -> None:  # bursts until it is done: each agent gets batches after its first one
             i = 0
             while proc.poll() is None and i < 20_000:
-                await produce(stack.kafka_bootstrap, topic, [(f"u{j}".encode(), b"{}") for j in range(i, i + 50)])
+                await produce(stack, topic, [(f"u{j}".encode(), b"{}") for j in range(i, i + 50)])
                 i += 50
                 await asyncio.sleep(0.3)
 

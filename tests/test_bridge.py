@@ -13,6 +13,7 @@ from mqtt_bridge.topics import TopicError, parse_topic
 from schemas import codec
 from schemas.deadletter import DeadLetter
 from wharf.infra.kafka import Kafka, ensure_topics
+from wharf.kafka_auth import kafka_client
 
 pytestmark = pytest.mark.infra
 
@@ -57,7 +58,7 @@ async def bridge_setup(stack, unique):
         "topic_device_status": f"test.bridge.status.{unique}",
         "topic_dead_letters": f"test.bridge.dlq.{unique}",
     })
-    await ensure_topics(s.kafka_bootstrap, [s.topic_sensor_readings, s.topic_device_status, s.topic_dead_letters], 4)
+    await ensure_topics(s, [s.topic_sensor_readings, s.topic_device_status, s.topic_dead_letters], 4)
     bridge = Bridge(s, client_id=f"test-bridge-{unique}", share_group=f"g{unique}")
     ready = asyncio.Event()
     task = asyncio.create_task(bridge.run(ready))
@@ -69,7 +70,7 @@ async def bridge_setup(stack, unique):
 
 
 async def consume(settings, topic, n, timeout=30):
-    c = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
+    c = AIOKafkaConsumer(topic, **kafka_client(settings), auto_offset_reset="earliest")
     await c.start()
     out = []
     try:

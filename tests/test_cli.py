@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from wharf.kafka_auth import kafka_client
 from wharf.cli import app
 from wharf.settings import Settings, describe
 
@@ -99,7 +100,7 @@ def test_worker_topics_exist_before_faust_subscribes(stack, unique):
     _create_worker_topics(s)
 
     async def partitions() -> dict[str, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+        admin = AIOKafkaAdminClient(**kafka_client(s))
         await admin.start()
         try:
             wanted = [internal_topic_name(s, CATALOGUE_FANOUT), s.topic_clicks]

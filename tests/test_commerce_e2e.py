@@ -100,7 +100,7 @@ async def ensure(stack, env: dict[str, str]) -> None:
     from wharf.infra.kafka import ensure_topics
 
     names = [v for k, v in env.items() if k.startswith("WHARF_TOPIC_")]
-    await ensure_topics(stack.kafka_bootstrap, names, stack.topic_partitions)
+    await ensure_topics(stack, names, stack.topic_partitions)
 
 
 def shard_clicks(port: int) -> int:
@@ -119,7 +119,7 @@ async def test_commerce_path_end_to_end(stack, server_url, unique, tmp_path):
         base = history()
         half = len(base) // 2
         # Half directly to Kafka, half through the HTTP collector (two typed-list requests).
-        await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CLICKS"], [(c["user_id"].encode(), codec.dumps(c)) for c in base[:half]])
+        await produce(stack, env["WHARF_TOPIC_CLICKS"], [(c["user_id"].encode(), codec.dumps(c)) for c in base[:half]])
         for chunk in (base[half:half + 40], base[half + 40:]):
             status, body = http("POST", f"http://127.0.0.1:{port}/collect", [{"type": "click", **c} for c in chunk])
             assert (status, body) == (202, {"accepted": len(chunk)})
@@ -132,7 +132,7 @@ async def test_commerce_path_end_to_end(stack, server_url, unique, tmp_path):
         top = recs(port, "newbie")
         assert top[0][0] == "ca-2" and top[0][1] in ("session", "co_occurrence"), top
         # ...and after buying it, it is excluded; removing an item from the catalogue drops it everywhere.
-        await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CLICKS"], [(b"newbie", codec.dumps(click(1, "newbie", "ca-2", "purchase", "n1")))])
+        await produce(stack, env["WHARF_TOPIC_CLICKS"], [(b"newbie", codec.dumps(click(1, "newbie", "ca-2", "purchase", "n1")))])
         await wait_until(lambda: shard_clicks(port) >= len(base) + 2, 30, "the purchase")
         assert "ca-2" not in [i for i, _ in recs(port, "newbie", 10)]
         cold = recs(port, "nobody-yet", 3)
@@ -150,9 +150,9 @@ async def test_commerce_path_end_to_end(stack, server_url, unique, tmp_path):
         assert [r["index"] for r in body["rejected"]] == [1, 2]
         assert any(e["field"] == "action" for e in body["rejected"][0]["errors"])
         assert body["rejected"][1]["errors"][0]["field"] == "text"
-        await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CLICKS"], [(b"u002", b"not json")])
-        await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_REVIEWS"], [(b"bk-1", b'{"review_id": "r", "text": 5}')])
-        await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CATALOGUE"],
+        await produce(stack, env["WHARF_TOPIC_CLICKS"], [(b"u002", b"not json")])
+        await produce(stack, env["WHARF_TOPIC_REVIEWS"], [(b"bk-1", b'{"review_id": "r", "text": 5}')])
+        await produce(stack, env["WHARF_TOPIC_CATALOGUE"],
                       [(b"bk-9", b'{"item_id": "bk-9", "action": "explode", "ts": %.3f}' % time.time())])
 
         # Reviews: scored, stored once, sentiment topic fed; a run of bad reviews raises an item alarm.
@@ -209,7 +209,7 @@ async def test_restart_and_two_workers_give_the_same_recommendations(stack, serv
     other = None
     try:
         base = history()
-        await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CLICKS"], [(c["user_id"].encode(), codec.dumps(c)) for c in base])
+        await produce(stack, env["WHARF_TOPIC_CLICKS"], [(c["user_id"].encode(), codec.dumps(c)) for c in base])
         await wait_until(lambda: shard_clicks(port_a) >= len(base), 60, "the history")
         users = [f"u{u:03d}" for u in range(0, 60, 7)] + ["nobody"]
         before = {u: recs(port_a, u) for u in users}
@@ -279,9 +279,9 @@ async def test_kill_9_mid_stream_every_click_and_review_stored_and_learned_once(
     async def feed() -> None:  # 4,000 clicks and 400 reviews over about 8 s
         for b in range(batches):
             chunk = clicks[b * per_batch:(b + 1) * per_batch]
-            await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CLICKS"], [(c["user_id"].encode(), codec.dumps(c)) for c in chunk])
+            await produce(stack, env["WHARF_TOPIC_CLICKS"], [(c["user_id"].encode(), codec.dumps(c)) for c in chunk])
             some = reviews[b * reviews_per_batch:(b + 1) * reviews_per_batch]
-            await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_REVIEWS"], [(r["item_id"].encode(), codec.dumps(r)) for r in some])
+            await produce(stack, env["WHARF_TOPIC_REVIEWS"], [(r["item_id"].encode(), codec.dumps(r)) for r in some])
             await asyncio.sleep(0.2)
 
     worker = WorkerProcess(env, web_port=port, log=tmp_path / "w.log").start()
@@ -332,14 +332,14 @@ async def test_a_learner_that_dies_stops_its_worker_and_the_restart_learns_each_
         return sum(s["learned"] for s in body.get("shards", {}).values()) if status == 200 else -1
 
     try:
-        await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CLICKS"], [(c["user_id"].encode(), codec.dumps(c)) for c in clicks[:1000]])
+        await produce(stack, env["WHARF_TOPIC_CLICKS"], [(c["user_id"].encode(), codec.dumps(c)) for c in clicks[:1000]])
         await wait_until(lambda: learned() >= 1000, 60, "the first clicks learned")
         (pid,) = [lp["pid"] for lp in http("GET", f"http://127.0.0.1:{port}/commerce/stats")[1]["learners"].values()]
         os.kill(pid, signal.SIGKILL)
         code = await asyncio.to_thread(worker.proc.wait, 60)
         assert code != 0
         assert "learner 0 is gone" in (tmp_path / "w.log").read_text()
-        await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_CLICKS"], [(c["user_id"].encode(), codec.dumps(c)) for c in clicks[1000:]])
+        await produce(stack, env["WHARF_TOPIC_CLICKS"], [(c["user_id"].encode(), codec.dumps(c)) for c in clicks[1000:]])
         worker = await asyncio.to_thread(WorkerProcess(env, web_port=port, log=tmp_path / "w.log").start)
         await wait_until(lambda: learned() >= len(clicks), 60, "every click learned after the restart")
         await asyncio.sleep(2)

@@ -282,8 +282,8 @@ def test_kafka_init_creates_exactly_wharfs_topics(services: dict, monkeypatch, t
     container = container_settings(services, "kafka-init", monkeypatch, tmp_path)
     calls = []
 
-    async def record(bootstrap, names, partitions, configs=None):  # noqa: ANN001
-        calls.append((bootstrap, list(names), partitions))
+    async def record(settings, names, partitions, configs=None):  # noqa: ANN001
+        calls.append((settings.kafka_bootstrap, list(names), partitions))
         return list(names)
 
     monkeypatch.setattr(wharf.infra.kafka, "ensure_topics", record)

@@ -63,8 +63,8 @@ def test_a_crashed_agent_stops_the_worker_and_its_batch_is_redelivered(kind, sta
            "WHARF_CLICKHOUSE_URL": "chdb://", "WHARF_COMMERCE_SENTIMENT_ENCODER": "lexicon",
            "PROBE_TOPIC": f"test.probe.{unique}", "PROBE_SEEN": str(tmp_path / "seen.txt"), "PROBE_KIND": kind}
     env.update({f"WHARF_TOPIC_{n.upper()}": f"test.{n}.{unique}" for n in names})
-    asyncio.run(ensure_topics(stack.kafka_bootstrap, [env["PROBE_TOPIC"]], 1))
-    asyncio.run(produce(stack.kafka_bootstrap, env["PROBE_TOPIC"], [(b"k", b"first"), (b"k", b"poison"), (b"k", b"last")]))
+    asyncio.run(ensure_topics(stack, [env["PROBE_TOPIC"]], 1))
+    asyncio.run(produce(stack, env["PROBE_TOPIC"], [(b"k", b"first"), (b"k", b"poison"), (b"k", b"last")]))
     seen = Path(env["PROBE_SEEN"])
 
     first = _worker({**env, "PROBE_FAIL": "1"}, tmp_path / "first.log")

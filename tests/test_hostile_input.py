@@ -15,6 +15,7 @@ import time
 import warnings
 
 import pytest
+from wharf.kafka_auth import kafka_client
 from aiokafka import AIOKafkaProducer
 from hypothesis import strategies as st
 from hypothesis.errors import NonInteractiveExampleWarning
@@ -71,7 +72,7 @@ async def _run(stack, server_url, tmp_path, unique: str, drawn: list[bytes]) -> 
     worker = WorkerProcess(env, web_port=stack.web_port + 40, log=tmp_path / "worker.log")  # a port of its own
     st_.workers.append(worker)
     devices: list[Device] = []
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all", max_request_size=4 * 1024 * 1024)
+    producer = AIOKafkaProducer(**kafka_client(stack), acks="all", max_request_size=4 * 1024 * 1024)
     try:
         worker.start()
         st_.bridge.start()

@@ -7,15 +7,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import ConsumerRebalanceListener
 
 from wharf.infra.kafka import ensure_topics
+from wharf.kafka_auth import kafka_client
 
 pytestmark = pytest.mark.infra
 
 
 async def test_produce_and_consume_in_order_per_key(stack, unique):
     topic = f"test.kafka.{unique}"
-    assert await ensure_topics(stack.kafka_bootstrap, [topic], 4) == [topic]
-    assert await ensure_topics(stack.kafka_bootstrap, [topic], 4) == []  # idempotent
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all", enable_idempotence=True)
+    assert await ensure_topics(stack, [topic], 4) == [topic]
+    assert await ensure_topics(stack, [topic], 4) == []  # idempotent
+    producer = AIOKafkaProducer(**kafka_client(stack), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for i in range(200):
@@ -23,7 +24,7 @@ async def test_produce_and_consume_in_order_per_key(stack, unique):
         await producer.flush()
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=stack.kafka_bootstrap, auto_offset_reset="earliest", group_id=f"g-{unique}")
+    consumer = AIOKafkaConsumer(topic, **kafka_client(stack), auto_offset_reset="earliest", group_id=f"g-{unique}")
     await consumer.start()
     seen: dict[bytes, list[int]] = {}
     try:
@@ -58,11 +59,11 @@ async def _poll_until(consumers, predicate, timeout=45):
 
 async def test_consumer_group_rebalance_between_two_consumers(stack, unique):
     topic = f"test.rebalance.{unique}"
-    await ensure_topics(stack.kafka_bootstrap, [topic], 6)
+    await ensure_topics(stack, [topic], 6)
     group = f"g-{unique}"
 
     def consumer(listener):
-        c = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=group, auto_offset_reset="earliest",
+        c = AIOKafkaConsumer(**kafka_client(stack), group_id=group, auto_offset_reset="earliest",
                              session_timeout_ms=10000, heartbeat_interval_ms=500)
         c.subscribe([topic], listener=listener)
         return c
@@ -88,5 +89,5 @@ async def test_a_refused_topic_creation_is_named_not_waited_on_silently(stack, u
     """CreateTopics reports a refusal in its result; ensure_topics retries until its deadline, then names it."""
     topic = f"test.refused.{unique}"
     with pytest.raises(TimeoutError, match=r"InvalidConfigurationError .*cleanup\.policy"):
-        await ensure_topics(stack.kafka_bootstrap, [topic], 1, configs={topic: {"cleanup.policy": "nonsense"}}, timeout=1)
-    assert await ensure_topics(stack.kafka_bootstrap, [topic], 1) == [topic]  # nothing was half-created
+        await ensure_topics(stack, [topic], 1, configs={topic: {"cleanup.policy": "nonsense"}}, timeout=1)
+    assert await ensure_topics(stack, [topic], 1) == [topic]  # nothing was half-created

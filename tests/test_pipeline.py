@@ -5,6 +5,7 @@ import asyncio
 import time
 
 import pytest
+from wharf.kafka_auth import kafka_client
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -20,8 +21,8 @@ def reading(device: int, seq: int) -> dict:
             "ts": time.time(), "seq": seq, "metrics": {"temperature": 4.0 + (seq % 10) / 10, "humidity": 55.0}}
 
 
-async def produce(bootstrap, topic, records):
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+async def produce(settings, topic, records):
+    producer = AIOKafkaProducer(**kafka_client(settings), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for key, value in records:
@@ -40,8 +41,8 @@ async def wait_until(predicate, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def committed_equals_end(bootstrap, group, topic, partitions):
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def committed_equals_end(settings, group, topic, partitions):
+    admin = AIOKafkaAdminClient(**kafka_client(settings))
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
@@ -49,7 +50,7 @@ async def committed_equals_end(bootstrap, group, topic, partitions):
         await admin.close()
     from aiokafka import AIOKafkaConsumer
 
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    c = AIOKafkaConsumer(**kafka_client(settings))
     await c.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -73,7 +74,7 @@ async def test_readings_stored_exactly_once_across_a_kill_9(stack, server_url, u
     }
     from wharf.infra.kafka import ensure_topics
 
-    await ensure_topics(stack.kafka_bootstrap, [topic, dlq, env["WHARF_TOPIC_CLICKS"]], stack.topic_partitions)
+    await ensure_topics(stack, [topic, dlq, env["WHARF_TOPIC_CLICKS"]], stack.topic_partitions)
     devices, per_device = 40, 50
     records = []
     for seq in range(per_device):
@@ -89,10 +90,10 @@ async def test_readings_stored_exactly_once_across_a_kill_9(stack, server_url, u
     ch = connect(env["WHARF_CLICKHOUSE_URL"])
     count = lambda table: ch.query(f"SELECT count() FROM {ch.table(table)}")[0][0]  # noqa: E731
     try:
-        await produce(stack.kafka_bootstrap, topic, records[:half])
+        await produce(stack, topic, records[:half])
         await wait_until(lambda: count("sensor_readings") > 0, 60, "first rows")
         worker.kill9()  # mid-stream: some rows stored, some offsets not yet committed
-        await produce(stack.kafka_bootstrap, topic, records[half:])
+        await produce(stack, topic, records[half:])
         worker = WorkerProcess(env, web_port=stack.web_port + 1, log=tmp_path / "worker.log").start()
         try:
             await wait_until(lambda: count("sensor_readings") >= n_valid and count("dead_letters") >= n_invalid, 120, "all rows")
@@ -111,7 +112,7 @@ async def test_readings_stored_exactly_once_across_a_kill_9(stack, server_url, u
         assert ch.query(f"SELECT uniqExact(src_topic), min(src_offset) >= 0 FROM {ch.table('dead_letters')}") == [(1, 1)]
         group = env["WHARF_APP_ID"]
         deadline = time.monotonic() + 30
-        while not await committed_equals_end(stack.kafka_bootstrap, group, topic, stack.topic_partitions):
+        while not await committed_equals_end(stack, group, topic, stack.topic_partitions):
             assert time.monotonic() < deadline, "offsets were not committed after the rows were stored"
             await asyncio.sleep(1)
     finally:

@@ -29,7 +29,8 @@ def test_secrets_are_generated_once_into_private_files(fresh):
     folder = secrets_dir(fresh)
     assert mode(fresh.state_dir) == 0o700 and mode(folder) == 0o700
     names = {p.name for p in folder.iterdir()}
-    assert names == {"mqtt-bridge-password", "mqtt-devices", "clickhouse-password", "api-keys", "operator-token"}
+    assert names == {"mqtt-bridge-password", "mqtt-devices", "clickhouse-password", "api-keys", "operator-token",
+                     "kafka-password", "kafka-admin-password"}
     assert all(mode(folder / n) == 0o600 for n in names)
     first = {n: (folder / n).read_text() for n in names}
     assert len({first[n] for n in names}) == len(names)  # all different

@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from wharf.kafka_auth import kafka_client
+
 from tests.test_sensors_e2e import Device, Stack, add_devices, make_topics, sensor_env, wait_until
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
@@ -182,8 +184,8 @@ async def test_the_gap_after_a_checkpoint_is_read_whole(stack, unique):
     from wharf.infra.kafka import ensure_topics
 
     topic = f"test.gap.{unique}"
-    await ensure_topics(stack.kafka_bootstrap, [topic], 2)
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    await ensure_topics(stack, [topic], 2)
+    producer = AIOKafkaProducer(**kafka_client(stack), acks="all")
     await producer.start()
     try:
         for i in range(50):

@@ -21,6 +21,8 @@ from aiokafka import AIOKafkaConsumer
 
 from schemas import codec
 from streams.clickhouse import connect
+from wharf.kafka_auth import kafka_client
+from wharf.settings import Settings
 from tests.workers import ROOT, WorkerProcess
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
@@ -62,7 +64,7 @@ async def make_topics(stack, env: dict[str, str]) -> None:
     from wharf.settings import Settings
 
     s = Settings(**{k[len("WHARF_"):].lower(): v for k, v in env.items() if k.startswith("WHARF_TOPIC_")})
-    await ensure_topics(stack.kafka_bootstrap, topic_names(s), stack.topic_partitions)
+    await ensure_topics(stack, topic_names(s), stack.topic_partitions)
 
 
 def add_devices(settings, ids: list[str]) -> None:
@@ -150,8 +152,8 @@ async def wait_until(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-async def read_topic(bootstrap: str, topic: str, idle: float = 2.0) -> list:
-    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+async def read_topic(settings: Settings, topic: str, idle: float = 2.0) -> list:
+    c = AIOKafkaConsumer(topic, **kafka_client(settings), auto_offset_reset="earliest", enable_auto_commit=False)
     await c.start()
     out = []
     try:
@@ -252,7 +254,7 @@ async def test_devices_through_bridge_and_worker_exactly_once_with_alarm_raised_
         assert st.count("dead_letters") == bad
         reasons = dict(st.ch.query(f"SELECT field, any(reason) FROM {st.ch.table('dead_letters')} GROUP BY field"))
         assert "not valid JSON" in reasons["$"] and "must be a number" in reasons["metrics"]
-        alerts = [codec.loads(m.value) for m in await read_topic(stack.kafka_bootstrap, env["WHARF_TOPIC_ALERTS"])]
+        alerts = [codec.loads(m.value) for m in await read_topic(stack, env["WHARF_TOPIC_ALERTS"])]
         rule = [a for a in alerts if a["source_id"] == faulty.id and a["alarm_type"] == "rule:temperature"]
         assert [a["status"] for a in rule] == ["ACTIVE_UNACK", "CLEARED_UNACK"], rule
         assert rule[0]["severity"] == "CRITICAL" and rule[0]["alarm_id"] == rule[1]["alarm_id"]

@@ -23,6 +23,7 @@ from streams.clickhouse import connect
 from tests.test_commerce_e2e import env_for, http, shard_clicks
 from tests.test_pipeline import wait_until
 from tests.workers import WorkerProcess
+from wharf.kafka_auth import kafka_client
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
 
@@ -60,9 +61,9 @@ async def test_crafted_pickles_in_every_state_changelog_are_refused_and_the_work
         "commerce-sentiment-model": (p_item, b"s/%d/000000/000000000/c" % p_item, pickle.dumps(([1], Marker(markers["review-model"])))),
         "commerce-item-sentiment-norm": (p_item, item.encode(), pickle.dumps(Marker(markers["norm"]))),
     }
-    await ensure_topics(stack.kafka_bootstrap, [v for k, v in env.items() if k.startswith("WHARF_TOPIC_")]
+    await ensure_topics(stack, [v for k, v in env.items() if k.startswith("WHARF_TOPIC_")]
                         + [f"{app_id}-{table}-changelog" for table in crafted], n)
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**kafka_client(stack), acks="all")
     await producer.start()
     try:
         for table, (p, key, value) in crafted.items():
@@ -80,7 +81,7 @@ async def test_crafted_pickles_in_every_state_changelog_are_refused_and_the_work
     count = lambda table, where: ch.query(f"SELECT count() FROM {ch.table(table)} WHERE {where}")[0][0]  # noqa: E731
     try:
         now = time.time()
-        producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+        producer = AIOKafkaProducer(**kafka_client(stack), acks="all")
         await producer.start()
         try:
             for seq in range(5):

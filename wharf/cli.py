@@ -65,7 +65,7 @@ def infra_up(
     from wharf.secrets import secrets_dir
 
     console.print(f"secrets (0600, never printed) in {secrets_dir(settings)}: mqtt-bridge-password, mqtt-devices, clickhouse-password, "
-                  f"api-keys, operator-token; MQTT CA {settings.ca_file()}", soft_wrap=True)
+                  f"api-keys, operator-token, kafka-password, kafka-admin-password; MQTT CA {settings.ca_file()}", soft_wrap=True)
 
 
 @infra_app.command("down")
@@ -164,7 +164,7 @@ def _create_worker_topics(settings: Settings) -> None:
 
     names = worker_topic_names(settings)
     with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, ensure_topics(settings.kafka_bootstrap, names, settings.topic_partitions)).result()
+        pool.submit(asyncio.run, ensure_topics(settings, names, settings.topic_partitions)).result()
 
 
 @app.command("bridge")

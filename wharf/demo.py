@@ -30,6 +30,7 @@ from rich.console import Console
 from schemas import codec
 from streams.credentials import KeySource
 from wharf import infra
+from wharf.kafka_auth import kafka_client
 from wharf.redact import redact
 from wharf.secrets import parse_registry, register_devices
 from wharf.settings import Settings
@@ -99,7 +100,7 @@ class ShopFeeder:
         sim = ShopSimulator(ShopConfig(seed=self.seed, events_per_second=self.rate, start_ts=start, n_users=500, n_items=400,
                                        defect_every_s=600.0, defect_duration_s=300.0, review_delay_s=20.0, p_review=0.5))
         stream = sim.stream()
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+        producer = AIOKafkaProducer(**kafka_client(self.settings), acks="all", enable_idempotence=True, linger_ms=5)
         await producer.start()
         try:
             pending = next(stream)

@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers (comma separated host:port).")
     kafka_controller_port: int = Field(9093, description="KRaft controller port of the local Kafka started by `wharf infra up`.")
     kafka_heap: str = Field("512m", description="-Xmx of the local Kafka broker.")
+    kafka_security: Literal["plaintext", "sasl_scram"] = Field(
+        "plaintext", description="`sasl_scram`: every Kafka client logs in with SCRAM-SHA-512 as WHARF_KAFKA_USER, and the local Kafka has "
+        "a SASL listener, ACLs and no unauthenticated access (`wharf/infra/kafka_security.py`)."
+    )
+    kafka_user: str = Field("wharf", description="Kafka user of Wharf's clients (with `sasl_scram`): may use Wharf's topics and groups only.")
+    kafka_password: SecretStr = Field(
+        SecretStr(""), description="Password of WHARF_KAFKA_USER. Empty: the one `wharf infra up` generated (SECRETS_DIR/kafka-password)."
+    )
     topic_partitions: int = Field(8, ge=1, description="Partitions of every Wharf topic (the unit of scale-out).")
     kafka_session_timeout_seconds: float = Field(
         30.0, ge=6, le=300, description="A worker that stops heartbeating (crashed) loses its partitions to the others after this long."

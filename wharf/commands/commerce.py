@@ -17,6 +17,9 @@ from typing import Any
 
 import typer
 
+from wharf.kafka_auth import kafka_client
+from wharf.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 REVIEWS = ROOT.parent / "shared" / "datasets" / "sentiment" / "amazon_cells_labelled.txt"
 
@@ -208,12 +211,12 @@ def _stolen_since(before: list[int] | None) -> str:
     return f", CPU steal {100 * spent[7] / total:.0f} %, idle {100 * (spent[3] + spent[4]) / total:.0f} %"
 
 
-async def _produce_clicks(bootstrap: str, topic: str, events: list[dict]) -> None:
+async def _produce_clicks(settings: Settings, topic: str, events: list[dict]) -> None:
     from aiokafka import AIOKafkaProducer
 
     from schemas import codec
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(**kafka_client(settings), acks="all", linger_ms=20, max_batch_size=256 * 1024)
     await producer.start()
     try:
         for e in events:
@@ -259,11 +262,11 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
     for name in ("reviews", "dead_letters", "recommendations", "sentiment", "alerts", "catalogue", "item_also_viewed", "sensor_readings"):
         env[f"WHARF_TOPIC_{name.upper()}"] = f"bench.{name}.{tag}"
     env["WHARF_CLICKHOUSE_URL"] = _bench_database_url(s.clickhouse_url, tag) or "chdb://"
-    await ensure_topics(s.kafka_bootstrap, [v for k, v in env.items() if k.startswith("WHARF_TOPIC_")], s.topic_partitions)
+    await ensure_topics(s, [v for k, v in env.items() if k.startswith("WHARF_TOPIC_")], s.topic_partitions)
 
-    await _produce_clicks(s.kafka_bootstrap, topic, events)
+    await _produce_clicks(s, topic, events)
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=s.kafka_bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(topic, **kafka_client(s), auto_offset_reset="earliest", enable_auto_commit=False,
                                 group_id=None, max_partition_fetch_bytes=4 * 1024 * 1024)
     await consumer.start()
     got, t = 0, time.perf_counter()
@@ -402,7 +405,7 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
 
             # The same requests while the worker learns: the clicks once more, as new records.
             await asyncio.sleep(RECS_CACHE_SECONDS + 0.1)
-            await _produce_clicks(s.kafka_bootstrap, topic, events)
+            await _produce_clicks(s, topic, events)
             deadline = time.monotonic() + 60
             while await learned_clicks() <= last[1]:
                 if time.monotonic() > deadline:

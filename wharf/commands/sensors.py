@@ -16,6 +16,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from wharf.kafka_auth import kafka_client
+
 console = Console()
 STYLE = {"CRITICAL": "bold red", "MAJOR": "red", "MINOR": "yellow", "WARNING": "cyan"}
 
@@ -48,7 +50,7 @@ async def send_ack(settings, alarm_id: str, by: str) -> None:  # noqa: ANN001
     from schemas import codec
 
     device = source_of(alarm_id)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**kafka_client(settings), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         await producer.send_and_wait(settings.topic_sensor_commands, codec.dumps({"command": "ack", "alarm_id": alarm_id, "ts": time.time(), "by": by}),
@@ -83,7 +85,7 @@ async def _tail(settings, ack: bool, from_beginning: bool, group: str | None, li
 
     from schemas.events import Alert
 
-    consumer = AIOKafkaConsumer(settings.topic_alerts, bootstrap_servers=settings.kafka_bootstrap, group_id=group,
+    consumer = AIOKafkaConsumer(settings.topic_alerts, **kafka_client(settings), group_id=group,
                                 enable_auto_commit=group is not None,
                                 auto_offset_reset="earliest" if from_beginning else "latest")
     await consumer.start()
@@ -308,7 +310,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     if model_options:
         env["WHARF_SENSOR_MODEL_OPTIONS"] = model_options
     s = Settings(**{k[6:].lower(): v for k, v in env.items()})
-    await ensure_topics(settings.kafka_bootstrap, topic_names(s), settings.topic_partitions)
+    await ensure_topics(settings, topic_names(s), settings.topic_partitions)
     state = settings.state_dir / "bench" / u
     state.mkdir(parents=True, exist_ok=True)
     console.print(f"bench {u}: worker + bridge on {settings.kafka_bootstrap}, ClickHouse {base}/bench_{u}; logs in {state}")
@@ -329,7 +331,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     published = [0]
 
     async def watch_alerts() -> None:
-        c = AIOKafkaConsumer(s.topic_alerts, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
+        c = AIOKafkaConsumer(s.topic_alerts, **kafka_client(settings), auto_offset_reset="earliest")
         await c.start()
         try:
             while not stop.is_set() or time.time() < t_end + 10:
@@ -413,7 +415,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     total = counts[-1][1] if counts else 0
     drain = counts[-1][0] - t_end if counts else float("nan")
     # reference 1: raw aiokafka consume rate of the same messages
-    c = AIOKafkaConsumer(s.topic_sensor_readings, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+    c = AIOKafkaConsumer(s.topic_sensor_readings, **kafka_client(settings), auto_offset_reset="earliest",
                          enable_auto_commit=False, max_partition_fetch_bytes=4 << 20)
     await c.start()
     got, t0 = 0, time.time()

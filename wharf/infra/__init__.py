@@ -57,7 +57,7 @@ def up(settings: Settings, names: list[str] | None = None) -> list[ServiceStatus
         svc = all_services[name]
         took = svc.start()
         if name == "kafka":
-            asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_names(settings), settings.topic_partitions))
+            asyncio.run(ensure_topics(Kafka(settings).admin_settings(), topic_names(settings), settings.topic_partitions))
         out.append(_status(name, svc, took))
     return out
 
@@ -93,7 +93,7 @@ def wait_for(predicate, timeout: float, interval: float = 0.2) -> bool:  # noqa:
 async def remove_bench_run(settings: Settings, tag: str, database_url: str | None) -> None:
     """Remove what one benchmark run made, also after a failure: its ClickHouse database (`database_url`; None
     when it ran on chdb inside its own state folder) and every topic whose name holds its run `tag`."""
-    await delete_topics_containing(settings.kafka_bootstrap, tag)  # its own and its bench app's internal ones
+    await delete_topics_containing(settings, tag)  # its own and its bench app's internal ones
     if database_url is None:
         return
     from streams.clickhouse import connect, with_local_password

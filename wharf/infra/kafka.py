@@ -2,7 +2,8 @@
 
 The jars come from Maven Central (pom.xml beside this file, fetched once into the
 cache folder); the node is formatted with `kafka.tools.StorageTool` on first
-start and run with `kafka.Kafka`.
+start and run with `kafka.Kafka`. With `kafka_security = "sasl_scram"` it has a SASL/SCRAM
+listener and ACLs instead of the PLAINTEXT one (wharf/infra/kafka_security.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wharf.infra import kafka_security
 from wharf.infra.process import ManagedProcess, ServiceError, ensure_ports_free, port_open
+from wharf.kafka_auth import as_user, kafka_client
+from wharf.secrets import write_private
 from wharf.settings import Settings
 
 KAFKA_VERSION = "3.9.1"
@@ -86,22 +90,43 @@ class Kafka:
 
     @property
     def where(self) -> str:
-        return f"{self.host}:{self.port} (controller :{self.settings.kafka_controller_port}), data {self.data}"
+        auth = ", SASL/SCRAM" if self.sasl else ""
+        return f"{self.host}:{self.port} (controller :{self.settings.kafka_controller_port}{auth}), data {self.data}"
+
+    @property
+    def sasl(self) -> bool:
+        return self.settings.kafka_security == "sasl_scram"
+
+    def admin_settings(self) -> Settings:
+        """These settings as the broker's super user: what `up` itself does (topics, ACLs, readiness) needs it."""
+        if not self.sasl:
+            return self.settings
+        from wharf.secrets import kafka_admin_password
+
+        return as_user(self.settings, kafka_security.ADMIN_USER, kafka_admin_password(self.settings))
+
+    def _listener_lines(self) -> list[str]:
+        if self.sasl:
+            return kafka_security.broker_lines(self.settings, self.host, self.port)
+        return [
+            f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://127.0.0.1:{self.settings.kafka_controller_port}",
+            f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        ]
 
     def _write_config(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         s = self.settings
-        (self.dir / "server.properties").write_text(
+        write_private(
+            self.dir / "server.properties",
             "\n".join(
                 [
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{s.kafka_controller_port}",
-                    f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-                    f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
-                    "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    *self._listener_lines(),
                     f"log.dirs={self.data}",
                     f"num.partitions={s.topic_partitions}",
                     "default.replication.factor=1",
@@ -119,7 +144,7 @@ class Kafka:
                     "message.max.bytes=4194304",
                     "",
                 ]
-            )
+            ),
         )
         (self.dir / "log4j.properties").write_text(
             "\n".join(
@@ -137,19 +162,28 @@ class Kafka:
         )
 
     def _format(self) -> None:
+        """Format once; SCRAM users go into the metadata here (also in plaintext mode: SASL can be turned on later)."""
+        marker = self.dir / "scram-users"
         if (self.data / "meta.properties").exists():
+            if self.sasl:
+                kafka_security.check_formatted_users(self.settings, marker)
             return
         libs = f"{libs_dir(self.settings)}/*"
         cluster_id = subprocess.run(
             [_java(), "-cp", libs, "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True, check=True
         ).stdout.strip()
+        users = kafka_security.scram_users(self.settings)
         proc = subprocess.run(
-            [_java(), "-cp", libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.dir / "server.properties")],
+            [_java(), "-cp", libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.dir / "server.properties"),
+             *kafka_security.format_args(users)],
             capture_output=True,
             text=True,
         )
         if proc.returncode != 0:
-            raise ServiceError(f"kafka: storage format failed:\n{proc.stdout}\n{proc.stderr}")
+            from wharf.redact import redact
+
+            raise ServiceError(redact(f"kafka: storage format failed:\n{proc.stdout}\n{proc.stderr}"))
+        marker.write_text("".join(f"{u}\n" for u in users))
 
     def start(self, timeout: float = 90.0) -> float:
         if self.process.running():
@@ -159,20 +193,23 @@ class Kafka:
         self._write_config()
         self._format()
         self.process.start()
-        return self.process.wait_ready(self.ready, timeout, f"broker metadata on {self.host}:{self.port}")
+        took = self.process.wait_ready(self.ready, timeout, f"broker metadata on {self.host}:{self.port}")
+        if self.sasl:
+            kafka_security.write_acls(self.settings, _java(), f"{libs_dir(self.settings)}/*", f"{self.host}:{self.port}", self.dir)
+        return took
 
     def ready(self) -> bool:
-        return port_open(self.host, self.port) and asyncio.run(_broker_count(self.settings.kafka_bootstrap)) >= 1
+        return port_open(self.host, self.port) and asyncio.run(_broker_count(self.admin_settings())) >= 1
 
     def stop(self) -> bool:
         return self.process.stop()
 
 
-async def _broker_count(bootstrap: str) -> int:
+async def _broker_count(settings: Settings) -> int:
     from aiokafka.admin import AIOKafkaAdminClient
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # probing a starting broker is noisy by nature
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    admin = AIOKafkaAdminClient(**kafka_client(settings), request_timeout_ms=2000)
     try:
         await admin.start()
         cluster = await admin.describe_cluster()
@@ -181,14 +218,14 @@ async def _broker_count(bootstrap: str) -> int:
         await admin.close()
 
 
-async def ensure_topics(bootstrap: str, names: list[str], partitions: int, configs: dict[str, dict[str, str]] | None = None,
+async def ensure_topics(settings: Settings, names: list[str], partitions: int, configs: dict[str, dict[str, str]] | None = None,
                         timeout: float = 30.0) -> list[str]:
     """Create the topics that do not exist yet and wait until the broker's metadata shows their partitions
     (right after CreateTopics it may show none; on a broker started seconds ago it took over 10 s in some test
     runs); returns the names created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    admin = AIOKafkaAdminClient(**kafka_client(settings), request_timeout_ms=10000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -228,14 +265,14 @@ def _refusals(response: Any) -> dict[str, str]:
             for entry in response.topic_errors if entry[1] not in (0, 36)}  # 36: TOPIC_ALREADY_EXISTS
 
 
-async def delete_topics_containing(bootstrap: str, marker: str) -> list[str]:
+async def delete_topics_containing(settings: Settings, marker: str) -> list[str]:
     """Delete every topic whose name contains `marker` (a benchmark's run tag: its own and its app's internal topics).
 
     Left behind, they pile up: aiokafka decodes the whole cluster's metadata in Python on every refresh,
     which held a worker's event loop for 40-130 ms at a time once a development broker had 550 topics."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+    admin = AIOKafkaAdminClient(**kafka_client(settings), request_timeout_ms=30000)
     await admin.start()
     try:
         names = [n for n in await admin.list_topics() if marker in n]
