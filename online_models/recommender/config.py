@@ -89,9 +89,9 @@ class RecommenderConfig:
     blend_floor: float = 0.01
 
     # --- bounded state (`evict.py`) ----------------------------------------
-    max_users: int = 100_000
+    max_users: int = 50_000
     """Users kept per model (shard): a new one past this evicts the least recently seen."""
-    max_items: int = 50_000
+    max_items: int = 20_000
     """Items kept per model (shard), catalogue items included."""
     user_idle_s: float = 0.0
     """A user not seen for this long (event time) is evicted (0: never by age)."""
