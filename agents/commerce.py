@@ -90,6 +90,7 @@ from pydantic import Field
 from online_models.alarms import STATE_TYPES as ALARM_STATE_TYPES
 from online_models.alarms import AlarmBook
 from online_models.recommender import RecommenderConfig
+from online_models.recommender.config import DAY
 from online_models.sentiment.model import LEARNED_STATE_TYPES
 from schemas import codec, rows
 from schemas.events import ClickEvent, Ident, Recommendation, Review, SentimentScore, Severity, TimedEvent, to_epoch
@@ -169,7 +170,8 @@ class CatalogueChange(TimedEvent):
 
 
 def recommender_config() -> RecommenderConfig:
-    cfg = RecommenderConfig()
+    cfg = RecommenderConfig(max_users=settings.commerce_max_users, max_items=settings.commerce_max_items,
+                            user_idle_s=settings.commerce_user_idle_days * DAY, item_idle_s=settings.commerce_item_idle_days * DAY)
     if settings.commerce_action_weights.strip():
         cfg.action_weights = {**cfg.action_weights, **json.loads(settings.commerce_action_weights)}
     return cfg.for_time_scale(settings.commerce_half_life_scale) if settings.commerce_half_life_scale != 1.0 else cfg

@@ -26,6 +26,11 @@ not in that format, or that it refuses, ends its generation's replay there, as a
 would (an image refused: the generation is skipped), and is listed in `DeltaLog.refused` for the
 caller to log; logs written by versions that pickled are refused that way.
 
+A delta also carries the keys deleted since the previous checkpoint (e.g. evicted users/items), as
+pieces `{DELETED: {name: [keys]}}` written before its entries; restore applies them in that order, so a
+deleted key stays deleted and one deleted and written again comes back where the writer's dict has it
+(at the end). An image needs none: it replaces everything.
+
 Keys: `{prefix}/{p}/{gen:06d}/{seq:09d}/{chunk}` and `.../c` for the commit; all of partition p's
 records go to changelog partition p (write them under an event of p), so Kafka keeps their order.
 """
@@ -43,6 +48,8 @@ PIECE_ENTRIES = 50  # entries encoded at once: ~0.8 ms for 50 of the recommender
 
 Parts = dict[str, dict[Any, Any]]  # e.g. {"users": {...}, "items": {...}}: merged entry by entry, delta over image
 PLAIN = StateCodec()  # plain data only: no class on the allow-list
+DELETED = "-"  # the part name of deletion pieces (not a name callers may use)
+DELETE_KEYS = 2_000  # deleted keys per piece (ids: a few dozen bytes each)
 
 
 @dataclass
@@ -76,11 +83,14 @@ class DeltaLog:
     def needs_image(self) -> bool:
         return self.generation < 0 or self.seq == 0 or self.delta_bytes > self.compact_factor * max(self.image_bytes, 1)
 
-    def write(self, table: MutableMapping[bytes, bytes], parts: Parts, meta: Any, image: bool) -> int:
-        """Write an image (all entries; starts a new generation) or a delta (changed entries); returns records written."""
-        return finish(self.steps(table, parts, meta, image))
+    def write(self, table: MutableMapping[bytes, bytes], parts: Parts, meta: Any, image: bool,
+              deleted: dict[str, list[Any]] | None = None) -> int:
+        """Write an image (all entries; starts a new generation) or a delta (changed entries, and the keys `deleted`
+        from each part since the last write); returns records written."""
+        return finish(self.steps(table, parts, meta, image, deleted))
 
-    def steps(self, table: MutableMapping[bytes, bytes], parts: Parts, meta: Any, image: bool) -> Iterator[int]:
+    def steps(self, table: MutableMapping[bytes, bytes], parts: Parts, meta: Any, image: bool,
+              deleted: dict[str, list[Any]] | None = None) -> Iterator[int]:
         """`write` one piece at a time, yielding the records written so far after each piece and at the end.
 
         The entries must not change until it ends. Left unfinished, it leaves chunks without a
@@ -90,9 +100,11 @@ class DeltaLog:
             self.keys = []
             self.generation += 1
             self.seq = 0
+        if DELETED in parts:
+            raise ValueError(f"part name {DELETED!r} is reserved for deletions")
         counts: list[int] = []
         size = written = 0
-        for piece in _pieces(parts, self.piece_entries):
+        for piece in [*(() if image else _deletions(deleted or {})), *_pieces(parts, self.piece_entries)]:
             blob = self.codec.dumps(piece)
             size += len(blob)
             chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)]
@@ -168,7 +180,13 @@ class DeltaLog:
             merged: Parts = {} if parts is None else parts
             for piece in pieces:
                 for name, entries in piece.items():
-                    merged.setdefault(name, {}).update(entries)
+                    if name == DELETED:
+                        for part, keys in entries.items():
+                            target = merged.get(part, {})
+                            for key in keys:
+                                target.pop(key, None)
+                    else:
+                        merged.setdefault(name, {}).update(entries)
             parts = merged
             meta = seq_meta
             seq += 1
@@ -189,6 +207,10 @@ class DeltaLog:
         piece = self.codec.loads(blob)
         if type(piece) is not dict or not all(type(k) is str and type(v) is dict for k, v in piece.items()):
             raise StateFormatError("not a checkpoint piece (named dicts of entries)")
+        gone = piece.get(DELETED)
+        if gone is not None and not all(type(keys) is list and all(type(k) in (str, int, bytes) for k in keys)
+                                        for keys in gone.values()):
+            raise StateFormatError("not a checkpoint piece (deleted keys by part)")
         return piece
 
 
@@ -198,6 +220,14 @@ def finish(steps: Iterator[int]) -> int:
     for written in steps:  # noqa: B007 - the last count is the total
         pass
     return written
+
+
+def _deletions(deleted: dict[str, list[Any]]) -> Iterator[Parts]:
+    """Deleted keys as pieces of at most `DELETE_KEYS`."""
+    for name, keys in deleted.items():
+        keys = list(keys)
+        for i in range(0, len(keys), DELETE_KEYS):
+            yield {DELETED: {name: keys[i:i + DELETE_KEYS]}}
 
 
 def _pieces(parts: Parts, size: int = PIECE_ENTRIES) -> Iterator[Parts]:

@@ -54,19 +54,34 @@ class Record(NamedTuple):
 
 
 class Tracked(dict):
-    """A dict that remembers which keys were assigned since the last checkpoint (the model writes back every change).
+    """A dict that remembers which keys were assigned since the last checkpoint (the model writes back every change),
+    and which were deleted (evicted).
 
     In the order they were first assigned: a restore appends the new keys of each delta in that order, so a
     restored shard numbers its items as the live one did (the dense index's rows), and sums over them come
-    out the same to the last bit."""
+    out the same to the last bit. A deleted key leaves `dirty`: if it comes back it is appended again, after
+    the delta's deletions (which restore applies first), as it was appended to this dict."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.dirty: dict[str, None] = {}
+        self.deleted: dict[str, None] = {}
 
     def __setitem__(self, key: str, value: Any) -> None:
         dict.__setitem__(self, key, value)
         self.dirty[key] = None
+
+    def __delitem__(self, key: str) -> None:
+        dict.__delitem__(self, key)
+        self.dirty.pop(key, None)
+        self.deleted[key] = None
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key not in self:
+            return dict.pop(self, key, *default)
+        value = dict.__getitem__(self, key)
+        del self[key]
+        return value
 
 
 class TableWrites(dict):
@@ -107,8 +122,9 @@ class Shard:
     def new(cls, partition: int, config: RecommenderConfig, users: dict | None = None, items: dict | None = None,
             g: GlobalState | None = None, offsets: dict[str, int] | None = None, log: DeltaLog | None = None) -> Shard:
         model = OnlineRecommender(config, users=Tracked(users or {}), items=Tracked(items or {}), state=g)
-        model.users.dirty.clear()
-        model.items.dirty.clear()
+        for store in (model.users, model.items):
+            store.dirty.clear()
+            store.deleted.clear()
         return cls(partition, model, dict(offsets or {}), log=log)
 
     @classmethod
@@ -141,10 +157,12 @@ class Shard:
         if type(event) is Click:
             m.learn_one(event._asdict())
             self.clicks += 1
-            self.active_users.pop(event.user_id, None)  # most recent last
-            self.active_users[event.user_id] = None
-            self.active_items.pop(event.item_id, None)
-            self.active_items[event.item_id] = None
+            for active, key, cap in ((self.active_users, event.user_id, m.config.max_users),
+                                     (self.active_items, event.item_id, m.config.max_items)):
+                active.pop(key, None)  # most recent last
+                active[key] = None
+                if len(active) > cap:  # no more than the model keeps
+                    del active[next(iter(active))]
             return True
         if event is None:
             return False
@@ -165,16 +183,20 @@ class Shard:
         image = self.log.needs_image()
         users = dict(m.users) if image else {uid: m.users[uid] for uid in m.users.dirty}
         items = dict(m.items) if image else {iid: m.items[iid] for iid in m.items.dirty}
-        m.users.dirty.clear()
-        m.items.dirty.clear()
+        deleted = {} if image else {name: list(store.deleted) for name, store in (("users", m.users), ("items", m.items))
+                                    if store.deleted}
+        for store in (m.users, m.items):
+            store.dirty.clear()
+            store.deleted.clear()
         self.changed_items = list(items)
         m.state.rng_state = m._rng.getstate()  # noqa: SLF001 - what the model's own __getstate__ saves
         meta = (STATE_VERSION, m.state, dict(self.offsets))
-        return self.log.steps(table, {"users": users, "items": items}, meta, image)
+        return self.log.steps(table, {"users": users, "items": items}, meta, image, deleted)
 
     def stats(self) -> dict[str, Any]:
         m = self.model
-        return {"users": len(m.users), "items": len(m.items), "clicks": self.clicks, "skipped": self.skipped,
+        return {"users": len(m.users), "items": len(m.items), "evicted_users": m.evicted_users,
+                "evicted_items": m.evicted_items, "clicks": self.clicks, "skipped": self.skipped,
                 "learned": m.state.events, "offsets": dict(self.offsets)}
 
 

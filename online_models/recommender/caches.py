@@ -101,6 +101,38 @@ class ItemIndex:
         cache[state.item_id] = (version, rows, probs)
         return rows, probs
 
+    def remove(self, item_ids: Iterable[str]) -> None:
+        """Drop these items' rows; the others keep their order and move down, so the index numbers its items as one
+        rebuilt from the store would (a restored model sums over them in the same order). O(items) in NumPy and
+        one dict build: `OnlineRecommender` evicts in batches. The cached co-occurrence arrays name rows: all dropped.
+        Category codes no row uses any more are dropped too (a code's number does not change any score)."""
+        rows = self.rows_of(item_ids)
+        if not rows:
+            return
+        n = len(self.ids)
+        keep = np.ones(n, dtype=bool)
+        keep[rows] = False
+        m = int(keep.sum())
+        for a in (self.q, self.bias, self.popular, self.trending, self.category, self.active):
+            a[:m] = a[:n][keep]
+        self.active[m:n] = False
+        self.category[m:n] = -1
+        self.ids = [i for i, k in zip(self.ids, keep.tolist(), strict=True) if k]
+        self.row = {item_id: r for r, item_id in enumerate(self.ids)}
+        self.__dict__.setdefault("_cooc", {}).clear()
+        self._drop_unused_categories(m)
+
+    def _drop_unused_categories(self, n: int) -> None:
+        codes = self.category[:n]
+        used = np.unique(codes[codes >= 0])
+        if len(used) == len(self.categories):
+            return
+        remap = np.full(len(self.categories) + 1, -1, dtype=np.int32)  # code -1 (none) reads the last: -1
+        remap[used] = np.arange(len(used), dtype=np.int32)
+        codes[:] = remap[codes]
+        names = {code: name for name, code in self.categories.items()}
+        self.categories = {names[c]: i for i, c in enumerate(used.tolist())}
+
     def rows_of(self, item_ids: Iterable[str]) -> list[int]:
         row = self.row
         return [r for r in (row.get(i) for i in item_ids) if r is not None]

@@ -88,6 +88,19 @@ class RecommenderConfig:
     blend_rate: float = 0.02
     blend_floor: float = 0.01
 
+    # --- bounded state (`evict.py`) ----------------------------------------
+    max_users: int = 50_000
+    """Users kept per model (shard): a new one past this evicts the least recently seen."""
+    max_items: int = 20_000
+    """Items kept per model (shard), catalogue items included."""
+    user_idle_s: float = 0.0
+    """A user not seen for this long (event time) is evicted (0: never by age)."""
+    item_idle_s: float = 0.0
+    """An item not clicked nor registered for this long (event time) is evicted (0: never by age)."""
+    evict_fraction: float = 1 / 32
+    """Items evicted at once when full: each eviction compacts the dense index and scans the
+    co-occurrence rows, O(items), so it is done for this share of `max_items` at a time."""
+
     # --- recommendation -----------------------------------------------------
     exclude_purchased: bool = True
     exclude_recent: bool = False
@@ -98,9 +111,11 @@ class RecommenderConfig:
         return self.action_weights.get(action or "view", self.action_weights.get("view", 1.0))
 
     def for_time_scale(self, factor: float) -> RecommenderConfig:
-        """A copy with every half-life and the session gap multiplied by `factor`."""
+        """A copy with every half-life, the session gap and the idle ages multiplied by `factor`."""
         return replace(
             self,
+            user_idle_s=self.user_idle_s * factor,
+            item_idle_s=self.item_idle_s * factor,
             cooc_half_life_s=self.cooc_half_life_s * factor,
             popular_half_life_s=self.popular_half_life_s * factor,
             trending_half_life_s=self.trending_half_life_s * factor,

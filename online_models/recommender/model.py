@@ -38,6 +38,13 @@ State layout (what a Faust table partitioned by user / by item would hold):
 
 Stores are written back (`store[key] = state`) after every change so a table
 that serialises on assignment sees the update.
+
+Bounded state (`evict.py`): at most `max_users` users and `max_items` items, and
+(optionally) none idle longer than `user_idle_s` / `item_idle_s` of event time.
+A new user past the cap evicts the least recently seen one (`del store[key]`); a
+new item past it evicts the `evict_fraction` least recently seen at once, since
+an item eviction also compacts the dense index and drops the items from every
+co-occurrence row and the negative-sampling ring (O(items) per batch).
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ from online_models.recommender.config import (
     RecommenderConfig,
     rate,
 )
+from online_models.recommender.evict import LastSeen, drop_neighbours
 from online_models.recommender.scoring import HAS, SIGNALS, rank
 from online_models.recommender.state import GlobalState, ItemState, UserState, decayed_add, forward_add
 
@@ -122,6 +130,9 @@ class OnlineRecommender:
         self.index = ItemIndex(cfg.dim)
         self._shared_cache: _Shared | None = None  # what the last request shared with every user
         self.rebuild_caches()
+        idle = [s for s in (cfg.user_idle_s, cfg.item_idle_s) if s > 0]
+        self._sweep_every = min(idle) / 8 if idle else 0.0  # event time between sweeps for idle users/items
+        self.evicted_users = self.evicted_items = 0  # since this object was made (not checkpointed)
 
     # ------------------------------------------------------------------ state
 
@@ -130,6 +141,8 @@ class OnlineRecommender:
         self.index = ItemIndex(self.config.dim, capacity=max(1024, len(self.items)))
         self._shared_cache = None
         self.index.rebuild(self.items.values(), self.state.landmark, self._rate_pop, self._rate_trend)
+        self._seen_users = LastSeen(self.users)
+        self._seen_items = LastSeen(self.items)
 
     def __getstate__(self) -> dict[str, Any]:
         self.state.rng_state = self._rng.getstate()
@@ -171,11 +184,18 @@ class OnlineRecommender:
     def _item(self, item_id: str, category: str | None, price: float | None, ts: float) -> ItemState:
         st = self.items.get(item_id)
         if st is None:
-            st = ItemState(item_id, category=category, price=price, popular_ts=ts, trending_ts=ts)
+            over = len(self.items) - self.config.max_items + 1
+            if over > 0:
+                self._evict_items(list(self._seen_items.oldest(max(over, int(self.config.max_items * self.config.evict_fraction)))))
+            st = ItemState(item_id, category=category, price=price, popular_ts=ts, trending_ts=ts, last_ts=ts)
             st.factors = self._initial_factors()
             self.items[item_id] = st
             self.index.add(st)
+            self._seen_items.touch(ts, item_id)
         else:
+            if ts > st.last_ts:
+                st.last_ts = ts
+                self._seen_items.touch(ts, item_id)
             changed = False
             if category is not None and st.category != category:
                 st.category, changed = category, True
@@ -198,9 +218,44 @@ class OnlineRecommender:
     def _user(self, user_id: str, ts: float) -> UserState:
         st = self.users.get(user_id)
         if st is None:
+            if len(self.users) >= self.config.max_users:
+                for old in self._seen_users.oldest(len(self.users) - self.config.max_users + 1):
+                    del self.users[old]
+                    self.evicted_users += 1
             st = UserState(user_id, categories_ref=ts)
             st.factors = self._initial_factors()
         return st
+
+    # ----------------------------------------------------------------- eviction
+
+    def _evict_idle(self, now: float) -> None:
+        """Evict the users and items not seen for their idle age (at most once per `_sweep_every` of event time,
+        so that item evictions, O(items) each, come in batches)."""
+        cfg = self.config
+        if cfg.user_idle_s > 0:
+            for old in self._seen_users.oldest(len(self.users), before=now - cfg.user_idle_s):
+                del self.users[old]
+                self.evicted_users += 1
+        if cfg.item_idle_s > 0:
+            self._evict_items(list(self._seen_items.oldest(len(self.items), before=now - cfg.item_idle_s)))
+
+    def _evict_items(self, item_ids: list[str]) -> None:
+        """Forget these items everywhere the model keeps item ids: the store, the dense index and its caches,
+        the other items' co-occurrence rows and the negative-sampling ring. One that comes back starts fresh.
+        Users' own histories may still name them: they are skipped there (no row) and age out of it."""
+        if not item_ids:
+            return
+        for item_id in item_ids:
+            del self.items[item_id]
+        dead = set(item_ids)
+        drop_neighbours(self.items, dead)
+        self.index.remove(item_ids)
+        g = self.state
+        ring = [i for i in g.recent_items if i not in dead]
+        if len(ring) != len(g.recent_items):
+            g.recent_items, g.recent_pos = ring, 0
+        self._shared_cache = None
+        self.evicted_items += len(item_ids)
 
     # ----------------------------------------------------------------- learning
 
@@ -214,6 +269,9 @@ class OnlineRecommender:
         ts = event.get("ts")
         ts = float(ts) if ts is not None else g.last_ts
         weight = cfg.weight(action)
+        every = self._sweep_every
+        if every and ts > g.last_ts and ts // every != g.last_ts // every:
+            self._evict_idle(ts)
 
         user = self._user(user_id, ts)
         item = self._item(item_id, event.get("category"), event.get("price"), ts)
@@ -265,8 +323,10 @@ class OnlineRecommender:
             self._unlearn(user, item, row, weight, ts)
 
         item.events += 1
+        if ts > user.last_ts or not user.events:
+            user.last_ts = max(user.last_ts, ts)
+            self._seen_users.touch(user.last_ts, user_id)
         user.events += 1
-        user.last_ts = max(user.last_ts, ts)
         g.last_ts = max(g.last_ts, ts)
         self.users[user_id] = user
         self.items[item_id] = item

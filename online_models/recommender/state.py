@@ -84,6 +84,8 @@ class ItemState:
     trending: float = 0.0
     trending_ts: float = 0.0
     events: int = 0
+    last_ts: float = 0.0
+    """Event time it was last clicked or registered: the eviction order (`evict.LastSeen`)."""
 
     def add_pairs(self, pairs: Iterable[tuple[str, float]], t: float, rate_s: float, rate_pairs: float, top_n: int) -> None:
         """Add `(other, amount)` pairs at time `t`, in order; each moves the row's decay clock by one pair.
@@ -178,7 +180,18 @@ def _set_user_state(user: UserState, state: Any) -> None:
 
 _USER_SLOTS = attrgetter(*UserState.__slots__)
 _USER_SLOT_NAMES = frozenset(UserState.__slots__)
+_ITEM_SLOT_NAMES = frozenset(ItemState.__slots__)
+
+
+def _set_item_state(item: ItemState, state: Any) -> None:
+    """An item's slots; `last_ts`, absent from checkpoints written before eviction, from its popularity clocks."""
+    if type(state) is not dict or not state.keys() <= _ITEM_SLOT_NAMES:
+        raise ValueError("not the fields of an ItemState")
+    for name, value in state.items():
+        object.__setattr__(item, name, value)
+    if "last_ts" not in state:
+        item.last_ts = max(state.get("popular_ts", 0.0), state.get("trending_ts", 0.0))
 
 
 # Checkpoints (`streams/shard.py`) write these in Wharf's state format, which rebuilds only the classes listed here.
-STATE_TYPES = StateTypes(StateType(UserState, _user_state, _set_user_state), ItemState, GlobalState)
+STATE_TYPES = StateTypes(StateType(UserState, _user_state, _set_user_state), StateType(ItemState, None, _set_item_state), GlobalState)
