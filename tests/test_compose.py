@@ -37,7 +37,8 @@ GRAFANA_DATASOURCES = ROOT / "deploy" / "grafana" / "provisioning" / "datasource
 WHARF_SERVICES = ("kafka-init", "mosquitto-init", "wharf-worker", "wharf-bridge")
 # The operator's .env (never committed): what Compose interpolates into ${NAME:?...} references.
 DOTENV = {"WHARF_MQTT_BRIDGE_PASSWORD": "compose-bridge-pw-1", "WHARF_CLICKHOUSE_PASSWORD": "compose-ch-pw-2",
-          "WHARF_MQTT_DEVICES": "dev-001:compose-dev-pw-3", "WHARF_MQTT_DEVICE_REGISTRY": "dev-001=site-1/zone-a"}
+          "WHARF_MQTT_DEVICES": "dev-001:compose-dev-pw-3", "WHARF_MQTT_DEVICE_REGISTRY": "dev-001=site-1/zone-a",
+          "WHARF_WEB_OPERATOR_TOKENS": "compose-operator-token-4", "WHARF_WEB_API_KEYS": "compose-api-key-5"}
 _REF = re.compile(r"\$\{(\w+)(?::?[-?][^}]*)?\}")
 
 

@@ -95,7 +95,7 @@ async def site(stack, server_url, tmp_path_factory):
             "WHARF_COMMERCE_COLLECTOR_MAX_BYTES": str(MAX_BYTES), "WHARF_COMMERCE_COLLECTOR_MAX_EVENTS": "2000",
             "WHARF_COMMERCE_SENTIMENT_ENCODER": "hashing", "WHARF_SINK_BATCH_SECONDS": "0.3",
             "WHARF_SENSOR_MODEL_OPTIONS": '{"use_forecaster": false}'}
-    await ensure_topics(stack.kafka_bootstrap, [v for k, v in env.items() if k.startswith("WHARF_TOPIC_")], stack.topic_partitions)
+    await ensure_topics(stack, [v for k, v in env.items() if k.startswith("WHARF_TOPIC_")], stack.topic_partitions)
     worker = await asyncio.to_thread(WorkerProcess(env, web_port=stack.web_port + 40, log=tmp / "worker.log").start)
     ch = connect(env["WHARF_CLICKHOUSE_URL"])
     try:
@@ -190,7 +190,7 @@ async def test_acks_need_json_own_origin_and_a_known_alarm_and_never_create_devi
     now = time.time()
     reading = {"site": "s1", "zone": "z1", "device_id": "dev-auth-real", "device_type": "cold_room", "ts": now, "seq": 1,
                "metrics": {"temperature": 4.0}}
-    await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_SENSOR_READINGS"], [(b"dev-auth-real", codec.dumps(reading))])
+    await produce(stack, env["WHARF_TOPIC_SENSOR_READINGS"], [(b"dev-auth-real", codec.dumps(reading))])
     await wait_until(lambda: "dev-auth-real" in site.devices(), 60, "the real device's state")
 
     known = "dev-auth-1/rule:temperature/1700000000000"
@@ -199,7 +199,7 @@ async def test_acks_need_json_own_origin_and_a_known_alarm_and_never_create_devi
                     status="ACTIVE_UNACK", start_ts=now, message="too warm"),
               Alert(ts=now, alarm_id=item_alarm, alarm_type="sentiment_drop", source_type="item", source_id="bk-1", severity="MINOR",
                     status="ACTIVE_UNACK", start_ts=now, message="reviews turned")]
-    await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_ALERTS"], [(a.alarm_id.encode(), a.model_dump_json().encode()) for a in alerts])
+    await produce(stack, env["WHARF_TOPIC_ALERTS"], [(a.alarm_id.encode(), a.model_dump_json().encode()) for a in alerts])
     count = lambda: site.ch.query(f"SELECT count() FROM {site.ch.table('alerts')}")[0][0]  # noqa: E731
     await wait_until(lambda: count() >= 2, 60, "the alarms stored")
     before = site.devices()
@@ -221,10 +221,10 @@ async def test_acks_need_json_own_origin_and_a_known_alarm_and_never_create_devi
     # Commands that reach the device owners by other ways (Kafka, `wharf alerts ack`) for ids without state.
     commands = [(f"ghost-k{i}".encode(), codec.dumps({"command": "ack", "alarm_id": f"ghost-k{i}/anomaly/1", "ts": now, "by": "test"}))
                 for i in range(50)]
-    await produce(stack.kafka_bootstrap, env["WHARF_TOPIC_SENSOR_COMMANDS"], commands + [(b"dev-auth-real", codec.dumps(
+    await produce(stack, env["WHARF_TOPIC_SENSOR_COMMANDS"], commands + [(b"dev-auth-real", codec.dumps(
         {"command": "ack", "alarm_id": "dev-auth-real/anomaly/1", "ts": now, "by": "test"}))])
     deadline = time.monotonic() + 60  # the worker commits a command's offset once it has applied it
-    while not await committed_equals_end(stack.kafka_bootstrap, env["WHARF_APP_ID"], env["WHARF_TOPIC_SENSOR_COMMANDS"], stack.topic_partitions):
+    while not await committed_equals_end(stack, env["WHARF_APP_ID"], env["WHARF_TOPIC_SENSOR_COMMANDS"], stack.topic_partitions):
         assert time.monotonic() < deadline, "the commands were not consumed"
         await asyncio.sleep(0.5)
     assert site.devices() == before == {"dev-auth-real"}

@@ -68,13 +68,20 @@ async def test_readings_stored_exactly_once_across_a_kill_9(stack, server_url, u
         "WHARF_TOPIC_SENSOR_READINGS": topic,
         "WHARF_TOPIC_DEAD_LETTERS": dlq,
         "WHARF_TOPIC_CLICKS": f"test.clicks.{unique}",
+        # Topics of its own: other tests' commands and status (an operator's ack in the demo) would be dead-lettered
+        # here, into this test's count.
+        "WHARF_TOPIC_SENSOR_COMMANDS": f"test.commands.{unique}",
+        "WHARF_TOPIC_DEVICE_STATUS": f"test.status.{unique}",
+        "WHARF_TOPIC_ALERTS": f"test.alerts.{unique}",
+        "WHARF_TOPIC_REVIEWS": f"test.reviews.{unique}",
+        "WHARF_TOPIC_RECOMMENDATIONS": f"test.recs.{unique}",
         "WHARF_CLICKHOUSE_URL": f"{server_url}/pipe_{unique}",
         "WHARF_SINK_BATCH_ROWS": "500",
         "WHARF_SINK_BATCH_SECONDS": "0.5",
     }
     from wharf.infra.kafka import ensure_topics
 
-    await ensure_topics(stack, [topic, dlq, env["WHARF_TOPIC_CLICKS"]], stack.topic_partitions)
+    await ensure_topics(stack, [v for k, v in env.items() if k.startswith("WHARF_TOPIC_")], stack.topic_partitions)
     devices, per_device = 40, 50
     records = []
     for seq in range(per_device):
