@@ -42,14 +42,13 @@ from typing import Any
 from aiohttp import web
 
 from streams.credentials import Credentials
-from wharf.settings import Settings
+from wharf.settings import EVERY_INTERFACE, Settings
 
 log = logging.getLogger(__name__)
 
 COOKIE = "wharf_session"
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
-_EVERY_INTERFACE = frozenset({"0.0.0.0", "::", ""})
 
 
 class Access(enum.Enum):
@@ -100,7 +99,7 @@ class Guard:
     @classmethod
     def from_settings(cls, settings: Settings) -> Guard:
         names = {settings.advertised_web_host(), *LOOPBACK}
-        if settings.web_host not in _EVERY_INTERFACE:
+        if settings.web_host not in EVERY_INTERFACE:
             names.add(settings.web_host)
         own = {f"{_host(h).lower()}:{settings.web_port}" for h in names}
         extra = {o.strip().rstrip("/").lower() for o in settings.web_allowed_origins.split(",") if o.strip()}

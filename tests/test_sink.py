@@ -270,3 +270,34 @@ def test_dead_letters_of_one_partition_from_two_stages_are_not_taken_for_copies(
     assert not marks.is_copy(broke.dead_letter(b"{}", "kafka", kafka_offset=5, **where))
     assert marks.is_copy(invalid.dead_letter(b"{}", "kafka", kafka_offset=10, **where))  # a real copy: redelivered
     assert broke.dead_letter(b"{}", "kafka", kafka_offset=5, **where).stage == "the anomaly model"
+
+
+async def test_one_bad_record_among_many_is_found_by_halving_not_one_insert_each(ch):
+    """Each INSERT makes a part: 1,000 single-record INSERTs would be 1,000 parts. Halving finds the bad record in
+    about 2 log2(n) INSERTs, and every other record is stored once, in order."""
+    refused: list = []
+    inserts = 0
+    real_insert = ch.insert
+
+    def counting_insert(*args, **kwargs):
+        nonlocal inserts
+        inserts += 1
+        return real_insert(*args, **kwargs)
+
+    async def on_refused(partition, offset, rows, exc):
+        refused.append(offset)
+
+    ch.insert = counting_insert
+    try:
+        w = ClickHouseWriter(ch, SPEC, batch_rows=2000, batch_seconds=0.1, on_refused=on_refused)
+        await put_range(w, 0, range(700))
+        await w.put(0, 700, [click_rows(700)[0] | {"price": "bad"}])
+        await put_range(w, 0, range(701, 1000))
+        async with asyncio.timeout(30):
+            await w.flush()
+    finally:
+        ch.insert = real_insert
+    assert refused == [700]
+    assert [o for _, o, _ in stored(ch)] == [o for o in range(1000) if o != 700]
+    assert inserts <= 2 * 10 + 1  # 1,000 records: 10 halvings, 2 INSERTs each, plus the first
+    await w.stop()

@@ -23,7 +23,7 @@ from pydantic_settings import (
 )
 
 
-_EVERY_INTERFACE = frozenset({"0.0.0.0", "::", ""})
+EVERY_INTERFACE = frozenset({"0.0.0.0", "::", ""})  # bind addresses that mean every interface
 
 
 def _config_file() -> Path:
@@ -212,7 +212,7 @@ class Settings(BaseSettings):
         can use: every worker would advertise the same 0.0.0.0, and a forwarded request would come back to its sender."""
         if self.web_advertised_host:
             return self.web_advertised_host
-        if self.web_host not in _EVERY_INTERFACE:
+        if self.web_host not in EVERY_INTERFACE:
             return self.web_host
         host, _, port = self.kafka_bootstrap.split(",")[0].strip().rpartition(":")
         try:
