@@ -109,12 +109,12 @@ class AlertPublisher:
         return site if isinstance(site, str) and LEVEL.match(site) else "unknown"
 
     def _dead_letter(self, m, exc: BaseException) -> tuple[bytes, bytes]:  # noqa: ANN001 - aiokafka ConsumerRecord
-        """(key, value): keyed by source partition, as every dead letter of a Kafka record is (`streams.ingest`)."""
+        """(key, value) of the record's dead letter."""
         log.error("alert at %s/%d/%d could not be published (%s); dead-lettered", m.topic, m.partition, m.offset, exc)
         error = processing_error("alert", "the MQTT alert publisher", exc, m.value)
         letter = error.dead_letter(m.value, "kafka", keep_bytes=self.settings.dead_letter_keep_bytes, kafka_topic=m.topic,
                                    kafka_partition=m.partition, kafka_offset=m.offset)
-        return f"{m.topic}/{m.partition}".encode(), letter.encode()
+        return letter.key(), letter.encode()
 
     async def _send_dead_letters(self, letters: list[tuple[bytes, bytes]]) -> None:
         """Kafka has them before the batch's offsets are committed."""

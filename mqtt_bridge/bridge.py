@@ -251,7 +251,7 @@ class Bridge:
         letter = processing_error("mqtt_message", "Kafka", exc, payload).dead_letter(
             payload, "mqtt", keep_bytes=keep, mqtt_topic=_topic_text(pending.msg))
         log.error("Kafka refused the record of %s (%s); sending a dead letter instead", _topic_text(pending.msg)[:200], exc)
-        pending.route = (self.settings.topic_dead_letters, letter.encode(), pending.route[2] if pending.route else b"")
+        pending.route = (self.settings.topic_dead_letters, letter.encode(), letter.key())
         return True
 
     def _sent(self, pending: _Pending, fut: asyncio.Future) -> None:
@@ -312,7 +312,7 @@ class Bridge:
             log.exception("a message on %s broke the bridge's routing; dead-lettered", topic[:200])
             error = processing_error("mqtt_message", "the bridge", exc, payload)
         letter = error.dead_letter(payload, "mqtt", keep_bytes=self.limits.dead_letter_keep_bytes, mqtt_topic=topic)
-        return self.settings.topic_dead_letters, letter.encode(), topic.encode()[:256]
+        return self.settings.topic_dead_letters, letter.encode(), letter.key()
 
     def _release_acks(self) -> None:
         """PUBACKs in arrival order, as MQTT requires."""

@@ -71,6 +71,13 @@ class DeadLetter(BaseModel):
             **where,
         )
 
+    def key(self) -> bytes:
+        """Its Kafka key: all dead letters of one source partition (or MQTT topic) share a dead-letter partition,
+        in order; that is what lets the dead-letter agent drop the copies a redelivery produces."""
+        if self.kafka_topic is not None:
+            return f"{self.kafka_topic}/{self.kafka_partition}".encode()
+        return (self.mqtt_topic or self.source).encode()
+
     @property
     def payload(self) -> bytes:
         return base64.b64decode(self.payload_b64)

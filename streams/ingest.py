@@ -30,25 +30,18 @@ async def produce_dead_letter(dlq_topic: Any, error: InvalidEvent, payload: byte
     """Queue the dead letter and return the future Kafka confirms it with. Letters of one source partition must be
     queued in offset order, one after the other (not from concurrent tasks): `SourceMarks` relies on it."""
     letter = error.dead_letter(payload, source, keep_bytes=keep_bytes, **where)
-    return await dlq_topic.send(key=dead_letter_key(letter), value=letter.encode())
+    return await dlq_topic.send(key=letter.key(), value=letter.encode())
 
 
-async def dead_letter_event(dlq_topic: Any, event: Any, error: InvalidEvent, *, limits: Limits) -> None:
-    """A Faust event's record as a dead letter (its raw bytes, the source coordinates), confirmed by Kafka: for a
-    record that fails a step after validation, or on a topic Wharf writes itself, so that no content stops an
-    agent and none is dropped unseen."""
+async def dead_letter_event(dlq_topic: Any, event: Any, error: InvalidEvent, *, limits: Limits,
+                            payload: bytes | None = None) -> None:
+    """A Faust event's record as a dead letter (its bytes, or `payload` when a reader already has them; the
+    source coordinates), confirmed by Kafka: so that no content stops an agent and none is dropped unseen."""
     msg = event.message
-    raw = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
-    await send_dead_letter(dlq_topic, error, raw, "kafka", keep_bytes=limits.dead_letter_keep_bytes,
+    if payload is None:
+        payload = msg.value if isinstance(msg.value, bytes) else bytes(msg.value or b"")
+    await send_dead_letter(dlq_topic, error, payload, "kafka", keep_bytes=limits.dead_letter_keep_bytes,
                            kafka_topic=msg.topic, kafka_partition=msg.partition, kafka_offset=msg.offset)
-
-
-def dead_letter_key(letter: DeadLetter) -> bytes:
-    """All dead letters of one source partition (or MQTT topic) share a dead-letter partition, in order:
-    that is what lets the dead-letter agent drop the copies a redelivery produces."""
-    if letter.kafka_topic is not None:
-        return f"{letter.kafka_topic}/{letter.kafka_partition}".encode()
-    return (letter.mqtt_topic or letter.source).encode()
 
 
 async def valid_or_dead_letter(event: Any, model: type[E], *, dlq_topic: Any, limits: Limits) -> E | None:
@@ -60,8 +53,7 @@ async def valid_or_dead_letter(event: Any, model: type[E], *, dlq_topic: Any, li
     record = checked(event.value, model, now=msg.timestamp, limits=limits)
     if record.error is None:
         return record.event
-    await send_dead_letter(dlq_topic, record.error, record.payload, "kafka", keep_bytes=limits.dead_letter_keep_bytes,
-                           kafka_topic=msg.topic, kafka_partition=msg.partition, kafka_offset=msg.offset)
+    await dead_letter_event(dlq_topic, event, record.error, limits=limits, payload=record.payload)
     return None
 
 
@@ -115,7 +107,7 @@ class SourceMarks:
     A worker that dies after producing a dead letter but before committing the
     refused record's offset refuses it again after the restart; the copy has a
     source offset at or below the mark (dead letters of one source partition
-    arrive in order, see `dead_letter_key`, from each stage that refuses records:
+    arrive in order, see `DeadLetter.key`, from each stage that refuses records:
     validation in one agent, a model step in another), so it is acked and not
     stored twice.
     """

@@ -49,8 +49,8 @@ class RedactingFilter(logging.Filter):
             record.msg, record.args = cleaned, None
         if record.exc_info and record.exc_info[1] is not None:
             text = logging.Formatter().formatException(record.exc_info)
-            if redact(text) != text:
-                record.exc_text = redact(text)
+            if (cleaned_text := redact(text)) != text:
+                record.exc_text = cleaned_text
         return True
 
 
