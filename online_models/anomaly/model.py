@@ -3,6 +3,12 @@
 Ensemble, per metric:
   * ``level``    robust EWMA/MAD z-score of the value (spikes, level shifts);
   * ``shift``    mean of the last few signed level z-scores (sustained drifts);
+  * ``drift``    two-sided CUSUM of the reading against the *slow* baseline in units of the
+                 short-term noise (``drift_k``: reference, ``drift_clip``: per-row cap): a slow
+                 drift or a level shift keeps accumulating here while the fast level (and the
+                 ``level``/``shift`` scores against it) has already adapted to it, so a change is
+                 flagged before it is learned as the new normal (a cold room warming after a
+                 compressor failure; NAB's machine/ambient temperature drifts);
   * ``seasonal`` z-score against a daily time-of-day profile (anomalies *within*
                  the normal range, e.g. a missing daily peak);
   * ``forecast`` error of a small PyTorch MLP forecaster (dynamics the statistics miss);
@@ -57,8 +63,9 @@ from online_models.anomaly.detectors import SilenceDetector
 from online_models.anomaly.forecaster import OnlineMLPForecaster
 from online_models.anomaly.stats import GaussianTail
 
-COMPONENTS = ("level", "shift", "seasonal", "forecast", "weekly", "stuck", "hst")
-_CAL = 5  # calibrated components: level, shift, seasonal, forecast, weekly
+COMPONENTS = ("level", "shift", "seasonal", "forecast", "weekly", "drift", "stuck", "hst")
+_CAL = 6  # calibrated components: level, shift, seasonal, forecast, weekly, drift
+_STUCK, _HST = 6, 7
 _WEEK = 604800.0
 _LN10 = math.log(10.0)
 
@@ -89,6 +96,11 @@ class AnomalyConfig:
     level_alpha: float = 0.02
     long_alpha: float = 0.002
     shift_window: int = 8
+    # drift: two-sided CUSUM of the reading against the slow baseline, in units of the short-term
+    # noise (reference k = half the smallest shift worth finding, in noise sigmas; z clipped so one
+    # spike cannot fill it)
+    drift_k: float = 1.0
+    drift_clip: float = 4.0
     seasonal_bins: int = 48
     seasonal_alpha: float = 0.15
     use_weekly: bool = False
@@ -136,6 +148,13 @@ def _ewm(y0: np.ndarray, x: np.ndarray, a: np.ndarray) -> np.ndarray:
     return p * (y0 + np.cumsum(a * x / p, axis=0))
 
 
+def _cusum(s0: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``S_t = max(0, S_{t-1} + d_t)`` for every row (columns independent), closed form (Lindley):
+    ``S_t = C_t - min(-S_0, min_{j<=t} C_j)`` with ``C`` the running sum of ``d``."""
+    c = np.cumsum(d, axis=0)
+    return c - np.minimum(np.minimum.accumulate(c, axis=0), -s0) if len(d) else c
+
+
 def _profile_learn(sm, sc, mad, n, bins, xf, valid, lg_mad, alpha):
     """Block update of a periodic profile (bin means, counts, robust spread), each row against the
     bin mean frozen at the start of the block; returns the new ``(means, counts, mad, n)``."""
@@ -180,6 +199,7 @@ class DeviceAnomalyModel:
         self.lv_mean, self.lv_mad, self.lv_n = z.copy(), z.copy(), z.copy()
         self.lg_mean, self.lg_mad, self.lg_n = z.copy(), z.copy(), z.copy()
         self.recent = np.zeros((cfg.shift_window - 1, 0))
+        self.cu_pos, self.cu_neg = z.copy(), z.copy()
         self.s_means = np.zeros((cfg.seasonal_bins, 0))
         self.s_counts = np.zeros((cfg.seasonal_bins, 0))
         self.s_mad, self.s_n = z.copy(), z.copy()
@@ -225,7 +245,7 @@ class DeviceAnomalyModel:
             col = np.full(a.shape[:-1] + (1,), fill) if a.ndim > 1 else np.array([fill])
             return np.concatenate([a, col], axis=-1)
 
-        for attr in ("lv_mean", "lv_mad", "lv_n", "lg_mean", "lg_mad", "lg_n", "recent", "s_means",
+        for attr in ("lv_mean", "lv_mad", "lv_n", "lg_mean", "lg_mad", "lg_n", "recent", "cu_pos", "cu_neg", "s_means",
                      "s_counts", "s_mad", "s_n", "w_means", "w_counts", "w_mad", "w_n", "lagbuf", "fc_err", "run"):
             setattr(self, attr, grow(getattr(self, attr)))
         self.last = grow(self.last, math.nan)
@@ -274,13 +294,19 @@ class DeviceAnomalyModel:
         raw = np.zeros((b_rows, m, _CAL))
         raw[:, :, 0] = np.abs(zl)
         raw[:, :, 1] = np.abs(zs) * math.sqrt(w) * 0.5
+        # drift: two-sided CUSUM of the reading against the slow baseline in short-term noise units; a
+        # slow drift or a level shift accumulates here long before the fast level has adapted to it
+        zd = np.where(valid & (self.lg_n >= 2), np.clip((xf - self.lg_mean) / s, -cfg.drift_clip, cfg.drift_clip), 0.0)
+        kv = cfg.drift_k * valid
+        cu_pos, cu_neg = _cusum(self.cu_pos, zd - kv), _cusum(self.cu_neg, -zd - kv)
+        raw[:, :, 5] = np.maximum(cu_pos, cu_neg)
         bins = ((ts % 86400.0) / 86400.0 * cfg.seasonal_bins).astype(np.int64) % cfg.seasonal_bins
         mature = self.s_counts.min(axis=0) >= 3 if m else np.zeros(0, bool)
         ss = np.maximum(np.maximum(1.2533 * self.s_mad, s_floor), 1e-9)
         zseas = np.where(mature & valid, (xf - self.s_means[bins]) / ss, 0.0)
         raw[:, :, 2] = np.abs(zseas)
         avail = np.zeros((m, _CAL), bool)
-        avail[:, 0] = avail[:, 1] = True
+        avail[:, 0] = avail[:, 1] = avail[:, 5] = True
         avail[:, 2] = mature
         # weekly: hour-of-week profile (holidays, weekday/weekend patterns), once the metric has
         # a few weeks of history and the bin has been seen on two visits
@@ -329,11 +355,11 @@ class DeviceAnomalyModel:
         stuck = np.where(same & (run >= cfg.stuck_min_run) & (self.lv_mad > 1e-9 * np.maximum(1.0, np.abs(self.lv_mean))), -run * np.log10(q) - 3.0, 0.0)
         ev = np.zeros((b_rows, m, len(COMPONENTS)))
         ev[:, :, :_CAL] = self._evidence(raw) * avail
-        ev[:, :, 5] = np.maximum(stuck, 0.0)
-        ev[:, :, :6] *= valid[:, :, None]
+        ev[:, :, _STUCK] = np.maximum(stuck, 0.0)
+        ev[:, :, :_HST] *= valid[:, :, None]
         feats = np.stack([0.5 + 0.5 * np.tanh(zl * 0.25), 0.5 + 0.5 * np.tanh(zseas * 0.25),
                           0.5 + 0.5 * np.tanh(zf * 0.25)], axis=2)  # scaled to [0, 1] for HST
-        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in,
+        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in, cu_pos=cu_pos, cu_neg=cu_neg,
                         same=same, run=run, feats=feats)
 
     def _evidence(self, raw: np.ndarray) -> np.ndarray:
@@ -418,6 +444,8 @@ class DeviceAnomalyModel:
         w1 = cfg.shift_window - 1
         if w1 > 0:
             self.recent = np.concatenate([self.recent, aux["zlc"]])[-w1:]
+        if b_rows:
+            self.cu_pos, self.cu_neg = aux["cu_pos"][-1], aux["cu_neg"][-1]
         # seasonal (time of day) and weekly (hour of week) profiles
         self.s_means, self.s_counts, self.s_mad, self.s_n = _profile_learn(
             self.s_means, self.s_counts, self.s_mad, self.s_n, aux["bins"], xf, valid, self.lg_mad, cfg.seasonal_alpha)
@@ -492,8 +520,8 @@ class DeviceAnomalyModel:
     def _run_block(self, ts: np.ndarray, x: np.ndarray, learn: bool):
         cfg = self.cfg
         ev, aux = self._score_block(ts, x)
-        ev[:, :, 6] = self._hst_block(ev, aux, learn)[:, None]
-        ev[:, :, 6] *= aux["valid"]
+        ev[:, :, _HST] = self._hst_block(ev, aux, learn)[:, None]
+        ev[:, :, _HST] *= aux["valid"]
         e, best = self._fuse(ev)
         thr = cfg.min_threshold
         level = thr * cfg.e_full  # the alert level, in decades of evidence
