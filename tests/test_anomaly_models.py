@@ -63,6 +63,25 @@ def test_level_shift_detected(fast_kwargs):
     assert res.is_anomaly[1500:1510].any()
 
 
+def test_slow_drift_is_flagged_before_it_is_learned_as_normal(fast_kwargs):
+    """A ramp of 0.1 noise sigma per reading (a cold room warming after a compressor failure): the CUSUM
+    against the slow baseline flags it within ~2 sigma of drift; the level/shift scores alone need ~3.3 sigma
+    (they judge the value against a fast level that follows the ramp)."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    ts = T0 + np.arange(n) * 60.0
+    x = 4.0 + rng.normal(0, 0.1, n)
+    x[2500:] += 0.01 * np.arange(n - 2500)
+    m = DeviceAnomalyModel(**fast_kwargs)
+    res = m.score_learn_many(ts[:2526], {"temperature": x[:2526]})
+    assert res.is_anomaly[500:2500].sum() <= 2
+    assert res.is_anomaly[2500:2526].any()
+    assert m.score_one(float(ts[2526]), {"temperature": float(x[2526])}).components["drift"] > 3.0
+    # the same model without the drift component (reference far above any drift) is later
+    m2 = DeviceAnomalyModel(drift_k=1e9, **fast_kwargs)
+    assert not m2.score_learn_many(ts[:2526], {"temperature": x[:2526]}).is_anomaly[2500:].any()
+
+
 def test_stuck_sensor_detected(fast_kwargs):
     m = DeviceAnomalyModel(**fast_kwargs)
     ts, x = _series(1600, seed=2)
