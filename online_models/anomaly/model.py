@@ -64,8 +64,8 @@ from online_models.anomaly.forecaster import OnlineMLPForecaster
 from online_models.anomaly.stats import GaussianTail
 
 COMPONENTS = ("level", "shift", "seasonal", "forecast", "weekly", "drift", "stuck", "hst")
-_CAL = 6  # calibrated components: level, shift, seasonal, forecast, weekly, drift
-_STUCK, _HST = 6, 7
+_CAL = 5  # components calibrated by histogram: level, shift, seasonal, forecast, weekly
+_DRIFT, _STUCK, _HST = 5, 6, 7
 _WEEK = 604800.0
 _LN10 = math.log(10.0)
 
@@ -101,6 +101,9 @@ class AnomalyConfig:
     # spike cannot fill it)
     drift_k: float = 1.0
     drift_clip: float = 4.0
+    # its calibration: P(S > 0) and the mean of positive S (updates capped at drift_cap x that mean)
+    drift_half_life: float = 10000.0
+    drift_cap: float = 30.0
     seasonal_bins: int = 48
     seasonal_alpha: float = 0.15
     use_weekly: bool = False
@@ -125,6 +128,9 @@ class AnomalyConfig:
     hst_window: int = 250
     e_full: float = 12.0
     min_threshold: float = 0.4  # alert level on the score (evidence min_threshold * e_full)
+    # ... for a device reading every level_interval_s seconds; the evidence needed per reading grows by
+    # log10(level_interval_s / interval) for a faster device, so alerts per device-hour stay comparable
+    level_interval_s: float = 300.0
     suppress_events: int = 150
     suppress_factor: float = 0.0
     # alert confidence: an alert's score above the alert level is its evidence minus
@@ -200,6 +206,7 @@ class DeviceAnomalyModel:
         self.lg_mean, self.lg_mad, self.lg_n = z.copy(), z.copy(), z.copy()
         self.recent = np.zeros((cfg.shift_window - 1, 0))
         self.cu_pos, self.cu_neg = z.copy(), z.copy()
+        self.cu_ppos, self.cu_scale = z.copy(), z.copy()  # drift calibration: P(S > 0), mean positive S
         self.s_means = np.zeros((cfg.seasonal_bins, 0))
         self.s_counts = np.zeros((cfg.seasonal_bins, 0))
         self.s_mad, self.s_n = z.copy(), z.copy()
@@ -251,6 +258,8 @@ class DeviceAnomalyModel:
         self.last = grow(self.last, math.nan)
         self.t_first = grow(self.t_first, math.nan)
         self.repeat_rate = grow(self.repeat_rate, 0.5)  # prior: P(reading == previous)
+        self.cu_ppos = grow(self.cu_ppos, 0.5)  # priors: P(S > 0), mean positive S (noise sigmas)
+        self.cu_scale = grow(self.cu_scale, 1.0)
         self.c_counts = np.concatenate([self.c_counts, np.zeros((1, _CAL, cfg.calib_bins))])
         self.c_total = np.concatenate([self.c_total, np.zeros((1, _CAL))])
         self.c_n = np.concatenate([self.c_n, np.zeros((1, _CAL))])
@@ -299,14 +308,21 @@ class DeviceAnomalyModel:
         zd = np.where(valid & (self.lg_n >= 2), np.clip((xf - self.lg_mean) / s, -cfg.drift_clip, cfg.drift_clip), 0.0)
         kv = cfg.drift_k * valid
         cu_pos, cu_neg = _cusum(self.cu_pos, zd - kv), _cusum(self.cu_neg, -zd - kv)
-        raw[:, :, 5] = np.maximum(cu_pos, cu_neg)
+        cus = np.maximum(cu_pos, cu_neg)
+        # calibrated with an exponential tail (a CUSUM's stationary tail is exponential, Wald), not the
+        # histogram: a histogram that learns a growing sum row by row would call its every new value
+        # ordinary; here P(S >= s) = P(S > 0) exp(-s / mean positive S), both tracked slowly
+        ok = (self.lg_n >= cfg.calib_warmup) & (self.cu_scale > 0)
+        with np.errstate(divide="ignore"):
+            e_drift = -np.log10(np.maximum(self.cu_ppos, 1e-6)) + cus / (np.maximum(self.cu_scale, 1e-12) * _LN10)
+        e_drift = np.where(ok & (cus > 0) & valid, np.maximum(e_drift, 0.0), 0.0)
         bins = ((ts % 86400.0) / 86400.0 * cfg.seasonal_bins).astype(np.int64) % cfg.seasonal_bins
         mature = self.s_counts.min(axis=0) >= 3 if m else np.zeros(0, bool)
         ss = np.maximum(np.maximum(1.2533 * self.s_mad, s_floor), 1e-9)
         zseas = np.where(mature & valid, (xf - self.s_means[bins]) / ss, 0.0)
         raw[:, :, 2] = np.abs(zseas)
         avail = np.zeros((m, _CAL), bool)
-        avail[:, 0] = avail[:, 1] = avail[:, 5] = True
+        avail[:, 0] = avail[:, 1] = True
         avail[:, 2] = mature
         # weekly: hour-of-week profile (holidays, weekday/weekend patterns), once the metric has
         # a few weeks of history and the bin has been seen on two visits
@@ -355,11 +371,12 @@ class DeviceAnomalyModel:
         stuck = np.where(same & (run >= cfg.stuck_min_run) & (self.lv_mad > 1e-9 * np.maximum(1.0, np.abs(self.lv_mean))), -run * np.log10(q) - 3.0, 0.0)
         ev = np.zeros((b_rows, m, len(COMPONENTS)))
         ev[:, :, :_CAL] = self._evidence(raw) * avail
+        ev[:, :, _DRIFT] = e_drift
         ev[:, :, _STUCK] = np.maximum(stuck, 0.0)
         ev[:, :, :_HST] *= valid[:, :, None]
         feats = np.stack([0.5 + 0.5 * np.tanh(zl * 0.25), 0.5 + 0.5 * np.tanh(zseas * 0.25),
                           0.5 + 0.5 * np.tanh(zf * 0.25)], axis=2)  # scaled to [0, 1] for HST
-        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in, cu_pos=cu_pos, cu_neg=cu_neg,
+        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in, cu_pos=cu_pos, cu_neg=cu_neg, cus=cus,
                         same=same, run=run, feats=feats)
 
     def _evidence(self, raw: np.ndarray) -> np.ndarray:
@@ -446,6 +463,13 @@ class DeviceAnomalyModel:
             self.recent = np.concatenate([self.recent, aux["zlc"]])[-w1:]
         if b_rows:
             self.cu_pos, self.cu_neg = aux["cu_pos"][-1], aux["cu_neg"][-1]
+            cus = aux["cus"]
+            pos = valid & (cus > 0)
+            nprev = self.lg_n - b_rows + np.cumsum(vf, axis=0)  # approximate per-row count
+            a = np.where(valid, np.minimum(np.maximum(math.log(2.0) / cfg.drift_half_life, 1.0 / (nprev + 1.0)), 0.5), 0.0)
+            self.cu_ppos = _ewm(self.cu_ppos, pos.astype(float), a)[-1]
+            capped = np.minimum(cus, cfg.drift_cap * self.cu_scale)  # a drift must not teach its own scale
+            self.cu_scale = _ewm(self.cu_scale, capped, np.where(pos, a, 0.0))[-1]
         # seasonal (time of day) and weekly (hour of week) profiles
         self.s_means, self.s_counts, self.s_mad, self.s_n = _profile_learn(
             self.s_means, self.s_counts, self.s_mad, self.s_n, aux["bins"], xf, valid, self.lg_mad, cfg.seasonal_alpha)
@@ -510,9 +534,15 @@ class DeviceAnomalyModel:
     # ------------------------------------------------------------------ fusion
     @staticmethod
     def _fuse(ev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per metric: sum of the two strongest evidences; per row: the strongest metric."""
+        """Per metric: sum of the two strongest evidences; per row: the strongest metric.
+
+        ``level`` and ``drift`` judge the same thing (the value against a baseline, fast and slow): one
+        outlier moves both, so they count once (their max) rather than confirming each other."""
         if ev.shape[1] == 0:
             return np.zeros(ev.shape[0]), np.full(ev.shape[0], -1)
+        ev = ev.copy()
+        ev[:, :, 0] = np.maximum(ev[:, :, 0], ev[:, :, _DRIFT])
+        ev[:, :, _DRIFT] = 0.0
         top = np.partition(ev, ev.shape[2] - 2, axis=2)[:, :, -2:].sum(axis=2)
         best = np.argmax(top, axis=1)
         return top[np.arange(len(top)), best], best
@@ -523,6 +553,11 @@ class DeviceAnomalyModel:
         ev[:, :, _HST] = self._hst_block(ev, aux, learn)[:, None]
         ev[:, :, _HST] *= aux["valid"]
         e, best = self._fuse(ev)
+        # the alert level is a false-alarm *rate in time*: a device reading every ``iv`` seconds needs
+        # log10(level_interval_s / iv) more decades per reading than one reading every level_interval_s
+        iv = self.silence.interval if self.silence.n >= 2 else 0.0
+        if iv > 0.0:
+            e = e + math.log10(iv / cfg.level_interval_s)
         thr = cfg.min_threshold
         level = thr * cfg.e_full  # the alert level, in decades of evidence
         e_full, k, beta = cfg.e_full, cfg.burst_softness, cfg.burst_penalty
