@@ -465,7 +465,7 @@ class DeviceAnomalyModel:
             self.cu_pos, self.cu_neg = aux["cu_pos"][-1], aux["cu_neg"][-1]
             cus = aux["cus"]
             pos = valid & (cus > 0)
-            nprev = self.lg_n - b_rows + np.cumsum(vf, axis=0)  # approximate per-row count
+            nprev = np.maximum(self.lg_n - b_rows + np.cumsum(vf, axis=0), 0.0)  # approximate per-row count
             a = np.where(valid, np.minimum(np.maximum(math.log(2.0) / cfg.drift_half_life, 1.0 / (nprev + 1.0)), 0.5), 0.0)
             self.cu_ppos = _ewm(self.cu_ppos, pos.astype(float), a)[-1]
             capped = np.minimum(cus, cfg.drift_cap * self.cu_scale)  # a drift must not teach its own scale
