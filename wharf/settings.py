@@ -2,8 +2,8 @@
 
 Every knob lives here, read from `WHARF_*` environment variables and, below them,
 from an optional TOML file (`WHARF_CONFIG`, default `wharf.toml` in the working
-directory). The README's settings table is generated from this class
-(`wharf settings --markdown`), so it cannot drift from the code.
+directory). docs/settings.md's table is generated from this class
+(`python -m wharf.settingsdoc`), so it cannot drift from the code.
 """
 
 from __future__ import annotations
