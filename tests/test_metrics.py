@@ -17,6 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import codec
 from streams.clickhouse import connect
+from tests.test_bridge import Device, bridge_setup  # noqa: F401 - the real bridge, as its own tests start it
+from tests.test_bridge import reading as bridge_reading
+from tests.test_bridge import wait_for as bridge_wait_for
 from tests.test_pipeline import produce, reading, wait_until
 from tests.workers import WorkerProcess
 from wharf.settings import Settings
@@ -146,3 +149,36 @@ async def test_series_move_as_events_flow(site: Site, stack):
     assert status in (200, 503), status
     assert site.get("/recommendations/u-m-1", None)[0] == 401  # refused: not timed
     assert value(site.scrape(), "wharf_recommendation_request_seconds_count") == count + 1
+
+
+async def test_bridge_serves_its_counters(bridge_setup, unique):
+    """The bridge's own /metrics (prometheus_client's server on WHARF_BRIDGE_METRICS_PORT, loopback) counts what
+    the real bridge received, forwarded and dead-lettered."""
+    from mqtt_bridge import metrics
+
+    s, bridge = bridge_setup
+    assert metrics.serve(bridge.stats, s) is None  # port 0 (the default): nothing served
+    port = s.web_port + 46
+    server = metrics.serve(bridge.stats, s.model_copy(update={"bridge_metrics_port": port}))
+    site = f"site-{unique}"
+    d = Device(s, "dev-001", "dev-001-secret")
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            return {sample.name: sample.value for family in text_string_to_metric_families(r.read().decode())
+                    for sample in family.samples}
+
+    try:
+        before = scrape()
+        for seq in range(5):
+            d.publish(f"wharf/{site}/z1/dev-001/telemetry", bridge_reading(site, "z1", "dev-001", seq))
+        d.publish(f"wharf/{site}/z1/dev-001/telemetry", b"{not json")
+        await bridge_wait_for(lambda: bridge.stats.acked >= before["wharf_bridge_received_total"] + 6 and bridge.stats.in_flight == 0)
+        after = scrape()
+        assert after["wharf_bridge_received_total"] - before["wharf_bridge_received_total"] >= 6
+        assert after["wharf_bridge_forwarded_total"] - before["wharf_bridge_forwarded_total"] >= 5
+        assert after["wharf_bridge_dead_lettered_total"] - before["wharf_bridge_dead_lettered_total"] == 1
+        assert after["wharf_bridge_in_flight"] == 0
+    finally:
+        d.close()
+        server.shutdown()
