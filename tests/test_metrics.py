@@ -22,6 +22,7 @@ from tests.test_bridge import reading as bridge_reading
 from tests.test_bridge import wait_for as bridge_wait_for
 from tests.test_pipeline import produce, reading, wait_until
 from tests.workers import WorkerProcess
+from wharf import grafana_metrics
 from wharf.settings import Settings
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
@@ -148,7 +149,11 @@ async def test_series_move_as_events_flow(site: Site, stack):
     status, _, _ = site.get("/recommendations/u-m-1?k=3", site.worker.api_key)
     assert status in (200, 503), status
     assert site.get("/recommendations/u-m-1", None)[0] == 401  # refused: not timed
-    assert value(site.scrape(), "wharf_recommendation_request_seconds_count") == count + 1
+    final = site.scrape()
+    assert value(final, "wharf_recommendation_request_seconds_count") == count + 1
+    # Every series the Grafana dashboard queries is one this worker exposes (the bridge's: below).
+    missing = {n for n in grafana_metrics.series() if not n.startswith("wharf_bridge_")} - {name for name, _ in final}
+    assert not missing, missing
 
 
 async def test_bridge_serves_its_counters(bridge_setup, unique):
@@ -179,6 +184,7 @@ async def test_bridge_serves_its_counters(bridge_setup, unique):
         assert after["wharf_bridge_forwarded_total"] - before["wharf_bridge_forwarded_total"] >= 5
         assert after["wharf_bridge_dead_lettered_total"] - before["wharf_bridge_dead_lettered_total"] == 1
         assert after["wharf_bridge_in_flight"] == 0
+        assert {n for n in grafana_metrics.series() if n.startswith("wharf_bridge_")} <= set(after)
     finally:
         d.close()
         server.shutdown()
