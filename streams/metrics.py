@@ -1,7 +1,7 @@
 """`GET /metrics`: the worker's counters in Prometheus' text format, read when Prometheus scrapes.
 
 Pull, not push: a custom collector reads what the worker already keeps (the ClickHouse writers' stats,
-the consumer's offsets, the loop watch, the counters below) at scrape time, so the hot paths pay one
+the consumer's offsets, the loop watch, the counters of streams/counts.py) at scrape time, so the hot paths pay one
 integer increment at most. Agents add their own families to `streams.counts.sources` (agents/metrics.py).
 
 Who may scrape: an operator credential or a metrics token (`WHARF_WEB_METRICS_TOKENS`; streams/guard.py).
