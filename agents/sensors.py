@@ -53,6 +53,7 @@ from schemas import codec, rows
 from schemas.events import Alert, DeviceStatus, SensorReading, to_epoch
 from schemas.state import StateCodec, StateFormatError, StateType, StateTypes
 from schemas.validation import InvalidEvent, parse, processing_error
+from streams import counts
 from streams.acks import OrderedAcker
 from streams.app import app, limits, settings, storage, topics
 from streams.ingest import dead_letter_event, produce_dead_letter
@@ -521,6 +522,7 @@ owner = Owner()
 @app.agent(device_sources, name="wharf.score-devices")
 async def score_devices(stream):  # noqa: ANN001
     async for events in stream.noack_take(BATCH, within=WITHIN):
+        counts.records["sensors"] += len(events)
         async with owner.lock:
             recs = []
             firsts: dict[int, dict[str, int]] = defaultdict(dict)

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wharf.progress import Phases
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,8 +34,11 @@ class Section:
 @dataclass
 class Report:
     sections: list[Section] = field(default_factory=list)
+    phases: Phases | None = None  # "[k/n] title" on a terminal's stderr
 
     def add(self, title: str, command: str, run: Callable[[], str]) -> None:
+        if self.phases is not None:
+            self.phases.next(title)
         started = time.monotonic()
         try:
             body = run()
@@ -109,7 +114,7 @@ def run_all(settings, datasets: Path, out: Path, quick: bool = False) -> Report:
     from wharf import infra
 
     state_dir = settings.state_dir
-    report = Report()
+    report = Report(phases=Phases(8, "bench all"))
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     header = machine()
     # The benchmarks need the servers, and publishers need MQTT logins of their own.

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from wharf import progress
 from wharf.redact import install_log_redaction, redact
 from wharf.settings import Settings, describe, get_settings
 
@@ -286,7 +287,8 @@ def evaluate_anomaly(
         if detector not in factories:
             console.print(f"[red]--detector: choose one of {sorted(factories)}[/red]")
             raise typer.Exit(2)
-        report = nab_eval.evaluate(data, labels, profile_file, out, factories[detector], detector)
+        with progress.bar(f"NAB files ({detector})") as report_progress:
+            report = nab_eval.evaluate(data, labels, profile_file, out, factories[detector], detector, progress=report_progress)
     print(nab_eval.format_report(report))
     print(f"({time.monotonic() - started:.1f}s)")
 
@@ -310,7 +312,9 @@ def evaluate_sentiment(
         if not path.is_file():
             console.print(f"[red]{path}: no such file[/red]")
             raise typer.Exit(2)
-        report = sentiment_eval.evaluate(path, lambda: SentimentModel(encoder), out=out if len(files) == 1 else None)
+        with progress.bar(f"{path.name} ({encoder})") as report_progress:
+            report = sentiment_eval.evaluate(path, lambda: SentimentModel(encoder), out=out if len(files) == 1 else None,
+                                             progress=report_progress)
         print(sentiment_eval.format_report(report))
 
 

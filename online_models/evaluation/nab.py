@@ -396,6 +396,7 @@ def evaluate(
     detector_name: str = "wharf",
     files: Iterable[str] | None = None,
     digits: int = 12,
+    progress: Callable[[int, int], None] | None = None,
 ) -> NabReport:
     """Run a detector prequentially over every labelled NAB file under ``data_dir`` and score it.
 
@@ -403,6 +404,7 @@ def evaluate(
     model per device). ``files`` optionally restricts to some relative paths.
     Scores are kept at ``digits`` significant digits (as written to the CSVs, so
     re-scoring the CSVs with :func:`score_results` gives the same numbers).
+    ``progress(done, total)`` is called after each file.
     """
     data_dir = Path(data_dir)
     windows = load_windows(windows_file)
@@ -411,7 +413,9 @@ def evaluate(
     labelled, scores = [], []
     t0 = time.perf_counter()
     n_rows = 0
-    for rel in names:
+    for i, rel in enumerate(names):
+        if progress is not None:
+            progress(i, len(names))
         ts, values = read_series(data_dir / rel)
         s = round_scores(detector_factory().run(ts, values), digits)
         if len(s) != len(values):
