@@ -33,10 +33,7 @@ def test_every_panel_query_runs_on_current_clickhouse(chdb_path, unique):
 def test_grafana_doc_shows_each_panels_sql():
     doc = (ROOT / "docs" / "grafana.md").read_text()
     for panel in PANELS:
-<<<<<<< HEAD
         assert panel.title in doc and panel.sql in doc, f"{panel.title}: copy its SQL from wharf/grafana.py into docs/grafana.md"
-=======
-        assert panel.title in readme and panel.sql in readme, panel.title
 
 
 def test_committed_metrics_dashboard_is_the_generated_one():
@@ -48,4 +45,3 @@ def test_committed_metrics_dashboard_is_the_generated_one():
     assert uids == {"wharf-prometheus"}
     assert "uid: wharf-prometheus" in (OUT.parent.parent / "datasources" / "prometheus.yml").read_text()
     assert all(t["expr"] for p in grafana_metrics.dashboard()["panels"] for t in p["targets"])
->>>>>>> metrics
