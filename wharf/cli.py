@@ -291,6 +291,27 @@ def evaluate_anomaly(
     print(f"({time.monotonic() - started:.1f}s)")
 
 
+@evaluate_app.command("faults")
+def evaluate_faults(
+    devices: int = typer.Option(16, min=1, help="Simulated devices (types in turn: cold_room, conveyor, forklift, dock_door)."),
+    hours: float = typer.Option(2.0, min=0.01, help="Simulated hours per seed (runs faster than real time)."),
+    seeds: str = typer.Option("7", help="Comma-separated simulator seeds; each is one warehouse, scored together."),
+    fault_every: float = typer.Option(120.0, min=0.0, help="Mean simulated seconds between injected faults (60 s each); 0: none."),
+) -> None:
+    """Inject the simulator's faults and score the sensor path's device step on them: detection rate and delay per fault
+    type, false alarms per device-hour, and whether the model warned before the cold-room limit rule."""
+    from wharf import faults
+
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        console.print(f"[red]--seeds: {seeds!r} is not a comma-separated list of integers[/red]")
+        raise typer.Exit(2) from None
+    started = time.monotonic()
+    print(faults.report_text(_settings(), devices, hours, seed_list, fault_every))
+    print(f"({time.monotonic() - started:.1f}s)")
+
+
 @evaluate_app.command("sentiment")
 def evaluate_sentiment(
     files: list[Path] = typer.Argument(..., help="Files of `sentence<TAB>label` lines (label 1 positive, 0 negative)."),
