@@ -266,6 +266,10 @@ def evaluate_anomaly(
     out: Path = typer.Option(None, help="Write NAB-style result CSVs (timestamp,anomaly_score) under this folder."),
     detector: str = typer.Option("wharf", help="wharf (the production ensemble) or windowedGaussian (NAB's baseline)."),
     score_only: Path = typer.Option(None, help="Only score existing result CSVs in this folder."),
+    loco: bool = typer.Option(True, help="Also the leave-one-category-out table (threshold chosen without the held-out category), "
+                                         "beside the windowed Gaussian's."),
+    baseline_out: Path = typer.Option(None, help="Windowed-Gaussian result CSVs to reuse for that table (else it is run; "
+                                                 "--detector windowedGaussian --out DIR writes them)."),
 ) -> None:
     """Run the exact detector code of the sensor path over NAB files and score it the NAB way (three profiles, one corpus-wide threshold)."""
     from online_models.evaluation import nab as nab_eval
@@ -288,6 +292,21 @@ def evaluate_anomaly(
             raise typer.Exit(2)
         report = nab_eval.evaluate(data, labels, profile_file, out, factories[detector], detector)
     print(nab_eval.format_report(report))
+    if loco:
+        if report.detector == "windowedGaussian":
+            base = report
+        elif baseline_out is not None:
+            base = nab_eval.score_results(baseline_out, labels, profile_file, data)
+        else:
+            base = nab_eval.evaluate(data, labels, profile_file, None, nab_eval.WindowedGaussianDetector, "windowedGaussian",
+                                     files=report.files)
+        if base.files != report.files:
+            console.print(f"[red]--baseline-out: its files differ from the scored ones ({len(base.files)} vs {len(report.files)})[/red]")
+            raise typer.Exit(2)
+        print()
+        same = base is report
+        print(nab_eval.format_loco(report.loco(), report.profiles, report.detector, None if same else base.loco(),
+                                   None if same else base.profiles, "windowedGaussian"))
     print(f"({time.monotonic() - started:.1f}s)")
 
 
