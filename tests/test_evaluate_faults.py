@@ -59,3 +59,13 @@ def test_false_alarms_and_delays_on_a_constructed_case():
     assert r.outcomes[0].delay == 10.0 and r.outcomes[0].first_type == "anomaly"
     comp = r.kinds["compressor_failure"]
     assert (comp.detected, comp.rule_fired, comp.model_alarmed, comp.model_first, comp.model_leads) == (1, 1, 1, 0, [-10.0])
+
+
+def test_a_fault_missed_under_an_alarm_that_was_already_open_is_counted_apart():
+    f = TrueFault("spikes", "d1", "battery", 100.0, 160.0)
+    opened_before = [AlarmEvent(80.0, "d1", "anomaly", "battery", "ACTIVE_UNACK", 1),
+                     AlarmEvent(200.0, "d1", "anomaly", "battery", "CLEARED_UNACK", 2)]
+    r = score_faults([f], opened_before, device_hours=1.0)
+    assert r.kinds["spikes"].detected == 0 and r.kinds["spikes"].missed_while_alarming == 1 and r.false_alarms == 1
+    cleared_before = [opened_before[0], AlarmEvent(90.0, "d1", "anomaly", "battery", "CLEARED_UNACK", 2)]
+    assert score_faults([f], cleared_before, device_hours=1.0).kinds["spikes"].missed_while_alarming == 0

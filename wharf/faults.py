@@ -90,7 +90,10 @@ def run_seed(setup: SensorSetup, limits: Limits, seed: int, devices: int, hours:
         watermark = max(watermark, ev.ts)
         pending[ev.device_id].append(ev)
     flush()
-    faults = [TrueFault(f.kind, f.device_id, f.metric, f.start_ts, min(f.end_ts, end_ts)) for f in sim.faults if f.start_ts < end_ts]
+    # readings (and so alarms) carry each device's own clock, skewed from the simulator's: so does the ground truth
+    skew = {d.device_id: d.skew_s for d in sim.devices}
+    faults = [TrueFault(f.kind, f.device_id, f.metric, f.start_ts + skew[f.device_id], min(f.end_ts, end_ts) + skew[f.device_id])
+              for f in sim.faults if f.start_ts < end_ts]
     alerts.sort(key=lambda a: a.ts)
     return SeedRun(faults, [_event(a) for a in alerts], readings, refused, len(sim.devices) * hours)
 

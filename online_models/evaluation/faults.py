@@ -13,6 +13,10 @@ path's device step produced (`AlarmEvent`).
 - For each fault, ``rule_ts`` (when a hard limit rule first fired within it, if ever)
   is kept beside ``model_ts`` (the learned model's first alarm), to say whether the
   model warned before the rule.
+- A fault missed while a matching alarm was already active when it started (opened
+  by an earlier fault or a false alarm, not yet cleared) is counted apart: the
+  alarm book updates an open alarm instead of opening another, so no new event says
+  "this fault"; an operator would still see the device alarming.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class FaultOutcome:
     first_type: str | None = None
     model_ts: float | None = None  # first `anomaly` alarm (the learned model)
     rule_ts: float | None = None  # first `rule:<metric>` alarm (a hard limit)
+    already_alarming: bool = False  # a matching alarm was active when the fault started
 
     @property
     def delay(self) -> float | None:
@@ -68,6 +73,7 @@ class KindSummary:
     injections: int
     detected: int
     delays: list[float] = field(default_factory=list)
+    missed_while_alarming: int = 0  # missed, with a matching alarm already active at the start
     by_type: dict[str, int] = field(default_factory=dict)  # the alarm type that detected first
     model_alarmed: int = 0  # faults where the learned model raised an `anomaly` alarm
     model_first: int = 0  # ... no later than the rule (or the rule never fired)
@@ -109,6 +115,15 @@ def score_faults(faults: Iterable[TrueFault], alarms: Iterable[AlarmEvent], devi
     outcomes = []
     for f in faults:
         o = FaultOutcome(f)
+        open_at_start: dict[str, AlarmEvent] = {}  # alarm type -> its opening event, for alarms open at the fault's start
+        for a in by_device.get(f.device_id, []):
+            if a.ts >= f.start_ts:
+                break
+            if a.status in ACTIVE:
+                open_at_start.setdefault(a.alarm_type, a)
+            else:
+                open_at_start.pop(a.alarm_type, None)
+        o.already_alarming = any(_matches(f, a) for a in open_at_start.values())
         for a in by_device.get(f.device_id, []):
             if not (f.start_ts <= a.ts <= f.end_ts) or a.status not in ACTIVE or not _matches(f, a):
                 continue
@@ -135,6 +150,8 @@ def score_faults(faults: Iterable[TrueFault], alarms: Iterable[AlarmEvent], devi
             k.detected += 1
             k.delays.append(o.delay)
             k.by_type[o.first_type.split(":")[0]] = k.by_type.get(o.first_type.split(":")[0], 0) + 1
+        elif o.already_alarming:
+            k.missed_while_alarming += 1
         if o.rule_ts is not None:
             k.rule_fired += 1
         if o.model_ts is not None:
@@ -153,11 +170,12 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
 def format_report(report: FaultReport, title: str = "") -> str:
     """A plain-text table per fault kind, then false alarms and the model-vs-rule comparison."""
     lines = [title] if title else []
-    lines.append(f"  {'fault':<20} {'injected':>8} {'detected':>8} {'missed':>6} {'rate':>6} {'delay p50':>9} {'delay p90':>9}  first alarm types")
+    lines.append(f"  {'fault':<20} {'injected':>8} {'detected':>8} {'missed':>6} {'rate':>6} {'delay p50':>9} {'delay p90':>9}"
+                 f"  {'missed, already alarming':>24}  first alarm types")
     for k in report.kinds.values():
         types = ", ".join(f"{t} {n}" for t, n in sorted(k.by_type.items()))
         lines.append(f"  {k.kind:<20} {k.injections:>8} {k.detected:>8} {k.injections - k.detected:>6} {100 * k.rate:>5.0f}% "
-                     f"{_fmt(k.delay_p(50)):>8}s {_fmt(k.delay_p(90)):>8}s  {types}")
+                     f"{_fmt(k.delay_p(50)):>8}s {_fmt(k.delay_p(90)):>8}s  {k.missed_while_alarming:>24}  {types}")
     types = ", ".join(f"{t} {n}" for t, n in report.false_alarm_types.items()) or "none"
     lines.append(f"  false alarms: {report.false_alarms} in {report.device_hours:.1f} device-hours = "
                  f"{report.false_per_device_hour:.2f} per device-hour ({types}); grace after a fault {report.grace_s:.0f}s")
