@@ -140,7 +140,7 @@ def run_all(settings, datasets: Path, out: Path, quick: bool = False) -> Report:
                lambda: cli_section(["bench", "bridge", "--messages", "30000", "--publishers", "3"], env))
     report.add("Commerce path throughput and latency", "wharf bench commerce" + (" --clicks 10000 --requests 500" if quick else ""),
                lambda: cli_section(["bench", "commerce"] + (["--clicks", "10000", "--requests", "500"] if quick else []), env))
-    report.add("Anomaly detection on NAB (18 shared files)", "wharf evaluate anomaly --nab ../shared/datasets/nab", lambda: nab_section(datasets))
+    report.add("Anomaly detection on NAB (the shared files)", "wharf evaluate anomaly --nab ../shared/datasets/nab", lambda: nab_section(datasets))
     report.add("Injected faults through the sensor path's device step (warehouse simulator)", "wharf evaluate faults",
                lambda: faults_section(settings))
     report.add("Review sentiment, default encoder (MiniLM)", "wharf evaluate sentiment ../shared/datasets/sentiment/*.txt", lambda: sentiment_section(datasets, "minilm"))
