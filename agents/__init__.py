@@ -3,4 +3,4 @@
 Importing this package registers every agent with `streams.app.app`.
 """
 
-from agents import commerce, sensors, storage  # noqa: F401
+from agents import commerce, metrics, sensors, storage  # noqa: F401

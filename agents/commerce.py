@@ -96,6 +96,7 @@ from schemas import codec, rows
 from schemas.events import ClickEvent, Ident, Recommendation, Review, SentimentScore, Severity, TimedEvent, to_epoch
 from schemas.state import StateCodec, StateFormatError, StateTypes
 from schemas.validation import Checked, checked, processing_error
+from streams import counts
 from streams.acks import OrderedAcker
 from streams.app import app, exit_later, limits, settings, storage, topics
 from streams.deltalog import DeltaLog
@@ -430,6 +431,7 @@ def _checkpoint_soon() -> asyncio.Task:
                         within=settings.commerce_batch_seconds)
 async def learn_clicks(agent):  # noqa: ANN001 - streams.batches.BatchAgent
     async for events in agent.batches():
+        counts.records["clicks"] += len(events)
         async with _sending:
             await learn_batch(events)
         if pending.unacked() >= MAX_PENDING:
@@ -798,6 +800,7 @@ async def score_review_stream(stream):  # noqa: ANN001
     writer = storage.writer("reviews", settings.topic_reviews)
     acker = OrderedAcker()
     async for events in stream.noack_take(REVIEW_BATCH, within=0.2):
+        counts.records["reviews"] += len(events)
         valid: list[tuple[Any, Any, Review]] = []
         for event in events:
             done = acker.track(event)

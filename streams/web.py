@@ -45,3 +45,4 @@ from streams import dashboard  # noqa: E402,F401 - registers the dashboard views
 
 import streams.collector  # noqa: E402,F401 - POST /collect, POST /catalogue (commerce path)
 import streams.serving  # noqa: E402,F401 - GET /recommendations/{user_id} (commerce path)
+import streams.metrics  # noqa: E402,F401 - GET /metrics (Prometheus), after the guard: see streams/metrics.py

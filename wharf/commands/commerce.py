@@ -17,6 +17,7 @@ from typing import Any
 
 import typer
 
+from wharf import progress
 from wharf.kafka_auth import kafka_client
 from wharf.settings import Settings
 
@@ -54,17 +55,18 @@ def evaluate_recommender(
     from online_models.evaluation import recommender as rec_eval
 
     started = time.monotonic()
-    if simulate:
-        report = rec_eval.evaluate_simulator(simulate, k=k, every=every, max_evals=max_evals)
-    else:
-        if file is None or not file.is_file():
-            print(f"{file}: no such file (or pass --simulate N)", file=sys.stderr)
-            raise typer.Exit(2)
-        report = rec_eval.evaluate_file(
-            file, user_col=user_col, item_col=item_col, time_cols=tuple(time_col), action_col=action_col,
-            rating_col=rating_col, sep=sep.encode().decode("unicode_escape"), header=not no_header, mode=mode, k=k,
-            every=every, max_evals=max_evals, max_rows=max_rows, time_scale=time_scale,
-        )
+    if not simulate and (file is None or not file.is_file()):
+        print(f"{file}: no such file (or pass --simulate N)", file=sys.stderr)
+        raise typer.Exit(2)
+    with progress.bar("events (rank, then learn)") as report_progress:
+        if simulate:
+            report = rec_eval.evaluate_simulator(simulate, k=k, every=every, max_evals=max_evals, progress=report_progress)
+        else:
+            report = rec_eval.evaluate_file(
+                file, user_col=user_col, item_col=item_col, time_cols=tuple(time_col), action_col=action_col,
+                rating_col=rating_col, sep=sep.encode().decode("unicode_escape"), header=not no_header, mode=mode, k=k,
+                every=every, max_evals=max_evals, max_rows=max_rows, time_scale=time_scale, progress=report_progress,
+            )
     print(report.format())
     print(f"({time.monotonic() - started:.1f}s)")
 
@@ -97,14 +99,19 @@ def bench_commerce(
         e["ts"] += shift
     print(f"{len(events):,} simulated clicks, {items:,} items, {users:,} users; {os.cpu_count()} CPUs")
 
+    phases = progress.Phases(4 if worker else 3, "bench commerce")
+    phases.next("reference: model learn_one")
     ref = _bench_learn_one(events)
+    phases.next("recommender update path in-process")
     path = _bench_update_path(events)
     print(f"model learn_one, tight loop (reference):       {ref:>9,.0f} clicks/s")
     print(f"recommender update path in-process (parse JSON + learn + per-batch checkpoint pickling): {path:>9,.0f} clicks/s")
 
+    phases.next("sentiment encoders")
     _bench_sentiment([e.strip() for e in encoders.split(",") if e.strip()], reviews)
 
     if worker:
+        phases.next("a real worker: clicks through Kafka, then recommendation requests")
         try:
             asyncio.run(_bench_worker(events, requests, concurrency, rounds))
         except Exception as exc:  # noqa: BLE001 - the in-process figures above still stand
