@@ -82,6 +82,23 @@ def test_slow_drift_is_flagged_before_it_is_learned_as_normal(fast_kwargs):
     assert not m2.score_learn_many(ts[:2526], {"temperature": x[:2526]}).is_anomaly[2500:].any()
 
 
+def test_alert_level_is_a_rate_per_device_hour(fast_kwargs):
+    """Noise read once a second: the level that suits one reading per 5 minutes would alarm every few
+    minutes per hour; scaled by the reading interval, three clean hours give (almost) no alarm."""
+    rng = np.random.default_rng(5)
+    n = 4 * 3600
+    ts = T0 + np.arange(n) * 1.0
+    x = {"a": rng.normal(0.3, 0.02, n), "b": 45.0 + rng.normal(0, 0.3, n)}
+
+    def alarms(**kw):
+        m = DeviceAnomalyModel(**fast_kwargs, **kw)
+        return sum(int(m.score_learn_many(ts[lo:lo + 20], {k: v[lo:lo + 20] for k, v in x.items()}).is_anomaly[
+            max(0, 3600 - lo):].sum()) for lo in range(0, n, 20))
+
+    assert alarms() <= 1
+    assert alarms(level_interval_s=1.0) >= 6  # per-reading level: the same noise alarms
+
+
 def test_stuck_sensor_detected(fast_kwargs):
     m = DeviceAnomalyModel(**fast_kwargs)
     ts, x = _series(1600, seed=2)

@@ -21,13 +21,16 @@ z-scores of all metrics (multivariate: unusual *combinations*).
 
 Every component's raw score is calibrated against its own history on this
 series into evidence ``E = -log10(tail probability)`` (:class:`TailCalibrator`
-logic, vectorised), so components and devices are comparable without per-file
-tuning. Per metric the two strongest evidences are summed (an incident moves
-several detectors at once, noise rarely does), the device evidence is the max
-over metrics, and ``score = E / e_full`` in [0, 1].
+logic, vectorised; ``drift`` with an exponential tail, see the config), so
+components and devices are comparable without per-file tuning. Per metric the
+two strongest evidences are summed (an incident moves several detectors at once,
+noise rarely does; ``level`` and ``drift`` count once, as their max), the device
+evidence is the max over metrics, minus ``log10(level_interval_s / interval)``
+for a device reading every ``interval`` seconds (the alert level is a false-alarm
+rate per device-hour, not per reading), and ``score = E / e_full`` in [0, 1].
 
 Alerting: ``is_anomaly = score >= min_threshold`` (a fixed evidence level,
-``L = min_threshold * e_full`` ~ 5 decades). After an alert the score is damped
+``L = min_threshold * e_full`` ~ 5 decades at one reading per 5 minutes). After an alert the score is damped
 (``suppress_factor``) for ``suppress_events`` readings: one incident, one alert.
 The suppression is keyed to the same fixed level as ``is_anomaly``, so the
 alert stream is exactly the rows where the (suppressed) score crosses it.
