@@ -314,7 +314,7 @@ def evaluate_anomaly(
 
 @evaluate_app.command("faults")
 def evaluate_faults(
-    devices: int = typer.Option(16, min=1, help="Simulated devices (types in turn: cold_room, conveyor, forklift, dock_door)."),
+    devices: int = typer.Option(32, min=1, help="Simulated devices (types in turn: cold_room, conveyor, forklift, dock_door)."),
     hours: float = typer.Option(2.0, min=0.01, help="Simulated hours per seed (runs faster than real time)."),
     seeds: str = typer.Option("7", help="Comma-separated simulator seeds; each is one warehouse, scored together."),
     fault_every: float = typer.Option(120.0, min=0.0, help="Mean simulated seconds between injected faults (60 s each); 0: none."),
