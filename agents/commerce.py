@@ -22,7 +22,7 @@ prove too thin (each shard sees 1/P of the traffic; with 8 partitions and a shop
 volume, popularity and co-occurrence are still well estimated). It needs the split in
 `online_models/recommender` and is noted in the hand-over.
 
-Where the shards live: in the worker's learner processes (`streams/learner.py`, `WHARF_COMMERCE_LEARNERS`),
+Where the shards live: in the worker's learner processes (`streams/learning/learner.py`, `WHARF_COMMERCE_LEARNERS`),
 so that learning runs beside the event loop that fetches, validates, stores and acks the clicks and
 answers requests. The agent validates each click once, sends it to its shard's learner, and keeps it
 unacked in `pending`; requests for a user's recommendations are answered by that learner.
@@ -30,7 +30,7 @@ unacked in `pending`; requests for a user's recommendations are answered by that
 Durability: the working state is in memory (plain dicts: a table write per change would cap the
 agent near 1k clicks/s). Every `commerce_checkpoint_seconds` the agent asks the learners for each
 shard's users and items changed since the last checkpoint, with the shard's `GlobalState` and the
-last applied offset per input topic, as one delta of the shard's log (`streams/deltalog.py`: a few
+last applied offset per input topic, as one delta of the shard's log (`streams/state/deltalog.py`: a few
 chunked records per checkpoint instead of one record per changed user or item, and a full image
 when the deltas outgrow it). A learner takes it in line with the records sent to it, so it holds
 exactly the events pending when it was asked for. The agent writes those records to the
@@ -44,7 +44,7 @@ skipped. A learner that dies stops the worker, with the same outcome as a kill -
 Scale-out: start more workers on more machines with the same app id. Kafka spreads the
 clicks partitions; each shard's table partition moves with it (Faust recovers it from
 the changelog), and `GET /recommendations/{user_id}` is routed by the table to the
-owner of the user's partition (`streams/serving.py`).
+owner of the user's partition (`streams/web/serving.py`).
 
 Catalogue: `wharf.shop.catalogue` (keyed by item_id; `POST /catalogue` writes it) says
 that an item was removed or added back. `fan_out_catalogue` copies each change to every
@@ -96,19 +96,19 @@ from schemas import codec, rows
 from schemas.events import ClickEvent, Ident, Recommendation, Review, SentimentScore, Severity, TimedEvent, to_epoch
 from schemas.state import StateCodec, StateFormatError, StateTypes
 from schemas.validation import Checked, checked, processing_error
-from streams.acks import OrderedAcker
-from streams.app import app, exit_later, limits, settings, storage, topics
-from streams.deltalog import DeltaLog
-from streams.ingest import dead_letter_event, produce_dead_letter, valid_or_dead_letter
-from streams.learner import Learner, Learners
-from streams.shard import Catalogue, Click, Record
-from streams.slices import Slice
-from streams.topics import CATALOGUE_FANOUT, SELLER_SENTIMENT, internal_topic_name
+from streams.runtime.acks import OrderedAcker
+from streams.runtime.app import app, exit_later, limits, settings, storage, topics
+from streams.state.deltalog import DeltaLog
+from streams.sinks.ingest import dead_letter_event, produce_dead_letter, valid_or_dead_letter
+from streams.learning.learner import Learner, Learners
+from streams.learning.shard import Catalogue, Click, Record
+from streams.runtime.slices import Slice
+from streams.runtime.topics import CATALOGUE_FANOUT, SELLER_SENTIMENT, internal_topic_name
 
 log = logging.getLogger(__name__)
 
 P = settings.topic_partitions
-STATE_VERSION = 3  # 3: state format (schemas.state); 2: pickled delta log (streams.deltalog); 1: one key per user/item
+STATE_VERSION = 3  # 3: state format (schemas.state); 2: pickled delta log (streams.state.deltalog); 1: one key per user/item
 CLICK_BATCH = 10_000
 MAX_PENDING = 100_000  # learned-but-unacked records that force a checkpoint
 SNAPSHOT_MAX_USERS = 2_000  # per shard and snapshot: the most recently active
@@ -123,14 +123,14 @@ def _raw(*names: str, **kw: Any):  # noqa: ANN202 - faust.Topic
                      partitions=P, internal=True, **kw)
 
 
-# Settings-named topics (created here as well as by `wharf infra up` once listed in streams/topics.py).
+# Settings-named topics (created here as well as by `wharf infra up` once listed in streams/runtime/topics.py).
 catalogue_topic = _raw(settings.topic_catalogue)
 also_viewed_topic = _raw(settings.topic_item_also_viewed)
 # Internal topics, named after the app id like Faust's own.
 catalogue_fanout_topic = _raw(internal_topic_name(settings, CATALOGUE_FANOUT))
 seller_topic = _raw(internal_topic_name(settings, SELLER_SENTIMENT))
 # The recommender reads both: same key space and partition count, so partition p of each belongs to shard p.
-# `wharf worker` creates these topics before Faust subscribes (streams.topics.worker_topic_names); internal=True
+# `wharf worker` creates these topics before Faust subscribes (streams.runtime.topics.worker_topic_names); internal=True
 # lets Faust create them too, with P partitions, for an app started another way.
 click_sources = _raw(settings.topic_clicks, catalogue_fanout_topic.get_topic_name())
 
@@ -178,7 +178,7 @@ def recommender_config() -> RecommenderConfig:
 
 
 def _partition_of_key(key: bytes) -> int:
-    """Partition of a table key: `r/{p}/...` and `s/{p}/...` (streams.deltalog logs) or the v1 per-entry keys `u|i|g/{p}/...`."""
+    """Partition of a table key: `r/{p}/...` and `s/{p}/...` (streams.state.deltalog logs) or the v1 per-entry keys `u|i|g/{p}/...`."""
     return int(key.split(b"/", 2)[1])
 
 
@@ -197,7 +197,7 @@ def _entries_of(table: Any, partitions: set[int]) -> dict[int, list[tuple[bytes,
 
 
 class Recommenders:
-    """The shards this worker owns, held by its learner processes (`streams/learner.py`). One per worker process."""
+    """The shards this worker owns, held by its learner processes (`streams/learning/learner.py`). One per worker process."""
 
     def __init__(self) -> None:
         self.learners = Learners(settings.commerce_learners, recommender_config(), on_death=_learner_died)
@@ -301,7 +301,7 @@ pending = Pending()
 
 
 def as_record(topic: str, offset: int, value: bytes | Checked, timestamp: float) -> Record:
-    """A clicks or catalogue record as its shard learns it. A click may come checked already (`streams.app` decodes
+    """A clicks or catalogue record as its shard learns it. A click may come checked already (`streams.runtime.app` decodes
     them once for this agent and the storage agent); invalid ones are dead-lettered by the storage agent
     (agents/storage.py) and catalogue changes were validated by `fan_out_catalogue`."""
     if topic == settings.topic_clicks:
@@ -318,7 +318,7 @@ def as_record(topic: str, offset: int, value: bytes | Checked, timestamp: float)
 async def learn_batch(events: Sequence[Any]) -> None:
     """Decode a batch and send it to the learners, in order; the events wait in `pending` for the next checkpoint.
 
-    Yields to the loop every slice (`streams.slices`), so requests are served meanwhile; what was decoded
+    Yields to the loop every slice (`streams.runtime.slices`), so requests are served meanwhile; what was decoded
     is sent before each yield, so a checkpoint never lies between an event in `pending` and its record. A
     shard revoked meanwhile is not loaded again: its remaining events are left unacked for the new owner."""
     recommenders.learners.check()
@@ -428,7 +428,7 @@ def _checkpoint_soon() -> asyncio.Task:
 
 @app.batch_agents.agent(click_sources, name="wharf.commerce-recommender", max_records=CLICK_BATCH,
                         within=settings.commerce_batch_seconds)
-async def learn_clicks(agent):  # noqa: ANN001 - streams.batches.BatchAgent
+async def learn_clicks(agent):  # noqa: ANN001 - streams.runtime.batches.BatchAgent
     async for events in agent.batches():
         async with _sending:
             await learn_batch(events)
@@ -456,7 +456,7 @@ async def _drop_revoked_shards(app_: Any, revoked: set, **kwargs: Any) -> None:
 
 
 @app.batch_agents.agent(catalogue_topic, name="wharf.commerce-catalogue", max_records=1000, within=0.05)
-async def fan_out_catalogue(agent):  # noqa: ANN001 - streams.batches.BatchAgent
+async def fan_out_catalogue(agent):  # noqa: ANN001 - streams.runtime.batches.BatchAgent
     """Copy every valid catalogue change to each partition of the co-partitioned fan-out topic, then ack.
 
     A batch agent: changes are rare, and a Faust agent's `noack_take` wakes every `within` (50 ms) with nothing
@@ -557,7 +557,7 @@ SENTIMENT_PIECE_ENTRIES = 5_000  # n-gram counts are small entries: 5,000 to a t
 
 sentiment_table = app.Table("commerce-sentiment-model", key_type=bytes, value_type=bytes, partitions=P,
                             help="The review model's learned state (head, n-gram counts) with the review offsets it "
-                                 "includes: a delta log (streams.deltalog) under one reviews partition of its worker.")
+                                 "includes: a delta log (streams.state.deltalog) under one reviews partition of its worker.")
 sentiment_table.key_serializer = sentiment_table.value_serializer = "raw"
 
 

@@ -53,10 +53,10 @@ from schemas import codec, rows
 from schemas.events import Alert, DeviceStatus, SensorReading, to_epoch
 from schemas.state import StateCodec, StateFormatError, StateType, StateTypes
 from schemas.validation import InvalidEvent, parse, processing_error
-from streams.acks import OrderedAcker
-from streams.app import app, limits, settings, storage, topics
-from streams.ingest import dead_letter_event, produce_dead_letter
-from wharf.kafka_auth import kafka_client
+from streams.runtime.acks import OrderedAcker
+from streams.runtime.app import app, limits, settings, storage, topics
+from streams.sinks.ingest import dead_letter_event, produce_dead_letter
+from streams.runtime.kafka_auth import kafka_client
 
 log = logging.getLogger(__name__)
 
@@ -533,7 +533,7 @@ async def score_devices(stream):  # noqa: ANN001
                     await owner.ensure_partition(p, first)
                 await owner.apply(recs)
             except Exception:
-                log.exception("scoring failed; stopping the worker")  # the agent supervisor stops it (streams/app.py)
+                log.exception("scoring failed; stopping the worker")  # the agent supervisor stops it (streams/runtime/app.py)
                 raise
 
 

@@ -2,7 +2,7 @@
 
 Each is a small loop over batches (`noack_take`: acks are manual, released in
 offset order once the writer has stored the rows); the work is in
-`streams.ingest.store_events`.
+`streams.sinks.ingest.store_events`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from schemas import rows
 from schemas.deadletter import DeadLetter
 from schemas.events import ClickEvent, SensorReading
 from schemas.validation import FieldError, InvalidEvent
-from streams.acks import OrderedAcker
-from streams.app import app, limits, settings, storage, topics
-from streams.ingest import RecentKeys, SourceMarks, expire_dead_letters, store_events
+from streams.runtime.acks import OrderedAcker
+from streams.runtime.app import app, limits, settings, storage, topics
+from streams.sinks.ingest import RecentKeys, SourceMarks, expire_dead_letters, store_events
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ async def store_sensor_readings(stream):  # noqa: ANN001
 
 
 @app.batch_agents.agent(topics["topic_clicks"], name="wharf.store-clicks", max_records=BATCH, within=WITHIN)
-async def store_clicks(agent):  # noqa: ANN001 - streams.batches.BatchAgent: the clicks skip Faust's per-record path
+async def store_clicks(agent):  # noqa: ANN001 - streams.runtime.batches.BatchAgent: the clicks skip Faust's per-record path
     # The clicks arrive checked (`schemas.validation.Checked`, decoded once for this agent and the recommender).
     writer = storage.writer("clicks", settings.topic_clicks)
     acker = OrderedAcker()

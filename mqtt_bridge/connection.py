@@ -12,7 +12,7 @@ import ssl
 
 import paho.mqtt.client as mqtt
 
-from wharf.settings import Settings
+from schemas.settings import Settings
 
 
 def device_endpoint(settings: Settings) -> tuple[str, int]:

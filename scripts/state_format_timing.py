@@ -88,7 +88,7 @@ def main() -> None:
     items = dict(list(rec.items.items())[:5000])
     codec = StateCodec(RECOMMENDER_TYPES)
     compact = {UserState: _compact_pickle, ItemState: _compact_pickle}
-    print(f"recommender after 60,000 simulated clicks, in pieces of 50 entries (streams/deltalog.py); "
+    print(f"recommender after 60,000 simulated clicks, in pieces of 50 entries (streams/state/deltalog.py); "
           f"pickle with the compact reducer checkpoints used")
     for name, entries in (("users", users), ("items", items)):
         compare(f"{len(entries)} recommender {name}", pieces(entries), codec.dumps, codec.loads, _pickle, pickle.loads, compact)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from wharf.kafka_auth import kafka_client
+from streams.runtime.kafka_auth import kafka_client
 from wharf.cli import app
-from wharf.settings import Settings, describe
+from schemas.settings import Settings, describe
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -39,7 +39,7 @@ def test_readme_settings_table_matches_the_settings_object():
 
 def test_invalid_settings_name_the_variable(monkeypatch):
     monkeypatch.setenv("WHARF_TOPIC_PARTITIONS", "zero")
-    from wharf.settings import get_settings
+    from schemas.settings import get_settings
 
     get_settings.cache_clear()
     try:
@@ -93,7 +93,7 @@ def test_worker_topics_exist_before_faust_subscribes(stack, unique):
 
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from streams.topics import CATALOGUE_FANOUT, internal_topic_name
+    from streams.runtime.topics import CATALOGUE_FANOUT, internal_topic_name
     from wharf.cli import _create_worker_topics
 
     s = stack.model_copy(update={"app_id": f"wharf-test-topics-{unique}", "topic_clicks": f"test.clicks.{unique}"})

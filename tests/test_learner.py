@@ -1,4 +1,4 @@
-"""The recommender's learner process (streams/learner.py), spawned for real and driven as the worker drives it."""
+"""The recommender's learner process (streams/learning/learner.py), spawned for real and driven as the worker drives it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import time
 import pytest
 
 from online_models.recommender import RecommenderConfig
-from streams.learner import Learner, LearnerDied
-from streams.shard import Click, Record, Shard
+from streams.learning.learner import Learner, LearnerDied
+from streams.learning.shard import Click, Record, Shard
 from wharf.simulator import ShopConfig, ShopSimulator
 
 TOPIC = "clicks"

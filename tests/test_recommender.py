@@ -220,7 +220,7 @@ def test_state_stores_alone_rebuild_the_model():
     model = OnlineRecommender(RecommenderConfig(seed=2))
     for ev in simulate_clicks(2000, seed=4, n_users=150, n_items=250):
         model.learn_one(ev)
-    codec = StateCodec(STATE_TYPES)  # as checkpoints write them (streams/shard.py)
+    codec = StateCodec(STATE_TYPES)  # as checkpoints write them (streams/learning/shard.py)
     users = {k: codec.loads(codec.dumps(v)) for k, v in model.users.items()}
     items = {k: codec.loads(codec.dumps(v)) for k, v in model.items.items()}
     state = codec.loads(codec.dumps(model.state))

@@ -7,8 +7,8 @@ import random
 from online_models.recommender import OnlineRecommender, RecommenderConfig
 from online_models.recommender.state import STATE_TYPES
 from schemas.state import StateCodec
-from streams.deltalog import DeltaLog
-from streams.shard import Click, Record, Shard
+from streams.state.deltalog import DeltaLog
+from streams.learning.shard import Click, Record, Shard
 
 CODEC = StateCodec(STATE_TYPES)
 TOPIC = "clicks"

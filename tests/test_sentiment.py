@@ -170,7 +170,7 @@ def test_learned_state_restores_the_same_predictions(tmp_path: Path) -> None:
     counts the later reviews touched, restored through the delta log into a fresh model of the same encoder."""
     from online_models.sentiment.model import LEARNED_STATE_TYPES
     from schemas.state import StateCodec
-    from streams.deltalog import DeltaLog
+    from streams.state.deltalog import DeltaLog
 
     rows = read_labelled(DATA / "amazon_cells_labelled.txt")
     model = SentimentModel(encoder="hashing")

@@ -17,8 +17,8 @@ from typing import Any
 
 import typer
 
-from wharf.kafka_auth import kafka_client
-from wharf.settings import Settings
+from streams.runtime.kafka_auth import kafka_client
+from schemas.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 REVIEWS = ROOT.parent / "shared" / "datasets" / "sentiment" / "amazon_cells_labelled.txt"
@@ -129,8 +129,8 @@ def _bench_update_path(events: list[dict]) -> float:
     -> learn -> checkpoint per batch."""
     from agents.commerce import CLICK_BATCH, as_record, recommender_config
     from schemas import codec
-    from streams.shard import Shard
-    from wharf.settings import get_settings
+    from streams.learning.shard import Shard
+    from schemas.settings import get_settings
 
     topic = get_settings().topic_clicks
     payloads = [codec.dumps({k: e[k] for k in ("event_id", "user_id", "session_id", "item_id", "action", "ts", "price", "category")
@@ -175,7 +175,7 @@ def _bench_sentiment(encoders: list[str], n: int) -> None:
 async def _bench_worker(events: list[dict], requests: int, concurrency: int, rounds: int) -> None:
     """A real worker with its own topics and state: raw consume rate, worker click rate, HTTP latency."""
     from wharf.infra import remove_bench_run
-    from wharf.settings import get_settings
+    from schemas.settings import get_settings
 
     s = get_settings()
     tag = uuid.uuid4().hex[:8]
@@ -227,12 +227,12 @@ async def _produce_clicks(settings: Settings, topic: str, events: list[dict]) ->
 
 
 def _faust_ceiling(env: dict[str, str], n: int, delivery: str) -> str:
-    """The same clicks delivered to two agents that only ack (`wharf.faust_ceiling`): Faust's agents, or batch agents."""
+    """The same clicks delivered to two agents that only ack (`wharf.bench.faust_ceiling`): Faust's agents, or batch agents."""
     label = {"faust": "Faust alone, two no-op Faust agents on the clicks (reference):",
              "batch": "batch delivery alone, two no-op batch agents (the worker's click delivery; reference):"}[delivery]
     out = Path(env["WHARF_STATE_DIR"]) / f"ceiling-{delivery}.txt"
     try:
-        subprocess.run([sys.executable, "-m", "wharf.faust_ceiling", str(n), str(out), delivery], cwd=ROOT, env=env,
+        subprocess.run([sys.executable, "-m", "wharf.bench.faust_ceiling", str(n), str(out), delivery], cwd=ROOT, env=env,
                        capture_output=True, timeout=180)
         return f"{label} {float(out.read_text()):>9,.0f} clicks/s"
     except (subprocess.TimeoutExpired, OSError, ValueError) as exc:
@@ -247,9 +247,9 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
     from aiokafka import AIOKafkaConsumer
 
     from wharf.infra.kafka import ensure_topics
-    from wharf.settings import get_settings
+    from schemas.settings import get_settings
 
-    from streams.loopwatch import LoopWatch
+    from streams.runtime.loopwatch import LoopWatch
 
     s = get_settings()
     topic = f"bench.clicks.{tag}"
@@ -383,7 +383,7 @@ async def _bench_worker_run(tag: str, events: list[dict], requests: int, concurr
                         f"load generator: {client_loop.summary()}")
 
             # Each round asks distinct users, after the worker's 1 s answer cache has expired: no request is a cache hit.
-            from streams.learner import RECS_CACHE_SECONDS
+            from streams.learning.learner import RECS_CACHE_SECONDS
 
             n_req = min(requests, len(user_ids))
             if n_req < requests:

@@ -16,7 +16,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from wharf.kafka_auth import kafka_client
+from streams.runtime.kafka_auth import kafka_client
 
 console = Console()
 STYLE = {"CRITICAL": "bold red", "MAJOR": "red", "MINOR": "yellow", "WARNING": "cyan"}
@@ -34,7 +34,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
 
 def _settings():  # noqa: ANN202
-    from wharf.settings import get_settings
+    from schemas.settings import get_settings
 
     return get_settings()
 
@@ -271,7 +271,7 @@ def bench_sensors(
 
 
 def _bench_clickhouse_base(settings) -> str:  # noqa: ANN001
-    from streams.clickhouse import with_local_password
+    from streams.sinks.clickhouse import with_local_password
 
     ch_url = with_local_password(settings, settings.clickhouse_url) if settings.clickhouse_url.startswith("clickhouse://") else settings.local_clickhouse_server_url
     return ch_url.rsplit("/", 1)[0]
@@ -294,10 +294,10 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
 
     from mqtt_bridge.connection import device_endpoint, secure
     from schemas import codec
-    from streams.clickhouse import connect
-    from streams.topics import topic_names
+    from streams.sinks.clickhouse import connect
+    from streams.runtime.topics import topic_names
     from wharf.infra.kafka import ensure_topics
-    from wharf.settings import Settings
+    from schemas.settings import Settings
 
     base = _bench_clickhouse_base(settings)
     env = {
@@ -321,7 +321,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
                               start_new_session=True)
     ch = connect(env["WHARF_CLICKHOUSE_URL"])
     creds = list(settings.device_credentials().items())[: max(1, n_pub)]
-    from wharf.secrets import device_registry
+    from schemas.secrets import device_registry
 
     registry = device_registry(settings)
     alarm_lat: list[float] = []
@@ -461,7 +461,7 @@ def _bench_bridge(
     """The MQTT -> Kafka bridge alone: its rate beside Mosquitto's publishing rate, on fresh topics."""
     import asyncio as _asyncio
 
-    from mqtt_bridge.bench import bench_bridge
-    from wharf.settings import get_settings
+    from wharf.bench.bridge import bench_bridge
+    from schemas.settings import get_settings
 
     print(_asyncio.run(bench_bridge(get_settings(), messages, publishers)))

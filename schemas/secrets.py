@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wharf.redact import register
+from schemas.redact import register
 
 if TYPE_CHECKING:
-    from wharf.settings import Settings
+    from schemas.settings import Settings
 
 BRIDGE_PASSWORD = "mqtt-bridge-password"
 DEVICES = "mqtt-devices"

@@ -2,7 +2,7 @@
 
 Learning took over half of a worker's time under the GIL (docs/BENCHMARKS.md, "Where the worker's time
 goes"): one process could not both fetch, validate, store and ack 10,000 clicks/s and learn them. The
-shards (`streams/shard.py`) now live in `commerce_learners` child processes (partition p in learner
+shards (`streams/learning/shard.py`) now live in `commerce_learners` child processes (partition p in learner
 p mod n); the worker decodes each record once, sends it on, and keeps everything that talks to Kafka,
 the tables and ClickHouse.
 
@@ -42,8 +42,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from online_models.recommender import RecommenderConfig, bpr, scoring
-from streams import heap
-from streams.shard import Shard, TableWrites, also_viewed
+from streams.runtime import heap
+from streams.learning.shard import Shard, TableWrites, also_viewed
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Host:
                             self.longest_step, self.longest_kind = step, job.__name__.removeprefix("do_")
                 except StopIteration:
                     self.jobs.popleft()
-                    heap.freeze_if_due()  # the worker's collector policy (streams/heap.py), here for the shards
+                    heap.freeze_if_due()  # the worker's collector policy (streams/runtime/heap.py), here for the shards
                     if time.monotonic() - swept >= heap.SWEEP_SECONDS:
                         heap.sweep()
                         swept = time.monotonic()

@@ -14,9 +14,9 @@ from typing import Any
 from schemas.deadletter import DEFAULT_KEEP_BYTES, DeadLetter
 from schemas.events import TimedEvent
 from schemas.validation import E, InvalidEvent, Limits, checked
-from streams.acks import OrderedAcker
-from streams.sink import ClickHouseWriter
-from streams.slices import Slice
+from streams.runtime.acks import OrderedAcker
+from streams.sinks.writer import ClickHouseWriter
+from streams.runtime.slices import Slice
 
 
 async def send_dead_letter(dlq_topic: Any, error: InvalidEvent, payload: bytes, source: str, *,
@@ -91,7 +91,7 @@ async def store_events(
     return refused
 
 
-def expire_dead_letters(ch, ttl_days: float, now: float) -> int | None:  # noqa: ANN001 - streams.clickhouse.ClickHouse
+def expire_dead_letters(ch, ttl_days: float, now: float) -> int | None:  # noqa: ANN001 - streams.sinks.clickhouse.ClickHouse
     """Delete dead letters received more than `ttl_days` before `now` (0: keep them all); returns the cutoff.
     A mutation rather than a table TTL: ClickHouse 18.16 has no TTL clause, and ALTER ... DELETE runs on both."""
     if ttl_days <= 0:
@@ -116,7 +116,7 @@ class SourceMarks:
         self.marks: dict[tuple[str, int, str], int] = {}
         self.loaded = False
 
-    async def load(self, ch) -> None:  # noqa: ANN001 - streams.clickhouse.ClickHouse
+    async def load(self, ch) -> None:  # noqa: ANN001 - streams.sinks.clickhouse.ClickHouse
         if self.loaded:
             return
         rows = await asyncio.to_thread(
@@ -151,7 +151,7 @@ class RecentKeys:
         self.keys: dict[int, dict[tuple, None]] = {}
         self.copies = 0
 
-    async def ensure(self, ch, partitions: set[int]) -> None:  # noqa: ANN001 - streams.clickhouse.ClickHouse
+    async def ensure(self, ch, partitions: set[int]) -> None:  # noqa: ANN001 - streams.sinks.clickhouse.ClickHouse
         for p in partitions - self.keys.keys():
             rows = await asyncio.to_thread(ch.query, self.load_sql(p, self.capacity))
             self.keys[p] = {tuple(r): None for r in reversed(rows)}

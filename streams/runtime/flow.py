@@ -12,7 +12,7 @@ A worker restarted with a backlog lost such records for good. In `test_worker_ki
 (fed slowly enough that the kill lands mid-stream), the restarted worker missed 5-33 records per partition,
 6 runs of 6: both agents that read the readings lost them, or only the busier one. Rows and model updates went
 missing, and a record that one agent had taken stayed unacked until shutdown. The clicks' batch buffers
-(`streams/batches.py`) are managed queues too.
+(`streams/runtime/batches.py`) are managed queues too.
 
 Here `resume()` empties the queues only when delivery was suspended. A record delivered before that seek and
 fetched again after it can now reach an agent twice. Every ClickHouse writer keeps one row per partition and

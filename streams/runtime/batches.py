@@ -16,7 +16,7 @@ agent keeps of a Faust agent's contract:
   owns the partition next), and records of an older consumer generation are dropped when taken, as
   Faust's `Stream` does;
 - a full buffer blocks the delivery, so the consumer stops fetching (backpressure); that wait runs
-  under Faust's rebalance guard (`streams/fastpath.py` asks `would_block`); an agent takes no batch
+  under Faust's rebalance guard (`streams/runtime/fastpath.py` asks `would_block`); an agent takes no batch
   while the producer's buffer is over its limit (the conductor's `wait_until_producer_ebb`);
 - an agent that raises stops the worker (a failed app task crashes the app; `WharfApp.on_batch_agent_error`),
   as `agent_supervisor` does for Faust agents.
@@ -38,7 +38,7 @@ from typing import Any
 
 from faust.events import Event
 
-from streams.slices import Slice
+from streams.runtime.slices import Slice
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class BatchRouter:
             flow.manage_queue(agent)  # cleared with Faust's channel queues
         self._check_no_faust_agents()
 
-        async def on_message(message: Any) -> None:  # `message`: the name streams/fastpath.py looks for
+        async def on_message(message: Any) -> None:  # `message`: the name streams/runtime/fastpath.py looks for
             agents = by_topic.get(message.topic)
             if agents is None:
                 return await faust_callback(message)

@@ -18,8 +18,8 @@ from faust.web import Request, Response, View
 
 from agents.commerce import hourly, item_hourly, partition_of, pending, rec_table, recommenders, seller_hourly, sentiment
 from schemas import codec
-from streams import slices
-from streams.app import app, settings
+from streams.runtime import slices
+from streams.runtime.app import app, settings
 
 MAX_K = 200
 

@@ -41,8 +41,8 @@ from typing import Any
 
 from aiohttp import web
 
-from streams.credentials import Credentials
-from wharf.settings import EVERY_INTERFACE, Settings
+from streams.web.credentials import Credentials
+from schemas.settings import EVERY_INTERFACE, Settings
 
 log = logging.getLogger(__name__)
 

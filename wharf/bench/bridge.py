@@ -17,8 +17,8 @@ from mqtt_bridge.bridge import Bridge
 from mqtt_bridge.connection import mosquitto_client_args
 from schemas import codec
 from wharf.infra.kafka import delete_topics_containing, ensure_topics
-from wharf.secrets import device_registry
-from wharf.settings import Settings
+from schemas.secrets import device_registry
+from schemas.settings import Settings
 
 
 async def bench_bridge(settings: Settings, messages: int = 30_000, publishers: int = 3) -> str:

@@ -13,7 +13,7 @@ must not be re-sent. Kafka unreachable: 503 and nothing is guaranteed, re-send t
 `POST /catalogue` takes one catalogue change or a list (`item_id`, `action`
 "remove" | "add", `ts`, optional `category`, `price`) onto the catalogue topic.
 
-Both need an API key and `Content-Type: application/json` (`streams.guard`).
+Both need an API key and `Content-Type: application/json` (`streams.web.guard`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from agents.commerce import CatalogueChange, catalogue_topic
 from schemas import codec
 from schemas.events import ClickEvent, Review, TimedEvent
 from schemas.validation import FieldError, InvalidEvent, validate
-from streams.app import app, limits, settings, topics
-from streams.ingest import send_dead_letter
+from streams.runtime.app import app, limits, settings, topics
+from streams.sinks.ingest import send_dead_letter
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.clickhouse import TableSpec
-from streams.clickhouse import ClickHouse, ClickHouseError
-from streams.slices import Slice
+from streams.sinks.clickhouse import ClickHouse, ClickHouseError
+from streams.runtime.slices import Slice
 
 log = logging.getLogger(__name__)
 

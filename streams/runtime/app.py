@@ -21,15 +21,17 @@ from schemas.clickhouse import TABLES, migrate
 from schemas.events import ClickEvent
 from schemas import codec
 from schemas.validation import Limits, check, processing_error
-from streams import heap, loopwatch, partition_check
-from streams.batches import BatchRouter
-from streams.clickhouse import ClickHouse, from_settings
-from streams.flow import KeepQueuesWhileFlowing
-from streams.ingest import send_dead_letter
-from streams.sink import ClickHouseWriter, Refused
-from streams.topics import declare
-from wharf.kafka_auth import faust_credentials
-from wharf.settings import Settings, get_settings
+from streams.runtime import loopwatch
+from streams.runtime import heap
+from streams.runtime import partition_check
+from streams.runtime.batches import BatchRouter
+from streams.sinks.clickhouse import ClickHouse, from_settings
+from streams.runtime.flow import KeepQueuesWhileFlowing
+from streams.sinks.ingest import send_dead_letter
+from streams.sinks.writer import ClickHouseWriter, Refused
+from streams.runtime.topics import declare
+from streams.runtime.kafka_auth import faust_credentials
+from schemas.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,8 @@ CRASH_EXIT_SECONDS = 20.0  # after an agent failed: the most Faust's own shutdow
 
 
 class WharfApp(faust.App):
-    """Faust's app with batch agents (`streams/batches.py`), flow control that never drops delivered records
-    (`streams/flow.py`), and a worker that stops when any agent fails."""
+    """Faust's app with batch agents (`streams/runtime/batches.py`), flow control that never drops delivered records
+    (`streams/runtime/flow.py`), and a worker that stops when any agent fails."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -48,7 +50,7 @@ class WharfApp(faust.App):
 
     @cached_property
     def flow_control(self) -> KeepQueuesWhileFlowing:
-        """Faust's flow control, except that resuming what is already flowing drops nothing (`streams/flow.py`)."""
+        """Faust's flow control, except that resuming what is already flowing drops nothing (`streams/runtime/flow.py`)."""
         return KeepQueuesWhileFlowing(loop=self.loop)
 
     def _new_consumer(self) -> Any:
@@ -63,7 +65,7 @@ class WharfApp(faust.App):
         await super()._on_agent_error(agent, exc)
 
     def on_batch_agent_error(self, name: str, exc: BaseException) -> None:
-        """A batch agent failed (`streams/batches.py`); its task re-raises, which crashes the app and stops the worker."""
+        """A batch agent failed (`streams/runtime/batches.py`); its task re-raises, which crashes the app and stops the worker."""
         log.critical("agent %s failed", name, exc_info=exc)
         exit_later(name)
 
@@ -99,7 +101,7 @@ app = WharfApp(
     web_enabled=True,
     # Faust's own views (/router: the cluster's worker URLs, /table: table data, /graph, the stats index,
     # /performance) are not served: forwarding requests to a key's owner (`table_route`) needs none of them.
-    # The routes that are served all pass `streams.guard`.
+    # The routes that are served all pass `streams.web.guard`.
     web_router_enabled=False,
     web_tables_enabled=False,
     web_graph_enabled=False,
@@ -127,7 +129,7 @@ partition_check.install()
 @app.task
 async def _fast_dispatch() -> None:
     if settings.faust_fast_dispatch:
-        from streams import fastpath
+        from streams.runtime import fastpath
 
         fastpath.install(app)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.clickhouse import ClickHouse
+from streams.sinks.clickhouse import ClickHouse
 
 
 @dataclass

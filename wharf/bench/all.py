@@ -105,7 +105,7 @@ def cli_section(args: list[str], env: dict[str, str], timeout: float = 1200) -> 
     return text
 
 
-def run_all(settings, datasets: Path, out: Path, quick: bool = False) -> Report:  # noqa: ANN001 - wharf.settings.Settings
+def run_all(settings, datasets: Path, out: Path, quick: bool = False) -> Report:  # noqa: ANN001 - schemas.settings.Settings
     from wharf import infra
 
     state_dir = settings.state_dir

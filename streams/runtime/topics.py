@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wharf.settings import Settings
+from schemas.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""HTTP endpoints of the Faust worker's web server, every one behind `streams.guard` (who may call what)."""
+"""`GET /stats`: writer counters, row counts, GC pauses, loop stalls and batch agents of this worker."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
-from streams import guard as _guard
-from streams import heap, loopwatch
-from streams.app import app, settings, storage
+from schemas.redact import redact
+from streams.runtime import heap, loopwatch
+from streams.runtime.app import app, storage
 
 log = logging.getLogger(__name__)
-guard = _guard.install(app, settings)  # before any route answers: the server starts after these imports
 
 
 @app.page("/stats")
@@ -39,9 +38,3 @@ class Stats(View):
                           "dispatch": {**(dataclasses.asdict(dispatch) if dispatch is not None else {}),
                                        "batch_handed_over": app.batch_agents.handed_over},
                           "batch_agents": app.batch_agents.stats()})
-
-
-from streams import dashboard  # noqa: E402,F401 - registers the dashboard views
-
-import streams.collector  # noqa: E402,F401 - POST /collect, POST /catalogue (commerce path)
-import streams.serving  # noqa: E402,F401 - GET /recommendations/{user_id} (commerce path)

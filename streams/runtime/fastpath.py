@@ -8,7 +8,7 @@ topic of 60,000 clicks: 5.7k records/s with the guard, 10-11k records/s without 
 
 A delivery can only block when flow control is suspended, the producer buffer is over its limit
 (`wait_until_ebb`), the conductor's callback map is being rebuilt (its lock is held) or a channel
-queue of the record's partition is full; a record of a batch agent's topic (`streams/batches.py`) only
+queue of the record's partition is full; a record of a batch agent's topic (`streams/runtime/batches.py`) only
 when flow control is suspended or the agent's buffer is full. When none of those holds, the callback runs to completion
 without yielding to the event loop, so nothing can set `suspend_flow` meanwhile and the guard has
 nothing to guard: we await the callback directly. In every other case Faust's own `wait_first` runs.
@@ -47,7 +47,7 @@ def install(app: Any) -> DispatchStats:
     lock = conductor._tp_to_callback_lock  # noqa: SLF001 - see the module docstring
     tp_index = conductor._tp_index  # noqa: SLF001
 
-    router = getattr(consumer, "batch_router", None)  # streams/batches.py
+    router = getattr(consumer, "batch_router", None)  # streams/runtime/batches.py
     batch_topics = router.by_topic if router is not None else {}
 
     def cannot_block(callback: Any) -> bool:

@@ -1,15 +1,15 @@
 """The operations dashboard, served by the worker that owns ClickHouse (chdb) or by any worker (server).
 
-`GET /` is a static page (uPlot 1.6.32 from npm, vendored under streams/static,
+`GET /` is a static page (uPlot 1.6.32 from npm, vendored under streams/web/static,
 MIT) that polls `GET /api/dashboard`, which runs every panel's query from
-`streams.queries` in one call. The ack button posts to
+`streams.sinks.queries` in one call. The ack button posts to
 `/api/alarms/ack` (JSON `{"alarm_id": ...}`), which hands an ack command to the device's owning
 agent through the commands topic.
 
 The page itself holds no data; everything it shows needs an operator login: `POST /login` with
 `{"token": ...}` (an operator token) sets an HttpOnly, SameSite=Strict cookie holding a signed
-session (`streams.credentials.Sessions`), `POST /logout` drops it. Who may call what is decided
-in `streams.guard`, in front of these views.
+session (`streams.web.credentials.Sessions`), `POST /logout` drops it. Who may call what is decided
+in `streams.web.guard`, in front of these views.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from pathlib import Path
 from faust.web import Request, Response, View
 
 from schemas import codec
-from streams.app import app, settings, storage, topics
-from streams.guard import error, failure
-from streams.queries import DashboardQueries
-from streams.web import guard
+from streams.runtime.app import app, settings, storage, topics
+from streams.web.guard import error, failure
+from streams.sinks.queries import DashboardQueries
+from streams.web.views import guard
 
 STATIC = Path(__file__).with_name("static")
 app.web.add_static("/static/", STATIC)

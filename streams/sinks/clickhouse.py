@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from schemas import codec
-from wharf.redact import redact
+from schemas.redact import redact
 
 
 class ClickHouseError(RuntimeError):
@@ -222,7 +222,7 @@ def with_local_password(settings: Any, url: str) -> str:
     if (parsed.scheme != "clickhouse" or parsed.password or parsed.hostname not in ("127.0.0.1", "localhost")
             or parsed.port != settings.clickhouse_server_tcp_port):
         return url
-    from wharf.secrets import clickhouse_password
+    from schemas.secrets import clickhouse_password
 
     password = clickhouse_password(settings)
     if not password:

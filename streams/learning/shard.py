@@ -1,4 +1,4 @@
-"""One clicks partition's recommender and its checkpoint log: what a learner process holds (`streams/learner.py`).
+"""One clicks partition's recommender and its checkpoint log: what a learner process holds (`streams/learning/learner.py`).
 
 No Faust here: shards live in a learner process, which gets the worker's records already decoded
 (`Record`) and hands back its checkpoints as table writes (`TableWrites`) for the worker to apply
@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from online_models.recommender import GlobalState, ItemState, OnlineRecommender, RecommenderConfig, UserState
 from online_models.recommender.state import STATE_TYPES
 from schemas.state import StateCodec
-from streams.deltalog import DeltaLog, finish
+from streams.state.deltalog import DeltaLog, finish
 
 STATE_VERSION = 3  # 3: Wharf's state format (schemas.state); 2: pickled delta log; 1: pickled, one key per user/item
 LOG_PREFIX = "r"  # recommender shard logs in the table: r/{partition}/{generation}/{seq}/{chunk|c}
@@ -129,7 +129,7 @@ class Shard:
 
     @classmethod
     def restore(cls, partition: int, config: RecommenderConfig, entries: list[tuple[bytes, bytes]]) -> Shard:
-        """The shard as its last committed checkpoint left it (a new one if none); see `streams.deltalog`.
+        """The shard as its last committed checkpoint left it (a new one if none); see `streams.state.deltalog`.
 
         What it refused (not in the state format, or not a shard's checkpoint) is in `log.refused`: the caller
         logs it. A shard whose checkpoint is refused starts empty, as with no checkpoint."""

@@ -2,7 +2,7 @@
 
 With `kafka_security = "sasl_scram"` each client (aiokafka producers, consumers and admin
 clients, Faust's broker) logs in with SCRAM-SHA-512 as `kafka_user`; the password is the
-setting or the secret `wharf infra up` generated (wharf/secrets.py). A client built
+setting or the secret `wharf infra up` generated (schemas/secrets.py). A client built
 anywhere else without these arguments would be refused by the broker, so none is.
 """
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import faust
 
-    from wharf.settings import Settings
+    from schemas.settings import Settings
 
 MECHANISM = "SCRAM-SHA-512"
 
@@ -22,7 +22,7 @@ def kafka_client(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for any aiokafka client: bootstrap servers and, with SASL on, the login."""
     out: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap}
     if settings.kafka_security == "sasl_scram":
-        from wharf.secrets import kafka_password
+        from schemas.secrets import kafka_password
 
         out.update(security_protocol="SASL_PLAINTEXT", sasl_mechanism=MECHANISM,
                    sasl_plain_username=settings.kafka_user, sasl_plain_password=kafka_password(settings))
@@ -35,7 +35,7 @@ def faust_credentials(settings: Settings) -> faust.SASLCredentials | None:
         return None
     import faust
 
-    from wharf.secrets import kafka_password
+    from schemas.secrets import kafka_password
 
     return faust.SASLCredentials(username=settings.kafka_user, password=kafka_password(settings), mechanism=MECHANISM)
 

@@ -1,14 +1,14 @@
 """Reference rates for `wharf bench commerce`: the clicks delivered to two agents that only ack.
 
 A worker's clicks go to two agents: the recommender and the raw-click storage agent. This program is the
-same app (`streams/app.py`: its settings, fast dispatch and event loop) with two agents on the clicks
+same app (`streams/runtime/app.py`: its settings, fast dispatch and event loop) with two agents on the clicks
 topic that ack each batch and do nothing else, batched as the recommender is: either Faust agents
 (Faust's per-record path: the Event, the channel queues, the Stream) or batch agents
-(`streams/batches.py`, what the worker uses for the clicks). The rate at which both have every click
+(`streams/runtime/batches.py`, what the worker uses for the clicks). The rate at which both have every click
 is what a worker could reach with no model and no sink: the ceiling of the worker's figure on the
 same machine in the same run.
 
-Usage: `python -m wharf.faust_ceiling N FILE [faust|batch]`, with the bench's settings in the environment;
+Usage: `python -m wharf.bench.faust_ceiling N FILE [faust|batch]`, with the bench's settings in the environment;
 writes clicks/s to FILE.
 """
 
@@ -27,7 +27,7 @@ def main(n: int, out: Path, delivery: str = "faust") -> None:
     from wharf.cli import run_faust_worker, use_event_loop
 
     use_event_loop()
-    from streams.app import app, settings
+    from streams.runtime.app import app, settings
 
     clicks = app.topic(settings.topic_clicks, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     counts = [0, 0]

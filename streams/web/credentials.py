@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from wharf.settings import Settings
+from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
 
