@@ -239,7 +239,7 @@ MIGRATIONS: list[Migration] = [
 
 # Commerce path (migration 2): per-item "also viewed" snapshots for dashboards, fed only by the
 # also-viewed topic (one table <- one topic). `shard` is the clicks partition whose recommender
-# state produced the list (the recommender keeps item state per user partition, see agents/commerce.py).
+# state produced the list (the recommender keeps item state per user partition, see agents/recommender.py).
 ITEM_ALSO_VIEWED = _table(
     "item_also_viewed",
     """

@@ -1,6 +1,6 @@
 """Encode + decode time of checkpointed state: pickle (as checkpoints were written before) against Wharf's state
 format (`schemas.state`), in the same run. `WHARF_CONFIG=tests/wharf-test.toml python scripts/state_format_timing.py`
-(agents.sensors reads the settings)."""
+(agents.devices reads the settings)."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def main() -> None:
     for name, entries in (("users", users), ("items", items)):
         compare(f"{len(entries)} recommender {name}", pieces(entries), codec.dumps, codec.loads, _pickle, pickle.loads, compact)
 
-    from agents.sensors import DeviceState
+    from agents.devices import DeviceState
 
     rng = np.random.default_rng(0)
     rules = RuleSet(None)

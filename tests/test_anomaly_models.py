@@ -115,7 +115,7 @@ def test_score_one_does_not_learn(fast_kwargs):
 
 
 def test_state_format_round_trip_gives_identical_scores():
-    """As checkpoints write a device's model (agents/sensors.py, schemas/state.py): it scores and learns on identically."""
+    """As checkpoints write a device's model (agents/devices.py, schemas/state.py): it scores and learns on identically."""
     m = DeviceAnomalyModel()  # full ensemble, HST included
     ts, x = _series(900, seed=4)
     m.score_learn_many(ts[:600], {"temperature": x[:600]})

@@ -101,7 +101,7 @@ def test_recommender_shard_round_trip_through_its_log_and_v1_pickles_are_not_loa
     import pickle
 
     from online_models.recommender import RecommenderConfig
-    from streams.learning.shard import Click, Record, Shard
+    from streams.learning.shard import Click, ShardRecord, Shard
     from schemas.settings import get_settings
     from wharf.simulator import ShopConfig, ShopSimulator
 
@@ -111,7 +111,7 @@ def test_recommender_shard_round_trip_through_its_log_and_v1_pickles_are_not_loa
     config = RecommenderConfig()
     shard = Shard.new(2, config)
     for i, e in enumerate(events):
-        shard.apply(Record(topic, i, Click(**{f: e.get(f) for f in Click._fields})))
+        shard.apply(ShardRecord(topic, i, Click(**{f: e.get(f) for f in Click._fields})))
         if i % 700 == 699:
             shard.checkpoint(table)
     shard.checkpoint(table)

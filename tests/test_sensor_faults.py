@@ -180,7 +180,7 @@ async def test_the_gap_after_a_checkpoint_is_read_whole(stack, unique):
     """`_read_ranges` (the re-learn after a crash) returns exactly the committed-but-unlearned offsets of each partition."""
     from aiokafka import AIOKafkaProducer, TopicPartition
 
-    from agents.sensors import _read_ranges
+    from agents.scoring import _read_ranges
     from wharf.infra.kafka import ensure_topics
 
     topic = f"test.gap.{unique}"

@@ -1,7 +1,7 @@
 """One clicks partition's recommender and its checkpoint log: what a learner process holds (`streams/learning/learner.py`).
 
 No Faust here: shards live in a learner process, which gets the worker's records already decoded
-(`Record`) and hands back its checkpoints as table writes (`TableWrites`) for the worker to apply
+(`ShardRecord`) and hands back its checkpoints as table writes (`TableWrites`) for the worker to apply
 under an event of the shard's partition.
 """
 
@@ -44,7 +44,7 @@ class Catalogue(NamedTuple):
     price: float | None
 
 
-class Record(NamedTuple):
+class ShardRecord(NamedTuple):
     """One input record of a shard: its topic and offset (the checkpoint marker) and what it says;
     None for an invalid record, which only moves the marker (it is dead-lettered elsewhere)."""
 
@@ -146,7 +146,7 @@ class Shard:
             log.refused.append(f"generation {found.generation} of {LOG_PREFIX}/{partition}: {problem}; the shard starts empty")
         return cls.new(partition, config, log=log)
 
-    def apply(self, record: Record) -> bool:
+    def apply(self, record: ShardRecord) -> bool:
         """Learn one record; False if it is already in the state (redelivered after a restart) or invalid."""
         topic, offset, event = record
         if offset <= self.offsets.get(topic, -1):

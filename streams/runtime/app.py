@@ -29,7 +29,7 @@ from streams.sinks.clickhouse import ClickHouse, from_settings
 from streams.runtime.flow import KeepQueuesWhileFlowing
 from streams.sinks.ingest import send_dead_letter
 from streams.sinks.writer import ClickHouseWriter, Refused
-from streams.runtime.topics import declare
+from streams.runtime.topics import declare, declare_commerce, declare_device_sources
 from streams.runtime.kafka_auth import faust_credentials
 from schemas.settings import Settings, get_settings
 
@@ -120,6 +120,8 @@ app = WharfApp(
 )
 
 topics = declare(app, settings)
+commerce_topics = declare_commerce(app, settings)
+device_sources = declare_device_sources(app, settings)
 limits = Limits.from_settings(settings)  # what every agent and the collector accept (size, event time)
 # Two batch agents read the clicks (raw storage, recommender): each click is validated once and both get the result.
 app.batch_agents.decode(topics["topic_clicks"], lambda m: check(m.value, ClickEvent, now=m.timestamp, limits=limits))

@@ -9,6 +9,7 @@ lives on one worker; adding worker processes spreads the partitions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from schemas.settings import Settings
 
@@ -70,3 +71,33 @@ def declare(app, settings: Settings) -> dict[str, object]:  # noqa: ANN001 - fau
         )
         for spec in SPECS
     }
+
+
+@dataclass(frozen=True)
+class CommerceTopics:
+    """The commerce path's raw-bytes topics beside `declare`'s: created by Faust too (`internal=True`), with
+    `topic_partitions` partitions, for an app started without `wharf worker` (which creates them first)."""
+
+    catalogue: Any  # faust.Topic: settings' topic_catalogue (`POST /catalogue` writes it)
+    also_viewed: Any  # settings' topic_item_also_viewed
+    catalogue_fanout: Any  # internal: every catalogue change, copied to each clicks partition
+    seller: Any  # internal: scored reviews re-keyed by seller
+    click_sources: Any  # the recommender reads clicks and the fan-out together: partition p of each is shard p
+
+
+def declare_commerce(app, settings: Settings) -> CommerceTopics:  # noqa: ANN001 - faust.App
+    def raw(*names: str) -> Any:
+        return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                         partitions=settings.topic_partitions, internal=True)
+
+    fanout = raw(internal_topic_name(settings, CATALOGUE_FANOUT))
+    return CommerceTopics(catalogue=raw(settings.topic_catalogue), also_viewed=raw(settings.topic_item_also_viewed),
+                          catalogue_fanout=fanout, seller=raw(internal_topic_name(settings, SELLER_SENTIMENT)),
+                          click_sources=raw(settings.topic_clicks, fanout.get_topic_name()))
+
+
+def declare_device_sources(app, settings: Settings) -> Any:  # noqa: ANN001 - faust.App
+    """The sensor path reads readings, device status and operator commands as one stream: all keyed by device_id
+    with the same partition count, so partition p of each holds the same devices."""
+    return app.topic(settings.topic_sensor_readings, settings.topic_device_status, settings.topic_sensor_commands,
+                     key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")

@@ -40,7 +40,7 @@ Refused = Callable[[int, int, list[dict[str, Any]], BaseException], Awaitable[No
 
 
 @dataclass
-class _Record:
+class PendingRows:
     partition: int
     offset: int
     rows: list[dict[str, Any]]
@@ -76,7 +76,7 @@ class ClickHouseWriter:
     stats: WriterStats = field(default_factory=WriterStats)
 
     def __post_init__(self) -> None:
-        self._pending: deque[_Record] = deque()
+        self._pending: deque[PendingRows] = deque()
         self._pending_rows = 0
         self._watermarks: dict[int, int] = {}
         self._loaded = False
@@ -146,7 +146,7 @@ class ClickHouseWriter:
             if ack is not None:
                 ack()
             return
-        self._pending.append(_Record(partition, offset, list(rows), ack))
+        self._pending.append(PendingRows(partition, offset, list(rows), ack))
         self._pending_rows += len(rows)
         self._idle.clear()
         if self._oldest is None:  # the first row of a batch starts its timer
@@ -209,7 +209,7 @@ class ClickHouseWriter:
     async def _flush_once(self) -> None:
         if not self._loaded:
             await self._load_watermarks()
-        batch: list[_Record] = []
+        batch: list[PendingRows] = []
         n_rows = 0
         for rec in self._pending:
             if batch and n_rows + len(rec.rows) > self.batch_rows:
@@ -224,7 +224,7 @@ class ClickHouseWriter:
                 marks[r.partition] = r.offset
         n_fresh_rows = sum(len(r.rows) for r in fresh)
         started = time.monotonic()
-        refused: list[tuple[_Record, BaseException]] = []
+        refused: list[tuple[PendingRows, BaseException]] = []
         if n_fresh_rows and (error := await self._attempt(fresh)) is not None:
             refused = await self._insert_each(fresh, error)
         took = time.monotonic() - started
@@ -252,10 +252,10 @@ class ClickHouseWriter:
             self._idle.set()
 
     @staticmethod
-    def _rows(r: _Record) -> list[dict[str, Any]]:
+    def _rows(r: PendingRows) -> list[dict[str, Any]]:
         return [row | {"kafka_partition": r.partition, "kafka_offset": r.offset} for row in r.rows]
 
-    async def _attempt(self, records: list[_Record]) -> BaseException | None:
+    async def _attempt(self, records: list[PendingRows]) -> BaseException | None:
         """Insert the records' rows in one INSERT: None once stored, or the error that refused them. Raises when
         ClickHouse is unreachable (the batch waits and is retried whole)."""
         try:
@@ -269,15 +269,15 @@ class ClickHouseWriter:
             return exc
         return None
 
-    async def _insert_each(self, records: list[_Record], error: BaseException) -> list[tuple[_Record, BaseException]]:
+    async def _insert_each(self, records: list[PendingRows], error: BaseException) -> list[tuple[PendingRows, BaseException]]:
         """The batch was refused for its content (`error`): find the records ClickHouse refuses, storing the others
         in offset order (so the high-water marks stay true). A refused part is halved and each half tried again,
         so one bad record among 10,000 costs about 28 INSERTs, not 10,000 (each INSERT makes a part).
         Raises ClickHouseError to retry the batch when ClickHouse becomes unreachable meanwhile, or when it
         refuses every record (for up to `refuse_after` rounds)."""
-        refused: list[tuple[_Record, BaseException]] = []
+        refused: list[tuple[PendingRows, BaseException]] = []
 
-        async def split(part: list[_Record], why: BaseException) -> None:
+        async def split(part: list[PendingRows], why: BaseException) -> None:
             if len(part) == 1:
                 refused.append((part[0], why))
                 return
@@ -295,7 +295,7 @@ class ClickHouseWriter:
         self._all_refused_rounds = 0
         return refused
 
-    async def _refuse(self, r: _Record, exc: BaseException) -> None:
+    async def _refuse(self, r: PendingRows, exc: BaseException) -> None:
         """A record ClickHouse will not store: its dead letter first (when this writer has a way to send one), then
         it counts as done. Without one (the dead-letter table's own writer) the rows are logged whole."""
         self.stats.records_refused += 1

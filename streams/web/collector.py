@@ -26,11 +26,10 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
-from agents.commerce import CatalogueChange, catalogue_topic
 from schemas import codec
-from schemas.events import ClickEvent, Review, TimedEvent
+from schemas.events import CatalogueChange, ClickEvent, Review, TimedEvent
 from schemas.validation import FieldError, InvalidEvent, validate
-from streams.runtime.app import app, limits, settings, topics
+from streams.runtime.app import app, commerce_topics, limits, settings, topics
 from streams.sinks.ingest import send_dead_letter
 
 log = logging.getLogger(__name__)
@@ -178,7 +177,7 @@ class Catalogue(View):
         if refused:  # a catalogue change is an operator action: all or nothing
             return _json(self, {"accepted": 0, "rejected": refused}, 400)
         try:
-            await asyncio.gather(*(_send(catalogue_topic, c.item_id.encode(), codec.dumps(c)) for c in valid))
+            await asyncio.gather(*(_send(commerce_topics.catalogue, c.item_id.encode(), codec.dumps(c)) for c in valid))
         except Exception as exc:  # noqa: BLE001
             eid = secrets.token_hex(6)
             log.error("catalogue change failed (error id %s)", eid, exc_info=exc)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-BATCH = 10_000  # agents/commerce.CLICK_BATCH (not imported: that module declares the whole commerce path)
+BATCH = 10_000  # agents/recommender.CLICK_BATCH (not imported: that module declares the whole commerce path)
 
 
 def main(n: int, out: Path, delivery: str = "faust") -> None:

@@ -115,7 +115,7 @@ def bench_commerce(
 def _bench_learn_one(events: list[dict]) -> float:
     from online_models.recommender import OnlineRecommender
 
-    from agents.commerce import recommender_config
+    from agents.recommender import recommender_config
 
     model = OnlineRecommender(recommender_config())
     t = time.perf_counter()
@@ -127,7 +127,7 @@ def _bench_learn_one(events: list[dict]) -> float:
 def _bench_update_path(events: list[dict]) -> float:
     """The per-record work of the agent and its learner without Kafka, in one process: JSON bytes -> validated click
     -> learn -> checkpoint per batch."""
-    from agents.commerce import CLICK_BATCH, as_record, recommender_config
+    from agents.recommender import CLICK_BATCH, as_record, recommender_config
     from schemas import codec
     from streams.learning.shard import Shard
     from schemas.settings import get_settings

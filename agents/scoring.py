@@ -1,5 +1,4 @@
-"""Sensor path agents: anomaly scores and alarms per device, and the alerts table.
-
+"""Sensor path: anomaly scores and alarms per device, checkpointed and restored with their partitions.
 `score_devices` consumes readings, device status and operator commands together.
 All three topics are keyed by device_id with the same partition count, so one
 device's events land on one partition number everywhere, and the worker that owns
@@ -32,115 +31,38 @@ reproduces them; the only wall-clock alarm (silence) may be raised once more.
 
 from __future__ import annotations
 
+from __future__ import annotations
+
 import asyncio
 import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from faust.web import Request, Response, View
 
-from online_models.alarms import STATE_TYPES as ALARM_STATE_TYPES
-from online_models.alarms import DeviceMonitor, MonitorConfig, source_of
-from online_models.anomaly import DeviceAnomalyModel, RuleSet
-from online_models.anomaly.state_types import STATE_TYPES as ANOMALY_STATE_TYPES
-from schemas import codec, rows
+from online_models.alarms import source_of
+from schemas import codec
 from schemas.events import Alert, DeviceStatus, SensorReading, to_epoch
-from schemas.state import StateCodec, StateFormatError, StateType, StateTypes
+from schemas.state import StateFormatError
 from schemas.validation import InvalidEvent, parse, processing_error
 from streams.runtime.acks import OrderedAcker
-from streams.runtime.app import app, limits, settings, storage, topics
-from streams.sinks.ingest import dead_letter_event, produce_dead_letter
+from streams.runtime.app import app, device_sources, limits, settings, storage, topics
 from streams.runtime.kafka_auth import kafka_client
+from streams.sinks.ingest import produce_dead_letter
+from streams.web.registry import lent
+from agents.devices import RULES, DeviceState
 
 log = logging.getLogger(__name__)
 
 BATCH = settings.sink_batch_rows
 WITHIN = min(settings.sink_batch_seconds, 0.05)  # latency: alarms should not wait for a full batch
-DEVICE_DEDUP_KEYS = 1024  # per device, in the checkpointed state (the raw path keeps its own window)
-STATE_VERSION = 2  # 2: state format (schemas.state); 1: pickled
 REVOKE_CHECKPOINT_TIMEOUT = 30.0  # below Faust's broker session timeout
 REPLAY_TIMEOUT = 60.0  # re-reading what was committed after a partition's checkpoint
-
-
-def load_rules(text: str) -> RuleSet:
-    return RuleSet(json.loads(text) if text.strip() else None)
-
-
-def model_options(text: str) -> dict[str, Any]:
-    return json.loads(text) if text.strip() else {}
-
-
-RULES = load_rules(settings.sensor_rules)
-MODEL_OPTIONS = model_options(settings.sensor_model_options)
-MONITOR = MonitorConfig(clear_after=settings.sensor_alarm_clear_seconds, silence_factor=settings.sensor_silence_factor,
-                        stuck_readings=settings.sensor_stuck_readings)
-
-
-@dataclass
-class DeviceState:
-    """Everything the owner of a device keeps; written to the changelog at each checkpoint (`schemas.state`)."""
-
-    device_id: str
-    partition: int
-    model: DeviceAnomalyModel
-    monitor: DeviceMonitor
-    recent: dict[tuple[int, float], None] = field(default_factory=dict)  # (seq, ts) of the last readings, oldest first
-
-    @classmethod
-    def new(cls, device_id: str, partition: int) -> DeviceState:
-        return cls(device_id, partition, DeviceAnomalyModel(**({"max_metrics": settings.sensor_max_metrics_per_device} | MODEL_OPTIONS)),
-                   DeviceMonitor(device_id, MONITOR))
-
-    def is_duplicate(self, seq: int, ts: float) -> bool:
-        key = (seq, ts)
-        if key in self.recent:
-            return True
-        self.recent[key] = None
-        if len(self.recent) > DEVICE_DEDUP_KEYS:
-            del self.recent[next(iter(self.recent))]
-        return False
-
-    def dump(self) -> bytes:
-        return STATE_CODEC.dumps((STATE_VERSION, self), compress=True)
-
-    @staticmethod
-    def load(blob: bytes) -> DeviceState:
-        """Raises StateFormatError for anything but this version's state of a device (pickles included)."""
-        found = STATE_CODEC.loads(blob)
-        if type(found) is not tuple or len(found) != 2 or found[0] != STATE_VERSION or type(found[1]) is not DeviceState:
-            raise StateFormatError(f"not a device state of version {STATE_VERSION}")
-        return found[1]
-
-
-def _device_state(st: DeviceState) -> dict[str, Any]:
-    """The de-duplication window as two arrays: as 1,024 (seq, ts) tuples it took half of a state's decoding time."""
-    if not all(type(seq) is int and 0 <= seq < 1 << 63 and type(ts) is float for seq, ts in st.recent):
-        return st.__dict__  # kept as tuples
-    n = len(st.recent)
-    return {**st.__dict__, "recent": (np.fromiter((seq for seq, _ in st.recent), np.int64, n),
-                                      np.fromiter((ts for _, ts in st.recent), np.float64, n))}
-
-
-def _set_device_state(st: DeviceState, state: Any) -> None:
-    recent = state.get("recent") if type(state) is dict else None
-    if type(recent) is tuple:
-        seqs, tss = recent
-        if not (type(seqs) is type(tss) is np.ndarray and seqs.dtype == np.int64 and tss.dtype == np.float64
-                and seqs.ndim == 1 and seqs.shape == tss.shape):
-            raise ValueError("a malformed de-duplication window")
-        state = {**state, "recent": dict.fromkeys(zip(seqs.tolist(), tss.tolist()))}
-    if type(state) is not dict or set(state) != {"device_id", "partition", "model", "monitor", "recent"}:
-        raise ValueError("not the fields of a DeviceState")
-    st.__dict__.update(state)
-
-
-STATE_CODEC = StateCodec(StateTypes(StateType(DeviceState, _device_state, _set_device_state)) | ANOMALY_STATE_TYPES | ALARM_STATE_TYPES)
 
 
 def marker_key(partition: int) -> bytes:
@@ -150,9 +72,6 @@ def marker_key(partition: int) -> bytes:
 state_table = app.Table("sensor-state", key_type=bytes, value_type=bytes, store="memory://local",  # yarl: a bare "memory://" is falsy and Faust would fall back to RocksDB
                         partitions=settings.topic_partitions, help="DeviceState per device (schemas.state) + offset markers per partition.")
 state_table.key_serializer = state_table.value_serializer = "raw"
-
-device_sources = app.topic(settings.topic_sensor_readings, settings.topic_device_status, settings.topic_sensor_commands,
-                           key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
 
 class Owner:
@@ -266,19 +185,19 @@ class Owner:
                       "its devices' models never learn them", partition, missing)
         records.sort(key=lambda m: m.timestamp)
         for m in records:
-            await self.apply([_Rec(m.topic, m.partition, m.offset, m.timestamp / 1000.0, m.value)], emit=False)
+            await self.apply([DeviceRecord(m.topic, m.partition, m.offset, m.timestamp / 1000.0, m.value)], emit=False)
         self.replayed += len(records)
         log.warning("partition %d: re-learned %d records committed after its last checkpoint", partition, len(records))
 
     # --- the work ----------------------------------------------------------------------------------------
-    async def apply(self, recs: list[_Rec], emit: bool = True, dones: list | None = None) -> None:
+    async def apply(self, recs: list[DeviceRecord], emit: bool = True, dones: list | None = None) -> None:
         """Apply records in order. With emit=False (replay) nothing leaves the process.
 
         No record can stop the path: one that is invalid, or breaks its device's model or the alarm step, becomes a
         dead letter (Kafka confirms it before the record is acked) and the others go on."""
         readings: dict[str, list[tuple[int, SensorReading]]] = defaultdict(list)
-        parsed: list[tuple[_Rec, Any]] = []
-        letters: list[tuple[_Rec, InvalidEvent]] = []
+        parsed: list[tuple[DeviceRecord, Any]] = []
+        letters: list[tuple[DeviceRecord, InvalidEvent]] = []
         for i, r in enumerate(recs):
             key = (r.topic, r.partition)
             if r.offset <= self.skip_upto.get(key, -1):
@@ -328,7 +247,7 @@ class Owner:
             self.dirty.add(device_id)
         # alarms in event order
         alerts: list[Alert] = []
-        score_rows: list[tuple[_Rec, list[dict]]] = []
+        score_rows: list[tuple[DeviceRecord, list[dict]]] = []
         for i, (r, ev) in enumerate(parsed):
             if ev is None:
                 continue
@@ -364,8 +283,8 @@ class Owner:
             else:
                 done()
 
-    def _alarms(self, r: _Rec, ev: Any, result: tuple[float, bool, float, str | None] | None,
-                score_rows: list[tuple[_Rec, list[dict]]], emit: bool) -> list[Alert]:
+    def _alarms(self, r: DeviceRecord, ev: Any, result: tuple[float, bool, float, str | None] | None,
+                score_rows: list[tuple[DeviceRecord, list[dict]]], emit: bool) -> list[Alert]:
         """One record's alarm step (and, for a reading, its score row); raises for a record it cannot handle."""
         if isinstance(ev, SensorReading):
             st = self.devices[ev.device_id]
@@ -487,7 +406,9 @@ async def _read_ranges(ranges: dict[TopicPartition, tuple[int, int]]) -> list[An
 
 
 @dataclass(slots=True)
-class _Rec:
+class DeviceRecord:
+    """One record of the device topics as the owner applies it (`done` acks it once its rows are stored)."""
+
     topic: str
     partition: int
     offset: int
@@ -527,7 +448,7 @@ async def score_devices(stream):  # noqa: ANN001
             for event in events:
                 m = event.message
                 firsts[m.partition].setdefault(m.topic, m.offset)
-                recs.append(_Rec(m.topic, m.partition, m.offset, m.timestamp, event.value, owner.acker.track(event)))
+                recs.append(DeviceRecord(m.topic, m.partition, m.offset, m.timestamp, event.value, owner.acker.track(event)))
             try:
                 for p, first in firsts.items():
                     await owner.ensure_partition(p, first)
@@ -561,69 +482,15 @@ async def _checkpoint_on_revoke(app_: Any, revoked: set, **kwargs: Any) -> None:
         owner.forget()
 
 
-# --- alerts table ----------------------------------------------------------------------------------------------
+def _devices() -> dict[str, Any]:
+    """`/sensors/devices`: the devices this worker owns, learned readings, active alarms."""
+    return {
+        "devices": {d: {"partition": st.partition, "learned": st.model.n, "readings": st.monitor.n,
+                        "active": {t: a.status for t, a in st.monitor.alarms.active.items()}}
+                    for d, st in owner.devices.items()},
+        "checkpoints": owner.checkpoints, "replayed": owner.replayed, "duplicates": owner.duplicates,
+        "dead_lettered": owner.dead_lettered,
+    }
 
 
-class AlertRevisions:
-    """(alarm_id, rev) already stored: a replay after a crash re-sends identical alarm events; store each once."""
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self.seen: dict[tuple[str, int], None] = {}
-        self.loaded = False
-
-    async def load(self, ch) -> None:  # noqa: ANN001
-        if self.loaded:
-            return
-        table = ch.table("alerts")
-        rows_ = await asyncio.to_thread(ch.query, f"SELECT alarm_id, details FROM {table} ORDER BY ts DESC LIMIT {self.capacity}")
-        for alarm, details in reversed(rows_):
-            try:
-                self.seen[(alarm, int(json.loads(details).get("rev", 0)))] = None
-            except ValueError:
-                continue
-        self.loaded = True
-
-    def is_copy(self, alert: Alert) -> bool:
-        key = (alert.alarm_id, int(alert.details.get("rev", 0)))
-        if key in self.seen:
-            return True
-        self.seen[key] = None
-        if len(self.seen) > self.capacity:
-            del self.seen[next(iter(self.seen))]
-        return False
-
-
-@app.agent(topics["topic_alerts"], name="wharf.store-alerts")
-async def store_alerts(stream):  # noqa: ANN001
-    writer = storage.writer("alerts", settings.topic_alerts)
-    acker = OrderedAcker()
-    seen = AlertRevisions()
-    async for events in stream.noack_take(BATCH, within=WITHIN):
-        await seen.load(storage.ch)
-        for event in events:
-            done = acker.track(event)
-            try:
-                alert = Alert.model_validate_json(event.value)
-            except Exception as exc:  # noqa: BLE001 - anyone with access to Kafka can write here
-                await dead_letter_event(topics["topic_dead_letters"], event, processing_error("alert", "the alerts table", exc), limits=limits)
-                done()
-                continue
-            if seen.is_copy(alert):
-                done()
-                continue
-            await writer.put(event.message.partition, event.message.offset, rows.alert(alert), done)
-
-
-@app.page("/sensors/devices")
-class DevicesView(View):
-    """The devices this worker owns: learned readings, active alarms (for operators and the state-moves test)."""
-
-    async def get(self, request: Request) -> Response:
-        return self.json({
-            "devices": {d: {"partition": st.partition, "learned": st.model.n, "readings": st.monitor.n,
-                            "active": {t: a.status for t, a in st.monitor.alarms.active.items()}}
-                        for d, st in owner.devices.items()},
-            "checkpoints": owner.checkpoints, "replayed": owner.replayed, "duplicates": owner.duplicates,
-            "dead_lettered": owner.dead_lettered,
-        })
+lent.devices = _devices
