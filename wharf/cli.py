@@ -107,7 +107,13 @@ def worker(
 
     install_log_redaction()
     heap.configure()  # before the imports below allocate most of what the worker starts with
-    import agents  # noqa: F401 - registers the agents
+    from streams.runtime.patches import UnsupportedFaust
+
+    try:
+        import agents  # noqa: F401 - registers the agents (and creates the app, which checks Faust's version)
+    except UnsupportedFaust as exc:
+        console.print(f"[red]wharf worker refused to start:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
     import streams.web.views  # noqa: F401 - registers the web views
     from streams.runtime.app import app as faust_app
     from streams.runtime.app import storage

@@ -23,7 +23,7 @@ from schemas import codec
 from schemas.validation import Limits, check, processing_error
 from streams.runtime import loopwatch
 from streams.runtime import heap
-from streams.runtime import partition_check
+from streams.runtime import patches
 from streams.runtime.batches import BatchRouter
 from streams.sinks.clickhouse import ClickHouse, from_settings
 from streams.runtime.flow import KeepQueuesWhileFlowing
@@ -118,6 +118,7 @@ app = WharfApp(
     # on; this stops the worker (exit 1) instead, and Kafka redelivers the batch to the next owner.
     agent_supervisor="mode.CrashingSupervisor",
 )
+patches.install(app, fast_dispatch=settings.faust_fast_dispatch)  # refuses a Faust version the patches were not tested with
 
 topics = declare(app, settings)
 commerce_topics = declare_commerce(app, settings)
@@ -125,15 +126,6 @@ device_sources = declare_device_sources(app, settings)
 limits = Limits.from_settings(settings)  # what every agent and the collector accept (size, event time)
 # Two batch agents read the clicks (raw storage, recommender): each click is validated once and both get the result.
 app.batch_agents.decode(topics["topic_clicks"], lambda m: check(m.value, ClickEvent, now=m.timestamp, limits=limits))
-partition_check.install()
-
-
-@app.task
-async def _fast_dispatch() -> None:
-    if settings.faust_fast_dispatch:
-        from streams.runtime import fastpath
-
-        fastpath.install(app)
 
 
 @app.task
