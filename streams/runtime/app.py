@@ -17,18 +17,14 @@ from typing import Any
 import faust
 from mode.utils.objects import cached_property
 
-from schemas.clickhouse import TABLES, migrate
 from schemas.events import ClickEvent
-from schemas import codec
-from schemas.validation import Limits, check, processing_error
+from schemas.validation import Limits, check
 from streams.runtime import loopwatch
 from streams.runtime import heap
 from streams.runtime import patches
 from streams.runtime.batches import BatchRouter
-from streams.sinks.clickhouse import ClickHouse, from_settings
 from streams.runtime.flow import KeepQueuesWhileFlowing
-from streams.sinks.ingest import send_dead_letter
-from streams.sinks.writer import ClickHouseWriter, Refused
+from streams.sinks.storage import Storage
 from streams.runtime.topics import declare, declare_commerce, declare_device_sources
 from streams.runtime.kafka_auth import faust_credentials
 from schemas.settings import Settings, get_settings
@@ -144,53 +140,7 @@ async def _sweep_heap() -> None:
     heap.sweep()
 
 
-class Storage:
-    """ClickHouse for this worker: one connection, migrations applied once, one writer per table."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self._ch: ClickHouse | None = None
-        self._writers: dict[str, ClickHouseWriter] = {}
-
-    @property
-    def ch(self) -> ClickHouse:
-        if self._ch is None:
-            self._ch = from_settings(self.settings)
-            migrate(self._ch)
-        return self._ch
-
-    def writer(self, table: str, source_topic: str) -> ClickHouseWriter:
-        if table not in self._writers:
-            w = ClickHouseWriter.from_settings(self.ch, TABLES[table], self.settings)
-            w.source_topic = source_topic
-            if table != "dead_letters":  # the dead letters' own writer cannot dead-letter: it logs the rows
-                w.on_refused = self._dead_letter_of(table, source_topic)
-            self._writers[table] = w
-        return self._writers[table]
-
-    @staticmethod
-    def _dead_letter_of(table: str, source_topic: str) -> Refused:
-        """Rows ClickHouse refused become a dead letter of their source record (the rows as JSON: nothing is lost)."""
-
-        async def refused(partition: int, offset: int, rows: list[dict[str, Any]], exc: BaseException) -> None:
-            error = processing_error(f"{table} row", "the ClickHouse insert", exc)
-            await send_dead_letter(topics["topic_dead_letters"], error, codec.dumps(rows), "kafka", keep_bytes=limits.dead_letter_keep_bytes,
-                                   kafka_topic=source_topic, kafka_partition=partition, kafka_offset=offset)
-
-        return refused
-
-    @property
-    def writers(self) -> dict[str, ClickHouseWriter]:
-        return self._writers
-
-    async def flush_all(self) -> None:
-        await asyncio.gather(*(w.flush() for w in self._writers.values()))
-
-    async def stop(self) -> None:
-        await asyncio.gather(*(w.stop() for w in self._writers.values()))
-
-
-storage = Storage(settings)
+storage = Storage(settings, topics["topic_dead_letters"], limits.dead_letter_keep_bytes)
 
 
 @app.on_partitions_revoked.connect
