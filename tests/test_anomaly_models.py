@@ -172,7 +172,7 @@ def test_batch_missing_values_and_new_metrics():
 
 
 def test_measure_throughput_smoke():
-    from online_models.anomaly.bench import measure_throughput
+    from wharf.bench.anomaly import measure_throughput
 
     r = measure_throughput(n_devices=4, rounds=2, warmup_rounds=1, one_by_one_events=40, batch_min=5, batch_max=20)
     assert r["batch_events_per_s"] > 0 and r["one_by_one_events_per_s"] > 0

@@ -11,15 +11,15 @@ import pytest
 from online_models.evaluation.recommender import (
     evaluate_file,
     evaluate_interactions,
-    evaluate_simulator,
     read_interactions,
 )
 from online_models.recommender import OnlineRecommender, RecommenderConfig
-from online_models.recommender.bench import bench_commerce
+from wharf.bench.recommender import bench_commerce
 from online_models.recommender.state import STATE_TYPES
 from schemas.events import ClickEvent
 from schemas.state import StateCodec
 from wharf.simulator import ShopConfig, ShopSimulator, simulate_clicks
+from wharf.simulator.evaluation import evaluate_simulator
 
 CATS = "ABCDE"
 T0 = 1_700_000_000.0

