@@ -23,10 +23,10 @@ from faust.web import Request, Response, View
 
 from schemas import codec
 from streams.runtime.app import app, settings, storage, topics
-from streams.web.guard import error, failure
+from streams.web.guard import error, failure, installed
 from streams.sinks.queries import DashboardQueries
-from streams.web.views import guard
 
+guard = installed(app)  # `streams.web.views` installs it before it imports these views
 STATIC = Path(__file__).with_name("static")
 app.web.add_static("/static/", STATIC)
 

@@ -170,9 +170,18 @@ class Guard:
             log.warning("no API key is configured (WHARF_WEB_API_KEYS[_FILE]): POST /collect and /catalogue refuse everyone")
 
 
+INSTALLED = web.AppKey("wharf_guard", Guard)
+
+
 def install(app: Any, settings: Settings) -> Guard:
     """Put the guard in front of every route of a Faust app's aiohttp server (before the server starts)."""
     guard = Guard.from_settings(settings)
     app.web.web_app.middlewares.append(guard.middleware)
+    app.web.web_app[INSTALLED] = guard
     guard.warn_if_closed()
     return guard
+
+
+def installed(app: Any) -> Guard:
+    """The guard `install` put in front of this Faust app's routes (views that log in use its credentials)."""
+    return app.web.web_app[INSTALLED]
