@@ -9,6 +9,7 @@ bridge user logs in. With TLS on, every client verifies the broker against the i
 from __future__ import annotations
 
 import ssl
+import time
 
 import paho.mqtt.client as mqtt
 
@@ -34,3 +35,24 @@ def mosquitto_client_args(settings: Settings) -> list[str]:
     """Host, port and TLS options for `mosquitto_pub` / `mosquitto_sub` as a device."""
     host, port = device_endpoint(settings)
     return ["-h", host, "-p", str(port), *(["--cafile", str(settings.ca_file())] if settings.mqtt_tls_on else [])]
+
+
+def end_session(settings: Settings, client_id: str, timeout: float = 10.0) -> bool:
+    """Remove the persistent session of a bridge client that will not come back (a benchmark's, a test's).
+
+    An MQTT 3.1.1 session ends when its client id connects with clean_session=True: Mosquitto drops
+    the subscriptions and the queued messages, so telemetry stops piling up for a reader that is gone.
+    Returns True once the broker accepted the clean connection.
+    """
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311)
+    client.username_pw_set(settings.mqtt_bridge_user, settings.bridge_password())
+    secure(client, settings)
+    accepted: list[bool] = []
+    client.on_connect = lambda c, u, flags, rc, props: accepted.append(not rc.is_failure)
+    client.connect(*bridge_endpoint(settings), keepalive=10)
+    deadline = time.monotonic() + timeout
+    while not accepted and time.monotonic() < deadline:
+        client.loop(timeout=0.1)
+    client.disconnect()
+    client.loop(timeout=0.1)
+    return bool(accepted and accepted[0])

@@ -2,8 +2,8 @@
 
 Every knob lives here, read from `WHARF_*` environment variables and, below them,
 from an optional TOML file (`WHARF_CONFIG`, default `wharf.toml` in the working
-directory). The README's settings table is generated from this class
-(`wharf settings --markdown`), so it cannot drift from the code.
+directory). docs/settings.md's table is generated from this class
+(`python -m wharf.settingsdoc`), so it cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -170,6 +170,8 @@ class Settings(BaseSettings):
     mqtt_tls_required: bool = Field(False, description="The local Mosquitto has no plaintext listener (implies WHARF_MQTT_TLS).")
     mqtt_ca_file: str = Field("", description="CA certificate MQTT clients trust. Empty: STATE_DIR/tls/ca.crt, generated once by `wharf infra up`.")
     mqtt_max_connections: int = Field(10_000, ge=1, description="Most clients per Mosquitto listener.")
+    mqtt_session_expiry_hours: int = Field(
+        6, ge=1, description="Hours Mosquitto keeps the persistent session (and queued messages) of a client that went away: a bridge that is gone for good stops queueing telemetry after this.")
 
     # --- HTTP credentials (streams/web/credentials.py, streams/web/guard.py) -----------------------------------------
     web_api_keys: SecretStr = Field(SecretStr(""), description="API keys of services (shop backends), comma separated: `POST /collect`, `POST /catalogue` and `GET /recommendations` accept `Authorization: Bearer KEY` or `X-API-Key: KEY`. None set and no file: those endpoints refuse everyone.")

@@ -9,6 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from mqtt_bridge.bridge import Bridge
+from mqtt_bridge.connection import end_session
 from mqtt_bridge.topics import TopicError, parse_topic
 from schemas import codec
 from schemas.deadletter import DeadLetter
@@ -67,6 +68,7 @@ async def bridge_setup(stack, unique):
     yield s, bridge
     bridge.stop()
     await asyncio.wait_for(task, 30)
+    assert end_session(s, bridge.client_id)
 
 
 async def consume(settings, topic, n, timeout=30):

@@ -20,6 +20,7 @@ from aiokafka.errors import GroupAuthorizationFailedError, KafkaConnectionError,
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from mqtt_bridge.bridge import Bridge
+from mqtt_bridge.connection import end_session
 from tests.test_bridge import Device, consume, reading
 from wharf import infra
 from wharf.infra.kafka import Kafka, _java, ensure_topics, libs_dir
@@ -163,6 +164,7 @@ async def test_bridge_forwards_through_the_sasl_listener(sasl):
             device.close()
         bridge.stop()
         await asyncio.wait_for(task, 30)
+        end_session(s, bridge.client_id)
 
 
 def test_faust_gets_the_same_login(sasl):

@@ -4,6 +4,7 @@ The bridge user logs in on the bridge listener (WHARF_MQTT_BRIDGE_PORT), devices
 
 import queue
 import threading
+import time
 import uuid
 
 import paho.mqtt.client as mqtt
@@ -11,6 +12,7 @@ import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 
+from mqtt_bridge.connection import end_session
 from wharf.infra.mosquitto import Mosquitto, check_login
 
 pytestmark = pytest.mark.infra
@@ -144,6 +146,7 @@ def test_qos1_messages_survive_a_broker_restart(stack, unique):
         assert got == [f"m{i}".encode() for i in range(20)]
     finally:
         bridge.close()
+        end_session(stack, client_id)
 
 
 def test_new_device_credentials_take_effect_without_a_restart(stack, unique):
@@ -165,3 +168,57 @@ def test_new_device_credentials_take_effect_without_a_restart(stack, unique):
             time.sleep(0.1)
     finally:
         Mosquitto(stack).start()  # back to the test settings' devices
+
+
+
+def _session_present(settings, client_id: str) -> bool:
+    """Connect as the bridge user with clean_session=False and report the broker's session-present flag."""
+    flags: list[bool] = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=False)
+    c.username_pw_set(settings.mqtt_bridge_user, settings.bridge_password())
+    c.on_connect = lambda cl, u, f, rc, p: flags.append(f.session_present)
+    c.connect(settings.mqtt_host, settings.mqtt_bridge_port)
+    c.loop_start()
+    try:
+        deadline = time.monotonic() + 10
+        while not flags and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert flags, "no CONNACK"
+        return flags[0]
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_a_bridge_session_that_is_ended_holds_nothing_more(stack, unique):
+    """`end_session` (benchmarks and tests call it on their bridges) removes the persistent session and its queue."""
+    client_id = f"test-ended-{unique}"
+    topic = f"wharf/site-{unique}/zone-a/dev-001/telemetry"
+    bridge = Client(stack, stack.mqtt_bridge_user, stack.bridge_password(), client_id=client_id, clean_start=False, v5=False)
+    bridge.subscribe(topic)
+    bridge.close()
+    assert _session_present(stack, client_id)  # kept while the client is away: the contract the bridge relies on
+    assert end_session(stack, client_id)
+    device = Client(stack, "dev-001", "dev-001-secret")
+    assert not device.publish(topic, b"queued for nobody").is_failure
+    device.close()
+    again = Client(stack, stack.mqtt_bridge_user, stack.bridge_password(), client_id=client_id, clean_start=False, v5=False)
+    try:
+        with pytest.raises(queue.Empty):
+            again.messages.get(timeout=1.0)  # no subscription survived, so nothing was queued
+    finally:
+        again.close()
+        end_session(stack, client_id)
+    assert not _session_present(stack, f"never-{unique}")
+    end_session(stack, f"never-{unique}")
+
+
+def test_abandoned_sessions_expire_in_hours(stack):
+    from pathlib import Path
+
+    from wharf.infra.mosquitto import broker_options
+
+    line = f"persistent_client_expiration {stack.mqtt_session_expiry_hours}h"
+    assert line in broker_options(stack)
+    conf = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "mosquitto.conf"
+    assert line in conf.read_text().splitlines()

@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from mqtt_bridge.connection import end_session
 from schemas import codec
 from streams.sinks.clickhouse import connect
 from streams.runtime.kafka_auth import kafka_client
@@ -194,6 +195,7 @@ class Stack:
         for w in self.workers:
             w.stop()
         self.bridge.stop()
+        end_session(self.settings, self.bridge.client_id)  # its queue would fill with every later test's telemetry
         try:
             self.ch.command(f"DROP DATABASE IF EXISTS {self.ch.database}")
         except Exception:  # noqa: BLE001 - cleanup only

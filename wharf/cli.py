@@ -321,14 +321,14 @@ def evaluate_sentiment(
 
 
 @app.command("settings")
-def show_settings(markdown: bool = typer.Option(False, help="Print the settings table as Markdown (for the README).")) -> None:
+def show_settings(markdown: bool = typer.Option(False, help="Print the settings table as Markdown (docs/settings.md; `python -m wharf.settingsdoc` rewrites it there).")) -> None:
     """Every setting: environment variable, current value, meaning."""
     settings = _settings()
     current = settings.shown()  # secrets masked, URL passwords removed
     if markdown:
-        print("| Variable | Default | Meaning |\n|---|---|---|")
-        for env, default, desc in describe():
-            print(f"| `{env}` | `{default}` | {desc} |")
+        from wharf.settingsdoc import table
+
+        print(table(), end="")
         return
     table = Table(title="Wharf settings (WHARF_* environment, then WHARF_CONFIG TOML)")
     for col in ("variable", "value", "meaning"):

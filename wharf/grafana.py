@@ -1,7 +1,7 @@
 """The Grafana dashboard for docker-compose users: the same panels as Wharf's own page, as ClickHouse SQL.
 
 `python -m wharf.grafana` writes deploy/grafana/provisioning/dashboards/wharf.json; a test keeps the
-file, this list and the README's panel SQL in step. Grafana's ClickHouse plugin expands
+file, this list and docs/grafana.md's panel SQL in step. Grafana's ClickHouse plugin expands
 `$__timeFilter(col)` to the dashboard's time range.
 """
 

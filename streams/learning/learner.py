@@ -1,6 +1,6 @@
 """The recommender's learner processes: the shards learn beside the worker's event loop, not on it.
 
-Learning took over half of a worker's time under the GIL (docs/BENCHMARKS.md, "Where the worker's time
+Learning took over half of a worker's time under the GIL (docs/benchmark-history.md, "Where the worker's time
 goes"): one process could not both fetch, validate, store and ack 10,000 clicks/s and learn them. The
 shards (`streams/learning/shard.py`) now live in `commerce_learners` child processes (partition p in learner
 p mod n); the worker decodes each record once, sends it on, and keeps everything that talks to Kafka,

@@ -12,7 +12,7 @@ The young generations' thresholds are raised as well (`configure`): with CPython
 10) a worker learning the 95,000 clicks of a dev topic ran 2,802-3,615 collections, 1.03-1.75 s in all,
 and the full ones (over what the last second allocated, before its freeze) paused up to 92-136 ms. With
 (10,000, 50, 1,000), set before the worker imports its agents: 225-237 collections, 0.35-0.52 s, longest
-pause 11-22 ms (docs/BENCHMARKS.md).
+pause 11-22 ms (docs/benchmark-history.md, "Validated once").
 What survives the young generations is frozen within a second anyway, so a full collection between two
 freezes only ever saw that second's survivors; cycles among them now wait for `sweep`, like the rest
 of the frozen heap.

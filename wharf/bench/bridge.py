@@ -14,7 +14,7 @@ import time
 import uuid
 
 from mqtt_bridge.bridge import Bridge
-from mqtt_bridge.connection import mosquitto_client_args
+from mqtt_bridge.connection import end_session, mosquitto_client_args
 from schemas import codec
 from wharf.infra.kafka import delete_topics_containing, ensure_topics
 from schemas.secrets import device_registry
@@ -66,6 +66,7 @@ async def bench_bridge(settings: Settings, messages: int = 30_000, publishers: i
     done = bridge.stats.acked - start_received
     bridge.stop()
     await task
+    await asyncio.to_thread(end_session, s, bridge.client_id)  # else Mosquitto queues all later telemetry for it
     await delete_topics_containing(s, f"bench.bridge.{u}.")
     pub = f"{per * len(creds) / published_at:,.0f} msgs/s" if published_at else "not finished"
     return (f"publishers        {len(creds)} x mosquitto_pub, QoS 1, {per * len(creds):,} messages: {pub} into Mosquitto (reference)\n"

@@ -122,6 +122,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     from streams.sinks.clickhouse import connect
     from streams.runtime.topics import topic_names
     from wharf.infra.kafka import ensure_topics
+    from mqtt_bridge.connection import end_session
     from schemas.settings import Settings
 
     base = _bench_clickhouse_base(settings)
@@ -234,6 +235,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         worker.stop()
         bridge.terminate()
         bridge.wait(30)
+        end_session(s, f"bench-{u}")  # else Mosquitto queues all later telemetry for it
     # sustained rate: rows/s over the middle of the run (after warm-up)
     mid = [(t, n) for t, n in counts if t_start + 0.2 * seconds <= t <= t_end]
     sustained = (mid[-1][1] - mid[0][1]) / (mid[-1][0] - mid[0][0]) if len(mid) >= 2 and mid[-1][0] > mid[0][0] else float("nan")

@@ -94,7 +94,8 @@ def broker_options(settings: Settings) -> list[str]:
         "max_inflight_messages 1000",
         "max_queued_messages 1000000",
         "max_queued_bytes 0",
-        "persistent_client_expiration 7d",
+        # A bridge that is gone for good (a benchmark's, a renamed one) stops queueing telemetry after this.
+        f"persistent_client_expiration {settings.mqtt_session_expiry_hours}h",
         # Nothing is retained: a device cannot leave a message for whoever subscribes later (a client
         # that publishes with the retain flag is disconnected). Kafka is where messages are kept.
         "retain_available false",
