@@ -247,8 +247,16 @@ def _send(out: dict[Learner, list[tuple[int, ShardRecord]]]) -> None:
     out.clear()
 
 
-_checkpointing = asyncio.Lock()  # taken by checkpoints, one at a time
-_sending = asyncio.Lock()  # a batch being sent, and a checkpoint cutting `pending`
+class Turns:
+    """Who may touch `pending` when: a batch being sent, a checkpoint cutting it, the checkpoint under way."""
+
+    def __init__(self) -> None:
+        self.checkpointing = asyncio.Lock()  # taken by checkpoints, one at a time
+        self.sending = asyncio.Lock()  # a batch being sent, and a checkpoint cutting `pending`
+        self.checkpoint_task: asyncio.Task | None = None  # the checkpoint written in the background
+
+
+turns = Turns()
 
 
 async def checkpoint() -> int:
@@ -261,8 +269,8 @@ async def checkpoint() -> int:
     changelog from throttling the agent. A shard revoked meanwhile is abandoned (its records are not written:
     the restore of the new owner ignores the missing delta) and its events are not acked: the new owner gets
     them again."""
-    async with _checkpointing:
-        async with _sending:
+    async with turns.checkpointing:
+        async with turns.sending:
             if not pending.events:
                 return 0
             events, last = pending.events, pending.last
@@ -309,24 +317,21 @@ async def _write_then_ack(events: list[Any], last: dict[int, Any], serials: dict
     return len(acked)
 
 
-_checkpoint_task: asyncio.Task | None = None
-
-
 def _checkpoint_soon() -> asyncio.Task:
     """The checkpoint under way, or a new one in the background: the agent sends on while it is written."""
-    global _checkpoint_task
-    if _checkpoint_task is None or _checkpoint_task.done():
-        if _checkpoint_task is not None:
-            _checkpoint_task.result()  # a failed checkpoint stops the agent, and with it the worker
-        _checkpoint_task = asyncio.ensure_future(checkpoint())
-    return _checkpoint_task
+    task = turns.checkpoint_task
+    if task is None or task.done():
+        if task is not None:
+            task.result()  # a failed checkpoint stops the agent, and with it the worker
+        turns.checkpoint_task = task = asyncio.ensure_future(checkpoint())
+    return task
 
 
 @app.batch_agents.agent(commerce_topics.click_sources, name="wharf.commerce-recommender", max_records=CLICK_BATCH,
                         within=settings.commerce_batch_seconds)
 async def learn_clicks(agent):  # noqa: ANN001 - streams.runtime.batches.BatchAgent
     async for events in agent.batches():
-        async with _sending:
+        async with turns.sending:
             await learn_batch(events)
         if pending.unacked() >= MAX_PENDING:
             await _checkpoint_soon()  # the learners are behind: wait for them
