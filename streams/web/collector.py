@@ -34,6 +34,8 @@ from streams.sinks.ingest import send_dead_letter
 
 log = logging.getLogger(__name__)
 
+catalogue_topic = commerce_topics.catalogue  # where `POST /catalogue` writes (streams/runtime/topics.py)
+
 
 # type -> (model, kind for validation/dead letters, topic attribute or topic, key field)
 KINDS: dict[str, tuple[type[TimedEvent], str, Any, str]] = {
@@ -177,7 +179,7 @@ class Catalogue(View):
         if refused:  # a catalogue change is an operator action: all or nothing
             return _json(self, {"accepted": 0, "rejected": refused}, 400)
         try:
-            await asyncio.gather(*(_send(commerce_topics.catalogue, c.item_id.encode(), codec.dumps(c)) for c in valid))
+            await asyncio.gather(*(_send(catalogue_topic, c.item_id.encode(), codec.dumps(c)) for c in valid))
         except Exception as exc:  # noqa: BLE001
             eid = secrets.token_hex(6)
             log.error("catalogue change failed (error id %s)", eid, exc_info=exc)
