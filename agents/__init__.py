@@ -4,4 +4,4 @@ Importing this package registers every agent with `streams.runtime.app.app`, and
 (`streams.web.registry`) the state they show.
 """
 
-from agents import alerts, catalogue, item_alarms, recommender, reviews, scoring, snapshots, storage  # noqa: F401
+from agents import alerts, catalogue, item_alarms, metrics, recommender, reviews, scoring, snapshots, storage  # noqa: F401

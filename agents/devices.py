@@ -6,16 +6,16 @@ partition number everywhere, and the worker that owns that partition owns the de
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from online_models.alarms import STATE_TYPES as ALARM_STATE_TYPES
-from online_models.alarms import DeviceMonitor, MonitorConfig
-from online_models.anomaly import DeviceAnomalyModel, RuleSet
+from online_models.alarms import DeviceMonitor
+from online_models.anomaly import DeviceAnomalyModel
 from online_models.anomaly.state_types import STATE_TYPES as ANOMALY_STATE_TYPES
+from online_models.sensing import SensorSetup
 from schemas.state import StateCodec, StateFormatError, StateType, StateTypes
 from streams.runtime.app import settings
 
@@ -23,18 +23,8 @@ DEVICE_DEDUP_KEYS = 1024  # per device, in the checkpointed state (the raw path 
 STATE_VERSION = 2  # 2: state format (schemas.state); 1: pickled
 
 
-def load_rules(text: str) -> RuleSet:
-    return RuleSet(json.loads(text) if text.strip() else None)
-
-
-def model_options(text: str) -> dict[str, Any]:
-    return json.loads(text) if text.strip() else {}
-
-
-RULES = load_rules(settings.sensor_rules)
-MODEL_OPTIONS = model_options(settings.sensor_model_options)
-MONITOR = MonitorConfig(clear_after=settings.sensor_alarm_clear_seconds, silence_factor=settings.sensor_silence_factor,
-                        stuck_readings=settings.sensor_stuck_readings)
+SETUP = SensorSetup.from_settings(settings)
+RULES = SETUP.rules
 
 
 @dataclass
@@ -49,8 +39,7 @@ class DeviceState:
 
     @classmethod
     def new(cls, device_id: str, partition: int) -> DeviceState:
-        return cls(device_id, partition, DeviceAnomalyModel(**({"max_metrics": settings.sensor_max_metrics_per_device} | MODEL_OPTIONS)),
-                   DeviceMonitor(device_id, MONITOR))
+        return cls(device_id, partition, SETUP.new_model(), SETUP.new_monitor(device_id))
 
     def is_duplicate(self, seq: int, ts: float) -> bool:
         key = (seq, ts)

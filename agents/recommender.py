@@ -64,6 +64,7 @@ from schemas.events import CatalogueChange, ClickEvent
 from schemas.validation import Checked, checked
 from streams.learning.learner import Learner, Learners
 from streams.learning.shard import Catalogue, Click, ShardRecord
+from streams.runtime import counts
 from streams.runtime.app import app, commerce_topics, exit_later, limits, settings
 from streams.runtime.slices import Slice
 from streams.web.registry import lent
@@ -331,6 +332,7 @@ def _checkpoint_soon() -> asyncio.Task:
                         within=settings.commerce_batch_seconds)
 async def learn_clicks(agent):  # noqa: ANN001 - streams.runtime.batches.BatchAgent
     async for events in agent.batches():
+        counts.records["clicks"] += len(events)
         async with turns.sending:
             await learn_batch(events)
         if pending.unacked() >= MAX_PENDING:

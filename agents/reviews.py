@@ -19,6 +19,7 @@ from schemas import codec, rows
 from schemas.events import Review, SentimentScore
 from schemas.state import StateCodec
 from schemas.validation import processing_error
+from streams.runtime import counts
 from streams.runtime.acks import OrderedAcker
 from streams.runtime.app import app, commerce_topics, limits, settings, storage, topics
 from streams.sinks.ingest import produce_dead_letter, valid_or_dead_letter
@@ -187,6 +188,7 @@ async def score_review_stream(stream):  # noqa: ANN001
     writer = storage.writer("reviews", settings.topic_reviews)
     acker = OrderedAcker()
     async for events in stream.noack_take(REVIEW_BATCH, within=0.2):
+        counts.records["reviews"] += len(events)
         valid: list[tuple[Any, Any, Review]] = []
         for event in events:
             done = acker.track(event)

@@ -41,15 +41,16 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from online_models.alarms import source_of
+from online_models.sensing import score_readings
 from schemas import codec
 from schemas.events import Alert, DeviceStatus, SensorReading, to_epoch
 from schemas.state import StateFormatError
 from schemas.validation import InvalidEvent, parse, processing_error
+from streams.runtime import counts
 from streams.runtime.acks import OrderedAcker
 from streams.runtime.app import app, device_sources, limits, settings, storage, topics
 from streams.runtime.kafka_auth import kafka_client
@@ -234,11 +235,9 @@ class Owner:
         for device_id, items in readings.items():
             st = self.devices[device_id]
             try:
-                metric_names = sorted({m for _, ev in items for m in ev.metrics})
-                cols = {m: np.array([ev.metrics.get(m, np.nan) for _, ev in items]) for m in metric_names}
-                res = st.model.score_learn_many(np.array([ev.ts for _, ev in items]), cols)
-                for j, (i, _) in enumerate(items):
-                    results[i] = (float(res.scores[j]), bool(res.is_anomaly[j]), float(res.thresholds[j]), res.metrics[j])
+                scored = score_readings(st.model, [ev.ts for _, ev in items], [ev.metrics for _, ev in items])
+                for (i, _), result in zip(items, scored, strict=True):
+                    results[i] = result
             except Exception as exc:  # noqa: BLE001 - readings that break their device's model are refused, not fatal
                 log.exception("device %s: the model failed on %d readings; they are dead-lettered", device_id, len(items))
                 for i, _ in items:
@@ -442,6 +441,7 @@ owner = Owner()
 @app.agent(device_sources, name="wharf.score-devices")
 async def score_devices(stream):  # noqa: ANN001
     async for events in stream.noack_take(BATCH, within=WITHIN):
+        counts.records["sensors"] += len(events)
         async with owner.lock:
             recs = []
             firsts: dict[int, dict[str, int]] = defaultdict(dict)

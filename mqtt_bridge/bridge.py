@@ -349,7 +349,10 @@ async def run_bridge(settings: Settings, client_id: str, share_group: str | None
             log.info("%s", bridge.stats.line())
 
     reporter = asyncio.create_task(report())
+    from mqtt_bridge import metrics
     from mqtt_bridge.alerts import AlertPublisher  # alarm events back over MQTT, beside the bridge
+
+    metrics_server = metrics.serve(bridge.stats, settings)  # WHARF_BRIDGE_METRICS_PORT: /metrics for Prometheus
 
     alerts = AlertPublisher(settings, client_id=f"{client_id}-alerts")
     alerts_task = asyncio.create_task(alerts.run())
@@ -357,6 +360,8 @@ async def run_bridge(settings: Settings, client_id: str, share_group: str | None
         await bridge.run()
     finally:
         reporter.cancel()
+        if metrics_server is not None:
+            metrics_server.shutdown()
         alerts.stop()
         await asyncio.wait({alerts_task}, timeout=10)
     return bridge.stats

@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+STEPS=4
+step() { echo "setup: [$1/$STEPS] $2"; }  # numbered steps; pip shows its own progress on a terminal
+
+step 1 "OS packages (Java, Maven, Mosquitto, ClickHouse, Chromium)"
+
 need=()
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
@@ -26,12 +31,14 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 PYTHON="${PYTHON:-python3}"
+step 2 "Python virtualenv at .venv"
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-echo "setup: installing Python packages into .venv (first time: a few minutes, torch is large)"
+step 3 "Python packages into .venv, from pyproject.toml (first time: a few minutes, torch is large)"
 .venv/bin/python -m pip install -q -e ".[dev]"
+step 4 "checking the installed packages (pip check)"
 .venv/bin/python -m pip check
 echo "setup: done; the CLI is .venv/bin/wharf"

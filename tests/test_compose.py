@@ -38,7 +38,8 @@ WHARF_SERVICES = ("kafka-init", "mosquitto-init", "wharf-worker", "wharf-bridge"
 # The operator's .env (never committed): what Compose interpolates into ${NAME:?...} references.
 DOTENV = {"WHARF_MQTT_BRIDGE_PASSWORD": "compose-bridge-pw-1", "WHARF_CLICKHOUSE_PASSWORD": "compose-ch-pw-2",
           "WHARF_MQTT_DEVICES": "dev-001:compose-dev-pw-3", "WHARF_MQTT_DEVICE_REGISTRY": "dev-001=site-1/zone-a",
-          "WHARF_WEB_OPERATOR_TOKENS": "compose-operator-token-4", "WHARF_WEB_API_KEYS": "compose-api-key-5"}
+          "WHARF_WEB_OPERATOR_TOKENS": "compose-operator-token-4", "WHARF_WEB_API_KEYS": "compose-api-key-5",
+          "WHARF_WEB_METRICS_TOKENS": "compose-metrics-token-6"}
 _REF = re.compile(r"\$\{(\w+)(?::?[-?][^}]*)?\}")
 
 
@@ -445,6 +446,25 @@ def test_grafana_datasource_points_at_clickhouse(services: dict) -> None:
     assert env_of(services["grafana"])["WHARF_CLICKHOUSE_PASSWORD"] == ch["CLICKHOUSE_PASSWORD"]
     assert ds["jsonData"]["defaultDatabase"] == ch["CLICKHOUSE_DB"]
     assert "grafana-clickhouse-datasource" in env_of(services["grafana"]).get("GF_PLUGINS_PREINSTALL", "")
+
+
+def test_prometheus_scrapes_the_worker_with_its_token_and_the_bridge(services: dict, monkeypatch, tmp_path) -> None:
+    worker = container_settings(services, "wharf-worker", monkeypatch, tmp_path)
+    bridge = container_settings(services, "wharf-bridge", monkeypatch, tmp_path)
+    prom = services["prometheus"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    assert jobs["wharf-worker"]["static_configs"][0]["targets"] == [f"wharf-worker:{worker.web_port}"]
+    assert jobs["wharf-bridge"]["static_configs"][0]["targets"] == [f"wharf-bridge:{bridge.bridge_metrics_port}"]
+    assert bridge.bridge_metrics_port and bridge.bridge_metrics_port not in published(services["wharf-bridge"]), "no credential: not published"
+    # The worker accepts the token Prometheus writes to its credentials file (the first of the list).
+    auth = jobs["wharf-worker"]["authorization"]
+    assert auth["type"] == "Bearer" and auth["credentials_file"] in " ".join(prom["command"])
+    assert env_of(prom)["WHARF_WEB_METRICS_TOKENS"] == worker.web_metrics_tokens.get_secret_value()
+    assert any(str(v).startswith("./deploy/prometheus/prometheus.yml:") for v in prom["volumes"])
+    sources = [ds for f in sorted(GRAFANA_DATASOURCES.glob("*.y*ml")) for ds in yaml.safe_load(f.read_text())["datasources"]]
+    (ds,) = [d for d in sources if d["type"] == "prometheus"]
+    assert ds["url"] == "http://prometheus:9090" and "127.0.0.1:9090:9090" in prom["ports"]
 
 
 # --- the Wharf services --------------------------------------------------------

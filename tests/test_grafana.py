@@ -34,3 +34,14 @@ def test_grafana_doc_shows_each_panels_sql():
     doc = (ROOT / "docs" / "grafana.md").read_text()
     for panel in PANELS:
         assert panel.title in doc and panel.sql in doc, f"{panel.title}: copy its SQL from wharf/grafana.py into docs/grafana.md"
+
+
+def test_committed_metrics_dashboard_is_the_generated_one():
+    """The Prometheus dashboard (wharf/grafana_metrics.py); tests/test_metrics.py checks its series against real scrapes."""
+    from wharf import grafana_metrics
+
+    assert json.loads(grafana_metrics.OUT.read_text()) == grafana_metrics.dashboard()
+    uids = {t["datasource"]["uid"] for p in grafana_metrics.dashboard()["panels"] for t in p["targets"]}
+    assert uids == {"wharf-prometheus"}
+    assert "uid: wharf-prometheus" in (OUT.parent.parent / "datasources" / "prometheus.yml").read_text()
+    assert all(t["expr"] for p in grafana_metrics.dashboard()["panels"] for t in p["targets"])

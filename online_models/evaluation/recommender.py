@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,8 +159,10 @@ def evaluate_interactions(
     config: RecommenderConfig | None = None,
     baselines: bool = True,
     n_events_hint: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
-    """Prequential HR@k / NDCG@k of `OnlineRecommender` and the baselines on one stream."""
+    """Prequential HR@k / NDCG@k of `OnlineRecommender` and the baselines on one stream (`progress(done, total)`
+    every 1,000 events)."""
     events = list(events)
     config = config or RecommenderConfig()
     if every is None:
@@ -174,7 +176,9 @@ def evaluate_interactions(
     seen: dict[str, set[str]] = {}
     n_eligible = n_evaluated = 0
     start = time.perf_counter()
-    for ev in events:
+    for i, ev in enumerate(events):
+        if progress is not None and i % 1000 == 0:
+            progress(i, len(events))
         user, item = str(ev["user_id"]), str(ev["item_id"])
         user_seen = seen.setdefault(user, set())
         if config.weight(ev.get("action")) > 0 and item not in user_seen:
@@ -249,6 +253,7 @@ def evaluate_file(
     max_evals: int = 10_000,
     max_rows: int | None = None,
     time_scale: float = 1.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
     """`wharf evaluate recommender FILE`: read a delimited log and run one protocol on it.
 
@@ -276,4 +281,4 @@ def evaluate_file(
     config = RecommenderConfig()
     if time_scale != 1.0:
         config = config.for_time_scale(time_scale)
-    return evaluate_interactions(events, k=k, every=every, max_evals=max_evals, config=config)
+    return evaluate_interactions(events, k=k, every=every, max_evals=max_evals, config=config, progress=progress)

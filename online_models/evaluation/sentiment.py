@@ -77,12 +77,14 @@ def evaluate(
     model_factory: ModelFactory | None = None,
     out: Path | None = None,
     batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SentimentReport:
     """Prequential accuracy and ROC AUC of a fresh model on one labelled file.
 
     Features are precomputed `batch_size` rows at a time (label-free, state-free:
     the encoder is frozen); prediction and learning remain strictly row by row.
     `out`, if given, gets one TSV line per row: row, label, score, predicted, confidence.
+    `progress(done, total)` is called before each batch.
     """
     model = model_factory() if model_factory is not None else SentimentModel(DEFAULT_ENCODER)
     rows = read_labelled(path)
@@ -90,6 +92,8 @@ def evaluate(
     lines: list[str] = []
     started = time.perf_counter()
     for start in range(0, len(rows), batch_size):
+        if progress is not None:
+            progress(start, len(rows))
         chunk = rows[start : start + batch_size]
         model.precompute([text for text, _ in chunk])
         for text, label in chunk:

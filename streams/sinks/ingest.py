@@ -14,6 +14,7 @@ from typing import Any
 from schemas.deadletter import DEFAULT_KEEP_BYTES, DeadLetter
 from schemas.events import TimedEvent
 from schemas.validation import E, InvalidEvent, Limits, checked
+from streams.runtime import counts
 from streams.runtime.acks import OrderedAcker
 from streams.sinks.writer import ClickHouseWriter
 from streams.runtime.slices import Slice
@@ -30,6 +31,7 @@ async def produce_dead_letter(dlq_topic: Any, error: InvalidEvent, payload: byte
     """Queue the dead letter and return the future Kafka confirms it with. Letters of one source partition must be
     queued in offset order, one after the other (not from concurrent tasks): `SourceMarks` relies on it."""
     letter = error.dead_letter(payload, source, keep_bytes=keep_bytes, **where)
+    counts.count_dead_letter(where.get("kafka_topic") or source, error.stage)
     return await dlq_topic.send(key=letter.key(), value=letter.encode())
 
 
@@ -74,6 +76,7 @@ async def store_events(
     `duplicate(parsed, partition)` True: a copy of an event already stored (e.g. an MQTT
     redelivery the bridge forwarded twice): acked in order, not stored again."""
     refused = 0
+    counts.records[f"storage/{writer.spec.name}"] += len(events)
     work = Slice()
     for event in events:
         await work.tick()

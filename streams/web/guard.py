@@ -10,6 +10,7 @@ that). The rules:
 | POST `/login`, `/logout` | none (`/login` checks the token it is given) | JSON, Origin, Host |
 | POST `/collect`, `/catalogue` | API key | JSON, Origin |
 | GET `/recommendations/{user_id}` | API key or operator | - |
+| GET `/metrics` | metrics token (`WHARF_WEB_METRICS_TOKENS`) or operator | - |
 | every other path | operator token or login cookie | JSON, Origin, Host |
 
 Credentials: `Authorization: Bearer <key or token>`, `X-API-Key: <key>`, or the login cookie. A
@@ -41,7 +42,7 @@ from typing import Any
 
 from aiohttp import web
 
-from streams.web.credentials import Credentials
+from streams.web.credentials import Credentials, matches, split_keys
 from schemas.settings import EVERY_INTERFACE, Settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Access(enum.Enum):
     SERVICE = "an API key"
     SERVICE_OR_OPERATOR = "an API key or an operator credential"
     OPERATOR = "an operator credential (token or login)"
+    SCRAPER = "a metrics token or an operator credential"
 
 
 # Route templates (aiohttp's canonical form) that are not operator-only. Everything else is.
@@ -67,6 +69,7 @@ ROUTES: dict[str, Access] = {
     "/collect": Access.SERVICE,
     "/catalogue": Access.SERVICE,
     "/recommendations/{user_id}": Access.SERVICE_OR_OPERATOR,
+    "/metrics": Access.SCRAPER,
 }
 
 
@@ -95,6 +98,7 @@ class Guard:
     origins: frozenset[str]  # scheme://host:port, lower case
     hosts: frozenset[str]  # host:port as sent in a Host header, lower case
     secure_cookie: bool = False
+    metrics_tokens: tuple[str, ...] = ()  # Prometheus' bearer tokens: `GET /metrics` only
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Guard:
@@ -105,11 +109,12 @@ class Guard:
         extra = {o.strip().rstrip("/").lower() for o in settings.web_allowed_origins.split(",") if o.strip()}
         origins = {f"{scheme}://{h}" for h in own for scheme in ("http", "https")} | extra
         hosts = own | {o.split("://", 1)[-1] for o in extra}
-        return cls(Credentials.from_settings(settings), frozenset(origins), frozenset(hosts))
+        return cls(Credentials.from_settings(settings), frozenset(origins), frozenset(hosts),
+                   metrics_tokens=split_keys(settings.web_metrics_tokens.get_secret_value()))
 
     # --- who is asking -----------------------------------------------------------------------------------
     def caller(self, request: web.Request) -> str | None:
-        """'operator', 'service' or None (no valid credential)."""
+        """'operator', 'service', 'scraper' or None (no valid credential)."""
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
         value = value.strip()
         if scheme:
@@ -117,7 +122,9 @@ class Guard:
                 return None
             if self.credentials.is_operator(value):
                 return "operator"
-            return "service" if self.credentials.is_api_key(value) else None
+            if self.credentials.is_api_key(value):
+                return "service"
+            return "scraper" if self.metrics_tokens and matches(value, self.metrics_tokens) else None
         if "X-API-Key" in request.headers:
             return "service" if self.credentials.is_api_key(request.headers["X-API-Key"].strip()) else None
         cookie = request.cookies.get(COOKIE, "")
@@ -129,7 +136,8 @@ class Guard:
         access = route_access(resource.canonical if resource is not None else None)
         who = None if access is Access.PUBLIC else self.caller(request)
         allowed = {Access.PUBLIC: True, Access.SERVICE: who == "service",
-                   Access.SERVICE_OR_OPERATOR: who in ("service", "operator"), Access.OPERATOR: who == "operator"}[access]
+                   Access.SERVICE_OR_OPERATOR: who in ("service", "operator"), Access.OPERATOR: who == "operator",
+                   Access.SCRAPER: who in ("scraper", "operator")}[access]
         if not allowed:
             return error(401, f"this endpoint needs {access.value}", {"WWW-Authenticate": "Bearer"})
         if request.method in WRITES:

@@ -7,7 +7,7 @@ agent is not loaded answers 404.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +34,7 @@ class Lent:
     commerce_stats: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = field(default_factory=dict)  # parts of /commerce/stats
     hourly_sentiment: dict[str, Callable[[str], dict[str, float]]] = field(default_factory=dict)  # kind -> key -> this hour
     devices: Callable[[], dict[str, Any]] | None = None  # /sensors/devices
+    metric_families: list[Callable[[], Iterable[Any]]] = field(default_factory=list)  # /metrics: prometheus_client families
 
 
 lent = Lent()

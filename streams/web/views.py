@@ -14,3 +14,4 @@ from streams.web import stats  # noqa: E402,F401 - GET /stats
 from streams.web import dashboard  # noqa: E402,F401 - the dashboard and its queries
 from streams.web import collector  # noqa: E402,F401 - POST /collect, POST /catalogue (commerce path)
 from streams.web import serving  # noqa: E402,F401 - GET /recommendations/{user_id} (commerce path)
+from streams.web import metrics  # noqa: E402,F401 - GET /metrics (Prometheus), after the guard: see streams/web/metrics.py

@@ -17,6 +17,7 @@ from typing import Any
 
 import typer
 
+from wharf import progress
 from streams.runtime.kafka_auth import kafka_client
 from schemas.settings import Settings
 
@@ -52,14 +53,19 @@ def bench_commerce(
         e["ts"] += shift
     print(f"{len(events):,} simulated clicks, {items:,} items, {users:,} users; {os.cpu_count()} CPUs")
 
+    phases = progress.Phases(4 if worker else 3, "bench commerce")
+    phases.next("reference: model learn_one")
     ref = _bench_learn_one(events)
+    phases.next("recommender update path in-process")
     path = _bench_update_path(events)
     print(f"model learn_one, tight loop (reference):       {ref:>9,.0f} clicks/s")
     print(f"recommender update path in-process (parse JSON + learn + per-batch checkpoint pickling): {path:>9,.0f} clicks/s")
 
+    phases.next("sentiment encoders")
     _bench_sentiment([e.strip() for e in encoders.split(",") if e.strip()], reviews)
 
     if worker:
+        phases.next("a real worker: clicks through Kafka, then recommendation requests")
         try:
             asyncio.run(_bench_worker(events, requests, concurrency, rounds))
         except Exception as exc:  # noqa: BLE001 - the in-process figures above still stand

@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from wharf import progress
 from streams.runtime.kafka_auth import kafka_client
 
 console = Console()
@@ -140,6 +141,8 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     state = settings.state_dir / "bench" / u
     state.mkdir(parents=True, exist_ok=True)
     console.print(f"bench {u}: worker + bridge on {settings.kafka_bootstrap}, ClickHouse {base}/bench_{u}; logs in {state}")
+    phases = progress.Phases(4, "bench sensors")
+    phases.next("starting a worker and a bridge")
     worker = _Worker(env, settings.web_port + 50, state / "worker.log")
     benv = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     bridge = subprocess.Popen([sys.executable, "-m", "wharf.cli", "bridge", "--client-id", f"bench-{u}", "--share-group", f"bench-{u}",
@@ -202,6 +205,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         c.loop_stop()
 
     await asyncio.sleep(3)
+    phases.next(f"publishing for {seconds:.0f} s, then waiting for the rows")
     table = ch.table("sensor_readings")
     t_start = time.time()
     t_end = t_start + seconds
@@ -241,6 +245,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     sustained = (mid[-1][1] - mid[0][1]) / (mid[-1][0] - mid[0][0]) if len(mid) >= 2 and mid[-1][0] > mid[0][0] else float("nan")
     total = counts[-1][1] if counts else 0
     drain = counts[-1][0] - t_end if counts else float("nan")
+    phases.next("reference: raw aiokafka consume rate")
     # reference 1: raw aiokafka consume rate of the same messages
     c = AIOKafkaConsumer(s.topic_sensor_readings, **kafka_client(settings), auto_offset_reset="earliest",
                          enable_auto_commit=False, max_partition_fetch_bytes=4 << 20)
@@ -255,6 +260,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     finally:
         await c.stop()
     raw_rate = got / (time.time() - t0)
+    phases.next("reference: the detectors' score+learn rate")
     # reference 2: the detectors' own score+learn rate
     import json as _json
 

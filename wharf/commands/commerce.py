@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from wharf import progress
 from wharf.bench.commerce import bench_commerce
 
 
@@ -39,20 +40,20 @@ def evaluate_recommender(
 ) -> None:
     """Prequential (rank, then learn) evaluation of the online recommender against co-occurrence and popularity baselines."""
     from online_models.evaluation import recommender as rec_eval
+    from wharf.simulator.evaluation import evaluate_simulator
 
     started = time.monotonic()
-    if simulate:
-        from wharf.simulator.evaluation import evaluate_simulator
-
-        report = evaluate_simulator(simulate, k=k, every=every, max_evals=max_evals)
-    else:
-        if file is None or not file.is_file():
-            print(f"{file}: no such file (or pass --simulate N)", file=sys.stderr)
-            raise typer.Exit(2)
-        report = rec_eval.evaluate_file(
-            file, user_col=user_col, item_col=item_col, time_cols=tuple(time_col), action_col=action_col,
-            rating_col=rating_col, sep=sep.encode().decode("unicode_escape"), header=not no_header, mode=mode, k=k,
-            every=every, max_evals=max_evals, max_rows=max_rows, time_scale=time_scale,
-        )
+    if not simulate and (file is None or not file.is_file()):
+        print(f"{file}: no such file (or pass --simulate N)", file=sys.stderr)
+        raise typer.Exit(2)
+    with progress.bar("events (rank, then learn)") as report_progress:
+        if simulate:
+            report = evaluate_simulator(simulate, k=k, every=every, max_evals=max_evals, progress=report_progress)
+        else:
+            report = rec_eval.evaluate_file(
+                file, user_col=user_col, item_col=item_col, time_cols=tuple(time_col), action_col=action_col,
+                rating_col=rating_col, sep=sep.encode().decode("unicode_escape"), header=not no_header, mode=mode, k=k,
+                every=every, max_evals=max_evals, max_rows=max_rows, time_scale=time_scale, progress=report_progress,
+            )
     print(report.format())
     print(f"({time.monotonic() - started:.1f}s)")

@@ -3,6 +3,7 @@ here, above the models, since the simulator is Wharf's and the models know no pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from online_models.evaluation.recommender import EvalReport, evaluate_interactions
@@ -18,8 +19,10 @@ def evaluate_simulator(
     every: int | None = None,
     max_evals: int = 10_000,
     config: RecommenderConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
     **shop: Any,
 ) -> EvalReport:
     """The same next-interaction protocol on `n_events` clicks of the shop simulator."""
     events = ShopSimulator(ShopConfig(seed=seed, **shop)).events(n_events)
-    return evaluate_interactions(events, k=k, every=every, max_evals=max_evals, config=config, n_events_hint=n_events)
+    return evaluate_interactions(events, k=k, every=every, max_evals=max_evals, config=config, n_events_hint=n_events,
+                                 progress=progress)
