@@ -20,8 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from streams import loopwatch
-from streams.runtime import counts
+from streams.runtime import counts, loopwatch
 from streams.runtime.app import app, storage
 from streams.web.registry import lent
 
