@@ -98,7 +98,7 @@ def test_scheduled_faults_rotate_through_every_kind():
 
 
 def test_registry_setting_binds_every_device_to_its_site_and_zone():
-    from wharf.secrets import Placement, parse_registry
+    from schemas.secrets import Placement, parse_registry
 
     sim = WarehouseSimulator()
     assert parse_registry(sim.registry_setting(), "test") == {d.device_id: Placement(d.site, d.zone) for d in sim.devices}
@@ -115,7 +115,7 @@ def test_fleet_logs_in_as_each_device_and_publishes_in_real_time(settings, tmp_p
     from pydantic import SecretStr
 
     from wharf.infra.mosquitto import Mosquitto
-    from wharf.secrets import ensure_secrets
+    from schemas.secrets import ensure_secrets
     from wharf.simulator.devices import DeviceFleet
 
     sim = WarehouseSimulator(WarehouseConfig(sites=1, zones_per_site=1, devices_per_zone=4, interval_s=0.5,

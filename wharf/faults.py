@@ -2,7 +2,7 @@
 
 In process and in simulated time (no Kafka, no servers): the simulator
 (`wharf.simulator.warehouse`) publishes readings, births and silences with fixed
-seeds; each valid reading goes through the same step as the `agents.sensors` agent:
+seeds; each valid reading goes through the same step as the `agents.scoring` agent:
 `online_models.sensing.score_readings` (the device's `DeviceAnomalyModel`, batched
 per simulated second, as the agent batches what arrives together), then
 `DeviceMonitor.reading` (limit rules, flatline, the model's alarm), and once per
