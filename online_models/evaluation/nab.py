@@ -2,7 +2,7 @@
 
 The scorer re-implements NAB's `nab/sweeper.py` + `nab/optimizer.py` +
 `Runner.normalize` exactly (validated: NAB's windowed-Gaussian baseline gives the
-published 12.1 / 4.8 / 16.0 on the 18 shared files), so numbers are comparable
+published 12.1 / 4.8 / 16.0 on the 18 files of realKnownCause and the artificial categories), so numbers are comparable
 with the NAB scoreboard:
 
 * probation: the first ``min(floor(0.15 * n), 0.15 * 5000)`` rows of each file are
