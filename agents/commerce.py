@@ -447,6 +447,20 @@ async def _checkpoint_timer() -> None:
         await _checkpoint_soon()
 
 
+async def _checkpoint_at_stop() -> None:
+    """The worker stops (`streams/stopping.py`): the clicks learned since the last checkpoint are written and acked
+    now, not read again by the next owner (the timer that would have written them ends with the app). A batch
+    taken before the stop may still be on its way to the learners: checkpoints follow until none is."""
+    while True:
+        await checkpoint()
+        await asyncio.sleep(0.2)
+        if not pending.events:
+            return
+
+
+app.on_stopping.append(_checkpoint_at_stop)
+
+
 @app.on_partitions_revoked.connect
 async def _drop_revoked_shards(app_: Any, revoked: set, **kwargs: Any) -> None:
     """A revoked shard's state is in the changelog up to its last acked batch; the new owner restores it."""

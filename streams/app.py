@@ -21,7 +21,7 @@ from schemas.clickhouse import TABLES, migrate
 from schemas.events import ClickEvent
 from schemas import codec
 from schemas.validation import Limits, check, processing_error
-from streams import heap, loopwatch, partition_check
+from streams import heap, loopwatch, partition_check, stopping
 from streams.batches import BatchRouter
 from streams.clickhouse import ClickHouse, from_settings
 from streams.flow import KeepQueuesWhileFlowing
@@ -45,6 +45,19 @@ class WharfApp(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_agents = BatchRouter(self)
+        self.on_stopping: list[stopping.StopHook] = []  # run when the worker stops: store what was taken (`streams/stopping.py`)
+        self._stop_started: float | None = None
+
+    async def on_stop(self) -> None:
+        self._stop_started = stopping.arm_watchdog()
+        await super().on_stop()
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        """At a stop, a bounded wait that stores what was taken first (`streams/stopping.py`); in a rebalance, Faust's."""
+        if self._stop_started is None:
+            return await super()._consumer_wait_empty(consumer, logger)
+        await stopping.drain(consumer, self.on_stopping, self._stop_started)
+        return None
 
     @cached_property
     def flow_control(self) -> KeepQueuesWhileFlowing:
@@ -195,6 +208,7 @@ class Storage:
 
 
 storage = Storage(settings)
+app.on_stopping.append(storage.flush_all)
 
 
 @app.on_partitions_revoked.connect
@@ -206,7 +220,8 @@ async def _forget_revoked(app: Any, revoked: set, **kwargs: Any) -> None:
 
 @app.on_before_shutdown.connect
 async def _flush_on_shutdown(app: Any, **kwargs: Any) -> None:
+    """What reached the writers after the stop's drain (`streams/stopping.py`): stored if ClickHouse answers in time."""
     try:
-        await asyncio.wait_for(storage.flush_all(), timeout=10)
+        await asyncio.wait_for(storage.flush_all(), timeout=1)
     except TimeoutError:
         log.warning("ClickHouse still unreachable at shutdown; unstored records stay uncommitted and will be redelivered")
