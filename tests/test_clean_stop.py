@@ -261,6 +261,7 @@ async def test_demo_stops_everything_within_deadline_on_ctrl_c(stack, server_url
     demo = subprocess.Popen([sys.executable, "-m", "wharf.cli", "demo", "--shop-rate", "50", "--fault-every", "30"], cwd=ROOT,
                             env={**os.environ, **env, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    below: set[int] = set()  # the demo's processes, known before it stops (orphans lose their parent)
     try:
         await wait_until(lambda: demo.poll() is not None or (count("sensor_readings") > 50 and count("clicks") > 100), 180,
                          "the demo to store readings and clicks")
@@ -280,7 +281,8 @@ async def test_demo_stops_everything_within_deadline_on_ctrl_c(stack, server_url
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
-        for pid in descendants(demo.pid):
-            os.kill(pid, signal.SIGKILL)
+        for pid in below | descendants(demo.pid):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
         end_session(stack, "wharf-bridge-1")
         ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
