@@ -205,6 +205,7 @@ class Recommenders:
         self.shards: dict[int, int] = {}  # partition -> serial of its restore (sent to its learner)
         self._serials = itertools.count(1)
         self.checkpoints = 0
+        self.checkpoint_failed = False  # then no other is written: the worker stops (see `checkpoint`)
         self.keys_written = 0
         self.revocations = 0  # shards dropped so far: a batch that yielded checks it before loading a shard
 
@@ -367,16 +368,21 @@ async def checkpoint() -> int:
     the restore of the new owner ignores the missing delta) and its events are not acked: the new owner gets
     them again."""
     async with _checkpointing:
-        async with _sending:
-            if not pending.events:
-                return 0
-            events, last = pending.events, pending.last
-            pending.events, pending.last, pending.since = [], {}, time.monotonic()
-            pending.checkpointing = len(events)  # until acked (`/commerce/stats` unacked)
-            asked = [learner.work("checkpoint", ps) for learner, ps in recommenders.learners.by_learner(last).items()]
-            serials = {p: recommenders.shards.get(p) for p in last}
+        if recommenders.checkpoint_failed:  # a later delta would lack what the failed one held (the worker is stopping)
+            raise RuntimeError("an earlier recommender checkpoint failed; its clicks are read again after the restart")
         try:
+            async with _sending:
+                if not pending.events:
+                    return 0
+                events, last = pending.events, pending.last
+                pending.events, pending.last, pending.since = [], {}, time.monotonic()
+                pending.checkpointing = len(events)  # until acked (`/commerce/stats` unacked)
+                asked = [learner.work("checkpoint", ps) for learner, ps in recommenders.learners.by_learner(last).items()]
+                serials = {p: recommenders.shards.get(p) for p in last}
             return await _write_then_ack(events, last, serials, asked)
+        except BaseException:
+            recommenders.checkpoint_failed = True
+            raise
         finally:
             pending.checkpointing = 0
 
