@@ -46,9 +46,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.web import Request, Response, View
 
 from online_models.alarms import STATE_TYPES as ALARM_STATE_TYPES
-from online_models.alarms import DeviceMonitor, MonitorConfig, source_of
-from online_models.anomaly import DeviceAnomalyModel, RuleSet
+from online_models.alarms import DeviceMonitor, source_of
+from online_models.anomaly import DeviceAnomalyModel
 from online_models.anomaly.state_types import STATE_TYPES as ANOMALY_STATE_TYPES
+from online_models.sensing import SensorSetup, score_readings
 from schemas import codec, rows
 from schemas.events import Alert, DeviceStatus, SensorReading, to_epoch
 from schemas.state import StateCodec, StateFormatError, StateType, StateTypes
@@ -69,18 +70,8 @@ REVOKE_CHECKPOINT_TIMEOUT = 30.0  # below Faust's broker session timeout
 REPLAY_TIMEOUT = 60.0  # re-reading what was committed after a partition's checkpoint
 
 
-def load_rules(text: str) -> RuleSet:
-    return RuleSet(json.loads(text) if text.strip() else None)
-
-
-def model_options(text: str) -> dict[str, Any]:
-    return json.loads(text) if text.strip() else {}
-
-
-RULES = load_rules(settings.sensor_rules)
-MODEL_OPTIONS = model_options(settings.sensor_model_options)
-MONITOR = MonitorConfig(clear_after=settings.sensor_alarm_clear_seconds, silence_factor=settings.sensor_silence_factor,
-                        stuck_readings=settings.sensor_stuck_readings)
+SETUP = SensorSetup.from_settings(settings)
+RULES = SETUP.rules
 
 
 @dataclass
@@ -95,8 +86,7 @@ class DeviceState:
 
     @classmethod
     def new(cls, device_id: str, partition: int) -> DeviceState:
-        return cls(device_id, partition, DeviceAnomalyModel(**({"max_metrics": settings.sensor_max_metrics_per_device} | MODEL_OPTIONS)),
-                   DeviceMonitor(device_id, MONITOR))
+        return cls(device_id, partition, SETUP.new_model(), SETUP.new_monitor(device_id))
 
     def is_duplicate(self, seq: int, ts: float) -> bool:
         key = (seq, ts)
@@ -316,11 +306,9 @@ class Owner:
         for device_id, items in readings.items():
             st = self.devices[device_id]
             try:
-                metric_names = sorted({m for _, ev in items for m in ev.metrics})
-                cols = {m: np.array([ev.metrics.get(m, np.nan) for _, ev in items]) for m in metric_names}
-                res = st.model.score_learn_many(np.array([ev.ts for _, ev in items]), cols)
-                for j, (i, _) in enumerate(items):
-                    results[i] = (float(res.scores[j]), bool(res.is_anomaly[j]), float(res.thresholds[j]), res.metrics[j])
+                scored = score_readings(st.model, [ev.ts for _, ev in items], [ev.metrics for _, ev in items])
+                for (i, _), result in zip(items, scored, strict=True):
+                    results[i] = result
             except Exception as exc:  # noqa: BLE001 - readings that break their device's model are refused, not fatal
                 log.exception("device %s: the model failed on %d readings; they are dead-lettered", device_id, len(items))
                 for i, _ in items:

@@ -128,3 +128,39 @@ def test_windowed_gaussian_corpus_reproduces_nab_published_scores():
     assert got["standard"] == pytest.approx(29.1, abs=0.05)
     assert got["reward_low_FP_rate"] == pytest.approx(14.8, abs=0.05)
     assert got["reward_low_FN_rate"] == pytest.approx(35.8, abs=0.05)
+
+
+def _named(name, windows=((60, 69),)):
+    ts = pd.date_range("2020-01-01", periods=100, freq="5min").to_numpy()
+    return nab.label_file(name, ts, [(ts[a], ts[b]) for a, b in windows])
+
+
+def _spikes(**at):
+    s = np.zeros(100)
+    for i, v in at.items():
+        s[int(i[1:])] = v
+    return s
+
+
+def test_leave_one_category_out_chooses_the_threshold_without_the_held_out_files():
+    names = ["A/f.csv", "B/f.csv", "C/f.csv", "D/f.csv"]
+    labelled = [_named(n) for n in names[:3]] + [_named("D/f.csv", windows=())]
+    # A and B detect their window at 0.9; C only at 0.5 and has an early FP at 0.9; D (no windows) one FP at 0.95
+    scores = [_spikes(r60=0.9), _spikes(r60=0.9), _spikes(r60=0.5, r30=0.9), _spikes(r50=0.95)]
+    plain = nab.score_corpus(labelled, scores, {"standard": STD})["standard"]
+    assert plain.threshold == pytest.approx(0.5)  # with C in view: all three windows for one FP
+    held = {h.category: h for h in nab.leave_one_category_out(names, labelled, scores, {"standard": STD})}
+    assert list(held) == ["A", "B", "C", "D"]
+    c = held["C"].profiles["standard"]
+    assert c.threshold == pytest.approx(0.9)  # chosen on A, B, D: C's own detection at 0.5 is unseen
+    assert c.raw == pytest.approx(-1.11) and c.normalized == pytest.approx(100 * (-1.11 + 1) / 2)
+    a = held["A"].profiles["standard"]
+    assert a.threshold == pytest.approx(0.5) and a.normalized == pytest.approx(100.0)
+    d = held["D"]
+    assert not d.has_windows and d.profiles["standard"].raw == pytest.approx(-0.11) and d.profiles["standard"].files[0].fp == 1
+    # the held-out files' scores never move their own threshold
+    scores[2] = _spikes(r60=0.3, r30=0.2)
+    again = {h.category: h for h in nab.leave_one_category_out(names, labelled, scores, {"standard": STD})}
+    assert again["C"].profiles["standard"].threshold == pytest.approx(0.9)
+    text = nab.format_loco(list(held.values()), {"standard": plain}, "det")
+    assert "raw -0.11 fp 1" in text and "(3 categories with windows)" in text

@@ -73,6 +73,19 @@ def test_each_fault_changes_what_the_device_sends(kind):
     assert sim.faults_until(t0 + 600) == [fault]
 
 
+def test_a_second_stuck_fault_on_a_device_freezes_its_value_too():
+    """An ended stuck fault once thawed every later one on the same device (each reading got a fresh value)."""
+    sim = WarehouseSimulator(WarehouseConfig(fault_every_s=0))
+    device = next(d for d in sim.devices if d.device_type == "forklift")
+    t0 = sim.config.start_ts
+    first, second = (sim.inject("stuck", device.device_id, t0 + s, 60) for s in (100, 300))
+    series = metric_series(list(sim.readings(t0 + 420)), device.device_id, "battery")
+    for f in (first, second):
+        during = [v for ts, v in series if f.active(ts)]
+        assert len(during) > 50 and len(set(during)) == 1
+    assert len({v for ts, v in series if second.end_ts <= ts}) > 10  # and it thaws after
+
+
 def test_scheduled_faults_rotate_through_every_kind():
     sim, _ = run(seconds=900, fault_every_s=60, first_fault_after_s=30)
     kinds = [f.kind for f in sim.faults_until(sim.config.start_ts + 900)]

@@ -267,6 +267,10 @@ def evaluate_anomaly(
     out: Path = typer.Option(None, help="Write NAB-style result CSVs (timestamp,anomaly_score) under this folder."),
     detector: str = typer.Option("wharf", help="wharf (the production ensemble) or windowedGaussian (NAB's baseline)."),
     score_only: Path = typer.Option(None, help="Only score existing result CSVs in this folder."),
+    loco: bool = typer.Option(True, help="Also the leave-one-category-out table (threshold chosen without the held-out category), "
+                                         "beside the windowed Gaussian's."),
+    baseline_out: Path = typer.Option(None, help="Windowed-Gaussian result CSVs to reuse for that table (else it is run; "
+                                                 "--detector windowedGaussian --out DIR writes them)."),
 ) -> None:
     """Run the exact detector code of the sensor path over NAB files and score it the NAB way (three profiles, one corpus-wide threshold)."""
     from online_models.evaluation import nab as nab_eval
@@ -290,6 +294,42 @@ def evaluate_anomaly(
         with progress.bar(f"NAB files ({detector})") as report_progress:
             report = nab_eval.evaluate(data, labels, profile_file, out, factories[detector], detector, progress=report_progress)
     print(nab_eval.format_report(report))
+    if loco:
+        if report.detector == "windowedGaussian":
+            base = report
+        elif baseline_out is not None:
+            base = nab_eval.score_results(baseline_out, labels, profile_file, data)
+        else:
+            base = nab_eval.evaluate(data, labels, profile_file, None, nab_eval.WindowedGaussianDetector, "windowedGaussian",
+                                     files=report.files)
+        if base.files != report.files:
+            console.print(f"[red]--baseline-out: its files differ from the scored ones ({len(base.files)} vs {len(report.files)})[/red]")
+            raise typer.Exit(2)
+        print()
+        same = base is report
+        print(nab_eval.format_loco(report.loco(), report.profiles, report.detector, None if same else base.loco(),
+                                   None if same else base.profiles, "windowedGaussian"))
+    print(f"({time.monotonic() - started:.1f}s)")
+
+
+@evaluate_app.command("faults")
+def evaluate_faults(
+    devices: int = typer.Option(16, min=1, help="Simulated devices (types in turn: cold_room, conveyor, forklift, dock_door)."),
+    hours: float = typer.Option(2.0, min=0.01, help="Simulated hours per seed (runs faster than real time)."),
+    seeds: str = typer.Option("7", help="Comma-separated simulator seeds; each is one warehouse, scored together."),
+    fault_every: float = typer.Option(120.0, min=0.0, help="Mean simulated seconds between injected faults (60 s each); 0: none."),
+) -> None:
+    """Inject the simulator's faults and score the sensor path's device step on them: detection rate and delay per fault
+    type, false alarms per device-hour, and whether the model warned before the cold-room limit rule."""
+    from wharf import faults
+
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        console.print(f"[red]--seeds: {seeds!r} is not a comma-separated list of integers[/red]")
+        raise typer.Exit(2) from None
+    started = time.monotonic()
+    print(faults.report_text(_settings(), devices, hours, seed_list, fault_every))
     print(f"({time.monotonic() - started:.1f}s)")
 
 

@@ -221,6 +221,12 @@ class NabReport:
     seconds_detect: float = 0.0
     n_rows: int = 0
     out_dir: Path | None = None
+    labelled: list[LabelledFile] = field(default_factory=list, repr=False)
+    scores: list[np.ndarray] = field(default_factory=list, repr=False)
+    costs: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+
+    def loco(self) -> list[HeldOut]:
+        return leave_one_category_out(self.files, self.labelled, self.scores, self.costs)
 
     def normalized(self) -> dict[str, float]:
         return {p: r.normalized for p, r in self.profiles.items()}
@@ -245,17 +251,103 @@ def score_corpus(
     profiles: dict[str, dict[str, float]],
 ) -> dict[str, ProfileResult]:
     """Optimise the corpus threshold per profile, then score every file at it and normalise."""
-    out: dict[str, ProfileResult] = {}
-    total_windows = sum(lf.n_windows for lf in labelled)
-    for name, cost in profiles.items():
-        thr, _ = optimize_threshold(labelled, scores, cost)
-        fs = [score_file(lf, s, thr, cost) for lf, s in zip(labelled, scores, strict=True)]
-        raw = sum(f.score for f in fs)
-        null = -cost["fnWeight"] * sum(f.n_windows for f in fs)
-        perfect = cost["tpWeight"] * total_windows
-        norm = 100.0 * (raw - null) / (perfect - null) if perfect != null else 0.0
-        out[name] = ProfileResult(name, thr, raw, null, perfect, norm, fs)
+    return {name: score_at(name, optimize_threshold(labelled, scores, cost)[0], labelled, scores, cost)
+            for name, cost in profiles.items()}
+
+
+def score_at(profile: str, threshold: float, labelled: list[LabelledFile], scores: list[np.ndarray],
+             cost: dict[str, float]) -> ProfileResult:
+    """Score files at a given threshold and normalise (0 when there are no windows: perfect == null)."""
+    fs = [score_file(lf, s, threshold, cost) for lf, s in zip(labelled, scores, strict=True)]
+    raw = sum(f.score for f in fs)
+    null = -cost["fnWeight"] * sum(f.n_windows for f in fs)
+    perfect = cost["tpWeight"] * sum(lf.n_windows for lf in labelled)
+    norm = 100.0 * (raw - null) / (perfect - null) if perfect != null else 0.0
+    return ProfileResult(profile, threshold, raw, null, perfect, norm, fs)
+
+
+# --------------------------------------------------------------------------- leave one category out
+
+
+def category_of(rel: str) -> str:
+    """A NAB file's category: the first path component (``realKnownCause/x.csv`` -> ``realKnownCause``)."""
+    return rel.split("/", 1)[0] if "/" in rel else ""
+
+
+@dataclass
+class HeldOut:
+    """One category's score per profile at thresholds chosen on the other categories' files only."""
+
+    category: str
+    files: list[str]
+    profiles: dict[str, ProfileResult]
+
+    @property
+    def has_windows(self) -> bool:
+        return any(r.perfect != r.null for r in self.profiles.values())
+
+
+def leave_one_category_out(names: list[str], labelled: list[LabelledFile], scores: list[np.ndarray],
+                           profiles: dict[str, dict[str, float]]) -> list[HeldOut]:
+    """For each category: sweep the threshold over every OTHER category's files (NAB's corpus-wide sweep), then
+    score the held-out category at it. The threshold is the detector's only knob fitted to labels, so this
+    says how much the plain score owes to choosing it with the test files in view."""
+    cats = sorted({category_of(n) for n in names})
+    out = []
+    for cat in cats:
+        test = [i for i, n in enumerate(names) if category_of(n) == cat]
+        train = [i for i, n in enumerate(names) if category_of(n) != cat]
+        if not train:
+            raise ValueError(f"leave-one-category-out needs more than one category (all files are in {cat!r})")
+        res = {}
+        for p, cost in profiles.items():
+            thr, _ = optimize_threshold([labelled[i] for i in train], [scores[i] for i in train], cost)
+            res[p] = score_at(p, thr, [labelled[i] for i in test], [scores[i] for i in test], cost)
+        out.append(HeldOut(cat, [names[i] for i in test], res))
     return out
+
+
+def format_loco(held: list[HeldOut], plain: dict[str, ProfileResult], detector: str,
+                baseline: list[HeldOut] | None = None, baseline_plain: dict[str, ProfileResult] | None = None,
+                baseline_name: str = "windowedGaussian") -> str:
+    """The held-out table: per category and profile, this detector's score (and the baseline's, same procedure)."""
+    profs = [p for p in PROFILE_ORDER if p in plain] + [p for p in plain if p not in PROFILE_ORDER]
+    both = baseline is not None and baseline_plain is not None
+    lines = [f"Leave one category out: {detector!r}" + (f" vs {baseline_name!r}" if both else "")
+             + ". The detection threshold is the only knob fitted to the labels (the detector has no other tuned",
+             "setting at run time); here it is swept on the other categories' files only, then applied to the held-out one.",
+             "Cells: NAB-normalised score of the held-out category" + (f", {detector} / {baseline_name}" if both else "")
+             + " (threshold). A category without windows (perfect == null) has no normalised score:",
+             "its cell is the raw score (<= 0, false positives only) and the number of false-positive rows."]
+    lines.append(f"  {'held-out category':<24} {'files':>5} {'windows':>7}  " + "  ".join(f"{p:<34}" for p in profs))
+
+    def cell(r: ProfileResult, b: ProfileResult | None, windows: bool) -> str:
+        if windows:
+            text = f"{r.normalized:6.1f}" + (f" / {b.normalized:6.1f}" if b else "") + f" (thr {r.threshold:.4g})"
+        else:
+            fp = sum(f.fp for f in r.files)
+            text = f"raw {r.raw:.2f} fp {fp}" + (f" / raw {b.raw:.2f} fp {sum(f.fp for f in b.files)}" if b else "")
+        return f"{text:<34}"
+
+    base = {h.category: h for h in baseline} if both else {}
+    for h in held:
+        n_windows = sum(f.n_windows for f in next(iter(h.profiles.values())).files)
+        b = base.get(h.category)
+        lines.append(f"  {h.category:<24} {len(h.files):>5} {n_windows:>7}  "
+                     + "  ".join(cell(h.profiles[p], b.profiles[p] if b else None, h.has_windows) for p in profs))
+    scored = [h for h in held if h.has_windows]
+
+    def mean(hs: list[HeldOut], p: str) -> float:
+        return float(np.mean([h.profiles[p].normalized for h in hs])) if hs else float("nan")
+
+    bscored = [base[h.category] for h in scored if h.category in base]
+    lines.append(f"  {'mean over categories':<24} {'':>5} {'':>7}  " + "  ".join(
+        f"{f'{mean(scored, p):6.1f}' + (f' / {mean(bscored, p):6.1f}' if both else ''):<34}" for p in profs)
+        + f"  ({len(scored)} categories with windows)")
+    lines.append(f"  {'plain (all files, one)':<24} {'':>5} {'':>7}  " + "  ".join(
+        f"{f'{plain[p].normalized:6.1f}' + (f' / {baseline_plain[p].normalized:6.1f}' if both else '') + f' (thr {plain[p].threshold:.4g})':<34}"
+        for p in profs))
+    return "\n".join(lines)
 
 
 def round_scores(scores: np.ndarray, digits: int = 12) -> np.ndarray:
@@ -312,7 +404,7 @@ def score_results(
     if not names:
         raise FileNotFoundError(f"no result CSVs for the labelled files under {results_dir}")
     return NabReport(score_corpus(labelled, scores, profiles), names, detector=results_dir.name,
-                     n_rows=sum(len(s) for s in scores))
+                     n_rows=sum(len(s) for s in scores), labelled=labelled, scores=scores, costs=profiles)
 
 
 # --------------------------------------------------------------------------- detectors
@@ -427,7 +519,8 @@ def evaluate(
             write_results(Path(out_dir), detector_name, rel, ts, s)
     seconds = time.perf_counter() - t0
     return NabReport(score_corpus(labelled, scores, profiles), names, detector=detector_name,
-                     seconds_detect=seconds, n_rows=n_rows, out_dir=Path(out_dir) if out_dir else None)
+                     seconds_detect=seconds, n_rows=n_rows, out_dir=Path(out_dir) if out_dir else None,
+                     labelled=labelled, scores=scores, costs=profiles)
 
 
 def format_report(report: NabReport) -> str:

@@ -171,10 +171,12 @@ class WarehouseSimulator:
 
     def _apply_faults(self, d: Device, st: _DeviceState, ts: float, metrics: dict[str, float]) -> str:
         kind = "telemetry"
-        for f in self._by_device[d.device_id]:
+        faults = self._by_device[d.device_id]
+        if st.stuck:  # a frozen value lasts while a stuck fault on its metric does (an ended one must not thaw a later one)
+            frozen = {f.metric for f in faults if f.kind == "stuck" and f.active(ts)}
+            st.stuck = {m: v for m, v in st.stuck.items() if m in frozen}
+        for f in faults:
             if not f.active(ts):
-                if f.kind == "stuck" and ts >= f.end_ts:
-                    st.stuck.pop(f.metric, None)
                 continue
             elapsed = ts - f.start_ts
             if f.kind == "compressor_failure":

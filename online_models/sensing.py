@@ -1,0 +1,52 @@
+"""One device's step on the sensor path: its model, its alarm conditions, and how a batch of readings is scored.
+
+Plain code (no Kafka, no Faust), so that the agent (`agents.sensors`) and the fault
+evaluation (`wharf evaluate faults`) build the same devices and run exactly the same step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from online_models.alarms import DeviceMonitor, MonitorConfig
+from online_models.anomaly import DeviceAnomalyModel, RuleSet
+
+Scored = tuple[float, bool, float, str | None]  # score, is_anomaly, threshold, the metric that scored highest
+
+
+@dataclass(frozen=True)
+class SensorSetup:
+    """What every device of the sensor path is built with (from the `sensor_*` settings)."""
+
+    rules: RuleSet
+    model_options: dict[str, Any]
+    monitor: MonitorConfig
+
+    @classmethod
+    def from_settings(cls, s: Any) -> SensorSetup:  # noqa: ANN401 - wharf.settings.Settings (a floor above)
+        options = json.loads(s.sensor_model_options) if s.sensor_model_options.strip() else {}
+        return cls(RuleSet(json.loads(s.sensor_rules) if s.sensor_rules.strip() else None),
+                   {"max_metrics": s.sensor_max_metrics_per_device} | options,
+                   MonitorConfig(clear_after=s.sensor_alarm_clear_seconds, silence_factor=s.sensor_silence_factor,
+                                 stuck_readings=s.sensor_stuck_readings))
+
+    def new_model(self) -> DeviceAnomalyModel:
+        return DeviceAnomalyModel(**self.model_options)
+
+    def new_monitor(self, device_id: str) -> DeviceMonitor:
+        return DeviceMonitor(device_id, self.monitor)
+
+
+def score_readings(model: DeviceAnomalyModel, ts: Sequence[float], metrics: Sequence[Mapping[str, float]]) -> list[Scored]:
+    """Score, then learn, one device's readings in event order (one batched model call).
+
+    A metric missing from a reading is NaN for that row (the model skips it)."""
+    names = sorted({m for row in metrics for m in row})
+    cols = {m: np.array([row.get(m, np.nan) for row in metrics]) for m in names}
+    res = model.score_learn_many(np.array(ts, dtype=float), cols)
+    return [(float(res.scores[j]), bool(res.is_anomaly[j]), float(res.thresholds[j]), res.metrics[j]) for j in range(len(ts))]
