@@ -30,7 +30,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 STOP_SECONDS = 9.5  # the process is gone by then (issue 21: within 10 s of the signal)
-DRAIN_SECONDS = 6.0  # of those: storing and acking what was taken; the rest is Faust's own stop and the exit
+DRAIN_SECONDS = 5.0  # of those: storing and acking what was taken; the rest is Faust's own stop and the exit
 
 QUIET_SECONDS = 0.3  # a round of the stop hooks that brings no ack in this long ends the drain
 StopHook = Callable[[], Awaitable[Any]]

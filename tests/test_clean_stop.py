@@ -107,7 +107,11 @@ def worker_env(stack, server_url: str, unique: str, tmp_path: Path) -> dict[str,
     })
 
 
-async def test_worker_stops_within_deadline_under_load_and_loses_nothing(stack, server_url, unique, tmp_path):
+@pytest.mark.parametrize("clickhouse", ["up", "down"])
+async def test_worker_stops_within_deadline_under_load_and_loses_nothing(stack, server_url, unique, tmp_path, clickhouse):
+    """With ClickHouse down at the stop, what the writers hold cannot be stored: it must not be acked either."""
+    from wharf.infra.clickhouse_server import ClickHouseServer
+
     env = worker_env(stack, server_url, unique, tmp_path)
     await make_topics(stack, env)
     ch = connect(env["WHARF_CLICKHOUSE_URL"])
@@ -120,8 +124,16 @@ async def test_worker_stops_within_deadline_under_load_and_loses_nothing(stack, 
         await wait_until(lambda: count("SELECT count() FROM {c}") > 200 and count("SELECT count() FROM {r}") > 200, 90,
                          "the first worker to store readings and clicks")
         await asyncio.sleep(3)  # past a checkpoint or two: state, acks and commits under way
-        took = stop_and_time(worker.proc, signal.SIGTERM)
-        print(f"worker stopped {took:.2f} s after SIGTERM")
+        server = ClickHouseServer(stack)
+        if clickhouse == "down":
+            await asyncio.to_thread(server.stop)
+            await asyncio.sleep(2)  # rows pile up in the writers
+        try:
+            took = stop_and_time(worker.proc, signal.SIGTERM)
+        finally:
+            if clickhouse == "down":
+                await asyncio.to_thread(server.start)
+        print(f"worker stopped {took:.2f} s after SIGTERM (ClickHouse {clickhouse})")
         log = worker.log.read_text()
         assert took < STOP_SECONDS, f"worker took {took:.1f}s to stop under load; log:\n{log[-3000:]}"
         assert worker.proc.returncode == 0, f"exit {worker.proc.returncode}; log:\n{log[-3000:]}"
