@@ -40,7 +40,7 @@ log = logging.getLogger("wharf.bridge")
 
 SUBSCRIPTIONS = ("wharf/+/+/+/telemetry", "wharf/+/+/+/status")
 # A stop (SIGTERM, SIGINT) ends within 10 s (issue 21): the in-flight wait, the producer's close, the alerts publisher's.
-STOP_INFLIGHT_SECONDS = 5.0
+STOP_INFLIGHT_SECONDS = 4.0
 STOP_PRODUCER_SECONDS = 2.0
 STOP_ALERTS_SECONDS = 2.0
 
