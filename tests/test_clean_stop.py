@@ -131,8 +131,8 @@ async def test_worker_stops_within_deadline_under_load_and_loses_nothing(stack, 
     ch = connect(env["WHARF_CLICKHOUSE_URL"])
     count = lambda sql: ch.query(sql.format(r=ch.table("sensor_readings"), s=ch.table("anomaly_scores"), c=ch.table("clicks")))[0][0]  # noqa: E731
     load = Load(stack, env, rate=200).start()
-    worker = WorkerProcess(env, web_port=stack.web_port + 20, log=tmp_path / "worker1.log")
-    second = WorkerProcess(env, web_port=stack.web_port + 21, log=tmp_path / "worker2.log")
+    worker = WorkerProcess(env, web_port=stack.web_port + 50, log=tmp_path / "worker1.log")
+    second = WorkerProcess(env, web_port=stack.web_port + 51, log=tmp_path / "worker2.log")
     try:
         worker.start()
         await wait_until(lambda: count("SELECT count() FROM {c}") > 200 and count("SELECT count() FROM {r}") > 200, 90,
@@ -292,7 +292,7 @@ async def test_demo_stops_everything_within_deadline_on_ctrl_c(stack, server_url
     and simulators are gone within the deadline of one SIGINT, and the worker committed what it stored."""
     env = worker_env(stack, server_url, unique, tmp_path)
     env.pop("WHARF_STATE_DIR")  # the demo registers its devices with the running Mosquitto, in the stack's state folder
-    env["WHARF_WEB_PORT"] = str(stack.web_port + 30)
+    env["WHARF_WEB_PORT"] = str(stack.web_port + 52)
     await make_topics(stack, env)
     ch = connect(env["WHARF_CLICKHOUSE_URL"])
     count = lambda table: ch.query(f"SELECT count() FROM {ch.table(table)}")[0][0] if ch.query(  # noqa: E731
