@@ -46,8 +46,8 @@ async def drain(consumer: Any, hooks: list[StopHook], started: float) -> None:
     """Steps 2 and 3 of the stop (see the module docstring), within `DRAIN_SECONDS` of `started`.
 
     The hooks run again while they bring acks (a batch taken just before the stop reaches a writer after its first
-    flush). Once a round brings none, what is left will not be acked here: records that one batch agent took and
-    another's buffer still held when the stop cleared it (`streams/batches.py`), which the next owner reads again."""
+    flush). Once a round brings none, what is left will not be acked here: records that one batch agent took and the
+    stop kept from another (cleared from its buffer or never put there, `streams/batches.py`), read again next time."""
     deadline = started + DRAIN_SECONDS
     unacked = consumer._unacked_messages  # noqa: SLF001 - what Faust's `wait_empty` waits for
     while unacked and time.monotonic() < deadline:
