@@ -63,6 +63,42 @@ def test_level_shift_detected(fast_kwargs):
     assert res.is_anomaly[1500:1510].any()
 
 
+def test_slow_drift_is_flagged_before_it_is_learned_as_normal(fast_kwargs):
+    """A ramp of 0.1 noise sigma per reading (a cold room warming after a compressor failure): the CUSUM
+    against the slow baseline flags it within ~2 sigma of drift; the level/shift scores alone need ~3.3 sigma
+    (they judge the value against a fast level that follows the ramp)."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    ts = T0 + np.arange(n) * 60.0
+    x = 4.0 + rng.normal(0, 0.1, n)
+    x[2500:] += 0.01 * np.arange(n - 2500)
+    m = DeviceAnomalyModel(**fast_kwargs)
+    res = m.score_learn_many(ts[:2526], {"temperature": x[:2526]})
+    assert res.is_anomaly[500:2500].sum() <= 2
+    assert res.is_anomaly[2500:2526].any()
+    assert m.score_one(float(ts[2526]), {"temperature": float(x[2526])}).components["drift"] > 3.0
+    # the same model without the drift component (reference far above any drift) is later
+    m2 = DeviceAnomalyModel(drift_k=1e9, **fast_kwargs)
+    assert not m2.score_learn_many(ts[:2526], {"temperature": x[:2526]}).is_anomaly[2500:].any()
+
+
+def test_alert_level_is_a_rate_per_device_hour(fast_kwargs):
+    """Noise read once a second: the level that suits one reading per 5 minutes would alarm every few
+    minutes per hour; scaled by the reading interval, three clean hours give (almost) no alarm."""
+    rng = np.random.default_rng(5)
+    n = 4 * 3600
+    ts = T0 + np.arange(n) * 1.0
+    x = {"a": rng.normal(0.3, 0.02, n), "b": 45.0 + rng.normal(0, 0.3, n)}
+
+    def alarms(**kw):
+        m = DeviceAnomalyModel(**fast_kwargs, **kw)
+        return sum(int(m.score_learn_many(ts[lo:lo + 20], {k: v[lo:lo + 20] for k, v in x.items()}).is_anomaly[
+            max(0, 3600 - lo):].sum()) for lo in range(0, n, 20))
+
+    assert alarms() <= 1
+    assert alarms(level_interval_s=1.0) >= 6  # per-reading level: the same noise alarms
+
+
 def test_stuck_sensor_detected(fast_kwargs):
     m = DeviceAnomalyModel(**fast_kwargs)
     ts, x = _series(1600, seed=2)

@@ -3,6 +3,12 @@
 Ensemble, per metric:
   * ``level``    robust EWMA/MAD z-score of the value (spikes, level shifts);
   * ``shift``    mean of the last few signed level z-scores (sustained drifts);
+  * ``drift``    two-sided CUSUM of the reading against the *slow* baseline in units of the
+                 short-term noise (``drift_k``: reference, ``drift_clip``: per-row cap): a slow
+                 drift or a level shift keeps accumulating here while the fast level (and the
+                 ``level``/``shift`` scores against it) has already adapted to it, so a change is
+                 flagged before it is learned as the new normal (a cold room warming after a
+                 compressor failure; NAB's machine/ambient temperature drifts);
   * ``seasonal`` z-score against a daily time-of-day profile (anomalies *within*
                  the normal range, e.g. a missing daily peak);
   * ``forecast`` error of a small PyTorch MLP forecaster (dynamics the statistics miss);
@@ -15,13 +21,16 @@ z-scores of all metrics (multivariate: unusual *combinations*).
 
 Every component's raw score is calibrated against its own history on this
 series into evidence ``E = -log10(tail probability)`` (:class:`TailCalibrator`
-logic, vectorised), so components and devices are comparable without per-file
-tuning. Per metric the two strongest evidences are summed (an incident moves
-several detectors at once, noise rarely does), the device evidence is the max
-over metrics, and ``score = E / e_full`` in [0, 1].
+logic, vectorised; ``drift`` with an exponential tail, see the config), so
+components and devices are comparable without per-file tuning. Per metric the
+two strongest evidences are summed (an incident moves several detectors at once,
+noise rarely does; ``level`` and ``drift`` count once, as their max), the device
+evidence is the max over metrics, minus ``log10(level_interval_s / interval)``
+for a device reading every ``interval`` seconds (the alert level is a false-alarm
+rate per device-hour, not per reading), and ``score = E / e_full`` in [0, 1].
 
 Alerting: ``is_anomaly = score >= min_threshold`` (a fixed evidence level,
-``L = min_threshold * e_full`` ~ 5 decades). After an alert the score is damped
+``L = min_threshold * e_full`` ~ 5 decades at one reading per 5 minutes). After an alert the score is damped
 (``suppress_factor``) for ``suppress_events`` readings: one incident, one alert.
 The suppression is keyed to the same fixed level as ``is_anomaly``, so the
 alert stream is exactly the rows where the (suppressed) score crosses it.
@@ -57,8 +66,9 @@ from online_models.anomaly.detectors import SilenceDetector
 from online_models.anomaly.forecaster import OnlineMLPForecaster
 from online_models.anomaly.stats import GaussianTail
 
-COMPONENTS = ("level", "shift", "seasonal", "forecast", "weekly", "stuck", "hst")
-_CAL = 5  # calibrated components: level, shift, seasonal, forecast, weekly
+COMPONENTS = ("level", "shift", "seasonal", "forecast", "weekly", "drift", "stuck", "hst")
+_CAL = 5  # components calibrated by histogram: level, shift, seasonal, forecast, weekly
+_DRIFT, _STUCK, _HST = 5, 6, 7
 _WEEK = 604800.0
 _LN10 = math.log(10.0)
 
@@ -89,6 +99,14 @@ class AnomalyConfig:
     level_alpha: float = 0.02
     long_alpha: float = 0.002
     shift_window: int = 8
+    # drift: two-sided CUSUM of the reading against the slow baseline, in units of the short-term
+    # noise (reference k = half the smallest shift worth finding, in noise sigmas; z clipped so one
+    # spike cannot fill it)
+    drift_k: float = 1.0
+    drift_clip: float = 4.0
+    # its calibration: P(S > 0) and the mean of positive S (updates capped at drift_cap x that mean)
+    drift_half_life: float = 10000.0
+    drift_cap: float = 30.0
     seasonal_bins: int = 48
     seasonal_alpha: float = 0.15
     use_weekly: bool = False
@@ -113,6 +131,9 @@ class AnomalyConfig:
     hst_window: int = 250
     e_full: float = 12.0
     min_threshold: float = 0.4  # alert level on the score (evidence min_threshold * e_full)
+    # ... for a device reading every level_interval_s seconds; the evidence needed per reading grows by
+    # log10(level_interval_s / interval) for a faster device, so alerts per device-hour stay comparable
+    level_interval_s: float = 300.0
     suppress_events: int = 150
     suppress_factor: float = 0.0
     # alert confidence: an alert's score above the alert level is its evidence minus
@@ -134,6 +155,13 @@ def _ewm(y0: np.ndarray, x: np.ndarray, a: np.ndarray) -> np.ndarray:
     """
     p = np.cumprod(1.0 - a, axis=0)
     return p * (y0 + np.cumsum(a * x / p, axis=0))
+
+
+def _cusum(s0: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``S_t = max(0, S_{t-1} + d_t)`` for every row (columns independent), closed form (Lindley):
+    ``S_t = C_t - min(-S_0, min_{j<=t} C_j)`` with ``C`` the running sum of ``d``."""
+    c = np.cumsum(d, axis=0)
+    return c - np.minimum(np.minimum.accumulate(c, axis=0), -s0) if len(d) else c
 
 
 def _profile_learn(sm, sc, mad, n, bins, xf, valid, lg_mad, alpha):
@@ -180,6 +208,8 @@ class DeviceAnomalyModel:
         self.lv_mean, self.lv_mad, self.lv_n = z.copy(), z.copy(), z.copy()
         self.lg_mean, self.lg_mad, self.lg_n = z.copy(), z.copy(), z.copy()
         self.recent = np.zeros((cfg.shift_window - 1, 0))
+        self.cu_pos, self.cu_neg = z.copy(), z.copy()
+        self.cu_ppos, self.cu_scale = z.copy(), z.copy()  # drift calibration: P(S > 0), mean positive S
         self.s_means = np.zeros((cfg.seasonal_bins, 0))
         self.s_counts = np.zeros((cfg.seasonal_bins, 0))
         self.s_mad, self.s_n = z.copy(), z.copy()
@@ -225,12 +255,14 @@ class DeviceAnomalyModel:
             col = np.full(a.shape[:-1] + (1,), fill) if a.ndim > 1 else np.array([fill])
             return np.concatenate([a, col], axis=-1)
 
-        for attr in ("lv_mean", "lv_mad", "lv_n", "lg_mean", "lg_mad", "lg_n", "recent", "s_means",
+        for attr in ("lv_mean", "lv_mad", "lv_n", "lg_mean", "lg_mad", "lg_n", "recent", "cu_pos", "cu_neg", "s_means",
                      "s_counts", "s_mad", "s_n", "w_means", "w_counts", "w_mad", "w_n", "lagbuf", "fc_err", "run"):
             setattr(self, attr, grow(getattr(self, attr)))
         self.last = grow(self.last, math.nan)
         self.t_first = grow(self.t_first, math.nan)
         self.repeat_rate = grow(self.repeat_rate, 0.5)  # prior: P(reading == previous)
+        self.cu_ppos = grow(self.cu_ppos, 0.5)  # priors: P(S > 0), mean positive S (noise sigmas)
+        self.cu_scale = grow(self.cu_scale, 1.0)
         self.c_counts = np.concatenate([self.c_counts, np.zeros((1, _CAL, cfg.calib_bins))])
         self.c_total = np.concatenate([self.c_total, np.zeros((1, _CAL))])
         self.c_n = np.concatenate([self.c_n, np.zeros((1, _CAL))])
@@ -274,6 +306,19 @@ class DeviceAnomalyModel:
         raw = np.zeros((b_rows, m, _CAL))
         raw[:, :, 0] = np.abs(zl)
         raw[:, :, 1] = np.abs(zs) * math.sqrt(w) * 0.5
+        # drift: two-sided CUSUM of the reading against the slow baseline in short-term noise units; a
+        # slow drift or a level shift accumulates here long before the fast level has adapted to it
+        zd = np.where(valid & (self.lg_n >= 2), np.clip((xf - self.lg_mean) / s, -cfg.drift_clip, cfg.drift_clip), 0.0)
+        kv = cfg.drift_k * valid
+        cu_pos, cu_neg = _cusum(self.cu_pos, zd - kv), _cusum(self.cu_neg, -zd - kv)
+        cus = np.maximum(cu_pos, cu_neg)
+        # calibrated with an exponential tail (a CUSUM's stationary tail is exponential, Wald), not the
+        # histogram: a histogram that learns a growing sum row by row would call its every new value
+        # ordinary; here P(S >= s) = P(S > 0) exp(-s / mean positive S), both tracked slowly
+        ok = (self.lg_n >= cfg.calib_warmup) & (self.cu_scale > 0)
+        with np.errstate(divide="ignore"):
+            e_drift = -np.log10(np.maximum(self.cu_ppos, 1e-6)) + cus / (np.maximum(self.cu_scale, 1e-12) * _LN10)
+        e_drift = np.where(ok & (cus > 0) & valid, np.maximum(e_drift, 0.0), 0.0)
         bins = ((ts % 86400.0) / 86400.0 * cfg.seasonal_bins).astype(np.int64) % cfg.seasonal_bins
         mature = self.s_counts.min(axis=0) >= 3 if m else np.zeros(0, bool)
         ss = np.maximum(np.maximum(1.2533 * self.s_mad, s_floor), 1e-9)
@@ -329,11 +374,12 @@ class DeviceAnomalyModel:
         stuck = np.where(same & (run >= cfg.stuck_min_run) & (self.lv_mad > 1e-9 * np.maximum(1.0, np.abs(self.lv_mean))), -run * np.log10(q) - 3.0, 0.0)
         ev = np.zeros((b_rows, m, len(COMPONENTS)))
         ev[:, :, :_CAL] = self._evidence(raw) * avail
-        ev[:, :, 5] = np.maximum(stuck, 0.0)
-        ev[:, :, :6] *= valid[:, :, None]
+        ev[:, :, _DRIFT] = e_drift
+        ev[:, :, _STUCK] = np.maximum(stuck, 0.0)
+        ev[:, :, :_HST] *= valid[:, :, None]
         feats = np.stack([0.5 + 0.5 * np.tanh(zl * 0.25), 0.5 + 0.5 * np.tanh(zseas * 0.25),
                           0.5 + 0.5 * np.tanh(zf * 0.25)], axis=2)  # scaled to [0, 1] for HST
-        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in,
+        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in, cu_pos=cu_pos, cu_neg=cu_neg, cus=cus,
                         same=same, run=run, feats=feats)
 
     def _evidence(self, raw: np.ndarray) -> np.ndarray:
@@ -418,6 +464,15 @@ class DeviceAnomalyModel:
         w1 = cfg.shift_window - 1
         if w1 > 0:
             self.recent = np.concatenate([self.recent, aux["zlc"]])[-w1:]
+        if b_rows:
+            self.cu_pos, self.cu_neg = aux["cu_pos"][-1], aux["cu_neg"][-1]
+            cus = aux["cus"]
+            pos = valid & (cus > 0)
+            nprev = np.maximum(self.lg_n - b_rows + np.cumsum(vf, axis=0), 0.0)  # approximate per-row count
+            a = np.where(valid, np.minimum(np.maximum(math.log(2.0) / cfg.drift_half_life, 1.0 / (nprev + 1.0)), 0.5), 0.0)
+            self.cu_ppos = _ewm(self.cu_ppos, pos.astype(float), a)[-1]
+            capped = np.minimum(cus, cfg.drift_cap * self.cu_scale)  # a drift must not teach its own scale
+            self.cu_scale = _ewm(self.cu_scale, capped, np.where(pos, a, 0.0))[-1]
         # seasonal (time of day) and weekly (hour of week) profiles
         self.s_means, self.s_counts, self.s_mad, self.s_n = _profile_learn(
             self.s_means, self.s_counts, self.s_mad, self.s_n, aux["bins"], xf, valid, self.lg_mad, cfg.seasonal_alpha)
@@ -482,9 +537,15 @@ class DeviceAnomalyModel:
     # ------------------------------------------------------------------ fusion
     @staticmethod
     def _fuse(ev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per metric: sum of the two strongest evidences; per row: the strongest metric."""
+        """Per metric: sum of the two strongest evidences; per row: the strongest metric.
+
+        ``level`` and ``drift`` judge the same thing (the value against a baseline, fast and slow): one
+        outlier moves both, so they count once (their max) rather than confirming each other."""
         if ev.shape[1] == 0:
             return np.zeros(ev.shape[0]), np.full(ev.shape[0], -1)
+        ev = ev.copy()
+        ev[:, :, 0] = np.maximum(ev[:, :, 0], ev[:, :, _DRIFT])
+        ev[:, :, _DRIFT] = 0.0
         top = np.partition(ev, ev.shape[2] - 2, axis=2)[:, :, -2:].sum(axis=2)
         best = np.argmax(top, axis=1)
         return top[np.arange(len(top)), best], best
@@ -492,9 +553,14 @@ class DeviceAnomalyModel:
     def _run_block(self, ts: np.ndarray, x: np.ndarray, learn: bool):
         cfg = self.cfg
         ev, aux = self._score_block(ts, x)
-        ev[:, :, 6] = self._hst_block(ev, aux, learn)[:, None]
-        ev[:, :, 6] *= aux["valid"]
+        ev[:, :, _HST] = self._hst_block(ev, aux, learn)[:, None]
+        ev[:, :, _HST] *= aux["valid"]
         e, best = self._fuse(ev)
+        # the alert level is a false-alarm *rate in time*: a device reading every ``iv`` seconds needs
+        # log10(level_interval_s / iv) more decades per reading than one reading every level_interval_s
+        iv = self.silence.interval if self.silence.n >= 2 else 0.0
+        if iv > 0.0:
+            e = e + math.log10(iv / cfg.level_interval_s)
         thr = cfg.min_threshold
         level = thr * cfg.e_full  # the alert level, in decades of evidence
         e_full, k, beta = cfg.e_full, cfg.burst_softness, cfg.burst_penalty
