@@ -1,6 +1,7 @@
-"""Faust agents: small `async for` loops over topics that hand the work to plain functions.
+"""Wharf's Faust agents, one concept a module.
 
-Importing this package registers every agent with `streams.app.app`.
+Importing this package registers every agent with `streams.runtime.app.app`, and lends the web views
+(`streams.web.registry`) the state they show.
 """
 
-from agents import commerce, metrics, sensors, storage  # noqa: F401
+from agents import alerts, catalogue, item_alarms, metrics, recommender, reviews, scoring, snapshots, storage  # noqa: F401

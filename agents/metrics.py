@@ -1,7 +1,7 @@
-"""The agents' series for `GET /metrics` (streams/metrics.py): checkpoints per path and alarms by state.
+"""The agents' series for `GET /metrics` (streams/web/metrics.py): checkpoints per path and alarms by state.
 
 Read at scrape time from what the agents keep anyway (their checkpoint counters, the alarm books of the
-devices this worker owns); registered in `streams.counts.sources` when the agents are imported.
+devices this worker owns); lent to the view (`streams.web.registry`) when the agents are imported.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from agents.commerce import recommenders, sentiment
-from agents.sensors import owner
+from agents.recommender import recommenders
+from agents.reviews import sentiment
+from agents.scoring import owner
 from schemas.events import AlarmStatus
-from streams import counts
+from streams.web.registry import lent
 
 
 def collect() -> Iterator[Metric]:
@@ -35,4 +36,4 @@ def collect() -> Iterator[Metric]:
     yield CounterMetricFamily("wharf_sensor_duplicates", "Readings dropped as exact duplicates (device_id, seq, ts).", value=owner.duplicates)
 
 
-counts.sources.append(collect)
+lent.metric_families.append(collect)

@@ -1,8 +1,9 @@
-"""Agents that store raw input and dead letters in ClickHouse, exactly once.
+"""Agents that store raw input and dead letters in ClickHouse, exactly once, and `store_topic`: every other
+topic-to-table agent's loop.
 
 Each is a small loop over batches (`noack_take`: acks are manual, released in
-offset order once the writer has stored the rows); the work is in
-`streams.ingest.store_events`.
+offset order once the writer has stored the rows); the input paths' work is in
+`streams.sinks.ingest.store_events`.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from schemas import rows
 from schemas.deadletter import DeadLetter
 from schemas.events import ClickEvent, SensorReading
 from schemas.validation import FieldError, InvalidEvent
-from streams.acks import OrderedAcker
-from streams.app import app, limits, settings, storage, topics
-from streams.ingest import RecentKeys, SourceMarks, expire_dead_letters, store_events
+from streams.sinks.ingest import dead_letter_event
+from streams.runtime.acks import OrderedAcker
+from streams.runtime.app import app, limits, settings, storage, topics
+from streams.sinks.ingest import RecentKeys, SourceMarks, expire_dead_letters, store_events
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ async def store_sensor_readings(stream):  # noqa: ANN001
 
 
 @app.batch_agents.agent(topics["topic_clicks"], name="wharf.store-clicks", max_records=BATCH, within=WITHIN)
-async def store_clicks(agent):  # noqa: ANN001 - streams.batches.BatchAgent: the clicks skip Faust's per-record path
+async def store_clicks(agent):  # noqa: ANN001 - streams.runtime.batches.BatchAgent: the clicks skip Faust's per-record path
     # The clicks arrive checked (`schemas.validation.Checked`, decoded once for this agent and the recommender).
     writer = storage.writer("clicks", settings.topic_clicks)
     acker = OrderedAcker()
@@ -54,20 +58,45 @@ async def store_clicks(agent):  # noqa: ANN001 - streams.batches.BatchAgent: the
                            dlq_topic=topics["topic_dead_letters"], limits=limits, acker=acker)
 
 
-@app.agent(topics["topic_dead_letters"], name="wharf.store-dead-letters")
-async def store_dead_letters(stream):  # noqa: ANN001
-    writer = storage.writer("dead_letters", settings.topic_dead_letters)
+class Copies(Protocol):
+    """What a topic's table holds already (loaded from ClickHouse once): a record re-sent after a crash is stored once."""
+
+    async def load(self, ch: Any) -> None: ...
+
+    def is_copy(self, item: Any) -> bool: ...
+
+
+async def store_topic(stream, table: str, source_topic: str, parse: Callable[[Any], Any],  # noqa: ANN001 - faust stream
+                      to_rows: Callable[[Any], list[dict[str, Any]]], refusal: Callable[[BaseException], InvalidEvent] | None = None,
+                      *, seen: Copies | None = None, batch: int = BATCH, within: float = WITHIN) -> None:
+    """A topic -> its table through the writer, exactly once. `parse` reads an event; one it refuses is dead-lettered
+    with `refusal(exc)` (without `refusal` its error stops the agent); one `seen` holds already is acked without a row."""
+    writer = storage.writer(table, source_topic)
     acker = OrderedAcker()
-    seen = SourceMarks()
-    async for events in stream.noack_take(BATCH, within=WITHIN):
-        await seen.load(storage.ch)
+    async for events in stream.noack_take(batch, within=within):
+        if seen is not None:
+            await seen.load(storage.ch)
         for event in events:
             done = acker.track(event)
-            letter = parse_dead_letter(event.value, event.message)
-            if seen.is_copy(letter):  # re-sent after a crash of the agent that refused the record
+            if refusal is None:
+                item = parse(event)
+            else:
+                try:
+                    item = parse(event)
+                except Exception as exc:  # noqa: BLE001 - anyone with access to Kafka can write here
+                    await dead_letter_event(topics["topic_dead_letters"], event, refusal(exc), limits=limits)
+                    done()
+                    continue
+            if seen is not None and seen.is_copy(item):  # re-sent after a crash of the agent that sent it
                 done()
                 continue
-            await writer.put(event.message.partition, event.message.offset, rows.dead_letter(letter), done)
+            await writer.put(event.message.partition, event.message.offset, to_rows(item), done)
+
+
+@app.agent(topics["topic_dead_letters"], name="wharf.store-dead-letters")
+async def store_dead_letters(stream):  # noqa: ANN001
+    await store_topic(stream, "dead_letters", settings.topic_dead_letters, lambda event: parse_dead_letter(event.value, event.message),
+                      rows.dead_letter, seen=SourceMarks())
 
 
 @app.timer(3600.0, on_leader=True)

@@ -24,8 +24,8 @@ from mqtt_bridge.kafka import start_when_reachable
 from mqtt_bridge.topics import LEVEL, alerts_topic
 from schemas import codec
 from schemas.validation import processing_error
-from wharf.kafka_auth import kafka_client
-from wharf.settings import Settings
+from streams.runtime.kafka_auth import kafka_client
+from schemas.settings import Settings
 
 log = logging.getLogger("wharf.bridge.alerts")
 

@@ -33,8 +33,8 @@ from mqtt_bridge.kafka import start_when_reachable
 from mqtt_bridge.topics import TopicError, parse_topic
 from schemas.events import DeviceStatus, SensorReading
 from schemas.validation import FieldError, InvalidEvent, Limits, parse, processing_error
-from wharf.kafka_auth import kafka_client
-from wharf.settings import Settings
+from streams.runtime.kafka_auth import kafka_client
+from schemas.settings import Settings
 
 log = logging.getLogger("wharf.bridge")
 

@@ -13,7 +13,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from wharf.settings import Settings
+from schemas.settings import Settings
 
 
 def device_endpoint(settings: Settings) -> tuple[str, int]:

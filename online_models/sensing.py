@@ -1,6 +1,6 @@
 """One device's step on the sensor path: its model, its alarm conditions, and how a batch of readings is scored.
 
-Plain code (no Kafka, no Faust), so that the agent (`agents.sensors`) and the fault
+Plain code (no Kafka, no Faust), so that the agent (`agents.scoring`) and the fault
 evaluation (`wharf evaluate faults`) build the same devices and run exactly the same step.
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from online_models.alarms import DeviceMonitor, MonitorConfig
 from online_models.anomaly import DeviceAnomalyModel, RuleSet
+from schemas.settings import Settings
 
 Scored = tuple[float, bool, float, str | None]  # score, is_anomaly, threshold, the metric that scored highest
 
@@ -28,7 +29,7 @@ class SensorSetup:
     monitor: MonitorConfig
 
     @classmethod
-    def from_settings(cls, s: Any) -> SensorSetup:  # noqa: ANN401 - wharf.settings.Settings (a floor above)
+    def from_settings(cls, s: Settings) -> SensorSetup:
         options = json.loads(s.sensor_model_options) if s.sensor_model_options.strip() else {}
         return cls(RuleSet(json.loads(s.sensor_rules) if s.sensor_rules.strip() else None),
                    {"max_metrics": s.sensor_max_metrics_per_device} | options,

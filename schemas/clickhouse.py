@@ -7,7 +7,7 @@ still experimental) and `{db}`. Every statement is idempotent (IF NOT EXISTS);
 `wharf_migrations` records which versions were applied.
 
 Exactly-once storage: every table fed from Kafka carries the source record's
-`kafka_partition` and `kafka_offset`; the writer (streams/sink.py) skips records
+`kafka_partition` and `kafka_offset`; the writer (streams/sinks/writer.py) skips records
 at or below the stored high-water mark of their partition. That works on every
 ClickHouse version, unlike `insert_deduplication_token` (22.2+).
 """
@@ -239,7 +239,7 @@ MIGRATIONS: list[Migration] = [
 
 # Commerce path (migration 2): per-item "also viewed" snapshots for dashboards, fed only by the
 # also-viewed topic (one table <- one topic). `shard` is the clicks partition whose recommender
-# state produced the list (the recommender keeps item state per user partition, see agents/commerce.py).
+# state produced the list (the recommender keeps item state per user partition, see agents/recommender.py).
 ITEM_ALSO_VIEWED = _table(
     "item_also_viewed",
     """

@@ -222,3 +222,12 @@ INPUT_TYPES: dict[str, type[TimedEvent]] = {
     "click": ClickEvent,
     "review": Review,
 }
+
+
+class CatalogueChange(TimedEvent):
+    """An item leaves (`remove`) or re-enters (`add`) the catalogue."""
+
+    item_id: Ident
+    action: Literal["remove", "add"]
+    category: Ident | None = None
+    price: float | None = Field(None, ge=0, le=1e7)

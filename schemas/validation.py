@@ -213,7 +213,7 @@ def _kind_of(model: type) -> str:
 class Checked(Generic[E]):
     """A payload and what validation made of it: the event, or why it was refused (exactly one of the two).
 
-    Records read by several agents are checked once and shared (`streams.batches`: the clicks' storage and
+    Records read by several agents are checked once and shared (`streams.runtime.batches`: the clicks' storage and
     recommender agents); `checked` takes either this or the bytes."""
 
     payload: bytes

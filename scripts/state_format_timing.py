@@ -1,6 +1,6 @@
 """Encode + decode time of checkpointed state: pickle (as checkpoints were written before) against Wharf's state
 format (`schemas.state`), in the same run. `WHARF_CONFIG=tests/wharf-test.toml python scripts/state_format_timing.py`
-(agents.sensors reads the settings)."""
+(agents.devices reads the settings)."""
 
 from __future__ import annotations
 
@@ -88,12 +88,12 @@ def main() -> None:
     items = dict(list(rec.items.items())[:5000])
     codec = StateCodec(RECOMMENDER_TYPES)
     compact = {UserState: _compact_pickle, ItemState: _compact_pickle}
-    print(f"recommender after 60,000 simulated clicks, in pieces of 50 entries (streams/deltalog.py); "
+    print(f"recommender after 60,000 simulated clicks, in pieces of 50 entries (streams/state/deltalog.py); "
           f"pickle with the compact reducer checkpoints used")
     for name, entries in (("users", users), ("items", items)):
         compare(f"{len(entries)} recommender {name}", pieces(entries), codec.dumps, codec.loads, _pickle, pickle.loads, compact)
 
-    from agents.sensors import DeviceState
+    from agents.devices import DeviceState
 
     rng = np.random.default_rng(0)
     rules = RuleSet(None)

@@ -15,7 +15,7 @@ os.environ.setdefault("WHARF_CONFIG", str(ROOT / "tests" / "wharf-test.toml"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from wharf.settings import Settings, get_settings  # noqa: E402
+from schemas.settings import Settings, get_settings  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"
 
@@ -61,7 +61,7 @@ def chdb_path(tmp_path_factory) -> Path:
 def ch(request, chdb_path, unique):
     """A fresh, migrated database on each backend: embedded chdb and the 18.16 server (test_clickhouse.py has its own, unmigrated)."""
     from schemas.clickhouse import migrate
-    from streams.clickhouse import connect
+    from streams.sinks.clickhouse import connect
 
     if request.param == "chdb":
         c = connect(f"chdb://{chdb_path}?database=t_{unique}")

@@ -80,7 +80,7 @@ def test_monitor_rules_stuck_anomaly_silence_offline():
     assert [(e.alarm_type, e.severity) for e in off] == [("offline", "CRITICAL")]
     on = mon.status(t + 203, "online")
     assert [(e.alarm_type, e.status) for e in on] == [("offline", "CLEARED_UNACK")]
-    codec = StateCodec(STATE_TYPES)  # checkpointed with the model (agents/sensors.py)
+    codec = StateCodec(STATE_TYPES)  # checkpointed with the model (agents/devices.py)
     again = codec.loads(codec.dumps(mon))
     assert again.alarms.active.keys() == mon.alarms.active.keys()
     for book in ("active", "cleared_unack"):

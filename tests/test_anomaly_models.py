@@ -151,7 +151,7 @@ def test_score_one_does_not_learn(fast_kwargs):
 
 
 def test_state_format_round_trip_gives_identical_scores():
-    """As checkpoints write a device's model (agents/sensors.py, schemas/state.py): it scores and learns on identically."""
+    """As checkpoints write a device's model (agents/devices.py, schemas/state.py): it scores and learns on identically."""
     m = DeviceAnomalyModel()  # full ensemble, HST included
     ts, x = _series(900, seed=4)
     m.score_learn_many(ts[:600], {"temperature": x[:600]})
@@ -208,7 +208,7 @@ def test_batch_missing_values_and_new_metrics():
 
 
 def test_measure_throughput_smoke():
-    from online_models.anomaly.bench import measure_throughput
+    from wharf.bench.anomaly import measure_throughput
 
     r = measure_throughput(n_devices=4, rounds=2, warmup_rounds=1, one_by_one_events=40, batch_min=5, batch_max=20)
     assert r["batch_events_per_s"] > 0 and r["one_by_one_events_per_s"] > 0

@@ -1,4 +1,4 @@
-"""`wharf.faust_ceiling`, the delivery references (Faust agents, batch agents) of `wharf bench commerce`, on the real broker."""
+"""`wharf.bench.faust_ceiling`, the delivery references (Faust agents, batch agents) of `wharf bench commerce`, on the real broker."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_faust_ceiling_waits_for_both_agents_and_writes_a_rate(delivery, stack, 
     env = {**os.environ, "WHARF_APP_ID": f"wharf-test-ceiling-{unique}", "WHARF_TOPIC_CLICKS": topic,
            "WHARF_STATE_DIR": str(tmp_path / "state"), "WHARF_WEB_PORT": str(stack.web_port + 38)}
     asyncio.run(ensure_topics(stack, [topic], stack.topic_partitions))
-    proc = subprocess.Popen([sys.executable, "-m", "wharf.faust_ceiling", "400", str(out), delivery], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "wharf.bench.faust_ceiling", "400", str(out), delivery], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
 

@@ -14,7 +14,7 @@ from mqtt_bridge.topics import TopicError, parse_topic
 from schemas import codec
 from schemas.deadletter import DeadLetter
 from wharf.infra.kafka import Kafka, ensure_topics
-from wharf.kafka_auth import kafka_client
+from streams.runtime.kafka_auth import kafka_client
 
 pytestmark = pytest.mark.infra
 
@@ -167,7 +167,7 @@ async def test_nothing_is_acked_while_kafka_is_down(bridge_setup, unique):
 
 async def test_bench_bridge_pushes_every_message_through(stack):
     """The benchmark command is a real run: every message published is received, confirmed by Kafka and acked."""
-    from mqtt_bridge.bench import bench_bridge
+    from wharf.bench.bridge import bench_bridge
 
     import re
 

@@ -22,10 +22,10 @@ from aiokafka import AIOKafkaProducer
 
 from mqtt_bridge.connection import end_session
 from schemas import codec
-from streams.clickhouse import connect
+from streams.sinks.clickhouse import connect
 from tests.test_sensors_e2e import SITE, BridgeProcess, Device, add_devices, make_topics, read_topic, sensor_env, wait_until
 from tests.workers import ROOT, WorkerProcess
-from wharf.kafka_auth import kafka_client
+from streams.runtime.kafka_auth import kafka_client
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from wharf.kafka_auth import kafka_client
+from streams.runtime.kafka_auth import kafka_client
 from wharf.cli import app
+from schemas.settings import Settings, describe
 from wharf import settingsdoc
-from wharf.settings import Settings, describe
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -47,7 +47,7 @@ def test_settings_markdown_prints_the_documented_table():
 
 def test_invalid_settings_name_the_variable(monkeypatch):
     monkeypatch.setenv("WHARF_TOPIC_PARTITIONS", "zero")
-    from wharf.settings import get_settings
+    from schemas.settings import get_settings
 
     get_settings.cache_clear()
     try:
@@ -101,7 +101,7 @@ def test_worker_topics_exist_before_faust_subscribes(stack, unique):
 
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from streams.topics import CATALOGUE_FANOUT, internal_topic_name
+    from streams.runtime.topics import CATALOGUE_FANOUT, internal_topic_name
     from wharf.cli import _create_worker_topics
 
     s = stack.model_copy(update={"app_id": f"wharf-test-topics-{unique}", "topic_clicks": f"test.clicks.{unique}"})

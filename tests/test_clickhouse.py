@@ -5,7 +5,7 @@ import time
 import pytest
 
 from schemas.clickhouse import MIGRATIONS, TABLES, migrate, render
-from streams.clickhouse import ClickHouseError, connect
+from streams.sinks.clickhouse import ClickHouseError, connect
 
 
 @pytest.fixture(params=["chdb", "server"])

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from schemas.deadletter import DeadLetter
-from streams import collector
+from streams.web import collector
 
 
 class FakeTopic:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from schemas import codec
-from streams.clickhouse import connect
+from streams.sinks.clickhouse import connect
 from tests.test_pipeline import produce, wait_until
 from tests.workers import WorkerProcess
 
@@ -189,9 +189,9 @@ async def test_commerce_path_end_to_end(stack, server_url, unique, tmp_path):
         assert body["sentiment"]["alerts"] >= 1 and body["sentiment"]["scored"] == len(reviews), body
         assert body["checkpoints"] >= 1 and body["keys_written"] >= 2, body  # at least one chunk and its commit
         status, body = http("GET", f"http://127.0.0.1:{port}/stats")
-        assert body["dispatch"]["direct"] > 0, body["dispatch"]  # streams/fastpath.py took part, and nothing was lost above
+        assert body["dispatch"]["direct"] > 0, body["dispatch"]  # streams/runtime/fastpath.py took part, and nothing was lost above
         assert body["dispatch"]["batch_handed_over"] > 0, body["dispatch"]  # clicks appended straight from the fetch
-        batches = body["batch_agents"]  # the clicks reached both click agents through streams/batches.py
+        batches = body["batch_agents"]  # the clicks reached both click agents through streams/runtime/batches.py
         assert batches["wharf.commerce-recommender"]["taken"] >= n_clicks + 1, batches  # with the bad one
         assert batches["wharf.store-clicks"]["taken"] >= n_clicks + 1, batches
         assert body["gc"]["collections"] > 0, body["gc"]
@@ -247,7 +247,7 @@ async def test_kill_9_mid_stream_every_click_and_review_stored_and_learned_once(
     """The worker restarts while clicks and rated reviews keep coming, so it starts with a backlog: every click and
     review is stored once, the shards' models learned each click once (`learned` counts the clicks in a shard's
     state, restored ones included), and the review model each review once (`model_learned`, from its checkpoint).
-    The sensor twin of this test caught Faust's recovery dropping records (`streams/flow.py`); the click part passed
+    The sensor twin of this test caught Faust's recovery dropping records (`streams/runtime/flow.py`); the click part passed
     with and without that fix (one run each): the clicks' batch agents take their records within 0.3 s, so little
     waits in their buffers when recovery ends."""
     env = env_for(stack, server_url, unique, tmp_path)
@@ -318,7 +318,7 @@ def _running(pid: int) -> bool:
 
 
 async def test_a_learner_that_dies_stops_its_worker_and_the_restart_learns_each_click_once(stack, server_url, unique, tmp_path):
-    """The shards live in a learner process (streams/learner.py): if it is killed, what it had learned since the last
+    """The shards live in a learner process (streams/learning/learner.py): if it is killed, what it had learned since the last
     checkpoint is gone, so the worker must not go on acking. It stops (exit status not 0), and a restart restores
     the shards and learns every click exactly once."""
     env = env_for(stack, server_url, unique, tmp_path)

@@ -24,8 +24,8 @@ import yaml  # noqa: E402 - pyyaml is a dev dependency
 
 from wharf.infra.kafka import KAFKA_VERSION  # noqa: E402
 from wharf.infra.mosquitto import acl_text  # noqa: E402
-from streams.topics import SPECS  # noqa: E402
-from wharf.settings import Settings  # noqa: E402
+from streams.runtime.topics import SPECS  # noqa: E402
+from schemas.settings import Settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -191,7 +191,7 @@ def test_every_wharf_variable_is_a_setting_and_valid(services: dict, monkeypatch
     sources["Dockerfile"] = dockerfile_env()
     for where, env in sources.items():
         unknown = {k for k in env if k.startswith("WHARF_")} - fields
-        assert not unknown, f"{where}: {sorted(unknown)} are not settings in wharf/settings.py"
+        assert not unknown, f"{where}: {sorted(unknown)} are not settings in schemas/settings.py"
     for name in WHARF_SERVICES:
         env = {**dockerfile_env(), **env_of(services[name])}
         isolated_settings(monkeypatch, tmp_path, env)  # raises if a value does not validate
@@ -272,8 +272,8 @@ def test_host_listener_matches_the_default_bootstrap(services: dict, monkeypatch
 def test_kafka_init_creates_exactly_wharfs_topics(services: dict, monkeypatch, tmp_path) -> None:
     """Run kafka-init's own command with ensure_topics replaced by a recorder."""
     import wharf.infra.kafka
-    import wharf.settings
-    from streams.topics import topic_names
+    import schemas.settings
+    from streams.runtime.topics import topic_names
 
     init = services["kafka-init"]
     assert init["entrypoint"] == ["python", "-c"]
@@ -289,7 +289,7 @@ def test_kafka_init_creates_exactly_wharfs_topics(services: dict, monkeypatch, t
         return list(names)
 
     monkeypatch.setattr(wharf.infra.kafka, "ensure_topics", record)
-    monkeypatch.setattr(wharf.settings, "get_settings", lambda: container)
+    monkeypatch.setattr(schemas.settings, "get_settings", lambda: container)
     exec(compile(code, "kafka-init", "exec"), {"__name__": "__main__"})
 
     defaults = isolated_settings(monkeypatch, tmp_path, {})
@@ -321,14 +321,14 @@ def run_mosquitto_init(services: dict, monkeypatch, tmp_path) -> tuple[Settings,
     """Run mosquitto-init's own command (the operator's .env: DOTENV) into a folder; return its settings and the folder."""
     import sys
 
-    import wharf.settings
+    import schemas.settings
 
     init = services["mosquitto-init"]
     assert init["entrypoint"] == ["python", "-c"] and init.get("restart", "no") == "no"
     code, target = init["command"]
     assert any(str(v).endswith(":" + target) for v in init["volumes"])
     container = container_settings(services, "mosquitto-init", monkeypatch, tmp_path)
-    monkeypatch.setattr(wharf.settings, "get_settings", lambda: container)
+    monkeypatch.setattr(schemas.settings, "get_settings", lambda: container)
     out = tmp_path / "mosquitto-config"
     out.mkdir()
     monkeypatch.setattr(sys, "argv", ["-c", str(out)])
@@ -398,7 +398,7 @@ def test_wharf_reaches_mosquitto(services: dict, monkeypatch, tmp_path) -> None:
 def test_mosquitto_matches_the_native_broker_config(monkeypatch, tmp_path) -> None:
     """Every directive `wharf infra up` writes, except addresses, paths and the OS user, is the same here."""
     from wharf.infra.mosquitto import Mosquitto
-    from wharf.secrets import ensure_secrets
+    from schemas.secrets import ensure_secrets
 
     settings = isolated_settings(monkeypatch, tmp_path, {"WHARF_STATE_DIR": str(tmp_path / "state")})
     ensure_secrets(settings)

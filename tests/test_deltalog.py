@@ -1,11 +1,11 @@
-"""The chunked delta log behind the recommender's checkpoints (streams/deltalog.py), on a plain dict as the table."""
+"""The chunked delta log behind the recommender's checkpoints (streams/state/deltalog.py), on a plain dict as the table."""
 
 from __future__ import annotations
 
 import random
 
-from streams import deltalog
-from streams.deltalog import DeltaLog
+from streams.state import deltalog
+from streams.state.deltalog import DeltaLog
 
 
 def _restore(table: dict[bytes, bytes], p: int = 3):
@@ -101,8 +101,8 @@ def test_recommender_shard_round_trip_through_its_log_and_v1_pickles_are_not_loa
     import pickle
 
     from online_models.recommender import RecommenderConfig
-    from streams.shard import Click, Record, Shard
-    from wharf.settings import get_settings
+    from streams.learning.shard import Click, ShardRecord, Shard
+    from schemas.settings import get_settings
     from wharf.simulator import ShopConfig, ShopSimulator
 
     topic = get_settings().topic_clicks
@@ -111,7 +111,7 @@ def test_recommender_shard_round_trip_through_its_log_and_v1_pickles_are_not_loa
     config = RecommenderConfig()
     shard = Shard.new(2, config)
     for i, e in enumerate(events):
-        shard.apply(Record(topic, i, Click(**{f: e.get(f) for f in Click._fields})))
+        shard.apply(ShardRecord(topic, i, Click(**{f: e.get(f) for f in Click._fields})))
         if i % 700 == 699:
             shard.checkpoint(table)
     shard.checkpoint(table)

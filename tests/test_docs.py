@@ -6,7 +6,7 @@ from pathlib import Path
 
 import faust
 
-from wharf.benchall import Section, markdown
+from wharf.bench.all import Section, markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -14,7 +14,7 @@ README_MAX_LINES = 250
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 CODE_BLOCK = re.compile(r"^```.*?^```", re.S | re.M)
-PATH_IN_BACKTICKS = re.compile(r"`((?:[\w.-]+/)+[\w.-]*)`")  # `streams/sink.py`, `online_models/anomaly/`
+PATH_IN_BACKTICKS = re.compile(r"`((?:[\w.-]+/)+[\w.-]*)`")  # `streams/sinks/writer.py`, `online_models/anomaly/`
 
 
 def relative_links(doc: Path) -> list[str]:
@@ -55,7 +55,7 @@ def test_architecture_names_only_files_that_exist():
 def test_benchmarks_is_only_what_bench_all_writes():
     text = (ROOT / "docs" / "BENCHMARKS.md").read_text()
     header = re.match(r"# Benchmarks\n\nWritten by `wharf bench all` on (.+?)\. Machine: (.+)\.\n", text)
-    assert header, "docs/BENCHMARKS.md must start as wharf/benchall.py `markdown` writes it"
+    assert header, "docs/BENCHMARKS.md must start as wharf/bench/all.py `markdown` writes it"
     sections = [Section(title, command, body, float(seconds)) for title, command, seconds, body in re.findall(
         r"^## (.+)\n\nCommand: `(.+)` \((\d+) s\)\n\n```\n(.*?)\n```\n", text, re.S | re.M)]
     assert sections, "no benchmark section found"

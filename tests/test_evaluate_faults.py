@@ -6,7 +6,7 @@ from online_models.evaluation.faults import AlarmEvent, TrueFault, score_faults
 from online_models.sensing import SensorSetup
 from schemas.validation import Limits
 from wharf import faults
-from wharf.settings import Settings
+from schemas.settings import Settings
 
 SETTINGS = Settings()
 SETUP = SensorSetup.from_settings(SETTINGS)

@@ -4,7 +4,7 @@ Faust's default supervisor restarts a crashed agent and carries on: the batch it
 partition's commits stop there and every later rebalance waits for those acks. The worker here is the
 real `wharf worker` (all of Wharf's agents), plus one agent on a test topic that fails on a poisoned
 record the first time and writes down each record it is given: a Faust agent, and a batch agent
-(`streams/batches.py`, which Faust's supervisor does not watch).
+(`streams/runtime/batches.py`, which Faust's supervisor does not watch).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from wharf.infra.kafka import ensure_topics
 
 SCRIPT = """
 import os, sys
-from streams.app import app
+from streams.runtime.app import app
 from wharf.cli import app as cli
 
 probe = app.topic(os.environ["PROBE_TOPIC"], key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -35,7 +35,7 @@ def look(events):
     for e in events:
         e.ack()
 
-if os.environ["PROBE_KIND"] == "batch":  # streams/batches.py
+if os.environ["PROBE_KIND"] == "batch":  # streams/runtime/batches.py
     @app.batch_agents.agent(probe, name="wharf.test-probe", max_records=100, within=0.1)
     async def probe_agent(agent):
         async for events in agent.batches():

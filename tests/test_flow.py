@@ -1,10 +1,10 @@
-"""Flow control (`streams/flow.py`): resuming delivery that is already running keeps what the agents' queues hold."""
+"""Flow control (`streams/runtime/flow.py`): resuming delivery that is already running keeps what the agents' queues hold."""
 
 from __future__ import annotations
 
 from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
-from streams.flow import KeepQueuesWhileFlowing
+from streams.runtime.flow import KeepQueuesWhileFlowing
 
 
 def _queued_after_second_resume(flow: FlowControlEvent) -> int:
@@ -16,7 +16,7 @@ def _queued_after_second_resume(flow: FlowControlEvent) -> int:
 
 
 def test_faust_flow_control_drops_what_a_second_resume_finds():
-    """Faust's own behaviour, which `streams/flow.py` works around; if this fails, the workaround may go."""
+    """Faust's own behaviour, which `streams/runtime/flow.py` works around; if this fails, the workaround may go."""
     assert _queued_after_second_resume(FlowControlEvent()) == 0
 
 
@@ -31,6 +31,6 @@ def test_resume_while_flowing_keeps_the_queues_and_resume_after_a_suspend_emptie
 
 
 def test_the_app_uses_it():
-    from streams.app import app
+    from streams.runtime.app import app
 
     assert isinstance(app.flow_control, KeepQueuesWhileFlowing)

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from schemas.clickhouse import migrate
-from streams.clickhouse import connect
+from streams.sinks.clickhouse import connect
 from wharf.grafana import OUT, PANELS, dashboard
 
 ROOT = Path(__file__).resolve().parent.parent

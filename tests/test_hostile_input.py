@@ -15,7 +15,7 @@ import time
 import warnings
 
 import pytest
-from wharf.kafka_auth import kafka_client
+from streams.runtime.kafka_auth import kafka_client
 from aiokafka import AIOKafkaProducer
 from hypothesis import strategies as st
 from hypothesis.errors import NonInteractiveExampleWarning

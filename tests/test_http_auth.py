@@ -25,12 +25,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from schemas import codec
 from schemas.events import Alert
-from streams.clickhouse import connect
-from streams.credentials import Sessions
-from streams.guard import Guard
+from streams.sinks.clickhouse import connect
+from streams.web.credentials import Sessions
+from streams.web.guard import Guard
 from tests.test_pipeline import committed_equals_end, produce, wait_until
 from tests.workers import WorkerProcess
-from wharf.settings import Settings
+from schemas.settings import Settings
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
 
@@ -108,8 +108,8 @@ async def site(stack, server_url, tmp_path_factory):
 def worker_routes() -> list[tuple[str, str]]:
     """(method, route template) of every route the worker's aiohttp server has: the same modules `wharf worker` imports."""
     import agents  # noqa: F401
-    import streams.web  # noqa: F401
-    from streams.app import app
+    import streams.web.views  # noqa: F401
+    from streams.runtime.app import app
 
     return sorted({(r.method, r.resource.canonical) for r in app.web.web_app.router.routes() if r.resource is not None})
 
@@ -302,7 +302,7 @@ async def test_a_failing_handler_answers_a_generic_500_and_logs_the_trace_under_
 
     application = web.Application(middlewares=[guard.middleware])
     application.router.add_get("/boom", boom)
-    caplog.set_level(logging.ERROR, logger="streams.guard")
+    caplog.set_level(logging.ERROR, logger="streams.web.guard")
     async with TestClient(TestServer(application)) as client:
         r = await client.get("/boom")
         assert r.status == 401

@@ -7,7 +7,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import ConsumerRebalanceListener
 
 from wharf.infra.kafka import ensure_topics
-from wharf.kafka_auth import kafka_client
+from streams.runtime.kafka_auth import kafka_client
 
 pytestmark = pytest.mark.infra
 

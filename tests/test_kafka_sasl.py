@@ -24,10 +24,10 @@ from mqtt_bridge.connection import end_session
 from tests.test_bridge import Device, consume, reading
 from wharf import infra
 from wharf.infra.kafka import Kafka, _java, ensure_topics, libs_dir
-from wharf.kafka_auth import as_user, faust_credentials, kafka_client
-from wharf.redact import MASK, redact
-from wharf.secrets import kafka_password
-from wharf.settings import Settings
+from streams.runtime.kafka_auth import as_user, faust_credentials, kafka_client
+from schemas.redact import MASK, redact
+from schemas.secrets import kafka_password
+from schemas.settings import Settings
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""The recommender's learner process (streams/learner.py), spawned for real and driven as the worker drives it."""
+"""The recommender's learner process (streams/learning/learner.py), spawned for real and driven as the worker drives it."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import time
 import pytest
 
 from online_models.recommender import RecommenderConfig
-from streams.learner import Learner, LearnerDied
-from streams.shard import Click, Record, Shard
+from streams.learning.learner import Learner, LearnerDied
+from streams.learning.shard import Click, ShardRecord, Shard
 from wharf.simulator import ShopConfig, ShopSimulator
 
 TOPIC = "clicks"
 
 
-def _records(n: int, seed: int = 3) -> list[Record]:
+def _records(n: int, seed: int = 3) -> list[ShardRecord]:
     events = ShopSimulator(ShopConfig(seed=seed, n_items=400, n_users=300)).events(n)
-    return [Record(TOPIC, i, Click(*(e.get(f) for f in Click._fields))) for i, e in enumerate(events)]
+    return [ShardRecord(TOPIC, i, Click(*(e.get(f) for f in Click._fields))) for i, e in enumerate(events)]
 
 
 @pytest.fixture

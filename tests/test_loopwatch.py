@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from streams.loopwatch import LoopWatch
+from streams.runtime.loopwatch import LoopWatch
 
 
 def hold_the_loop(seconds: float) -> None:

@@ -16,14 +16,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import codec
-from streams.clickhouse import connect
+from streams.sinks.clickhouse import connect
 from tests.test_bridge import Device, bridge_setup  # noqa: F401 - the real bridge, as its own tests start it
 from tests.test_bridge import reading as bridge_reading
 from tests.test_bridge import wait_for as bridge_wait_for
 from tests.test_pipeline import produce, reading, wait_until
 from tests.workers import WorkerProcess
 from wharf import grafana_metrics
-from wharf.settings import Settings
+from schemas.settings import Settings
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
 

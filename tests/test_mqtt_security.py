@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from tests.test_mqtt import Client
 from wharf.infra.mosquitto import Mosquitto, check_login
-from wharf.secrets import ensure_secrets
+from schemas.secrets import ensure_secrets
 
 pytestmark = pytest.mark.infra
 

@@ -1,4 +1,4 @@
-"""streams.partition_check: a changelog not yet in the consumer's metadata is no partition mismatch."""
+"""streams.runtime.partition_check: a changelog not yet in the consumer's metadata is no partition mismatch."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from faust.exceptions import PartitionsMismatch
 from faust.tables.base import Collection
 
-from streams import partition_check
+from streams.runtime import partition_check
 
 
 def _table(partitions: dict[str, int | None]) -> SimpleNamespace:

@@ -5,12 +5,12 @@ import asyncio
 import time
 
 import pytest
-from wharf.kafka_auth import kafka_client
+from streams.runtime.kafka_auth import kafka_client
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas import codec
-from streams.clickhouse import connect
+from streams.sinks.clickhouse import connect
 from tests.workers import WorkerProcess
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from schemas.clickhouse import TABLES
-from streams.queries import DashboardQueries
+from streams.sinks.queries import DashboardQueries
 
 
 

@@ -11,15 +11,15 @@ import pytest
 from online_models.evaluation.recommender import (
     evaluate_file,
     evaluate_interactions,
-    evaluate_simulator,
     read_interactions,
 )
 from online_models.recommender import OnlineRecommender, RecommenderConfig
-from online_models.recommender.bench import bench_commerce
+from wharf.bench.recommender import bench_commerce
 from online_models.recommender.state import STATE_TYPES
 from schemas.events import ClickEvent
 from schemas.state import StateCodec
 from wharf.simulator import ShopConfig, ShopSimulator, simulate_clicks
+from wharf.simulator.evaluation import evaluate_simulator
 
 CATS = "ABCDE"
 T0 = 1_700_000_000.0
@@ -220,7 +220,7 @@ def test_state_stores_alone_rebuild_the_model():
     model = OnlineRecommender(RecommenderConfig(seed=2))
     for ev in simulate_clicks(2000, seed=4, n_users=150, n_items=250):
         model.learn_one(ev)
-    codec = StateCodec(STATE_TYPES)  # as checkpoints write them (streams/shard.py)
+    codec = StateCodec(STATE_TYPES)  # as checkpoints write them (streams/learning/shard.py)
     users = {k: codec.loads(codec.dumps(v)) for k, v in model.users.items()}
     items = {k: codec.loads(codec.dumps(v)) for k, v in model.items.items()}
     state = codec.loads(codec.dumps(model.state))

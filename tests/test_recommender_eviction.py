@@ -7,8 +7,8 @@ import random
 from online_models.recommender import OnlineRecommender, RecommenderConfig
 from online_models.recommender.state import STATE_TYPES
 from schemas.state import StateCodec
-from streams.deltalog import DeltaLog
-from streams.shard import Click, Record, Shard
+from streams.state.deltalog import DeltaLog
+from streams.learning.shard import Click, ShardRecord, Shard
 
 CODEC = StateCodec(STATE_TYPES)
 TOPIC = "clicks"
@@ -149,7 +149,7 @@ def test_a_restore_after_evictions_has_exactly_the_live_users_and_items() -> Non
 
     def feed(s: Shard, evs: list[dict], first: int) -> None:
         for i, e in enumerate(evs, first):
-            s.apply(Record(TOPIC, i, Click(**{f: e.get(f) for f in Click._fields})))
+            s.apply(ShardRecord(TOPIC, i, Click(**{f: e.get(f) for f in Click._fields})))
 
     for start in range(0, 3_000, 250):
         feed(shard, events[start:start + 250], start)

@@ -9,9 +9,9 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from wharf.redact import MASK, install_log_redaction, redact, register
-from wharf.secrets import device_registry, ensure_secrets, parse_registry, register_devices, secrets_dir
-from wharf.settings import Settings
+from schemas.redact import MASK, install_log_redaction, redact, register
+from schemas.secrets import device_registry, ensure_secrets, parse_registry, register_devices, secrets_dir
+from schemas.settings import Settings
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_redact_masks_url_passwords_and_known_secrets():
 
 def test_settings_command_and_logs_show_no_secret(fresh, monkeypatch, caplog):
     from wharf.cli import app
-    from wharf.settings import get_settings
+    from schemas.settings import get_settings
 
     ensure_secrets(fresh)
     monkeypatch.setenv("WHARF_STATE_DIR", str(fresh.state_dir))
@@ -95,7 +95,7 @@ def test_settings_command_and_logs_show_no_secret(fresh, monkeypatch, caplog):
 
 
 def test_local_clickhouse_url_gets_the_generated_password_but_prints_without_it(fresh):
-    from streams.clickhouse import with_local_password
+    from streams.sinks.clickhouse import with_local_password
 
     ensure_secrets(fresh)
     pw = (secrets_dir(fresh) / "clickhouse-password").read_text().strip()

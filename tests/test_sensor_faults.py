@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from wharf.kafka_auth import kafka_client
+from streams.runtime.kafka_auth import kafka_client
 
 from tests.test_sensors_e2e import Device, Stack, add_devices, make_topics, sensor_env, wait_until
 
@@ -118,7 +118,7 @@ async def test_worker_kill_9_mid_stream_keeps_model_state(stack, server_url, uni
 
     # 100 readings/s: the kill lands mid-stream and the restarted worker starts with a backlog. At 400/s the feed
     # (3 s) was often over, and stored, before the kill, and this test missed that Faust's recovery dropped records
-    # delivered while it sought the partitions (`streams/flow.py`).
+    # delivered while it sought the partitions (`streams/runtime/flow.py`).
     st, feed = await run_with_fault(stack, server_url, unique, tmp_path, fault, rate=100.0)
     try:
         # every reading learned exactly once: checkpoint + re-learned gap + the rest, nothing twice
@@ -180,7 +180,7 @@ async def test_the_gap_after_a_checkpoint_is_read_whole(stack, unique):
     """`_read_ranges` (the re-learn after a crash) returns exactly the committed-but-unlearned offsets of each partition."""
     from aiokafka import AIOKafkaProducer, TopicPartition
 
-    from agents.sensors import _read_ranges
+    from agents.scoring import _read_ranges
     from wharf.infra.kafka import ensure_topics
 
     topic = f"test.gap.{unique}"

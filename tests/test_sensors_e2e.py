@@ -21,9 +21,9 @@ from aiokafka import AIOKafkaConsumer
 
 from mqtt_bridge.connection import end_session
 from schemas import codec
-from streams.clickhouse import connect
-from wharf.kafka_auth import kafka_client
-from wharf.settings import Settings
+from streams.sinks.clickhouse import connect
+from streams.runtime.kafka_auth import kafka_client
+from schemas.settings import Settings
 from tests.workers import ROOT, WorkerProcess
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
@@ -60,9 +60,9 @@ def sensor_env(stack, server_url: str, unique: str, **over: str) -> dict[str, st
 
 
 async def make_topics(stack, env: dict[str, str]) -> None:
-    from streams.topics import topic_names
+    from streams.runtime.topics import topic_names
     from wharf.infra.kafka import ensure_topics
-    from wharf.settings import Settings
+    from schemas.settings import Settings
 
     s = Settings(**{k[len("WHARF_"):].lower(): v for k, v in env.items() if k.startswith("WHARF_TOPIC_")})
     await ensure_topics(stack, topic_names(s), stack.topic_partitions)

@@ -166,18 +166,18 @@ def test_prequential_minilm_on_real_file(tmp_path: Path, minilm: SentimentModel)
 
 
 def test_learned_state_restores_the_same_predictions(tmp_path: Path) -> None:
-    """A worker's review model checkpoint (agents/commerce.py `Sentiment`): an image, then a delta of only the n-gram
+    """A worker's review model checkpoint (agents/reviews.py `Sentiment`): an image, then a delta of only the n-gram
     counts the later reviews touched, restored through the delta log into a fresh model of the same encoder."""
     from online_models.sentiment.model import LEARNED_STATE_TYPES
     from schemas.state import StateCodec
-    from streams.deltalog import DeltaLog
+    from streams.state.deltalog import DeltaLog
 
     rows = read_labelled(DATA / "amazon_cells_labelled.txt")
     model = SentimentModel(encoder="hashing")
     for text, label in rows[:400]:
         model.learn_one(text, label)
     table: dict[bytes, bytes] = {}
-    codec = StateCodec(LEARNED_STATE_TYPES)  # as agents/commerce.py writes it
+    codec = StateCodec(LEARNED_STATE_TYPES)  # as agents/reviews.py writes it
     log = DeltaLog("s", 2, piece_entries=5_000, codec=codec)
     log.write(table, model.learned_state(), "first", image=True)
     later = rows[400:600]

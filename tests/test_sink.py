@@ -6,8 +6,8 @@ import time
 import pytest
 
 from schemas.clickhouse import TABLES, migrate
-from streams.clickhouse import ClickHouseError, connect
-from streams.sink import ClickHouseWriter
+from streams.sinks.clickhouse import ClickHouseError, connect
+from streams.sinks.writer import ClickHouseWriter
 from wharf.infra.clickhouse_server import ClickHouseServer
 
 SPEC = TABLES["clicks"]
@@ -159,7 +159,7 @@ async def test_a_partition_revoked_while_its_batch_is_acked_leaves_the_writer_ru
     agent does) must not stop it: the revoked records stay unacked for their next owner, later ones are acked."""
     from types import SimpleNamespace
 
-    from streams.acks import OrderedAcker
+    from streams.runtime.acks import OrderedAcker
 
     n = 20_000  # acked in one loop long enough to yield several times
     acker = OrderedAcker()
@@ -236,7 +236,7 @@ async def test_a_batch_refused_whole_is_retried_before_it_is_dead_lettered(ch):
 def test_dead_letters_expire_after_their_ttl(ch):
     from schemas.deadletter import DeadLetter
     from schemas.rows import dead_letter
-    from streams.ingest import expire_dead_letters
+    from streams.sinks.ingest import expire_dead_letters
 
     spec = TABLES["dead_letters"]
     now = time.time()
@@ -259,7 +259,7 @@ def test_dead_letters_of_one_partition_from_two_stages_are_not_taken_for_copies(
     """Validation (the storage agent) and a later step (the device owner) dead-letter records of the same source
     partition independently: a later offset from one must not make the other's earlier one look redelivered."""
     from schemas.validation import FieldError, InvalidEvent, processing_error
-    from streams.ingest import SourceMarks
+    from streams.sinks.ingest import SourceMarks
 
     where = {"kafka_topic": "readings", "kafka_partition": 3}
     invalid = InvalidEvent("sensor_reading", [FieldError("seq", "-1", "must be >= 0")])

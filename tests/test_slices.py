@@ -1,10 +1,10 @@
-"""streams.slices: long loops yield once their slice has passed, sooner while requests arrive."""
+"""streams.runtime.slices: long loops yield once their slice has passed, sooner while requests arrive."""
 
 from __future__ import annotations
 
 import asyncio
 
-from streams import slices
+from streams.runtime import slices
 
 
 class Clock:

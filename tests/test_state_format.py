@@ -51,7 +51,7 @@ def _readings(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _device_state():
-    from agents.sensors import DeviceState
+    from agents.devices import DeviceState
 
     ts, x = _readings(3000)
     st_ = DeviceState.new("dev-7", 3)
@@ -97,7 +97,7 @@ def test_plain_values_come_back_with_their_types() -> None:
 
 def test_a_device_state_scores_and_alarms_identically_after_a_round_trip() -> None:
     """DeviceAnomalyModel (full ensemble: forecaster and River HST), DeviceMonitor and the de-duplication window."""
-    from agents.sensors import STATE_VERSION, DeviceState
+    from agents.devices import STATE_VERSION, DeviceState
 
     state, ts, x = _device_state()
     blob = state.dump()
@@ -146,7 +146,7 @@ def test_recommender_users_items_and_global_state_round_trip() -> None:
 
 
 def test_item_norm_with_its_alarm_book_round_trips() -> None:
-    from agents.commerce import NORM_CODEC, ItemNorm, check_drop
+    from agents.item_alarms import NORM_CODEC, ItemNorm, check_drop
 
     norm = ItemNorm()
     for i in range(40):
@@ -187,7 +187,7 @@ def test_pickles_and_compressed_pickles_are_refused_and_run_nothing(tmp_path: Pa
 
 def test_truncated_and_corrupted_records_are_refused() -> None:
     state, _, _ = _device_state()
-    from agents.sensors import STATE_CODEC
+    from agents.devices import STATE_CODEC
 
     for compress in (False, True):
         blob = STATE_CODEC.dumps(state, compress=compress)

@@ -19,11 +19,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from schemas import codec
-from streams.clickhouse import connect
+from streams.sinks.clickhouse import connect
 from tests.test_commerce_e2e import env_for, http, shard_clicks
 from tests.test_pipeline import wait_until
 from tests.workers import WorkerProcess
-from wharf.kafka_auth import kafka_client
+from streams.runtime.kafka_auth import kafka_client
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
 

@@ -66,6 +66,10 @@ def test_each_fault_changes_what_the_device_sends(kind):
                 parse(p.payload, SensorReading)
     elif kind == "stuck":
         assert len({v for _, v in during_vals}) == 1 and len(during_vals) > 50
+    elif kind == "compressor_failure":  # a slow drift: a fraction of a degree a minute, not a step
+        t, v = np.array(during_vals).T
+        slope = np.polyfit(t - t[0], v, 1)[0] * 60.0
+        assert 0.7 * sim.config.compressor_drift_c_per_min < slope < 1.3 * sim.config.compressor_drift_c_per_min, slope
     else:
         base = np.median([v for _, v in before])
         peak = max(v for _, v in during_vals)
@@ -94,7 +98,7 @@ def test_scheduled_faults_rotate_through_every_kind():
 
 
 def test_registry_setting_binds_every_device_to_its_site_and_zone():
-    from wharf.secrets import Placement, parse_registry
+    from schemas.secrets import Placement, parse_registry
 
     sim = WarehouseSimulator()
     assert parse_registry(sim.registry_setting(), "test") == {d.device_id: Placement(d.site, d.zone) for d in sim.devices}
@@ -111,7 +115,7 @@ def test_fleet_logs_in_as_each_device_and_publishes_in_real_time(settings, tmp_p
     from pydantic import SecretStr
 
     from wharf.infra.mosquitto import Mosquitto
-    from wharf.secrets import ensure_secrets
+    from schemas.secrets import ensure_secrets
     from wharf.simulator.devices import DeviceFleet
 
     sim = WarehouseSimulator(WarehouseConfig(sites=1, zones_per_site=1, devices_per_zone=4, interval_s=0.5,
@@ -150,3 +154,19 @@ def test_fleet_logs_in_as_each_device_and_publishes_in_real_time(settings, tmp_p
         sub.disconnect()
         sub.loop_stop()
         broker.stop()
+
+
+def test_scheduled_faults_one_at_a_time_and_a_compressor_fails_once():
+    sim = WarehouseSimulator(WarehouseConfig(fault_every_s=60, first_fault_after_s=60))
+    list(sim.readings(sim.config.start_ts + 4 * 3600))
+    failures = [f for f in sim.faults if f.kind == "compressor_failure"]
+    cold_rooms = [d for d in sim.devices if d.device_type == "cold_room"]
+    assert len(failures) == len(cold_rooms) == len({f.device_id for f in failures})
+    for f in failures:
+        assert f.end_ts - f.start_ts == sim.config.compressor_duration_s
+    for d in sim.devices:  # scheduled faults of one device never overlap while another device is free
+        mine = sorted((f for f in sim.faults if f.device_id == d.device_id), key=lambda f: f.start_ts)
+        overlaps = [(a, b) for a, b in zip(mine, mine[1:]) if b.start_ts < a.end_ts]
+        for _, b in overlaps:
+            eligible = cold_rooms if b.kind in ("compressor_failure", "door_left_open") else sim.devices
+            assert all(any(g.active(b.start_ts) for g in sim.faults if g.device_id == e.device_id and g is not b) for e in eligible), b

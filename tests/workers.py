@@ -20,7 +20,7 @@ WORKER_ARGV = [sys.executable, "-m", "wharf.cli", "worker", "--loglevel", "warni
 
 def credentials(env: dict[str, str]) -> dict[str, str]:
     """`env` with an operator token and an API key of its own unless it names some: a worker refuses every
-    request without them (streams/guard.py)."""
+    request without them (streams/web/guard.py)."""
     return {"WHARF_WEB_OPERATOR_TOKENS": f"op-{secrets.token_urlsafe(18)}", "WHARF_WEB_API_KEYS": f"key-{secrets.token_urlsafe(18)}", **env}
 
 

@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from wharf import progress
-from wharf.redact import install_log_redaction, redact
-from wharf.settings import Settings, describe, get_settings
+from schemas.redact import install_log_redaction, redact
+from schemas.settings import Settings, describe, get_settings
 
 app = typer.Typer(
     name="wharf",
@@ -63,7 +63,7 @@ def infra_up(
         took = "already running" if not st.ready_seconds else f"ready in {st.ready_seconds:.1f}s"
         console.print(f"[green]✓[/green] {st.name:<10} pid {st.pid:<7} {took:<18} {st.where}", soft_wrap=True)
     console.print(f"stack ready in {time.monotonic() - started:.1f}s; state in {settings.state_dir}")
-    from wharf.secrets import secrets_dir
+    from schemas.secrets import secrets_dir
 
     console.print(f"secrets (0600, never printed) in {secrets_dir(settings)}: mqtt-bridge-password, mqtt-devices, clickhouse-password, "
                   f"api-keys, operator-token, kafka-password, kafka-admin-password; MQTT CA {settings.ca_file()}", soft_wrap=True)
@@ -104,14 +104,20 @@ def worker(
         os.environ["WHARF_WEB_PORT"] = str(web_port)
         get_settings.cache_clear()
     use_event_loop()
-    from streams import heap
+    from streams.runtime import heap
 
     install_log_redaction()
     heap.configure()  # before the imports below allocate most of what the worker starts with
-    import agents  # noqa: F401 - registers the agents
-    import streams.web  # noqa: F401 - registers the web views
-    from streams.app import app as faust_app
-    from streams.app import storage
+    from streams.runtime.patches import UnsupportedFaust
+
+    try:
+        import agents  # noqa: F401 - registers the agents (and creates the app, which checks Faust's version)
+    except UnsupportedFaust as exc:
+        console.print(f"[red]wharf worker refused to start:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    import streams.web.views  # noqa: F401 - registers the web views
+    from streams.runtime.app import app as faust_app
+    from streams.runtime.app import storage
 
     storage.ch  # connect and migrate before consuming, so a bad URL fails here, loudly
     _create_worker_topics(get_settings())
@@ -155,12 +161,12 @@ def run_faust_worker(faust_app: Any, loglevel: str) -> None:
 
 
 def _create_worker_topics(settings: Settings) -> None:
-    """Create the worker's topics before Faust subscribes (`streams.topics.worker_topic_names`), in a thread:
+    """Create the worker's topics before Faust subscribes (`streams.runtime.topics.worker_topic_names`), in a thread:
     the main thread's event loop is Faust's to create."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from streams.topics import worker_topic_names
+    from streams.runtime.topics import worker_topic_names
     from wharf.infra.kafka import ensure_topics
 
     names = worker_topic_names(settings)
@@ -210,7 +216,7 @@ def simulate(
                           start_ts=time.time(), fault_every_s=fault_every)
     sim = WarehouseSimulator(cfg)
     if register:
-        from wharf.secrets import parse_registry, register_devices
+        from schemas.secrets import parse_registry, register_devices
 
         path = register_devices(_settings(), parse_registry(sim.registry_setting(), "simulator"))
         console.print(f"{len(sim.devices)} devices registered in {path}; now run `wharf infra up`.")
@@ -314,7 +320,7 @@ def evaluate_anomaly(
 
 @evaluate_app.command("faults")
 def evaluate_faults(
-    devices: int = typer.Option(16, min=1, help="Simulated devices (types in turn: cold_room, conveyor, forklift, dock_door)."),
+    devices: int = typer.Option(32, min=1, help="Simulated devices (types in turn: cold_room, conveyor, forklift, dock_door)."),
     hours: float = typer.Option(2.0, min=0.01, help="Simulated hours per seed (runs faster than real time)."),
     seeds: str = typer.Option("7", help="Comma-separated simulator seeds; each is one warehouse, scored together."),
     fault_every: float = typer.Option(120.0, min=0.0, help="Mean simulated seconds between injected faults (60 s each); 0: none."),
@@ -387,7 +393,7 @@ def bench_all(
     quick: bool = typer.Option(False, help="Shorter throughput runs (for a smoke check)."),
 ) -> None:
     """Run the sensor and commerce benchmarks and every evaluation, and write docs/BENCHMARKS.md."""
-    from wharf.benchall import run_all
+    from wharf.bench.all import run_all
 
     report = run_all(_settings(), datasets, out, quick=quick)
     failed = [s.title for s in report.sections if s.body.startswith("FAILED")]

@@ -29,12 +29,12 @@ from aiokafka import AIOKafkaProducer
 from rich.console import Console
 
 from schemas import codec
-from streams.credentials import KeySource
+from streams.web.credentials import KeySource
 from wharf import infra
-from wharf.kafka_auth import kafka_client
-from wharf.redact import redact
-from wharf.secrets import parse_registry, register_devices
-from wharf.settings import Settings
+from streams.runtime.kafka_auth import kafka_client
+from schemas.redact import redact
+from schemas.secrets import parse_registry, register_devices
+from schemas.settings import Settings
 from wharf.simulator.devices import DeviceFleet
 from wharf.simulator.shop import ShopConfig, ShopSimulator
 from wharf.simulator.warehouse import WarehouseConfig, WarehouseSimulator
@@ -60,7 +60,7 @@ class Child:
         return self.proc.poll() is None
 
 
-CHILD_STOP_SECONDS = 8.0  # each child stops within this of SIGTERM (the worker's own watchdog: streams/stopping.py), else SIGKILL
+CHILD_STOP_SECONDS = 8.0  # each child stops within this of SIGTERM (the worker's own watchdog: streams/runtime/stopping.py), else SIGKILL
 SIMULATORS_STOP_SECONDS = 1.0  # the shop's producer and the device fleet's thread, before the children
 
 

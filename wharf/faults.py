@@ -2,7 +2,7 @@
 
 In process and in simulated time (no Kafka, no servers): the simulator
 (`wharf.simulator.warehouse`) publishes readings, births and silences with fixed
-seeds; each valid reading goes through the same step as the `agents.sensors` agent:
+seeds; each valid reading goes through the same step as the `agents.scoring` agent:
 `online_models.sensing.score_readings` (the device's `DeviceAnomalyModel`, batched
 per simulated second, as the agent batches what arrives together), then
 `DeviceMonitor.reading` (limit rules, flatline, the model's alarm), and once per
@@ -26,6 +26,10 @@ from schemas.validation import InvalidEvent, Limits, parse
 from wharf.simulator.warehouse import WarehouseConfig, WarehouseSimulator
 
 
+WARMUP_S = 1800.0
+"""Normal operation before the first scheduled fault: the models have learned their devices, as in production."""
+
+
 @dataclass
 class SeedRun:
     faults: list[TrueFault]
@@ -41,11 +45,13 @@ def _event(a: Alert) -> AlarmEvent:
 
 
 def run_seed(setup: SensorSetup, limits: Limits, seed: int, devices: int, hours: float, fault_every_s: float,
-             fault_duration_s: float = 60.0, inject: Iterable[tuple[str, int, float, float]] = ()) -> SeedRun:
+             fault_duration_s: float = 60.0, inject: Iterable[tuple[str, int, float, float]] = (),
+             warmup_s: float = 90.0) -> SeedRun:
     """One simulated warehouse of `devices` devices for `hours`, with a fault about every `fault_every_s` (0: none),
-    plus the faults in `inject`: (kind, device index, start in seconds after the start, duration in seconds)."""
+    plus the faults in `inject`: (kind, device index, start in seconds after the start, duration in seconds).
+    Scheduled faults start after `warmup_s`: a deployed model has history (NAB does not score its first 15 % either)."""
     cfg = WarehouseConfig(seed=seed, sites=1, zones_per_site=1, devices_per_zone=devices, fault_every_s=fault_every_s,
-                          fault_duration_s=fault_duration_s)
+                          fault_duration_s=fault_duration_s, first_fault_after_s=warmup_s)
     sim = WarehouseSimulator(cfg)
     for kind, index, after_s, duration_s in inject:
         sim.inject(kind, sim.devices[index].device_id, cfg.start_ts + after_s, duration_s)
@@ -98,8 +104,8 @@ def run_seed(setup: SensorSetup, limits: Limits, seed: int, devices: int, hours:
     return SeedRun(faults, [_event(a) for a in alerts], readings, refused, len(sim.devices) * hours)
 
 
-def evaluate(settings, devices: int = 16, hours: float = 2.0, seeds: Iterable[int] = (7,), fault_every_s: float = 120.0,  # noqa: ANN001
-             grace_s: float = 120.0) -> tuple[FaultReport, list[SeedRun]]:
+def evaluate(settings, devices: int = 32, hours: float = 2.0, seeds: Iterable[int] = (7,), fault_every_s: float = 120.0,  # noqa: ANN001
+             grace_s: float = 120.0, warmup_s: float = WARMUP_S) -> tuple[FaultReport, list[SeedRun]]:
     """Every seed's run, scored together (faults and alarms of different seeds never meet: device ids are per seed)."""
     setup = SensorSetup.from_settings(settings)
     limits = Limits.from_settings(settings)
@@ -107,17 +113,20 @@ def evaluate(settings, devices: int = 16, hours: float = 2.0, seeds: Iterable[in
     faults: list[TrueFault] = []
     alarms: list[AlarmEvent] = []
     for seed in seeds:
-        run = run_seed(setup, limits, seed, devices, hours, fault_every_s)
+        run = run_seed(setup, limits, seed, devices, hours, fault_every_s, warmup_s=warmup_s)
         runs.append(run)
         faults += [TrueFault(f.kind, f"{seed}:{f.device_id}", f.metric, f.start_ts, f.end_ts) for f in run.faults]
         alarms += [AlarmEvent(a.ts, f"{seed}:{a.device_id}", a.alarm_type, a.metric, a.status, a.rev) for a in run.alarms]
     return score_faults(faults, alarms, sum(r.device_hours for r in runs), grace_s), runs
 
 
-def report_text(settings, devices: int = 16, hours: float = 2.0, seeds: Iterable[int] = (7,), fault_every_s: float = 120.0) -> str:  # noqa: ANN001
+def report_text(settings, devices: int = 32, hours: float = 2.0, seeds: Iterable[int] = (7,), fault_every_s: float = 120.0,  # noqa: ANN001
+                warmup_s: float = WARMUP_S) -> str:
     seeds = list(seeds)
-    report, runs = evaluate(settings, devices, hours, seeds, fault_every_s)
+    report, runs = evaluate(settings, devices, hours, seeds, fault_every_s, warmup_s=warmup_s)
+    cfg = WarehouseConfig()
     title = (f"Injected faults, {devices} devices x {hours:g} simulated hours x seeds {','.join(map(str, seeds))}, "
-             f"a fault about every {fault_every_s:g}s lasting 60s: {sum(r.readings for r in runs)} readings scored, "
+             f"after {warmup_s / 60:g} min of normal operation a fault about every {fault_every_s:g}s lasting 60s (a compressor failure {cfg.compressor_duration_s / 60:g} min, "
+             f"+{cfg.compressor_drift_c_per_min:g} °C/min): {sum(r.readings for r in runs)} readings scored, "
              f"{sum(r.refused for r in runs)} payloads refused by validation")
     return format_report(report, title)

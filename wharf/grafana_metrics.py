@@ -2,7 +2,7 @@
 
 `python -m wharf.grafana_metrics` writes deploy/grafana/provisioning/dashboards/wharf-metrics.json;
 tests/test_grafana.py keeps the file in step with this list, and tests/test_metrics.py checks that every
-series a panel queries is one a real worker or bridge exposes (streams/metrics.py, mqtt_bridge/metrics.py).
+series a panel queries is one a real worker or bridge exposes (streams/web/metrics.py, mqtt_bridge/metrics.py).
 """
 
 from __future__ import annotations

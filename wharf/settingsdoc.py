@@ -1,4 +1,4 @@
-"""docs/settings.md's table of every setting, generated from `wharf.settings.describe()`.
+"""docs/settings.md's table of every setting, generated from `schemas.settings.describe()`.
 
 `python -m wharf.settingsdoc` rewrites the block between the two markers in docs/settings.md;
 `wharf settings --markdown` prints the same table; tests/test_cli.py fails while the file is stale.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from wharf.settings import describe
+from schemas.settings import describe
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
 START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"

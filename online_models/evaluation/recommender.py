@@ -282,22 +282,3 @@ def evaluate_file(
     if time_scale != 1.0:
         config = config.for_time_scale(time_scale)
     return evaluate_interactions(events, k=k, every=every, max_evals=max_evals, config=config, progress=progress)
-
-
-def evaluate_simulator(
-    n_events: int = 50_000,
-    *,
-    seed: int = 0,
-    k: int = 10,
-    every: int | None = None,
-    max_evals: int = 10_000,
-    config: RecommenderConfig | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    **shop: Any,
-) -> EvalReport:
-    """The same next-interaction protocol on `n_events` clicks of the shop simulator."""
-    from wharf.simulator import ShopConfig, ShopSimulator
-
-    events = ShopSimulator(ShopConfig(seed=seed, **shop)).events(n_events)
-    return evaluate_interactions(events, k=k, every=every, max_evals=max_evals, config=config, n_events_hint=n_events,
-                                 progress=progress)

@@ -193,5 +193,5 @@ def _set_item_state(item: ItemState, state: Any) -> None:
         item.last_ts = max(state.get("popular_ts", 0.0), state.get("trending_ts", 0.0))
 
 
-# Checkpoints (`streams/shard.py`) write these in Wharf's state format, which rebuilds only the classes listed here.
+# Checkpoints (`streams/learning/shard.py`) write these in Wharf's state format, which rebuilds only the classes listed here.
 STATE_TYPES = StateTypes(StateType(UserState, _user_state, _set_user_state), StateType(ItemState, None, _set_item_state), GlobalState)

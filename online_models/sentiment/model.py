@@ -202,7 +202,7 @@ class SentimentModel:
 
     # -- checkpoints: what learning changed, without the encoders' weights --------------------------------
     def learned_state(self, since: Iterable[str] | None = None) -> dict[str, dict[Any, Any]]:
-        """The learned state as named parts of entries (`streams.deltalog` writes them): the head and the n-gram
+        """The learned state as named parts of entries (`streams.state.deltalog` writes them): the head and the n-gram
         counts, all of them, or with `since` (the texts learned since the last call) only the counts those touched.
         It restores into a model of the same encoder (`load_learned_state`)."""
         parts: dict[str, dict[Any, Any]] = {"head": {"head": self._head}}

@@ -14,9 +14,9 @@ from wharf.infra.clickhouse_server import ClickHouseServer
 from wharf.infra.kafka import Kafka, delete_topics_containing, ensure_topics
 from wharf.infra.mosquitto import Mosquitto
 from wharf.infra.process import ServiceError
-from wharf.secrets import ensure_secrets
-from streams.topics import topic_names
-from wharf.settings import Settings
+from schemas.secrets import ensure_secrets
+from streams.runtime.topics import topic_names
+from schemas.settings import Settings
 
 SERVICES = ("kafka", "mosquitto", "clickhouse")
 
@@ -96,8 +96,8 @@ async def remove_bench_run(settings: Settings, tag: str, database_url: str | Non
     await delete_topics_containing(settings, tag)  # its own and its bench app's internal ones
     if database_url is None:
         return
-    from streams.clickhouse import connect, with_local_password
-    from wharf.redact import redact
+    from streams.sinks.clickhouse import connect, with_local_password
+    from schemas.redact import redact
 
     try:
         ch = connect(with_local_password(settings, database_url))

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from wharf.infra.process import ManagedProcess, ServiceError, ensure_ports_free, port_open
-from wharf.settings import Settings
+from schemas.settings import Settings
 
 BINARY = "/usr/sbin/clickhouse-server"
 
@@ -32,7 +32,7 @@ class ClickHouseServer:
 
     @property
     def where(self) -> str:
-        from wharf.redact import redact
+        from schemas.redact import redact
 
         return f"{redact(self.settings.local_clickhouse_server_url)} (http :{self.settings.clickhouse_server_http_port}), data {self.dir / 'data'}"
 
@@ -74,7 +74,7 @@ class ClickHouseServer:
 </yandex>
 """
         )
-        from wharf.secrets import clickhouse_password, write_private
+        from schemas.secrets import clickhouse_password, write_private
 
         password = clickhouse_password(s)
         # The generated password as its SHA-256 (18.16 knows password_sha256_hex): users.xml never holds it in clear.
@@ -130,7 +130,7 @@ class ClickHouseServer:
     def _client(self):  # noqa: ANN202
         from clickhouse_driver import Client
 
-        from wharf.secrets import clickhouse_password
+        from schemas.secrets import clickhouse_password
 
         return Client(host="127.0.0.1", port=self.settings.clickhouse_server_tcp_port, password=clickhouse_password(self.settings),
                       connect_timeout=2, send_receive_timeout=10)

@@ -18,9 +18,9 @@ from typing import Any
 
 from wharf.infra import kafka_security
 from wharf.infra.process import ManagedProcess, ServiceError, ensure_ports_free, port_open
-from wharf.kafka_auth import as_user, kafka_client
-from wharf.secrets import write_private
-from wharf.settings import Settings
+from streams.runtime.kafka_auth import as_user, kafka_client
+from schemas.secrets import write_private
+from schemas.settings import Settings
 
 KAFKA_VERSION = "3.9.1"
 POM = Path(__file__).with_name("pom.xml")
@@ -101,7 +101,7 @@ class Kafka:
         """These settings as the broker's super user: what `up` itself does (topics, ACLs, readiness) needs it."""
         if not self.sasl:
             return self.settings
-        from wharf.secrets import kafka_admin_password
+        from schemas.secrets import kafka_admin_password
 
         return as_user(self.settings, kafka_security.ADMIN_USER, kafka_admin_password(self.settings))
 
@@ -180,7 +180,7 @@ class Kafka:
             text=True,
         )
         if proc.returncode != 0:
-            from wharf.redact import redact
+            from schemas.redact import redact
 
             raise ServiceError(redact(f"kafka: storage format failed:\n{proc.stdout}\n{proc.stderr}"))
         marker.write_text("".join(f"{u}\n" for u in users))

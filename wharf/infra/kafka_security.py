@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from wharf.infra.process import ServiceError
-from wharf.secrets import SecretMissing, kafka_admin_password, kafka_password, write_private
-from wharf.settings import Settings
+from schemas.secrets import SecretMissing, kafka_admin_password, kafka_password, write_private
+from schemas.settings import Settings
 
 ADMIN_USER = "admin"  # no '-': JAAS option names (user_<name>) are plain words
 SCRAM = "SCRAM-SHA-512"

@@ -6,7 +6,7 @@ take device logins and replace each client id with the user name, so no device
 can take over another client's session; the bridge listener (WHARF_MQTT_BRIDGE_PORT)
 takes only the bridge user, whose client ids are its own to choose (several bridges,
 the alert publisher). The ACL binds every registered device to its own site and
-zone (wharf/secrets.py: device registry); retained messages are off (no device
+zone (schemas/secrets.py: device registry); retained messages are off (no device
 can leave a message for later subscribers) and payloads are capped at the bridge's
 limit. Passwords are hashed here the way mosquitto_passwd does ($7$: PBKDF2-SHA512).
 """
@@ -22,8 +22,8 @@ import signal
 import threading
 
 from wharf.infra.process import ManagedProcess, ServiceError, ensure_ports_free
-from wharf.secrets import Placement, device_registry, write_private
-from wharf.settings import Settings
+from schemas.secrets import Placement, device_registry, write_private
+from schemas.settings import Settings
 
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's own count for $7$ hashes (2.0)
 

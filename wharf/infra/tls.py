@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wharf.infra.process import ServiceError
-from wharf.secrets import private_dir
+from schemas.secrets import private_dir
 
 DAYS_CA = 3650
 DAYS_SERVER = 825  # the longest lifetime clients such as Apple's accept for a server certificate

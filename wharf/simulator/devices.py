@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 from mqtt_bridge.connection import device_endpoint, secure
 from mqtt_bridge.topics import status_topic, telemetry_topic
 from schemas import codec
-from wharf.settings import Settings
+from schemas.settings import Settings
 from wharf.simulator.warehouse import Device, WarehouseSimulator
 
 

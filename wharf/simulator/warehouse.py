@@ -81,7 +81,11 @@ class WarehouseConfig:
     fault_every_s: float = 120.0
     """Mean gap between scheduled faults (0: no schedule, faults only on demand)."""
     fault_duration_s: float = 60.0
+    """How long a scheduled fault lasts, except a compressor failure (below)."""
     first_fault_after_s: float = 90.0
+    compressor_drift_c_per_min: float = 0.25
+    """A failing compressor warms its room by a fraction of a degree a minute: the 8 °C rule fires after ~15 min."""
+    compressor_duration_s: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -127,8 +131,17 @@ class WarehouseSimulator:
         while self._next_fault_ts <= ts:
             kind = FAULT_KINDS[self._fault_no % len(FAULT_KINDS)]
             eligible = [d for d in self.devices if d.device_type == "cold_room"] if kind in ("compressor_failure", "door_left_open") else self.devices
-            device = eligible[int(self.rng.integers(len(eligible)))]
-            self.inject(kind, device.device_id, self._next_fault_ts, self.config.fault_duration_s)
+            # one scheduled fault at a time per device, so the ground truth says which fault an alarm belongs to
+            idle = [d for d in eligible if not any(f.end_ts > self._next_fault_ts for f in self._by_device[d.device_id])]
+            pool = idle or eligible
+            if kind == "compressor_failure":  # a unit fails once and is then repaired, not every hour
+                pool = [d for d in pool if not any(f.kind == kind for f in self._by_device[d.device_id])]
+                if not pool:
+                    self._fault_no += 1
+                    continue
+            device = pool[int(self.rng.integers(len(pool)))]
+            duration = self.config.compressor_duration_s if kind == "compressor_failure" else self.config.fault_duration_s
+            self.inject(kind, device.device_id, self._next_fault_ts, duration)
             self._next_fault_ts += self.config.fault_every_s * float(self.rng.uniform(0.7, 1.3))
             self._fault_no += 1
 
@@ -137,7 +150,8 @@ class WarehouseSimulator:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; choose from {FAULT_KINDS}")
         device = next(d for d in self.devices if d.device_id == device_id)
-        magnitude = {"compressor_failure": 0.08, "door_left_open": 6.0, "spikes": 8.0}.get(kind, 0.0)
+        magnitude = {"compressor_failure": self.config.compressor_drift_c_per_min / 60.0,  # per second
+                     "door_left_open": 6.0, "spikes": 8.0}.get(kind, 0.0)
         fault = Fault(kind, device_id, start_ts, start_ts + duration_s, FAULT_TARGET[device.device_type], magnitude)
         self.faults.append(fault)
         self._by_device[device_id].append(fault)

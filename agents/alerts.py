@@ -1,0 +1,51 @@
+"""The alerts table: every alarm event stored once, also when a replay after a crash sends it again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from schemas import rows
+from schemas.events import Alert
+from schemas.validation import processing_error
+from streams.runtime.app import app, settings, topics
+from agents.storage import store_topic
+
+BATCH = settings.sink_batch_rows
+WITHIN = min(settings.sink_batch_seconds, 0.05)  # latency: alarms should not wait for a full batch
+
+
+class AlertRevisions:
+    """(alarm_id, rev) already stored: a replay after a crash re-sends identical alarm events; store each once."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self.seen: dict[tuple[str, int], None] = {}
+        self.loaded = False
+
+    async def load(self, ch) -> None:  # noqa: ANN001
+        if self.loaded:
+            return
+        table = ch.table("alerts")
+        rows_ = await asyncio.to_thread(ch.query, f"SELECT alarm_id, details FROM {table} ORDER BY ts DESC LIMIT {self.capacity}")
+        for alarm, details in reversed(rows_):
+            try:
+                self.seen[(alarm, int(json.loads(details).get("rev", 0)))] = None
+            except ValueError:
+                continue
+        self.loaded = True
+
+    def is_copy(self, alert: Alert) -> bool:
+        key = (alert.alarm_id, int(alert.details.get("rev", 0)))
+        if key in self.seen:
+            return True
+        self.seen[key] = None
+        if len(self.seen) > self.capacity:
+            del self.seen[next(iter(self.seen))]
+        return False
+
+
+@app.agent(topics["topic_alerts"], name="wharf.store-alerts")
+async def store_alerts(stream):  # noqa: ANN001
+    await store_topic(stream, "alerts", settings.topic_alerts, lambda event: Alert.model_validate_json(event.value), rows.alert,
+                      lambda exc: processing_error("alert", "the alerts table", exc), seen=AlertRevisions(), batch=BATCH, within=WITHIN)

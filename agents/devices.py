@@ -1,0 +1,87 @@
+"""A device's state, as its owner keeps it and checkpoints it: anomaly model, alarms, de-duplication window.
+
+All the sensor topics are keyed by device_id with the same partition count, so one device's events land on one
+partition number everywhere, and the worker that owns that partition owns the device (`agents/scoring.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from online_models.alarms import STATE_TYPES as ALARM_STATE_TYPES
+from online_models.alarms import DeviceMonitor
+from online_models.anomaly import DeviceAnomalyModel
+from online_models.anomaly.state_types import STATE_TYPES as ANOMALY_STATE_TYPES
+from online_models.sensing import SensorSetup
+from schemas.state import StateCodec, StateFormatError, StateType, StateTypes
+from streams.runtime.app import settings
+
+DEVICE_DEDUP_KEYS = 1024  # per device, in the checkpointed state (the raw path keeps its own window)
+STATE_VERSION = 2  # 2: state format (schemas.state); 1: pickled
+
+
+SETUP = SensorSetup.from_settings(settings)
+RULES = SETUP.rules
+
+
+@dataclass
+class DeviceState:
+    """Everything the owner of a device keeps; written to the changelog at each checkpoint (`schemas.state`)."""
+
+    device_id: str
+    partition: int
+    model: DeviceAnomalyModel
+    monitor: DeviceMonitor
+    recent: dict[tuple[int, float], None] = field(default_factory=dict)  # (seq, ts) of the last readings, oldest first
+
+    @classmethod
+    def new(cls, device_id: str, partition: int) -> DeviceState:
+        return cls(device_id, partition, SETUP.new_model(), SETUP.new_monitor(device_id))
+
+    def is_duplicate(self, seq: int, ts: float) -> bool:
+        key = (seq, ts)
+        if key in self.recent:
+            return True
+        self.recent[key] = None
+        if len(self.recent) > DEVICE_DEDUP_KEYS:
+            del self.recent[next(iter(self.recent))]
+        return False
+
+    def dump(self) -> bytes:
+        return STATE_CODEC.dumps((STATE_VERSION, self), compress=True)
+
+    @staticmethod
+    def load(blob: bytes) -> DeviceState:
+        """Raises StateFormatError for anything but this version's state of a device (pickles included)."""
+        found = STATE_CODEC.loads(blob)
+        if type(found) is not tuple or len(found) != 2 or found[0] != STATE_VERSION or type(found[1]) is not DeviceState:
+            raise StateFormatError(f"not a device state of version {STATE_VERSION}")
+        return found[1]
+
+
+def _device_state(st: DeviceState) -> dict[str, Any]:
+    """The de-duplication window as two arrays: as 1,024 (seq, ts) tuples it took half of a state's decoding time."""
+    if not all(type(seq) is int and 0 <= seq < 1 << 63 and type(ts) is float for seq, ts in st.recent):
+        return st.__dict__  # kept as tuples
+    n = len(st.recent)
+    return {**st.__dict__, "recent": (np.fromiter((seq for seq, _ in st.recent), np.int64, n),
+                                      np.fromiter((ts for _, ts in st.recent), np.float64, n))}
+
+
+def _set_device_state(st: DeviceState, state: Any) -> None:
+    recent = state.get("recent") if type(state) is dict else None
+    if type(recent) is tuple:
+        seqs, tss = recent
+        if not (type(seqs) is type(tss) is np.ndarray and seqs.dtype == np.int64 and tss.dtype == np.float64
+                and seqs.ndim == 1 and seqs.shape == tss.shape):
+            raise ValueError("a malformed de-duplication window")
+        state = {**state, "recent": dict.fromkeys(zip(seqs.tolist(), tss.tolist()))}
+    if type(state) is not dict or set(state) != {"device_id", "partition", "model", "monitor", "recent"}:
+        raise ValueError("not the fields of a DeviceState")
+    st.__dict__.update(state)
+
+
+STATE_CODEC = StateCodec(StateTypes(StateType(DeviceState, _device_state, _set_device_state)) | ANOMALY_STATE_TYPES | ALARM_STATE_TYPES)

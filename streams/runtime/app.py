@@ -1,0 +1,174 @@
+"""The Faust app: broker, state store, topics and the ClickHouse storage every agent writes through.
+
+Agents live in `agents/` and import `app`, `topics`, `limits` and `storage` from here. The
+distributed engine is Kafka itself: each worker process joins the consumer group
+`settings.app_id`, gets a share of every topic's partitions, and Faust tables
+(RocksDB via rocksdict, backed by changelog topics) move with their partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import logging
+import sys
+from typing import Any
+
+import faust
+from mode.utils.objects import cached_property
+
+from schemas.events import ClickEvent
+from schemas.validation import Limits, check
+from streams.runtime import loopwatch
+from streams.runtime import heap
+from streams.runtime import patches
+from streams.runtime import stopping
+from streams.runtime.batches import BatchRouter
+from streams.runtime.flow import KeepQueuesWhileFlowing
+from streams.sinks.storage import Storage
+from streams.runtime.topics import declare, declare_commerce, declare_device_sources
+from streams.runtime.kafka_auth import faust_credentials
+from schemas.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+settings: Settings = get_settings()
+
+CRASH_EXIT_SECONDS = 20.0  # after an agent failed: the most Faust's own shutdown may take before the process exits
+
+
+class WharfApp(faust.App):
+    """Faust's app with batch agents (`streams/runtime/batches.py`), flow control that never drops delivered records
+    (`streams/runtime/flow.py`), and a worker that stops when any agent fails."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch_agents = BatchRouter(self)
+        self.on_stopping: list[stopping.StopHook] = []  # run when the worker stops: store what was taken (`streams/runtime/stopping.py`)
+        self._stop_started: float | None = None
+
+    async def on_stop(self) -> None:
+        self._stop_started = stopping.arm_watchdog()
+        await super().on_stop()
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        """At a stop, a bounded wait that stores what was taken first (`streams/runtime/stopping.py`); in a rebalance, Faust's."""
+        if self._stop_started is None:
+            return await super()._consumer_wait_empty(consumer, logger)
+        await stopping.drain(consumer, self.on_stopping, self._stop_started)
+        return None
+
+    @cached_property
+    def flow_control(self) -> KeepQueuesWhileFlowing:
+        """Faust's flow control, except that resuming what is already flowing drops nothing (`streams/runtime/flow.py`)."""
+        return KeepQueuesWhileFlowing(loop=self.loop)
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()
+        self.batch_agents.install(consumer)  # before anything is fetched: the consumer reads its callback once
+        return consumer
+
+    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
+        """A Faust agent failed; the supervisor (`agent_supervisor` below) stops the worker. The exit timer starts
+        first: Faust's own handler commits (`Consumer.on_task_error`), which can hang too."""
+        exit_later(agent.name)
+        await super()._on_agent_error(agent, exc)
+
+    def on_batch_agent_error(self, name: str, exc: BaseException) -> None:
+        """A batch agent failed (`streams/runtime/batches.py`); its task re-raises, which crashes the app and stops the worker."""
+        log.critical("agent %s failed", name, exc_info=exc)
+        exit_later(name)
+
+
+def exit_later(agent_name: str) -> None:
+    """Faust's shutdown after a crash sometimes hangs (seen in CI runs: 'We experienced a crash!', then no exit
+    for 2 minutes), so the process exits by itself if it is still there `CRASH_EXIT_SECONDS` after an agent
+    failed, as after a kill -9: nothing the agent had not acked was committed.
+
+    The hangs seen in CI came after Python's finalisation, in the native libraries' teardown, where no Python
+    thread runs (`wharf.cli.run_faust_worker` now exits before it). This timer is for a hang inside Faust's own
+    shutdown: faulthandler's watchdog, a C thread that needs no GIL, writes every thread's stack to stderr and
+    exits."""
+    log.critical("agent %s failed; stopping the worker (exit within %.0f s)", agent_name, CRASH_EXIT_SECONDS)
+    faulthandler.dump_traceback_later(CRASH_EXIT_SECONDS, exit=True, file=sys.__stderr__)
+
+
+app = WharfApp(
+    settings.app_id,
+    broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
+    broker_credentials=faust_credentials(settings),  # SASL/SCRAM when WHARF_KAFKA_SECURITY says so
+    store="rocksdb://",  # faust-streaming uses rocksdict when python-rocksdb is absent
+    # One folder per (app, worker): RocksDB state of another app id must never be recovered into this one.
+    datadir=str(settings.state_dir / "faust" / f"{settings.app_id}-{settings.web_port}"),
+    topic_partitions=settings.topic_partitions,
+    topic_replication_factor=1,
+    topic_allow_declare=True,
+    consumer_auto_offset_reset="earliest",
+    producer_acks=-1,
+    web_host=settings.advertised_web_host(),  # Faust's canonical URL: where other workers forward requests to
+    web_bind=settings.web_host,
+    web_port=settings.web_port,
+    web_enabled=True,
+    # Faust's own views (/router: the cluster's worker URLs, /table: table data, /graph, the stats index,
+    # /performance) are not served: forwarding requests to a key's owner (`table_route`) needs none of them.
+    # The routes that are served all pass `streams.web.guard`.
+    web_router_enabled=False,
+    web_tables_enabled=False,
+    web_graph_enabled=False,
+    web_stats_enabled=False,
+    web_metrics_enabled=False,
+    stream_wait_empty=True,
+    broker_commit_interval=1.0,
+    broker_session_timeout=settings.kafka_session_timeout_seconds,
+    broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_seconds / 5),
+    table_standby_replicas=0,
+    logging_config=None,
+    # An agent that raises leaves its batch unacked: its partitions' commits stop there, and every later
+    # rebalance and shutdown waits for acks that never come. Faust's default restarts the agent and carries
+    # on; this stops the worker (exit 1) instead, and Kafka redelivers the batch to the next owner.
+    agent_supervisor="mode.CrashingSupervisor",
+)
+patches.install(app, fast_dispatch=settings.faust_fast_dispatch)  # refuses a Faust version the patches were not tested with
+
+topics = declare(app, settings)
+commerce_topics = declare_commerce(app, settings)
+device_sources = declare_device_sources(app, settings)
+limits = Limits.from_settings(settings)  # what every agent and the collector accept (size, event time)
+# Two batch agents read the clicks (raw storage, recommender): each click is validated once and both get the result.
+app.batch_agents.decode(topics["topic_clicks"], lambda m: check(m.value, ClickEvent, now=m.timestamp, limits=limits))
+
+
+@app.task
+async def _watch_loop() -> None:
+    loopwatch.watch.threshold_ms = settings.loop_stall_ms
+    loopwatch.watch.start(asyncio.get_running_loop())
+
+
+@app.timer(heap.FREEZE_SECONDS)
+async def _freeze_heap() -> None:
+    heap.freeze()
+
+
+@app.timer(heap.SWEEP_SECONDS)
+async def _sweep_heap() -> None:
+    heap.sweep()
+
+
+storage = Storage(settings, topics["topic_dead_letters"], limits.dead_letter_keep_bytes)
+app.on_stopping.append(storage.flush_all)
+
+
+@app.on_partitions_revoked.connect
+async def _forget_revoked(app: Any, revoked: set, **kwargs: Any) -> None:
+    """A partition that moves away may come back with newer rows stored by another worker."""
+    for w in storage.writers.values():
+        w.forget_partitions([tp.partition for tp in revoked if tp.topic == w.source_topic])
+
+
+@app.on_before_shutdown.connect
+async def _flush_on_shutdown(app: Any, **kwargs: Any) -> None:
+    """What reached the writers after the stop's drain (`streams/runtime/stopping.py`): stored if ClickHouse answers in time."""
+    try:
+        await asyncio.wait_for(storage.flush_all(), timeout=1)
+    except TimeoutError:
+        log.warning("ClickHouse still unreachable at shutdown; unstored records stay uncommitted and will be redelivered")

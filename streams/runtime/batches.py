@@ -1,0 +1,292 @@
+"""Batched delivery: the records of chosen topics reach their agents as lists, past Faust's per-record path.
+
+A Faust agent's record goes through the conductor (an `Event` per record, put in the queue of every
+subscribed channel) and then the agent's `Stream` (sensors, the current event, the take buffer): on
+this 2-core machine, two no-op agents on the clicks topic reach about 6-7k records/s (`wharf bench
+commerce`, "Faust alone"), less than the recommender alone learns. A `BatchAgent` takes the fetched
+records straight from the consumer's fetch (`getmany`) into a list, and its loop gets them in batches.
+
+Faust still subscribes, fetches, rebalances, commits and keeps the tables' changelogs. What a batch
+agent keeps of a Faust agent's contract:
+- every batch agent of a topic gets each of its records; an offset is committable once all of them
+  acked the record (`Message.incref`, as the conductor does), acked through the same `Event.ack`;
+- a record is tracked as unacked (what Faust waits for on rebalance and shutdown, `stream_wait_empty`)
+  once its agent takes it; taken events are real Faust events (`as_event` works with them);
+- the buffers are cleared when flow control is (a rebalance: the records are read again by whoever
+  owns the partition next), and records of an older consumer generation are dropped when taken, as
+  Faust's `Stream` does;
+- a full buffer blocks the delivery, so the consumer stops fetching (backpressure); that wait runs
+  under Faust's rebalance guard (`streams/runtime/fastpath.py` asks `would_block`); an agent takes no batch
+  while the producer's buffer is over its limit (the conductor's `wait_until_producer_ebb`);
+- an agent that raises stops the worker (a failed app task crashes the app; `WharfApp.on_batch_agent_error`),
+  as `agent_supervisor` does for Faust agents.
+
+A topic may have a decoder (`BatchRouter.decode`): its records reach the agents as what the decoder made of
+them, computed by the first agent that takes the record and shared with the others (the clicks are validated
+once for the raw storage and the recommender).
+
+A topic read by a batch agent must have no Faust agent: its records never reach Faust's channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from time import monotonic
+from typing import Any
+
+from faust.events import Event
+
+from streams.runtime.slices import Slice
+
+log = logging.getLogger(__name__)
+
+AgentFun = Callable[["BatchAgent"], Awaitable[None]]
+
+
+class BatchAgent:
+    """The records of some topics, delivered in batches of up to `max_records` (or what `within` seconds gave)."""
+
+    def __init__(self, app: Any, topics: tuple[Any, ...], name: str, fun: AgentFun, *,
+                 max_records: int, within: float, max_buffered: int, decoders: dict[str, Callable[[Any], Any]]) -> None:
+        for topic in topics:
+            if topic.value_serializer != "raw" or topic.key_serializer != "raw":
+                raise ValueError(f"batch agent {name}: topic {topic.get_topic_name()} must be raw bytes (Faust decodes no record of a batch agent; see `BatchRouter.decode`)")
+        self.app = app
+        self.topics = topics
+        self.decoders = decoders  # the router's (`BatchRouter.decode`), by topic name; filled before any record
+        self.topic_names = {name for topic in topics for name in topic.topics}
+        self.name = name
+        self.fun = fun
+        self.max_records = max_records
+        self.within = within
+        self.max_buffered = max_buffered
+        self.delivered = 0
+        self.taken = 0
+        self.dropped_stale = 0  # of an older consumer generation when taken
+        self.cleared = 0  # in the buffer when a rebalance cleared it
+        self._buffer: list[Any] = []
+        self._first_in = 0.0  # when the oldest buffered record arrived
+        self._arrived = asyncio.Event()
+        self._full = asyncio.Event()  # max_records buffered
+        self._space = asyncio.Event()
+        self._space.set()
+
+    # --- the consumer's side --------------------------------------------------------------------------
+    def would_block(self) -> bool:
+        return len(self._buffer) >= self.max_buffered
+
+    async def put(self, message: Any) -> None:
+        while len(self._buffer) >= self.max_buffered:
+            self._space.clear()
+            await self._space.wait()
+        self.put_nowait(message)
+
+    def put_nowait(self, message: Any) -> None:
+        """Append a record; the caller checked `would_block` (the buffer may pass `max_buffered` otherwise)."""
+        buffer = self._buffer
+        if not buffer:
+            self._first_in = monotonic()
+            self._arrived.set()
+        buffer.append(message)
+        self.delivered += 1
+        if len(buffer) >= self.max_records:
+            self._full.set()
+
+    def clear(self) -> None:
+        """Flow control cleared the queues (a rebalance): nothing buffered was taken, so nothing is tracked."""
+        self.cleared += len(self._buffer)
+        self._buffer = []
+        self._space.set()
+
+    # --- the agent's side -----------------------------------------------------------------------------
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        """Batches of events in delivery order (per partition in offset order); acks are the agent's."""
+        app = self.app
+        flow = app.flow_control
+        consumer = app.consumer
+        decoders = self.decoders
+        while True:
+            if not self._buffer:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            wait = self._first_in + self.within - monotonic()
+            if len(self._buffer) < self.max_records and wait > 0:
+                self._full.clear()
+                try:
+                    await asyncio.wait_for(self._full.wait(), wait)
+                except TimeoutError:
+                    pass
+                continue
+            if not flow.is_active():
+                await flow.acquire()  # a rebalance: resuming clears the buffer
+                continue
+            producer = app.producer.buffer
+            if producer.size > producer.max_messages:  # Faust's conductor waits so per record; once per batch here
+                await producer.wait_until_ebb()
+                continue
+            taken = self._buffer[:self.max_records]
+            del self._buffer[:self.max_records]
+            self._first_in = monotonic()
+            self._space.set()
+            generation = app.consumer_generation_id
+            events = []
+            work = Slice()
+            for message in taken:
+                if await work.tick():  # requests are answered meanwhile; a rebalance may have begun
+                    generation = app.consumer_generation_id
+                if message.generation_id != generation:
+                    self.dropped_stale += 1
+                    continue
+                if not message.tracked:
+                    message.tracked = True
+                    consumer.track_message(message)
+                value = message.value
+                if type(value) is bytes:  # noqa: E721 - a decoded value is never bytes
+                    decode = decoders.get(message.topic)
+                    if decode is not None:
+                        value = message.value = decode(message)  # the next agent reading it takes this
+                events.append(Event(app, message.key, value, message.headers, message))
+            self.taken += len(events)
+            if events:
+                yield events
+
+    async def run(self) -> None:
+        for topic in self.topics:
+            await topic.maybe_declare()
+        try:
+            await self.fun(self)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.app.on_batch_agent_error(self.name, exc)
+            raise  # a failed app task crashes the app: the worker stops, nothing unacked is committed
+
+    def stats(self) -> dict[str, int]:
+        return {"delivered": self.delivered, "taken": self.taken, "buffered": len(self._buffer),
+                "dropped_stale": self.dropped_stale, "cleared": self.cleared}
+
+
+class BatchRouter:
+    """Sends the records of batch agents' topics to them and every other record to Faust's conductor."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.agents: list[BatchAgent] = []
+        self.by_topic: dict[str, tuple[BatchAgent, ...]] = {}
+        self.installed = False
+        self.handed_over = 0  # records appended straight from the fetch (the others went through Faust's guarded path)
+        self.decoders: dict[str, Callable[[Any], Any]] = {}
+
+    def agent(self, *topics: Any, name: str, max_records: int, within: float,
+              max_buffered: int | None = None) -> Callable[[AgentFun], AgentFun]:
+        """Declare `fun(agent)`, a loop over `agent.batches()` started with the app (like `@app.agent`)."""
+
+        def decorate(fun: AgentFun) -> AgentFun:
+            if self.installed:
+                raise RuntimeError(f"batch agent {name} declared after the consumer was created")
+            agent = BatchAgent(self.app, topics, name, fun, max_records=max_records, within=within,
+                               max_buffered=max_buffered or 2 * max_records, decoders=self.decoders)
+            self.agents.append(agent)
+            for topic_name in agent.topic_names:
+                self.by_topic[topic_name] = (*self.by_topic.get(topic_name, ()), agent)
+            for topic in topics:
+                self.app.topics.add(topic)  # subscribed by Faust's conductor; its channel never gets a record
+            self.app.task(agent.run)
+            return fun
+
+        return decorate
+
+    def decode(self, topic: Any, decoder: Callable[[Any], Any]) -> None:
+        """Records of `topic` reach its batch agents as `decoder(message)` (not bytes), decoded once for all of them."""
+        if self.installed:
+            raise RuntimeError(f"decoder of {topic.get_topic_name()} declared after the consumer was created")
+        for name in topic.topics:
+            self.decoders[name] = decoder
+
+    def install(self, consumer: Any) -> None:
+        """Take over the consumer's callback (`WharfApp._new_consumer`: `Consumer._drain_messages` reads it once)."""
+        if self.installed:
+            return
+        self.installed = True
+        if not self.agents:
+            return
+        app = self.app
+        faust_callback = consumer.callback
+        flow = app.flow_control
+        by_topic = self.by_topic
+        for agent in self.agents:
+            flow.manage_queue(agent)  # cleared with Faust's channel queues
+        self._check_no_faust_agents()
+
+        async def on_message(message: Any) -> None:  # `message`: the name streams/runtime/fastpath.py looks for
+            agents = by_topic.get(message.topic)
+            if agents is None:
+                return await faust_callback(message)
+            if not flow.is_active():
+                await flow.acquire()
+            message.incref(len(agents))
+            for agent in agents:
+                await agent.put(message)
+            return None
+
+        consumer.callback = on_message
+        consumer.getmany = self._handing_over(consumer, consumer.getmany, on_message)
+        consumer.batch_router = self
+
+    def _handing_over(self, consumer: Any, faust_getmany: Any, deliver: Any) -> Any:
+        """Faust's `getmany`, with each record of a batch agent's topic handed to its agents' buffers here.
+
+        Faust's drain loop (`Consumer._drain_messages`) takes each fetched record through `wait_first(callback(record),
+        suspend_flow.wait())`: several coroutines per record, about a sixth of what delivering a click cost. A record with room
+        in its buffers is appended at once, with the drain loop's own bookkeeping for it (read offset, gap, periodic
+        commit); one that would wait (flow suspended, a buffer full) goes through that guarded path, as before. Other
+        records are passed on to Faust's loop unchanged."""
+        by_topic = self.by_topic
+        flow = self.app.flow_control
+        read_offset = consumer._read_offset  # noqa: SLF001 - Faust's drain loop keeps it per record; so must this one
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        commit_every = consumer._commit_every  # noqa: SLF001
+        suspend_flow = consumer.suspend_flow
+
+        async def getmany(timeout: float) -> Any:
+            work = Slice()
+            async for tp, message in faust_getmany(timeout=timeout):
+                agents = by_topic.get(tp.topic)
+                if agents is None:
+                    yield tp, message
+                    continue
+                offset = message.offset
+                r_offset = read_offset[tp]
+                if r_offset is not None and offset < r_offset:
+                    continue  # read already (Faust's loop drops these the same way)
+                if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
+                    await consumer._add_gap(tp, r_offset + 1, offset)  # noqa: SLF001
+                if commit_every is not None and consumer._n_acked >= commit_every:  # noqa: SLF001
+                    consumer._n_acked = 0  # noqa: SLF001
+                    await consumer.commit()
+                if flow.is_active() and not suspend_flow.is_set() and not any(a.would_block() for a in agents):
+                    message.incref(len(agents))
+                    for agent in agents:
+                        agent.put_nowait(message)
+                    self.handed_over += 1
+                else:
+                    await consumer.wait_first(deliver(message), suspend_flow.wait())
+                read_offset[tp] = offset
+                await work.tick()  # Faust's loop yields every 100 records; requests are answered meanwhile
+
+        return getmany
+
+    def would_block(self, message: Any) -> bool:
+        return any(agent.would_block() for agent in self.by_topic.get(message.topic, ()))
+
+    def _check_no_faust_agents(self) -> None:
+        for agent in self.app.agents.values():
+            shared = set(getattr(agent.channel, "topics", ())) & self.by_topic.keys()
+            if shared:
+                raise RuntimeError(f"Faust agent {agent.name} reads {sorted(shared)}, which batch agents read")
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {agent.name: agent.stats() for agent in self.agents}

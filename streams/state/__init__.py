@@ -1,0 +1,1 @@
+"""Durable state: the delta log every agent checkpoints its working state into."""

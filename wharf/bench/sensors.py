@@ -1,0 +1,300 @@
+"""`wharf bench sensors` (bridge and worker under a publishing load) and `wharf bench bridge` (the bridge alone)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from wharf import progress
+from streams.runtime.kafka_auth import kafka_client
+
+console = Console()
+
+
+# --- bench -------------------------------------------------------------------------------------------------------
+
+
+def _rss_peak_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+class _Worker:
+    """A `wharf worker` subprocess for the bench, ready once its web server answers."""
+
+    def __init__(self, env: dict[str, str], web_port: int, log: Path) -> None:
+        import secrets
+        import urllib.request
+
+        token = secrets.token_urlsafe(24)  # this bench worker's own operator token, for its /stats
+        self.request = urllib.request.Request(f"http://127.0.0.1:{web_port}/stats", headers={"Authorization": f"Bearer {token}"})
+        self.proc = subprocess.Popen([sys.executable, "-m", "wharf.cli", "worker", "--loglevel", "warning"],
+                                     env={**os.environ, **env, "WHARF_WEB_PORT": str(web_port), "PYTHONUNBUFFERED": "1",
+                                          "WHARF_WEB_OPERATOR_TOKENS": token},
+                                     stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bench worker did not start; see {log}")
+            try:
+                urllib.request.urlopen(self.request, timeout=2).read()
+                return
+            except OSError:
+                time.sleep(0.5)
+
+    def stats(self) -> dict:
+        import json
+        import urllib.request
+
+        return json.loads(urllib.request.urlopen(self.request, timeout=10).read())
+
+    def stop(self) -> None:
+        import signal
+
+        os.killpg(self.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.pid, signal.SIGKILL)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def bench_sensors(
+    rate: float = typer.Option(5000.0, help="Target readings/s offered by the publishers."),
+    seconds: float = typer.Option(30.0, help="Publishing time."),
+    model_options: str = typer.Option("", help='DeviceAnomalyModel options for the worker (JSON), e.g. \'{"use_forecaster": false}\'.'),
+    publishers: int = typer.Option(3, help="Publishing devices (one MQTT connection each; at most the users in WHARF_MQTT_DEVICES)."),
+) -> None:
+    """Devices -> Mosquitto -> bridge -> Kafka -> worker -> ClickHouse on this machine: rate, latencies, memory, reference rates.
+
+    Needs `wharf infra up --services kafka,mosquitto,clickhouse`. Runs a worker and a bridge of its own
+    (fresh topics and app id), so it never touches other data.
+    """
+    from schemas.settings import get_settings
+
+    asyncio.run(_bench(get_settings(), rate, seconds, model_options, publishers))
+
+
+def _bench_clickhouse_base(settings) -> str:  # noqa: ANN001
+    from streams.sinks.clickhouse import with_local_password
+
+    ch_url = with_local_password(settings, settings.clickhouse_url) if settings.clickhouse_url.startswith("clickhouse://") else settings.local_clickhouse_server_url
+    return ch_url.rsplit("/", 1)[0]
+
+
+async def _bench(settings, rate: float, seconds: float, model_options: str, n_pub: int) -> None:  # noqa: ANN001
+    """One bench run on topics and a ClickHouse database of its own, removed afterwards (also after a failure)."""
+    from wharf.infra import remove_bench_run
+
+    u = uuid.uuid4().hex[:8]
+    try:
+        await _bench_run(settings, u, rate, seconds, model_options, n_pub)
+    finally:
+        await remove_bench_run(settings, u, f"{_bench_clickhouse_base(settings)}/bench_{u}")
+
+
+async def _bench_run(settings, u: str, rate: float, seconds: float, model_options: str, n_pub: int) -> None:  # noqa: ANN001, C901
+    import paho.mqtt.client as mqtt
+    from aiokafka import AIOKafkaConsumer
+
+    from mqtt_bridge.connection import device_endpoint, secure
+    from schemas import codec
+    from streams.sinks.clickhouse import connect
+    from streams.runtime.topics import topic_names
+    from wharf.infra.kafka import ensure_topics
+    from mqtt_bridge.connection import end_session
+    from schemas.settings import Settings
+
+    base = _bench_clickhouse_base(settings)
+    env = {
+        "WHARF_APP_ID": f"bench-{u}", "WHARF_CLICKHOUSE_URL": f"{base}/bench_{u}",
+        "WHARF_SENSOR_ALARM_CLEAR_SECONDS": "0", "WHARF_SENSOR_CHECKPOINT_SECONDS": "30",
+        "WHARF_SINK_BATCH_SECONDS": "0.25",
+    }
+    for attr in ("topic_sensor_readings", "topic_device_status", "topic_sensor_commands", "topic_alerts", "topic_anomaly_scores", "topic_dead_letters"):
+        env[f"WHARF_{attr.upper()}"] = f"bench.{u}.{attr[6:]}"
+    if model_options:
+        env["WHARF_SENSOR_MODEL_OPTIONS"] = model_options
+    s = Settings(**{k[6:].lower(): v for k, v in env.items()})
+    await ensure_topics(settings, topic_names(s), settings.topic_partitions)
+    state = settings.state_dir / "bench" / u
+    state.mkdir(parents=True, exist_ok=True)
+    console.print(f"bench {u}: worker + bridge on {settings.kafka_bootstrap}, ClickHouse {base}/bench_{u}; logs in {state}")
+    phases = progress.Phases(4, "bench sensors")
+    phases.next("starting a worker and a bridge")
+    worker = _Worker(env, settings.web_port + 50, state / "worker.log")
+    benv = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    bridge = subprocess.Popen([sys.executable, "-m", "wharf.cli", "bridge", "--client-id", f"bench-{u}", "--share-group", f"bench-{u}",
+                               "--loglevel", "warning"], env=benv, stdout=open(state / "bridge.log", "ab"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    ch = connect(env["WHARF_CLICKHOUSE_URL"])
+    creds = list(settings.device_credentials().items())[: max(1, n_pub)]
+    from schemas.secrets import device_registry
+
+    registry = device_registry(settings)
+    alarm_lat: list[float] = []
+    row_lat: list[float] = []
+    probe_sent: dict[int, float] = {}
+    stop = threading.Event()
+    published = [0]
+
+    async def watch_alerts() -> None:
+        c = AIOKafkaConsumer(s.topic_alerts, **kafka_client(settings), auto_offset_reset="earliest")
+        await c.start()
+        try:
+            while not stop.is_set() or time.time() < t_end + 10:
+                for msgs in (await c.getmany(timeout_ms=200)).values():
+                    now = time.time()
+                    for m in msgs:
+                        a = codec.loads(m.value)
+                        if a["status"] == "ACTIVE_UNACK" and a["alarm_type"] == "rule:temperature":
+                            alarm_lat.append(now - a["start_ts"])
+        finally:
+            await c.stop()
+
+    def publisher(i: int, user: str, secret: str) -> None:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user, protocol=mqtt.MQTTv311)
+        c.username_pw_set(user, secret)
+        secure(c, settings)
+        c.max_inflight_messages_set(1000)
+        c.connect(*device_endpoint(settings))
+        c.loop_start()
+        my = [user]  # the MQTT ACL lets a user publish under its own device id only: one device per publisher
+        per = rate / len(creds)
+        seq = 0
+        t0 = time.time()
+        place = registry.get(user)
+        site, zone = (place.site, place.zone) if place else ("bench", f"z{i}")
+        site, zone = ("bench" if site == "+" else site), (f"z{i}" if zone == "+" else zone)
+        topic = f"wharf/{site}/{zone}/{my[0]}/telemetry"
+        while not stop.is_set():
+            due = int((time.time() - t0) * per)
+            while seq < due:
+                now = time.time()
+                bad = i == 0 and seq % 200 == 0  # the probe: a too-warm cold room every 200 readings -> one alarm each
+                temp = 20.0 if bad else 4.0 + (seq % 13) / 20
+                c.publish(topic, codec.dumps({"site": site, "zone": zone, "device_id": my[0], "device_type": "cold_room",
+                                              "ts": now, "seq": seq, "metrics": {"temperature": temp, "humidity": 50.0 + seq % 7}}), qos=1)
+                if i == 0 and seq % 100 == 50:
+                    probe_sent[seq] = now
+                seq += 1
+                published[0] += 1
+            time.sleep(0.002)
+        c.disconnect()
+        c.loop_stop()
+
+    await asyncio.sleep(3)
+    phases.next(f"publishing for {seconds:.0f} s, then waiting for the rows")
+    table = ch.table("sensor_readings")
+    t_start = time.time()
+    t_end = t_start + seconds
+    watcher = asyncio.create_task(watch_alerts())
+    threads = [threading.Thread(target=publisher, args=(i, user, pw), daemon=True) for i, (user, pw) in enumerate(creds)]
+    for t in threads:
+        t.start()
+    counts: list[tuple[float, int]] = []
+    probe_user = creds[0][0]
+    try:
+        while time.time() < t_end + 60:
+            if time.time() >= t_end:
+                stop.set()
+            n = (await asyncio.to_thread(ch.query, f"SELECT count() FROM {table}"))[0][0]
+            counts.append((time.time(), n))
+            seqs = await asyncio.to_thread(ch.query, f"SELECT max(seq) FROM {table} WHERE device_id = '{probe_user}'")
+            top = seqs[0][0] if seqs and seqs[0][0] is not None else -1
+            now = time.time()
+            for q in [q for q in probe_sent if q <= top]:
+                row_lat.append(now - probe_sent.pop(q))
+            if stop.is_set() and n >= published[0]:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.sleep(1)
+        watcher.cancel()
+        peak_worker = _rss_peak_mb(worker.pid)
+        peak_bridge = _rss_peak_mb(bridge.pid)
+        stats = worker.stats()
+        worker.stop()
+        bridge.terminate()
+        bridge.wait(30)
+        end_session(s, f"bench-{u}")  # else Mosquitto queues all later telemetry for it
+    # sustained rate: rows/s over the middle of the run (after warm-up)
+    mid = [(t, n) for t, n in counts if t_start + 0.2 * seconds <= t <= t_end]
+    sustained = (mid[-1][1] - mid[0][1]) / (mid[-1][0] - mid[0][0]) if len(mid) >= 2 and mid[-1][0] > mid[0][0] else float("nan")
+    total = counts[-1][1] if counts else 0
+    drain = counts[-1][0] - t_end if counts else float("nan")
+    phases.next("reference: raw aiokafka consume rate")
+    # reference 1: raw aiokafka consume rate of the same messages
+    c = AIOKafkaConsumer(s.topic_sensor_readings, **kafka_client(settings), auto_offset_reset="earliest",
+                         enable_auto_commit=False, max_partition_fetch_bytes=4 << 20)
+    await c.start()
+    got, t0 = 0, time.time()
+    try:
+        while got < total:
+            batch = await c.getmany(timeout_ms=1000, max_records=10000)
+            if not batch:
+                break
+            got += sum(len(v) for v in batch.values())
+    finally:
+        await c.stop()
+    raw_rate = got / (time.time() - t0)
+    phases.next("reference: the detectors' score+learn rate")
+    # reference 2: the detectors' own score+learn rate
+    import json as _json
+
+    opts = _json.loads(model_options) if model_options else {}
+    try:
+        from wharf.bench.anomaly import measure_throughput
+
+        m = measure_throughput(n_devices=100, n_metrics=2, rounds=3, warmup_rounds=1, one_by_one_events=500, **opts)
+        det = " ".join(f"{k}={v:,.0f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
+    except Exception as exc:  # noqa: BLE001 - report what we have
+        det = f"(measure_throughput failed: {exc})"
+    print(f"offered          {published[0] / seconds:,.0f} readings/s for {seconds:.0f}s ({published[0]} readings, {len(creds)} publishers, "
+          f"model options {model_options or 'default'})")
+    print(f"stored           {total} rows in sensor_readings; sustained {sustained:,.0f} readings/s (Mosquitto -> bridge -> Kafka -> worker -> ClickHouse); "
+          f"drained {drain:.1f}s after publishing stopped")
+    print(f"publish->row     p50 {_pct(row_lat, .5) * 1000:.0f} ms  p95 {_pct(row_lat, .95) * 1000:.0f} ms  p99 {_pct(row_lat, .99) * 1000:.0f} ms "
+          f"({len(row_lat)} probes, 100 ms poll resolution)")
+    print(f"publish->alarm   p50 {_pct(alarm_lat, .5) * 1000:.0f} ms  p95 {_pct(alarm_lat, .95) * 1000:.0f} ms  p99 {_pct(alarm_lat, .99) * 1000:.0f} ms "
+          f"({len(alarm_lat)} alarms on the alerts topic)")
+    print(f"peak RSS         worker {peak_worker:.0f} MB, bridge {peak_bridge:.0f} MB")
+    print(f"reference        raw aiokafka consume {raw_rate:,.0f} msgs/s of the same topic")
+    print(f"reference        detectors score+learn (measure_throughput): {det}")
+    w = stats.get("writers", {})
+    print(f"worker writers   " + "  ".join(f"{k}: {v.get('rows_stored')} rows, {v.get('insert_seconds_total', 0):.1f}s inserting" for k, v in w.items() if v.get("rows_stored")))
+
+
+def bench_bridge_alone(
+    messages: int = typer.Option(30_000, help="Messages to push through."),
+    publishers: int = typer.Option(3, help="mosquitto_pub processes, one device login each (from WHARF_MQTT_DEVICES)."),
+) -> None:
+    """The MQTT -> Kafka bridge alone: its rate beside Mosquitto's publishing rate, on fresh topics."""
+    import asyncio as _asyncio
+
+    from wharf.bench.bridge import bench_bridge
+    from schemas.settings import get_settings
+
+    print(_asyncio.run(bench_bridge(get_settings(), messages, publishers)))
