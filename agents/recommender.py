@@ -92,6 +92,7 @@ class Recommenders:
         self.shards: dict[int, int] = {}  # partition -> serial of its restore (sent to its learner)
         self._serials = itertools.count(1)
         self.checkpoints = 0
+        self.checkpoint_failed = False  # then no other is written: the worker stops (see `checkpoint`)
         self.keys_written = 0
         self.revocations = 0  # shards dropped so far: a batch that yielded checks it before loading a shard
 
@@ -271,16 +272,21 @@ async def checkpoint() -> int:
     the restore of the new owner ignores the missing delta) and its events are not acked: the new owner gets
     them again."""
     async with turns.checkpointing:
-        async with turns.sending:
-            if not pending.events:
-                return 0
-            events, last = pending.events, pending.last
-            pending.events, pending.last, pending.since = [], {}, time.monotonic()
-            pending.checkpointing = len(events)  # until acked (`/commerce/stats` unacked)
-            asked = [learner.work("checkpoint", ps) for learner, ps in recommenders.learners.by_learner(last).items()]
-            serials = {p: recommenders.shards.get(p) for p in last}
+        if recommenders.checkpoint_failed:  # a later delta would lack what the failed one held (the worker is stopping)
+            raise RuntimeError("an earlier recommender checkpoint failed; its clicks are read again after the restart")
         try:
+            async with turns.sending:
+                if not pending.events:
+                    return 0
+                events, last = pending.events, pending.last
+                pending.events, pending.last, pending.since = [], {}, time.monotonic()
+                pending.checkpointing = len(events)  # until acked (`/commerce/stats` unacked)
+                asked = [learner.work("checkpoint", ps) for learner, ps in recommenders.learners.by_learner(last).items()]
+                serials = {p: recommenders.shards.get(p) for p in last}
             return await _write_then_ack(events, last, serials, asked)
+        except BaseException:
+            recommenders.checkpoint_failed = True
+            raise
         finally:
             pending.checkpointing = 0
 
@@ -346,6 +352,20 @@ async def _checkpoint_timer() -> None:
     """Checkpoint a quiet stream too (the agent only wakes on records)."""
     if pending.events and time.monotonic() - pending.since >= settings.commerce_checkpoint_seconds:
         await _checkpoint_soon()
+
+
+async def _checkpoint_at_stop() -> None:
+    """The worker stops (`streams/runtime/stopping.py`): the clicks learned since the last checkpoint are written and
+    acked now, not read again by the next owner (the timer that would have written them ends with the app). A batch
+    taken before the stop may still be on its way to the learners: checkpoints follow until none is."""
+    while True:
+        await checkpoint()
+        await asyncio.sleep(0.2)
+        if not pending.events:
+            return
+
+
+app.on_stopping.append(_checkpoint_at_stop)
 
 
 @app.on_partitions_revoked.connect

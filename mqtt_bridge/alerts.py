@@ -87,7 +87,8 @@ class AlertPublisher:
                         infos.append(client.publish(alerts_topic(self._site(m.value)), m.value, qos=1))
                     except Exception as exc:  # noqa: BLE001 - one record must not stop the publisher
                         letters.append(self._dead_letter(m, exc))
-                await asyncio.to_thread(self._wait_all, infos)
+                if not await asyncio.to_thread(self._wait_all, infos):
+                    break  # stopping: the batch stays uncommitted and is published again by the next publisher
                 await self._send_dead_letters(letters)
                 self.stats.published += len(infos)
                 await self._commit(consumer)
@@ -127,10 +128,15 @@ class AlertPublisher:
         await asyncio.gather(*futs)
         self.stats.dead_lettered += len(letters)
 
-    def _wait_all(self, infos: list[mqtt.MQTTMessageInfo]) -> None:
-        for info in infos:  # paho resends after a reconnect; we wait as long as it takes (offsets stay uncommitted)
+    def _wait_all(self, infos: list[mqtt.MQTTMessageInfo]) -> bool:
+        """Whether every message was published (False: the publisher stops first). Paho resends after a reconnect;
+        we wait as long as it takes (offsets stay uncommitted), or until `stop`."""
+        for info in infos:
             while not info.is_published():
-                info.wait_for_publish(1.0)
+                if self._stop.is_set():
+                    return False
+                info.wait_for_publish(0.5)
+        return True
 
     async def _start(self, consumer: AIOKafkaConsumer) -> None:
         await start_when_reachable(consumer, "alerts consumer")

@@ -39,6 +39,10 @@ from schemas.settings import Settings
 log = logging.getLogger("wharf.bridge")
 
 SUBSCRIPTIONS = ("wharf/+/+/+/telemetry", "wharf/+/+/+/status")
+# A stop (SIGTERM, SIGINT) ends within 10 s (issue 21): the in-flight wait, the producer's close, the alerts publisher's.
+STOP_INFLIGHT_SECONDS = 4.0
+STOP_PRODUCER_SECONDS = 2.0
+STOP_ALERTS_SECONDS = 2.0
 
 
 @dataclass
@@ -322,17 +326,25 @@ class Bridge:
             self.stats.acked += 1
 
     async def _shutdown(self) -> None:
-        """Finish what is in flight (bounded), then leave: unacked messages stay with Mosquitto."""
-        deadline = time.monotonic() + 10
+        """Finish what is in flight (up to `STOP_INFLIGHT_SECONDS`: PUBACKs for what Kafka confirms meanwhile), then
+        leave. Messages not forwarded (still in `_incoming`) or not confirmed are not acked: Mosquitto keeps them in
+        the persistent session and delivers them to the next bridge of the session or group."""
+        deadline = time.monotonic() + STOP_INFLIGHT_SECONDS
         while self._order and time.monotonic() < deadline and self._connected.is_set():
             await asyncio.sleep(0.05)
+        if self._order:
+            log.warning("stop: %d messages not confirmed by Kafka in %.0f s; not acked, Mosquitto delivers them again",
+                        len(self._order), STOP_INFLIGHT_SECONDS)
         for task in list(self._retries):
             task.cancel()
         if self._client is not None:
             self._client.disconnect()
-            await asyncio.sleep(0.1)  # let the loop write the DISCONNECT
+            await asyncio.sleep(0.1)  # let the loop write the PUBACKs and the DISCONNECT
         if self._producer is not None:
-            await self._producer.stop()
+            try:  # nothing is acked after this: what it still holds is in Mosquitto's session too
+                await asyncio.wait_for(self._producer.stop(), STOP_PRODUCER_SECONDS)
+            except TimeoutError:
+                log.warning("stop: the Kafka producer did not close in %.0f s", STOP_PRODUCER_SECONDS)
 
 
 async def run_bridge(settings: Settings, client_id: str, share_group: str | None, report_every: float = 10.0) -> BridgeStats:
@@ -340,8 +352,6 @@ async def run_bridge(settings: Settings, client_id: str, share_group: str | None
 
     bridge = Bridge(settings, client_id=client_id, share_group=share_group)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, bridge.stop)
 
     async def report() -> None:
         while True:
@@ -356,6 +366,13 @@ async def run_bridge(settings: Settings, client_id: str, share_group: str | None
 
     alerts = AlertPublisher(settings, client_id=f"{client_id}-alerts")
     alerts_task = asyncio.create_task(alerts.run())
+
+    def stop() -> None:  # both at once: the alerts publisher's stop runs beside the bridge's in-flight wait
+        bridge.stop()
+        alerts.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
     try:
         await bridge.run()
     finally:
@@ -363,7 +380,8 @@ async def run_bridge(settings: Settings, client_id: str, share_group: str | None
         if metrics_server is not None:
             metrics_server.shutdown()
         alerts.stop()
-        await asyncio.wait({alerts_task}, timeout=10)
+        await asyncio.wait({alerts_task}, timeout=STOP_ALERTS_SECONDS)
+        alerts_task.cancel()  # its uncommitted alerts are read again by the next publisher
     return bridge.stats
 
 

@@ -12,6 +12,7 @@ data stays in the state folder and the next run continues from it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -58,15 +59,26 @@ class Child:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, timeout: float = 60) -> None:
-        if not self.alive():
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
+
+CHILD_STOP_SECONDS = 8.0  # each child stops within this of SIGTERM (the worker's own watchdog: streams/runtime/stopping.py), else SIGKILL
+SIMULATORS_STOP_SECONDS = 1.0  # the shop's producer and the device fleet's thread, before the children
+
+
+def stop_children(children: list[Child], timeout: float = CHILD_STOP_SECONDS) -> None:
+    """SIGTERM to every child at once (each stores and commits what it acked, in parallel), then SIGKILL to any
+    still there after `timeout`: what it had not committed is read again at the next start, nothing is lost."""
+    running = [c for c in children if c.alive()]
+    for child in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in running:
         try:
-            self.proc.wait(timeout)
+            child.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.proc.pid, signal.SIGKILL)
+            child.proc.wait()
 
 
 def _spawn(name: str, args: list[str], settings: Settings, env: dict[str, str]) -> Child:
@@ -177,14 +189,15 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
         fleet_thread.start()
         code = asyncio.run(_watch(settings, url, token, options, console, children, fleet))
         fleet.stop()
-        fleet_thread.join(10)
+        fleet_thread.join(SIMULATORS_STOP_SECONDS)
         return code
     finally:
         console.print("stopping ...")
         if fleet is not None:
             fleet.stop()
-        for child in children:  # the worker first: it must not see the devices fall silent as they stop
-            child.stop()
+        # The simulators stopped first; the devices stay connected until the worker is gone: it must not see them
+        # fall silent as they stop.
+        stop_children(children)
         if fleet is not None:
             fleet.close()
         infra.down(settings, ours)  # only the servers this demo started
@@ -209,6 +222,8 @@ async def _watch(settings: Settings, url: str, token: str, options: DemoOptions,
             pass
         if options.duration is not None and time.monotonic() - t0 >= options.duration:
             stop.set()
+        if stop.is_set():  # a signal: stop now, not after another health line (its requests may wait seconds)
+            break
         dead = [c for c in children if not c.alive()]
         if dead:
             console.print(f"[red]{dead[0].name} exited with {dead[0].proc.returncode}[/red]; see {dead[0].log}", soft_wrap=True)
@@ -230,5 +245,8 @@ async def _watch(settings: Settings, url: str, token: str, options: DemoOptions,
             + (f" | last error: {errors[-1]}" if errors else ""),
             soft_wrap=True,
         )
-    await shop_task
+    try:  # the shop stops first (its producer flushes what it sent), bounded: a stop takes seconds, not minutes
+        await asyncio.wait_for(shop_task, SIMULATORS_STOP_SECONDS)
+    except TimeoutError:
+        console.print("[yellow]the shop simulator did not stop in time[/yellow]")
     return code

@@ -22,6 +22,7 @@ from schemas.validation import Limits, check
 from streams.runtime import loopwatch
 from streams.runtime import heap
 from streams.runtime import patches
+from streams.runtime import stopping
 from streams.runtime.batches import BatchRouter
 from streams.runtime.flow import KeepQueuesWhileFlowing
 from streams.sinks.storage import Storage
@@ -43,6 +44,19 @@ class WharfApp(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_agents = BatchRouter(self)
+        self.on_stopping: list[stopping.StopHook] = []  # run when the worker stops: store what was taken (`streams/runtime/stopping.py`)
+        self._stop_started: float | None = None
+
+    async def on_stop(self) -> None:
+        self._stop_started = stopping.arm_watchdog()
+        await super().on_stop()
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        """At a stop, a bounded wait that stores what was taken first (`streams/runtime/stopping.py`); in a rebalance, Faust's."""
+        if self._stop_started is None:
+            return await super()._consumer_wait_empty(consumer, logger)
+        await stopping.drain(consumer, self.on_stopping, self._stop_started)
+        return None
 
     @cached_property
     def flow_control(self) -> KeepQueuesWhileFlowing:
@@ -141,6 +155,7 @@ async def _sweep_heap() -> None:
 
 
 storage = Storage(settings, topics["topic_dead_letters"], limits.dead_letter_keep_bytes)
+app.on_stopping.append(storage.flush_all)
 
 
 @app.on_partitions_revoked.connect
@@ -152,7 +167,8 @@ async def _forget_revoked(app: Any, revoked: set, **kwargs: Any) -> None:
 
 @app.on_before_shutdown.connect
 async def _flush_on_shutdown(app: Any, **kwargs: Any) -> None:
+    """What reached the writers after the stop's drain (`streams/runtime/stopping.py`): stored if ClickHouse answers in time."""
     try:
-        await asyncio.wait_for(storage.flush_all(), timeout=10)
+        await asyncio.wait_for(storage.flush_all(), timeout=1)
     except TimeoutError:
         log.warning("ClickHouse still unreachable at shutdown; unstored records stay uncommitted and will be redelivered")

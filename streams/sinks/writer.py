@@ -88,6 +88,7 @@ class ClickHouseWriter:
         self._oldest: float | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self._flushing = 0  # callers of `flush` waiting: store now, without waiting for a fuller batch
         self._all_refused_rounds = 0
 
     @classmethod
@@ -161,8 +162,12 @@ class ClickHouseWriter:
             return
         if self._task is None:
             await self.start()
-        self._wake.set()
-        await self._idle.wait()
+        self._flushing += 1
+        try:
+            self._wake.set()
+            await self._idle.wait()
+        finally:
+            self._flushing -= 1
 
     def forget_partitions(self, partitions: Sequence[int]) -> None:
         """Partitions moved to another worker: their high-water marks must be re-read if they come back."""
@@ -179,7 +184,7 @@ class ClickHouseWriter:
                 await self._wake.wait()
                 continue
             age = time.monotonic() - (self._oldest or time.monotonic())
-            if self._pending_rows < self.batch_rows and age < self.batch_seconds:
+            if self._pending_rows < self.batch_rows and age < self.batch_seconds and not self._flushing:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=self.batch_seconds - age)
