@@ -29,7 +29,7 @@ from streams.sinks.clickhouse import connect
 from streams.web.credentials import Sessions
 from streams.web.guard import Guard
 from tests.test_pipeline import committed_equals_end, produce, wait_until
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, fresh_topics
 from schemas.settings import Settings
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
@@ -88,8 +88,7 @@ async def site(stack, server_url, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("http-auth")
     keys = tmp / "api-keys"
     keys.write_text(f"# shop backends\n{KEY_A}\n{KEY_B}  # the second shop\n")
-    env = {f"WHARF_{name.upper()}": f"test.{name[6:]}.{u}" for name in Settings.model_fields
-           if name.startswith("topic_") and name != "topic_partitions"}
+    env = fresh_topics(u)
     env |= {"WHARF_APP_ID": f"wharf-test-auth-{u}", "WHARF_STATE_DIR": str(tmp / "state"), "WHARF_CLICKHOUSE_URL": f"{server_url}/auth_{u}",
             "WHARF_WEB_API_KEYS": "", "WHARF_WEB_API_KEYS_FILE": str(keys), "WHARF_WEB_OPERATOR_TOKENS": TOKEN,
             "WHARF_COMMERCE_COLLECTOR_MAX_BYTES": str(MAX_BYTES), "WHARF_COMMERCE_COLLECTOR_MAX_EVENTS": "2000",

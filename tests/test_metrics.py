@@ -21,9 +21,8 @@ from tests.test_bridge import Device, bridge_setup  # noqa: F401 - the real brid
 from tests.test_bridge import reading as bridge_reading
 from tests.test_bridge import wait_for as bridge_wait_for
 from tests.test_pipeline import produce, reading, wait_until
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, fresh_topics
 from wharf import grafana_metrics
-from schemas.settings import Settings
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
 
@@ -76,8 +75,7 @@ async def site(stack, server_url, tmp_path_factory):
 
     u = uuid.uuid4().hex[:10]
     tmp = tmp_path_factory.mktemp("metrics")
-    env = {f"WHARF_{name.upper()}": f"test.{name[6:]}.{u}" for name in Settings.model_fields
-           if name.startswith("topic_") and name != "topic_partitions"}
+    env = fresh_topics(u)
     env |= {"WHARF_APP_ID": f"wharf-test-metrics-{u}", "WHARF_STATE_DIR": str(tmp / "state"), "WHARF_CLICKHOUSE_URL": f"{server_url}/metrics_{u}",
             "WHARF_WEB_METRICS_TOKENS": SCRAPER, "WHARF_COMMERCE_SENTIMENT_ENCODER": "hashing", "WHARF_SINK_BATCH_SECONDS": "0.3",
             "WHARF_SENSOR_MODEL_OPTIONS": '{"use_forecaster": false}'}

@@ -18,6 +18,14 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER_ARGV = [sys.executable, "-m", "wharf.cli", "worker", "--loglevel", "warning"]
 
 
+def fresh_topics(tag: str) -> dict[str, str]:
+    """Every topic setting as a `WHARF_TOPIC_*` variable naming a topic of this test's own (`test.<topic>.<tag>`)."""
+    from schemas.settings import Settings
+
+    return {f"WHARF_{name.upper()}": f"test.{name[6:]}.{tag}" for name in Settings.model_fields
+            if name.startswith("topic_") and name != "topic_partitions"}
+
+
 def credentials(env: dict[str, str]) -> dict[str, str]:
     """`env` with an operator token and an API key of its own unless it names some: a worker refuses every
     request without them (streams/web/guard.py)."""

@@ -51,21 +51,30 @@ PANELS = (
 )
 
 
+def grid(sizes: list[tuple[int, int]]) -> list[dict]:
+    """Grafana `gridPos` of panels of these (width, height), left to right in rows of 24 columns."""
+    out, x, y = [], 0, 0
+    for w, h in sizes:
+        if x + w > 24:
+            x, y = 0, y + h
+        out.append({"x": x, "y": y, "w": w, "h": h})
+        x += w
+    return out
+
+
+def board(uid: str, title: str, panels: list[dict]) -> dict:
+    """A provisioned dashboard: panels numbered in order, the last hour, refreshed every 10 s."""
+    return {"uid": uid, "title": title, "schemaVersion": 39, "refresh": "10s", "time": {"from": "now-1h", "to": "now"},
+            "timezone": "utc", "panels": [{"id": i, **p} for i, p in enumerate(panels, start=1)]}
+
+
 def dashboard() -> dict:
-    panels, x, y = [], 0, 0
-    for i, p in enumerate(PANELS, start=1):
-        if x + p.width > 24:
-            x, y = 0, y + p.height
-        panels.append({
-            "id": i, "title": p.title, "type": p.kind,
-            "gridPos": {"x": x, "y": y, "w": p.width, "h": p.height},
-            "datasource": {"type": "grafana-clickhouse-datasource", "uid": "wharf-clickhouse"},
-            "targets": [{"refId": "A", "datasource": {"type": "grafana-clickhouse-datasource", "uid": "wharf-clickhouse"},
-                         "editorType": "sql", "format": 0 if p.kind == "timeseries" else 1, "queryType": "sql", "rawSql": p.sql}],
-        })
-        x += p.width
-    return {"uid": "wharf-live", "title": "Wharf — live operations", "schemaVersion": 39, "refresh": "10s",
-            "time": {"from": "now-1h", "to": "now"}, "timezone": "utc", "panels": panels}
+    source = {"type": "grafana-clickhouse-datasource", "uid": "wharf-clickhouse"}
+    return board("wharf-live", "Wharf — live operations", [
+        {"title": p.title, "type": p.kind, "gridPos": pos, "datasource": source,
+         "targets": [{"refId": "A", "datasource": source, "editorType": "sql", "format": 0 if p.kind == "timeseries" else 1,
+                      "queryType": "sql", "rawSql": p.sql}]}
+        for p, pos in zip(PANELS, grid([(p.width, p.height) for p in PANELS]), strict=True)])
 
 
 def write(path: Path = OUT) -> None:

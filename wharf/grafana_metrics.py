@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from wharf.grafana import board, grid
+
 OUT = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "provisioning" / "dashboards" / "wharf-metrics.json"
 DATASOURCE = {"type": "prometheus", "uid": "wharf-prometheus"}
 
@@ -55,20 +57,12 @@ def series(panels: tuple[Panel, ...] = PANELS) -> set[str]:
 
 
 def dashboard() -> dict:
-    panels, x, y = [], 0, 0
-    for i, p in enumerate(PANELS, start=1):
-        if x + p.width > 24:
-            x, y = 0, y + p.height
-        panels.append({
-            "id": i, "title": p.title, "type": "timeseries", "datasource": DATASOURCE,
-            "gridPos": {"x": x, "y": y, "w": p.width, "h": p.height},
-            "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
-            "targets": [{"refId": chr(ord("A") + j), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
-                        for j, (expr, legend) in enumerate(p.exprs)],
-        })
-        x += p.width
-    return {"uid": "wharf-metrics", "title": "Wharf — workers", "schemaVersion": 39, "refresh": "10s",
-            "time": {"from": "now-1h", "to": "now"}, "timezone": "utc", "panels": panels}
+    return board("wharf-metrics", "Wharf — workers", [
+        {"title": p.title, "type": "timeseries", "datasource": DATASOURCE, "gridPos": pos,
+         "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
+         "targets": [{"refId": chr(ord("A") + j), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
+                     for j, (expr, legend) in enumerate(p.exprs)]}
+        for p, pos in zip(PANELS, grid([(p.width, p.height) for p in PANELS]), strict=True)])
 
 
 def write(path: Path = OUT) -> None:
