@@ -123,6 +123,7 @@ async def _bench(settings, rate: float, seconds: float, model_options: str, n_pu
 def _bench_env(settings, u: str, model_options: str) -> tuple[dict[str, str], Any]:  # noqa: ANN001
     """The bench worker's environment (its own app id, topics and database) and the settings it makes."""
     from schemas.settings import Settings
+    from streams.runtime.topics import SPECS
 
     base = _bench_clickhouse_base(settings)
     env = {
@@ -130,8 +131,8 @@ def _bench_env(settings, u: str, model_options: str) -> tuple[dict[str, str], An
         "WHARF_SENSOR_ALARM_CLEAR_SECONDS": "0", "WHARF_SENSOR_CHECKPOINT_SECONDS": "30",
         "WHARF_SINK_BATCH_SECONDS": "0.25",
     }
-    for attr in ("topic_sensor_readings", "topic_device_status", "topic_sensor_commands", "topic_alerts", "topic_anomaly_scores", "topic_dead_letters"):
-        env[f"WHARF_{attr.upper()}"] = f"bench.{u}.{attr[6:]}"
+    for spec in SPECS:  # every topic fresh: the commerce agents of the bench worker must find nothing to do
+        env[f"WHARF_{spec.attr.upper()}"] = f"bench.{u}.{spec.attr[6:]}"
     if model_options:
         env["WHARF_SENSOR_MODEL_OPTIONS"] = model_options
     return env, Settings(**{k[6:].lower(): v for k, v in env.items()})
@@ -192,8 +193,8 @@ async def _catch_up_run(settings, u: str, n: int, model_options: str, n_devices:
     counts = (0, 0)
     try:
         while time.time() < ready + 900:
-            counts = tuple((await asyncio.to_thread(ch.query, f"SELECT count() FROM {ch.table(t)}"))[0][0]
-                           for t in ("sensor_readings", "anomaly_scores"))
+            counts = await asyncio.to_thread(lambda: tuple(ch.query(f"SELECT count() FROM {ch.table(t)}")[0][0]
+                                                           for t in ("sensor_readings", "anomaly_scores")))
             if first is None and min(counts) > 0:
                 first = time.time()
             if min(counts) >= n:
