@@ -62,7 +62,7 @@ class _Worker:
         import json
         import urllib.request
 
-        return json.loads(urllib.request.urlopen(self.request, timeout=10).read())
+        return json.loads(urllib.request.urlopen(self.request, timeout=60).read())
 
     def stop(self) -> None:
         import signal
@@ -203,7 +203,7 @@ async def _catch_up_run(settings, u: str, n: int, model_options: str, n_devices:
         done = time.time()
         peak = _rss_peak_mb(worker.pid)
         stats = worker.stats()
-    finally:
+    finally:  # also when the worker is too busy to answer
         worker.stop()
     det = _detector_rate(model_options, 100)
     rate = n / (done - ready)
@@ -231,6 +231,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     from wharf.bench.devices import publisher_logins
     from wharf.infra.kafka import ensure_topics
     from mqtt_bridge.connection import end_session
+    from schemas.redact import redact
 
     creds = publisher_logins(settings, n_pub)  # before the bridge starts: Mosquitto may re-read its logins
     base = _bench_clickhouse_base(settings)
@@ -238,7 +239,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     await ensure_topics(settings, topic_names(s), settings.topic_partitions)
     state = settings.state_dir / "bench" / u
     state.mkdir(parents=True, exist_ok=True)
-    console.print(f"bench {u}: worker + bridge on {settings.kafka_bootstrap}, ClickHouse {base}/bench_{u}; logs in {state}")
+    console.print(f"bench {u}: worker + bridge on {settings.kafka_bootstrap}, ClickHouse {redact(base)}/bench_{u}; logs in {state}")
     phases = progress.Phases(4, "bench sensors")
     phases.next("starting a worker and a bridge")
     worker = _Worker(env, settings.web_port + 50, state / "worker.log")
@@ -332,11 +333,13 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         watcher.cancel()
         peak_worker = _rss_peak_mb(worker.pid)
         peak_bridge = _rss_peak_mb(bridge.pid)
-        stats = worker.stats()
-        worker.stop()
-        bridge.terminate()
-        bridge.wait(30)
-        end_session(s, f"bench-{u}")  # else Mosquitto queues all later telemetry for it
+        try:
+            stats = worker.stats()
+        finally:  # a worker too busy to answer is stopped all the same
+            worker.stop()
+            bridge.terminate()
+            bridge.wait(30)
+            end_session(s, f"bench-{u}")  # else Mosquitto queues all later telemetry for it
     # sustained rate: rows/s over the middle of the run (after warm-up)
     mid = [(t, n) for t, n in counts if t_start + 0.2 * seconds <= t <= t_end]
     sustained = (mid[-1][1] - mid[0][1]) / (mid[-1][0] - mid[0][0]) if len(mid) >= 2 and mid[-1][0] > mid[0][0] else float("nan")
