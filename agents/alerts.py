@@ -9,6 +9,7 @@ from schemas import rows
 from schemas.events import Alert
 from schemas.validation import processing_error
 from streams.runtime.app import app, settings, topics
+from streams.runtime.recent import RecentKeys
 from agents.storage import store_topic
 
 BATCH = settings.sink_batch_rows
@@ -19,30 +20,23 @@ class AlertRevisions:
     """(alarm_id, rev) already stored: a replay after a crash re-sends identical alarm events; store each once."""
 
     def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self.seen: dict[tuple[str, int], None] = {}
+        self.seen: RecentKeys[tuple[str, int]] = RecentKeys(capacity)
         self.loaded = False
 
     async def load(self, ch) -> None:  # noqa: ANN001
         if self.loaded:
             return
         table = ch.table("alerts")
-        rows_ = await asyncio.to_thread(ch.query, f"SELECT alarm_id, details FROM {table} ORDER BY ts DESC LIMIT {self.capacity}")
+        rows_ = await asyncio.to_thread(ch.query, f"SELECT alarm_id, details FROM {table} ORDER BY ts DESC LIMIT {self.seen.capacity}")
         for alarm, details in reversed(rows_):
             try:
-                self.seen[(alarm, int(json.loads(details).get("rev", 0)))] = None
+                self.seen.seen((alarm, int(json.loads(details).get("rev", 0))))
             except ValueError:
                 continue
         self.loaded = True
 
     def is_copy(self, alert: Alert) -> bool:
-        key = (alert.alarm_id, int(alert.details.get("rev", 0)))
-        if key in self.seen:
-            return True
-        self.seen[key] = None
-        if len(self.seen) > self.capacity:
-            del self.seen[next(iter(self.seen))]
-        return False
+        return self.seen.seen((alert.alarm_id, int(alert.details.get("rev", 0))))
 
 
 @app.agent(topics["topic_alerts"], name="wharf.store-alerts")

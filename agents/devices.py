@@ -18,6 +18,7 @@ from online_models.anomaly.state_types import STATE_TYPES as ANOMALY_STATE_TYPES
 from online_models.sensing import SensorSetup
 from schemas.state import StateCodec, StateFormatError, StateType, StateTypes
 from streams.runtime.app import settings
+from streams.runtime.recent import RecentKeys
 
 DEVICE_DEDUP_KEYS = 1024  # per device, in the checkpointed state (the raw path keeps its own window)
 STATE_VERSION = 2  # 2: state format (schemas.state); 1: pickled
@@ -35,20 +36,11 @@ class DeviceState:
     partition: int
     model: DeviceAnomalyModel
     monitor: DeviceMonitor
-    recent: dict[tuple[int, float], None] = field(default_factory=dict)  # (seq, ts) of the last readings, oldest first
+    recent: RecentKeys[tuple[int, float]] = field(default_factory=lambda: RecentKeys(DEVICE_DEDUP_KEYS))  # (seq, ts) of the last readings
 
     @classmethod
     def new(cls, device_id: str, partition: int) -> DeviceState:
         return cls(device_id, partition, SETUP.new_model(), SETUP.new_monitor(device_id))
-
-    def is_duplicate(self, seq: int, ts: float) -> bool:
-        key = (seq, ts)
-        if key in self.recent:
-            return True
-        self.recent[key] = None
-        if len(self.recent) > DEVICE_DEDUP_KEYS:
-            del self.recent[next(iter(self.recent))]
-        return False
 
     def dump(self) -> bytes:
         return STATE_CODEC.dumps((STATE_VERSION, self), compress=True)
@@ -63,9 +55,11 @@ class DeviceState:
 
 
 def _device_state(st: DeviceState) -> dict[str, Any]:
-    """The de-duplication window as two arrays: as 1,024 (seq, ts) tuples it took half of a state's decoding time."""
+    """The de-duplication window as two arrays: as 1,024 (seq, ts) tuples it took half of a state's decoding time.
+    The format is the one the window had as a dict (keys oldest first), so states written before it was a
+    `RecentKeys` still load."""
     if not all(type(seq) is int and 0 <= seq < 1 << 63 and type(ts) is float for seq, ts in st.recent):
-        return st.__dict__  # kept as tuples
+        return {**st.__dict__, "recent": dict.fromkeys(st.recent)}  # kept as tuples
     n = len(st.recent)
     return {**st.__dict__, "recent": (np.fromiter((seq for seq, _ in st.recent), np.int64, n),
                                       np.fromiter((ts for _, ts in st.recent), np.float64, n))}
@@ -78,7 +72,9 @@ def _set_device_state(st: DeviceState, state: Any) -> None:
         if not (type(seqs) is type(tss) is np.ndarray and seqs.dtype == np.int64 and tss.dtype == np.float64
                 and seqs.ndim == 1 and seqs.shape == tss.shape):
             raise ValueError("a malformed de-duplication window")
-        state = {**state, "recent": dict.fromkeys(zip(seqs.tolist(), tss.tolist()))}
+        state = {**state, "recent": RecentKeys(DEVICE_DEDUP_KEYS, zip(seqs.tolist(), tss.tolist()))}
+    elif type(recent) is dict:
+        state = {**state, "recent": RecentKeys(DEVICE_DEDUP_KEYS, recent)}
     if type(state) is not dict or set(state) != {"device_id", "partition", "model", "monitor", "recent"}:
         raise ValueError("not the fields of a DeviceState")
     st.__dict__.update(state)

@@ -5,7 +5,8 @@ device's events land on one partition number everywhere, and the worker that own
 that partition owns the device: its `DeviceAnomalyModel`, its alarms and its
 de-duplication window (a `DeviceState`).
 
-Hot path, per batch (`noack_take`): parse, drop exact duplicates (device_id, seq, ts),
+Hot path, per batch (a batch agent, `streams/runtime/batches.py`): the records arrive validated (a reading once
+for this agent and the raw storage agent, `streams.runtime.app.check_device_record`); drop exact duplicates (device_id, seq, ts),
 group readings by device, `score_learn_many` (score first, then learn), run the
 alarm conditions in event order, produce alarm events (Kafka confirms them), then
 hand one `anomaly_scores` row per reading to the writer, which acks the reading
@@ -31,8 +32,6 @@ reproduces them; the only wall-clock alarm (silence) may be raised once more.
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import asyncio
 import json
 import logging
@@ -49,11 +48,12 @@ from online_models.sensing import score_readings
 from schemas import codec
 from schemas.events import Alert, DeviceStatus, SensorReading, to_epoch
 from schemas.state import StateFormatError
-from schemas.validation import InvalidEvent, parse, processing_error
+from schemas.validation import Checked, InvalidEvent, processing_error
 from streams.runtime import counts
 from streams.runtime.acks import OrderedAcker
-from streams.runtime.app import app, device_sources, limits, settings, storage, topics
+from streams.runtime.app import app, check_device_record, device_sources, limits, settings, storage, topics
 from streams.runtime.kafka_auth import kafka_client
+from streams.runtime.slices import Slice
 from streams.sinks.ingest import produce_dead_letter
 from streams.web.registry import lent
 from agents.devices import RULES, DeviceState
@@ -186,7 +186,8 @@ class Owner:
                       "its devices' models never learn them", partition, missing)
         records.sort(key=lambda m: m.timestamp)
         for m in records:
-            await self.apply([DeviceRecord(m.topic, m.partition, m.offset, m.timestamp / 1000.0, m.value)], emit=False)
+            ts = m.timestamp / 1000.0
+            await self.apply([DeviceRecord(m.topic, m.partition, m.offset, ts, check_device_record(m.topic, m.value, ts))], emit=False)
         self.replayed += len(records)
         log.warning("partition %d: re-learned %d records committed after its last checkpoint", partition, len(records))
 
@@ -205,34 +206,29 @@ class Owner:
                 parsed.append((r, None))  # already in the restored state, its row already stored
                 continue
             self.done_upto[key] = max(self.done_upto.get(key, -1), r.offset)
+            checked = r.checked
             if r.topic == settings.topic_sensor_readings:
-                try:
-                    ev = parse(r.value, SensorReading, now=r.kafka_ts, limits=limits)
-                except InvalidEvent:
-                    parsed.append((r, None))  # dead-lettered by the storage agent
+                ev = checked.event
+                if ev is None:
+                    parsed.append((r, None))  # dead-lettered by the storage agent, which shares this check
                     continue
                 st = self.device(ev.device_id, r.partition)
-                if st.is_duplicate(ev.seq, ev.ts):
+                if st.recent.seen((ev.seq, ev.ts)):
                     self.duplicates += 1
                     parsed.append((r, None))
                     continue
                 readings[ev.device_id].append((i, ev))
                 parsed.append((r, ev))
-            elif r.topic == settings.topic_device_status:
-                try:
-                    parsed.append((r, parse(r.value, DeviceStatus, now=r.kafka_ts, limits=limits)))
-                except InvalidEvent as exc:  # nothing else stores device status: its dead letter is sent here
-                    letters.append((r, exc))
-                    parsed.append((r, None))
+            elif checked.error is not None:  # status, commands: nothing else reads them, their dead letters are sent here
+                letters.append((r, checked.error))
+                parsed.append((r, None))
             else:
-                try:
-                    parsed.append((r, codec.loads(r.value)))
-                except ValueError as exc:
-                    letters.append((r, processing_error("sensor_command", "the device owner", exc, r.value)))
-                    parsed.append((r, None))
+                parsed.append((r, checked.event))
         # models: one batched call per device
         results: dict[int, tuple[float, bool, float, str | None]] = {}
-        for device_id, items in readings.items():
+        work = Slice()  # a batch of 10,000 readings held the loop 2-4 s (`wharf bench sensors --catch-up`): commits,
+        for device_id, items in readings.items():  # heartbeats and requests are served between devices
+            await work.tick()
             st = self.devices[device_id]
             try:
                 scored = score_readings(st.model, [ev.ts for _, ev in items], [ev.metrics for _, ev in items])
@@ -241,7 +237,7 @@ class Owner:
             except Exception as exc:  # noqa: BLE001 - readings that break their device's model are refused, not fatal
                 log.exception("device %s: the model failed on %d readings; they are dead-lettered", device_id, len(items))
                 for i, _ in items:
-                    letters.append((parsed[i][0], processing_error("sensor_reading", "the anomaly model", exc, parsed[i][0].value)))
+                    letters.append((parsed[i][0], processing_error("sensor_reading", "the anomaly model", exc, parsed[i][0].checked.payload)))
                     parsed[i] = (parsed[i][0], None)
             self.dirty.add(device_id)
         # alarms in event order
@@ -255,12 +251,12 @@ class Owner:
             except Exception as exc:  # noqa: BLE001 - one record's alarm step must not stop the others
                 log.exception("%s/%d/%d broke the alarm step; dead-lettered", r.topic, r.partition, r.offset)
                 kind = {settings.topic_sensor_readings: "sensor_reading", settings.topic_device_status: "device_status"}.get(r.topic, "sensor_command")
-                letters.append((r, processing_error(kind, "the alarm step", exc, r.value)))
+                letters.append((r, processing_error(kind, "the alarm step", exc, r.checked.payload)))
         if not emit:
             return
         await send_alerts(alerts)
         letters.sort(key=lambda x: (x[0].topic, x[0].partition, x[0].offset))  # in offset order (`produce_dead_letter`)
-        await asyncio.gather(*[await produce_dead_letter(topics["topic_dead_letters"], error, r.value, "kafka",
+        await asyncio.gather(*[await produce_dead_letter(topics["topic_dead_letters"], error, r.checked.payload, "kafka",
                                                          keep_bytes=limits.dead_letter_keep_bytes, kafka_topic=r.topic,
                                                          kafka_partition=r.partition, kafka_offset=r.offset)
                                for r, error in letters])
@@ -412,7 +408,7 @@ class DeviceRecord:
     partition: int
     offset: int
     kafka_ts: float
-    value: bytes
+    checked: Checked  # validated once for every agent of its topic (`streams.runtime.app.check_device_record`)
     done: Any = None
 
 
@@ -438,9 +434,9 @@ def scores_writer():  # noqa: ANN201
 owner = Owner()
 
 
-@app.agent(device_sources, name="wharf.score-devices")
-async def score_devices(stream):  # noqa: ANN001
-    async for events in stream.noack_take(BATCH, within=WITHIN):
+@app.batch_agents.agent(device_sources, name="wharf.score-devices", max_records=BATCH, within=WITHIN)
+async def score_devices(agent):  # noqa: ANN001 - streams.runtime.batches.BatchAgent
+    async for events in agent.batches():
         counts.records["sensors"] += len(events)
         async with owner.lock:
             recs = []

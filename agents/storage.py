@@ -1,9 +1,10 @@
 """Agents that store raw input and dead letters in ClickHouse, exactly once, and `store_topic`: every other
 topic-to-table agent's loop.
 
-Each is a small loop over batches (`noack_take`: acks are manual, released in
-offset order once the writer has stored the rows); the input paths' work is in
-`streams.sinks.ingest.store_events`.
+Each is a small loop over batches (acks are manual, released in offset order once the writer has stored the
+rows). The input paths (readings, clicks) are batch agents (`streams/runtime/batches.py`) whose records arrive
+validated once for every agent of their topic; their work is in `streams.sinks.ingest.store_events`. The other
+topics go through Faust agents (`noack_take`) and `store_topic`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from schemas.validation import FieldError, InvalidEvent
 from streams.sinks.ingest import dead_letter_event
 from streams.runtime.acks import OrderedAcker
 from streams.runtime.app import app, limits, settings, storage, topics
-from streams.sinks.ingest import RecentKeys, SourceMarks, expire_dead_letters, store_events
+from streams.sinks.ingest import SourceMarks, StoredKeys, expire_dead_letters, store_events
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +30,24 @@ BATCH = settings.sink_batch_rows
 WITHIN = settings.sink_batch_seconds
 
 
-@app.agent(topics["topic_sensor_readings"], name="wharf.store-sensor-readings")
-async def store_sensor_readings(stream):  # noqa: ANN001
+@app.batch_agents.agent(topics["topic_sensor_readings"], name="wharf.store-sensor-readings", max_records=BATCH, within=WITHIN)
+async def store_sensor_readings(agent):  # noqa: ANN001 - streams.runtime.batches.BatchAgent
+    # The readings arrive checked (`streams.runtime.app.check_device_record`, once for this agent and the scoring agent).
     writer = storage.writer("sensor_readings", settings.topic_sensor_readings)
     acker = OrderedAcker()
     # MQTT redeliveries: a reading is (device_id, seq, ts); ts in whole seconds, as ClickHouse 18.16 stores it.
-    recent = RecentKeys(settings.sensor_dedup_window, lambda p, n: (
+    stored = StoredKeys(settings.sensor_dedup_window, lambda p, n: (
         f"SELECT device_id, seq, toUInt32(ts) FROM {storage.ch.table('sensor_readings')} "
         f"WHERE kafka_partition = {p} ORDER BY kafka_offset DESC LIMIT {n}"))
     rebalances = app.rebalancing_count
-    async for events in stream.noack_take(BATCH, within=WITHIN):
+    async for events in agent.batches():
         if rebalances != app.rebalancing_count:  # partitions may have been stored by another worker meanwhile
             rebalances = app.rebalancing_count
-            recent.forget()
-        await recent.ensure(storage.ch, {e.message.partition for e in events})
+            stored.forget()
+        await stored.ensure(storage.ch, {e.message.partition for e in events})
         await store_events(events, model=SensorReading, to_rows=rows.sensor_reading, writer=writer,
                            dlq_topic=topics["topic_dead_letters"], limits=limits, acker=acker,
-                           duplicate=lambda r, p: recent.seen(p, (r.device_id, r.seq, int(r.ts))))
+                           duplicate=lambda r, p: stored.seen(p, (r.device_id, r.seq, int(r.ts))))
 
 
 @app.batch_agents.agent(topics["topic_clicks"], name="wharf.store-clicks", max_records=BATCH, within=WITHIN)

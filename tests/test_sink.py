@@ -90,8 +90,8 @@ class LostAnswer:
     def __getattr__(self, name):
         return getattr(self.real, name)
 
-    def insert(self, *args, **kwargs):
-        self.real.insert(*args, **kwargs)
+    def insert_columns(self, *args, **kwargs):
+        self.real.insert_columns(*args, **kwargs)
         if not self.failed:
             self.failed = True
             raise ClickHouseError("connection reset while reading the answer", retryable=True)
@@ -277,7 +277,7 @@ async def test_one_bad_record_among_many_is_found_by_halving_not_one_insert_each
     about 2 log2(n) INSERTs, and every other record is stored once, in order."""
     refused: list = []
     inserts = 0
-    real_insert = ch.insert
+    real_insert = ch.insert_columns
 
     def counting_insert(*args, **kwargs):
         nonlocal inserts
@@ -287,7 +287,7 @@ async def test_one_bad_record_among_many_is_found_by_halving_not_one_insert_each
     async def on_refused(partition, offset, rows, exc):
         refused.append(offset)
 
-    ch.insert = counting_insert
+    ch.insert_columns = counting_insert
     try:
         w = ClickHouseWriter(ch, SPEC, batch_rows=2000, batch_seconds=0.1, on_refused=on_refused)
         await put_range(w, 0, range(700))
@@ -296,7 +296,7 @@ async def test_one_bad_record_among_many_is_found_by_halving_not_one_insert_each
         async with asyncio.timeout(30):
             await w.flush()
     finally:
-        ch.insert = real_insert
+        ch.insert_columns = real_insert
     assert refused == [700]
     assert [o for _, o, _ in stored(ch)] == [o for o in range(1000) if o != 700]
     assert inserts <= 2 * 10 + 1  # 1,000 records: 10 halvings, 2 INSERTs each, plus the first

@@ -61,7 +61,7 @@ def _device_state():
         t, v = ts[start:start + 32], x[start:start + 32]
         res = st_.model.score_learn_many(t, {"temperature": v, "humidity": v / 2})
         for j in range(len(t)):
-            st_.is_duplicate(start + j, float(t[j]))
+            st_.recent.seen((start + j, float(t[j])))
             st_.monitor.reading(float(t[j]), {"temperature": float(v[j])}, rules, float(res.scores[j]), bool(res.is_anomaly[j]),
                                 res.metrics[j])
     return st_, ts, x
@@ -103,7 +103,7 @@ def test_a_device_state_scores_and_alarms_identically_after_a_round_trip() -> No
     blob = state.dump()
     assert blob[:3] == MAGIC and len(blob) < 64_000
     clone = DeviceState.load(blob)
-    assert clone.recent == state.recent and clone.is_duplicate(1999, float(ts[1999]))
+    assert clone.recent == state.recent and clone.recent.seen((1999, float(ts[1999])))
     assert clone.monitor.alarms.active.keys() == state.monitor.alarms.active.keys()
     rules = RuleSet(None)
     for s in (state, clone):

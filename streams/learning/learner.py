@@ -184,8 +184,8 @@ class Host:
         the last snapshot (the most recent `max_active` of each)."""
         out = []
         for p, shard in list(self.shards.items()):
-            users = [u for u in list(shard.active_users)[-max_active:] if u in shard.model.users]  # not evicted since
-            item_ids = list(shard.active_items)[-max_active:]
+            users = [u for u in shard.active_users.newest(max_active) if u in shard.model.users]  # not evicted since
+            item_ids = shard.active_items.newest(max_active)
             shard.active_users.clear()
             shard.active_items.clear()
             recs = []

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from online_models.recommender import GlobalState, ItemState, OnlineRecommender, RecommenderConfig, UserState
 from online_models.recommender.state import STATE_TYPES
 from schemas.state import StateCodec
+from streams.runtime.recent import RecentKeys
 from streams.state.deltalog import DeltaLog, finish
 
 STATE_VERSION = 3  # 3: Wharf's state format (schemas.state); 2: pickled delta log; 1: pickled, one key per user/item
@@ -107,8 +108,8 @@ class Shard:
     partition: int
     model: OnlineRecommender
     offsets: dict[str, int] = field(default_factory=dict)  # topic -> last offset applied to the state
-    active_users: dict[str, None] = field(default_factory=dict)  # since the last snapshot, oldest first
-    active_items: dict[str, None] = field(default_factory=dict)
+    active_users: RecentKeys[str] = None  # type: ignore[assignment] - since the last snapshot, oldest first (`__post_init__`)
+    active_items: RecentKeys[str] = None  # type: ignore[assignment]
     clicks: int = 0
     skipped: int = 0
     log: DeltaLog = None  # type: ignore[assignment] - set in __post_init__
@@ -117,6 +118,9 @@ class Shard:
     def __post_init__(self) -> None:
         if self.log is None:
             self.log = DeltaLog(LOG_PREFIX, self.partition, codec=CODEC)
+        config = self.model.config  # no more than the model keeps
+        if self.active_users is None:
+            self.active_users, self.active_items = RecentKeys(config.max_users), RecentKeys(config.max_items)
 
     @classmethod
     def new(cls, partition: int, config: RecommenderConfig, users: dict | None = None, items: dict | None = None,
@@ -157,12 +161,8 @@ class Shard:
         if type(event) is Click:
             m.learn_one(event._asdict())
             self.clicks += 1
-            for active, key, cap in ((self.active_users, event.user_id, m.config.max_users),
-                                     (self.active_items, event.item_id, m.config.max_items)):
-                active.pop(key, None)  # most recent last
-                active[key] = None
-                if len(active) > cap:  # no more than the model keeps
-                    del active[next(iter(active))]
+            self.active_users.touch(event.user_id)
+            self.active_items.touch(event.item_id)
             return True
         if event is None:
             return False

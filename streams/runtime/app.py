@@ -17,8 +17,9 @@ from typing import Any
 import faust
 from mode.utils.objects import cached_property
 
-from schemas.events import ClickEvent
-from schemas.validation import Limits, check
+from schemas import codec
+from schemas.events import ClickEvent, DeviceStatus, SensorReading
+from schemas.validation import Checked, Limits, check, processing_error
 from streams.runtime import loopwatch
 from streams.runtime import heap
 from streams.runtime import patches
@@ -134,8 +135,26 @@ topics = declare(app, settings)
 commerce_topics = declare_commerce(app, settings)
 device_sources = declare_device_sources(app, settings)
 limits = Limits.from_settings(settings)  # what every agent and the collector accept (size, event time)
-# Two batch agents read the clicks (raw storage, recommender): each click is validated once and both get the result.
+# Two batch agents read the clicks (raw storage, recommender) and two the readings (raw storage, scoring): each record
+# is validated once and both get the result. Device status and commands have one reader, the scoring agent.
 app.batch_agents.decode(topics["topic_clicks"], lambda m: check(m.value, ClickEvent, now=m.timestamp, limits=limits))
+
+
+def check_device_record(topic: str, payload: bytes, now: float) -> Checked:
+    """A record of the device topics as its agents get it (`Checked`), for the batch delivery and for the scoring
+    agent's replay after a crash alike. A command is a JSON object whose meaning the device's owner checks."""
+    if topic == settings.topic_sensor_readings:
+        return check(payload, SensorReading, now=now, limits=limits)
+    if topic == settings.topic_device_status:
+        return check(payload, DeviceStatus, now=now, limits=limits)
+    try:
+        return Checked(payload, codec.loads(payload), None)
+    except ValueError as exc:
+        return Checked(payload, None, processing_error("sensor_command", "the device owner", exc, payload))
+
+
+for _name in ("topic_sensor_readings", "topic_device_status", "topic_sensor_commands"):
+    app.batch_agents.decode(topics[_name], lambda m: check_device_record(m.topic, m.value, m.timestamp))
 
 
 @app.task

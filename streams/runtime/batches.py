@@ -23,7 +23,7 @@ agent keeps of a Faust agent's contract:
 
 A topic may have a decoder (`BatchRouter.decode`): its records reach the agents as what the decoder made of
 them, computed by the first agent that takes the record and shared with the others (the clicks are validated
-once for the raw storage and the recommender).
+once for the raw storage and the recommender, the readings once for the raw storage and the scoring agent).
 
 A topic read by a batch agent must have no Faust agent: its records never reach Faust's channels.
 """

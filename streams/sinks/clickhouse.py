@@ -7,7 +7,8 @@
   protocol (clickhouse-driver), from 18.16 to current.
 
 Both speak the same three verbs: `command` (DDL), `query` (rows of JSON-native
-values: cast times to numbers in SQL), `insert` (rows as dicts, one atomic INSERT).
+values: cast times to numbers in SQL), `insert_columns` (one list per column, one atomic INSERT: columnar, so
+neither backend encodes a row at a time; `insert` takes rows as dicts and turns them into columns).
 Calls are blocking and serialised per connection; async code runs them in a thread.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlparse
@@ -52,9 +52,15 @@ class ClickHouse(ABC):
     @abstractmethod
     def query(self, sql: str) -> list[tuple[Any, ...]]: ...
 
-    @abstractmethod
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[dict[str, Any]], time_columns: Sequence[str] = ()) -> None:
-        """Insert rows in one INSERT (one block, so all or nothing)."""
+        """Insert rows (dicts; a missing column is NULL) in one INSERT (one block, so all or nothing)."""
+        if rows:
+            self.insert_columns(table, columns, [[r.get(c) for r in rows] for c in columns], time_columns)
+
+    @abstractmethod
+    def insert_columns(self, table: str, columns: Sequence[str], data: list[list[Any]], time_columns: Sequence[str] = ()) -> None:
+        """Insert `data[i]`, the values of `columns[i]` (times as epoch seconds), in one INSERT (one block, so all
+        or nothing). The lists may be changed in place."""
 
     def close(self) -> None:  # noqa: B027 - optional for backends
         pass
@@ -68,7 +74,9 @@ def _parse_version(text: str) -> tuple[int, ...]:
 
 
 class ChdbClickHouse(ClickHouse):
-    """chdb: ClickHouse in this process. Inserts go as JSONEachRow (measured faster than Python() scans).
+    """chdb: ClickHouse in this process. Inserts go as JSONColumns: one JSON array per column, encoded by orjson in
+    one call (20,000 score rows: 92 ms, against 245 ms as JSONEachRow in the same run; JSONEachRow was measured
+    faster than Python() scans, and chdb 4.4 has no Arrow insert call).
 
     chdb runs one embedded server per process, on one data folder: connections to
     other databases in that folder share its session (and its lock).
@@ -107,18 +115,19 @@ class ChdbClickHouse(ClickHouse):
             return []
         return [tuple(row) for row in codec.loads(out)["data"]]
 
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[dict[str, Any]], time_columns: Sequence[str] = ()) -> None:
-        if not rows:
+    def insert_columns(self, table: str, columns: Sequence[str], data: list[list[Any]], time_columns: Sequence[str] = ()) -> None:
+        if not data or not data[0]:
             return
-        body = b"\n".join(codec.dumps({c: r.get(c) for c in columns}) for r in rows)
-        self._raw(f"INSERT INTO {self.table(table)} ({', '.join(columns)}) FORMAT JSONEachRow\n" + body.decode())
+        body = codec.dumps(dict(zip(columns, data, strict=True)))
+        self._raw(f"INSERT INTO {self.table(table)} ({', '.join(columns)}) FORMAT JSONColumns\n" + body.decode())
 
     def close(self) -> None:
         """The embedded server lives as long as the process; nothing to release per connection."""
 
 
 class ServerClickHouse(ClickHouse):
-    """A ClickHouse server over the native protocol; columnar inserts."""
+    """A ClickHouse server over the native protocol; columnar inserts, times as integers (the driver's fast path:
+    20,000 score rows on 18.16 took 60 ms, against 106 ms with a `datetime` per time value, in the same run)."""
 
     def __init__(self, url: str):
         super().__init__()
@@ -158,16 +167,14 @@ class ServerClickHouse(ClickHouse):
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in self._call(lambda c: c.execute(sql), sql)]
 
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[dict[str, Any]], time_columns: Sequence[str] = ()) -> None:
-        if not rows:
+    def insert_columns(self, table: str, columns: Sequence[str], data: list[list[Any]], time_columns: Sequence[str] = ()) -> None:
+        if not data or not data[0]:
             return
         times = set(time_columns)
-        data = []
-        for col in columns:
-            values = [r.get(col) for r in rows]
-            if col in times:
-                values = [None if v is None else datetime.fromtimestamp(v, UTC) for v in values]
-            data.append(values)
+        per_unit = 1000 if self.modern else 1  # DateTime64(3) counts milliseconds, 18.16's DateTime seconds
+        for i, col in enumerate(columns):
+            if col in times:  # to whole microseconds first, as `datetime.fromtimestamp` rounds, then truncated
+                data[i] = [None if v is None else int(round(v * 1e6)) * per_unit // 1_000_000 for v in data[i]]
         sql = f"INSERT INTO {self.table(table)} ({', '.join(columns)}) VALUES"
         self._call(lambda c: c.execute(sql, data, columnar=True, types_check=False), sql)
 

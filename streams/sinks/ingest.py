@@ -16,6 +16,7 @@ from schemas.events import TimedEvent
 from schemas.validation import E, InvalidEvent, Limits, checked
 from streams.runtime import counts
 from streams.runtime.acks import OrderedAcker
+from streams.runtime.recent import RecentKeys
 from streams.sinks.writer import ClickHouseWriter
 from streams.runtime.slices import Slice
 
@@ -140,8 +141,9 @@ class SourceMarks:
         return False
 
 
-class RecentKeys:
-    """The last `capacity` event keys per source partition, to drop copies with a new Kafka offset.
+class StoredKeys:
+    """The last `capacity` event keys stored per source partition (a `RecentKeys` each), to drop copies with a new
+    Kafka offset.
 
     Loaded per partition from ClickHouse (`load_sql(partition, capacity)` returns rows that
     are keys, newest first) the first time the partition is seen and again after a
@@ -151,24 +153,23 @@ class RecentKeys:
     def __init__(self, capacity: int, load_sql: Callable[[int, int], str]) -> None:
         self.capacity = capacity
         self.load_sql = load_sql
-        self.keys: dict[int, dict[tuple, None]] = {}
-        self.copies = 0
+        self.keys: dict[int, RecentKeys[tuple]] = {}
 
     async def ensure(self, ch, partitions: set[int]) -> None:  # noqa: ANN001 - streams.sinks.clickhouse.ClickHouse
         for p in partitions - self.keys.keys():
             rows = await asyncio.to_thread(ch.query, self.load_sql(p, self.capacity))
-            self.keys[p] = {tuple(r): None for r in reversed(rows)}
+            self.keys[p] = RecentKeys(self.capacity, (tuple(r) for r in reversed(rows)))
 
     def forget(self) -> None:
         self.keys.clear()
 
+    @property
+    def copies(self) -> int:
+        return sum(w.copies for w in self.keys.values())
+
     def seen(self, partition: int, key: tuple) -> bool:
         """True if `key` is a copy; otherwise remember it."""
-        window = self.keys.setdefault(partition, {})
-        if key in window:
-            self.copies += 1
-            return True
-        window[key] = None
-        if len(window) > self.capacity:
-            del window[next(iter(window))]
-        return False
+        window = self.keys.get(partition)
+        if window is None:
+            window = self.keys[partition] = RecentKeys(self.capacity)
+        return window.seen(key)

@@ -22,9 +22,9 @@ from schemas.settings import Settings
 
 
 async def bench_bridge(settings: Settings, messages: int = 30_000, publishers: int = 3) -> str:
-    creds = list(settings.device_credentials().items())[:publishers]
-    if not creds:
-        raise ValueError("WHARF_MQTT_DEVICES has no device to publish as")
+    from wharf.bench.devices import publisher_logins
+
+    creds = publisher_logins(settings, publishers)
     u = uuid.uuid4().hex[:6]
     s = settings.model_copy(update={"topic_sensor_readings": f"bench.bridge.{u}.readings", "topic_device_status": f"bench.bridge.{u}.status",
                                     "topic_dead_letters": f"bench.bridge.{u}.dlq"})

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -61,7 +62,7 @@ class _Worker:
         import json
         import urllib.request
 
-        return json.loads(urllib.request.urlopen(self.request, timeout=10).read())
+        return json.loads(urllib.request.urlopen(self.request, timeout=60).read())
 
     def stop(self) -> None:
         import signal
@@ -84,16 +85,18 @@ def bench_sensors(
     rate: float = typer.Option(5000.0, help="Target readings/s offered by the publishers."),
     seconds: float = typer.Option(30.0, help="Publishing time."),
     model_options: str = typer.Option("", help='DeviceAnomalyModel options for the worker (JSON), e.g. \'{"use_forecaster": false}\'.'),
-    publishers: int = typer.Option(3, help="Publishing devices (one MQTT connection each; at most the users in WHARF_MQTT_DEVICES)."),
+    publishers: int = typer.Option(3, help="Publishing devices, one MQTT connection and one device login each (missing logins are provisioned as bench-NNN devices)."),
+    catch_up: int = typer.Option(0, help="Catch-up mode: this many readings of 1,000 devices pre-loaded in Kafka, then a fresh worker; no MQTT."),
 ) -> None:
     """Devices -> Mosquitto -> bridge -> Kafka -> worker -> ClickHouse on this machine: rate, latencies, memory, reference rates.
 
     Needs `wharf infra up --services kafka,mosquitto,clickhouse`. Runs a worker and a bridge of its own
-    (fresh topics and app id), so it never touches other data.
+    (fresh topics and app id), so it never touches other data. With `--catch-up N`, the worker alone reads a
+    backlog: its readings/s beside the detectors' own batched rate, measured in the same run.
     """
     from schemas.settings import get_settings
 
-    asyncio.run(_bench(get_settings(), rate, seconds, model_options, publishers))
+    asyncio.run(_bench(get_settings(), rate, seconds, model_options, publishers, catch_up))
 
 
 def _bench_clickhouse_base(settings) -> str:  # noqa: ANN001
@@ -103,15 +106,118 @@ def _bench_clickhouse_base(settings) -> str:  # noqa: ANN001
     return ch_url.rsplit("/", 1)[0]
 
 
-async def _bench(settings, rate: float, seconds: float, model_options: str, n_pub: int) -> None:  # noqa: ANN001
+async def _bench(settings, rate: float, seconds: float, model_options: str, n_pub: int, catch_up: int = 0) -> None:  # noqa: ANN001
     """One bench run on topics and a ClickHouse database of its own, removed afterwards (also after a failure)."""
     from wharf.infra import remove_bench_run
 
     u = uuid.uuid4().hex[:8]
     try:
-        await _bench_run(settings, u, rate, seconds, model_options, n_pub)
+        if catch_up:
+            await _catch_up_run(settings, u, catch_up, model_options)
+        else:
+            await _bench_run(settings, u, rate, seconds, model_options, n_pub)
     finally:
         await remove_bench_run(settings, u, f"{_bench_clickhouse_base(settings)}/bench_{u}")
+
+
+def _bench_env(settings, u: str, model_options: str) -> tuple[dict[str, str], Any]:  # noqa: ANN001
+    """The bench worker's environment (its own app id, topics and database) and the settings it makes."""
+    from schemas.settings import Settings
+    from streams.runtime.topics import SPECS
+
+    base = _bench_clickhouse_base(settings)
+    env = {
+        "WHARF_APP_ID": f"bench-{u}", "WHARF_CLICKHOUSE_URL": f"{base}/bench_{u}",
+        "WHARF_SENSOR_ALARM_CLEAR_SECONDS": "0", "WHARF_SENSOR_CHECKPOINT_SECONDS": "30",
+        "WHARF_SINK_BATCH_SECONDS": "0.25",
+    }
+    for spec in SPECS:  # every topic fresh: the commerce agents of the bench worker must find nothing to do
+        env[f"WHARF_{spec.attr.upper()}"] = f"bench.{u}.{spec.attr[6:]}"
+    if model_options:
+        env["WHARF_SENSOR_MODEL_OPTIONS"] = model_options
+    return env, Settings(**{k[6:].lower(): v for k, v in env.items()})
+
+
+def _detector_rate(model_options: str, n_devices: int) -> dict[str, float]:
+    """The detectors' own score+learn rate (`measure_throughput`, batched), two metrics per reading as the bench sends."""
+    import json as _json
+
+    from wharf.bench.anomaly import measure_throughput
+
+    opts = _json.loads(model_options) if model_options else {}
+    return measure_throughput(n_devices=n_devices, n_metrics=2, rounds=3, warmup_rounds=1, one_by_one_events=500, **opts)
+
+
+async def _catch_up_run(settings, u: str, n: int, model_options: str, n_devices: int = 1000) -> None:  # noqa: ANN001
+    """`n` readings of `n_devices` devices in Kafka first, then a fresh worker: how fast it catches up, both tables stored."""
+    from aiokafka import AIOKafkaProducer
+
+    from schemas import codec
+    from streams.runtime.topics import topic_names
+    from streams.sinks.clickhouse import connect
+    from wharf.infra.kafka import ensure_topics
+
+    env, s = _bench_env(settings, u, model_options)
+    await ensure_topics(settings, topic_names(s), settings.topic_partitions)
+    state = settings.state_dir / "bench" / u
+    state.mkdir(parents=True, exist_ok=True)
+    console.print(f"bench {u}: catch-up of {n:,} readings ({n_devices} devices) on {settings.kafka_bootstrap}, ClickHouse {env['WHARF_CLICKHOUSE_URL'].rsplit('@', 1)[-1]}; logs in {state}")
+    per_device = -(-n // n_devices)
+    t0 = time.time() - per_device  # one reading a second per device, the last one now
+    producer = AIOKafkaProducer(**kafka_client(settings), linger_ms=20, max_batch_size=1 << 20, acks="all")
+    await producer.start()
+    sent = 0
+    try:
+        futs = []
+        for k in range(per_device):
+            for d in range(n_devices):
+                if sent == n:
+                    break
+                device = f"cu-{d:04d}"
+                value = codec.dumps({"site": "bench", "zone": f"z{d % 10}", "device_id": device, "device_type": "cold_room",
+                                     "ts": t0 + k, "seq": k, "metrics": {"temperature": 4.0 + (k % 13) / 20 + d % 3,
+                                                                         "humidity": 50.0 + (k + d) % 7}})
+                futs.append(await producer.send(s.topic_sensor_readings, value, key=device.encode()))
+                sent += 1
+            if len(futs) >= 20_000:
+                await asyncio.gather(*futs)
+                futs = []
+        await asyncio.gather(*futs)
+    finally:
+        await producer.stop()
+    ch = connect(env["WHARF_CLICKHOUSE_URL"])
+    started = time.time()
+    worker = _Worker(env, settings.web_port + 50, state / "worker.log")
+    ready = time.time()
+    first = None
+    counts = (0, 0)
+    try:
+        while time.time() < ready + 900:
+            counts = await asyncio.to_thread(lambda: tuple(ch.query(f"SELECT count() FROM {ch.table(t)}")[0][0]
+                                                           for t in ("sensor_readings", "anomaly_scores")))
+            if first is None and min(counts) > 0:
+                first = time.time()
+            if min(counts) >= n:
+                break
+            await asyncio.sleep(0.25)
+        done = time.time()
+        peak = _rss_peak_mb(worker.pid)
+        stats = worker.stats()
+    finally:  # also when the worker is too busy to answer
+        worker.stop()
+    det = _detector_rate(model_options, 100)
+    rate = n / (done - ready)
+    ratio = rate / det["batch_events_per_s"]
+    print(f"catch-up         {n:,} readings of {n_devices} devices (2 metrics each) in Kafka; stored {counts[0]:,} raw rows and {counts[1]:,} score rows")
+    print(f"through worker   {rate:,.0f} readings/s from worker ready to both tables complete ({done - ready:.1f} s; "
+          f"first rows after {(first or done) - ready:.1f} s; worker start {ready - started:.1f} s)")
+    print(f"reference        detectors batched (measure_throughput, 2 metrics, same run): {det['batch_events_per_s']:,.0f} readings/s "
+          f"({det['batch_readings_per_s']:,.0f} metric values/s)")
+    print(f"ratio            worker / detectors = {ratio:.0%} (targets: >= 25,000 readings/s and >= 60 %)")
+    print(f"peak RSS         worker {peak:.0f} MB")
+    w = stats.get("writers", {})
+    print("worker writers   " + "  ".join(f"{k}: {v.get('rows_stored')} rows, {v.get('insert_seconds_total', 0):.1f}s inserting"
+                                         for k, v in w.items() if v.get("rows_stored")))
 
 
 async def _bench_run(settings, u: str, rate: float, seconds: float, model_options: str, n_pub: int) -> None:  # noqa: ANN001, C901
@@ -122,25 +228,18 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     from schemas import codec
     from streams.sinks.clickhouse import connect
     from streams.runtime.topics import topic_names
+    from wharf.bench.devices import publisher_logins
     from wharf.infra.kafka import ensure_topics
     from mqtt_bridge.connection import end_session
-    from schemas.settings import Settings
+    from schemas.redact import redact
 
+    creds = publisher_logins(settings, n_pub)  # before the bridge starts: Mosquitto may re-read its logins
     base = _bench_clickhouse_base(settings)
-    env = {
-        "WHARF_APP_ID": f"bench-{u}", "WHARF_CLICKHOUSE_URL": f"{base}/bench_{u}",
-        "WHARF_SENSOR_ALARM_CLEAR_SECONDS": "0", "WHARF_SENSOR_CHECKPOINT_SECONDS": "30",
-        "WHARF_SINK_BATCH_SECONDS": "0.25",
-    }
-    for attr in ("topic_sensor_readings", "topic_device_status", "topic_sensor_commands", "topic_alerts", "topic_anomaly_scores", "topic_dead_letters"):
-        env[f"WHARF_{attr.upper()}"] = f"bench.{u}.{attr[6:]}"
-    if model_options:
-        env["WHARF_SENSOR_MODEL_OPTIONS"] = model_options
-    s = Settings(**{k[6:].lower(): v for k, v in env.items()})
+    env, s = _bench_env(settings, u, model_options)
     await ensure_topics(settings, topic_names(s), settings.topic_partitions)
     state = settings.state_dir / "bench" / u
     state.mkdir(parents=True, exist_ok=True)
-    console.print(f"bench {u}: worker + bridge on {settings.kafka_bootstrap}, ClickHouse {base}/bench_{u}; logs in {state}")
+    console.print(f"bench {u}: worker + bridge on {settings.kafka_bootstrap}, ClickHouse {redact(base)}/bench_{u}; logs in {state}")
     phases = progress.Phases(4, "bench sensors")
     phases.next("starting a worker and a bridge")
     worker = _Worker(env, settings.web_port + 50, state / "worker.log")
@@ -149,7 +248,6 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
                                "--loglevel", "warning"], env=benv, stdout=open(state / "bridge.log", "ab"), stderr=subprocess.STDOUT,
                               start_new_session=True)
     ch = connect(env["WHARF_CLICKHOUSE_URL"])
-    creds = list(settings.device_credentials().items())[: max(1, n_pub)]
     from schemas.secrets import device_registry
 
     registry = device_registry(settings)
@@ -235,11 +333,13 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         watcher.cancel()
         peak_worker = _rss_peak_mb(worker.pid)
         peak_bridge = _rss_peak_mb(bridge.pid)
-        stats = worker.stats()
-        worker.stop()
-        bridge.terminate()
-        bridge.wait(30)
-        end_session(s, f"bench-{u}")  # else Mosquitto queues all later telemetry for it
+        try:
+            stats = worker.stats()
+        finally:  # a worker too busy to answer is stopped all the same
+            worker.stop()
+            bridge.terminate()
+            bridge.wait(30)
+            end_session(s, f"bench-{u}")  # else Mosquitto queues all later telemetry for it
     # sustained rate: rows/s over the middle of the run (after warm-up)
     mid = [(t, n) for t, n in counts if t_start + 0.2 * seconds <= t <= t_end]
     sustained = (mid[-1][1] - mid[0][1]) / (mid[-1][0] - mid[0][0]) if len(mid) >= 2 and mid[-1][0] > mid[0][0] else float("nan")
@@ -262,13 +362,8 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     raw_rate = got / (time.time() - t0)
     phases.next("reference: the detectors' score+learn rate")
     # reference 2: the detectors' own score+learn rate
-    import json as _json
-
-    opts = _json.loads(model_options) if model_options else {}
     try:
-        from wharf.bench.anomaly import measure_throughput
-
-        m = measure_throughput(n_devices=100, n_metrics=2, rounds=3, warmup_rounds=1, one_by_one_events=500, **opts)
+        m = _detector_rate(model_options, 100)
         det = " ".join(f"{k}={v:,.0f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
     except Exception as exc:  # noqa: BLE001 - report what we have
         det = f"(measure_throughput failed: {exc})"

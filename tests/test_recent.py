@@ -1,0 +1,42 @@
+"""`streams.runtime.recent.RecentKeys`, the one bounded window of recently seen keys, and the device state that keeps one."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.runtime.recent import RecentKeys
+
+
+def test_a_copy_is_noticed_and_the_oldest_key_is_forgotten_beyond_capacity() -> None:
+    recent = RecentKeys(3, [("a", 1)])
+    assert recent.seen(("a", 1)) and recent.copies == 1
+    assert not recent.seen(("b", 2)) and not recent.seen(("c", 3)) and not recent.seen(("d", 4))
+    assert list(recent) == [("b", 2), ("c", 3), ("d", 4)] and ("a", 1) not in recent
+    assert not recent.seen(("a", 1))  # forgotten: new again
+    assert len(recent) == 3
+
+
+def test_touch_keeps_least_recently_used_order_and_newest_gives_the_tail() -> None:
+    recent = RecentKeys(3, "xyz")
+    recent.touch("x")
+    recent.touch("w")  # y, the least recently used, goes
+    assert list(recent) == ["z", "x", "w"] and recent.newest(2) == ["x", "w"] and recent.newest(0) == []
+
+
+def test_more_initial_keys_than_capacity_keep_the_newest() -> None:
+    assert list(RecentKeys(2, range(10))) == [8, 9]
+    with pytest.raises(ValueError, match="capacity"):
+        RecentKeys(0)
+
+
+def test_a_device_state_with_its_window_as_tuples_loads_into_recent_keys() -> None:
+    """The state format keeps the window as two arrays, or as a dict of (seq, ts) where they do not fit: both load."""
+    from agents.devices import DEVICE_DEDUP_KEYS, DeviceState
+
+    for keys in ([(1, 10.0), (2, 11.0)], [(1 << 64, 10.0), (2, 11.0)]):  # the second does not fit int64
+        st = DeviceState.new("dev-9", 0)
+        for key in keys:
+            assert not st.recent.seen(key)
+        back = DeviceState.load(st.dump())
+        assert type(back.recent) is RecentKeys and back.recent.capacity == DEVICE_DEDUP_KEYS
+        assert list(back.recent) == keys and back.recent.seen(keys[0])
