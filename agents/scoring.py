@@ -2,11 +2,11 @@
 `score_devices` consumes readings, device status and operator commands together.
 All three topics are keyed by device_id with the same partition count, so one
 device's events land on one partition number everywhere, and the worker that owns
-that partition owns the device: its `DeviceAnomalyModel`, its alarms and its
-de-duplication window (a `DeviceState`).
+that partition owns the device: its anomaly model (a row of the owner's `DeviceBank`),
+its alarms and its de-duplication window (a `DeviceState`).
 
 Hot path, per batch (`noack_take`): parse, drop exact duplicates (device_id, seq, ts),
-group readings by device, `score_learn_many` (score first, then learn), run the
+score the readings of every device of the batch in one call (`score_batch`: score first, then learn), run the
 alarm conditions in event order, produce alarm events (Kafka confirms them), then
 hand one `anomaly_scores` row per reading to the writer, which acks the reading
 once the row is stored. The writer keys exactly-once on the readings partition/offset.
@@ -45,7 +45,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from online_models.alarms import source_of
-from online_models.sensing import score_readings
+from online_models.sensing import score_batch
 from schemas import codec
 from schemas.events import Alert, DeviceStatus, SensorReading, to_epoch
 from schemas.state import StateFormatError
@@ -56,7 +56,7 @@ from streams.runtime.app import app, device_sources, limits, settings, storage, 
 from streams.runtime.kafka_auth import kafka_client
 from streams.sinks.ingest import produce_dead_letter
 from streams.web.registry import lent
-from agents.devices import RULES, DeviceState
+from agents.devices import RULES, SETUP, DeviceState
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class Owner:
 
     def __init__(self) -> None:
         self.devices: dict[str, DeviceState] = {}
+        self.bank = SETUP.new_bank()  # the owned devices' models; a DeviceState's model is only its checkpoint form
         self.dirty: set[str] = set()
         self.done_upto: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset applied to the state
         self.skip_upto: dict[tuple[str, int], int] = {}  # restored markers: records at or below are in the state
@@ -137,6 +138,8 @@ class Owner:
         if st is None:
             st = self._restore(device_id, partition)
             st.partition = partition
+            self.bank.insert(device_id, st.model)
+            st.model = None  # the bank holds it; `checkpoint` extracts it
             self.devices[device_id] = st
         return st
 
@@ -230,20 +233,25 @@ class Owner:
                 except ValueError as exc:
                     letters.append((r, processing_error("sensor_command", "the device owner", exc, r.value)))
                     parsed.append((r, None))
-        # models: one batched call per device
+        # models: one batched call for every device of the batch
         results: dict[int, tuple[float, bool, float, str | None]] = {}
-        for device_id, items in readings.items():
-            st = self.devices[device_id]
+        batches = [list(readings.items())]
+        while batches:
+            batch = batches.pop()
+            rows = [(i, ev) for _, items in batch for i, ev in items]
             try:
-                scored = score_readings(st.model, [ev.ts for _, ev in items], [ev.metrics for _, ev in items])
-                for (i, _), result in zip(items, scored, strict=True):
-                    results[i] = result
+                scored = score_batch(self.bank, [ev.device_id for _, ev in rows], [ev.ts for _, ev in rows], [ev.metrics for _, ev in rows])
+                results.update(zip((i for i, _ in rows), scored, strict=True))
             except Exception as exc:  # noqa: BLE001 - readings that break their device's model are refused, not fatal
+                if len(batch) > 1:  # again per device, so that only the device whose readings break it is refused
+                    batches += [[item] for item in batch]
+                    continue
+                device_id, items = batch[0]
                 log.exception("device %s: the model failed on %d readings; they are dead-lettered", device_id, len(items))
                 for i, _ in items:
                     letters.append((parsed[i][0], processing_error("sensor_reading", "the anomaly model", exc, parsed[i][0].value)))
                     parsed[i] = (parsed[i][0], None)
-            self.dirty.add(device_id)
+        self.dirty.update(readings)
         # alarms in event order
         alerts: list[Alert] = []
         score_rows: list[tuple[DeviceRecord, list[dict]]] = []
@@ -325,7 +333,9 @@ class Owner:
             st = self.devices.get(device_id)
             if st is None or (partitions is not None and st.partition not in partitions):
                 continue
+            st.model = self.bank.extract(device_id)
             blob = st.dump()
+            st.model = None
             key = device_id.encode()
             futs.append(state_table.send_changelog(st.partition, key, blob))
             store[key] = blob
@@ -352,6 +362,7 @@ class Owner:
     def forget(self) -> None:
         """After a rebalance: reload from the (recovered) table, which now holds the latest state of every partition we own."""
         self.devices.clear()
+        self.bank = SETUP.new_bank()
         self.dirty.clear()
         self.done_upto.clear()
         self.skip_upto.clear()
@@ -485,7 +496,7 @@ async def _checkpoint_on_revoke(app_: Any, revoked: set, **kwargs: Any) -> None:
 def _devices() -> dict[str, Any]:
     """`/sensors/devices`: the devices this worker owns, learned readings, active alarms."""
     return {
-        "devices": {d: {"partition": st.partition, "learned": st.model.n, "readings": st.monitor.n,
+        "devices": {d: {"partition": st.partition, "learned": owner.bank.learned(d), "readings": st.monitor.n,
                         "active": {t: a.status for t, a in st.monitor.alarms.active.items()}}
                     for d, st in owner.devices.items()},
         "checkpoints": owner.checkpoints, "replayed": owner.replayed, "duplicates": owner.duplicates,

@@ -81,6 +81,24 @@ def _run_both(devices, kw: dict, rng: np.random.Generator, max_take: int = 80):
     return bank, models, slots, ref, got
 
 
+def _assert_models_equal(a: DeviceAnomalyModel, b: DeviceAnomalyModel) -> None:
+    """`b` (extracted from a bank) holds the state of `a` (a per-device model fed the same rows)."""
+    assert a.names == b.names and a.n == b.n and a.ignored_metrics == b.ignored_metrics
+    for attr in ("lv_mean", "lv_mad", "lg_mean", "lg_mad", "cu_pos", "cu_scale", "s_means", "s_counts", "recent",
+                 "lagbuf", "c_counts", "c_total", "c_n", "fc_err", "last", "run", "repeat_rate"):
+        np.testing.assert_allclose(getattr(b, attr), getattr(a, attr), rtol=1e-9, atol=1e-12, err_msg=attr)
+    assert (a.suppress_left, a.since_cross, a.silence.n, a.silence.last_ts) == (b.suppress_left, b.since_cross, b.silence.n, b.silence.last_ts)
+    for fa, fb in zip(a.fc, b.fc, strict=True):
+        assert fa.steps == fb.steps and all(np.array_equal(p, q) for p, q in zip(fa.params, fb.params))
+    ha, hb = a.hst, b.hst
+    assert (ha.counter, ha._first_window, dict(ha.limits), ha.rng.getstate()) == (hb.counter, hb._first_window, dict(hb.limits), hb.rng.getstate())
+    for ta, tb in zip(ha.trees, hb.trees, strict=True):
+        na, nb = list(ta.iter_dfs()), list(tb.iter_dfs())
+        assert [(type(x), getattr(x, "feature", None), getattr(x, "threshold", None), x.l_mass, x.r_mass) for x in na] == \
+            [(type(x), getattr(x, "feature", None), getattr(x, "threshold", None), x.l_mass, x.r_mass) for x in nb]
+    assert ha.score_one({"value:l": 0.3, "value:s": 0.5}) == hb.score_one({"value:l": 0.3, "value:s": 0.5})
+
+
 def _assert_same(ref, got) -> int:
     alerts = 0
     for r_parts, g_parts in zip(ref, got):
@@ -101,8 +119,9 @@ def test_bank_equals_per_device_models_on_nab():
     devices = [(ts, {"value": v}) for ts, v in (_nab(f, 4000) for f in FILES)]
     bank, models, slots, ref, got = _run_both(devices, {}, rng)
     assert _assert_same(ref, got) > 5  # alerts happened, and on the same rows
-    for m, s in zip(models, slots):  # the forecasters trained (4000 rows: ~15 training steps each)
+    for i, (m, s) in enumerate(zip(models, slots)):  # the forecasters trained (4000 rows: ~15 training steps each)
         assert bank.fc[int(bank.dm[s, 0])].steps == m.fc[0].steps > 0
+        _assert_models_equal(m, bank.extract(f"dev-{i}"))
 
 
 @pytest.mark.skipif(not NAB.is_dir(), reason="needs ../shared/datasets/nab")

@@ -138,6 +138,8 @@ class DeviceBank:
         self.templates: dict[tuple[str, ...], int] = {}
         self.template_feats: list[list[list[str]]] = []  # per template, tree, inner node: its feature
         self.template_keys: list[tuple[str, ...]] = []  # per template: the features River built it from
+        self.template_rng: list[tuple] = []  # per template: River's random state after the build
+        self._tree_cols: dict[tuple[int, tuple[str, ...]], np.ndarray] = {}  # (template, names) -> node columns, kinds
         self.names: list[list[str]] = [[] for _ in range(cap)]
         self.index: list[dict[str, int]] = [{} for _ in range(cap)]
         self.ignored = np.zeros(cap, np.int64)
@@ -239,16 +241,22 @@ class DeviceBank:
             tid = self.templates[features] = len(self.template_feats)
             self.template_feats.append(feats)
             self.template_keys.append(features)
+            self.template_rng.append(hst.rng.getstate())
             self.tthr = np.concatenate([self.tthr, thr])
         return tid
 
     def _set_trees(self, d: int, tid: int) -> None:
-        idx = self.index[d]
-        for tr, feats in enumerate(self.template_feats[tid]):
-            for k, f in enumerate(feats):
-                name, kind = f.rsplit(":", 1)
-                self.hcol[d, tr, k] = idx[name]
-                self.hkind[d, tr, k] = _KINDS.index(kind)
+        key = (tid, tuple(self.names[d]))
+        cols = self._tree_cols.get(key)
+        if cols is None:  # the same for every device with these metric names
+            idx = self.index[d]
+            cols = np.zeros((2,) + self.hcol.shape[1:], np.int64)
+            for tr, feats in enumerate(self.template_feats[tid]):
+                for k, f in enumerate(feats):
+                    name, kind = f.rsplit(":", 1)
+                    cols[0, tr, k], cols[1, tr, k] = idx[name], _KINDS.index(kind)
+            cols = self._tree_cols[key] = cols
+        self.hcol[d], self.hkind[d] = cols[0], cols[1]
         self.ds[d, K.HST_TID] = tid
 
     def _build_trees_first(self, d: int, xs: np.ndarray) -> None:
@@ -399,15 +407,35 @@ class DeviceBank:
         m.ignored_metrics = int(self.ignored[d])
         tid = int(r[K.HST_TID])
         if cfg.use_hst and tid >= 0:
-            m.hst = _hst_build(cfg, self.template_keys[tid])
-            for tr, tree in enumerate(m.hst.trees):
-                nodes: list = [None] * self.hl.shape[2]
-                _bfs(tree, 0, nodes)
-                for kk, node in enumerate(nodes):
-                    node.l_mass, node.r_mass = int(self.hl[d, tr, kk]), int(self.hr[d, tr, kk])
+            m.hst = self._hst_of(d, tid)
             m.hst.counter = int(r[K.HST_COUNT])
             m.hst._first_window = bool(r[K.HST_FIRST])  # noqa: SLF001
         return m
+
+    def _hst_of(self, d: int, tid: int):
+        """The device's trees as River objects (the template's shape and thresholds, the device's masses)."""
+        from river.tree.padded import PaddedBranch, PaddedLeaf
+
+        hst = _hst_new(self.cfg)
+        for f in self.template_keys[tid]:
+            hst.limits[f]  # noqa: B018 - River's build leaves each feature's default range in `limits`
+        hst.rng.setstate(self.template_rng[tid])
+        inner = self.hcol.shape[2]
+        hl, hr = self.hl[d].tolist(), self.hr[d].tolist()
+        trees = []
+        for tr, feats in enumerate(self.template_feats[tid]):
+            thr = self.tthr[tid, tr].tolist()
+            nodes: list = [None] * inner + [PaddedLeaf(l_mass=hl[tr][k], r_mass=hr[tr][k]) for k in range(inner, 2 * inner + 1)]
+            for k in range(inner - 1, -1, -1):  # children before parents (heap order)
+                nodes[k] = PaddedBranch(nodes[2 * k + 1], nodes[2 * k + 2], feats[k], thr[k], hl[tr][k], hr[tr][k])
+            trees.append(nodes[0])
+        hst.trees = trees
+        hst._tree_nodes = [list(t.iter_dfs()) for t in trees]  # noqa: SLF001 - as River builds them
+        return hst
+
+    def learned(self, key: Hashable) -> int:
+        """Readings the device's model has learned."""
+        return int(self.ds[self.keys[key], K.N_ROWS])
 
     def insert(self, key: Hashable, model: DeviceAnomalyModel) -> int:
         """Put a device's `DeviceAnomalyModel` (a restored checkpoint, a device from another bank) into a row."""
