@@ -2,12 +2,12 @@
 `score_devices` consumes readings, device status and operator commands together.
 All three topics are keyed by device_id with the same partition count, so one
 device's events land on one partition number everywhere, and the worker that owns
-that partition owns the device: its `DeviceAnomalyModel`, its alarms and its
-de-duplication window (a `DeviceState`).
+that partition owns the device: its anomaly model (a row of the owner's `DeviceBank`),
+its alarms and its de-duplication window (a `DeviceState`).
 
 Hot path, per batch (a batch agent, `streams/runtime/batches.py`): the records arrive validated (a reading once
 for this agent and the raw storage agent, `streams.runtime.app.check_device_record`); drop exact duplicates (device_id, seq, ts),
-group readings by device, `score_learn_many` (score first, then learn), run the
+score the readings of the batch's devices in one call per slice (`score_batch`: score first, then learn), run the
 alarm conditions in event order, produce alarm events (Kafka confirms them), then
 hand one `anomaly_scores` row per reading to the writer, which acks the reading
 once the row is stored. The writer keys exactly-once on the readings partition/offset.
@@ -44,7 +44,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from online_models.alarms import source_of
-from online_models.sensing import score_readings
+from online_models.sensing import score_batch
 from schemas import codec
 from schemas.events import Alert, DeviceStatus, SensorReading, to_epoch
 from schemas.state import StateFormatError
@@ -56,7 +56,7 @@ from streams.runtime.kafka_auth import kafka_client
 from streams.runtime.slices import Slice
 from streams.sinks.ingest import produce_dead_letter
 from streams.web.registry import lent
-from agents.devices import RULES, DeviceState
+from agents.devices import RULES, SETUP, DeviceState
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class Owner:
 
     def __init__(self) -> None:
         self.devices: dict[str, DeviceState] = {}
+        self.bank = SETUP.new_bank()  # the owned devices' models; a DeviceState's model is only its checkpoint form
         self.dirty: set[str] = set()
         self.done_upto: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset applied to the state
         self.skip_upto: dict[tuple[str, int], int] = {}  # restored markers: records at or below are in the state
@@ -137,6 +138,8 @@ class Owner:
         if st is None:
             st = self._restore(device_id, partition)
             st.partition = partition
+            self.bank.insert(device_id, st.model)
+            st.model = None  # the bank holds it; `checkpoint` extracts it
             self.devices[device_id] = st
         return st
 
@@ -224,22 +227,29 @@ class Owner:
                 parsed.append((r, None))
             else:
                 parsed.append((r, checked.event))
-        # models: one batched call per device
+        # models: one call for the readings of many devices at once, in slices of about SCORE_SLICE readings with a
+        # yield between them (a batch of 10,000 readings in one go held the loop for seconds: commits, heartbeats
+        # and requests are served between slices)
         results: dict[int, tuple[float, bool, float, str | None]] = {}
-        work = Slice()  # a batch of 10,000 readings held the loop 2-4 s (`wharf bench sensors --catch-up`): commits,
-        for device_id, items in readings.items():  # heartbeats and requests are served between devices
+        work = Slice()
+        batches = _slices(list(readings.items()))
+        while batches:
             await work.tick()
-            st = self.devices[device_id]
+            batch = batches.pop()
+            rows = [(i, ev) for _, items in batch for i, ev in items]
             try:
-                scored = score_readings(st.model, [ev.ts for _, ev in items], [ev.metrics for _, ev in items])
-                for (i, _), result in zip(items, scored, strict=True):
-                    results[i] = result
+                scored = score_batch(self.bank, [ev.device_id for _, ev in rows], [ev.ts for _, ev in rows], [ev.metrics for _, ev in rows])
+                results.update(zip((i for i, _ in rows), scored, strict=True))
             except Exception as exc:  # noqa: BLE001 - readings that break their device's model are refused, not fatal
+                if len(batch) > 1:  # again per device, so that only the device whose readings break it is refused
+                    batches += [[item] for item in batch]
+                    continue
+                device_id, items = batch[0]
                 log.exception("device %s: the model failed on %d readings; they are dead-lettered", device_id, len(items))
                 for i, _ in items:
                     letters.append((parsed[i][0], processing_error("sensor_reading", "the anomaly model", exc, parsed[i][0].checked.payload)))
                     parsed[i] = (parsed[i][0], None)
-            self.dirty.add(device_id)
+        self.dirty.update(readings)
         # alarms in event order
         alerts: list[Alert] = []
         score_rows: list[tuple[DeviceRecord, list[dict]]] = []
@@ -321,7 +331,9 @@ class Owner:
             st = self.devices.get(device_id)
             if st is None or (partitions is not None and st.partition not in partitions):
                 continue
+            st.model = self.bank.extract(device_id)
             blob = st.dump()
+            st.model = None
             key = device_id.encode()
             futs.append(state_table.send_changelog(st.partition, key, blob))
             store[key] = blob
@@ -348,6 +360,7 @@ class Owner:
     def forget(self) -> None:
         """After a rebalance: reload from the (recovered) table, which now holds the latest state of every partition we own."""
         self.devices.clear()
+        self.bank = SETUP.new_bank()
         self.dirty.clear()
         self.done_upto.clear()
         self.skip_upto.clear()
@@ -410,6 +423,22 @@ class DeviceRecord:
     kafka_ts: float
     checked: Checked  # validated once for every agent of its topic (`streams.runtime.app.check_device_record`)
     done: Any = None
+
+
+SCORE_SLICE = 2_048
+
+
+def _slices(devices: list[tuple[str, list]]) -> list[list[tuple[str, list]]]:
+    """Whole devices grouped into slices of about `SCORE_SLICE` readings, last slice first (they are popped)."""
+    out: list[list[tuple[str, list]]] = [[]]
+    n = 0
+    for item in devices:
+        if n >= SCORE_SLICE:
+            out.append([])
+            n = 0
+        out[-1].append(item)
+        n += len(item[1])
+    return out[::-1]
 
 
 def score_row(ev: SensorReading, score: float, thr: float, is_anom: bool, metric: str, value: float) -> dict:
@@ -481,7 +510,7 @@ async def _checkpoint_on_revoke(app_: Any, revoked: set, **kwargs: Any) -> None:
 def _devices() -> dict[str, Any]:
     """`/sensors/devices`: the devices this worker owns, learned readings, active alarms."""
     return {
-        "devices": {d: {"partition": st.partition, "learned": st.model.n, "readings": st.monitor.n,
+        "devices": {d: {"partition": st.partition, "learned": owner.bank.learned(d), "readings": st.monitor.n,
                         "active": {t: a.status for t, a in st.monitor.alarms.active.items()}}
                     for d, st in owner.devices.items()},
         "checkpoints": owner.checkpoints, "replayed": owner.replayed, "duplicates": owner.duplicates,

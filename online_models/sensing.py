@@ -1,4 +1,5 @@
-"""One device's step on the sensor path: its model, its alarm conditions, and how a batch of readings is scored.
+"""The sensor path's device step: the devices' models (one `DeviceBank`), their alarm conditions, and how a batch
+of readings of many devices is scored (one call).
 
 Plain code (no Kafka, no Faust), so that the agent (`agents.scoring`) and the fault
 evaluation (`wharf evaluate faults`) build the same devices and run exactly the same step.
@@ -7,7 +8,7 @@ evaluation (`wharf evaluate faults`) build the same devices and run exactly the 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from online_models.alarms import DeviceMonitor, MonitorConfig
 from online_models.anomaly import DeviceAnomalyModel, RuleSet
+from online_models.anomaly.bank import DeviceBank
 from schemas.settings import Settings
 
 Scored = tuple[float, bool, float, str | None]  # score, is_anomaly, threshold, the metric that scored highest
@@ -37,17 +39,26 @@ class SensorSetup:
                                  stuck_readings=s.sensor_stuck_readings))
 
     def new_model(self) -> DeviceAnomalyModel:
+        """A fresh device's model as one record (a checkpoint's form; `DeviceBank.insert` takes it)."""
         return DeviceAnomalyModel(**self.model_options)
+
+    def new_bank(self) -> DeviceBank:
+        """The models of all the devices one owner scores."""
+        return DeviceBank(**self.model_options)
 
     def new_monitor(self, device_id: str) -> DeviceMonitor:
         return DeviceMonitor(device_id, self.monitor)
 
 
-def score_readings(model: DeviceAnomalyModel, ts: Sequence[float], metrics: Sequence[Mapping[str, float]]) -> list[Scored]:
-    """Score, then learn, one device's readings in event order (one batched model call).
-
-    A metric missing from a reading is NaN for that row (the model skips it)."""
+def score_batch(bank: DeviceBank, devices: Sequence[Hashable], ts: Sequence[float],
+                metrics: Sequence[Mapping[str, float]]) -> list[Scored]:
+    """Score, then learn, readings of many devices (row i: device ``devices[i]``) in one model call; each device's
+    readings are taken in their order here. A metric missing from a reading is NaN for that row (the model skips
+    it); a device learns the metrics its readings name, in sorted order."""
+    if not ts:
+        return []
     names = sorted({m for row in metrics for m in row})
-    cols = {m: np.array([row.get(m, np.nan) for row in metrics]) for m in names}
-    res = model.score_learn_many(np.array(ts, dtype=float), cols)
-    return [(float(res.scores[j]), bool(res.is_anomaly[j]), float(res.thresholds[j]), res.metrics[j]) for j in range(len(ts))]
+    cols = {m: np.array([row.get(m, np.nan) for row in metrics], dtype=float) for m in names}
+    slots = np.array([bank.slot(d) for d in devices], dtype=np.int64)
+    res = bank.score_learn_batch(slots, np.array(ts, dtype=float), cols)
+    return list(zip(res.scores.tolist(), res.is_anomaly.tolist(), res.thresholds.tolist(), res.metrics, strict=True))

@@ -3,8 +3,8 @@
 In process and in simulated time (no Kafka, no servers): the simulator
 (`wharf.simulator.warehouse`) publishes readings, births and silences with fixed
 seeds; each valid reading goes through the same step as the `agents.scoring` agent:
-`online_models.sensing.score_readings` (the device's `DeviceAnomalyModel`, batched
-per simulated second, as the agent batches what arrives together), then
+`online_models.sensing.score_batch` (all devices' models in one `DeviceBank`, one call
+per simulated second, as the agent scores what arrives together), then
 `DeviceMonitor.reading` (limit rules, flatline, the model's alarm), and once per
 simulated second `DeviceMonitor.check_silence` at the newest event time (the agent's
 silence clock while readings flow). Invalid payloads are refused by the same
@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from online_models.evaluation.faults import AlarmEvent, FaultReport, TrueFault, format_report, score_faults
-from online_models.sensing import SensorSetup, score_readings
+from online_models.sensing import SensorSetup, score_batch
 from schemas.events import Alert, DeviceStatus, SensorReading
 from schemas.validation import InvalidEvent, Limits, parse
 from wharf.simulator.warehouse import WarehouseConfig, WarehouseSimulator
@@ -55,7 +55,7 @@ def run_seed(setup: SensorSetup, limits: Limits, seed: int, devices: int, hours:
     sim = WarehouseSimulator(cfg)
     for kind, index, after_s, duration_s in inject:
         sim.inject(kind, sim.devices[index].device_id, cfg.start_ts + after_s, duration_s)
-    models = {d.device_id: setup.new_model() for d in sim.devices}
+    bank = setup.new_bank()
     monitors = {d.device_id: setup.new_monitor(d.device_id) for d in sim.devices}
     alerts: list[Alert] = []
     for pub in sim.births():  # the agent reads these from the device-status topic
@@ -68,12 +68,12 @@ def run_seed(setup: SensorSetup, limits: Limits, seed: int, devices: int, hours:
     readings = refused = 0
 
     def flush() -> None:
-        for device_id, evs in pending.items():
-            mon = monitors[device_id]
-            for ev, (score, is_anom, _thr, metric) in zip(evs, score_readings(models[device_id], [e.ts for e in evs],
-                                                                              [e.metrics for e in evs]), strict=True):
-                mon.site, mon.zone, mon.device_type = ev.site, ev.zone, ev.device_type
-                alerts.extend(mon.reading(ev.ts, ev.metrics, setup.rules, score, is_anom, metric))
+        evs = [ev for device_evs in pending.values() for ev in device_evs]
+        scored = score_batch(bank, [e.device_id for e in evs], [e.ts for e in evs], [e.metrics for e in evs])
+        for ev, (score, is_anom, _thr, metric) in zip(evs, scored, strict=True):
+            mon = monitors[ev.device_id]
+            mon.site, mon.zone, mon.device_type = ev.site, ev.zone, ev.device_type
+            alerts.extend(mon.reading(ev.ts, ev.metrics, setup.rules, score, is_anom, metric))
         pending.clear()
 
     end_ts = cfg.start_ts + hours * 3600.0

@@ -148,6 +148,18 @@ class AnomalyConfig:
     seed: int = 0
 
 
+def make_config(config: AnomalyConfig | None = None, **overrides: object) -> AnomalyConfig:
+    """A copy of ``config`` (default: the defaults) with ``overrides``; refuses unknown options."""
+    cfg = AnomalyConfig(**vars(config)) if config is not None else AnomalyConfig()
+    for k, v in overrides.items():
+        if not hasattr(cfg, k):
+            raise TypeError(f"unknown option {k!r}")
+        setattr(cfg, k, v)
+    if not 1 <= cfg.batch_max <= 64:
+        raise ValueError("batch_max must be in [1, 64]")
+    return cfg
+
+
 def _ewm(y0: np.ndarray, x: np.ndarray, a: np.ndarray) -> np.ndarray:
     """``y_t = y_{t-1} + a_t (x_t - y_{t-1})`` for every row (columns independent), closed form.
 
@@ -193,14 +205,7 @@ class DeviceAnomalyModel:
     """One per device; ``metrics`` may be any dict of floats (missing/new metrics are fine)."""
 
     def __init__(self, config: AnomalyConfig | None = None, **overrides: object) -> None:
-        cfg = AnomalyConfig(**vars(config)) if config is not None else AnomalyConfig()
-        for k, v in overrides.items():
-            if not hasattr(cfg, k):
-                raise TypeError(f"unknown option {k!r}")
-            setattr(cfg, k, v)
-        if not 1 <= cfg.batch_max <= 64:
-            raise ValueError("batch_max must be in [1, 64]")
-        self.cfg = cfg
+        self.cfg = cfg = make_config(config, **overrides)
         self.names: list[str] = []
         self.index: dict[str, int] = {}
         z = np.zeros(0)

@@ -454,17 +454,19 @@ class WindowedGaussianDetector:
 
 
 class DeviceModelDetector:
-    """Runs the production :class:`~online_models.anomaly.DeviceAnomalyModel` on one metric ``value``."""
+    """Runs the production detector, a :class:`~online_models.anomaly.bank.DeviceBank` (as the sensor path's
+    `online_models.sensing.score_batch`), with one device holding one metric ``value``."""
 
     def __init__(self, **model_kwargs: object) -> None:
         self.model_kwargs = model_kwargs
 
     def run(self, timestamps: np.ndarray, values: np.ndarray) -> np.ndarray:
-        from online_models.anomaly import DeviceAnomalyModel
+        from online_models.anomaly.bank import DeviceBank
 
-        model = DeviceAnomalyModel(**self.model_kwargs)
+        bank = DeviceBank(capacity=1, **self.model_kwargs)
         ts = np.asarray(timestamps).astype("datetime64[ns]").astype(np.int64) / 1e9
-        return model.score_learn_many(ts, {"value": np.asarray(values, dtype=float)}).scores
+        slots = np.full(len(ts), bank.slot("file"), dtype=np.int64)
+        return bank.score_learn_batch(slots, ts, {"value": np.asarray(values, dtype=float)}).scores
 
 
 def write_results(out_dir: Path, detector: str, rel: str, timestamps: np.ndarray, scores: np.ndarray) -> Path:

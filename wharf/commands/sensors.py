@@ -29,6 +29,20 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.command("replay")(replay)
     bench.command("sensors")(bench_sensors)
     bench.command("bridge")(bench_bridge_alone)
+    bench.command("anomaly")(bench_anomaly)
+
+
+def bench_anomaly(
+    devices: int = typer.Option(1000, min=1, help="Devices in the throughput comparison."),
+    memory_devices: int = typer.Option(10_000, min=1, help="Devices held by the process whose RSS is measured."),
+    memory_rows: int = typer.Option(300, min=1, help="Readings each of those devices learns first."),
+    reference_memory: bool = typer.Option(False, help="Also measure the RSS of as many per-device models (slow)."),
+) -> None:
+    """Detectors alone (no servers): per-device models vs the device bank on the same readings, the bank's bytes per
+    device, and the RSS of a process holding many devices."""
+    from wharf.bench.anomaly import report
+
+    print(report(devices, memory_devices, memory_rows, reference_memory))
 
 
 def _settings():  # noqa: ANN202

@@ -1,0 +1,695 @@
+"""Compiled kernels of the device bank (`bank.py`): one block of rows of many devices per call.
+
+Why: `DeviceAnomalyModel` runs ~200 small NumPy operations per device and block, so a batch of many devices
+costs Python/NumPy overhead per device. These kernels do the same arithmetic with scalar loops over the bank's
+rows (state per metric slot in `ms`, per device in `ds`), in the same order as the NumPy code (running products
+and sums row by row, histogram sums gathered before they are added), so results agree to float rounding.
+Layout of the rows: `bank.py` (`Layout`); the constants below name the columns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+# per metric slot (ms columns)
+LV_MEAN, LV_MAD, LV_N, LG_MEAN, LG_MAD, LG_N, CU_POS, CU_NEG, CU_PPOS, CU_SCALE = range(10)
+S_MAD, S_N, W_MAD, W_N, T_FIRST, FC_ERR, LAST, RUN, REPEAT = range(10, 19)
+MS_FIXED = 19
+# per device (ds columns)
+C_WEIGHT, HST_LAST, HC_MEAN, HC_VAR, HC_N, SUPPRESS, BURST, SINCE, SIL_IV, SIL_LAST, SIL_N, N_ROWS, \
+    HST_COUNT, HST_FIRST, HST_TID = range(15)
+DS_COLS = 15
+# layout offsets (lay entries): first column of each variable-width part of an ms row
+L_REC, L_LAG, L_SM, L_SC, L_WM, L_WC, L_CT, L_CN, L_CC, L_END = range(10)
+# configuration (cf entries)
+(F_LEVEL_ALPHA, F_LONG_ALPHA, F_SHIFT_W, F_DRIFT_K, F_DRIFT_CLIP, F_DRIFT_HL, F_DRIFT_CAP, F_SB, F_SALPHA,
+ F_USE_WEEKLY, F_WB, F_WALPHA, F_WMINAGE, F_CWARM, F_CBINS, F_CBPU, F_CPOW, F_LAGS, F_USE_FC, F_USE_HST,
+ F_HST_EVERY, F_HST_T, F_HST_H, F_HST_W, F_EFULL, F_MINTHR, F_LEVEL_IV, F_SUPP_EV, F_SUPP_F, F_BURST_PEN,
+ F_BURST_DEC, F_BURST_GAP, F_BURST_SOFT, F_STUCK_MIN, F_CDECAY, F_HC_ALPHA, F_HC_WARM, F_SIL_ALPHA) = range(38)
+CF_LEN = 38
+
+_CAL = 5
+_NC = 8
+_DRIFT, _STUCK, _HST = 5, 6, 7
+_LN10 = math.log(10.0)
+_SQRT2 = math.sqrt(2.0)
+_WEEK = 604800.0
+
+_jit = numba.njit(cache=True, nogil=True)
+
+
+@_jit
+def _neg_log10_tail(z):
+    if z < 5.0:
+        q = 0.5 * math.erfc(z / _SQRT2)
+        return -math.log10(q) if q > 0 else 0.0
+    return (0.5 * z * z + math.log(z * 2.5066282746310002) - math.log1p(-1.0 / (z * z))) / _LN10
+
+
+@_jit
+def _gt_evidence(ds, d, raw, warmup):
+    """`stats.GaussianTail.evidence` on the device's HST calibrator."""
+    if ds[d, HC_N] < warmup:
+        return 0.0
+    u = math.log1p(raw)
+    var = ds[d, HC_VAR]
+    sd = math.sqrt(var) if var > 1e-12 else 1e-6
+    z = (u - ds[d, HC_MEAN]) / sd
+    return _neg_log10_tail(z) if z > 0 else 0.0
+
+
+@_jit
+def _gt_update(ds, d, raw, alpha, warmup):
+    """`stats.GaussianTail.update`."""
+    u = math.log1p(raw)
+    n = ds[d, HC_N]
+    if n == 0:
+        ds[d, HC_MEAN] = u
+        ds[d, HC_N] = 1.0
+        return
+    a = max(alpha, 1.0 / (n + 1))
+    sd = math.sqrt(ds[d, HC_VAR])
+    if n > warmup and sd > 0:
+        u = min(u, ds[d, HC_MEAN] + 4.0 * sd)
+    dd = u - ds[d, HC_MEAN]
+    ds[d, HC_MEAN] += a * dd
+    ds[d, HC_VAR] = (1 - a) * (ds[d, HC_VAR] + a * dd * dd)
+    ds[d, HC_N] = n + 1
+
+
+@_jit
+def _ewm_rows(y0, x, a, out):
+    """`model._ewm` for one column: every row's value into `out`, returns the last (y0 for no rows)."""
+    p = 1.0
+    cs = 0.0
+    y = y0
+    for t in range(x.shape[0]):
+        p = p * (1.0 - a[t]) if t else 1.0 - a[t]
+        cs = cs + a[t] * x[t] / p if t else a[t] * x[t] / p
+        y = p * (y0 + cs)
+        out[t] = y
+    return y
+
+
+@_jit
+def _ewm_last(y0, x, a):
+    p = 1.0
+    cs = 0.0
+    y = y0
+    for t in range(x.shape[0]):
+        p = p * (1.0 - a[t]) if t else 1.0 - a[t]
+        cs = cs + a[t] * x[t] / p if t else a[t] * x[t] / p
+        y = p * (y0 + cs)
+    return y
+
+
+@_jit
+def _cusum(s0, dv, out):
+    """`model._cusum` for one column."""
+    c = 0.0
+    mn = 0.0
+    for t in range(dv.shape[0]):
+        c = c + dv[t] if t else dv[t]
+        mn = min(mn, c) if t else c
+        out[t] = c - min(mn, -s0)
+
+
+@_jit
+def _xn_col(ms, s, x, j, B):
+    """Normalised values of one metric (`xn`: NaN where missing), against the long level at the block start."""
+    lgs = 1.2533 * ms[s, LG_MAD]
+    lgs = lgs if lgs > 1e-9 else 1.0
+    out = np.empty(B)
+    for i in range(B):
+        v = x[i, j]
+        out[i] = np.nan if math.isnan(v) else min(max((v - ms[s, LG_MEAN]) / lgs, -10.0), 10.0)
+    return out
+
+
+@_jit
+def fc_inputs(dev, lo, hi, X, dm, ms, lay, cf, item_dev, item_col, item_off, xin, xn_out):
+    """Forecaster inputs of one round: for each device block whose metric has more than `lags` rows of history,
+    its rows' lag windows + time of day (float32, as `model._score_block`) and their normalised targets.
+    Returns the number of items written; `item_off[i]` is the first row in `xin` of item i."""
+    lags = int(cf[F_LAGS])
+    lag0 = lay[L_LAG]
+    n_items = 0
+    off = 0
+    for a in range(dev.shape[0]):
+        d = dev[a]
+        B = hi[a] - lo[a]
+        x = X[lo[a]:hi[a]]
+        for j in range(dm.shape[1]):
+            s = dm[d, j]
+            if s < 0:
+                break
+            if not ms[s, LG_N] > lags:
+                continue
+            xn = _xn_col(ms, s, x, j, B)
+            seq = np.empty(lags + B)
+            for k in range(lags):
+                seq[k] = ms[s, lag0 + k]
+            for i in range(B):
+                v = xn[i]
+                seq[lags + i] = seq[lags + i - 1] if math.isnan(v) else v
+            for i in range(B):
+                t = X[lo[a] + i, X.shape[1] - 1]
+                ang = (t % 86400.0) / 86400.0 * (2.0 * math.pi)
+                for k in range(lags):
+                    xin[off + i, k] = np.float32(seq[i + k])
+                xin[off + i, lags] = np.float32(math.sin(ang))
+                xin[off + i, lags + 1] = np.float32(math.cos(ang))
+                xn_out[off + i] = xn[i]
+            item_dev[n_items] = a
+            item_col[n_items] = j
+            item_off[n_items] = off
+            n_items += 1
+            off += B
+    return n_items
+
+
+@_jit
+def _evidence(ms, s, lay, cf, raw, c):
+    """`model._evidence` for one metric slot and component."""
+    nb = int(cf[F_CBINS])
+    cc = lay[L_CC] + c * nb
+    total = ms[s, lay[L_CT] + c]
+    if not (ms[s, lay[L_CN] + c] >= cf[F_CWARM] and total > 0 and raw > 0.0):
+        return 0.0
+    u = math.log1p(max(raw, 0.0))
+    b = min(int(u * cf[F_CBPU]), nb - 1)
+    top = -1
+    for k in range(nb - 1, -1, -1):
+        if ms[s, cc + k] > 0:
+            top = k
+            break
+    tot = total
+    if b <= top:
+        t = 0.0
+        for k in range(nb - 1, b - 1, -1):
+            t = t + ms[s, cc + k] if k != nb - 1 else ms[s, cc + k]
+        e = -math.log10(max(t, 1e-300) / tot) if t < tot else 0.0
+    else:
+        base = -math.log10(max(ms[s, cc + top] / tot, 1e-300)) if top >= 0 else 0.0
+        edge = (top + 1) / cf[F_CBPU]
+        e = base + cf[F_CPOW] * (u - edge) / _LN10
+    return max(e, 0.0)
+
+
+@_jit
+def _hst_walk_score(hl, hr, hcol, hkind, tthr, d, tid, feats, valid_row, height, size_limit, tr):
+    k = 0
+    depth_pow = 1
+    score = 0.0
+    for _ in range(height):
+        r = hr[d, tr, k]
+        score += r * depth_pow
+        if r < size_limit:
+            return score
+        j = hcol[d, tr, k]
+        if valid_row[j]:
+            k = 2 * k + 1 if feats[j, hkind[d, tr, k]] < tthr[tid, tr, k] else 2 * k + 2
+        else:
+            k = 2 * k + 2 if hl[d, tr, 2 * k + 1] < hl[d, tr, 2 * k + 2] else 2 * k + 1
+        depth_pow <<= 1
+    score += hr[d, tr, k] * depth_pow
+    return score
+
+
+@_jit
+def _hst_learn(hl, hr, hcol, hkind, tthr, ds, d, tid, feats, valid_row, height, window):
+    for tr in range(hl.shape[1]):
+        k = 0
+        for _ in range(height):
+            hl[d, tr, k] += 1
+            j = hcol[d, tr, k]
+            if valid_row[j]:
+                k = 2 * k + 1 if feats[j, hkind[d, tr, k]] < tthr[tid, tr, k] else 2 * k + 2
+            else:
+                k = 2 * k + 2 if hl[d, tr, 2 * k + 1] < hl[d, tr, 2 * k + 2] else 2 * k + 1
+        hl[d, tr, k] += 1
+    ds[d, HST_COUNT] += 1
+    if ds[d, HST_COUNT] == window:
+        for tr in range(hl.shape[1]):
+            for k in range(hl.shape[2]):
+                hr[d, tr, k] = hl[d, tr, k]
+                hl[d, tr, k] = 0
+        ds[d, HST_FIRST] = 0.0
+        ds[d, HST_COUNT] = 0.0
+
+
+@_jit
+def _profile_learn(ms, s, mean0, cnt0, nbins, mad_col, n_col, bins, xf, valid, j, lg_mad, alpha, B):
+    """`model._profile_learn` for one metric slot (bin means at `mean0`, counts at `cnt0`)."""
+    mad = ms[s, mad_col]
+    n = ms[s, n_col]
+    lim = 4.0 * max(1.2533 * mad, 0.05 * 1.2533 * lg_mad)
+    dvals = np.empty(B)
+    absd = np.empty(B)
+    aa = np.empty(B)
+    seen_cum = 0.0
+    for i in range(B):
+        b = bins[i]
+        d = xf[i, j] - ms[s, mean0 + b]
+        if lim > 0 and n > 50:
+            d = min(max(d, -lim), lim)
+        dvals[i] = d
+        absd[i] = abs(d)
+        seen = valid[i, j] and ms[s, cnt0 + b] > 0
+        sv = 1.0 if seen else 0.0
+        seen_cum += sv
+        n_prev = n + seen_cum - sv
+        aa[i] = min(max(0.002, 1.0 / (n_prev + 1.0)), 0.5) if seen else 0.0
+    if B:
+        ms[s, mad_col] = _ewm_last(mad, absd, aa)
+    ms[s, n_col] = n + seen_cum
+    # per bin: count, sum of d and of x over the block's valid rows (gathered first, as np.bincount)
+    hits = np.zeros(nbins)
+    dsum = np.zeros(nbins)
+    xsum = np.zeros(nbins)
+    for i in range(B):
+        if valid[i, j]:
+            b = bins[i]
+            hits[b] += 1.0
+            dsum[b] += dvals[i]
+            xsum[b] += xf[i, j]
+    for b in range(nbins):
+        k = hits[b]
+        if k > 0:
+            sc = ms[s, cnt0 + b]
+            if sc > 0:
+                a2 = max(alpha, 1.0 / (sc + 1.0))
+                ms[s, mean0 + b] = ms[s, mean0 + b] + (1.0 - (1.0 - a2) ** k) * dsum[b] / k
+            else:
+                ms[s, mean0 + b] = xsum[b] / k
+            ms[s, cnt0 + b] = sc + k
+
+
+@_jit
+def run_round(dev, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_item, pred, scores, best):
+    """One block (rows `lo[a]:hi[a]` of `X`, last column the timestamp) of each device `dev[a]`: scored against the
+    state at the block start, then learned; writes each row's score and best metric column (-1: none)."""
+    for a in range(dev.shape[0]):
+        _block(a, dev[a], lo[a], hi[a], X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_item, pred, scores, best)
+
+
+@_jit
+def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_item, pred, scores, best):
+    B = hi - lo
+    tcol = X.shape[1] - 1
+    m = 0
+    while m < dm.shape[1] and dm[d, m] >= 0:
+        m += 1
+    ts = np.empty(B)
+    for i in range(B):
+        ts[i] = X[lo + i, tcol]
+    x = X[lo:hi]
+    w = int(cf[F_SHIFT_W])
+    w1 = w - 1
+    lags = int(cf[F_LAGS])
+    sb = int(cf[F_SB])
+    wb = int(cf[F_WB])
+    nb = int(cf[F_CBINS])
+    use_weekly = cf[F_USE_WEEKLY] > 0
+    use_fc = cf[F_USE_FC] > 0
+    rec0, lag0, sm0, sc0, wm0, wc0 = lay[L_REC], lay[L_LAG], lay[L_SM], lay[L_SC], lay[L_WM], lay[L_WC]
+    ct0, cn0, cc0 = lay[L_CT], lay[L_CN], lay[L_CC]
+
+    valid = np.zeros((B, m), np.bool_)
+    xf = np.zeros((B, m))
+    zlc = np.zeros((B, m))
+    raw = np.zeros((B, m, _CAL))
+    avail = np.zeros((m, _CAL), np.bool_)
+    cu_p = np.zeros((B, m))
+    cu_n = np.zeros((B, m))
+    cus = np.zeros((B, m))
+    ev = np.zeros((B, m, _NC))
+    feats = np.zeros((m, B, 3))
+    same = np.zeros((B, m), np.bool_)
+    run = np.zeros((B, m))
+    xn_all = np.zeros((B, m))
+    errs = np.zeros((B, m))
+    act = np.zeros(m, np.bool_)
+    bins = np.empty(B, np.int64)
+    wbins = np.empty(B, np.int64)
+    for i in range(B):
+        bins[i] = int((ts[i] % 86400.0) / 86400.0 * sb) % sb
+        wbins[i] = int((ts[i] % _WEEK) / _WEEK * wb) % wb if wb > 0 else 0
+    col = np.empty(B)
+    col2 = np.empty(B)
+    for j in range(m):
+        s = dm[d, j]
+        lv_mean, lv_mad, lv_n = ms[s, LV_MEAN], ms[s, LV_MAD], ms[s, LV_N]
+        lg_mean, lg_mad, lg_n = ms[s, LG_MEAN], ms[s, LG_MAD], ms[s, LG_N]
+        lg_scale = 1.2533 * lg_mad
+        s_floor = 0.05 * lg_scale
+        sd = max(max(1.2533 * lv_mad, s_floor), 1e-9)
+        for i in range(B):
+            v = x[i, j]
+            valid[i, j] = not math.isnan(v)
+            xf[i, j] = v if valid[i, j] else 0.0
+        zl = np.zeros(B)
+        for i in range(B):
+            z = (xf[i, j] - lv_mean) / sd if lv_n >= 2 else 0.0
+            z = min(max(z, -1e6), 1e6) if valid[i, j] else 0.0
+            zl[i] = z
+            zlc[i, j] = min(max(z, -10.0), 10.0)
+            raw[i, j, 0] = abs(z)
+        # shift: mean of the last w clipped level z-scores (as differences of one running sum)
+        cs = np.zeros(w1 + B + 1)
+        for k in range(w1 + B):
+            v = ms[s, rec0 + k] if k < w1 else zlc[k - w1, j]
+            cs[k + 1] = cs[k] + v if k else v
+        for i in range(B):
+            zs = (cs[w + i] - cs[i]) / w
+            raw[i, j, 1] = abs(zs) * math.sqrt(w) * 0.5
+        # drift
+        for i in range(B):
+            zd = min(max((xf[i, j] - lg_mean) / sd, -cf[F_DRIFT_CLIP]), cf[F_DRIFT_CLIP]) if valid[i, j] and lg_n >= 2 else 0.0
+            kv = cf[F_DRIFT_K] * (1.0 if valid[i, j] else 0.0)
+            col[i] = zd - kv
+            col2[i] = -zd - kv
+        _cusum(ms[s, CU_POS], col, cu_p[:, j])
+        _cusum(ms[s, CU_NEG], col2, cu_n[:, j])
+        ok = lg_n >= cf[F_CWARM] and ms[s, CU_SCALE] > 0
+        for i in range(B):
+            c = max(cu_p[i, j], cu_n[i, j])
+            cus[i, j] = c
+            e = -math.log10(max(ms[s, CU_PPOS], 1e-6)) + c / (max(ms[s, CU_SCALE], 1e-12) * _LN10)
+            ev[i, j, _DRIFT] = max(e, 0.0) if ok and c > 0 and valid[i, j] else 0.0
+        # seasonal
+        mature = True
+        for b in range(sb):
+            if not ms[s, sc0 + b] >= 3:
+                mature = False
+                break
+        ss = max(max(1.2533 * ms[s, S_MAD], s_floor), 1e-9)
+        zseas = np.zeros(B)
+        for i in range(B):
+            if mature and valid[i, j]:
+                zseas[i] = (xf[i, j] - ms[s, sm0 + bins[i]]) / ss
+            raw[i, j, 2] = abs(zseas[i])
+        avail[j, 0] = avail[j, 1] = True
+        avail[j, 2] = mature
+        if use_weekly:
+            wk_ok = ts[0] - ms[s, T_FIRST] >= cf[F_WMINAGE] if B else False
+            ws = max(max(1.2533 * ms[s, W_MAD], s_floor), 1e-9)
+            for i in range(B):
+                if ms[s, wc0 + wbins[i]] >= 2 and wk_ok and valid[i, j]:
+                    raw[i, j, 4] = abs((xf[i, j] - ms[s, wm0 + wbins[i]]) / ws)
+            avail[j, 4] = wk_ok
+        # forecast (the predictions come from the forecaster objects, `pred` rows from `fc_item[a, j]`)
+        zf = np.zeros(B)
+        if use_fc and B:
+            xn = _xn_col(ms, s, x, j, B)
+            for i in range(B):
+                xn_all[i, j] = xn[i]
+            if lg_n > lags:
+                off = fc_item[a, j]
+                scale = max(ms[s, FC_ERR] * 1.2533, 0.05)
+                for i in range(B):
+                    err = xn[i] - pred[off + i] if valid[i, j] else 0.0
+                    errs[i, j] = err
+                    zf[i] = err / scale
+                    raw[i, j, 3] = abs(zf[i])
+                avail[j, 3] = True
+        # stuck
+        q = min(max(ms[s, REPEAT], 0.01), 0.999)
+        lq = math.log10(q)
+        moving = lv_mad > 1e-9 * max(1.0, abs(lv_mean))
+        last_reset = 0
+        for i in range(B):
+            prev = ms[s, LAST] if i == 0 else x[i - 1, j]
+            sm_ = x[i, j] == prev and valid[i, j]
+            same[i, j] = sm_
+            last_reset = max(last_reset, 0 if sm_ else i + 1)
+            r = ms[s, RUN] + (i + 1) if last_reset == 0 else float(i + 1 - last_reset)
+            run[i, j] = r
+            st = -r * lq - 3.0 if sm_ and r >= cf[F_STUCK_MIN] and moving else 0.0
+            ev[i, j, _STUCK] = max(st, 0.0)
+        for i in range(B):
+            for c in range(_CAL):
+                ev[i, j, c] = _evidence(ms, s, lay, cf, raw[i, j, c], c) * (1.0 if avail[j, c] else 0.0)
+            if not valid[i, j]:
+                for c in range(_HST):
+                    ev[i, j, c] *= 0.0
+            feats[j, i, 0] = 0.5 + 0.5 * math.tanh(zl[i] * 0.25)
+            feats[j, i, 1] = 0.5 + 0.5 * math.tanh(zseas[i] * 0.25)
+            feats[j, i, 2] = 0.5 + 0.5 * math.tanh(zf[i] * 0.25)
+
+    # HST: evidence per row, held between the strided evaluations; learns as it goes
+    hst_ev = np.zeros(B)
+    if cf[F_USE_HST] > 0 and m > 0:
+        every = int(cf[F_HST_EVERY])
+        height = int(cf[F_HST_H])
+        window = cf[F_HST_W]
+        size_limit = 0.1 * window
+        max_score = cf[F_HST_T] * window * (2 ** (height + 1) - 1)
+        last = ds[d, HST_LAST]
+        n0 = int(ds[d, N_ROWS])
+        fr = np.zeros((m, 3))
+        for i in range(B):
+            if (n0 + i) % every == 0:
+                anyv = False
+                for j in range(m):
+                    anyv = anyv or valid[i, j]
+                if anyv:
+                    tid = int(ds[d, HST_TID])
+                    for j in range(m):
+                        for k in range(3):
+                            fr[j, k] = feats[j, i, k]
+                    if ds[d, HST_FIRST] > 0:
+                        r = 0.0
+                    else:
+                        sc = 0.0
+                        for tr in range(hl.shape[1]):
+                            sc += _hst_walk_score(hl, hr, hcol, hkind, tthr, d, tid, fr, valid[i], height, size_limit, tr)
+                        r = (1 - sc / max_score) * 10.0
+                    last = _gt_evidence(ds, d, r, cf[F_HC_WARM])
+                    _gt_update(ds, d, r, cf[F_HC_ALPHA], cf[F_HC_WARM])
+                    _hst_learn(hl, hr, hcol, hkind, tthr, ds, d, tid, fr, valid[i], height, window)
+            hst_ev[i] = last
+        ds[d, HST_LAST] = last
+
+    # fusion: per metric the two strongest evidences (level and drift count once), per row the strongest metric
+    e_row = np.zeros(B)
+    best_row = np.full(B, -1, np.int64)
+    for i in range(B):
+        bt = -1.0
+        bj = -1
+        for j in range(m):
+            ev[i, j, _HST] = hst_ev[i] * (1.0 if valid[i, j] else 0.0)
+            ev[i, j, 0] = max(ev[i, j, 0], ev[i, j, _DRIFT])
+            ev[i, j, _DRIFT] = 0.0
+            t1 = -np.inf
+            t2 = -np.inf
+            for c in range(_NC):
+                v = ev[i, j, c]
+                if v > t1:
+                    t2 = t1
+                    t1 = v
+                elif v > t2:
+                    t2 = v
+            top = t2 + t1
+            if bj < 0 or top > bt:
+                bt = top
+                bj = j
+        if m:
+            e_row[i] = bt
+            best_row[i] = bj
+    iv = ds[d, SIL_IV] if ds[d, SIL_N] >= 2 else 0.0
+    if iv > 0.0:
+        add = math.log10(iv / cf[F_LEVEL_IV])
+        for i in range(B):
+            e_row[i] = e_row[i] + add
+    thr = cf[F_MINTHR]
+    e_full = cf[F_EFULL]
+    level = thr * e_full
+    k_soft, beta = cf[F_BURST_SOFT], cf[F_BURST_PEN]
+    gap, dec = cf[F_BURST_GAP], cf[F_BURST_DEC]
+    left, burst, since = ds[d, SUPPRESS], ds[d, BURST], ds[d, SINCE]
+    for i in range(B):
+        ei = e_row[i]
+        if ei >= level:
+            xs = k_soft * (ei - level - beta * math.log10(1.0 + burst))
+            sp = xs + math.log1p(math.exp(-xs)) if xs > 0 else math.log1p(math.exp(xs))
+            sc = min(1.0, (level + sp / k_soft) / e_full)
+            if since > gap:
+                burst += 1.0
+            since = 0.0
+        else:
+            sc = max(ei, 0.0) / e_full
+            since += 1.0
+        burst *= dec
+        if left > 0:
+            sc *= cf[F_SUPP_F]
+            left -= 1.0
+        if sc >= thr:
+            left = cf[F_SUPP_EV]
+        scores[lo + i] = sc
+        best[lo + i] = best_row[i]
+
+    # ---------------------------------------------------------------- learn the block
+    vf = np.zeros(B)
+    ab = np.zeros(B)
+    xc = np.zeros(B)
+    mrows = np.zeros(B)
+    absd = np.zeros(B)
+    for j in range(m):
+        s = dm[d, j]
+        nvalid = 0.0
+        for i in range(B):
+            vf[i] = 1.0 if valid[i, j] else 0.0
+            nvalid += vf[i]
+        for pre in range(2):
+            mc, dc, ncol = (LV_MEAN, LV_MAD, LV_N) if pre == 0 else (LG_MEAN, LG_MAD, LG_N)
+            alpha = cf[F_LEVEL_ALPHA] if pre == 0 else cf[F_LONG_ALPHA]
+            clip = 4.0 if pre == 0 else 6.0
+            mean, mad, n = ms[s, mc], ms[s, dc], ms[s, ncol]
+            if n == 0:
+                for i in range(B):
+                    if valid[i, j]:
+                        mean = xf[i, j]
+                        break
+            lim = clip * 1.2533 * mad
+            use_lim = n > 10 and lim > 0
+            cum = 0.0
+            for i in range(B):
+                xc[i] = min(max(xf[i, j], mean - lim), mean + lim) if use_lim else xf[i, j]
+                cum = cum + vf[i] if i else vf[i]
+                nprev = n + cum - vf[i]
+                ab[i] = max(alpha, 1.0 / (nprev + 1.0)) if valid[i, j] and nprev >= 1 else 0.0
+            if B:
+                _ewm_rows(mean, xc, ab, mrows)
+                for i in range(B):
+                    absd[i] = abs(xc[i] - (mean if i == 0 else mrows[i - 1]))
+                ms[s, dc] = _ewm_last(mad, absd, ab)
+                ms[s, mc] = mrows[B - 1]
+            else:
+                ms[s, mc] = mean
+            ms[s, ncol] = n + nvalid
+        if w1 > 0:
+            for k in range(w1):
+                src = k + B  # index in [recent; zlc]
+                ms[s, rec0 + k] = ms[s, rec0 + src] if src < w1 else zlc[src - w1, j]
+        if B:
+            ms[s, CU_POS] = cu_p[B - 1, j]
+            ms[s, CU_NEG] = cu_n[B - 1, j]
+            lg_n = ms[s, LG_N]
+            cum = 0.0
+            posf = np.zeros(B)
+            capped = np.zeros(B)
+            apos = np.zeros(B)
+            cap = cf[F_DRIFT_CAP] * ms[s, CU_SCALE]
+            for i in range(B):
+                cum = cum + vf[i] if i else vf[i]
+                nprev = max(lg_n - B + cum, 0.0)
+                ab[i] = min(max(math.log(2.0) / cf[F_DRIFT_HL], 1.0 / (nprev + 1.0)), 0.5) if valid[i, j] else 0.0
+                pos = valid[i, j] and cus[i, j] > 0
+                posf[i] = 1.0 if pos else 0.0
+                capped[i] = min(cus[i, j], cap)
+                apos[i] = ab[i] if pos else 0.0
+            ms[s, CU_PPOS] = _ewm_last(ms[s, CU_PPOS], posf, ab)
+            ms[s, CU_SCALE] = _ewm_last(ms[s, CU_SCALE], capped, apos)
+        _profile_learn(ms, s, sm0, sc0, sb, S_MAD, S_N, bins, xf, valid, j, ms[s, LG_MAD], cf[F_SALPHA], B)
+        if use_weekly:
+            _profile_learn(ms, s, wm0, wc0, wb, W_MAD, W_N, wbins, xf, valid, j, ms[s, LG_MAD], cf[F_WALPHA], B)
+        has = nvalid > 0
+        if B and has and math.isnan(ms[s, T_FIRST]):
+            for i in range(B):
+                if valid[i, j]:
+                    ms[s, T_FIRST] = ts[i]
+                    break
+        if use_fc and B:
+            act_j = ms[s, LG_N] - nvalid > lags and has  # eligible at the block start, and learned from
+            if act_j:
+                fe = ms[s, FC_ERR]
+                lim_e = 4.0 * fe * 1.2533 + 0.1
+                for i in range(B):
+                    ncum = ms[s, LG_N] - B + i
+                    ab[i] = min(max(0.01, 1.0 / (max(ncum, 1.0) + 1.0)), 0.5) if valid[i, j] else 0.0
+                    absd[i] = min(abs(errs[i, j]), lim_e)
+                ms[s, FC_ERR] = _ewm_last(fe, absd, ab)
+            seq = np.empty(lags + B)
+            for k in range(lags):
+                seq[k] = ms[s, lag0 + k]
+            for i in range(B):
+                v = xn_all[i, j]
+                seq[lags + i] = seq[lags + i - 1] if math.isnan(v) else v
+            for k in range(lags):
+                v = seq[B + k]
+                ms[s, lag0 + k] = 0.0 if math.isnan(v) else v
+        # stuck
+        if has:
+            li = B - 1
+            while not valid[li, j]:
+                li -= 1
+            ms[s, LAST] = x[li, j]
+            ms[s, RUN] = run[li, j] if same[li, j] else 0.0
+        for i in range(B):
+            absd[i] = 1.0 if same[i, j] else 0.0
+            ab[i] = 0.01 * vf[i]
+        if B:
+            ms[s, REPEAT] = _ewm_last(ms[s, REPEAT], absd, ab)
+    # calibrators: decayed histograms (newer rows weigh more), sums gathered per bin before they are added
+    wts = np.empty(B)
+    cw = ds[d, C_WEIGHT]
+    for i in range(B):
+        wts[i] = cw * cf[F_CDECAY] ** float(i + 1)  # pow, as NumPy (not repeated products)
+    acc = np.zeros(nb)
+    for j in range(m):
+        s = dm[d, j]
+        for c in range(_CAL):
+            if not avail[j, c]:
+                continue
+            touched = False
+            tsum = 0.0
+            cnt = 0.0
+            for i in range(B):
+                if valid[i, j]:
+                    u = math.log1p(max(raw[i, j, c], 0.0))
+                    b = min(int(u * cf[F_CBPU]), nb - 1)
+                    acc[b] += wts[i]
+                    tsum = tsum + wts[i] if touched else wts[i]
+                    touched = True
+                    cnt += 1.0
+            if touched:
+                base = cc0 + c * nb
+                for b in range(nb):
+                    if acc[b] != 0.0:
+                        ms[s, base + b] += acc[b]
+                        acc[b] = 0.0
+                ms[s, ct0 + c] += tsum
+                ms[s, cn0 + c] += cnt
+    if B:
+        ds[d, C_WEIGHT] = wts[B - 1]
+    if ds[d, C_WEIGHT] > 1e50:
+        sc_ = 1.0 / ds[d, C_WEIGHT]
+        for j in range(m):
+            s = dm[d, j]
+            for k in range(_CAL * nb):
+                ms[s, cc0 + k] *= sc_
+            for c in range(_CAL):
+                ms[s, ct0 + c] *= sc_
+        ds[d, C_WEIGHT] = 1.0
+    ds[d, SUPPRESS], ds[d, BURST], ds[d, SINCE] = left, burst, since
+    # silence detector (`detectors.SilenceDetector.observe`)
+    for i in range(B):
+        t = ts[i]
+        lt = ds[d, SIL_LAST]
+        if not math.isnan(lt):
+            dt = t - lt
+            if dt <= 0:
+                continue
+            if ds[d, SIL_N] == 0:
+                ds[d, SIL_IV] = dt
+            else:
+                dt = min(dt, 3.0 * ds[d, SIL_IV])
+                ds[d, SIL_IV] += cf[F_SIL_ALPHA] * (dt - ds[d, SIL_IV])
+            ds[d, SIL_N] += 1
+        if math.isnan(lt) or t > lt:
+            ds[d, SIL_LAST] = t
+    ds[d, N_ROWS] += B

@@ -1,0 +1,170 @@
+"""The device bank (`online_models.anomaly.bank`) against per-device `DeviceAnomalyModel.score_learn_many`.
+
+Real NAB files as devices, their rows interleaved in batches of random sizes: every device's scores, alerts,
+thresholds and top metrics must be those of its own model fed the same rows, to float rounding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from online_models.anomaly import DeviceAnomalyModel
+from online_models.anomaly.bank import DeviceBank
+from online_models.anomaly.state_types import STATE_TYPES
+from schemas.state import StateCodec
+
+NAB = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "nab" / "data"
+FILES = ["realKnownCause/machine_temperature_system_failure.csv", "realKnownCause/nyc_taxi.csv",
+         "artificialWithAnomaly/art_daily_jumpsup.csv", "realAWSCloudwatch/ec2_cpu_utilization_5f5533.csv",
+         "realAdExchange/exchange-2_cpc_results.csv", "artificialNoAnomaly/art_daily_perfect_square_wave.csv"]
+
+
+def _nab(rel: str, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    df = pd.read_csv(NAB / rel).head(rows)
+    ts = pd.to_datetime(df["timestamp"]).astype("datetime64[ns]").astype(np.int64).to_numpy() / 1e9
+    return ts, df["value"].to_numpy(float)
+
+
+def _devices_multi(rows: int, rng: np.random.Generator) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Devices of several metrics from NAB files: metrics missing from some readings, one appearing late."""
+    out = []
+    for a, b in ((0, 1), (2, 3), (4, 5)):
+        ta, va = _nab(FILES[a], rows)
+        _, vb = _nab(FILES[b], rows)
+        n = min(len(ta), len(vb))
+        va, vb = va[:n].copy(), vb[:n].copy()
+        va[rng.random(n) < 0.1] = np.nan
+        vb[rng.random(n) < 0.2] = np.nan
+        late = np.full(n, np.nan)
+        late[n // 2:] = va[n // 2:] * 0.5 + 1.0
+        out.append((ta[:n], {"b": vb, "a": va, "late": late}))
+    return out
+
+
+def _run_both(devices, kw: dict, rng: np.random.Generator, max_take: int = 80):
+    """Feed every device through its own model and, interleaved, through one bank; returns both results."""
+    bank = DeviceBank(**kw)
+    models = [DeviceAnomalyModel(**kw) for _ in devices]
+    slots = [bank.slot(f"dev-{i}") for i in range(len(devices))]
+    pos = [0] * len(devices)
+    ref: list[list] = [[] for _ in devices]
+    got: list[list] = [[] for _ in devices]
+    while any(p < len(ts) for p, (ts, _) in zip(pos, devices)):
+        dev, tss, cols = [], [], {}
+        for i, (ts, metrics) in enumerate(devices):
+            a = pos[i]
+            b = pos[i] = min(len(ts), a + int(rng.integers(0, max_take)))
+            if a == b:
+                continue
+            part = {k: v[a:b] for k, v in metrics.items() if not np.isnan(v[a:b]).all()}  # as `score_readings`
+            r = models[i].score_learn_many(ts[a:b], part)
+            ref[i].append((r.scores, r.is_anomaly, r.thresholds, r.metrics))
+            dev += [slots[i]] * (b - a)
+            tss.append(ts[a:b])
+            for k in dict.fromkeys(k for _, m in devices for k in m):  # the models' order of names
+                cols.setdefault(k, []).append(metrics[k][a:b] if k in metrics else np.full(b - a, np.nan))
+        if not dev:
+            continue
+        dev_a = np.array(dev)
+        # interleave: a random sequence of devices, each device's rows kept in their order
+        queues = {s: list(np.flatnonzero(dev_a == s)) for s in set(dev)}
+        idx = np.array([queues[s].pop(0) for s in rng.permutation(dev_a)])
+        res = bank.score_learn_batch(dev_a[idx], np.concatenate(tss)[idx], {k: np.concatenate(v)[idx] for k, v in cols.items()})
+        for i, s in enumerate(slots):
+            sel = dev_a[idx] == s
+            if sel.any():
+                got[i].append((res.scores[sel], res.is_anomaly[sel], res.thresholds[sel],
+                               [m for m, q in zip(res.metrics, sel) if q]))
+    return bank, models, slots, ref, got
+
+
+def _assert_models_equal(a: DeviceAnomalyModel, b: DeviceAnomalyModel) -> None:
+    """`b` (extracted from a bank) holds the state of `a` (a per-device model fed the same rows)."""
+    assert a.names == b.names and a.n == b.n and a.ignored_metrics == b.ignored_metrics
+    for attr in ("lv_mean", "lv_mad", "lg_mean", "lg_mad", "cu_pos", "cu_scale", "s_means", "s_counts", "recent",
+                 "lagbuf", "c_counts", "c_total", "c_n", "fc_err", "last", "run", "repeat_rate"):
+        np.testing.assert_allclose(getattr(b, attr), getattr(a, attr), rtol=1e-9, atol=1e-12, err_msg=attr)
+    assert (a.suppress_left, a.since_cross, a.silence.n, a.silence.last_ts) == (b.suppress_left, b.since_cross, b.silence.n, b.silence.last_ts)
+    for fa, fb in zip(a.fc, b.fc, strict=True):
+        assert fa.steps == fb.steps and all(np.array_equal(p, q) for p, q in zip(fa.params, fb.params))
+    ha, hb = a.hst, b.hst
+    assert (ha.counter, ha._first_window, dict(ha.limits), ha.rng.getstate()) == (hb.counter, hb._first_window, dict(hb.limits), hb.rng.getstate())
+    for ta, tb in zip(ha.trees, hb.trees, strict=True):
+        na, nb = list(ta.iter_dfs()), list(tb.iter_dfs())
+        assert [(type(x), getattr(x, "feature", None), getattr(x, "threshold", None), x.l_mass, x.r_mass) for x in na] == \
+            [(type(x), getattr(x, "feature", None), getattr(x, "threshold", None), x.l_mass, x.r_mass) for x in nb]
+    assert ha.score_one({"value:l": 0.3, "value:s": 0.5}) == hb.score_one({"value:l": 0.3, "value:s": 0.5})
+
+
+def _assert_same(ref, got) -> int:
+    alerts = 0
+    for r_parts, g_parts in zip(ref, got):
+        rs, gs = (np.concatenate([p[0] for p in parts]) for parts in (r_parts, g_parts))
+        np.testing.assert_allclose(gs, rs, rtol=1e-9, atol=1e-12)
+        ra, ga = (np.concatenate([p[1] for p in parts]) for parts in (r_parts, g_parts))
+        assert (ra == ga).all()
+        np.testing.assert_array_equal(np.concatenate([p[2] for p in g_parts]), np.concatenate([p[2] for p in r_parts]))
+        assert sum((p[3] for p in g_parts), []) == sum((p[3] for p in r_parts), [])
+        alerts += int(ra.sum())
+    return alerts
+
+
+@pytest.mark.skipif(not NAB.is_dir(), reason="needs ../shared/datasets/nab")
+def test_bank_equals_per_device_models_on_nab():
+    """The full ensemble (forecaster and HST included), six NAB files as six interleaved devices."""
+    rng = np.random.default_rng(3)
+    devices = [(ts, {"value": v}) for ts, v in (_nab(f, 4000) for f in FILES)]
+    bank, models, slots, ref, got = _run_both(devices, {}, rng)
+    assert _assert_same(ref, got) > 5  # alerts happened, and on the same rows
+    for i, (m, s) in enumerate(zip(models, slots)):  # the forecasters trained (4000 rows: ~15 training steps each)
+        assert bank.fc[int(bank.dm[s, 0])].steps == m.fc[0].steps > 0
+        _assert_models_equal(m, bank.extract(f"dev-{i}"))
+
+
+@pytest.mark.skipif(not NAB.is_dir(), reason="needs ../shared/datasets/nab")
+def test_bank_equals_models_with_missing_new_and_ignored_metrics():
+    """Several metrics per device, some missing per reading, one new half-way; weekly profile on; a metric cap."""
+    rng = np.random.default_rng(5)
+    for kw in ({"use_weekly": True, "batch_max": 16}, {"max_metrics": 2, "hst_every": 3}):
+        devices = _devices_multi(3000, rng)
+        bank, models, slots, ref, got = _run_both(devices, kw, rng, max_take=50)
+        _assert_same(ref, got)
+        for m, s in zip(models, slots):
+            assert bank.names[s] == m.names and bank.ignored[s] == m.ignored_metrics
+
+
+@pytest.mark.skipif(not NAB.is_dir(), reason="needs ../shared/datasets/nab")
+def test_extract_insert_round_trip_through_the_state_format():
+    """A device's row out as a `DeviceAnomalyModel` (checkpointed with `schemas.state`) and into another bank:
+    the model and both banks then score the rest of the series alike."""
+    ts, v = _nab(FILES[0], 3000)
+    bank = DeviceBank()
+    s = bank.slot("d")
+    bank.score_learn_batch(np.full(2000, s), ts[:2000], {"value": v[:2000]})
+    codec = StateCodec(STATE_TYPES)
+    model = codec.loads(codec.dumps(bank.extract("d"), compress=True))
+    other = DeviceBank(capacity=1)
+    other.slot("someone else")
+    s2 = other.insert("d", model)
+    tail = {"value": v[2000:]}
+    a = bank.score_learn_batch(np.full(1000, s), ts[2000:], tail)
+    b = other.score_learn_batch(np.full(1000, s2), ts[2000:], tail)
+    c = model.score_learn_many(ts[2000:], tail)
+    np.testing.assert_allclose(b.scores, a.scores, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(c.scores, a.scores, rtol=1e-9, atol=1e-12)
+    assert a.is_anomaly.sum() == c.is_anomaly.sum()
+    again = bank.extract("d")
+    assert again.n == model.n == 3000 and again.hst.counter == model.hst.counter
+
+
+def test_bank_refuses_mismatched_rows_and_configs():
+    bank = DeviceBank(use_forecaster=False)
+    with pytest.raises(ValueError, match="one entry per row"):
+        bank.score_learn_batch(np.zeros(2, int), np.zeros(3), {"t": np.zeros(3)})
+    with pytest.raises(ValueError, match="configuration"):
+        bank.insert("x", DeviceAnomalyModel())
+    with pytest.raises(TypeError, match="unknown option"):
+        DeviceBank(not_an_option=1)
