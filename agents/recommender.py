@@ -67,6 +67,7 @@ from streams.learning.shard import Catalogue, Click, ShardRecord
 from streams.runtime import counts
 from streams.runtime.app import app, commerce_topics, exit_later, limits, settings
 from streams.runtime.slices import Slice
+from streams.state.checkpoint import Checkpoint
 from streams.web.registry import lent
 from agents.partitions import P, as_event, entries_of, partition_of
 
@@ -183,16 +184,15 @@ recommenders = Recommenders()
 
 
 class Pending:
-    """Events sent to the learners but not yet in the changelog: acked only after the next checkpoint."""
+    """Events sent to the learners but not yet in the changelog: acked only after the next checkpoint
+    (the durability protocol, `streams/state/checkpoint.py`)."""
 
     def __init__(self) -> None:
-        self.events: list[Any] = []
+        self.ckpt = Checkpoint("recommender")
         self.last: dict[int, Any] = {}  # partition -> its latest event (the context of its table writes)
-        self.since = time.monotonic()
-        self.checkpointing = 0  # events of the checkpoint under way (learned, not acked yet)
 
     def unacked(self) -> int:
-        return len(self.events) + self.checkpointing
+        return self.ckpt.waiting()
 
 
 pending = Pending()
@@ -235,7 +235,7 @@ async def learn_batch(events: Sequence[Any]) -> None:
             recommenders.load(owned)
         out.setdefault(recommenders.learners.of(p), []).append((p, as_record(msg.topic, msg.offset, event.value, msg.timestamp)))
         pending.last[p] = event
-        pending.events.append(event)
+        pending.ckpt.hold(p, event.ack, stored=True)  # the clicks' rows are the storage agent's
         if work.due():
             _send(out)
             await work.tick()
@@ -276,25 +276,21 @@ async def checkpoint() -> int:
             raise RuntimeError("an earlier recommender checkpoint failed; its clicks are read again after the restart")
         try:
             async with turns.sending:
-                if not pending.events:
+                if not pending.ckpt.held:
                     return 0
-                events, last = pending.events, pending.last
-                pending.events, pending.last, pending.since = [], {}, time.monotonic()
-                pending.checkpointing = len(events)  # until acked (`/commerce/stats` unacked)
+                cut, last = pending.ckpt.cut(), pending.last
+                pending.last = {}
                 asked = [learner.work("checkpoint", ps) for learner, ps in recommenders.learners.by_learner(last).items()]
                 serials = {p: recommenders.shards.get(p) for p in last}
-            return await _write_then_ack(events, last, serials, asked)
+            return await pending.ckpt.commit(lambda _cut: _write(last, serials, asked), cut=cut)
         except BaseException:
             recommenders.checkpoint_failed = True
             raise
-        finally:
-            pending.checkpointing = 0
 
 
-async def _write_then_ack(events: list[Any], last: dict[int, Any], serials: dict[int, int | None],
-                          asked: list[asyncio.Future]) -> int:
-    """`checkpoint`'s work: each shard's records written under `last[p]`, then the events of the shards written acked.
-    A shard whose serial changed was revoked (and maybe restored again) meanwhile: its records are not written."""
+async def _write(last: dict[int, Any], serials: dict[int, int | None], asked: list[asyncio.Future]) -> set[int]:
+    """`checkpoint`'s write: each shard's records under `last[p]`; returns the partitions written (their events are
+    acked). A shard whose serial changed was revoked (and maybe restored again) meanwhile: its records are not written."""
     done: dict[int, tuple[list[tuple[bytes, bytes | None]], int] | None] = {}
     for reply in asked:
         done |= await reply
@@ -316,12 +312,7 @@ async def _write_then_ack(events: list[Any], last: dict[int, Any], serials: dict
                 recommenders.keys_written += records
                 written.add(p)
     recommenders.checkpoints += 1
-    acked = [e for e in events if e.message.partition in written]
-    for i, event in enumerate(acked):  # in consumption order, so per partition in offset order
-        event.ack()
-        if i % 1024 == 1023:  # an ack is ~1.5 us: look at the clock now and then
-            await work.tick()
-    return len(acked)
+    return written
 
 
 def _checkpoint_soon() -> asyncio.Task:
@@ -343,14 +334,14 @@ async def learn_clicks(agent):  # noqa: ANN001 - streams.runtime.batches.BatchAg
             await learn_batch(events)
         if pending.unacked() >= MAX_PENDING:
             await _checkpoint_soon()  # the learners are behind: wait for them
-        elif time.monotonic() - pending.since >= settings.commerce_checkpoint_seconds:
+        elif time.monotonic() - pending.ckpt.since >= settings.commerce_checkpoint_seconds:
             _checkpoint_soon()
 
 
 @app.timer(0.25)
 async def _checkpoint_timer() -> None:
     """Checkpoint a quiet stream too (the agent only wakes on records)."""
-    if pending.events and time.monotonic() - pending.since >= settings.commerce_checkpoint_seconds:
+    if pending.ckpt.waiting() and time.monotonic() - pending.ckpt.since >= settings.commerce_checkpoint_seconds:
         await _checkpoint_soon()
 
 
@@ -361,7 +352,7 @@ async def _checkpoint_at_stop() -> None:
     while True:
         await checkpoint()
         await asyncio.sleep(0.2)
-        if not pending.events:
+        if not pending.ckpt.waiting():
             return
 
 
@@ -373,7 +364,7 @@ async def _drop_revoked_shards(app_: Any, revoked: set, **kwargs: Any) -> None:
     """A revoked shard's state is in the changelog up to its last acked batch; the new owner restores it."""
     gone = {tp.partition for tp in revoked if tp.topic == settings.topic_clicks}
     recommenders.forget(gone)
-    pending.events = [e for e in pending.events if e.message.partition not in gone]
+    pending.ckpt.forget(gone)
     pending.last = {p: e for p, e in pending.last.items() if p not in gone}
 
 

@@ -23,6 +23,7 @@ from streams.runtime import counts
 from streams.runtime.acks import OrderedAcker
 from streams.runtime.app import app, commerce_topics, limits, settings, storage, topics
 from streams.sinks.ingest import produce_dead_letter, valid_or_dead_letter
+from streams.state.checkpoint import Checkpoint, Marks
 from streams.state.deltalog import DeltaLog
 from streams.web.registry import lent
 from agents.item_alarms import update_item_sentiment
@@ -51,7 +52,8 @@ class Sentiment:
     reviews are handed to the writer (so before any is acked), what it learned goes to the log of one owned
     partition (the lowest with an event). A restarted or rebalanced worker adopts the most learned checkpoint it
     finds under its partitions, if it knows more than its own model, and skips learning the reviews that checkpoint
-    includes (`through`): a review is learned once, also when Kafka delivers it again."""
+    includes (`marks`): a review is learned once, also when Kafka delivers it again. The durability protocol is the
+    one every stateful agent shares (`streams/state/checkpoint.py`), with a checkpoint after every batch."""
 
     def __init__(self, encoder: str) -> None:
         self.encoder = encoder
@@ -59,7 +61,8 @@ class Sentiment:
         self.scored = 0
         self.learned = 0
         self.alerts = 0
-        self.through: dict[int, int] = {}  # reviews partition -> the last offset the model learned
+        self.marks = Marks()  # the reviews the model includes, per partition (in checkpoints as {partition: offset})
+        self.ckpt = Checkpoint("sentiment")  # a review is acked once stored and in a checkpoint
         self.logs: dict[int, DeltaLog] = {}  # owned partitions' checkpoint logs, as found in the table
         self.last: dict[int, Any] = {}  # owned partition -> its latest event (the context of a write there)
         self.written_to: int | None = None  # the log of the last checkpoint: deltas go there, elsewhere an image
@@ -106,7 +109,9 @@ class Sentiment:
                 log.error("%s: checkpoint under partition %d refused (%s); the model goes on without it",
                           sentiment_table.name, p, exc)
                 return
-            self.through = dict(through)
+            self.marks.forget()
+            for partition, offset in through.items():
+                self.marks.restore(partition, {settings.topic_reviews: offset})
             self.written_to, self.since = None, []
             self.restored += n_learned
             log.info("review model restored from partition %d: %d reviews learned, through offsets %s", p, n_learned, through)
@@ -120,9 +125,9 @@ class Sentiment:
 
     def learn(self, partition: int, offset: int, review: Review) -> None:
         """Learn a review from its rating, unless the model includes it already."""
-        if offset <= self.through.get(partition, -1):
+        if self.marks.includes(settings.topic_reviews, partition, offset):
             return
-        self.through[partition] = offset
+        self.marks.apply(settings.topic_reviews, partition, offset)
         if self.model.learn_rating(review.text, review.rating):
             self.learned += 1
             self.since.append(review.text)
@@ -137,7 +142,7 @@ class Sentiment:
         log_ = self.logs[p]
         image = p != self.written_to or log_.needs_image()
         parts = self.model.learned_state(None if image else self.since)
-        meta = (SENTIMENT_STATE_VERSION, self.encoder, self.model.n_learned, dict(self.through))
+        meta = (SENTIMENT_STATE_VERSION, self.encoder, self.model.n_learned, {p: o for (_, p), o in self.marks.applied.items()})
         with as_event(self.last[p]):
             written = log_.write(sentiment_table, parts, meta, image)
         self.written_to, self.since = p, []
@@ -207,7 +212,8 @@ async def score_review_stream(stream):  # noqa: ANN001
         model = sentiment.model
         await asyncio.to_thread(model.precompute, texts)  # the MiniLM forward pass, off the event loop
         scores = score_reviews([(event, r) for event, _, r in valid])
-        sentiment.checkpoint(owned)  # before any of these reviews can be acked
+        stored = [sentiment.ckpt.hold(event.message.partition, done) for event, done, _r in valid]
+        await sentiment.ckpt.commit(lambda _cut: _checkpoint(owned))  # what the model learned, before any ack
         futs = []
         for (event, _done, _r), s in zip(valid, scores, strict=True):
             if isinstance(s, Exception):
@@ -225,17 +231,24 @@ async def score_review_stream(stream):  # noqa: ANN001
                 sentiment.alerts += 1
                 futs.append(await topics["topic_alerts"].send(key=alert.alarm_id.encode(), value=codec.dumps(alert)))
         await asyncio.gather(*futs)  # Kafka has the scores and alerts before the reviews are acked
-        for (event, done, _r), s in zip(valid, scores, strict=True):
+        for (event, _done, _r), s, stored_ in zip(valid, scores, stored, strict=True):
             if isinstance(s, Exception):
-                done()  # its dead letter is confirmed above
+                stored_()  # its dead letter is confirmed above
             else:
-                await writer.put(event.message.partition, event.message.offset, rows.review(s), done)
+                await writer.put(event.message.partition, event.message.offset, rows.review(s), stored_)
+
+
+async def _checkpoint(owned: set[int]) -> None:
+    """The review model's write (a Faust table: its changelog is flushed before any offset is committed)."""
+    sentiment.checkpoint(owned)
 
 
 @app.on_partitions_revoked.connect
 async def _forget_revoked_logs(app_: Any, revoked: set, **kwargs: Any) -> None:
     """A revoked reviews partition's checkpoint log belongs to its new owner."""
-    sentiment.forget({tp.partition for tp in revoked if tp.topic == settings.topic_reviews})
+    gone = {tp.partition for tp in revoked if tp.topic == settings.topic_reviews}
+    sentiment.forget(gone)
+    sentiment.ckpt.forget(gone)
 
 
 

@@ -12,36 +12,33 @@ alarm conditions in event order, produce alarm events (Kafka confirms them), the
 hand one `anomaly_scores` row per reading to the writer, which acks the reading
 once the row is stored. The writer keys exactly-once on the readings partition/offset.
 
-State survives restarts and rebalances through the `sensor-state` table's changelog
-(compacted Kafka topic, one record per device, written with `send_changelog` to the
-device's partition): every `sensor_checkpoint_seconds` and whenever partitions are
-revoked, the worker first flushes the score writer (so every score up to the
-checkpoint is in ClickHouse), then writes each changed device's state (`schemas.state`) and one
-marker per partition with the last offset the state includes, per topic. A worker that
-gets the partition (a restart, or another worker after a rebalance) restores that state;
-records at or below the marker are already in it and are skipped.
+State survives restarts and rebalances by the durability protocol every stateful agent
+shares (`streams/state/checkpoint.py`): the `sensor-state` table's changelog (compacted
+Kafka topic, one record per device, written with `send_changelog` to the device's
+partition) gets, every `sensor_checkpoint_seconds`, after `MAX_WAITING` records and
+whenever partitions are revoked or the worker stops, first the flushed score writer (every
+score up to the checkpoint in ClickHouse), then each changed device's state (`schemas.state`)
+and one marker per partition with the last offset the state includes, per topic; only
+then are the records it includes acked. A worker that gets the partition (a restart, or
+another worker after a rebalance) restores that state; Kafka redelivers everything after
+it, and records at or below the marker are already in it and are skipped.
 
-What a crash (kill -9) loses: the model and alarm updates since the last checkpoint,
-but not for good. Offsets are committed as soon as the scores are stored, so they can
-run ahead of the checkpoint; the new owner first re-reads the records between the
-checkpoint and the committed offset straight from Kafka and re-learns them (no rows,
-no alarm events: those were stored and sent the first time), then continues with the
-committed offset. Alarm ids and revisions depend on event times only, so the replay
-reproduces them; the only wall-clock alarm (silence) may be raised once more.
+What a crash (kill -9) loses: nothing; the model and alarm updates since the last
+checkpoint are made again from the redelivered records. What they sent the first time is
+sent again with the same identity: score rows are dropped by the writer (by offset),
+alarm events by their id and revision (alarm ids and revisions depend on event times
+only, so they come out the same; the only wall-clock alarm, silence, may be raised once
+more), dead letters by their source offset.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
-
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from online_models.alarms import source_of
 from online_models.sensing import score_batch
@@ -51,10 +48,10 @@ from schemas.state import StateFormatError
 from schemas.validation import Checked, InvalidEvent, processing_error
 from streams.runtime import counts
 from streams.runtime.acks import OrderedAcker
-from streams.runtime.app import app, check_device_record, device_sources, limits, settings, storage, topics
-from streams.runtime.kafka_auth import kafka_client
+from streams.runtime.app import app, device_sources, limits, settings, storage, topics
 from streams.runtime.slices import Slice
 from streams.sinks.ingest import produce_dead_letter
+from streams.state.checkpoint import Checkpoint, Cut, Marks
 from streams.web.registry import lent
 from agents.devices import RULES, SETUP, DeviceState
 
@@ -63,7 +60,7 @@ log = logging.getLogger(__name__)
 BATCH = settings.sink_batch_rows
 WITHIN = min(settings.sink_batch_seconds, 0.05)  # latency: alarms should not wait for a full batch
 REVOKE_CHECKPOINT_TIMEOUT = 30.0  # below Faust's broker session timeout
-REPLAY_TIMEOUT = 60.0  # re-reading what was committed after a partition's checkpoint
+MAX_WAITING = 100_000  # records applied but not yet in a checkpoint (held unacked) that force one
 
 
 def marker_key(partition: int) -> bytes:
@@ -82,13 +79,11 @@ class Owner:
         self.devices: dict[str, DeviceState] = {}
         self.bank = SETUP.new_bank()  # the owned devices' models; a DeviceState's model is only its checkpoint form
         self.dirty: set[str] = set()
-        self.done_upto: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset applied to the state
-        self.skip_upto: dict[tuple[str, int], int] = {}  # restored markers: records at or below are in the state
+        self.marks = Marks()  # what the state includes, per (topic, partition)
+        self.ckpt = Checkpoint("sensors")  # acks wait for the checkpoint that includes their record
         self.loaded_partitions: set[int] = set()
         self.lock = asyncio.Lock()
-        self.last_checkpoint = time.monotonic()
         self.checkpoints = 0
-        self.replayed = 0
         self.duplicates = 0
         self.dead_lettered = 0
         self.acker = OrderedAcker()
@@ -99,28 +94,15 @@ class Owner:
     def _store(self) -> dict:
         return state_table.data.data  # the memory store's dict: key bytes -> value bytes
 
-    async def ensure_partition(self, partition: int, first_offsets: dict[str, int]) -> None:
-        """First event of a partition since it was assigned: read its marker and re-learn the gap after it."""
+    def ensure_partition(self, partition: int) -> None:
+        """First event of a partition since it was assigned: read its marker (what its checkpoint includes)."""
         if partition in self.loaded_partitions:
             return
         self.loaded_partitions.add(partition)
-        marks = self._marks(partition)
-        for topic, offset in marks.items():
-            self.skip_upto[(topic, partition)] = int(offset)
-            self.done_upto[(topic, partition)] = int(offset)
-        if marks:
-            await self._replay_gap(partition, marks, first_offsets)
-
-    def _marks(self, partition: int) -> dict[str, int]:
-        raw = self._store().get(marker_key(partition))
         try:
-            marks = json.loads(raw) if raw else {}
-            if type(marks) is not dict or not all(type(t) is str and type(o) is int for t, o in marks.items()):
-                raise ValueError("not {topic: offset}")
-        except (ValueError, RecursionError) as exc:
+            self.marks.restore(partition, Marks.decode(self._store().get(marker_key(partition))))
+        except ValueError as exc:
             log.error("%s: offset marker of partition %d refused (%s); the partition starts without one", state_table.name, partition, exc)
-            return {}
-        return marks
 
     async def load_owned(self) -> None:
         """Load every device of the partitions we own (recovered from the changelog), not only those that speak:
@@ -130,7 +112,7 @@ class Owner:
             device_id = key.decode(errors="replace")
             if key.startswith(b"\x00") or device_id in self.devices:
                 continue
-            await self.ensure_partition(p, {})
+            self.ensure_partition(p)
             self.device(device_id, p)
 
     def device(self, device_id: str, partition: int) -> DeviceState:
@@ -164,39 +146,10 @@ class Owner:
             return self.device(device_id, partition)
         return None
 
-    async def _replay_gap(self, partition: int, marks: dict[str, int], first_offsets: dict[str, int]) -> None:
-        """Re-learn records after the checkpoint that were committed before the crash (rows and alarms already out)."""
-        group = settings.app_id
-        tps = [TopicPartition(t, partition) for t in marks]
-        admin = AIOKafkaAdminClient(**kafka_client(settings))
-        await admin.start()
-        try:
-            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-        finally:
-            await admin.close()
-        ranges = {}
-        for tp in tps:
-            end = committed.get(tp).offset if committed.get(tp) is not None and committed[tp].offset >= 0 else first_offsets.get(tp.topic, -1)
-            start = marks[tp.topic] + 1
-            if end > start:
-                ranges[tp] = (start, end)
-        if not ranges:
-            return
-        records = await _read_ranges(ranges)
-        missing = sum(end - start for start, end in ranges.values()) - len(records)
-        if missing:  # deleted by retention while no worker owned the partition
-            log.error("partition %d: %d records committed after its last checkpoint are no longer in Kafka; "
-                      "its devices' models never learn them", partition, missing)
-        records.sort(key=lambda m: m.timestamp)
-        for m in records:
-            ts = m.timestamp / 1000.0
-            await self.apply([DeviceRecord(m.topic, m.partition, m.offset, ts, check_device_record(m.topic, m.value, ts))], emit=False)
-        self.replayed += len(records)
-        log.warning("partition %d: re-learned %d records committed after its last checkpoint", partition, len(records))
-
     # --- the work ----------------------------------------------------------------------------------------
-    async def apply(self, recs: list[DeviceRecord], emit: bool = True, dones: list | None = None) -> None:
-        """Apply records in order. With emit=False (replay) nothing leaves the process.
+    async def apply(self, recs: list[DeviceRecord]) -> None:
+        """Apply records in order; each is acked once its rows are stored and a checkpoint includes it
+        (`streams/state/checkpoint.py`). A redelivered record the restored state includes is acked at once.
 
         No record can stop the path: one that is invalid, or breaks its device's model or the alarm step, becomes a
         dead letter (Kafka confirms it before the record is acked) and the others go on."""
@@ -204,11 +157,13 @@ class Owner:
         parsed: list[tuple[DeviceRecord, Any]] = []
         letters: list[tuple[DeviceRecord, InvalidEvent]] = []
         for i, r in enumerate(recs):
-            key = (r.topic, r.partition)
-            if r.offset <= self.skip_upto.get(key, -1):
+            if self.marks.includes(r.topic, r.partition, r.offset):
                 parsed.append((r, None))  # already in the restored state, its row already stored
+                if r.done is not None:
+                    r.done()
+                    r.done = None
                 continue
-            self.done_upto[key] = max(self.done_upto.get(key, -1), r.offset)
+            self.marks.apply(r.topic, r.partition, r.offset)
             checked = r.checked
             if r.topic == settings.topic_sensor_readings:
                 ev = checked.event
@@ -257,13 +212,11 @@ class Owner:
             if ev is None:
                 continue
             try:
-                alerts += self._alarms(r, ev, results.get(i), score_rows, emit)
+                alerts += self._alarms(r, ev, results.get(i), score_rows)
             except Exception as exc:  # noqa: BLE001 - one record's alarm step must not stop the others
                 log.exception("%s/%d/%d broke the alarm step; dead-lettered", r.topic, r.partition, r.offset)
                 kind = {settings.topic_sensor_readings: "sensor_reading", settings.topic_device_status: "device_status"}.get(r.topic, "sensor_command")
                 letters.append((r, processing_error(kind, "the alarm step", exc, r.checked.payload)))
-        if not emit:
-            return
         await send_alerts(alerts)
         letters.sort(key=lambda x: (x[0].topic, x[0].partition, x[0].offset))  # in offset order (`produce_dead_letter`)
         await asyncio.gather(*[await produce_dead_letter(topics["topic_dead_letters"], error, r.checked.payload, "kafka",
@@ -275,21 +228,21 @@ class Owner:
             futs = [await topics["topic_anomaly_scores"].send(key=row[0]["device_id"].encode(), value=codec.dumps(row[0] | {"v": 1}))
                     for _, row in score_rows]
             await asyncio.gather(*futs)
-        # acks: readings once their score row is stored, everything else now (alarm events are confirmed)
+        # acks wait for the next checkpoint, and a reading's also for its score row (alarm events are confirmed)
         writer = scores_writer()
         by_rec = {id(r): rows_ for r, rows_ in score_rows}
         for r, _ in parsed:
-            done = r.done
-            if done is None:
+            if r.done is None:
                 continue
+            stored = self.ckpt.hold(r.partition, r.done)
             rows_ = by_rec.get(id(r))
             if rows_ is not None:
-                await writer.put(r.partition, r.offset, rows_, done)
+                await writer.put(r.partition, r.offset, rows_, stored)
             else:
-                done()
+                stored()
 
     def _alarms(self, r: DeviceRecord, ev: Any, result: tuple[float, bool, float, str | None] | None,
-                score_rows: list[tuple[DeviceRecord, list[dict]]], emit: bool) -> list[Alert]:
+                score_rows: list[tuple[DeviceRecord, list[dict]]]) -> list[Alert]:
         """One record's alarm step (and, for a reading, its score row); raises for a record it cannot handle."""
         if isinstance(ev, SensorReading):
             st = self.devices[ev.device_id]
@@ -299,9 +252,8 @@ class Owner:
             alerts = mon.reading(ev.ts, ev.metrics, RULES, score, is_anom, metric)
             self.watermark = ev.ts if self.watermark is None else max(self.watermark, ev.ts)
             self.last_arrival = time.monotonic()
-            if emit:
-                value = ev.metrics.get(metric, next(iter(ev.metrics.values()))) if metric else next(iter(ev.metrics.values()))
-                score_rows.append((r, [score_row(ev, score, thr, is_anom, metric or next(iter(ev.metrics)), value)]))
+            value = ev.metrics.get(metric, next(iter(ev.metrics.values()))) if metric else next(iter(ev.metrics.values()))
+            score_rows.append((r, [score_row(ev, score, thr, is_anom, metric or next(iter(ev.metrics)), value)]))
             return alerts
         if isinstance(ev, DeviceStatus):
             st = self.device(ev.device_id, r.partition)
@@ -321,15 +273,18 @@ class Owner:
         return [a] if a else []
 
     # --- checkpoints ---------------------------------------------------------------------------------------
-    async def checkpoint(self, partitions: set[int] | None = None) -> int:
-        """Flush the scores, then write changed devices and the offset markers to the changelog; returns devices written."""
-        await scores_writer().flush()
+    async def checkpoint(self) -> int:
+        """The durability protocol's commit (`streams/state/checkpoint.py`): flush the scores, write the changed
+        devices and the offset markers to the changelog, then ack what they include; returns records acked."""
+        return await self.ckpt.commit(self._write, flush=scores_writer().flush)
+
+    async def _write(self, cut: Cut) -> None:
+        """Changed devices and each partition's marker to the changelog, confirmed by Kafka (all partitions)."""
         futs = []
         store = self._store()
-        written = 0
         for device_id in list(self.dirty):
             st = self.devices.get(device_id)
-            if st is None or (partitions is not None and st.partition not in partitions):
+            if st is None:
                 continue
             st.model = self.bank.extract(device_id)
             blob = st.dump()
@@ -339,13 +294,8 @@ class Owner:
             store[key] = blob
             state_table.data._key_partition[key] = st.partition  # so Faust drops it locally if the partition moves
             self.dirty.discard(device_id)
-            written += 1
-        marks: dict[int, dict[str, int]] = defaultdict(dict)
-        for (topic, p), offset in self.done_upto.items():
-            if partitions is None or p in partitions:
-                marks[p][topic] = offset
-        for p, m in marks.items():
-            value = json.dumps(m).encode()
+        for p in self.marks.partitions():
+            value = Marks.encode(self.marks.of(p))
             if store.get(marker_key(p)) != value:
                 futs.append(state_table.send_changelog(p, marker_key(p), value))
                 store[marker_key(p)] = value
@@ -353,17 +303,14 @@ class Owner:
         if futs:
             await app.producer.flush()
             await asyncio.gather(*futs)
-        self.last_checkpoint = time.monotonic()
         self.checkpoints += 1
-        return written
 
     def forget(self) -> None:
         """After a rebalance: reload from the (recovered) table, which now holds the latest state of every partition we own."""
         self.devices.clear()
         self.bank = SETUP.new_bank()
         self.dirty.clear()
-        self.done_upto.clear()
-        self.skip_upto.clear()
+        self.marks.forget()
         self.loaded_partitions.clear()
 
     def silence_clock(self, grace: float = 30.0) -> float:
@@ -383,34 +330,6 @@ class Owner:
                 alerts.append(a)
                 self.dirty.add(st.device_id)
         await send_alerts(alerts)
-
-
-async def _read_ranges(ranges: dict[TopicPartition, tuple[int, int]]) -> list[Any]:
-    """The records of each partition's [start, end) offsets. An empty fetch does not mean a range is done (a fresh
-    consumer's first fetch can take over a second on a busy machine): each is read until its position passes its
-    end, for up to `REPLAY_TIMEOUT`; then the worker stops, and its restart reads the ranges again."""
-    consumer = AIOKafkaConsumer(**kafka_client(settings), enable_auto_commit=False, group_id=None,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    records: list[Any] = []
-    deadline = time.monotonic() + REPLAY_TIMEOUT
-    try:
-        consumer.assign(list(ranges))
-        for tp, (start, _) in ranges.items():
-            consumer.seek(tp, start)
-        left = set(ranges)
-        while left:
-            got = await consumer.getmany(*left, timeout_ms=1000)
-            for tp, msgs in got.items():
-                records += [m for m in msgs if m.offset < ranges[tp][1]]
-            for tp in list(left):
-                if await consumer.position(tp) >= ranges[tp][1]:
-                    left.discard(tp)
-            if left and time.monotonic() > deadline:
-                raise TimeoutError(f"re-reading {sorted(f'{tp.topic}/{tp.partition}' for tp in left)} took over {REPLAY_TIMEOUT:.0f} s")
-    finally:
-        await consumer.stop()
-    return records
 
 
 @dataclass(slots=True)
@@ -469,15 +388,14 @@ async def score_devices(agent):  # noqa: ANN001 - streams.runtime.batches.BatchA
         counts.records["sensors"] += len(events)
         async with owner.lock:
             recs = []
-            firsts: dict[int, dict[str, int]] = defaultdict(dict)
             for event in events:
                 m = event.message
-                firsts[m.partition].setdefault(m.topic, m.offset)
+                owner.ensure_partition(m.partition)
                 recs.append(DeviceRecord(m.topic, m.partition, m.offset, m.timestamp, event.value, owner.acker.track(event)))
             try:
-                for p, first in firsts.items():
-                    await owner.ensure_partition(p, first)
                 await owner.apply(recs)
+                if owner.ckpt.waiting() >= MAX_WAITING:  # bounded: the offsets (and memory) must not wait for the timer
+                    await owner.checkpoint()
             except Exception:
                 log.exception("scoring failed; stopping the worker")  # the agent supervisor stops it (streams/runtime/app.py)
                 raise
@@ -491,7 +409,7 @@ async def sensor_housekeeping() -> None:
     async with owner.lock:
         await owner.load_owned()
         await owner.check_silence()
-        if time.monotonic() - owner.last_checkpoint >= settings.sensor_checkpoint_seconds and owner.dirty:
+        if time.monotonic() - owner.ckpt.since >= settings.sensor_checkpoint_seconds and (owner.dirty or owner.ckpt.waiting()):
             await owner.checkpoint()
 
 
@@ -501,9 +419,10 @@ async def _checkpoint_on_revoke(app_: Any, revoked: set, **kwargs: Any) -> None:
     async with owner.lock:
         try:
             await asyncio.wait_for(owner.checkpoint(), timeout=REVOKE_CHECKPOINT_TIMEOUT)
-        except Exception:  # noqa: BLE001 - the next owner replays from the last checkpoint instead
+        except Exception:  # noqa: BLE001 - the records after the last checkpoint are unacked: the next owner gets them
             log.exception("checkpoint on revoke failed; the next owner re-learns from the previous checkpoint")
         owner.acker.forget({tp for tp in revoked})
+        owner.ckpt.forget({tp.partition for tp in revoked})
         owner.forget()
 
 
@@ -513,9 +432,20 @@ def _devices() -> dict[str, Any]:
         "devices": {d: {"partition": st.partition, "learned": owner.bank.learned(d), "readings": st.monitor.n,
                         "active": {t: a.status for t, a in st.monitor.alarms.active.items()}}
                     for d, st in owner.devices.items()},
-        "checkpoints": owner.checkpoints, "replayed": owner.replayed, "duplicates": owner.duplicates,
+        "checkpoints": owner.checkpoints, "waiting_for_checkpoint": owner.ckpt.waiting(), "duplicates": owner.duplicates,
         "dead_lettered": owner.dead_lettered,
     }
 
 
 lent.devices = _devices
+
+
+async def _checkpoint_at_stop() -> None:
+    """The worker stops (`streams/runtime/stopping.py`): what was applied is checkpointed and acked now, not read
+    again by the next owner."""
+    async with owner.lock:
+        if owner.ckpt.waiting() or owner.dirty:
+            await owner.checkpoint()
+
+
+app.on_stopping.append(_checkpoint_at_stop)

@@ -2,7 +2,8 @@
 
 kill -9 of the bridge (MQTT redelivers what it had not acked: copies are dropped by
 (device_id, seq, ts)), kill -9 of a worker (its state comes back from the last
-checkpoint plus a re-learn of what was committed after it), ClickHouse stopped for
+checkpoint, and Kafka redelivers every record after it: none was acked before a
+checkpoint included it, `streams/state/checkpoint.py`), ClickHouse stopped for
 20 s (the writers hold and retry), and a rebalance between two workers that moves
 devices with their models.
 """
@@ -14,8 +15,6 @@ import threading
 import time
 
 import pytest
-
-from streams.runtime.kafka_auth import kafka_client
 
 from tests.test_sensors_e2e import Device, Stack, add_devices, make_topics, sensor_env, wait_until
 
@@ -121,7 +120,7 @@ async def test_worker_kill_9_mid_stream_keeps_model_state(stack, server_url, uni
     # delivered while it sought the partitions (`streams/runtime/flow.py`).
     st, feed = await run_with_fault(stack, server_url, unique, tmp_path, fault, rate=100.0)
     try:
-        # every reading learned exactly once: checkpoint + re-learned gap + the rest, nothing twice
+        # every reading learned exactly once: the checkpoint + the redelivered records after it, nothing twice
         # the killed member keeps its partitions until Kafka's session timeout (WHARF_KAFKA_SESSION_TIMEOUT_SECONDS) evicts it
         ids = {d.id for d in feed.devices}
         await wait_until(lambda: len(_devices(st.workers[0], ids)["devices"]) == len(feed.devices), 90, "devices loaded")
@@ -174,29 +173,3 @@ async def test_two_workers_share_devices_and_state_moves_on_stop(stack, server_u
         assert {d: view[d]["learned"] for d in st.moved} == {d: feed.per_device for d in st.moved}
     finally:
         st.close()
-
-
-async def test_the_gap_after_a_checkpoint_is_read_whole(stack, unique):
-    """`_read_ranges` (the re-learn after a crash) returns exactly the committed-but-unlearned offsets of each partition."""
-    from aiokafka import AIOKafkaProducer, TopicPartition
-
-    from agents.scoring import _read_ranges
-    from wharf.infra.kafka import ensure_topics
-
-    topic = f"test.gap.{unique}"
-    await ensure_topics(stack, [topic], 2)
-    producer = AIOKafkaProducer(**kafka_client(stack), acks="all")
-    await producer.start()
-    try:
-        for i in range(50):
-            await producer.send(topic, b"%d" % i, partition=0)
-        for i in range(10):
-            await producer.send(topic, b"%d" % i, partition=1)
-        await producer.flush()
-    finally:
-        await producer.stop()
-    ranges = {TopicPartition(topic, 0): (10, 40), TopicPartition(topic, 1): (3, 10)}
-    got = await _read_ranges(ranges)
-    by_partition = {p: sorted(m.offset for m in got if m.partition == p) for p in (0, 1)}
-    assert by_partition == {0: list(range(10, 40)), 1: list(range(3, 10))}
-    assert all(m.value == b"%d" % m.offset for m in got)

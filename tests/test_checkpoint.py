@@ -1,0 +1,79 @@
+"""streams/state/checkpoint.py: the durability protocol every stateful agent shares, without servers (the agents'
+own kill -9, rebalance and outage tests run it on the real ones)."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.state.checkpoint import Checkpoint, Marks
+
+
+async def test_a_record_is_acked_only_when_stored_and_in_a_committed_checkpoint() -> None:
+    acked: list[str] = []
+    ckpt = Checkpoint("t")
+    stored_a = ckpt.hold(0, lambda: acked.append("a"))
+    ckpt.hold(0, lambda: acked.append("b"), stored=True)  # rows are another agent's
+    stored_a()
+    assert acked == []  # stored, but no checkpoint includes it yet
+    steps: list[str] = []
+
+    async def flush() -> None:
+        steps.append("flush")
+
+    async def write(cut) -> None:  # noqa: ANN001
+        steps.append(f"write {len(cut)}")
+        assert acked == []  # nothing acked before the state is written
+
+    assert await ckpt.commit(write, flush=flush) == 2
+    assert steps == ["flush", "write 2"] and acked == ["a", "b"]
+    # a record applied after the cut waits for the next checkpoint, and one whose row is stored later waits for it
+    stored_c = ckpt.hold(1, lambda: acked.append("c"))
+
+    async def write_again(cut) -> None:  # noqa: ANN001
+        steps.append(f"write {len(cut)}")
+
+    await ckpt.commit(write_again)
+    assert acked == ["a", "b"]
+    stored_c()
+    assert acked == ["a", "b", "c"] and ckpt.waiting() == 0
+
+
+async def test_partitions_not_written_or_revoked_are_never_acked() -> None:
+    acked: list[int] = []
+    ckpt = Checkpoint("t")
+    for p in (0, 1, 2):
+        ckpt.hold(p, lambda p=p: acked.append(p), stored=True)
+    ckpt.forget({2})  # revoked: the new owner gets its records again
+
+    async def write(cut) -> set[int]:  # noqa: ANN001
+        return {0}  # partition 1 was revoked while its checkpoint was written
+
+    assert await ckpt.commit(write) == 1
+    assert acked == [0]
+
+
+async def test_a_failed_write_acks_nothing() -> None:
+    acked: list[int] = []
+    ckpt = Checkpoint("t")
+    ckpt.hold(0, lambda: acked.append(0), stored=True)
+
+    async def write(cut) -> None:  # noqa: ANN001
+        raise ConnectionError("Kafka away")
+
+    with pytest.raises(ConnectionError):
+        await ckpt.commit(write)
+    assert acked == [] and ckpt.waiting() == 0  # the records are redelivered to whoever restores the last checkpoint
+
+
+def test_marks_say_what_a_restored_state_includes_and_refuse_anything_else() -> None:
+    m = Marks()
+    m.restore(3, Marks.decode(Marks.encode({"readings": 41, "status": 7})))
+    assert m.includes("readings", 3, 41) and not m.includes("readings", 3, 42) and not m.includes("readings", 4, 0)
+    m.apply("readings", 3, 50)
+    m.apply("readings", 3, 45)  # never moves back
+    assert m.of(3) == {"readings": 50, "status": 7}
+    m.forget({3})
+    assert m.of(3) == {} and not m.includes("readings", 3, 0)
+    for raw in (b"[1]", b'{"t": "1"}', b"{", b"[" * 100_000):
+        with pytest.raises(ValueError):
+            Marks.decode(raw)
