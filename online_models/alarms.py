@@ -168,6 +168,11 @@ class MonitorConfig:
     silence_factor: float = 5.0
     stuck_readings: int = 30
     anomaly_major_score: float = 0.9  # model score at which an anomaly alarm is MAJOR instead of MINOR
+    # a device's first readings on which the learned model's verdict raises no alarm (rules, flatline and
+    # silence still do): its calibrators have not yet seen the device's recurring events (a cold room's
+    # door openings, a daily cycle's slope), so their tail probabilities are guesses. NAB leaves a detector's
+    # first 15 % of a series unscored, at most 750 rows, for the same reason
+    anomaly_probation: int = 750
 
 
 def rule_severity(value: float, limit: float, bounds: Mapping[str, float]) -> str:
@@ -181,7 +186,8 @@ class DeviceMonitor:
     """Turns one device's readings, scores and status into alarm events.
 
     Alarm types: ``rule:<metric>`` (hard thresholds of the device type, MAJOR/CRITICAL),
-    ``anomaly`` (the learned ensemble, MINOR/MAJOR), ``stuck:<metric>`` (a metric that
+    ``anomaly`` (the learned ensemble, MINOR/MAJOR, after the device's first ``anomaly_probation``
+    readings), ``stuck:<metric>`` (a metric that
     used to vary repeats one value ``stuck_readings`` times, WARNING), ``silence``
     (no telemetry for ``silence_factor`` x the device's usual interval, MAJOR) and
     ``offline`` (last will / offline status, CRITICAL).
@@ -242,8 +248,8 @@ class DeviceMonitor:
                                 {"metric": name, "value": x, "readings": self.runs[name]}, site, zone)
                 if a:
                     out.append(a)
-        # learned model
-        if is_anomaly:
+        # learned model, once past its probation
+        if is_anomaly and self.n > cfg.anomaly_probation:
             bad.add("anomaly")
             sev = Severity.MAJOR if score >= cfg.anomaly_major_score else Severity.MINOR
             value = metrics.get(metric) if metric else None

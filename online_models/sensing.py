@@ -36,7 +36,7 @@ class SensorSetup:
         return cls(RuleSet(json.loads(s.sensor_rules) if s.sensor_rules.strip() else None),
                    {"max_metrics": s.sensor_max_metrics_per_device} | options,
                    MonitorConfig(clear_after=s.sensor_alarm_clear_seconds, silence_factor=s.sensor_silence_factor,
-                                 stuck_readings=s.sensor_stuck_readings))
+                                 stuck_readings=s.sensor_stuck_readings, anomaly_probation=s.sensor_anomaly_probation))
 
     def new_model(self) -> DeviceAnomalyModel:
         """A fresh device's model as one record (a checkpoint's form; `DeviceBank.insert` takes it)."""

@@ -127,6 +127,7 @@ class Settings(BaseSettings):
     sensor_checkpoint_seconds: float = Field(30.0, gt=0, description="Interval of model and alarm checkpoints to the state changelog (also taken when partitions move).")
     sensor_alarm_clear_seconds: float = Field(60.0, ge=0, description="An alarm clears once its condition has been normal this long (event time).")
     sensor_silence_factor: float = Field(5.0, gt=1, description="A device is silent after this many times its usual reporting interval without telemetry.")
+    sensor_anomaly_probation: int = Field(750, ge=0, description="A device's first readings on which the learned model raises no anomaly alarm (rules, flatline and silence still alarm): its calibration has not yet seen the device's normal recurring events. NAB does not score a detector's first 15 % of a series (at most 750 rows) either.")
     sensor_stuck_readings: int = Field(30, ge=3, description="Identical consecutive values of a metric that used to vary that make it flatlined (stuck).")
     sensor_dedup_window: int = Field(50_000, ge=100, description="Recent reading keys (device_id, seq, ts) remembered per partition to drop MQTT redeliveries.")
     sensor_max_metrics_per_device: int = Field(32, ge=1, le=1024, description="Metric names one device's model tracks; further names are stored with the reading but not modelled (bounded state per device).")

@@ -54,7 +54,7 @@ def test_events_are_valid_alert_json():
 
 
 def test_monitor_rules_stuck_anomaly_silence_offline():
-    mon = DeviceMonitor("dev-1", MonitorConfig(clear_after=5, silence_factor=5, stuck_readings=4))
+    mon = DeviceMonitor("dev-1", MonitorConfig(clear_after=5, silence_factor=5, stuck_readings=4, anomaly_probation=0))
     mon.site, mon.zone, mon.device_type = "s", "z", "cold_room"
     rules = RuleSet()
     events = []
@@ -87,6 +87,19 @@ def test_monitor_rules_stuck_anomaly_silence_offline():
         assert {k: vars(a) for k, a in getattr(again.alarms, book).items()} == {k: vars(a) for k, a in getattr(mon.alarms, book).items()}
     assert mon.alarms.cleared_unack and all(type(a.status) is AlarmStatus for a in again.alarms.cleared_unack.values())
     assert again.cfg == mon.cfg and again.varied == mon.varied
+
+
+def test_no_anomaly_alarm_in_the_models_probation_but_rules_alarm():
+    mon = DeviceMonitor("dev-1", MonitorConfig(anomaly_probation=3))
+    mon.device_type = "cold_room"
+    rules = RuleSet()
+    early = [mon.reading(t, {"temperature": 4.0 + t / 10}, rules, 0.95, True, "temperature") for t in (1.0, 2.0, 3.0)]
+    assert early == [[], [], []]  # the model's verdict on its first readings is not an alarm
+    assert [e.alarm_type for e in mon.reading(4.0, {"temperature": 20.0}, rules, 0.95, True, "temperature")] == \
+        ["rule:temperature", "anomaly"]
+    late = DeviceMonitor("dev-2", MonitorConfig(anomaly_probation=3))
+    late.device_type = "cold_room"
+    assert [e.alarm_type for e in late.reading(1.0, {"temperature": 20.0}, rules, 0.95, True, "temperature")] == ["rule:temperature"]
 
 
 def test_custom_rules_from_settings_json():

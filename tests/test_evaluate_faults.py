@@ -18,16 +18,17 @@ def _scored(run: faults.SeedRun):
 
 
 def test_injected_spikes_and_silence_are_detected_within_the_fault():
-    # device 1 is a conveyor (vibration), device 2 a forklift; both faults start after 10 minutes of learning
-    run = faults.run_seed(SETUP, LIMITS, seed=3, devices=4, hours=0.25, fault_every_s=0,
-                          inject=[("spikes", 1, 600.0, 60.0), ("silent", 2, 700.0, 60.0)])
+    # device 1 is a conveyor (vibration), device 2 a forklift; the spikes start after the model's probation
+    # (750 readings, one a second: no anomaly alarm before), the silence after 700 s
+    run = faults.run_seed(SETUP, LIMITS, seed=3, devices=4, hours=0.3, fault_every_s=0,
+                          inject=[("spikes", 1, 800.0, 60.0), ("silent", 2, 700.0, 60.0)])
     report = _scored(run)
     assert {k: (s.injections, s.detected) for k, s in report.kinds.items()} == {"spikes": (1, 1), "silent": (1, 1)}
     spikes, silent = report.outcomes
     assert spikes.first_type == "anomaly" and 0.0 <= spikes.delay <= 60.0
     assert silent.first_type == "silence" and 5.0 <= silent.delay <= 10.0  # silence_factor 5 x a 1 s interval
-    again = _scored(faults.run_seed(SETUP, LIMITS, seed=3, devices=4, hours=0.25, fault_every_s=0,
-                                    inject=[("spikes", 1, 600.0, 60.0), ("silent", 2, 700.0, 60.0)]))
+    again = _scored(faults.run_seed(SETUP, LIMITS, seed=3, devices=4, hours=0.3, fault_every_s=0,
+                                    inject=[("spikes", 1, 800.0, 60.0), ("silent", 2, 700.0, 60.0)]))
     assert [o.first_ts for o in again.outcomes] == [o.first_ts for o in report.outcomes]  # deterministic
 
 

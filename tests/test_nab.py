@@ -92,6 +92,14 @@ def test_results_round_trip(tmp_path):
     rep = nab.score_results(tmp_path, windows)
     assert rep.profiles["standard"].normalized == pytest.approx(100 * (nab.scaled_sigmoid(-0.8) / nab.scaled_sigmoid(-1) + 1) / 2)
     assert "standard" in nab.format_report(rep)
+    s[62], s[30] = 0.0, 0.9  # a second detector on the same file: one false positive, the window missed
+    nab.write_results(tmp_path / "other", "base", "cat/f.csv", lf.timestamps, s)
+    base = nab.score_results(tmp_path / "other", windows)
+    text = nab.format_report(rep, base)
+    row = next(line for line in text.splitlines() if line.strip().startswith("cat/f.csv"))
+    ours, theirs = rep.profiles["standard"].files[0].score, base.profiles["standard"].files[0].score
+    assert f"{ours:7.3f} / {theirs:7.3f}" in row and ours > 0 > theirs  # each file: both detectors, side by side
+    assert text.count("NAB scores for") == 2
 
 
 def test_windowed_gaussian_on_real_files_matches_reference():

@@ -299,7 +299,7 @@ def evaluate_anomaly(
             raise typer.Exit(2)
         with progress.bar(f"NAB files ({detector})") as report_progress:
             report = nab_eval.evaluate(data, labels, profile_file, out, factories[detector], detector, progress=report_progress)
-    print(nab_eval.format_report(report))
+    base = None
     if loco:
         if report.detector == "windowedGaussian":
             base = report
@@ -311,8 +311,10 @@ def evaluate_anomaly(
         if base.files != report.files:
             console.print(f"[red]--baseline-out: its files differ from the scored ones ({len(base.files)} vs {len(report.files)})[/red]")
             raise typer.Exit(2)
+    same = base is None or base is report
+    print(nab_eval.format_report(report, None if same else base))
+    if base is not None:
         print()
-        same = base is report
         print(nab_eval.format_loco(report.loco(), report.profiles, report.detector, None if same else base.loco(),
                                    None if same else base.profiles, "windowedGaussian"))
     print(f"({time.monotonic() - started:.1f}s)")

@@ -525,23 +525,37 @@ def evaluate(
                      labelled=labelled, scores=scores, costs=profiles)
 
 
-def format_report(report: NabReport) -> str:
-    """Plain-text table: corpus scores for every profile, then a per-file breakdown."""
-    lines = [f"NAB scores for {report.detector!r}: {len(report.files)} files, {report.n_rows} rows"
-             + (f", detection {report.seconds_detect:.1f}s" if report.seconds_detect else "")]
-    for p in [p for p in PROFILE_ORDER if p in report.profiles] + [p for p in report.profiles if p not in PROFILE_ORDER]:
-        r = report.profiles[p]
-        lines.append(f"  {p:<20} score {r.normalized:6.1f}   threshold {r.threshold:.6g}   "
-                     f"raw {r.raw:8.3f}  null {r.null:6.1f}  perfect {r.perfect:5.1f}")
-    profs = [p for p in PROFILE_ORDER if p in report.profiles]
+def format_report(report: NabReport, baseline: NabReport | None = None) -> str:
+    """Plain-text table: corpus scores for every profile, then a per-file breakdown.
+
+    With ``baseline`` (another detector's report on the same files, e.g. the windowed Gaussian), its corpus
+    scores follow and each file's cell holds both detectors' score, each at its own corpus threshold."""
+    if baseline is not None and baseline.files != report.files:
+        raise ValueError(f"the baseline scored other files ({len(baseline.files)} vs {len(report.files)})")
+    profs = [p for p in PROFILE_ORDER if p in report.profiles] + [p for p in report.profiles if p not in PROFILE_ORDER]
+    lines = []
+    for rep in (report, baseline) if baseline is not None else (report,):
+        lines.append(f"NAB scores for {rep.detector!r}: {len(rep.files)} files, {rep.n_rows} rows"
+                     + (f", detection {rep.seconds_detect:.1f}s" if rep.seconds_detect else ""))
+        for p in profs:
+            r = rep.profiles[p]
+            lines.append(f"  {p:<20} score {r.normalized:6.1f}   threshold {r.threshold:.6g}   "
+                         f"raw {r.raw:8.3f}  null {r.null:6.1f}  perfect {r.perfect:5.1f}")
     lines.append("")
-    lines.append(f"  {'file':<58} " + " ".join(f"{p[:12]:>24}" for p in profs))
+    if baseline is None:
+        lines.append("Per file (raw NAB score at the corpus threshold, windows detected / scored, false-positive rows):")
+    else:
+        lines.append(f"Per file: raw NAB score at each detector's corpus threshold, {report.detector} / {baseline.detector}; "
+                     f"then {report.detector}'s windows detected / scored and false-positive rows.")
+    width = 24 if baseline is None else 32
+    lines.append(f"  {'file':<58} " + " ".join(f"{p[:width]:>{width}}" for p in profs))
     for i, name in enumerate(report.files):
         cells = []
         for p in profs:
             f = report.profiles[p].files[i]
-            cells.append(f"{f.score:7.3f} tp{f.tp}/{f.n_windows} fp{f.fp:<4d}")
-        lines.append(f"  {name:<58} " + " ".join(f"{c:>24}" for c in cells))
+            both = f"{f.score:7.3f}" + (f" / {baseline.profiles[p].files[i].score:7.3f}" if baseline is not None else "")
+            cells.append(f"{both} tp{f.tp}/{f.n_windows} fp{f.fp:<4d}")
+        lines.append(f"  {name:<58} " + " ".join(f"{c:>{width}}" for c in cells))
     return "\n".join(lines)
 
 
