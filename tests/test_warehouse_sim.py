@@ -170,3 +170,12 @@ def test_scheduled_faults_one_at_a_time_and_a_compressor_fails_once():
         for _, b in overlaps:
             eligible = cold_rooms if b.kind in ("compressor_failure", "door_left_open") else sim.devices
             assert all(any(g.active(b.start_ts) for g in sim.faults if g.device_id == e.device_id and g is not b) for e in eligible), b
+
+
+def test_no_compressor_fails_before_compressor_after_s_and_other_faults_take_its_turns():
+    sim = WarehouseSimulator(WarehouseConfig(fault_every_s=60, first_fault_after_s=60, compressor_after_s=1200))
+    list(sim.readings(sim.config.start_ts + 2 * 3600))
+    start = sim.config.start_ts
+    early = [f for f in sim.faults if f.start_ts < start + 1200]
+    assert early and all(f.kind != "compressor_failure" for f in early)
+    assert any(f.kind == "compressor_failure" for f in sim.faults if f.start_ts >= start + 1200)

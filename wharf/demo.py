@@ -139,7 +139,9 @@ def run(settings: Settings, options: DemoOptions, console: Console) -> int:
     started = time.monotonic()
     warehouse = WarehouseSimulator(WarehouseConfig(seed=options.seed, interval_s=options.interval, start_ts=time.time(),
                                                    fault_every_s=options.fault_every, first_fault_after_s=min(60.0, options.fault_every),
-                                                   fault_duration_s=min(40.0, options.fault_every)))
+                                                   fault_duration_s=min(40.0, options.fault_every),
+                                                   # after the models' probation (`WHARF_SENSOR_ANOMALY_PROBATION` readings)
+                                                   compressor_after_s=settings.sensor_anomaly_probation * options.interval + 300.0))
     # The warehouse's devices join the registry; `infra.up` gives them passwords (secrets folder) and ACL entries.
     register_devices(settings, parse_registry(warehouse.registry_setting(), "demo"))
     truth = settings.state_dir / "faults.jsonl"

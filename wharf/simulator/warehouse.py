@@ -86,6 +86,9 @@ class WarehouseConfig:
     compressor_drift_c_per_min: float = 0.25
     """A failing compressor warms its room by a fraction of a degree a minute: the 8 °C rule fires after ~15 min."""
     compressor_duration_s: float = 1800.0
+    compressor_after_s: float = 0.0
+    """No scheduled compressor failure before this long after the start (another fault takes its turn): no model
+    can tell a drift from the room's normal before it has learned that normal."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,8 @@ class WarehouseSimulator:
             pool = idle or eligible
             if kind == "compressor_failure":  # a unit fails once and is then repaired, not every hour
                 pool = [d for d in pool if not any(f.kind == kind for f in self._by_device[d.device_id])]
+                if self._next_fault_ts < self.config.start_ts + self.config.compressor_after_s:
+                    pool = []
                 if not pool:
                     self._fault_no += 1
                     continue
