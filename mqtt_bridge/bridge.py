@@ -22,6 +22,7 @@ dropped before storage.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -86,6 +87,10 @@ def _retriable(exc: BaseException) -> bool:
     """Worth sending again unchanged: Kafka is away or busy. A record Kafka refuses for what it is (too large, ...)
     or a client error about the value is not: it becomes a smaller dead letter instead of blocking the PUBACKs."""
     return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaConnectionError | RequestTimedOutError)
+
+
+# Devices publish on the same few topics over and over: each is checked once (an invalid one raises, uncached).
+_parse_topic = functools.lru_cache(maxsize=1 << 16)(parse_topic)
 
 
 def _topic_text(msg: Publish) -> str:
@@ -259,7 +264,7 @@ class Bridge:
         payload = msg.payload
         topic = _topic_text(msg)
         try:
-            where = parse_topic(topic)
+            where = _parse_topic(topic)
             model = SensorReading if where.kind == "telemetry" else DeviceStatus
             event = parse(payload, model, now=now, limits=self.limits)
             if event.site != where.site or event.zone != where.zone or event.device_id != where.device_id:
