@@ -234,25 +234,26 @@ class Bridge:
         if self._stop.is_set() or not live:
             return  # not acked: Mosquitto keeps them
         if isinstance(error, asyncio.CancelledError) or _retriable(error):
-            for p in live:
-                self._retry(p, error)
+            self._retry(live, error)
         elif len(live) > 1:  # Kafka refused one of them for what it is: each alone, to learn which
             for p in live:
                 self._forward(p, alone=True)
         elif self._refuse(live[0], error):
             self._forward(live[0], alone=True)
         else:
-            self._retry(live[0], error)
+            self._retry(live, error)
 
-    def _retry(self, pending: _Pending, error: object) -> None:
+    def _retry(self, items: list[_Pending], error: object) -> None:
+        """Send a failed batch's records again after a backoff, in their order."""
         self.stats.kafka_retries += 1
 
         async def again() -> None:
             delay = min(0.2 * 2 ** min(self.stats.kafka_retries, 6), 10)
-            log.warning("Kafka send failed (%s); retrying in %.1fs", error, delay)
+            log.warning("Kafka send of %d records failed (%s); retrying in %.1fs", len(items), error, delay)
             await asyncio.sleep(delay)
-            if pending.session == self._generation and not self._stop.is_set():
-                self._forward(pending, alone=pending.refusals > 0)
+            for p in items:
+                if p.session == self._generation and not self._stop.is_set():
+                    self._forward(p, alone=p.refusals > 0)
 
         task = asyncio.get_running_loop().create_task(again())
         self._retries.add(task)

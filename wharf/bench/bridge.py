@@ -1,37 +1,101 @@
 """`wharf bench bridge`: the bridge's rate beside Mosquitto's own intake, measured in the same run.
 
 Publishers are Mosquitto's C client (`mosquitto_pub -l`, QoS 1, one device login each: `publishers.py`
-provisions what the settings lack), so they are not the limit. The bridge runs in this process against the
-real Mosquitto and Kafka on fresh topics, with a fresh persistent session that is ended afterwards. Printed:
-Mosquitto's intake (messages / time until every publisher had its last PUBACK from the broker), the bridge's
-rate (messages / time until every one was confirmed by Kafka and acked to Mosquitto), and their ratio.
-Issue 21's target is a ratio of at least 80 %.
+provisions what the settings lack), so they are not the limit. The bridge is `wharf bridge` itself, with
+`--processes` processes (`mqtt_bridge/processes.py`), against the real Mosquitto and Kafka on fresh topics, in
+fresh persistent sessions that are ended afterwards; the bench reads their counters from their `/metrics`.
+Printed: Mosquitto's intake (messages / time until every publisher had its last PUBACK from the broker), the
+bridge's rate (messages / time until every one was confirmed by Kafka and acked to Mosquitto), and their
+ratio. Issue 21's target is a ratio of at least 80 %.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
+import re
+import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
-from mqtt_bridge.bridge import Bridge
 from mqtt_bridge.connection import end_session, mosquitto_client_args
+from mqtt_bridge.processes import BridgeProcesses
 from schemas import codec
 from schemas.settings import Settings
 from wharf.bench.publishers import Publisher, provisioned
 from wharf.infra.kafka import delete_topics_containing, ensure_topics
 
+_SAMPLE = re.compile(rb"^wharf_bridge_(\w+?)(?:_total)? ([0-9.e+]+)$", re.M)
 
-async def _quiet(bridge: Bridge, most: float = 10.0) -> None:
-    """Let what the broker delivers right after subscribing (other devices' live telemetry) pass first."""
-    last, quiet_since, give_up = -1, time.monotonic(), time.monotonic() + most
-    while time.monotonic() - quiet_since < 0.5 and time.monotonic() < give_up:
-        if bridge.stats.received != last or bridge.stats.in_flight:
-            last, quiet_since = bridge.stats.received, time.monotonic()
+
+def _free_ports(n: int) -> int:
+    """The first of `n` consecutive free loopback ports."""
+    for _ in range(100):
+        base = random.randrange(20_000, 60_000 - n)
+        socks = []
+        try:
+            for port in range(base, base + n):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+class _Counters:
+    """The bridge processes' counters, summed, read from their `/metrics` (None while one does not answer yet)."""
+
+    def __init__(self, port: int, n: int):
+        self.urls = [f"http://127.0.0.1:{port + i}/metrics" for i in range(n)]
+
+    def _read(self) -> dict[str, float] | None:
+        total: dict[str, float] = {}
+        for url in self.urls:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as reply:
+                    text = reply.read()
+            except OSError:
+                return None
+            for name, value in _SAMPLE.findall(text):
+                total[name.decode()] = total.get(name.decode(), 0.0) + float(value)
+        total["acked"] = total.get("received", 0.0) - total.get("in_flight", 0.0)
+        return total
+
+    async def read(self) -> dict[str, float] | None:
+        return await asyncio.to_thread(self._read)
+
+
+def _line(c: dict[str, float]) -> str:
+    return "  ".join(f"{k.replace('_', ' ')} {c.get(k, 0):.0f}" for k in
+                     ("received", "forwarded", "dead_lettered", "in_flight", "kafka_retries", "mqtt_connects"))
+
+
+async def _ready(counters: _Counters, processes: BridgeProcesses, n: int, most: float = 60.0) -> None:
+    """Every process connected, then a quiet half second: what the broker delivers right after subscribing (other
+    devices' live telemetry) passes first."""
+    deadline = time.monotonic() + most
+    last, quiet_since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        if any(c.proc.poll() is not None for c in processes.children):
+            raise RuntimeError("a bridge process exited while starting")
+        c = await counters.read()
+        if c is None or c.get("mqtt_connects", 0) < n:
+            quiet_since = time.monotonic()
+        elif (c["received"], c["in_flight"]) != last or c["in_flight"]:
+            last, quiet_since = (c["received"], c["in_flight"]), time.monotonic()
+        elif time.monotonic() - quiet_since >= 0.5:
+            return
         await asyncio.sleep(0.05)
+    raise RuntimeError(f"the bridge processes were not connected and quiet within {most:.0f} s")
 
 
 def _lines(p: Publisher, count: int, now: float) -> bytes:
@@ -39,13 +103,13 @@ def _lines(p: Publisher, count: int, now: float) -> bytes:
                                    "seq": i, "metrics": {"temperature": 4.0}}) for i in range(count)) + b"\n"
 
 
-async def _run(s: Settings, pubs: list[Publisher], per: int, bridge: Bridge, folder: Path) -> tuple[float, float, int]:
+async def _run(s: Settings, pubs: list[Publisher], per: int, counters: _Counters, folder: Path) -> tuple[float, float, int]:
     """Publish `per` messages from each publisher; returns (intake seconds, bridge seconds, messages acked)."""
     files = []
-    for p in pubs:  # from files, not pipes: writing a pipe would block this loop, and the bridge in it, until read
+    for p in pubs:  # from files, not pipes: feeding pipes from here would pace the publishers by this process
         files.append(folder / f"{p.user}.jsonl")
         files[-1].write_bytes(_lines(p, per, time.time()))
-    start = bridge.stats.acked
+    start = (await counters.read())["acked"]
     t0 = time.monotonic()
     # The password goes on the command line (-P): mosquitto_pub reads no password from the environment. The client
     # id is the user name (the broker's rule on device listeners).
@@ -54,10 +118,12 @@ async def _run(s: Settings, pubs: list[Publisher], per: int, bridge: Bridge, fol
         with open(path, "rb") as lines:
             procs.append(subprocess.Popen(["mosquitto_pub", *mosquitto_client_args(s), "-i", p.user, "-u", p.user, "-P", p.password,
                                            "-q", "1", "-V", "mqttv311", "-t", p.topic, "-l"], stdin=lines, stderr=subprocess.PIPE))
-    intake = None
-    target = start + per * len(pubs)
-    while bridge.stats.acked < target and time.monotonic() - t0 < 600:
-        await asyncio.sleep(0.01)
+    intake, acked = None, 0.0
+    target = per * len(pubs)
+    while acked < target and time.monotonic() - t0 < 600:
+        await asyncio.sleep(0.02)
+        c = await counters.read()
+        acked = c["acked"] - start if c is not None else acked
         if intake is None and all(p.poll() is not None for p in procs):
             intake = time.monotonic() - t0
             failed = [(p.user, proc.returncode, proc.stderr.read().decode(errors="replace")[-300:])
@@ -69,37 +135,44 @@ async def _run(s: Settings, pubs: list[Publisher], per: int, bridge: Bridge, fol
         if proc.poll() is None:
             proc.kill()
         proc.stderr.close()
-    return intake or took, took, bridge.stats.acked - start
+    return intake or took, took, int(acked)
 
 
-async def bench_bridge(settings: Settings, messages: int = 100_000, publishers: int = 8) -> str:
+async def bench_bridge(settings: Settings, messages: int = 100_000, publishers: int = 8, processes: int = 1) -> str:
     u = uuid.uuid4().hex[:6]
     s = settings.model_copy(update={"topic_sensor_readings": f"bench.bridge.{u}.readings", "topic_device_status": f"bench.bridge.{u}.status",
                                     "topic_dead_letters": f"bench.bridge.{u}.dlq"})
     per = messages // publishers
     if per < 1:
         raise ValueError(f"{messages} messages cannot be shared by {publishers} publishers")
-    with provisioned(s, publishers, f"bench{u}") as pubs:
+    port = _free_ports(processes)
+    env = {"WHARF_TOPIC_SENSOR_READINGS": s.topic_sensor_readings, "WHARF_TOPIC_DEVICE_STATUS": s.topic_device_status,
+           "WHARF_TOPIC_DEAD_LETTERS": s.topic_dead_letters, "WHARF_BRIDGE_METRICS_HOST": "127.0.0.1"}
+    with provisioned(s, publishers, f"bench{u}") as pubs, tempfile.TemporaryDirectory(prefix="wharf-bench-bridge-") as tmp:
+        folder = Path(tmp)
         await ensure_topics(s, [s.topic_sensor_readings, s.topic_device_status, s.topic_dead_letters], s.topic_partitions)
-        bridge = Bridge(s, client_id=f"bench-bridge-{u}", share_group=f"bench{u}")
-        ready = asyncio.Event()
-        task = asyncio.create_task(bridge.run(ready))
-        try:
-            await asyncio.wait_for(ready.wait(), 30)
-            await _quiet(bridge)
-            with tempfile.TemporaryDirectory(prefix="wharf-bench-bridge-") as folder:
-                intake, took, done = await _run(s, pubs, per, bridge, Path(folder))
-        finally:
-            bridge.stop()
-            await task
-            await asyncio.to_thread(end_session, s, bridge.client_id)  # else Mosquitto queues all later telemetry for it
-            await delete_topics_containing(s, f"bench.bridge.{u}.")
+        counters = _Counters(port, processes)
+        with open(folder / "bridge.log", "wb") as out:
+            bridges = BridgeProcesses(f"bench-bridge-{u}", f"bench{u}", processes, "warning", metrics_port=port, env=env, output=out).start()
+            try:
+                await _ready(counters, bridges, processes)
+                intake, took, done = await _run(s, pubs, per, counters, folder)
+                final = await counters.read() or {}
+            except BaseException:
+                print((folder / "bridge.log").read_text(errors="replace")[-3000:])
+                raise
+            finally:
+                await asyncio.to_thread(bridges.stop)
+                for cid in bridges.client_ids:  # else Mosquitto queues all later telemetry for them
+                    await asyncio.to_thread(end_session, s, cid)
+                await delete_topics_containing(s, f"bench.bridge.{u}.")
     total = per * len(pubs)
     if done < total:
         raise RuntimeError(f"the bridge acked {done:,} of {total:,} messages within 600 s")
     mosquitto_rate, bridge_rate = total / intake, done / took
     return (f"publishers        {len(pubs)} x mosquitto_pub (one device login each), QoS 1, {total:,} messages\n"
             f"mosquitto intake  {mosquitto_rate:,.0f} msgs/s (all publishers done in {intake:.2f}s; the same-run reference)\n"
-            f"bridge            {done:,} received, confirmed by Kafka (acks=all) and acked in {took:.2f}s: {bridge_rate:,.0f} msgs/s\n"
+            f"bridge            {done:,} received, confirmed by Kafka (acks=all) and acked in {took:.2f}s: {bridge_rate:,.0f} msgs/s "
+            f"({processes} `wharf bridge` process{'es' if processes > 1 else ''})\n"
             f"ratio             {bridge_rate / mosquitto_rate:.0%} of Mosquitto's intake (target >= 80%)\n"
-            f"                  {bridge.stats.line()}")
+            f"                  {_line(final)}")

@@ -291,6 +291,7 @@ def bench_bridge_alone(
     messages: int = typer.Option(100_000, help="Messages to push through, shared by the publishers."),
     publishers: int = typer.Option(8, help="mosquitto_pub processes, one device login each: the configured devices, then bench "
                                    "devices added to the local Mosquitto for the run."),
+    processes: int = typer.Option(1, help="`wharf bridge` processes in the shared subscription."),
 ) -> None:
     """The MQTT -> Kafka bridge alone: its rate beside Mosquitto's intake in the same run, and their ratio."""
     import asyncio as _asyncio
@@ -298,4 +299,4 @@ def bench_bridge_alone(
     from wharf.bench.bridge import bench_bridge
     from schemas.settings import get_settings
 
-    print(_asyncio.run(bench_bridge(get_settings(), messages, publishers)))
+    print(_asyncio.run(bench_bridge(get_settings(), messages, publishers, processes)))
