@@ -118,24 +118,30 @@ async def _run(s: Settings, pubs: list[Publisher], per: int, counters: _Counters
         with open(path, "rb") as lines:
             procs.append(subprocess.Popen(["mosquitto_pub", *mosquitto_client_args(s), "-i", p.user, "-u", p.user, "-P", p.password,
                                            "-q", "1", "-V", "mqttv311", "-t", p.topic, "-l"], stdin=lines, stderr=subprocess.PIPE))
-    intake, acked = None, 0.0
-    target = per * len(pubs)
+    intake: list[float] = []
+
+    async def watch_publishers() -> None:  # on its own, so that the scrapes below do not delay the intake's end
+        while any(proc.poll() is None for proc in procs):
+            await asyncio.sleep(0.005)
+        intake.append(time.monotonic() - t0)
+
+    watcher = asyncio.create_task(watch_publishers())
+    acked, took, target = 0.0, 0.0, per * len(pubs)
     while acked < target and time.monotonic() - t0 < 600:
-        await asyncio.sleep(0.02)
+        if watcher.done() and any(proc.returncode for proc in procs):
+            break  # reported below
+        await asyncio.sleep(0.01)
         c = await counters.read()
+        took = time.monotonic() - t0  # after the scrape: a count is never credited earlier than it was read
         acked = c["acked"] - start if c is not None else acked
-        if intake is None and all(p.poll() is not None for p in procs):
-            intake = time.monotonic() - t0
-            failed = [(p.user, proc.returncode, proc.stderr.read().decode(errors="replace")[-300:])
-                      for p, proc in zip(pubs, procs, strict=True) if proc.returncode]
-            if failed:  # loudly: a publisher that could not publish would make the reference meaningless
-                raise RuntimeError(f"mosquitto_pub failed: {failed}")
-    took = time.monotonic() - t0
+    await asyncio.wait_for(watcher, 600)
+    failed = [(p.user, proc.returncode, proc.stderr.read().decode(errors="replace")[-300:])
+              for p, proc in zip(pubs, procs, strict=True) if proc.returncode]
+    if failed:  # loudly: a publisher that could not publish would make the reference meaningless
+        raise RuntimeError(f"mosquitto_pub failed: {failed}")
     for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
         proc.stderr.close()
-    return intake or took, took, int(acked)
+    return intake[0], took, int(acked)
 
 
 async def bench_bridge(settings: Settings, messages: int = 100_000, publishers: int = 8, processes: int = 1) -> str:
