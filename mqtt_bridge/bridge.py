@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError, RequestTimedOutError
+from aiokafka.errors import KafkaConnectionError, KafkaError, OutOfOrderSequenceNumber, RequestTimedOutError, UnknownProducerId
 
 from mqtt_bridge.connection import bridge_endpoint, ssl_context
 from mqtt_bridge.kafka import RecordBatches, start_when_reachable
@@ -106,7 +106,6 @@ class Bridge:
         self.limits = Limits.from_settings(settings)
         self.stats = BridgeStats()
         self._order: deque[_Pending] = deque()
-        self._producer: AIOKafkaProducer | None = None
         self._batches: RecordBatches | None = None
         self._session: Session | None = None
         self._generation = 0
@@ -181,21 +180,26 @@ class Bridge:
 
     # --- the loop -------------------------------------------------------------
     async def run(self, ready: asyncio.Event | None = None) -> None:
-        self._producer = AIOKafkaProducer(
-            **kafka_client(self.settings), acks="all", enable_idempotence=True,
-            linger_ms=5, max_batch_size=512 * 1024, request_timeout_ms=15000,
-        )
-        await start_when_reachable(self._producer, "bridge producer")
-        self._batches = RecordBatches(self._producer, self._delivered)
+        self._batches = RecordBatches(await self._new_producer(), self._delivered, self._new_producer)
         connection = asyncio.create_task(self._keep_connected(ready))
+        stopped = asyncio.create_task(self._stop.wait())
         try:
-            await self._stop.wait()
+            await asyncio.wait({connection, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if connection.done():
+                connection.result()  # it only ends at a stop: anything else is a bug, raised here
         finally:
             connection.cancel()
+            stopped.cancel()
             await self._shutdown()
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _new_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(**kafka_client(self.settings), acks="all", enable_idempotence=True,
+                                    max_batch_size=512 * 1024, request_timeout_ms=15000)
+        await start_when_reachable(producer, "bridge producer")
+        return producer
 
     def _forward(self, pending: _Pending, now: float | None = None, alone: bool = False) -> None:
         if pending.route is None:
@@ -234,6 +238,10 @@ class Bridge:
         if self._stop.is_set() or not live:
             return  # not acked: Mosquitto keeps them
         if isinstance(error, asyncio.CancelledError) or _retriable(error):
+            self._retry(live, error)
+            return
+        self._batches.renew()  # the producer's sequence counted what Kafka refused: see RecordBatches.renew
+        if isinstance(error, OutOfOrderSequenceNumber | UnknownProducerId):  # that gap, not these records' fault
             self._retry(live, error)
         elif len(live) > 1:  # Kafka refused one of them for what it is: each alone, to learn which
             for p in live:
@@ -323,9 +331,9 @@ class Bridge:
         if self._session is not None:
             self._session.disconnect()
             await asyncio.sleep(0.1)  # let the loop write the PUBACKs and the DISCONNECT
-        if self._producer is not None:
+        if self._batches is not None:
             try:  # nothing is acked after this: what it still holds is in Mosquitto's session too
-                await asyncio.wait_for(self._producer.stop(), STOP_PRODUCER_SECONDS)
+                await asyncio.wait_for(self._batches.producer.stop(), STOP_PRODUCER_SECONDS)
             except TimeoutError:
                 log.warning("stop: the Kafka producer did not close in %.0f s", STOP_PRODUCER_SECONDS)
 

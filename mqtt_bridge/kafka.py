@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +47,11 @@ class RecordBatches:
     confirmed every record of it (acks=all), else the exception for all of them.
     """
 
-    def __init__(self, producer: AIOKafkaProducer, delivered: Callable[[list, BaseException | None], None]):
-        self._producer = producer
+    def __init__(self, producer: AIOKafkaProducer, delivered: Callable[[list, BaseException | None], None],
+                 make_producer: Callable[[], Awaitable[AIOKafkaProducer]]):
+        self.producer = producer
+        self._make_producer = make_producer
+        self._renewing: asyncio.Task | None = None
         self._delivered = delivered
         self._partitioner = DefaultPartitioner()
         self._queues: dict[tuple[str, int], deque[_Batch]] = {}
@@ -59,7 +62,7 @@ class RecordBatches:
 
     def refresh(self) -> None:
         """Forget a topic's key -> partition choices when its partition count changed (metadata refresh)."""
-        cluster = self._producer.client.cluster
+        cluster = self.producer.client.cluster
         for topic, (parts, _) in list(self._placement.items()):
             now = cluster.partitions_for_topic(topic)
             if now is None or len(now) != len(parts):
@@ -69,7 +72,7 @@ class RecordBatches:
         """Queue one record; `alone`: in a batch of its own (to learn which record Kafka refuses)."""
         placed = self._placement.get(topic)
         if placed is None:
-            parts = self._producer.client.cluster.partitions_for_topic(topic)
+            parts = self.producer.client.cluster.partitions_for_topic(topic)
             if not parts or topic in self._unplaced:  # metadata first, then in order
                 self._unplaced.setdefault(topic, []).append((key, value, item, alone))
                 if len(self._unplaced[topic]) == 1:
@@ -84,11 +87,11 @@ class RecordBatches:
         if queue is None:
             queue = self._queues[tp] = deque()
         if alone or not queue or queue[-1].sealed:
-            queue.append(_Batch(self._producer.create_batch(), sealed=alone))
+            queue.append(_Batch(self.producer.create_batch(), sealed=alone))
         batch = queue[-1]
         if batch.builder.append(timestamp=None, key=key, value=value) is None:  # full: the next batch takes it
             batch.sealed = True
-            batch = _Batch(self._producer.create_batch())
+            batch = _Batch(self.producer.create_batch())
             queue.append(batch)
             batch.builder.append(timestamp=None, key=key, value=value)  # an empty batch takes any one record
         batch.items.append(item)
@@ -98,7 +101,9 @@ class RecordBatches:
 
     async def _place(self, topic: str) -> None:
         try:
-            await self._producer.partitions_for(topic)  # waits for the topic's metadata
+            if self._renewing is not None:
+                await asyncio.shield(self._renewing)
+            await self.producer.partitions_for(topic)  # waits for the topic's metadata
         except Exception as exc:  # noqa: BLE001 - the records fail like a refused batch; the caller decides
             records = self._unplaced.pop(topic, [])
             self._delivered([item for _, _, item, _ in records], exc)
@@ -110,11 +115,13 @@ class RecordBatches:
         queue = self._queues[tp]
         try:
             while queue:
+                if self._renewing is not None:
+                    await asyncio.shield(self._renewing)
                 batch = queue.popleft()
                 batch.sealed = True
                 batch.builder.close()
                 try:  # waits while the partition's previous batch is still queued in the producer
-                    fut = await self._producer.send_batch(batch.builder, tp[0], partition=tp[1])
+                    fut = await self.producer.send_batch(batch.builder, tp[0], partition=tp[1])
                 except Exception as exc:  # noqa: BLE001 - reported for the batch's records
                     self._delivered(batch.items, exc)
                     continue
@@ -128,7 +135,26 @@ class RecordBatches:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def renew(self) -> None:
+        """Hand later batches to a fresh producer. Why: when Kafka refuses a batch for good (too large, ...), the
+        idempotent producer has already counted its records in the partition's sequence, so Kafka refuses every
+        later batch of that partition as out of order; a new producer starts a new sequence. The old one is
+        stopped: what it still held settles as delivered or failed, and failed records are sent again."""
+        if self._renewing is None:
+            self._renewing = asyncio.get_running_loop().create_task(self._renew())
+
+    async def _renew(self) -> None:
+        old = self.producer
+        try:
+            self.producer = await self._make_producer()
+        finally:
+            self._renewing = None
+        try:
+            await asyncio.wait_for(old.stop(), 10)
+        except Exception as exc:  # noqa: BLE001 - the old producer is gone either way
+            log.warning("the replaced Kafka producer did not stop cleanly (%s)", exc)
+
     def cancel(self) -> None:
         """Stop handing batches over (at the bridge's stop): what was not confirmed is not acked."""
-        for task in list(self._tasks):
+        for task in [*self._tasks, *([self._renewing] if self._renewing else [])]:
             task.cancel()

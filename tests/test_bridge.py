@@ -244,3 +244,37 @@ async def test_bridge_processes_share_the_group_and_one_killed_comes_back(stack,
             parent.wait()
         for cid in ids:
             assert end_session(s, cid)
+
+
+async def test_a_batch_kafka_refuses_is_split_and_only_the_refused_record_is_dead_lettered(stack, unique):
+    """The readings topic takes record batches of at most 1,000 bytes: Kafka refuses a batch of several readings
+    (split, each sent alone, all stored) and a reading of 3 KB for good (a dead letter naming Kafka). Every
+    message is acked, none lost."""
+    s = stack.model_copy(update={"topic_sensor_readings": f"test.small.readings.{unique}", "topic_device_status": f"test.small.status.{unique}",
+                                 "topic_dead_letters": f"test.small.dlq.{unique}"})
+    await ensure_topics(s, [s.topic_sensor_readings, s.topic_device_status, s.topic_dead_letters], 1,
+                        configs={s.topic_sensor_readings: {"max.message.bytes": "1000"}})
+    bridge = Bridge(s, client_id=f"test-small-{unique}", share_group=f"g{unique}")
+    ready = asyncio.Event()
+    task = asyncio.create_task(bridge.run(ready))
+    site = f"site-{unique}"
+    d = Device(s, "dev-001", "dev-001-secret")
+    try:
+        await asyncio.wait_for(ready.wait(), 20)
+        await asyncio.sleep(0.3)  # SUBACK
+        big = reading(site, "z1", "dev-001", 10) + b" " * 3000  # valid JSON, within the bridge's payload limit
+        payloads = [reading(site, "z1", "dev-001", seq) for seq in range(10)] + [big] + [reading(site, "z1", "dev-001", seq) for seq in range(11, 21)]
+        infos = [d.c.publish(f"wharf/{site}/z1/dev-001/telemetry", p, qos=1) for p in payloads]  # at once: they batch
+        for info in infos:
+            info.wait_for_publish(10)
+        stored = await consume(s, s.topic_sensor_readings, 20)
+        assert sorted(codec.loads(m.value)["seq"] for m in stored) == [*range(10), *range(11, 21)]
+        letters = [DeadLetter.model_validate_json(m.value) for m in await consume(s, s.topic_dead_letters, 1)]
+        assert len(letters) == 1 and "Kafka" in letters[0].reason and letters[0].mqtt_topic == f"wharf/{site}/z1/dev-001/telemetry"
+        await wait_for(lambda: bridge.stats.acked >= 21 and bridge.stats.in_flight == 0)
+        assert bridge.stats.dead_lettered == 1 and bridge.stats.forwarded >= 20
+    finally:
+        d.close()
+        bridge.stop()
+        await asyncio.wait_for(task, 30)
+        assert end_session(s, bridge.client_id)
