@@ -1,14 +1,18 @@
 """The lossless MQTT → Kafka bridge.
 
-A message is acknowledged to Mosquitto (PUBACK, sent by hand: `manual_ack=True`)
-only after Kafka confirmed it (acks=all, idempotent producer) — or, if it is
-invalid, after its dead letter was confirmed. While Kafka is down or slow the
-bridge stops acknowledging; Mosquitto holds at most `max_inflight_messages`
-unacknowledged messages per bridge and queues the rest in the persistent session
-(MQTT 3.1.1, clean_session=False: Mosquitto 2.0 restores those across its own
-restarts, MQTT 5 sessions it does not). PUBACKs go out in the order the messages
-arrived, as MQTT requires. Several bridges share the load through a shared
-subscription (`$share/<group>/...`).
+A message is acknowledged to Mosquitto (PUBACK) only after Kafka confirmed it
+(acks=all, idempotent producer) — or, if it is invalid, after its dead letter was
+confirmed. While Kafka is down or slow the bridge stops acknowledging; Mosquitto
+holds at most `max_inflight_messages` unacknowledged messages per bridge and
+queues the rest in the persistent session (MQTT 3.1.1, clean_session=False:
+Mosquitto 2.0 restores those across its own restarts, MQTT 5 sessions it does
+not). PUBACKs go out in the order the messages arrived, as MQTT requires, all
+those released together in one write. Several bridges (`wharf bridge --processes`)
+share the load through a shared subscription (`$share/<group>/...`).
+
+Per message the bridge parses its packet (`wire.py`, a chunk at a time), validates
+it once, and appends it to its partition's Kafka batch (`kafka.RecordBatches`):
+no task, future or lock per message.
 
 A crash between Kafka's confirmation and the PUBACK makes Mosquitto redeliver:
 downstream, readings are identified by (device_id, seq, ts), so such copies are
@@ -18,19 +22,20 @@ dropped before storage.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError, RequestTimedOutError
+from aiokafka.errors import KafkaConnectionError, KafkaError, OutOfOrderSequenceNumber, RequestTimedOutError, UnknownProducerId
 
-from mqtt_bridge.connection import bridge_endpoint, secure
-from mqtt_bridge.kafka import start_when_reachable
+from mqtt_bridge.connection import bridge_endpoint, ssl_context
+from mqtt_bridge.kafka import RecordBatches, start_when_reachable
 from mqtt_bridge.topics import TopicError, parse_topic
+from mqtt_bridge.wire import Publish, Session, open_session
 from schemas.events import DeviceStatus, SensorReading
 from schemas.validation import FieldError, InvalidEvent, Limits, parse, processing_error
 from streams.runtime.kafka_auth import kafka_client
@@ -43,6 +48,10 @@ SUBSCRIPTIONS = ("wharf/+/+/+/telemetry", "wharf/+/+/+/status")
 STOP_INFLIGHT_SECONDS = 4.0
 STOP_PRODUCER_SECONDS = 2.0
 STOP_ALERTS_SECONDS = 2.0
+KEEPALIVE_SECONDS = 30
+# Messages received and not yet acked beyond which the bridge stops reading the socket (QoS 1 stays within
+# Mosquitto's in-flight window of 1,000; this bounds a flood of QoS 0 messages while Kafka is slow).
+PAUSE_AT = 20_000
 
 
 @dataclass
@@ -64,9 +73,10 @@ class BridgeStats:
                 f"in flight {self.in_flight}  kafka retries {self.kafka_retries}  mqtt connects {self.mqtt_connects}")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
-    msg: mqtt.MQTTMessage
+    msg: Publish
+    session: int  # the connection that delivered it: its PUBACK may go only there
     topic: str = ""
     done: bool = False
     route: tuple[str, bytes, bytes] | None = None  # (Kafka topic, value, key), decided once
@@ -79,47 +89,13 @@ def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaConnectionError | RequestTimedOutError)
 
 
-def _topic_text(msg: mqtt.MQTTMessage) -> str:
-    """The message's topic as text, whatever its bytes (paho's `topic` raises on invalid UTF-8)."""
-    raw = getattr(msg, "_topic", b"")
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+# Devices publish on the same few topics over and over: each is checked once (an invalid one raises, uncached).
+_parse_topic = functools.lru_cache(maxsize=1 << 16)(parse_topic)
 
 
-class _AsyncioPaho:
-    """Drives paho's socket from the asyncio loop (paho's documented external-loop hooks).
-
-    One thread instead of two: messages arrive in the loop without a thread hop, and
-    PUBACKs go out without waking another thread per ack, which is what limited the
-    threaded bridge to ~2,000 messages/s here.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, client: mqtt.Client):
-        self.loop, self.client = loop, client
-        self.misc: asyncio.Task | None = None
-        client.on_socket_open = self._open
-        client.on_socket_close = self._close
-        client.on_socket_register_write = self._want_write
-        client.on_socket_unregister_write = self._no_write
-
-    def _open(self, client, userdata, sock):  # noqa: ANN001
-        self.loop.add_reader(sock, client.loop_read)
-        self.misc = self.loop.create_task(self._misc())
-
-    def _close(self, client, userdata, sock):  # noqa: ANN001
-        self.loop.remove_reader(sock)
-        self.loop.remove_writer(sock)
-        if self.misc is not None:
-            self.misc.cancel()
-
-    def _want_write(self, client, userdata, sock):  # noqa: ANN001
-        self.loop.add_writer(sock, client.loop_write)
-
-    def _no_write(self, client, userdata, sock):  # noqa: ANN001
-        self.loop.remove_writer(sock)
-
-    async def _misc(self) -> None:
-        while self.client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:  # keepalive pings, timeouts
-            await asyncio.sleep(1)
+def _topic_text(msg: Publish) -> str:
+    """The message's topic as text, whatever its bytes."""
+    return msg.topic.decode("utf-8", "replace")
 
 
 class Bridge:
@@ -129,120 +105,108 @@ class Bridge:
         self.share_group = share_group
         self.limits = Limits.from_settings(settings)
         self.stats = BridgeStats()
-        self._incoming: deque[mqtt.MQTTMessage] = deque()
-        self._wake = asyncio.Event()
         self._order: deque[_Pending] = deque()
-        self._producer: AIOKafkaProducer | None = None
-        self._client: mqtt.Client | None = None
+        self._batches: RecordBatches | None = None
+        self._session: Session | None = None
+        self._generation = 0
+        self._paused = False
         self._connected = asyncio.Event()
+        self._lost = asyncio.Event()
         self._stop = asyncio.Event()
         self._retries: set[asyncio.Task] = set()
-        self._reconnecting: asyncio.Task | None = None
 
-    # --- MQTT side (callbacks run in the asyncio loop) -----------------------
-    def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False,
-                             protocol=mqtt.MQTTv311, manual_ack=True)
-        client.username_pw_set(self.settings.mqtt_bridge_user, self.settings.bridge_password())
-        secure(client, self.settings)
-        client.max_inflight_messages_set(1000)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        return client
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties):  # noqa: ANN001
-        if reason_code.is_failure:
-            log.error("MQTT connection refused: %s", reason_code)
-            return
+    # --- MQTT side ------------------------------------------------------------
+    async def _connect(self) -> None:
+        self._generation += 1
+        generation = self._generation
+        self._lost = asyncio.Event()
+        host, port = bridge_endpoint(self.settings)
+        session = await open_session(host, port, ssl_context(self.settings),
+                                     lambda msgs: self._on_messages(generation, msgs), lambda exc: self._on_lost(generation, exc))
+        self._session = session
+        try:
+            present = await session.handshake(self.client_id, self.settings.mqtt_bridge_user, self.settings.bridge_password(),
+                                              clean=False, keepalive=KEEPALIVE_SECONDS)
+            prefix = f"$share/{self.share_group}/" if self.share_group else ""
+            await session.subscribe([(prefix + s, 1) for s in SUBSCRIPTIONS])
+        except BaseException:
+            session.disconnect()
+            raise
         self.stats.mqtt_connects += 1
-        prefix = f"$share/{self.share_group}/" if self.share_group else ""
-        client.subscribe([(prefix + s, 1) for s in SUBSCRIPTIONS])
         self._connected.set()
-        log.info("MQTT connected (session present: %s)", flags.session_present)
+        log.info("MQTT connected (session present: %s)", present)
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties):  # noqa: ANN001
+    def _on_lost(self, generation: int, exc: BaseException | None) -> None:
+        if generation != self._generation:
+            return
         self._connected.clear()
+        self._lost.set()
+        self._paused = False
         # Unacked messages are redelivered by Mosquitto on the next connection: forget their acks.
         self._order.clear()
-        if not self._stop.is_set() and (self._reconnecting is None or self._reconnecting.done()):
-            log.warning("MQTT disconnected (%s); reconnecting with backoff", reason_code)
-            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+        if not self._stop.is_set():
+            log.warning("MQTT disconnected (%s); reconnecting with backoff", exc or "closed by the broker")
 
-    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage):  # noqa: ANN001
-        self._incoming.append(msg)
-        self._wake.set()
-
-    async def _reconnect(self) -> None:
+    async def _keep_connected(self, ready: asyncio.Event | None) -> None:
         delay = 1.0
-        while not self._stop.is_set() and not self._connected.is_set():
+        while not self._stop.is_set():
             try:
-                self._client.reconnect()
-                return
-            except OSError as exc:
-                log.warning("MQTT reconnect failed (%s); next try in %.0fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
-
-    # --- the loop -------------------------------------------------------------
-    async def run(self, ready: asyncio.Event | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        self._producer = AIOKafkaProducer(
-            **kafka_client(self.settings), acks="all", enable_idempotence=True,
-            linger_ms=5, max_batch_size=512 * 1024, request_timeout_ms=15000,
-        )
-        await start_when_reachable(self._producer, "bridge producer")
-        self._client = self._make_client()
-        _AsyncioPaho(loop, self._client)
-        delay = 1.0
-        while True:
-            try:
-                self._client.connect(*bridge_endpoint(self.settings), keepalive=30)
-                break
-            except OSError as exc:
+                await self._connect()
+            except (OSError, TimeoutError) as exc:  # MqttError is a ConnectionError
                 log.warning("MQTT broker not reachable (%s); retrying in %.0fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30)
-        try:
-            await self._connected.wait()
+                continue
+            delay = 1.0
             if ready is not None:
                 ready.set()
-            while not self._stop.is_set():
-                if not self._incoming:
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=0.5)
-                    except TimeoutError:
-                        pass
-                    continue
-                # Drain everything that arrived: one send per message, no task per message.
-                while self._incoming:
-                    msg = self._incoming.popleft()
-                    self.stats.received += 1
-                    pending = _Pending(msg)
-                    self._order.append(pending)
-                    await self._send(pending)
+            await self._lost.wait()
+
+    def _on_messages(self, generation: int, msgs: list[Publish]) -> None:
+        """A received chunk's messages, in order: each validated once and appended to its Kafka batch."""
+        if generation != self._generation or self._stop.is_set():
+            return  # not acked: Mosquitto delivers them again
+        self._batches.refresh()
+        now = time.time()
+        order, forward = self._order, self._forward
+        for msg in msgs:
+            pending = _Pending(msg, generation)
+            order.append(pending)
+            forward(pending, now)
+        self.stats.received += len(msgs)
+        if len(order) >= PAUSE_AT and not self._paused:
+            self._paused = True
+            self._session.pause()
+
+    # --- the loop -------------------------------------------------------------
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        self._batches = RecordBatches(await self._new_producer(), self._delivered, self._new_producer)
+        connection = asyncio.create_task(self._keep_connected(ready))
+        stopped = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({connection, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if connection.done():
+                connection.result()  # it only ends at a stop: anything else is a bug, raised here
         finally:
+            connection.cancel()
+            stopped.cancel()
             await self._shutdown()
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
 
-    async def _send(self, pending: _Pending) -> None:
+    async def _new_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(**kafka_client(self.settings), acks="all", enable_idempotence=True,
+                                    max_batch_size=512 * 1024, request_timeout_ms=15000)
+        await start_when_reachable(producer, "bridge producer")
+        return producer
+
+    def _forward(self, pending: _Pending, now: float | None = None, alone: bool = False) -> None:
         if pending.route is None:
-            pending.route = self._route(pending.msg)
+            pending.route = self._route(pending.msg, time.time() if now is None else now)
         topic, value, key = pending.route
         pending.topic = topic
-        try:
-            fut = await self._producer.send(topic, value, key=key)
-        except Exception as exc:  # noqa: BLE001 - whatever the record is, it is stored, dead-lettered or retried
-            if self._refuse(pending, exc):
-                await self._send(pending)
-            else:
-                self._retry(pending, exc)
-            return
-        fut.add_done_callback(lambda f, p=pending: self._sent(p, f))
+        self._batches.add(topic, key, value, pending, alone=alone)
 
     def _refuse(self, pending: _Pending, exc: BaseException) -> bool:
         """Kafka refused the record for what it is: route a dead letter instead (only the size and SHA-256 of the
@@ -250,7 +214,7 @@ class Bridge:
         if _retriable(exc) or pending.refusals >= 2:  # a 2 KB letter refused too: Kafka's fault, not the message's
             return False
         pending.refusals += 1
-        payload = bytes(pending.msg.payload)
+        payload = pending.msg.payload
         keep = 0 if pending.topic == self.settings.topic_dead_letters else self.limits.dead_letter_keep_bytes
         letter = processing_error("mqtt_message", "Kafka", exc, payload).dead_letter(
             payload, "mqtt", keep_bytes=keep, mqtt_topic=_topic_text(pending.msg))
@@ -258,53 +222,66 @@ class Bridge:
         pending.route = (self.settings.topic_dead_letters, letter.encode(), letter.key())
         return True
 
-    def _sent(self, pending: _Pending, fut: asyncio.Future) -> None:
-        if fut.cancelled() or fut.exception() is not None:  # not acked: Mosquitto keeps the message while we retry
-            error = fut.exception() if not fut.cancelled() else None
-            if error is not None and self._refuse(pending, error):
-                self._spawn(self._send(pending))
-            else:
-                self._retry(pending, error or "cancelled")
+    def _delivered(self, items: list[_Pending], error: BaseException | None) -> None:
+        """One Kafka batch settled: PUBACKs for what is confirmed, in arrival order; a refused record becomes a dead
+        letter, a batch that failed on Kafka's side is sent again (Mosquitto keeps the messages meanwhile)."""
+        if error is None:
+            dlq, letters = self.settings.topic_dead_letters, 0
+            for p in items:
+                p.done = True
+                letters += p.topic == dlq
+            self.stats.dead_lettered += letters
+            self.stats.forwarded += len(items) - letters
+            self._release_acks()
             return
-        if pending.topic == self.settings.topic_dead_letters:
-            self.stats.dead_lettered += 1
+        live = [p for p in items if p.session == self._generation]  # the others come again on the new connection
+        if self._stop.is_set() or not live:
+            return  # not acked: Mosquitto keeps them
+        if isinstance(error, asyncio.CancelledError) or _retriable(error):
+            self._retry(live, error)
+            return
+        self._batches.renew()  # the producer's sequence counted what Kafka refused: see RecordBatches.renew
+        if isinstance(error, OutOfOrderSequenceNumber | UnknownProducerId):  # that gap, not these records' fault
+            self._retry(live, error)
+        elif len(live) > 1:  # Kafka refused one of them for what it is: each alone, to learn which
+            for p in live:
+                self._forward(p, alone=True)
+        elif self._refuse(live[0], error):
+            self._forward(live[0], alone=True)
         else:
-            self.stats.forwarded += 1
-        pending.done = True
-        self._release_acks()
+            self._retry(live, error)
 
-    def _retry(self, pending: _Pending, error: object) -> None:
+    def _retry(self, items: list[_Pending], error: object) -> None:
+        """Send a failed batch's records again after a backoff, in their order."""
         self.stats.kafka_retries += 1
 
         async def again() -> None:
             delay = min(0.2 * 2 ** min(self.stats.kafka_retries, 6), 10)
-            log.warning("Kafka send failed (%s); retrying in %.1fs", error, delay)
+            log.warning("Kafka send of %d records failed (%s); retrying in %.1fs", len(items), error, delay)
             await asyncio.sleep(delay)
-            await self._send(pending)
+            for p in items:
+                if p.session == self._generation and not self._stop.is_set():
+                    self._forward(p, alone=p.refusals > 0)
 
-        self._spawn(again())
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = asyncio.get_running_loop().create_task(again())
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
 
-    def _route(self, msg: mqtt.MQTTMessage) -> tuple[str, bytes, bytes]:
+    def _route(self, msg: Publish, now: float) -> tuple[str, bytes, bytes]:
         """Where a message goes: (topic, value, key). Invalid messages become dead letters, and so does a message
         that breaks anything here: no content can stop the bridge or hold the PUBACKs behind it."""
-        payload = bytes(msg.payload)
+        payload = msg.payload
         topic = _topic_text(msg)
-        now = time.time()
         try:
-            where = parse_topic(topic)
+            where = _parse_topic(topic)
             model = SensorReading if where.kind == "telemetry" else DeviceStatus
             event = parse(payload, model, now=now, limits=self.limits)
-            mismatch = [
-                FieldError(name, repr(getattr(event, name)), f"does not match the MQTT topic ({expected!r})")
-                for name, expected in (("site", where.site), ("zone", where.zone), ("device_id", where.device_id))
-                if getattr(event, name) != expected
-            ]
-            if mismatch:  # a device may not speak for another
+            if event.site != where.site or event.zone != where.zone or event.device_id != where.device_id:
+                mismatch = [  # a device may not speak for another
+                    FieldError(name, repr(getattr(event, name)), f"does not match the MQTT topic ({expected!r})")
+                    for name, expected in (("site", where.site), ("zone", where.zone), ("device_id", where.device_id))
+                    if getattr(event, name) != expected
+                ]
                 raise InvalidEvent("sensor_reading" if where.kind == "telemetry" else "device_status", mismatch)
             out_topic = self.settings.topic_sensor_readings if where.kind == "telemetry" else self.settings.topic_device_status
             return out_topic, payload, event.device_id.encode()
@@ -319,16 +296,28 @@ class Bridge:
         return self.settings.topic_dead_letters, letter.encode(), letter.key()
 
     def _release_acks(self) -> None:
-        """PUBACKs in arrival order, as MQTT requires."""
-        while self._order and self._order[0].done:
-            p = self._order.popleft()
-            self._client.ack(p.msg.mid, 1)
-            self.stats.acked += 1
+        """PUBACKs in arrival order, as MQTT requires: every confirmed message at the head, in one write."""
+        order = self._order
+        if not order or not order[0].done:
+            return
+        mids, n = [], 0
+        while order and order[0].done:
+            mid = order.popleft().msg.mid
+            if mid:  # QoS 0: nothing to acknowledge
+                mids.append(mid)
+            n += 1
+        self.stats.acked += n
+        self._session.ack(mids)
+        if self._paused and len(order) < PAUSE_AT // 2:
+            self._paused = False
+            self._session.resume()
 
     async def _shutdown(self) -> None:
         """Finish what is in flight (up to `STOP_INFLIGHT_SECONDS`: PUBACKs for what Kafka confirms meanwhile), then
-        leave. Messages not forwarded (still in `_incoming`) or not confirmed are not acked: Mosquitto keeps them in
-        the persistent session and delivers them to the next bridge of the session or group."""
+        leave. Messages received after the stop, or not confirmed, are not acked: Mosquitto keeps them in the
+        persistent session and delivers them to the next bridge of the session or group."""
+        if self._session is not None:
+            self._session.pause()
         deadline = time.monotonic() + STOP_INFLIGHT_SECONDS
         while self._order and time.monotonic() < deadline and self._connected.is_set():
             await asyncio.sleep(0.05)
@@ -337,12 +326,14 @@ class Bridge:
                         len(self._order), STOP_INFLIGHT_SECONDS)
         for task in list(self._retries):
             task.cancel()
-        if self._client is not None:
-            self._client.disconnect()
+        if self._batches is not None:
+            self._batches.cancel()
+        if self._session is not None:
+            self._session.disconnect()
             await asyncio.sleep(0.1)  # let the loop write the PUBACKs and the DISCONNECT
-        if self._producer is not None:
+        if self._batches is not None:
             try:  # nothing is acked after this: what it still holds is in Mosquitto's session too
-                await asyncio.wait_for(self._producer.stop(), STOP_PRODUCER_SECONDS)
+                await asyncio.wait_for(self._batches.producer.stop(), STOP_PRODUCER_SECONDS)
             except TimeoutError:
                 log.warning("stop: the Kafka producer did not close in %.0f s", STOP_PRODUCER_SECONDS)
 

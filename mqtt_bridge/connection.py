@@ -24,10 +24,16 @@ def bridge_endpoint(settings: Settings) -> tuple[str, int]:
     return settings.mqtt_host, settings.mqtt_bridge_port
 
 
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """TLS with the install's CA (certificate and hostname checked) when the settings ask for it, else None."""
+    return ssl.create_default_context(cafile=str(settings.ca_file())) if settings.mqtt_tls_on else None
+
+
 def secure(client: mqtt.Client, settings: Settings) -> mqtt.Client:
-    """TLS with the install's CA (hostname checked) when the settings ask for it; the client unchanged otherwise."""
-    if settings.mqtt_tls_on:
-        client.tls_set(ca_certs=str(settings.ca_file()), cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    """A paho client on TLS (`ssl_context`) when the settings ask for it; the client unchanged otherwise."""
+    context = ssl_context(settings)
+    if context is not None:
+        client.tls_set_context(context)
     return client
 
 

@@ -1,12 +1,18 @@
-"""Starting a Kafka client that must wait for Kafka: the bridge's producer and the alerts publisher's consumer."""
+"""The bridge's Kafka side: starting a client that must wait for Kafka (the bridge's producer, the alerts
+publisher's consumer), and batching the bridge's records per partition."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 log = logging.getLogger("wharf.bridge")
 
@@ -22,3 +28,133 @@ async def start_when_reachable(client: Any, what: str, max_delay: float = 30.0) 
             log.warning("%s: Kafka not reachable (%s); retrying in %.1fs", what, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
+
+
+@dataclass
+class _Batch:
+    builder: Any  # aiokafka's BatchBuilder
+    items: list = field(default_factory=list)
+    sealed: bool = False  # takes no more records (full, or one record sent alone)
+
+
+class RecordBatches:
+    """Records gathered into one aiokafka batch per topic-partition and handed to the producer with `send_batch`.
+
+    Why: `producer.send` costs a coroutine, a partitioner call (pure-Python murmur2) and a future per record;
+    here a record costs one append to a batch builder, and a batch one future and one callback. A partition's
+    batch is handed over when its previous one has left for Kafka, so batches grow while Kafka is busy. Records
+    keep their order per partition. `delivered(items, error)` is called once per batch: error None when Kafka
+    confirmed every record of it (acks=all), else the exception for all of them.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, delivered: Callable[[list, BaseException | None], None],
+                 make_producer: Callable[[], Awaitable[AIOKafkaProducer]]):
+        self.producer = producer
+        self._make_producer = make_producer
+        self._renewing: asyncio.Task | None = None
+        self._delivered = delivered
+        self._partitioner = DefaultPartitioner()
+        self._queues: dict[tuple[str, int], deque[_Batch]] = {}
+        self._submitting: set[tuple[str, int]] = set()
+        self._placement: dict[str, tuple[list[int], dict[bytes, int]]] = {}  # topic -> (partitions, key -> partition)
+        self._unplaced: dict[str, list[tuple[bytes, bytes, Any, bool]]] = {}  # topics whose partitions are not known yet
+        self._tasks: set[asyncio.Task] = set()
+
+    def refresh(self) -> None:
+        """Forget a topic's key -> partition choices when its partition count changed (metadata refresh)."""
+        cluster = self.producer.client.cluster
+        for topic, (parts, _) in list(self._placement.items()):
+            now = cluster.partitions_for_topic(topic)
+            if now is None or len(now) != len(parts):
+                del self._placement[topic]
+
+    def add(self, topic: str, key: bytes, value: bytes, item: Any, alone: bool = False) -> None:
+        """Queue one record; `alone`: in a batch of its own (to learn which record Kafka refuses)."""
+        placed = self._placement.get(topic)
+        if placed is None:
+            parts = self.producer.client.cluster.partitions_for_topic(topic)
+            if not parts or topic in self._unplaced:  # metadata first, then in order
+                self._unplaced.setdefault(topic, []).append((key, value, item, alone))
+                if len(self._unplaced[topic]) == 1:
+                    self._spawn(self._place(topic))
+                return
+            placed = self._placement[topic] = (sorted(parts), {})
+        partition = placed[1].get(key)
+        if partition is None:
+            partition = placed[1][key] = self._partitioner(key, placed[0], placed[0])
+        tp = (topic, partition)
+        queue = self._queues.get(tp)
+        if queue is None:
+            queue = self._queues[tp] = deque()
+        if alone or not queue or queue[-1].sealed:
+            queue.append(_Batch(self.producer.create_batch(), sealed=alone))
+        batch = queue[-1]
+        if batch.builder.append(timestamp=None, key=key, value=value) is None:  # full: the next batch takes it
+            batch.sealed = True
+            batch = _Batch(self.producer.create_batch())
+            queue.append(batch)
+            batch.builder.append(timestamp=None, key=key, value=value)  # an empty batch takes any one record
+        batch.items.append(item)
+        if tp not in self._submitting:
+            self._submitting.add(tp)
+            self._spawn(self._submit(tp))
+
+    async def _place(self, topic: str) -> None:
+        try:
+            if self._renewing is not None:
+                await asyncio.shield(self._renewing)
+            await self.producer.partitions_for(topic)  # waits for the topic's metadata
+        except Exception as exc:  # noqa: BLE001 - the records fail like a refused batch; the caller decides
+            records = self._unplaced.pop(topic, [])
+            self._delivered([item for _, _, item, _ in records], exc)
+            return
+        for key, value, item, alone in self._unplaced.pop(topic, []):
+            self.add(topic, key, value, item, alone)
+
+    async def _submit(self, tp: tuple[str, int]) -> None:
+        queue = self._queues[tp]
+        try:
+            while queue:
+                if self._renewing is not None:
+                    await asyncio.shield(self._renewing)
+                batch = queue.popleft()
+                batch.sealed = True
+                batch.builder.close()
+                try:  # waits while the partition's previous batch is still queued in the producer
+                    fut = await self.producer.send_batch(batch.builder, tp[0], partition=tp[1])
+                except Exception as exc:  # noqa: BLE001 - reported for the batch's records
+                    self._delivered(batch.items, exc)
+                    continue
+                fut.add_done_callback(lambda f, items=batch.items: self._delivered(
+                    items, f.exception() if not f.cancelled() else asyncio.CancelledError()))
+        finally:
+            self._submitting.discard(tp)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def renew(self) -> None:
+        """Hand later batches to a fresh producer. Why: when Kafka refuses a batch for good (too large, ...), the
+        idempotent producer has already counted its records in the partition's sequence, so Kafka refuses every
+        later batch of that partition as out of order; a new producer starts a new sequence. The old one is
+        stopped: what it still held settles as delivered or failed, and failed records are sent again."""
+        if self._renewing is None:
+            self._renewing = asyncio.get_running_loop().create_task(self._renew())
+
+    async def _renew(self) -> None:
+        old = self.producer
+        try:
+            self.producer = await self._make_producer()
+        finally:
+            self._renewing = None
+        try:
+            await asyncio.wait_for(old.stop(), 10)
+        except Exception as exc:  # noqa: BLE001 - the old producer is gone either way
+            log.warning("the replaced Kafka producer did not stop cleanly (%s)", exc)
+
+    def cancel(self) -> None:
+        """Stop handing batches over (at the bridge's stop): what was not confirmed is not acked."""
+        for task in [*self._tasks, *([self._renewing] if self._renewing else [])]:
+            task.cancel()

@@ -166,7 +166,11 @@ class Settings(BaseSettings):
         1884, description="Mosquitto listener of Wharf's own clients (bridge, alert publisher): only the bridge user logs in there. "
         "On the device listeners the client id is the user name, so no device can take over the bridge's session."
     )
-    bridge_metrics_port: int = Field(0, ge=0, le=65535, description="Port of the bridge's Prometheus `/metrics` (received, forwarded, dead-lettered, in flight); 0: not served. It has no credential: see WHARF_BRIDGE_METRICS_HOST.")
+    bridge_processes: int = Field(
+        1, ge=1, le=64, description="Processes `wharf bridge` runs in the shared subscription, one core each; the first keeps the client id, "
+        "the others are `<id>-2`, `<id>-3`, ... (each its own persistent session; see docs/operations.md before lowering it)."
+    )
+    bridge_metrics_port: int = Field(0, ge=0, le=65535, description="Port of the bridge's Prometheus `/metrics` (received, forwarded, dead-lettered, in flight); 0: not served. With several bridge processes the i-th (from 0) serves on this port + i. It has no credential: see WHARF_BRIDGE_METRICS_HOST.")
     bridge_metrics_host: str = Field("127.0.0.1", description="Bind address of the bridge's `/metrics`: loopback by default; docker-compose binds the container's network, where only Prometheus calls it.")
     mqtt_tls: bool = Field(False, description="Wharf's MQTT clients connect over TLS (devices to WHARF_MQTT_TLS_PORT; the bridge listener speaks TLS), trusting WHARF_MQTT_CA_FILE.")
     mqtt_tls_port: int = Field(8883, description="TLS listener for devices on the local Mosquitto (server certificate from the install's CA).")

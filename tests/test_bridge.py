@@ -1,8 +1,14 @@
 """The MQTT -> Kafka bridge against the real Mosquitto and Kafka."""
 
 import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -174,3 +180,101 @@ async def test_bench_bridge_pushes_every_message_through(stack):
     out = await bench_bridge(stack, messages=300, publishers=2)
     received = int(re.search(r"bridge\s+([\d,]+) received, confirmed by Kafka", out).group(1).replace(",", ""))
     assert received == 300 and "msgs/s" in out, out
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+        except OSError:
+            continue
+    return out
+
+
+def _received(port: int) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            return float(re.search(rb"^wharf_bridge_received_total (\S+)$", reply.read(), re.M).group(1))
+    except OSError:
+        return None
+
+
+@pytest.mark.slow
+async def test_bridge_processes_share_the_group_and_one_killed_comes_back(stack, unique):
+    """`wharf bridge --processes 2`: two sessions in one shared group split the messages; a child killed with -9
+    is started again and its session's share arrives; SIGTERM stops both."""
+    s = stack.model_copy(update={"topic_sensor_readings": f"test.bp.readings.{unique}", "topic_device_status": f"test.bp.status.{unique}",
+                                 "topic_dead_letters": f"test.bp.dlq.{unique}"})
+    await ensure_topics(s, [s.topic_sensor_readings, s.topic_device_status, s.topic_dead_letters], 4)
+    from wharf.bench.bridge import _free_ports
+
+    port = _free_ports(2)
+    env = {**os.environ, "WHARF_TOPIC_SENSOR_READINGS": s.topic_sensor_readings, "WHARF_TOPIC_DEVICE_STATUS": s.topic_device_status,
+           "WHARF_TOPIC_DEAD_LETTERS": s.topic_dead_letters, "WHARF_BRIDGE_METRICS_PORT": str(port)}
+    ids = [f"test-bp-{unique}", f"test-bp-{unique}-2"]
+    parent = subprocess.Popen([sys.executable, "-m", "wharf.cli", "bridge", "--processes", "2", "--client-id", ids[0],
+                               "--share-group", f"g{unique}", "--loglevel", "warning"], env=env, start_new_session=True)
+    site = f"site-{unique}"
+    d = Device(s, "dev-001", "dev-001-secret")
+    try:
+        await wait_for(lambda: _received(port) is not None and _received(port + 1) is not None)
+        await asyncio.sleep(1)  # SUBACK
+        for seq in range(200):
+            d.publish(f"wharf/{site}/z1/dev-001/telemetry", reading(site, "z1", "dev-001", seq))
+        assert sorted({codec.loads(m.value)["seq"] for m in await consume(s, s.topic_sensor_readings, 200)}) == list(range(200))
+        assert _received(port) > 0 and _received(port + 1) > 0  # both members of the group took a share
+        second = [pid for pid in _children(parent.pid) if b"test-bp-" + unique.encode() + b"-2" in open(f"/proc/{pid}/cmdline", "rb").read()]
+        assert len(second) == 1
+        os.kill(second[0], signal.SIGKILL)
+        for seq in range(200, 300):  # half of them queue in the killed one's session until it is back
+            d.publish(f"wharf/{site}/z1/dev-001/telemetry", reading(site, "z1", "dev-001", seq))
+        seqs = {codec.loads(m.value)["seq"] for m in await consume(s, s.topic_sensor_readings, 300, timeout=60)}
+        assert seqs == set(range(300))
+        assert second[0] not in _children(parent.pid) and len(_children(parent.pid)) == 2  # started again
+        t0 = time.monotonic()
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(15) == 0 and time.monotonic() - t0 < 10
+        assert not _children(parent.pid)
+    finally:
+        d.close()
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait()
+        for cid in ids:
+            assert end_session(s, cid)
+
+
+async def test_a_batch_kafka_refuses_is_split_and_only_the_refused_record_is_dead_lettered(stack, unique):
+    """The readings topic takes record batches of at most 1,000 bytes: Kafka refuses a batch of several readings
+    (split, each sent alone, all stored) and a reading of 3 KB for good (a dead letter naming Kafka). Every
+    message is acked, none lost."""
+    s = stack.model_copy(update={"topic_sensor_readings": f"test.small.readings.{unique}", "topic_device_status": f"test.small.status.{unique}",
+                                 "topic_dead_letters": f"test.small.dlq.{unique}"})
+    await ensure_topics(s, [s.topic_sensor_readings, s.topic_device_status, s.topic_dead_letters], 1,
+                        configs={s.topic_sensor_readings: {"max.message.bytes": "1000"}})
+    bridge = Bridge(s, client_id=f"test-small-{unique}", share_group=f"g{unique}")
+    ready = asyncio.Event()
+    task = asyncio.create_task(bridge.run(ready))
+    site = f"site-{unique}"
+    d = Device(s, "dev-001", "dev-001-secret")
+    try:
+        await asyncio.wait_for(ready.wait(), 20)
+        await asyncio.sleep(0.3)  # SUBACK
+        big = reading(site, "z1", "dev-001", 10) + b" " * 3000  # valid JSON, within the bridge's payload limit
+        payloads = [reading(site, "z1", "dev-001", seq) for seq in range(10)] + [big] + [reading(site, "z1", "dev-001", seq) for seq in range(11, 21)]
+        infos = [d.c.publish(f"wharf/{site}/z1/dev-001/telemetry", p, qos=1) for p in payloads]  # at once: they batch
+        for info in infos:
+            info.wait_for_publish(10)
+        stored = await consume(s, s.topic_sensor_readings, 20)
+        assert sorted(codec.loads(m.value)["seq"] for m in stored) == [*range(10), *range(11, 21)]
+        letters = [DeadLetter.model_validate_json(m.value) for m in await consume(s, s.topic_dead_letters, 1)]
+        assert len(letters) == 1 and "Kafka" in letters[0].reason and letters[0].mqtt_topic == f"wharf/{site}/z1/dev-001/telemetry"
+        await wait_for(lambda: bridge.stats.acked >= 21 and bridge.stats.in_flight == 0)
+        assert bridge.stats.dead_lettered == 1 and bridge.stats.forwarded >= 20
+    finally:
+        d.close()
+        bridge.stop()
+        await asyncio.wait_for(task, 30)
+        assert end_session(s, bridge.client_id)

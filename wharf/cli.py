@@ -176,19 +176,35 @@ def _create_worker_topics(settings: Settings) -> None:
 
 @app.command("bridge")
 def bridge(
-    client_id: str = typer.Option("wharf-bridge-1", help="Stable MQTT client id: the persistent session Mosquitto keeps while this bridge is away."),
+    client_id: str = typer.Option("wharf-bridge-1", help="Stable MQTT client id: the persistent session Mosquitto keeps while this bridge is away. "
+                                  "With several processes, the others are `<id>-2`, `<id>-3`, ..."),
     share_group: str = typer.Option("wharf-bridge", help="Shared-subscription group: bridges in one group split the messages. Empty: no sharing."),
+    processes: int = typer.Option(0, help="Bridge processes in the shared group, one core each (0: WHARF_BRIDGE_PROCESSES)."),
+    end_session: bool = typer.Option(False, "--end-session", help="End the persistent session of --client-id (its queue is dropped) and exit: "
+                                     "for a bridge id that will not come back."),
     loglevel: str = typer.Option("info", help="Log level."),
 ) -> None:
     """Run the MQTT -> Kafka bridge: acks each message to Mosquitto only after Kafka confirmed it."""
     import asyncio
     import logging
 
-    from mqtt_bridge.bridge import run_bridge
-
     logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(levelname)s] %(name)s: %(message)s")
     install_log_redaction()
-    stats = asyncio.run(run_bridge(_settings(), client_id, share_group or None))
+    settings = _settings()
+    if end_session:
+        from mqtt_bridge.connection import end_session as end
+
+        ok = end(settings, client_id)
+        console.print(f"session {client_id}: " + ("ended" if ok else "[red]the broker refused the connection[/red]"))
+        raise typer.Exit(0 if ok else 1)
+    n = processes or settings.bridge_processes
+    if n > 1:
+        from mqtt_bridge.processes import run_processes
+
+        raise typer.Exit(run_processes(client_id, share_group or None, n, loglevel, settings.bridge_metrics_port))
+    from mqtt_bridge.bridge import run_bridge
+
+    stats = asyncio.run(run_bridge(settings, client_id, share_group or None))
     console.print(stats.line())
 
 

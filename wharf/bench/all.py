@@ -137,8 +137,8 @@ def run_all(settings, datasets: Path, out: Path, quick: bool = False) -> Report:
                lambda: cli_section(["bench", "sensors", "--rate", "5000", "--seconds", seconds, "--publishers", "8"], env))
     report.add("Sensor path at 1,000 readings/s offered", f"wharf bench sensors --rate 1000 --seconds {seconds} --publishers 8",
                lambda: cli_section(["bench", "sensors", "--rate", "1000", "--seconds", seconds, "--publishers", "8"], env))
-    report.add("MQTT bridge alone", "wharf bench bridge --messages 30000 --publishers 3",
-               lambda: cli_section(["bench", "bridge", "--messages", "30000", "--publishers", "3"], env))
+    report.add("MQTT bridge alone", "wharf bench bridge --messages 100000 --publishers 8",
+               lambda: cli_section(["bench", "bridge", "--messages", "100000", "--publishers", "8"], env))
     report.add("Commerce path throughput and latency", "wharf bench commerce" + (" --clicks 10000 --requests 500" if quick else ""),
                lambda: cli_section(["bench", "commerce"] + (["--clicks", "10000", "--requests", "500"] if quick else []), env))
     report.add("Detectors alone: per-device models vs the device bank, memory of 10,000 devices", "wharf bench anomaly",

@@ -383,13 +383,15 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
 
 
 def bench_bridge_alone(
-    messages: int = typer.Option(30_000, help="Messages to push through."),
-    publishers: int = typer.Option(3, help="mosquitto_pub processes, one device login each (from WHARF_MQTT_DEVICES)."),
+    messages: int = typer.Option(100_000, help="Messages to push through, shared by the publishers."),
+    publishers: int = typer.Option(8, help="mosquitto_pub processes, one device login each: the configured devices, then bench "
+                                   "devices added to the local Mosquitto for the run."),
+    processes: int = typer.Option(1, help="`wharf bridge` processes in the shared subscription."),
 ) -> None:
-    """The MQTT -> Kafka bridge alone: its rate beside Mosquitto's publishing rate, on fresh topics."""
+    """The MQTT -> Kafka bridge alone: its rate beside Mosquitto's intake in the same run, and their ratio."""
     import asyncio as _asyncio
 
     from wharf.bench.bridge import bench_bridge
     from schemas.settings import get_settings
 
-    print(_asyncio.run(bench_bridge(get_settings(), messages, publishers)))
+    print(_asyncio.run(bench_bridge(get_settings(), messages, publishers, processes)))
