@@ -33,7 +33,7 @@ class DeviceState:
 
     device_id: str
     partition: int
-    model: DeviceAnomalyModel
+    model: DeviceAnomalyModel | None  # None while the owner's `DeviceBank` holds it (set for `dump`, from `load`)
     monitor: DeviceMonitor
     recent: dict[tuple[int, float], None] = field(default_factory=dict)  # (seq, ts) of the last readings, oldest first
 
