@@ -34,7 +34,7 @@ class DeviceState:
 
     device_id: str
     partition: int
-    model: DeviceAnomalyModel
+    model: DeviceAnomalyModel | None  # None while the owner's `DeviceBank` holds it (set for `dump`, from `load`)
     monitor: DeviceMonitor
     recent: RecentKeys[tuple[int, float]] = field(default_factory=lambda: RecentKeys(DEVICE_DEDUP_KEYS))  # (seq, ts) of the last readings
 

@@ -120,7 +120,11 @@ class Owner:
         if st is None:
             st = self._restore(device_id, partition)
             st.partition = partition
-            self.bank.insert(device_id, st.model)
+            try:
+                self.bank.insert(device_id, st.model)
+            except ValueError as exc:  # e.g. checkpointed under other `sensor_model_options`
+                log.error("device %r: checkpointed model refused by the bank (%s); its model starts fresh", device_id, exc)
+                self.bank.insert(device_id, SETUP.new_model())
             st.model = None  # the bank holds it; `checkpoint` extracts it
             self.devices[device_id] = st
         return st

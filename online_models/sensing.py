@@ -16,7 +16,7 @@ import numpy as np
 
 from online_models.alarms import DeviceMonitor, MonitorConfig
 from online_models.anomaly import DeviceAnomalyModel, RuleSet
-from online_models.anomaly.bank import DeviceBank
+from online_models.anomaly.bank import DeviceBank, warm_up
 from schemas.settings import Settings
 
 Scored = tuple[float, bool, float, str | None]  # score, is_anomaly, threshold, the metric that scored highest
@@ -43,7 +43,8 @@ class SensorSetup:
         return DeviceAnomalyModel(**self.model_options)
 
     def new_bank(self) -> DeviceBank:
-        """The models of all the devices one owner scores."""
+        """The models of all the devices one owner scores (its kernels compiled first: `warm_up`)."""
+        warm_up()
         return DeviceBank(**self.model_options)
 
     def new_monitor(self, device_id: str) -> DeviceMonitor:

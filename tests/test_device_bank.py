@@ -168,3 +168,13 @@ def test_bank_refuses_mismatched_rows_and_configs():
         bank.insert("x", DeviceAnomalyModel())
     with pytest.raises(TypeError, match="unknown option"):
         DeviceBank(not_an_option=1)
+
+
+def test_bench_figures_come_from_the_bank():
+    """`wharf bench anomaly`'s parts on a small scale: the same readings through the bank, and a holding process."""
+    from wharf.bench.anomaly import hold_devices, measure_bank_throughput
+
+    r = measure_bank_throughput(n_devices=5, rounds=1, warmup_rounds=1, use_hst=False)
+    assert r["batch_events"] >= 5 * 10 and r["batch_readings_per_s"] > 0 and r["bytes_per_device_arrays"] > 1000
+    h = hold_devices(20, 60)
+    assert h["devices"] == 20 and h["rss_after_mb"] >= h["rss_before_mb"] > 0 and h["bytes_per_device_total"] > 0

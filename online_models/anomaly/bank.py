@@ -116,6 +116,21 @@ def _bfs(node, k: int, out: list) -> None:
         _bfs(node.children[1], 2 * k + 2, out)
 
 
+_WARM = False
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel once per process, on a tiny bank: cold, this takes ~15 s
+    of CPU, which a worker must spend before it joins its consumer group, not on its event loop mid-batch."""
+    global _WARM
+    if _WARM:
+        return
+    bank = DeviceBank(capacity=1, train_every=8, hst_window=4, use_weekly=True)
+    ts = 1_700_000_000.0 + 300.0 * np.arange(40)
+    bank.score_learn_batch(np.full(40, bank.slot(0)), ts, {"m": np.sin(ts)})
+    _WARM = True
+
+
 class DeviceBank:
     """The anomaly models of many devices, one row each; devices are named by any hashable key."""
 

@@ -179,9 +179,10 @@ def _rss_mb() -> float:
 
 
 def hold_devices(n_devices: int = 10_000, rows: int = 300, n_metrics: int = 3, bank: bool = True,
-                 seed: int = 0) -> dict[str, float]:
+                 seed: int = 0, per_call: int = 100) -> dict[str, float]:
     """RSS of this process before and after it holds ``n_devices`` devices that each learned ``rows`` readings
-    (in batches of 50 across all devices): in one `DeviceBank`, or (``bank=False``) one `DeviceAnomalyModel` each.
+    (50 per device at a time, ``per_call`` devices per bank call): in one `DeviceBank`, or (``bank=False``) one
+    `DeviceAnomalyModel` each.
     Run it in a fresh process (`measure_memory`): RSS only grows."""
     from online_models.anomaly.bank import DeviceBank
 
@@ -206,12 +207,14 @@ def hold_devices(n_devices: int = 10_000, rows: int = 300, n_metrics: int = 3, b
         k = min(step, rows - lo)
         ts1 = clock + np.arange(k) * 300.0
         clock = float(ts1[-1]) + 300.0
-        if bank:
-            ts = np.tile(ts1, n_devices)
-            dev = np.repeat(slots, k)
-            base_v = 10.0 * (1 + np.arange(n_metrics))
-            cols = {f"m{j}": base_v[j] + np.sin(ts / 86400.0 * 6.283 + dev) + rng.normal(0, 0.3, len(ts)) for j in range(n_metrics)}
-            b.score_learn_batch(dev, ts, cols)
+        if bank:  # calls of `per_call` devices x k readings (a worker's batches are not larger)
+            for first in range(0, n_devices, per_call):
+                part = slots[first:first + per_call]
+                ts = np.tile(ts1, len(part))
+                dev = np.repeat(part, k)
+                cols = {f"m{j}": 10.0 * (1 + j) + np.sin(ts / 86400.0 * 6.283 + dev) + rng.normal(0, 0.3, len(ts))
+                        for j in range(n_metrics)}
+                b.score_learn_batch(dev, ts, cols)
         else:
             for d, m in enumerate(models):
                 m.score_learn_many(ts1, {f"m{j}": 10.0 * (1 + j) + np.sin(ts1 / 86400.0 * 6.283 + d) + rng.normal(0, 0.3, k)

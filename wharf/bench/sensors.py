@@ -367,6 +367,13 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         det = " ".join(f"{k}={v:,.0f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
     except Exception as exc:  # noqa: BLE001 - report what we have
         det = f"(measure_throughput failed: {exc})"
+    try:  # the same readings through the device bank: how the worker scores them
+        from wharf.bench.anomaly import measure_bank_throughput
+
+        b = measure_bank_throughput(n_devices=100, n_metrics=2, rounds=3, warmup_rounds=1, **opts)
+        bank = f"batch_events_per_s={b['batch_events_per_s']:,.0f} batch_readings_per_s={b['batch_readings_per_s']:,.0f}"
+    except Exception as exc:  # noqa: BLE001 - report what we have
+        bank = f"(measure_bank_throughput failed: {exc})"
     print(f"offered          {published[0] / seconds:,.0f} readings/s for {seconds:.0f}s ({published[0]} readings, {len(creds)} publishers, "
           f"model options {model_options or 'default'})")
     print(f"stored           {total} rows in sensor_readings; sustained {sustained:,.0f} readings/s (Mosquitto -> bridge -> Kafka -> worker -> ClickHouse); "
@@ -378,6 +385,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     print(f"peak RSS         worker {peak_worker:.0f} MB, bridge {peak_bridge:.0f} MB")
     print(f"reference        raw aiokafka consume {raw_rate:,.0f} msgs/s of the same topic")
     print(f"reference        detectors score+learn (measure_throughput): {det}")
+    print(f"reference        detectors as the worker runs them, one device bank (measure_bank_throughput): {bank}")
     w = stats.get("writers", {})
     print(f"worker writers   " + "  ".join(f"{k}: {v.get('rows_stored')} rows, {v.get('insert_seconds_total', 0):.1f}s inserting" for k, v in w.items() if v.get("rows_stored")))
 
