@@ -23,6 +23,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 BEAT_SECONDS = 0.01
+SAMPLE_SECONDS = 0.05  # the watcher's period: every wake takes the GIL from the loop it watches
 KEEP = 8  # longest stalls kept with their stacks
 STACK_DEPTH = 14  # innermost frames kept per sample
 _SKIP = (os.sep + "asyncio" + os.sep, os.sep + "mode" + os.sep, os.sep + "faust" + os.sep + "utils" + os.sep)
@@ -96,7 +97,7 @@ class LoopWatch:
     def _watch(self) -> None:
         threshold = self.threshold_ms / 1e3
         while not self._stopped:
-            time.sleep(BEAT_SECONDS)
+            time.sleep(SAMPLE_SECONDS)
             if time.monotonic() - self._last > threshold:
                 frame = sys._current_frames().get(self._main)  # noqa: SLF001 - the documented way to sample a thread
                 if frame is not None:
