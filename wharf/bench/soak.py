@@ -13,6 +13,8 @@ session (else Mosquitto would queue all later telemetry for it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import threading
 import time
 import uuid
@@ -52,6 +54,15 @@ def learner_pids(worker_pid: int) -> list[int]:
             except OSError:
                 continue
     return sorted(out)
+
+
+def free_port() -> int:
+    """A port nothing listens on now: the soak's worker beside a demo's, or another soak's."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @dataclass
@@ -119,6 +130,7 @@ def bench_soak(
     every: float = typer.Option(60.0, help="Seconds between RSS samples (one printed line each)."),
     warmup: float = typer.Option(10.0, help="Minutes of warm-up left out of the growth figure."),
     shop_rate: float = typer.Option(20.0, help="Shop events (clicks and reviews) per second, as in `wharf demo`."),
+    devices: str = typer.Option("soak-", help="Prefix of the simulated devices' ids: two runs at once need different ones (MQTT logs out a second login)."),
     clickhouse: str = typer.Option("auto", help="`chdb` (embedded in the worker), `server` (the local ClickHouse server), or `auto`: as the settings say, like `wharf demo`."),
 ) -> None:
     """The demo's load for `--minutes`: RSS of the worker, each learner, the bridge and Mosquitto over time, and growth per hour.
@@ -130,11 +142,12 @@ def bench_soak(
 
     if clickhouse not in ("auto", "chdb", "server"):
         raise typer.BadParameter(f"--clickhouse {clickhouse!r}: choose auto, chdb or server")
-    code = asyncio.run(run_soak(get_settings(), minutes * 60, every, warmup * 60, shop_rate, clickhouse))
+    code = asyncio.run(run_soak(get_settings(), minutes * 60, every, warmup * 60, shop_rate, clickhouse, devices))
     raise typer.Exit(code)
 
 
-async def run_soak(settings: Settings, seconds: float, every: float, warmup: float, shop_rate: float, clickhouse: str = "auto") -> int:
+async def run_soak(settings: Settings, seconds: float, every: float, warmup: float, shop_rate: float, clickhouse: str = "auto",
+                   devices: str = "soak-") -> int:
     import shutil
 
     from wharf.bench.sensors import _bench_clickhouse_base
@@ -146,13 +159,16 @@ async def run_soak(settings: Settings, seconds: float, every: float, warmup: flo
     server = clickhouse == "server" or (clickhouse == "auto" and settings.clickhouse_url.startswith("clickhouse://"))
     url = f"{_bench_clickhouse_base(settings)}/bench_{u}" if server else f"chdb://{state}/chdb"
     try:
-        return await _soak(settings, u, url, state, seconds, every, warmup, shop_rate)
+        return await _soak(settings, u, url, state, seconds, every, warmup, shop_rate, devices)
     finally:
         await remove_bench_run(settings, u, url if server else None)
         shutil.rmtree(state / "chdb", ignore_errors=True)
+        for datadir in (settings.state_dir / "faust").glob(f"soak-{u}-*"):  # the worker's RocksDB tables
+            shutil.rmtree(datadir, ignore_errors=True)
 
 
-async def _soak(settings: Settings, u: str, url: str, state: Path, seconds: float, every: float, warmup: float, shop_rate: float) -> int:  # noqa: C901
+async def _soak(settings: Settings, u: str, url: str, state: Path, seconds: float, every: float, warmup: float, shop_rate: float,  # noqa: C901
+                devices: str) -> int:
     import os
     import subprocess
     import sys
@@ -179,19 +195,22 @@ async def _soak(settings: Settings, u: str, url: str, state: Path, seconds: floa
     s = settings.model_copy(update={k[6:].lower(): v for k, v in env.items() if k.startswith(("WHARF_TOPIC_", "WHARF_APP_ID", "WHARF_CLICKHOUSE_URL"))})
     await ensure_topics(settings, worker_topic_names(s), settings.topic_partitions)
     warehouse = WarehouseSimulator(WarehouseConfig(seed=7, interval_s=1.0, start_ts=time.time(), fault_every_s=90.0,
-                                                   first_fault_after_s=60.0, fault_duration_s=40.0))
+                                                   first_fault_after_s=60.0, fault_duration_s=40.0, device_prefix=devices))
     register_devices(settings, parse_registry(warehouse.registry_setting(), "soak"))  # as `wharf demo`: passwords and ACL ...
     infra.up(settings, ["mosquitto"])  # ... written, and the running broker re-reads them
     print(f"soak {u}: {seconds / 60:.0f} min of the demo's load ({len(warehouse.devices)} devices at 1 reading/s, {shop_rate:.0f} shop events/s); "
           f"worker + bridge on {settings.kafka_bootstrap}, ClickHouse {redact(url)}; logs in {state}", flush=True)
-    worker = _Worker(env, settings.web_port + 51, state / "worker.log")
+    worker = _Worker(env, free_port(), state / "worker.log")
     client_id = f"soak-{u}"
     bridge = subprocess.Popen([sys.executable, "-m", "wharf.cli", "bridge", "--client-id", client_id, "--share-group", client_id, "--loglevel", "warning"],
                               env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, stdout=open(state / "bridge.log", "ab"), stderr=subprocess.STDOUT,
                               start_new_session=True)
     children = [Child("bridge", bridge, state / "bridge.log")]
     fleet = DeviceFleet(s, warehouse, truth_file=state / "faults.jsonl")
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # Ctrl-C or SIGTERM: the table so far, then the same clean-up as at the end
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     shop_task: asyncio.Task | None = None
     fleet_thread: threading.Thread | None = None
     broker = Mosquitto(settings).process.pid()
@@ -208,7 +227,7 @@ async def _soak(settings: Settings, u: str, url: str, state: Path, seconds: floa
         last_tables: dict[str, int] = {}
         learner_names: dict[int, str] = {}
         header: list[str] = []
-        k = 0
+        tick = 0
         while True:
             now = time.monotonic() - t0
             pids = {"worker": worker.pid, "bridge": bridge.pid, **({"mosquitto": broker} if broker else {})}
@@ -223,11 +242,11 @@ async def _soak(settings: Settings, u: str, url: str, state: Path, seconds: floa
                     row[name] = mb
             try:
                 tables = (await asyncio.to_thread(worker.stats)).get("tables", {})
-            except OSError:
+            except (OSError, ValueError):
                 tables = {}
-            stored = {k: tables.get(k, 0) for k in ("sensor_readings", "clicks", "reviews") if isinstance(tables.get(k, 0), int)}
-            rates = "  ".join(f"{k} +{v - last_tables.get(k, 0)}" for k, v in stored.items())
-            last_tables = stored
+            stored = {k: tables[k] for k in ("sensor_readings", "clicks", "reviews") if isinstance(tables.get(k), int)}
+            rates = "  ".join(f"{k} +{v - last_tables.get(k, 0)}" for k, v in stored.items()) or "(the worker's /stats did not answer)"
+            last_tables = stored or last_tables
             if list(series) != header:  # a learner started (or restarted): name the columns again
                 header = list(series)
                 print(f"{'min':>5}  " + "  ".join(f"{n:>10}" for n in header) + "   (RSS MB; rows stored since the last line)", flush=True)
@@ -235,10 +254,11 @@ async def _soak(settings: Settings, u: str, url: str, state: Path, seconds: floa
             if worker.proc.poll() is not None or bridge.poll() is not None:
                 print(f"a process exited early (worker {worker.proc.returncode}, bridge {bridge.returncode}); see {state}")
                 return 1
-            if now >= seconds:
+            if now >= seconds or stop.is_set():
                 break
-            k += 1
-            await asyncio.sleep(max(0.0, t0 + min(k * every, seconds) - time.monotonic()))
+            tick += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, t0 + min(tick * every, seconds) - time.monotonic()))
     finally:
         stop.set()
         fleet.stop()
@@ -249,7 +269,8 @@ async def _soak(settings: Settings, u: str, url: str, state: Path, seconds: floa
                 pass
         if fleet_thread is not None:
             fleet_thread.join(SIMULATORS_STOP_SECONDS)
-        worker.stop()
+        with contextlib.suppress(ProcessLookupError):  # gone already (it exited early)
+            worker.stop()
         stop_children(children)
         fleet.close()
         await asyncio.to_thread(end_session, s, client_id)  # else Mosquitto queues all later telemetry for it
