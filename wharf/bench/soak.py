@@ -72,15 +72,6 @@ class Series:
     name: str
     samples: list[tuple[float, float]] = field(default_factory=list)
 
-    def at(self, t: float) -> float | None:
-        """The last sample at or before `t`."""
-        found = None
-        for ts, mb in self.samples:
-            if ts > t:
-                break
-            found = mb
-        return found
-
     def growth(self, warmup: float) -> tuple[float, float, float] | None:
         """(RSS when warm-up ended, MB/hour, %/hour) from the least-squares slope of the samples after warm-up."""
         after = [(t, mb) for t, mb in self.samples if t >= warmup]
