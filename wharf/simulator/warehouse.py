@@ -89,6 +89,8 @@ class WarehouseConfig:
     compressor_after_s: float = 0.0
     """No scheduled compressor failure before this long after the start (another fault takes its turn): no model
     can tell a drift from the room's normal before it has learned that normal."""
+    device_prefix: str = ""
+    """Put before every device id: a benchmark's fleet beside a running demo's (same ids would log each other out)."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ class WarehouseSimulator:
                     dtype = DEVICE_TYPES[(z * cfg.devices_per_zone + d) % len(DEVICE_TYPES)]
                     n = len(self.devices)
                     self.devices.append(Device(
-                        site=f"site-{s + 1}", zone=f"zone-{s + 1}{chr(ord('a') + z)}", device_id=f"{dtype.replace('_', '')}-{n + 1:03d}",
+                        site=f"site-{s + 1}", zone=f"zone-{s + 1}{chr(ord('a') + z)}", device_id=f"{cfg.device_prefix}{dtype.replace('_', '')}-{n + 1:03d}",
                         device_type=dtype, interval_s=cfg.interval_s, skew_s=float(self.rng.normal(0, 0.5)),
                     ))
         self.state = {d.device_id: _DeviceState(next_ts=cfg.start_ts + float(self.rng.uniform(0, cfg.interval_s))) for d in self.devices}
