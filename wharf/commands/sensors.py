@@ -165,8 +165,6 @@ def replay(
     import paho.mqtt.client as mqtt
 
     from mqtt_bridge.connection import device_endpoint, secure
-
-    from mqtt_bridge.connection import device_endpoint, secure
     from mqtt_bridge.topics import telemetry_topic
     from schemas import codec
 
