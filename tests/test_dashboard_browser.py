@@ -118,8 +118,8 @@ def test_demo_dashboard_in_a_real_browser(stack, unique, tmp_path):
         if buttons:  # an unacked device alarm is shown (the demo raises them every 25 s)
             alarm_id = buttons[0].get_attribute("data-alarm-id")
             buttons[0].click()
-            wait.until(lambda b: b.find_element(By.ID, "status").text.startswith(("ack sent", "ack failed")))
-            assert browser.find_element(By.ID, "status").text == f"ack sent for {alarm_id}"
+            wait.until(lambda b: b.find_element(By.ID, "ack-status").text.startswith(("ack sent", "ack failed")))
+            assert browser.find_element(By.ID, "ack-status").text == f"ack sent for {alarm_id}"
 
         # Hostile text in every field is shown as text: no element is made from it and no handler runs.
         found = browser.execute_script("""
