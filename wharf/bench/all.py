@@ -123,7 +123,7 @@ def run_all(settings, datasets: Path, out: Path, quick: bool = False) -> Report:
     from wharf import infra
 
     state_dir = settings.state_dir
-    report = Report(phases=Phases(10, "bench all"))
+    report = Report(phases=Phases(11, "bench all"))
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     header = machine()
     # The benchmarks need the servers, and publishers need MQTT logins of their own.
@@ -137,6 +137,9 @@ def run_all(settings, datasets: Path, out: Path, quick: bool = False) -> Report:
                lambda: cli_section(["bench", "sensors", "--rate", "5000", "--seconds", seconds, "--publishers", "8"], env))
     report.add("Sensor path at 1,000 readings/s offered", f"wharf bench sensors --rate 1000 --seconds {seconds} --publishers 8",
                lambda: cli_section(["bench", "sensors", "--rate", "1000", "--seconds", seconds, "--publishers", "8"], env))
+    catch_up = "100000" if quick else "300000"
+    report.add("Sensor path catching up (1,000 devices' readings already in Kafka, a fresh worker)", f"wharf bench sensors --catch-up {catch_up}",
+               lambda: cli_section(["bench", "sensors", "--catch-up", catch_up], env))
     report.add("MQTT bridge alone", "wharf bench bridge --messages 100000 --publishers 8",
                lambda: cli_section(["bench", "bridge", "--messages", "100000", "--publishers", "8"], env))
     report.add("Commerce path throughput and latency", "wharf bench commerce" + (" --clicks 10000 --requests 500" if quick else ""),
