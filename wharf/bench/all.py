@@ -20,7 +20,7 @@ from pathlib import Path
 
 from wharf.progress import Phases
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: the subprocesses read the same settings and state folder
 
 
 @dataclass
