@@ -121,10 +121,16 @@ async def _bench(settings, rate: float, seconds: float, model_options: str, n_pu
         await remove_bench_run(settings, u, f"{_bench_clickhouse_base(settings)}/bench_{u}")
 
 
+def own_topics(prefix: str) -> dict[str, str]:
+    """Settings naming every topic `{prefix}.{name}`: a benchmark's worker reads nothing another run left behind."""
+    from streams.runtime.topics import SPECS
+
+    return {f"WHARF_{spec.attr.upper()}": f"{prefix}.{spec.attr[6:]}" for spec in SPECS}
+
+
 def _bench_env(settings, u: str, model_options: str) -> tuple[dict[str, str], Any]:  # noqa: ANN001
     """The bench worker's environment (its own app id, topics and database) and the settings it makes."""
     from schemas.settings import Settings
-    from streams.runtime.topics import SPECS
 
     base = _bench_clickhouse_base(settings)
     env = {
@@ -132,8 +138,7 @@ def _bench_env(settings, u: str, model_options: str) -> tuple[dict[str, str], An
         "WHARF_SENSOR_ALARM_CLEAR_SECONDS": "0", "WHARF_SENSOR_CHECKPOINT_SECONDS": "30",
         "WHARF_SINK_BATCH_SECONDS": "0.25",
     }
-    for spec in SPECS:  # every topic fresh: the commerce agents of the bench worker must find nothing to do
-        env[f"WHARF_{spec.attr.upper()}"] = f"bench.{u}.{spec.attr[6:]}"
+    env |= own_topics(f"bench.{u}")  # every topic fresh: the commerce agents of the bench worker must find nothing to do
     if model_options:
         env["WHARF_SENSOR_MODEL_OPTIONS"] = model_options
     return env, Settings(**{k[6:].lower(): v for k, v in env.items()})

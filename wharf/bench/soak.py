@@ -107,12 +107,11 @@ def growth_table(series: list[Series], warmup: float, end: float) -> str:
 
 def soak_env(u: str, clickhouse_url: str) -> dict[str, str]:
     """The soak's worker and bridge settings: its own app id, topics and database, the demo's alarm and snapshot pace."""
-    from streams.runtime.topics import SPECS
+    from wharf.bench.sensors import own_topics
 
     env = {"WHARF_APP_ID": f"soak-{u}", "WHARF_CLICKHOUSE_URL": clickhouse_url,
            "WHARF_SENSOR_ALARM_CLEAR_SECONDS": "20", "WHARF_COMMERCE_SNAPSHOT_SECONDS": "15", "OPENBLAS_NUM_THREADS": "1"}
-    for spec in SPECS:
-        env[f"WHARF_{spec.attr.upper()}"] = f"soak.{u}.{spec.attr[6:]}"
+    env |= own_topics(f"soak.{u}")
     return env
 
 
