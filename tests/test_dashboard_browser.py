@@ -114,10 +114,12 @@ def test_demo_dashboard_in_a_real_browser(stack, unique, tmp_path):
         assert "refresh failed" not in browser.find_element(By.ID, "status").text
 
         # The ack button posts from the browser (session cookie, JSON, same Origin and Host) and is accepted.
-        buttons = browser.find_elements(By.CSS_SELECTOR, "#alarms button[data-alarm-id]")
-        if buttons:  # an unacked device alarm is shown (the demo raises them every 25 s)
-            alarm_id = buttons[0].get_attribute("data-alarm-id")
-            buttons[0].click()
+        # Found and clicked in one script: the 5 s refresh redraws the table, so an element found in one
+        # WebDriver call can be gone by the next (a stale element). The page's own click listener still acks it.
+        alarm_id = browser.execute_script("""
+            const b = document.querySelector('#alarms button[data-alarm-id]');
+            if (!b) return null; b.click(); return b.dataset.alarmId;""")
+        if alarm_id:  # an unacked device alarm is shown (the demo raises them every 25 s)
             wait.until(lambda b: b.find_element(By.ID, "ack-status").text.startswith(("ack sent", "ack failed")))
             assert browser.find_element(By.ID, "ack-status").text == f"ack sent for {alarm_id}"
 
