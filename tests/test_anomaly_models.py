@@ -286,3 +286,32 @@ def test_one_device_cannot_grow_its_model_without_bound():
     assert len(m.names) == 3 and m.ignored_metrics > 0
     res = m.score_one(1_700_000_100.0, {"other": 1.0})  # only unknown names: scored as nothing, no error
     assert 0.0 <= res.score <= 1.0 and len(m.names) == 3
+
+
+def test_forecaster_gradients_match_autograd():
+    """The forecaster's hand-written backward pass against PyTorch's autograd on the same Huber loss, with
+    residuals on both sides of the Huber knee; then training steps follow the autograd path step for step."""
+    import torch
+
+    from online_models.anomaly.forecaster import OnlineMLPForecaster
+
+    rng = np.random.default_rng(7)
+    fc = OnlineMLPForecaster(seed=3)
+    fc.params = [(p + rng.normal(0, 0.3, p.shape)).astype(np.float32) for p in fc.params]  # not the zero biases
+    xs = rng.normal(0, 1.5, (256, fc.lags + 2)).astype(np.float32)
+    ys = (xs[:, fc.lags - 1] + rng.normal(0, 1.5, 256)).astype(np.float32)
+
+    def autograd(params: list[np.ndarray]) -> list[np.ndarray]:
+        ps = [torch.from_numpy(p.copy()).requires_grad_(True) for p in params]
+        xt = torch.from_numpy(xs)
+        pred = (torch.tanh(xt @ ps[0] + ps[1]) @ ps[2] + ps[3])[:, 0] + xt[:, fc.lags - 1]
+        return [g.numpy() for g in torch.autograd.grad(torch.nn.functional.smooth_l1_loss(pred, torch.from_numpy(ys)), ps)]
+
+    residual = fc.predict_many(xs) - ys
+    assert (np.abs(residual) < 1).sum() > 20 and (np.abs(residual) > 1).sum() > 20  # both branches of the loss
+    for ours, ref in zip(fc.gradients(xs, ys), autograd(fc.params)):
+        assert ours.dtype == np.float32 and ours.shape == ref.shape
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-7)
+    before = [p.copy() for p in fc.params]
+    fc.learn_many(xs[:fc.train_every], ys[:fc.train_every])  # one training round: `epochs` Adam steps
+    assert fc.steps == fc.epochs and all(not np.array_equal(a, b) for a, b in zip(before, fc.params))

@@ -43,16 +43,6 @@ def _workload(rng: np.random.Generator, n_devices: int, n_metrics: int, batch_mi
     return out, clock
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads is not None:
-        try:
-            import torch
-
-            torch.set_num_threads(threads)
-        except ImportError:  # pragma: no cover - torch is a dependency of the forecaster
-            pass
-
-
 def measure_throughput(
     n_devices: int = 1000,
     n_metrics: int = 3,
@@ -63,7 +53,6 @@ def measure_throughput(
     one_by_one_events: int = 3000,
     step_s: float = 60.0,
     seed: int = 0,
-    threads: int | None = 1,
     **model_kwargs: object,
 ) -> dict[str, float]:
     """Score+learn rate of the full ensemble through one process, one `DeviceAnomalyModel` per device.
@@ -76,7 +65,6 @@ def measure_throughput(
     devices, ``one_by_one_events`` events in total. An *event* is one timestamp
     with ``n_metrics`` values; *readings* = events x metrics.
     """
-    _set_threads(threads)
     rng = np.random.default_rng(seed)
     models = [DeviceAnomalyModel(seed=seed, **model_kwargs) for _ in range(n_devices)]
     work, clock = _workload(rng, n_devices, n_metrics, batch_min, batch_max, warmup_rounds + rounds, step_s)
@@ -131,14 +119,12 @@ def measure_bank_throughput(
     warmup_rounds: int = 2,
     step_s: float = 60.0,
     seed: int = 0,
-    threads: int | None = 1,
     **model_kwargs: object,
 ) -> dict[str, float]:
     """The same readings as `measure_throughput`'s batch path (same seed), through one `DeviceBank`: each round is
     one `score_learn_batch` call for all devices, their rows interleaved."""
     from online_models.anomaly.bank import DeviceBank
 
-    _set_threads(threads)
     rng = np.random.default_rng(seed)
     bank = DeviceBank(capacity=n_devices, seed=seed, **model_kwargs)
     slots = np.array([bank.slot(d) for d in range(n_devices)])
@@ -186,7 +172,6 @@ def hold_devices(n_devices: int = 10_000, rows: int = 300, n_metrics: int = 3, b
     Run it in a fresh process (`measure_memory`): RSS only grows."""
     from online_models.anomaly.bank import DeviceBank
 
-    _set_threads(1)
     # the code's own memory (imports, compiled kernels, a first forecaster training) before the baseline
     warm = DeviceBank(capacity=1, seed=seed, train_every=8)
     warm_ts = 1_700_000_000.0 + 300.0 * np.arange(64)
