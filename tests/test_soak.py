@@ -40,3 +40,16 @@ def test_a_device_prefix_renames_every_device_and_keeps_the_rest() -> None:
     assert [d.device_id for d in soak.devices] == ["soak-" + d.device_id for d in plain.devices]
     assert [(d.site, d.zone, d.device_type) for d in soak.devices] == [(d.site, d.zone, d.device_type) for d in plain.devices]
     assert all(entry.split("=")[0].startswith("soak-") for entry in soak.registry_setting().split(","))
+
+
+def test_learner_bench_drives_a_real_learner_process_and_samples_it() -> None:
+    """`wharf bench learner` on a few simulated minutes: a real learner process learns the demo's clicks through its
+    pipes, and each sample has its RSS (a live process) at increasing simulated times."""
+    import asyncio
+
+    from wharf.bench.learner import drive
+
+    series = asyncio.run(drive(hours=0.1, partitions=2, snapshot_s=15.0, checkpoint_s=5.0, rate=20.0, seed=7, every_h=0.05))
+    times = [t for t, _ in series.samples]
+    assert len(times) >= 3 and times == sorted(times) and times[-1] >= 0.1 * 3600
+    assert all(mb > 50 for _, mb in series.samples)  # a Python process with the recommender loaded

@@ -421,11 +421,13 @@ def bench_all(
 
 from wharf.commands import commerce as _commerce  # noqa: E402
 from wharf.commands import sensors as _sensors  # noqa: E402
+from wharf.bench.learner import bench_learner  # noqa: E402
 from wharf.bench.soak import bench_soak  # noqa: E402
 
 _sensors.register(app, bench_app)
 _commerce.register(app, bench_app, evaluate_app)
 bench_app.command("soak")(bench_soak)
+bench_app.command("learner")(bench_learner)
 
 
 def main() -> None:

@@ -98,6 +98,12 @@ def _get(url: str, path: str, token: str) -> dict | None:
         return None
 
 
+def demo_shop(seed: int, rate: float, start: float) -> ShopSimulator:
+    """The demo's shop (500 users, 400 items, a defective item every 10 minutes), also driven by `wharf bench learner`."""
+    return ShopSimulator(ShopConfig(seed=seed, events_per_second=rate, start_ts=start, n_users=500, n_items=400,
+                                    defect_every_s=600.0, defect_duration_s=300.0, review_delay_s=20.0, p_review=0.5))
+
+
 @dataclass
 class ShopFeeder:
     """The shop simulator in real time: clicks and reviews straight to Kafka, as a shop backend would send them."""
@@ -109,8 +115,7 @@ class ShopFeeder:
 
     async def run(self, stop: asyncio.Event) -> None:
         start = time.time()
-        sim = ShopSimulator(ShopConfig(seed=self.seed, events_per_second=self.rate, start_ts=start, n_users=500, n_items=400,
-                                       defect_every_s=600.0, defect_duration_s=300.0, review_delay_s=20.0, p_review=0.5))
+        sim = demo_shop(self.seed, self.rate, start)
         stream = sim.stream()
         producer = AIOKafkaProducer(**kafka_client(self.settings), acks="all", enable_idempotence=True, linger_ms=5)
         await producer.start()

@@ -195,7 +195,8 @@ class Shard:
 
     def stats(self) -> dict[str, Any]:
         m = self.model
-        return {"users": len(m.users), "items": len(m.items), "evicted_users": m.evicted_users,
+        return {"users": len(m.users), "items": len(m.items), "cooc": sum(len(st.cooc or ()) for st in m.items.values()),
+                "evicted_users": m.evicted_users,
                 "evicted_items": m.evicted_items, "clicks": self.clicks, "skipped": self.skipped,
                 "learned": m.state.events, "offsets": dict(self.offsets)}
 
