@@ -22,7 +22,6 @@ dropped before storage.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import deque
@@ -34,7 +33,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, OutOfOrderSequence
 
 from mqtt_bridge.connection import bridge_endpoint, ssl_context
 from mqtt_bridge.kafka import RecordBatches, start_when_reachable
-from mqtt_bridge.topics import TopicError, parse_topic
+from mqtt_bridge.topics import DeviceTopic, TopicError, parse_topic
 from mqtt_bridge.wire import Publish, Session, open_session
 from schemas.events import DeviceStatus, SensorReading
 from schemas.validation import FieldError, InvalidEvent, Limits, parse, processing_error
@@ -90,7 +89,18 @@ def _retriable(exc: BaseException) -> bool:
 
 
 # Devices publish on the same few topics over and over: each is checked once (an invalid one raises, uncached).
-_parse_topic = functools.lru_cache(maxsize=1 << 16)(parse_topic)
+MAX_ROUTES = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What a device topic decides, once per topic: the model its payloads must fit, their Kafka topic and key."""
+
+    where: DeviceTopic
+    model: type[SensorReading] | type[DeviceStatus]
+    kind: str
+    out_topic: str
+    key: bytes
 
 
 def _topic_text(msg: Publish) -> str:
@@ -114,6 +124,7 @@ class Bridge:
         self._lost = asyncio.Event()
         self._stop = asyncio.Event()
         self._retries: set[asyncio.Task] = set()
+        self._routes: dict[bytes, _Route] = {}  # raw topic -> its route (MAX_ROUTES at most)
 
     # --- MQTT side ------------------------------------------------------------
     async def _connect(self) -> None:
@@ -267,32 +278,44 @@ class Bridge:
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
 
+    def _topic_route(self, raw: bytes) -> _Route:
+        """The route of a message's raw topic; raises TopicError for a topic outside the scheme (not remembered)."""
+        route = self._routes.get(raw)
+        if route is None:
+            where = parse_topic(raw.decode("utf-8", "replace"))
+            telemetry = where.kind == "telemetry"
+            route = _Route(where, SensorReading if telemetry else DeviceStatus, "sensor_reading" if telemetry else "device_status",
+                           self.settings.topic_sensor_readings if telemetry else self.settings.topic_device_status,
+                           where.device_id.encode())
+            if len(self._routes) >= MAX_ROUTES:
+                self._routes.clear()
+            self._routes[raw] = route
+        return route
+
     def _route(self, msg: Publish, now: float) -> tuple[str, bytes, bytes]:
         """Where a message goes: (topic, value, key). Invalid messages become dead letters, and so does a message
         that breaks anything here: no content can stop the bridge or hold the PUBACKs behind it."""
         payload = msg.payload
-        topic = _topic_text(msg)
         try:
-            where = _parse_topic(topic)
-            model = SensorReading if where.kind == "telemetry" else DeviceStatus
-            event = parse(payload, model, now=now, limits=self.limits)
-            if event.site != where.site or event.zone != where.zone or event.device_id != where.device_id:
+            route = self._topic_route(msg.topic)
+            event = parse(payload, route.model, now=now, limits=self.limits)
+            where = route.where
+            if event.device_id != where.device_id or event.site != where.site or event.zone != where.zone:
                 mismatch = [  # a device may not speak for another
                     FieldError(name, repr(getattr(event, name)), f"does not match the MQTT topic ({expected!r})")
                     for name, expected in (("site", where.site), ("zone", where.zone), ("device_id", where.device_id))
                     if getattr(event, name) != expected
                 ]
-                raise InvalidEvent("sensor_reading" if where.kind == "telemetry" else "device_status", mismatch)
-            out_topic = self.settings.topic_sensor_readings if where.kind == "telemetry" else self.settings.topic_device_status
-            return out_topic, payload, event.device_id.encode()
+                raise InvalidEvent(route.kind, mismatch)
+            return route.out_topic, payload, route.key  # the key: the device id, equal to the event's (checked above)
         except InvalidEvent as exc:
             error = exc
         except TopicError as exc:
-            error = InvalidEvent("mqtt_message", [FieldError("topic", topic, str(exc))])
+            error = InvalidEvent("mqtt_message", [FieldError("topic", _topic_text(msg), str(exc))])
         except Exception as exc:  # noqa: BLE001 - see the docstring
-            log.exception("a message on %s broke the bridge's routing; dead-lettered", topic[:200])
+            log.exception("a message on %s broke the bridge's routing; dead-lettered", _topic_text(msg)[:200])
             error = processing_error("mqtt_message", "the bridge", exc, payload)
-        letter = error.dead_letter(payload, "mqtt", keep_bytes=self.limits.dead_letter_keep_bytes, mqtt_topic=topic)
+        letter = error.dead_letter(payload, "mqtt", keep_bytes=self.limits.dead_letter_keep_bytes, mqtt_topic=_topic_text(msg))
         return self.settings.topic_dead_letters, letter.encode(), letter.key()
 
     def _release_acks(self) -> None:

@@ -93,16 +93,14 @@ class TimedEvent(Event):
     @field_validator("ts", mode="before")
     @classmethod
     def _epoch(cls, value: Any) -> Any:
-        return to_epoch(value)
-
-    @field_validator("ts")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
+        """The conversion and the bounds in one Python call: every event pays for each (the bridge validates
+        ~100,000 a second)."""
+        ts = to_epoch(value)
+        if ts <= 0:
             raise ValueError("must be after 1970-01-01")
-        if value >= LATEST_TS:
+        if ts >= LATEST_TS:
             raise ValueError("must be before 2100-01-01")
-        return value
+        return ts
 
 
 class SensorReading(TimedEvent):
@@ -120,6 +118,8 @@ class SensorReading(TimedEvent):
     def _no_bool_metrics(cls, value: Any) -> Any:
         if isinstance(value, dict):
             for name, metric in value.items():
+                if metric.__class__ is float and -METRIC_ABS_MAX <= metric <= METRIC_ABS_MAX:
+                    continue  # the common case, in one test
                 if isinstance(metric, bool) or not isinstance(metric, int | float):
                     raise ValueError(f"metric {str(name)[:40]!r} must be a number, got {type(metric).__name__}")
                 if not -METRIC_ABS_MAX <= metric <= METRIC_ABS_MAX:

@@ -191,8 +191,8 @@ def parse(payload: bytes, model: type[E], *, now: float | None = None, limits: L
 def _parse(payload: bytes, model: type[E], now: float | None, limits: Limits) -> E:
     if len(payload) > limits.max_payload_bytes:
         decode_json(payload, _kind_of(model), limits)  # raises, naming the limit
-    try:
-        event = model.model_validate_json(payload)
+    try:  # the model's own validator, called directly: `model_validate_json`'s wrapper cost a third as much again
+        event = model.__pydantic_validator__.validate_json(payload)
     except ValueError:
         kind = _kind_of(model)
         return validate(decode_json(payload, kind, limits), model, now=now, limits=limits, kind=kind)
