@@ -49,7 +49,7 @@ STOP_PRODUCER_SECONDS = 2.0
 STOP_ALERTS_SECONDS = 2.0
 KEEPALIVE_SECONDS = 30
 # Messages received and not yet acked beyond which the bridge stops reading the socket (QoS 1 stays within
-# Mosquitto's in-flight window of 1,000; this bounds a flood of QoS 0 messages while Kafka is slow).
+# Mosquitto's in-flight window of 10,000, `wharf/infra/mosquitto.py`; this bounds a flood of QoS 0 messages while Kafka is slow).
 PAUSE_AT = 20_000
 
 
