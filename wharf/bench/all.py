@@ -123,7 +123,7 @@ def run_all(settings, datasets: Path, out: Path, quick: bool = False) -> Report:
     from wharf import infra
 
     state_dir = settings.state_dir
-    report = Report(phases=Phases(11, "bench all"))
+    report = Report(phases=Phases(12, "bench all"))
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     header = machine()
     # The benchmarks need the servers, and publishers need MQTT logins of their own.
@@ -146,6 +146,9 @@ def run_all(settings, datasets: Path, out: Path, quick: bool = False) -> Report:
                lambda: cli_section(["bench", "commerce"] + (["--clicks", "10000", "--requests", "500"] if quick else []), env))
     report.add("Detectors alone: per-device models vs the device bank, memory of 10,000 devices", "wharf bench anomaly",
                lambda: cli_section(["bench", "anomaly"], env))
+    hours, last = ("1", "0.5") if quick else ("4", "2")
+    report.add("Recommender learner's memory through hours of the demo's shop (simulated time)", f"wharf bench learner --hours {hours} --last {last}",
+               lambda: cli_section(["bench", "learner", "--hours", hours, "--last", last], env))
     report.add("Anomaly detection on NAB (the shared files)", "wharf evaluate anomaly --nab ../shared/datasets/nab", lambda: nab_section(datasets))
     report.add("Injected faults through the sensor path's device step (warehouse simulator)", "wharf evaluate faults",
                lambda: faults_section(settings))
