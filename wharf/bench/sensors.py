@@ -121,6 +121,19 @@ async def _bench(settings, rate: float, seconds: float, model_options: str, n_pu
         await remove_bench_run(settings, u, f"{_bench_clickhouse_base(settings)}/bench_{u}")
 
 
+def loop_stalls(loop: dict) -> str:
+    """The worker's event-loop stalls (`streams/runtime/loopwatch.py`) and where the longest was: every reading
+    waiting behind one is that much later."""
+    if not loop:
+        return "(no loop watch in the stats)"
+    line = (f"{loop.get('stalls', 0)} stalls over {loop.get('threshold_ms', 0):.0f} ms, {loop.get('total_ms', 0) / 1e3:.1f} s in all, "
+            f"longest {loop.get('max_ms', 0):.0f} ms")
+    longest = max(loop.get("longest", []), key=lambda st: st.get("ms", 0), default=None)
+    if longest and longest.get("stacks"):
+        line += " in " + " < ".join(reversed(longest["stacks"][0]["stack"][-3:]))
+    return line
+
+
 def own_topics(prefix: str) -> dict[str, str]:
     """Settings naming every topic `{prefix}.{name}`: a benchmark's worker reads nothing another run left behind."""
     from streams.runtime.topics import SPECS
@@ -226,6 +239,7 @@ async def _catch_up_run(settings, u: str, n: int, model_options: str, n_devices:
     print(f"ratio            worker / measure_throughput = {rate / det['batch_events_per_s']:.0%}, worker / device bank = "
           f"{rate / bank['batch_events_per_s']:.0%} (targets: >= 25,000 readings/s and >= 60 % of the detectors' rate)")
     print(f"peak RSS         worker {peak:.0f} MB")
+    print("worker loop      " + loop_stalls(stats.get("loop", {})))
     w = stats.get("writers", {})
     print("worker writers   " + "  ".join(f"{k}: {v.get('rows_stored')} rows, {v.get('insert_seconds_total', 0):.1f}s inserting"
                                          for k, v in w.items() if v.get("rows_stored")))
@@ -261,6 +275,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
                               start_new_session=True)
     ch = connect(env["WHARF_CLICKHOUSE_URL"])
     alarm_lat: list[float] = []
+    alarm_sent: list[float] = []
     row_lat: list[float] = []
     probe_sent: dict[int, float] = {}
     stop = threading.Event()
@@ -277,6 +292,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
                         a = codec.loads(m.value)
                         if a["status"] == "ACTIVE_UNACK" and a["alarm_type"] == "rule:temperature":
                             alarm_lat.append(now - a["start_ts"])
+                            alarm_sent.append(m.timestamp / 1000 - a["start_ts"])  # the alert's Kafka time: the worker sent it
         finally:
             await c.stop()
 
@@ -383,10 +399,13 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
           f"({len(row_lat)} probes, 100 ms poll resolution)")
     print(f"publish->alarm   p50 {_pct(alarm_lat, .5) * 1000:.0f} ms  p95 {_pct(alarm_lat, .95) * 1000:.0f} ms  p99 {_pct(alarm_lat, .99) * 1000:.0f} ms "
           f"({len(alarm_lat)} alarms on the alerts topic)")
+    print(f"  of which       publish->alert sent by the worker p50 {_pct(alarm_sent, .5) * 1000:.0f} ms  p99 {_pct(alarm_sent, .99) * 1000:.0f} ms "
+          "(the alert's Kafka timestamp; the rest is Kafka to the bench's consumer)")
     print(f"peak RSS         worker {peak_worker:.0f} MB, bridge {peak_bridge:.0f} MB")
     print(f"reference        raw aiokafka consume {raw_rate:,.0f} msgs/s of the same topic")
     print(f"reference        detectors score+learn (measure_throughput): {det}")
     print(f"reference        detectors as the worker runs them, one device bank (measure_bank_throughput): {bank}")
+    print("worker loop      " + loop_stalls(stats.get("loop", {})))
     w = stats.get("writers", {})
     print("worker writers   " + "  ".join(f"{k}: {v.get('rows_stored')} rows, {v.get('insert_seconds_total', 0):.1f}s inserting" for k, v in w.items() if v.get("rows_stored")))
 
