@@ -9,6 +9,7 @@ import random
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
 from river.anomaly.hst import HalfSpaceTrees
 from river.tree.padded import PaddedBranch, PaddedLeaf
 
@@ -36,5 +37,15 @@ def _hst_restore(hst: HalfSpaceTrees, state: Any) -> None:
     hst._tree_nodes = [list(t.iter_dfs()) for t in hst.trees]  # noqa: SLF001 - as River builds them
 
 
-STATE_TYPES = StateTypes(DeviceAnomalyModel, AnomalyConfig, OnlineMLPForecaster, SilenceDetector, GaussianTail,
+def _forecaster_state(fc: OnlineMLPForecaster) -> dict[str, Any]:
+    """The samples queued for the next training step as one array each, not one per learned block: a device that
+    learns a reading per batch queued up to `train_every` tiny arrays, and each cost the encoder as much as the
+    weights. Restored, the one-array lists train exactly as the many did (they are concatenated first)."""
+    state = dict(fc.__dict__)
+    if len(fc.buf_x) > 1:
+        state["buf_x"], state["buf_y"] = [np.concatenate(fc.buf_x)], [np.concatenate(fc.buf_y)]
+    return state
+
+
+STATE_TYPES = StateTypes(DeviceAnomalyModel, AnomalyConfig, StateType(OnlineMLPForecaster, _forecaster_state), SilenceDetector, GaussianTail,
                          random.Random, StateType(HalfSpaceTrees, _hst_state, _hst_restore), PaddedBranch, PaddedLeaf)
