@@ -19,7 +19,9 @@ partition) gets, every `sensor_checkpoint_seconds`, after `MAX_WAITING` records 
 whenever partitions are revoked or the worker stops, first the flushed score writer (every
 score up to the checkpoint in ClickHouse), then each changed device's state (`schemas.state`)
 and one marker per partition with the last offset the state includes, per topic; only
-then are the records it includes acked. A worker that gets the partition (a restart, or
+then are the records it includes acked. Scoring stops only while a checkpoint's cut is taken (the
+records applied, the marks and a copy of the changed devices, all in step under the owner's lock); the
+encoding runs in a thread and the writes in a task, one checkpoint after the other. A worker that gets the partition (a restart, or
 another worker after a rebalance) restores that state; Kafka redelivers everything after
 it, and records at or below the marker are already in it and are skipped.
 
@@ -38,9 +40,11 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from online_models.alarms import source_of
+from online_models.anomaly.bank import DeviceBank
 from online_models.sensing import score_batch
 from schemas import codec
 from schemas.events import Alert, DeviceStatus, SensorReading, to_epoch
@@ -84,6 +88,7 @@ class Owner:
         self.loaded_partitions: set[int] = set()
         self.lock = asyncio.Lock()
         self.checkpoints = 0
+        self.writing: asyncio.Task[int] | None = None  # the newest checkpoint being written (`checkpoint_behind`)
         self.duplicates = 0
         self.dead_lettered = 0
         self.acker = OrderedAcker()
@@ -278,30 +283,61 @@ class Owner:
 
     # --- checkpoints ---------------------------------------------------------------------------------------
     async def checkpoint(self) -> int:
-        """The durability protocol's commit (`streams/state/checkpoint.py`): flush the scores, write the changed
-        devices and the offset markers to the changelog, then ack what they include; returns records acked."""
-        return await self.ckpt.commit(self._write, flush=scores_writer().flush)
+        """The durability protocol's commit (`streams/state/checkpoint.py`), waited for: flush the scores, write the
+        changed devices and the offset markers to the changelog, then ack what they include; returns records acked
+        by it. The caller holds `lock`; checkpoints still in flight finish first."""
+        return await self.checkpoint_behind()
 
-    async def _write(self, cut: Cut) -> None:
-        """Changed devices and each partition's marker to the changelog, confirmed by Kafka (all partitions)."""
+    def checkpoint_behind(self) -> asyncio.Task[int]:
+        """Start a checkpoint and let the scoring go on: under the caller's `lock` only the cut is taken (the records
+        applied, a copy of the changed devices, the marks: ~30 us a device); encoding (~1-2 ms a device) runs in a
+        thread and the changelog writes after the previous checkpoint's, in a task that nothing else waits for."""
+        snap = self._snapshot()
+        task = asyncio.create_task(self.ckpt.commit(partial(self._write, snap, self.writing), flush=scores_writer().flush,
+                                                    cut=snap.cut))
+        task.add_done_callback(self._written)
+        self.writing = task
+        return task
+
+    def in_flight(self) -> asyncio.Task[int] | None:
+        """The newest checkpoint still being written, if any; raises what a checkpoint that failed raised, so the
+        agent stops the worker as it did when it wrote them itself (its records stay unacked)."""
+        task = self.writing
+        if task is None or not task.done():
+            return task
+        self.writing = None
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()
+        return None
+
+    def _written(self, task: asyncio.Task[int]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.checkpoints += 1
+
+    def _snapshot(self) -> Snapshot:
+        """What the next checkpoint writes, in step: every record applied so far, the marks they moved, and copies
+        of the devices they changed (their bank rows, alarms, de-duplication windows)."""
+        ids = [d for d in self.dirty if d in self.devices]
+        self.dirty.clear()
+        states = [self.devices[d].copy() for d in ids]
+        marks = {p: Marks.encode(self.marks.of(p)) for p in self.marks.partitions()}
+        return Snapshot(self.ckpt.cut(), self.bank.snapshot(ids), states, marks)
+
+    async def _write(self, snap: Snapshot, previous: asyncio.Task[int] | None, cut: Cut) -> None:
+        """The copied devices, encoded in a thread, and each partition's marker to the changelog after those of the
+        previous checkpoint (newest last, acks in order), confirmed by Kafka (all partitions)."""
+        blobs = await asyncio.to_thread(_encode, snap)
+        if previous is not None:
+            await previous
         futs = []
         store = self._store()
-        work = Slice()  # ~2 ms a device: requests are answered between devices
-        for device_id in list(self.dirty):
+        work = Slice()
+        for (partition, key, blob) in blobs:
             await work.tick()
-            st = self.devices.get(device_id)
-            if st is None:
-                continue
-            st.model = self.bank.extract(device_id)
-            blob = st.dump()
-            st.model = None
-            key = device_id.encode()
-            futs.append(state_table.send_changelog(st.partition, key, blob))
+            futs.append(state_table.send_changelog(partition, key, blob))
             store[key] = blob
-            state_table.data._key_partition[key] = st.partition  # so Faust drops it locally if the partition moves
-            self.dirty.discard(device_id)
-        for p in self.marks.partitions():
-            value = Marks.encode(self.marks.of(p))
+            state_table.data._key_partition[key] = partition  # so Faust drops it locally if the partition moves
+        for p, value in snap.marks.items():
             if store.get(marker_key(p)) != value:
                 futs.append(state_table.send_changelog(p, marker_key(p), value))
                 store[marker_key(p)] = value
@@ -309,11 +345,11 @@ class Owner:
         if futs:
             await app.producer.flush()
             await asyncio.gather(*futs)
-        self.checkpoints += 1
 
     def forget(self) -> None:
         """After a rebalance: reload from the (recovered) table, which now holds the latest state of every partition we own."""
         self.devices.clear()
+        self.writing = None  # waited for by the revoke; if it failed or timed out, its records go to the next owner
         self.bank = SETUP.new_bank()
         self.dirty.clear()
         self.marks.forget()
@@ -336,6 +372,27 @@ class Owner:
                 alerts.append(a)
                 self.dirty.add(st.device_id)
         await send_alerts(alerts)
+
+
+@dataclass
+class Snapshot:
+    """One checkpoint's cut, taken in step under the owner's lock: written later, while scoring goes on."""
+
+    cut: Cut
+    bank: DeviceBank  # copies of the changed devices' rows only
+    states: list[DeviceState]  # copies, their models in `bank`
+    marks: dict[int, bytes]  # per partition: the encoded `Marks` the state includes
+
+
+def _encode(snap: Snapshot) -> list[tuple[int, bytes, bytes]]:
+    """(partition, key, blob) of each copied device, in the state format it always had (`DeviceState.dump`);
+    runs in a thread: it touches only the snapshot."""
+    out = []
+    for st in snap.states:
+        st.model = snap.bank.extract(st.device_id)
+        out.append((st.partition, st.device_id.encode(), st.dump()))
+        st.model = None
+    return out
 
 
 @dataclass(slots=True)
@@ -401,7 +458,10 @@ async def score_devices(agent):  # noqa: ANN001 - streams.runtime.batches.BatchA
             try:
                 await owner.apply(recs)
                 if owner.ckpt.waiting() >= MAX_WAITING:  # bounded: the offsets (and memory) must not wait for the timer
-                    await owner.checkpoint()
+                    if (writing := owner.in_flight()) is not None:
+                        await writing  # at most one behind: what waits is bounded, and so is its memory
+                    owner.checkpoint_behind()
+                owner.in_flight()  # a checkpoint that failed stops the worker, as it did when written here
             except Exception:
                 log.exception("scoring failed; stopping the worker")  # the agent supervisor stops it (streams/runtime/app.py)
                 raise
@@ -415,8 +475,9 @@ async def sensor_housekeeping() -> None:
     async with owner.lock:
         await owner.load_owned()
         await owner.check_silence()
-        if time.monotonic() - owner.ckpt.since >= settings.sensor_checkpoint_seconds and (owner.dirty or owner.ckpt.waiting()):
-            await owner.checkpoint()
+        due = time.monotonic() - owner.ckpt.since >= settings.sensor_checkpoint_seconds
+        if due and owner.in_flight() is None and (owner.dirty or owner.ckpt.waiting()):
+            owner.checkpoint_behind()
 
 
 @app.on_partitions_revoked.connect
@@ -450,7 +511,7 @@ async def _checkpoint_at_stop() -> None:
     """The worker stops (`streams/runtime/stopping.py`): what was applied is checkpointed and acked now, not read
     again by the next owner."""
     async with owner.lock:
-        if owner.ckpt.waiting() or owner.dirty:
+        if owner.ckpt.waiting() or owner.dirty or owner.in_flight() is not None:
             await owner.checkpoint()
 
 

@@ -115,7 +115,7 @@ class Checkpoint:
     held: dict[int, list[_Held]] = field(default_factory=dict)
     since: float = field(default_factory=time.monotonic)  # the last cut: when the next checkpoint is due
     commits: int = 0
-    committing: int = 0  # records of the commit under way
+    committing: int = 0  # records of the commits under way (an agent may cut the next while one is written)
 
     def hold(self, partition: int, ack: Ack, *, stored: bool = False) -> Ack:
         """A record applied to the state; returns its `stored` callback for its sink (`stored=True`: a record whose
@@ -147,14 +147,15 @@ class Checkpoint:
         Faust flushes before it commits any offset), then release the acks of what was written; returns how
         many records were released."""
         cut = self.cut() if cut is None else cut
-        self.committing = len(cut)
+        n = len(cut)
+        self.committing += n
         try:
             if flush is not None:
                 await flush()
             written = await write(cut)
             return await self._release(cut, written)
         finally:
-            self.committing = 0
+            self.committing -= n
 
     async def _release(self, cut: Cut, written: Iterable[int] | None) -> int:
         """Acks of the written partitions, in application order; yields to the loop now and then (an ack is ~1.5 us,
