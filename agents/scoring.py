@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 BATCH = settings.sink_batch_rows
 WITHIN = min(settings.sink_batch_seconds, 0.05)  # latency: alarms should not wait for a full batch
 REVOKE_CHECKPOINT_TIMEOUT = 30.0  # below Faust's broker session timeout
-MAX_WAITING = 100_000  # records applied but not yet in a checkpoint (held unacked, ~2.8 KB each here) that force one
+MAX_WAITING = 100_000  # records applied but not yet in a checkpoint (held unacked, ~0.5 KB each, see _let_go) that force one
 
 
 def marker_key(partition: int) -> bytes:
@@ -89,6 +89,7 @@ class Owner:
         self.lock = asyncio.Lock()
         self.checkpoints = 0
         self.writing: asyncio.Task[int] | None = None  # the newest checkpoint being written (`checkpoint_behind`)
+        self.values: list[Any] = []  # held records whose values the raw storage agent still needed (`_let_go`)
         self.duplicates = 0
         self.dead_lettered = 0
         self.acker = OrderedAcker()
@@ -244,6 +245,8 @@ class Owner:
             if r.done is None:
                 continue
             stored = self.ckpt.hold(r.partition, r.done)
+            if not _let_go(r.done):
+                self.values.append(r.done)
             rows_ = by_rec.get(id(r))
             if rows_ is not None:
                 await writer.put(r.partition, r.offset, rows_, stored)
@@ -349,11 +352,16 @@ class Owner:
     def forget(self) -> None:
         """After a rebalance: reload from the (recovered) table, which now holds the latest state of every partition we own."""
         self.devices.clear()
+        self.values.clear()
         self.writing = None  # waited for by the revoke; if it failed or timed out, its records go to the next owner
         self.bank = SETUP.new_bank()
         self.dirty.clear()
         self.marks.forget()
         self.loaded_partitions.clear()
+
+    def let_go(self) -> None:
+        """Drop the values of held records that the raw storage agent has stored since (`_let_go`)."""
+        self.values = [done for done in self.values if not _let_go(done)]
 
     def silence_clock(self, grace: float = 30.0) -> float:
         """'Now' for silence checks: the newest event time processed, so a worker that lags behind
@@ -405,6 +413,17 @@ class DeviceRecord:
     kafka_ts: float
     checked: Checked  # validated once for every agent of its topic (`streams.runtime.app.check_device_record`)
     done: Any = None
+
+
+def _let_go(done: Any) -> bool:
+    """Drop a held record's decoded value (~5 KB a reading) from its message, which waits here for a checkpoint,
+    once no other agent needs it: when only this agent's ack is left (the raw storage agent stored and acked it)
+    or none; returns whether it is gone. The message itself is what acking needs."""
+    message = done.message
+    if message.refcount <= 1:
+        message.value = None
+        return True
+    return False
 
 
 SCORE_SLICE = 2_048
@@ -469,12 +488,13 @@ async def score_devices(agent):  # noqa: ANN001 - streams.runtime.batches.BatchA
 
 @app.timer(1.0)
 async def sensor_housekeeping() -> None:
-    """Silence checks every second; a checkpoint every `sensor_checkpoint_seconds`."""
+    """Silence checks and held values let go every second; a checkpoint every `sensor_checkpoint_seconds`."""
     if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
         return
     async with owner.lock:
         await owner.load_owned()
         await owner.check_silence()
+        owner.let_go()
         due = time.monotonic() - owner.ckpt.since >= settings.sensor_checkpoint_seconds
         if due and owner.in_flight() is None and (owner.dirty or owner.ckpt.waiting()):
             owner.checkpoint_behind()

@@ -88,9 +88,16 @@ class Marks:
 
 @dataclass(slots=True)
 class _Held:
+    """A record applied and not yet acked; calling it says its rows are stored (it is the `stored` callback
+    itself: up to `MAX_WAITING` of these wait for a checkpoint, so each is kept small)."""
+
     ack: Ack
     stored: bool = False
     committed: bool = False
+
+    def __call__(self) -> None:
+        self.stored = True
+        self.release()
 
     def release(self) -> None:
         if self.stored and self.committed:
@@ -123,12 +130,7 @@ class Checkpoint:
         checkpoint includes it."""
         h = _Held(ack, stored)
         self.held.setdefault(partition, []).append(h)
-
-        def stored_() -> None:
-            h.stored = True
-            h.release()
-
-        return stored_
+        return h
 
     def waiting(self) -> int:
         """Records applied and not yet in a committed checkpoint."""
