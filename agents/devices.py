@@ -6,6 +6,7 @@ partition number everywhere, and the worker that owns that partition owns the de
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,13 @@ class DeviceState:
     @classmethod
     def new(cls, device_id: str, partition: int) -> DeviceState:
         return cls(device_id, partition, SETUP.new_model(), SETUP.new_monitor(device_id))
+
+    def copy(self) -> DeviceState:
+        """A copy without the model (the bank's `snapshot` copies it) that later readings leave as it is: taken
+        under the owner's lock for a checkpoint that is encoded off it."""
+        mon = self.monitor
+        return DeviceState(self.device_id, self.partition, None, copy.deepcopy(mon, {id(mon.cfg): mon.cfg}),
+                           RecentKeys(self.recent.capacity, self.recent))
 
     def dump(self) -> bytes:
         return STATE_CODEC.dumps((STATE_VERSION, self), compress=True)

@@ -19,7 +19,9 @@ partition) gets, every `sensor_checkpoint_seconds`, after `MAX_WAITING` records 
 whenever partitions are revoked or the worker stops, first the flushed score writer (every
 score up to the checkpoint in ClickHouse), then each changed device's state (`schemas.state`)
 and one marker per partition with the last offset the state includes, per topic; only
-then are the records it includes acked. A worker that gets the partition (a restart, or
+then are the records it includes acked. Scoring stops only while a checkpoint's cut is taken (the
+records applied, the marks and a copy of the changed devices, all in step under the owner's lock); the
+encoding runs in a thread and the writes in a task, one checkpoint after the other. A worker that gets the partition (a restart, or
 another worker after a rebalance) restores that state; Kafka redelivers everything after
 it, and records at or below the marker are already in it and are skipped.
 
@@ -38,9 +40,11 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from online_models.alarms import source_of
+from online_models.anomaly.bank import DeviceBank
 from online_models.sensing import score_batch
 from schemas import codec
 from schemas.events import Alert, DeviceStatus, SensorReading, to_epoch
@@ -60,7 +64,7 @@ log = logging.getLogger(__name__)
 BATCH = settings.sink_batch_rows
 WITHIN = min(settings.sink_batch_seconds, 0.05)  # latency: alarms should not wait for a full batch
 REVOKE_CHECKPOINT_TIMEOUT = 30.0  # below Faust's broker session timeout
-MAX_WAITING = 100_000  # records applied but not yet in a checkpoint (held unacked, ~2.8 KB each here) that force one
+MAX_WAITING = 100_000  # records applied but not yet in a checkpoint (held unacked, ~0.5 KB each, see _let_go) that force one
 
 
 def marker_key(partition: int) -> bytes:
@@ -84,6 +88,8 @@ class Owner:
         self.loaded_partitions: set[int] = set()
         self.lock = asyncio.Lock()
         self.checkpoints = 0
+        self.writing: asyncio.Task[int] | None = None  # the newest checkpoint being written (`checkpoint_behind`)
+        self.values: list[Any] = []  # held records whose values the raw storage agent still needed (`_let_go`)
         self.duplicates = 0
         self.dead_lettered = 0
         self.acker = OrderedAcker()
@@ -240,6 +246,8 @@ class Owner:
             if r.done is None:
                 continue
             stored = self.ckpt.hold(r.partition, r.done)
+            if not _let_go(r.done):
+                self.values.append(r.done)
             rows_ = by_rec.get(id(r))
             if rows_ is not None:
                 await writer.put(r.partition, r.offset, rows_, stored)
@@ -279,30 +287,61 @@ class Owner:
 
     # --- checkpoints ---------------------------------------------------------------------------------------
     async def checkpoint(self) -> int:
-        """The durability protocol's commit (`streams/state/checkpoint.py`): flush the scores, write the changed
-        devices and the offset markers to the changelog, then ack what they include; returns records acked."""
-        return await self.ckpt.commit(self._write, flush=scores_writer().flush)
+        """The durability protocol's commit (`streams/state/checkpoint.py`), waited for: flush the scores, write the
+        changed devices and the offset markers to the changelog, then ack what they include; returns records acked
+        by it. The caller holds `lock`; checkpoints still in flight finish first."""
+        return await self.checkpoint_behind()
 
-    async def _write(self, cut: Cut) -> None:
-        """Changed devices and each partition's marker to the changelog, confirmed by Kafka (all partitions)."""
+    def checkpoint_behind(self) -> asyncio.Task[int]:
+        """Start a checkpoint and let the scoring go on: under the caller's `lock` only the cut is taken (the records
+        applied, a copy of the changed devices, the marks: ~30 us a device); encoding (~1-2 ms a device) runs in a
+        thread and the changelog writes after the previous checkpoint's, in a task that nothing else waits for."""
+        snap = self._snapshot()
+        task = asyncio.create_task(self.ckpt.commit(partial(self._write, snap, self.writing), flush=scores_writer().flush,
+                                                    cut=snap.cut))
+        task.add_done_callback(self._written)
+        self.writing = task
+        return task
+
+    def in_flight(self) -> asyncio.Task[int] | None:
+        """The newest checkpoint still being written, if any; raises what a checkpoint that failed raised, so the
+        agent stops the worker as it did when it wrote them itself (its records stay unacked)."""
+        task = self.writing
+        if task is None or not task.done():
+            return task
+        self.writing = None
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()
+        return None
+
+    def _written(self, task: asyncio.Task[int]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.checkpoints += 1
+
+    def _snapshot(self) -> Snapshot:
+        """What the next checkpoint writes, in step: every record applied so far, the marks they moved, and copies
+        of the devices they changed (their bank rows, alarms, de-duplication windows)."""
+        ids = [d for d in self.dirty if d in self.devices]
+        self.dirty.clear()
+        states = [self.devices[d].copy() for d in ids]
+        marks = {p: Marks.encode(self.marks.of(p)) for p in self.marks.partitions()}
+        return Snapshot(self.ckpt.cut(), self.bank.snapshot(ids), states, marks)
+
+    async def _write(self, snap: Snapshot, previous: asyncio.Task[int] | None, cut: Cut) -> None:
+        """The copied devices, encoded in a thread, and each partition's marker to the changelog after those of the
+        previous checkpoint (newest last, acks in order), confirmed by Kafka (all partitions)."""
+        blobs = await asyncio.to_thread(_encode, snap)
+        if previous is not None:
+            await previous
         futs = []
         store = self._store()
-        work = Slice()  # ~2 ms a device: requests are answered between devices
-        for device_id in list(self.dirty):
+        work = Slice()
+        for (partition, key, blob) in blobs:
             await work.tick()
-            st = self.devices.get(device_id)
-            if st is None:
-                continue
-            st.model = self.bank.extract(device_id)
-            blob = st.dump()
-            st.model = None
-            key = device_id.encode()
-            futs.append(state_table.send_changelog(st.partition, key, blob))
+            futs.append(state_table.send_changelog(partition, key, blob))
             store[key] = blob
-            state_table.data._key_partition[key] = st.partition  # so Faust drops it locally if the partition moves
-            self.dirty.discard(device_id)
-        for p in self.marks.partitions():
-            value = Marks.encode(self.marks.of(p))
+            state_table.data._key_partition[key] = partition  # so Faust drops it locally if the partition moves
+        for p, value in snap.marks.items():
             if store.get(marker_key(p)) != value:
                 futs.append(state_table.send_changelog(p, marker_key(p), value))
                 store[marker_key(p)] = value
@@ -310,15 +349,20 @@ class Owner:
         if futs:
             await app.producer.flush()
             await asyncio.gather(*futs)
-        self.checkpoints += 1
 
     def forget(self) -> None:
         """After a rebalance: reload from the (recovered) table, which now holds the latest state of every partition we own."""
         self.devices.clear()
+        self.values.clear()
+        self.writing = None  # waited for by the revoke; if it failed or timed out, its records go to the next owner
         self.bank = SETUP.new_bank()
         self.dirty.clear()
         self.marks.forget()
         self.loaded_partitions.clear()
+
+    def let_go(self) -> None:
+        """Drop the values of held records that the raw storage agent has stored since (`_let_go`)."""
+        self.values = [done for done in self.values if not _let_go(done)]
 
     def silence_clock(self, grace: float = 30.0) -> float:
         """'Now' for silence checks: the newest event time processed, so a worker that lags behind
@@ -339,6 +383,27 @@ class Owner:
         await send_alerts(alerts)
 
 
+@dataclass
+class Snapshot:
+    """One checkpoint's cut, taken in step under the owner's lock: written later, while scoring goes on."""
+
+    cut: Cut
+    bank: DeviceBank  # copies of the changed devices' rows only
+    states: list[DeviceState]  # copies, their models in `bank`
+    marks: dict[int, bytes]  # per partition: the encoded `Marks` the state includes
+
+
+def _encode(snap: Snapshot) -> list[tuple[int, bytes, bytes]]:
+    """(partition, key, blob) of each copied device, in the state format it always had (`DeviceState.dump`);
+    runs in a thread: it touches only the snapshot."""
+    out = []
+    for st in snap.states:
+        st.model = snap.bank.extract(st.device_id, scoring=False)
+        out.append((st.partition, st.device_id.encode(), st.dump()))
+        st.model = None
+    return out
+
+
 @dataclass(slots=True)
 class DeviceRecord:
     """One record of the device topics as the owner applies it (`done` acks it once its rows are stored)."""
@@ -349,6 +414,17 @@ class DeviceRecord:
     kafka_ts: float
     checked: Checked  # validated once for every agent of its topic (`streams.runtime.app.check_device_record`)
     done: Any = None
+
+
+def _let_go(done: Any) -> bool:
+    """Drop a held record's decoded value (~5 KB a reading) from its message, which waits here for a checkpoint,
+    once no other agent needs it: when only this agent's ack is left (the raw storage agent stored and acked it)
+    or none; returns whether it is gone. The message itself is what acking needs."""
+    message = done.message
+    if message.refcount <= 1:
+        message.value = None
+        return True
+    return False
 
 
 SCORE_SLICE = 2_048
@@ -402,7 +478,10 @@ async def score_devices(agent):  # noqa: ANN001 - streams.runtime.batches.BatchA
             try:
                 await owner.apply(recs)
                 if owner.ckpt.waiting() >= MAX_WAITING:  # bounded: the offsets (and memory) must not wait for the timer
-                    await owner.checkpoint()
+                    if (writing := owner.in_flight()) is not None:
+                        await writing  # at most one behind: what waits is bounded, and so is its memory
+                    owner.checkpoint_behind()
+                owner.in_flight()  # a checkpoint that failed stops the worker, as it did when written here
             except Exception:
                 log.exception("scoring failed; stopping the worker")  # the agent supervisor stops it (streams/runtime/app.py)
                 raise
@@ -410,14 +489,16 @@ async def score_devices(agent):  # noqa: ANN001 - streams.runtime.batches.BatchA
 
 @app.timer(1.0)
 async def sensor_housekeeping() -> None:
-    """Silence checks every second; a checkpoint every `sensor_checkpoint_seconds`."""
+    """Silence checks and held values let go every second; a checkpoint every `sensor_checkpoint_seconds`."""
     if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
         return
     async with owner.lock:
         await owner.load_owned()
         await owner.check_silence()
-        if time.monotonic() - owner.ckpt.since >= settings.sensor_checkpoint_seconds and (owner.dirty or owner.ckpt.waiting()):
-            await owner.checkpoint()
+        owner.let_go()
+        due = time.monotonic() - owner.ckpt.since >= settings.sensor_checkpoint_seconds
+        if due and owner.in_flight() is None and (owner.dirty or owner.ckpt.waiting()):
+            owner.checkpoint_behind()
 
 
 @app.on_partitions_revoked.connect
@@ -451,7 +532,7 @@ async def _checkpoint_at_stop() -> None:
     """The worker stops (`streams/runtime/stopping.py`): what was applied is checkpointed and acked now, not read
     again by the next owner."""
     async with owner.lock:
-        if owner.ckpt.waiting() or owner.dirty:
+        if owner.ckpt.waiting() or owner.dirty or owner.in_flight() is not None:
             await owner.checkpoint()
 
 

@@ -160,6 +160,25 @@ def test_extract_insert_round_trip_through_the_state_format():
     assert again.n == model.n == 3000 and again.hst.counter == model.hst.counter
 
 
+def test_a_snapshot_keeps_the_state_it_was_taken_with():
+    """`DeviceBank.snapshot` (a checkpoint's copy, encoded off the scoring loop) is the devices' state when it was
+    taken, byte for byte in the state format, however much the bank learns after it (forecaster training included)."""
+    ts, v = _nab(FILES[0], 1600)
+    bank = DeviceBank(train_every=16)
+    slots = [bank.slot(k) for k in ("a", "b", "c")]
+    codec = StateCodec(STATE_TYPES)
+    for i in range(0, 1000, 25):  # small blocks: many queued forecaster samples, several trainings
+        for j, s in enumerate(slots):
+            bank.score_learn_batch(np.full(25, s), ts[i:i + 25], {"value": v[i:i + 25] + j})
+    snap = bank.snapshot(["c", "a"])
+    taken = {k: codec.dumps(bank.extract(k)) for k in ("a", "c")}
+    for i in range(1000, 1300, 25):
+        for j, s in enumerate(slots):
+            bank.score_learn_batch(np.full(25, s), ts[i:i + 25], {"value": v[i:i + 25] + j})
+    assert {k: codec.dumps(snap.extract(k)) for k in ("a", "c")} == taken
+    assert codec.dumps(bank.extract("a")) != taken["a"]
+
+
 def test_bank_refuses_mismatched_rows_and_configs():
     bank = DeviceBank(use_forecaster=False)
     with pytest.raises(ValueError, match="one entry per row"):

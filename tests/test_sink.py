@@ -166,9 +166,8 @@ async def test_a_partition_revoked_while_its_batch_is_acked_leaves_the_writer_ru
     acked: list[tuple[str, int]] = []
 
     def event(tp: str, offset: int) -> SimpleNamespace:
-        e = SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
-        e.ack = lambda: acked.append((tp, offset))
-        return e
+        message = SimpleNamespace(tp=tp, offset=offset, ack=lambda consumer: acked.append((tp, offset)))
+        return SimpleNamespace(message=message, app=SimpleNamespace(consumer=None))
 
     w = ClickHouseWriter(ch, SPEC, batch_rows=n, batch_seconds=5)
     for o in range(n):  # one full batch over two partitions

@@ -127,6 +127,36 @@ def test_a_device_state_scores_and_alarms_identically_after_a_round_trip() -> No
         DeviceState.load(StateCodec(ALARM_TYPES).dumps((1, {"device_id": "x"})))
 
 
+def test_device_states_written_with_tree_nodes_still_restore() -> None:
+    """HalfSpaceTrees were written as River node objects before they were written as arrays (`_hst_state`): such
+    a checkpoint restores to the same trees and the same scores; malformed tree arrays are refused."""
+    from river.anomaly.hst import HalfSpaceTrees
+
+    from agents.devices import STATE_CODEC, STATE_VERSION, DeviceState
+    from online_models.anomaly import state_types
+    from schemas.state import StateType
+
+    def as_nodes(hst: HalfSpaceTrees) -> dict:
+        state = {**hst.__dict__, "limits": dict(hst.limits)}
+        del state["_tree_nodes"]
+        return state
+
+    before = StateCodec(StateTypes(STATE_CODEC.types, StateTypes(StateType(HalfSpaceTrees, as_nodes))))
+    state, ts, x = _device_state()
+    old, new = before.dumps((STATE_VERSION, state), compress=True), state.dump()
+    assert old != new and b"PaddedBranch" in zlib.decompress(old[5:]) and b"PaddedBranch" not in zlib.decompress(new[5:])
+    a, b = DeviceState.load(old), DeviceState.load(new)
+    assert a.model.hst.counter == b.model.hst.counter > 0 and a.dump() == b.dump() == new
+    tail = {"temperature": x[2000:2400], "humidity": x[2000:2400] / 2}
+    np.testing.assert_array_equal(a.model.score_learn_many(ts[2000:2400], tail).scores,
+                                  b.model.score_learn_many(ts[2000:2400], tail).scores)
+    heap = state_types._hst_state(state.model.hst)["heap"]
+    for broken in ({**heap, "feature": heap["feature"] + 100}, {**heap, "l_mass": heap["l_mass"][:, :3]},
+                   {**heap, "threshold": heap["threshold"].astype(np.float32)}, {**heap, "names": [1]}, {**heap, "r_mass": heap["r_mass"].astype(np.float64)}):
+        with pytest.raises(ValueError, match="HalfSpaceTrees"):
+            state_types._hst_restore(HalfSpaceTrees(), {**state_types._hst_state(state.model.hst), "heap": broken})
+
+
 def test_recommender_users_items_and_global_state_round_trip() -> None:
     from online_models.recommender import OnlineRecommender, RecommenderConfig
     from online_models.recommender.state import STATE_TYPES

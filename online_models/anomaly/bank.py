@@ -386,8 +386,10 @@ class DeviceBank:
                 self.fc[s].learn_many(xin[o:o + b][ok], np.clip(y[ok], -10.0, 10.0))
 
     # ------------------------------------------------------------------ one device in and out
-    def extract(self, key: Hashable) -> DeviceAnomalyModel:
-        """The device's state as a `DeviceAnomalyModel` (a copy: the bank keeps its row)."""
+    def extract(self, key: Hashable, scoring: bool = True) -> DeviceAnomalyModel:
+        """The device's state as a `DeviceAnomalyModel` (a copy: the bank keeps its row). `scoring=False`: a model
+        that is only encoded (a checkpoint), without River's flat lists of tree nodes, which restore rebuilds
+        anyway (listing them took a fifth of a checkpoint's time)."""
         d = self.keys[key]
         cfg, lay = self.cfg, self.lay
         m = DeviceAnomalyModel(cfg)
@@ -409,7 +411,7 @@ class DeviceBank:
         m.c_n = rows[:, lay.cn:lay.cc].copy()
         m.c_counts = rows[:, lay.cc:lay.end].reshape(k, _CAL, cfg.calib_bins).copy()
         if cfg.use_forecaster:
-            m.fc = [copy.deepcopy(self.fc[s]) for s in sl.tolist()]
+            m.fc = [self.fc[s].snapshot() for s in sl.tolist()]
         r = self.ds[d]
         m.c_weight = float(r[K.C_WEIGHT])
         m.hst_last = float(r[K.HST_LAST])
@@ -422,12 +424,33 @@ class DeviceBank:
         m.ignored_metrics = int(self.ignored[d])
         tid = int(r[K.HST_TID])
         if cfg.use_hst and tid >= 0:
-            m.hst = self._hst_of(d, tid)
+            m.hst = self._hst_of(d, tid, scoring)
             m.hst.counter = int(r[K.HST_COUNT])
             m.hst._first_window = bool(r[K.HST_FIRST])  # noqa: SLF001
         return m
 
-    def _hst_of(self, d: int, tid: int):
+    def snapshot(self, keys: list[Hashable]) -> DeviceBank:
+        """A bank holding a copy of these devices only, taken in a few array copies: a checkpoint takes it in
+        step with its offset marks and `extract`s from it off the scoring loop, while this bank learns on."""
+        snap = object.__new__(DeviceBank)
+        snap.__dict__.update(self.__dict__)  # config, layout, tree templates (only ever appended to)
+        devs = np.array([self.keys[k] for k in keys], np.int64)
+        for attr in ("ds", "dm", "hl", "hr", "hcol", "hkind", "ignored"):
+            setattr(snap, attr, getattr(self, attr)[devs])  # fancy indexing: copies
+        used = snap.dm >= 0
+        slots = snap.dm[used]
+        snap.ms = self.ms[slots]
+        snap.dm[used] = np.arange(len(slots), dtype=snap.dm.dtype)  # row-major: the order `slots` was taken in
+        snap.fc = [None if self.fc[s] is None else self.fc[s].snapshot() for s in slots.tolist()]
+        snap.names = [list(self.names[d]) for d in devs.tolist()]
+        snap.index = [dict(self.index[d]) for d in devs.tolist()]
+        snap.template_feats, snap.template_keys = list(self.template_feats), list(self.template_keys)
+        snap.template_rng, snap.templates = list(self.template_rng), dict(self.templates)
+        snap.keys = {k: i for i, k in enumerate(keys)}
+        snap._free_dev, snap._free_ms, snap._tree_cols = [], [], dict(self._tree_cols)
+        return snap
+
+    def _hst_of(self, d: int, tid: int, scoring: bool = True):
         """The device's trees as River objects (the template's shape and thresholds, the device's masses)."""
         from river.tree.padded import PaddedBranch, PaddedLeaf
 
@@ -445,7 +468,8 @@ class DeviceBank:
                 nodes[k] = PaddedBranch(nodes[2 * k + 1], nodes[2 * k + 2], feats[k], thr[k], hl[tr][k], hr[tr][k])
             trees.append(nodes[0])
         hst.trees = trees
-        hst._tree_nodes = [list(t.iter_dfs()) for t in trees]  # noqa: SLF001 - as River builds them
+        if scoring:
+            hst._tree_nodes = [list(t.iter_dfs()) for t in trees]  # noqa: SLF001 - as River builds them
         return hst
 
     def learned(self, key: Hashable) -> int:

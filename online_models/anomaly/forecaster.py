@@ -42,6 +42,15 @@ class OnlineMLPForecaster:
         self.buf_x: list[np.ndarray] = []
         self.buf_y: list[float] = []
 
+    def snapshot(self) -> OnlineMLPForecaster:
+        """A copy that later learning leaves as it is, in microseconds (a deepcopy took ~0.3 ms): learning
+        replaces the arrays of `params`, `m`, `v` and the buffers, never writes into them, so copying the lists is enough."""
+        out = object.__new__(OnlineMLPForecaster)
+        out.__dict__.update(self.__dict__)
+        out.params, out.m, out.v = list(self.params), list(self.m), list(self.v)
+        out.buf_x, out.buf_y = list(self.buf_x), list(self.buf_y)
+        return out
+
     @staticmethod
     def inputs(lag_values: list[float], ts: float) -> np.ndarray:
         ang = (ts % 86400.0) / 86400.0 * 2.0 * math.pi

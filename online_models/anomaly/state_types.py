@@ -9,6 +9,7 @@ import random
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
 from river.anomaly.hst import HalfSpaceTrees
 from river.tree.padded import PaddedBranch, PaddedLeaf
 
@@ -19,14 +20,86 @@ from online_models.anomaly.stats import GaussianTail
 from schemas.state import StateType, StateTypes
 
 
+_BRANCH = frozenset({"children", "feature", "threshold", "l_mass", "r_mass"})
+_LEAF = frozenset({"l_mass", "r_mass"})
+
+
 def _hst_state(hst: HalfSpaceTrees) -> dict[str, Any]:
+    """The trees as arrays in heap order (`_heap`) where they allow it: as node objects they took two thirds of a
+    device checkpoint's encoding time. States with `trees` (node objects) are still read."""
     state = {**hst.__dict__, "limits": dict(hst.limits)}
-    del state["_tree_nodes"]
+    state.pop("_tree_nodes", None)  # absent from a model extracted only to be encoded (`DeviceBank.extract`)
+    heap = _heap(state["trees"])
+    if heap is not None:
+        del state["trees"]
+        state["heap"] = heap
     return state
+
+
+def _heap(trees: list) -> dict[str, Any] | None:
+    """Trees whose branches all come before their leaves in breadth-first order (River's padded trees), with the
+    same number of branches, as arrays: node k's children are nodes 2k+1 and 2k+2. None for anything else."""
+    if type(trees) is not list or not trees:
+        return None
+    names: dict[str, int] = {}
+    feature, threshold, l_mass, r_mass = [], [], [], []
+    try:
+        for tree in trees:
+            nodes = [tree]
+            f, t = [], []
+            i = 0
+            while i < len(nodes) and type(nodes[i]) is PaddedBranch:
+                n = nodes[i]
+                nodes.extend(n.children)
+                f.append(names.setdefault(n.feature, len(names)))
+                t.append(n.threshold)
+                i += 1
+            if len(nodes) != 2 * i + 1 or any(type(n) is not PaddedLeaf for n in nodes[i:]) or \
+                    any(len(n.__dict__) != 2 for n in nodes[i:]) or any(len(n.__dict__) != 5 for n in nodes[:i]):
+                return None  # not a padded tree, or nodes with more than River puts in them
+            feature.append(f)
+            threshold.append(t)
+            l_mass.append([n.l_mass for n in nodes])
+            r_mass.append([n.r_mass for n in nodes])
+    except (AttributeError, TypeError):  # a node without the attributes, an unhashable feature
+        return None
+    if len(names) and not all(type(n) is str for n in names):
+        return None
+    out = {"names": list(names), "feature": np.array(feature, np.int64), "threshold": np.array(threshold),
+           "l_mass": np.array(l_mass), "r_mass": np.array(r_mass)}
+    if out["threshold"].dtype != np.float64 or out["l_mass"].dtype != np.int64 or out["r_mass"].dtype != np.int64:
+        return None  # e.g. float masses: kept as node objects, exactly
+    return out
+
+
+def _trees(heap: Any) -> list:
+    """`_heap`'s arrays back as River nodes; ValueError for anything malformed."""
+    if type(heap) is not dict or heap.keys() != {"names", "feature", "threshold", "l_mass", "r_mass"} or \
+            type(heap["names"]) is not list or not all(type(n) is str for n in heap["names"]):
+        raise ValueError("not HalfSpaceTrees arrays")
+    feature, threshold, l_mass, r_mass = (heap[k] for k in ("feature", "threshold", "l_mass", "r_mass"))
+    if not all(type(a) is np.ndarray and a.ndim == 2 for a in (feature, threshold, l_mass, r_mass)) or \
+            feature.dtype != np.int64 or threshold.dtype != np.float64 or l_mass.dtype != np.int64 or r_mass.dtype != np.int64 or \
+            feature.shape != threshold.shape or l_mass.shape != r_mass.shape or \
+            l_mass.shape != (feature.shape[0], 2 * feature.shape[1] + 1) or \
+            (feature.size and (feature.min() < 0 or feature.max() >= len(heap["names"]))):
+        raise ValueError("malformed HalfSpaceTrees arrays")
+    names = heap["names"]
+    inner = feature.shape[1]
+    trees = []
+    for f, t, lm, rm in zip(feature.tolist(), threshold.tolist(), l_mass.tolist(), r_mass.tolist()):
+        nodes: list = [None] * inner + [PaddedLeaf(l_mass=lm[k], r_mass=rm[k]) for k in range(inner, 2 * inner + 1)]
+        for k in range(inner - 1, -1, -1):  # children before parents
+            nodes[k] = PaddedBranch(nodes[2 * k + 1], nodes[2 * k + 2], names[f[k]], t[k], lm[k], rm[k])
+        trees.append(nodes[0])
+    return trees
 
 
 def _hst_restore(hst: HalfSpaceTrees, state: Any) -> None:
     """As River builds it: `limits` is a defaultdict of (0, 1) ranges (the factory is code: never in the data)."""
+    if type(state) is dict and "heap" in state and "trees" not in state:
+        state = {**state, "trees": _trees(state["heap"])}
+        del state["heap"]
     if type(state) is not dict or type(state.get("limits")) is not dict or type(state.get("trees")) is not list or \
             any(type(k) is not str or k.startswith("__") for k in state) or \
             not all(type(t) in (PaddedBranch, PaddedLeaf) for t in state["trees"]):
@@ -36,5 +109,15 @@ def _hst_restore(hst: HalfSpaceTrees, state: Any) -> None:
     hst._tree_nodes = [list(t.iter_dfs()) for t in hst.trees]  # noqa: SLF001 - as River builds them
 
 
-STATE_TYPES = StateTypes(DeviceAnomalyModel, AnomalyConfig, OnlineMLPForecaster, SilenceDetector, GaussianTail,
+def _forecaster_state(fc: OnlineMLPForecaster) -> dict[str, Any]:
+    """The samples queued for the next training step as one array each, not one per learned block: a device that
+    learns a reading per batch queued up to `train_every` tiny arrays, and each cost the encoder as much as the
+    weights. Restored, the one-array lists train exactly as the many did (they are concatenated first)."""
+    state = dict(fc.__dict__)
+    if len(fc.buf_x) > 1:
+        state["buf_x"], state["buf_y"] = [np.concatenate(fc.buf_x)], [np.concatenate(fc.buf_y)]
+    return state
+
+
+STATE_TYPES = StateTypes(DeviceAnomalyModel, AnomalyConfig, StateType(OnlineMLPForecaster, _forecaster_state), SilenceDetector, GaussianTail,
                          random.Random, StateType(HalfSpaceTrees, _hst_state, _hst_restore), PaddedBranch, PaddedLeaf)

@@ -16,28 +16,38 @@ from collections.abc import Callable
 from typing import Any
 
 
+class _Tracked:
+    """One record waiting for its ack: the message and the consumer that `Event.ack` would use, not the event
+    (a record may wait for a checkpoint: the scoring agent holds up to `MAX_WAITING` of these)."""
+
+    __slots__ = ("message", "consumer", "acker", "finished")
+
+    def __init__(self, message: Any, consumer: Any, acker: OrderedAcker) -> None:
+        self.message, self.consumer, self.acker, self.finished = message, consumer, acker, False
+
+    def __call__(self) -> None:
+        """The record is done: ack it once every earlier record of its partition is."""
+        self.finished = True
+        self.acker._release(self.message.tp)  # noqa: SLF001 - the acker's own entry
+
+
 class OrderedAcker:
     def __init__(self) -> None:
-        self._queues: dict[Any, deque[list]] = {}
+        self._queues: dict[Any, deque[_Tracked]] = {}
 
     def track(self, event: Any) -> Callable[[], None]:
         """Register an event in consumption order; returns the callback that marks it done."""
-        tp = event.message.tp
-        entry = [event, False]
-        self._queues.setdefault(tp, deque()).append(entry)
-
-        def done() -> None:
-            entry[1] = True
-            self._release(tp)
-
-        return done
+        entry = _Tracked(event.message, event.app.consumer, self)
+        self._queues.setdefault(event.message.tp, deque()).append(entry)
+        return entry
 
     def _release(self, tp: Any) -> None:
         queue = self._queues.get(tp)
         if queue is None:  # revoked (`forget`) while this record was being stored: the new owner gets it again
             return
-        while queue and queue[0][1]:
-            queue.popleft()[0].ack()
+        while queue and queue[0].finished:
+            entry = queue.popleft()
+            entry.message.ack(entry.consumer)  # what `Event.ack` does
 
     def waiting(self) -> int:
         return sum(len(q) for q in self._queues.values())

@@ -88,9 +88,16 @@ class Marks:
 
 @dataclass(slots=True)
 class _Held:
+    """A record applied and not yet acked; calling it says its rows are stored (it is the `stored` callback
+    itself: up to `MAX_WAITING` of these wait for a checkpoint, so each is kept small)."""
+
     ack: Ack
     stored: bool = False
     committed: bool = False
+
+    def __call__(self) -> None:
+        self.stored = True
+        self.release()
 
     def release(self) -> None:
         if self.stored and self.committed:
@@ -115,7 +122,7 @@ class Checkpoint:
     held: dict[int, list[_Held]] = field(default_factory=dict)
     since: float = field(default_factory=time.monotonic)  # the last cut: when the next checkpoint is due
     commits: int = 0
-    committing: int = 0  # records of the commit under way
+    committing: int = 0  # records of the commits under way (an agent may cut the next while one is written)
 
     def hold(self, partition: int, ack: Ack, *, stored: bool = False) -> Ack:
         """A record applied to the state; returns its `stored` callback for its sink (`stored=True`: a record whose
@@ -123,12 +130,7 @@ class Checkpoint:
         checkpoint includes it."""
         h = _Held(ack, stored)
         self.held.setdefault(partition, []).append(h)
-
-        def stored_() -> None:
-            h.stored = True
-            h.release()
-
-        return stored_
+        return h
 
     def waiting(self) -> int:
         """Records applied and not yet in a committed checkpoint."""
@@ -147,14 +149,15 @@ class Checkpoint:
         Faust flushes before it commits any offset), then release the acks of what was written; returns how
         many records were released."""
         cut = self.cut() if cut is None else cut
-        self.committing = len(cut)
+        n = len(cut)
+        self.committing += n
         try:
             if flush is not None:
                 await flush()
             written = await write(cut)
             return await self._release(cut, written)
         finally:
-            self.committing = 0
+            self.committing -= n
 
     async def _release(self, cut: Cut, written: Iterable[int] | None) -> int:
         """Acks of the written partitions, in application order; yields to the loop now and then (an ack is ~1.5 us,
