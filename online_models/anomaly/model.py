@@ -107,6 +107,11 @@ class AnomalyConfig:
     # its calibration: P(S > 0) and the mean of positive S (updates capped at drift_cap x that mean)
     drift_half_life: float = 10000.0
     drift_cap: float = 30.0
+    # its upper tail, from the point where the exponential reaches drift_tail_e decades: exponential with the mean
+    # excess of past *ended* excursions beyond that point (EWMA, weight >= drift_tail_alpha), when heavier; a
+    # recurring bounded excursion (a cold room's door opening) is learned, an ongoing drift never teaches itself
+    drift_tail_e: float = 3.0
+    drift_tail_alpha: float = 0.1
     seasonal_bins: int = 48
     seasonal_alpha: float = 0.15
     use_weekly: bool = False
@@ -215,6 +220,8 @@ class DeviceAnomalyModel:
         self.recent = np.zeros((cfg.shift_window - 1, 0))
         self.cu_pos, self.cu_neg = z.copy(), z.copy()
         self.cu_ppos, self.cu_scale = z.copy(), z.copy()  # drift calibration: P(S > 0), mean positive S
+        # ... its upper tail: running peak of the current excursion, mean excess of ended ones, their count
+        self.cu_peak, self.cu_beta, self.cu_nexc = z.copy(), z.copy(), z.copy()
         self.s_means = np.zeros((cfg.seasonal_bins, 0))
         self.s_counts = np.zeros((cfg.seasonal_bins, 0))
         self.s_mad, self.s_n = z.copy(), z.copy()
@@ -260,7 +267,7 @@ class DeviceAnomalyModel:
             col = np.full(a.shape[:-1] + (1,), fill) if a.ndim > 1 else np.array([fill])
             return np.concatenate([a, col], axis=-1)
 
-        for attr in ("lv_mean", "lv_mad", "lv_n", "lg_mean", "lg_mad", "lg_n", "recent", "cu_pos", "cu_neg", "s_means",
+        for attr in ("lv_mean", "lv_mad", "lv_n", "lg_mean", "lg_mad", "lg_n", "recent", "cu_pos", "cu_neg", "cu_peak", "cu_beta", "cu_nexc", "s_means",
                      "s_counts", "s_mad", "s_n", "w_means", "w_counts", "w_mad", "w_n", "lagbuf", "fc_err", "run"):
             setattr(self, attr, grow(getattr(self, attr)))
         self.last = grow(self.last, math.nan)
@@ -321,8 +328,13 @@ class DeviceAnomalyModel:
         # histogram: a histogram that learns a growing sum row by row would call its every new value
         # ordinary; here P(S >= s) = P(S > 0) exp(-s / mean positive S), both tracked slowly
         ok = (self.lg_n >= cfg.calib_warmup) & (self.cu_scale > 0)
-        with np.errstate(divide="ignore"):
-            e_drift = -np.log10(np.maximum(self.cu_ppos, 1e-6)) + cus / (np.maximum(self.cu_scale, 1e-12) * _LN10)
+        e0 = -np.log10(np.maximum(self.cu_ppos, 1e-6))
+        mu = np.maximum(self.cu_scale, 1e-12)
+        e_drift = e0 + cus / (mu * _LN10)
+        # beyond drift_tail_e decades the tail of past ended excursions, where heavier (the min picks it there)
+        s0 = (cfg.drift_tail_e - e0) * mu * _LN10
+        beta = np.maximum(self.cu_beta, mu)
+        e_drift = np.where(self.cu_nexc > 0, np.minimum(e_drift, cfg.drift_tail_e + (cus - s0) / (beta * _LN10)), e_drift)
         e_drift = np.where(ok & (cus > 0) & valid, np.maximum(e_drift, 0.0), 0.0)
         bins = ((ts % 86400.0) / 86400.0 * cfg.seasonal_bins).astype(np.int64) % cfg.seasonal_bins
         mature = self.s_counts.min(axis=0) >= 3 if m else np.zeros(0, bool)
@@ -473,6 +485,7 @@ class DeviceAnomalyModel:
             self.cu_pos, self.cu_neg = aux["cu_pos"][-1], aux["cu_neg"][-1]
             cus = aux["cus"]
             pos = valid & (cus > 0)
+            self._learn_excursions(cus, valid)
             nprev = np.maximum(self.lg_n - b_rows + np.cumsum(vf, axis=0), 0.0)  # approximate per-row count
             a = np.where(valid, np.minimum(np.maximum(math.log(2.0) / cfg.drift_half_life, 1.0 / (nprev + 1.0)), 0.5), 0.0)
             self.cu_ppos = _ewm(self.cu_ppos, pos.astype(float), a)[-1]
@@ -538,6 +551,28 @@ class DeviceAnomalyModel:
             self.c_counts *= s
             self.c_total *= s
             self.c_weight = 1.0
+
+    def _learn_excursions(self, cus: np.ndarray, valid: np.ndarray) -> None:
+        """Excursions of the drift CUSUM that ended (S back to 0) above the point where its exponential tail
+        reaches ``drift_tail_e`` decades teach the upper tail their excess (capped at ``drift_cap`` x the scale).
+        A row loop over the block (<= ``batch_max`` rows, vectorised over metrics): an excursion's end depends
+        on the peak before it."""
+        cfg = self.cfg
+        mu = np.maximum(self.cu_scale, 1e-12)
+        s0 = (cfg.drift_tail_e + np.log10(np.maximum(self.cu_ppos, 1e-6))) * mu * _LN10
+        peak, beta, nexc = self.cu_peak.copy(), self.cu_beta.copy(), self.cu_nexc.copy()
+        for i in range(len(cus)):
+            c, v = cus[i], valid[i]
+            up = v & (c > 0)
+            peak = np.where(up, np.maximum(peak, c), peak)
+            end = v & ~up
+            learn = end & (peak > s0)
+            xcap = np.minimum(peak - s0, cfg.drift_cap * np.maximum(beta, mu))
+            ae = np.maximum(cfg.drift_tail_alpha, 1.0 / (nexc + 1.0))
+            beta = np.where(learn, beta + ae * (xcap - beta), beta)
+            nexc = np.where(learn, nexc + 1.0, nexc)
+            peak = np.where(end, 0.0, peak)
+        self.cu_peak, self.cu_beta, self.cu_nexc = peak, beta, nexc
 
     # ------------------------------------------------------------------ fusion
     @staticmethod
