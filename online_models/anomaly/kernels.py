@@ -326,6 +326,7 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
     raw = np.zeros((B, m, _CAL))
     avail = np.zeros((m, _CAL), np.bool_)
     cu_p = np.zeros((B, m))
+    lvn0 = np.zeros(m)  # readings each metric's level had at the block's start
     cu_n = np.zeros((B, m))
     cus = np.zeros((B, m))
     ev = np.zeros((B, m, _NC))
@@ -345,6 +346,7 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
     for j in range(m):
         s = dm[d, j]
         lv_mean, lv_mad, lv_n = ms[s, LV_MEAN], ms[s, LV_MAD], ms[s, LV_N]
+        lvn0[j] = lv_n
         lg_mean, lg_mad, lg_n = ms[s, LG_MEAN], ms[s, LG_MAD], ms[s, LG_N]
         lg_scale = 1.2533 * lg_mad
         s_floor = 0.05 * lg_scale
@@ -671,7 +673,7 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
     for j in range(m):
         s = dm[d, j]
         for c in range(_CAL):
-            if not avail[j, c]:
+            if not avail[j, c] or lvn0[j] < cf[F_CWARM]:
                 continue
             touched = False
             tsum = 0.0

@@ -459,6 +459,7 @@ class DeviceAnomalyModel:
         valid, xf = aux["valid"], aux["xf"]
         vf = valid.astype(float)
         b_rows = len(ts)
+        lvn0 = self.lv_n.copy()
         # robust levels (clip limits frozen for the block)
         for pre, alpha, clip in (("lv", cfg.level_alpha, 4.0), ("lg", cfg.long_alpha, 6.0)):
             mean, mad, n = getattr(self, pre + "_mean"), getattr(self, pre + "_mad"), getattr(self, pre + "_n")
@@ -534,7 +535,9 @@ class DeviceAnomalyModel:
         self.repeat_rate = _ewm(self.repeat_rate, same.astype(float), 0.01 * vf)[-1]
         # calibrators: decayed histograms (newer samples weigh more)
         raw = aux["raw"]
-        avail = aux["avail"] & has[:, None]
+        # ... from a metric whose level had calib_warmup readings: a level z-score against a MAD of a few readings
+        # (the first rows' z of hundreds) must not sit in the tail for thousands of rows, hiding real spikes
+        avail = aux["avail"] & has[:, None] & (lvn0 >= cfg.calib_warmup)[:, None]
         nb = cfg.calib_bins
         b = np.minimum((np.log1p(np.maximum(raw, 0.0)) * cfg.calib_bins_per_unit).astype(np.int64), nb - 1)
         wts = self.c_weight * self.c_decay ** np.arange(1, b_rows + 1)
