@@ -558,23 +558,37 @@ class DeviceAnomalyModel:
     def _learn_excursions(self, cus: np.ndarray, valid: np.ndarray) -> None:
         """Excursions of the drift CUSUM that ended (S back to 0) above the point where its exponential tail
         reaches ``drift_tail_e`` decades teach the upper tail their excess (capped at ``drift_cap`` x the scale).
-        A row loop over the block (<= ``batch_max`` rows, vectorised over metrics): an excursion's end depends
-        on the peak before it."""
+        Vectorised for the usual block (no excursion ends above that point); a row loop only for a metric
+        where one may (rare: an excursion's end depends on the peak before it)."""
         cfg = self.cfg
+        b_rows = len(cus)
         mu = np.maximum(self.cu_scale, 1e-12)
         s0 = (cfg.drift_tail_e + np.log10(np.maximum(self.cu_ppos, 1e-6))) * mu * _LN10
-        peak, beta, nexc = self.cu_peak.copy(), self.cu_beta.copy(), self.cu_nexc.copy()
-        for i in range(len(cus)):
-            c, v = cus[i], valid[i]
-            up = v & (c > 0)
-            peak = np.where(up, np.maximum(peak, c), peak)
-            end = v & ~up
-            learn = end & (peak > s0)
-            xcap = np.minimum(peak - s0, cfg.drift_cap * np.maximum(beta, mu))
-            ae = np.maximum(cfg.drift_tail_alpha, 1.0 / (nexc + 1.0))
-            beta = np.where(learn, beta + ae * (xcap - beta), beta)
-            nexc = np.where(learn, nexc + 1.0, nexc)
-            peak = np.where(end, 0.0, peak)
+        up = valid & (cus > 0)
+        end = valid & ~up
+        ended = end.any(axis=0)
+        rows = np.arange(b_rows)[:, None]
+        last_end = np.where(ended, b_rows - 1 - np.argmax(end[::-1], axis=0), -1)
+        hi = np.where(up, cus, 0.0).max(axis=0, initial=0.0)
+        after = np.where(up & (rows > last_end), cus, 0.0).max(axis=0, initial=0.0)
+        peak = np.where(ended, after, np.maximum(self.cu_peak, hi))
+        beta, nexc = self.cu_beta.copy(), self.cu_nexc.copy()
+        for j in np.flatnonzero(ended & (np.maximum(self.cu_peak, hi) > s0)).tolist():
+            pk, bj, nj = float(self.cu_peak[j]), float(beta[j]), float(nexc[j])
+            for i in range(b_rows):
+                if not valid[i, j]:
+                    continue
+                c = float(cus[i, j])
+                if c > 0:
+                    pk = max(pk, c)
+                    continue
+                if pk > s0[j]:
+                    xcap = min(pk - s0[j], cfg.drift_cap * max(bj, mu[j]))
+                    ae = max(cfg.drift_tail_alpha, 1.0 / (nj + 1.0))
+                    bj = bj + ae * (xcap - bj)
+                    nj = nj + 1.0
+                pk = 0.0
+            peak[j], beta[j], nexc[j] = pk, bj, nj
         self.cu_peak, self.cu_beta, self.cu_nexc = peak, beta, nexc
 
     # ------------------------------------------------------------------ fusion
