@@ -267,7 +267,8 @@ class DeviceAnomalyModel:
             col = np.full(a.shape[:-1] + (1,), fill) if a.ndim > 1 else np.array([fill])
             return np.concatenate([a, col], axis=-1)
 
-        for attr in ("lv_mean", "lv_mad", "lv_n", "lg_mean", "lg_mad", "lg_n", "recent", "cu_pos", "cu_neg", "cu_peak", "cu_beta", "cu_nexc", "s_means",
+        for attr in ("lv_mean", "lv_mad", "lv_n", "lg_mean", "lg_mad", "lg_n", "recent", "cu_pos", "cu_neg",
+                     "cu_peak", "cu_beta", "cu_nexc", "s_means",
                      "s_counts", "s_mad", "s_n", "w_means", "w_counts", "w_mad", "w_n", "lagbuf", "fc_err", "run"):
             setattr(self, attr, grow(getattr(self, attr)))
         self.last = grow(self.last, math.nan)
@@ -334,7 +335,8 @@ class DeviceAnomalyModel:
         # beyond drift_tail_e decades the tail of past ended excursions, where heavier (the min picks it there)
         s0 = (cfg.drift_tail_e - e0) * mu * _LN10
         beta = np.maximum(self.cu_beta, mu)
-        e_drift = np.where(self.cu_nexc > 0, np.minimum(e_drift, cfg.drift_tail_e + (cus - s0) / (beta * _LN10)), e_drift)
+        e_tail = cfg.drift_tail_e + (cus - s0) / (beta * _LN10)
+        e_drift = np.where(self.cu_nexc > 0, np.minimum(e_drift, e_tail), e_drift)
         e_drift = np.where(ok & (cus > 0) & valid, np.maximum(e_drift, 0.0), 0.0)
         bins = ((ts % 86400.0) / 86400.0 * cfg.seasonal_bins).astype(np.int64) % cfg.seasonal_bins
         mature = self.s_counts.min(axis=0) >= 3 if m else np.zeros(0, bool)
