@@ -17,7 +17,8 @@ import numpy as np
 # per metric slot (ms columns)
 LV_MEAN, LV_MAD, LV_N, LG_MEAN, LG_MAD, LG_N, CU_POS, CU_NEG, CU_PPOS, CU_SCALE = range(10)
 S_MAD, S_N, W_MAD, W_N, T_FIRST, FC_ERR, LAST, RUN, REPEAT = range(10, 19)
-MS_FIXED = 19
+CU_PEAK, CU_BETA, CU_NEXC = range(19, 22)  # drift's upper tail: running excursion peak, mean excess, excursions
+MS_FIXED = 22
 # per device (ds columns)
 C_WEIGHT, HST_LAST, HC_MEAN, HC_VAR, HC_N, SUPPRESS, BURST, SINCE, SIL_IV, SIL_LAST, SIL_N, N_ROWS, \
     HST_COUNT, HST_FIRST, HST_TID = range(15)
@@ -28,8 +29,9 @@ L_REC, L_LAG, L_SM, L_SC, L_WM, L_WC, L_CT, L_CN, L_CC, L_END = range(10)
 (F_LEVEL_ALPHA, F_LONG_ALPHA, F_SHIFT_W, F_DRIFT_K, F_DRIFT_CLIP, F_DRIFT_HL, F_DRIFT_CAP, F_SB, F_SALPHA,
  F_USE_WEEKLY, F_WB, F_WALPHA, F_WMINAGE, F_CWARM, F_CBINS, F_CBPU, F_CPOW, F_LAGS, F_USE_FC, F_USE_HST,
  F_HST_EVERY, F_HST_T, F_HST_H, F_HST_W, F_EFULL, F_MINTHR, F_LEVEL_IV, F_SUPP_EV, F_SUPP_F, F_BURST_PEN,
- F_BURST_DEC, F_BURST_GAP, F_BURST_SOFT, F_STUCK_MIN, F_CDECAY, F_HC_ALPHA, F_HC_WARM, F_SIL_ALPHA) = range(38)
-CF_LEN = 38
+ F_BURST_DEC, F_BURST_GAP, F_BURST_SOFT, F_STUCK_MIN, F_CDECAY, F_HC_ALPHA, F_HC_WARM, F_SIL_ALPHA,
+ F_DRIFT_TE, F_DRIFT_TA) = range(40)
+CF_LEN = 40
 
 _CAL = 5
 _NC = 8
@@ -324,6 +326,7 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
     raw = np.zeros((B, m, _CAL))
     avail = np.zeros((m, _CAL), np.bool_)
     cu_p = np.zeros((B, m))
+    lvn0 = np.zeros(m)  # readings each metric's level had at the block's start
     cu_n = np.zeros((B, m))
     cus = np.zeros((B, m))
     ev = np.zeros((B, m, _NC))
@@ -343,6 +346,7 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
     for j in range(m):
         s = dm[d, j]
         lv_mean, lv_mad, lv_n = ms[s, LV_MEAN], ms[s, LV_MAD], ms[s, LV_N]
+        lvn0[j] = lv_n
         lg_mean, lg_mad, lg_n = ms[s, LG_MEAN], ms[s, LG_MAD], ms[s, LG_N]
         lg_scale = 1.2533 * lg_mad
         s_floor = 0.05 * lg_scale
@@ -375,10 +379,17 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
         _cusum(ms[s, CU_POS], col, cu_p[:, j])
         _cusum(ms[s, CU_NEG], col2, cu_n[:, j])
         ok = lg_n >= cf[F_CWARM] and ms[s, CU_SCALE] > 0
+        e0 = -math.log10(max(ms[s, CU_PPOS], 1e-6))
+        mu = max(ms[s, CU_SCALE], 1e-12)
+        te = cf[F_DRIFT_TE]
+        s0 = (te - e0) * mu * _LN10
+        beta = max(ms[s, CU_BETA], mu)
         for i in range(B):
             c = max(cu_p[i, j], cu_n[i, j])
             cus[i, j] = c
-            e = -math.log10(max(ms[s, CU_PPOS], 1e-6)) + c / (max(ms[s, CU_SCALE], 1e-12) * _LN10)
+            e = e0 + c / (mu * _LN10)
+            if ms[s, CU_NEXC] > 0:
+                e = min(e, te + (c - s0) / (beta * _LN10))
             ev[i, j, _DRIFT] = max(e, 0.0) if ok and c > 0 and valid[i, j] else 0.0
         # seasonal
         mature = True
@@ -584,6 +595,25 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             capped = np.zeros(B)
             apos = np.zeros(B)
             cap = cf[F_DRIFT_CAP] * ms[s, CU_SCALE]
+            # excursions that ended above the drift tail's `drift_tail_e` point teach its upper tail (mean excess);
+            # an ongoing drift never ends, so it never teaches itself
+            mu = max(ms[s, CU_SCALE], 1e-12)
+            s0 = (cf[F_DRIFT_TE] + math.log10(max(ms[s, CU_PPOS], 1e-6))) * mu * _LN10
+            peak, beta, nexc = ms[s, CU_PEAK], ms[s, CU_BETA], ms[s, CU_NEXC]
+            for i in range(B):
+                if not valid[i, j]:
+                    continue
+                c = cus[i, j]
+                if c > 0:
+                    peak = max(peak, c)
+                    continue
+                if peak > s0:
+                    xcap = min(peak - s0, cf[F_DRIFT_CAP] * max(beta, mu))
+                    ae = max(cf[F_DRIFT_TA], 1.0 / (nexc + 1.0))
+                    beta = beta + ae * (xcap - beta)
+                    nexc = nexc + 1.0
+                peak = 0.0
+            ms[s, CU_PEAK], ms[s, CU_BETA], ms[s, CU_NEXC] = peak, beta, nexc
             for i in range(B):
                 cum = cum + vf[i] if i else vf[i]
                 nprev = max(lg_n - B + cum, 0.0)
@@ -643,7 +673,7 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
     for j in range(m):
         s = dm[d, j]
         for c in range(_CAL):
-            if not avail[j, c]:
+            if not avail[j, c] or lvn0[j] < cf[F_CWARM]:
                 continue
             touched = False
             tsum = 0.0

@@ -107,6 +107,11 @@ class AnomalyConfig:
     # its calibration: P(S > 0) and the mean of positive S (updates capped at drift_cap x that mean)
     drift_half_life: float = 10000.0
     drift_cap: float = 30.0
+    # its upper tail, from the point where the exponential reaches drift_tail_e decades: exponential with the mean
+    # excess of past *ended* excursions beyond that point (EWMA, weight >= drift_tail_alpha), when heavier; a
+    # recurring bounded excursion (a cold room's door opening) is learned, an ongoing drift never teaches itself
+    drift_tail_e: float = 3.0
+    drift_tail_alpha: float = 0.1
     seasonal_bins: int = 48
     seasonal_alpha: float = 0.15
     use_weekly: bool = False
@@ -215,6 +220,8 @@ class DeviceAnomalyModel:
         self.recent = np.zeros((cfg.shift_window - 1, 0))
         self.cu_pos, self.cu_neg = z.copy(), z.copy()
         self.cu_ppos, self.cu_scale = z.copy(), z.copy()  # drift calibration: P(S > 0), mean positive S
+        # ... its upper tail: running peak of the current excursion, mean excess of ended ones, their count
+        self.cu_peak, self.cu_beta, self.cu_nexc = z.copy(), z.copy(), z.copy()
         self.s_means = np.zeros((cfg.seasonal_bins, 0))
         self.s_counts = np.zeros((cfg.seasonal_bins, 0))
         self.s_mad, self.s_n = z.copy(), z.copy()
@@ -260,7 +267,8 @@ class DeviceAnomalyModel:
             col = np.full(a.shape[:-1] + (1,), fill) if a.ndim > 1 else np.array([fill])
             return np.concatenate([a, col], axis=-1)
 
-        for attr in ("lv_mean", "lv_mad", "lv_n", "lg_mean", "lg_mad", "lg_n", "recent", "cu_pos", "cu_neg", "s_means",
+        for attr in ("lv_mean", "lv_mad", "lv_n", "lg_mean", "lg_mad", "lg_n", "recent", "cu_pos", "cu_neg",
+                     "cu_peak", "cu_beta", "cu_nexc", "s_means",
                      "s_counts", "s_mad", "s_n", "w_means", "w_counts", "w_mad", "w_n", "lagbuf", "fc_err", "run"):
             setattr(self, attr, grow(getattr(self, attr)))
         self.last = grow(self.last, math.nan)
@@ -321,8 +329,14 @@ class DeviceAnomalyModel:
         # histogram: a histogram that learns a growing sum row by row would call its every new value
         # ordinary; here P(S >= s) = P(S > 0) exp(-s / mean positive S), both tracked slowly
         ok = (self.lg_n >= cfg.calib_warmup) & (self.cu_scale > 0)
-        with np.errstate(divide="ignore"):
-            e_drift = -np.log10(np.maximum(self.cu_ppos, 1e-6)) + cus / (np.maximum(self.cu_scale, 1e-12) * _LN10)
+        e0 = -np.log10(np.maximum(self.cu_ppos, 1e-6))
+        mu = np.maximum(self.cu_scale, 1e-12)
+        e_drift = e0 + cus / (mu * _LN10)
+        # beyond drift_tail_e decades the tail of past ended excursions, where heavier (the min picks it there)
+        s0 = (cfg.drift_tail_e - e0) * mu * _LN10
+        beta = np.maximum(self.cu_beta, mu)
+        e_tail = cfg.drift_tail_e + (cus - s0) / (beta * _LN10)
+        e_drift = np.where(self.cu_nexc > 0, np.minimum(e_drift, e_tail), e_drift)
         e_drift = np.where(ok & (cus > 0) & valid, np.maximum(e_drift, 0.0), 0.0)
         bins = ((ts % 86400.0) / 86400.0 * cfg.seasonal_bins).astype(np.int64) % cfg.seasonal_bins
         mature = self.s_counts.min(axis=0) >= 3 if m else np.zeros(0, bool)
@@ -447,6 +461,7 @@ class DeviceAnomalyModel:
         valid, xf = aux["valid"], aux["xf"]
         vf = valid.astype(float)
         b_rows = len(ts)
+        lvn0 = self.lv_n.copy()
         # robust levels (clip limits frozen for the block)
         for pre, alpha, clip in (("lv", cfg.level_alpha, 4.0), ("lg", cfg.long_alpha, 6.0)):
             mean, mad, n = getattr(self, pre + "_mean"), getattr(self, pre + "_mad"), getattr(self, pre + "_n")
@@ -473,6 +488,7 @@ class DeviceAnomalyModel:
             self.cu_pos, self.cu_neg = aux["cu_pos"][-1], aux["cu_neg"][-1]
             cus = aux["cus"]
             pos = valid & (cus > 0)
+            self._learn_excursions(cus, valid)
             nprev = np.maximum(self.lg_n - b_rows + np.cumsum(vf, axis=0), 0.0)  # approximate per-row count
             a = np.where(valid, np.minimum(np.maximum(math.log(2.0) / cfg.drift_half_life, 1.0 / (nprev + 1.0)), 0.5), 0.0)
             self.cu_ppos = _ewm(self.cu_ppos, pos.astype(float), a)[-1]
@@ -521,7 +537,9 @@ class DeviceAnomalyModel:
         self.repeat_rate = _ewm(self.repeat_rate, same.astype(float), 0.01 * vf)[-1]
         # calibrators: decayed histograms (newer samples weigh more)
         raw = aux["raw"]
-        avail = aux["avail"] & has[:, None]
+        # ... from a metric whose level had calib_warmup readings: a level z-score against a MAD of a few readings
+        # (the first rows' z of hundreds) must not sit in the tail for thousands of rows, hiding real spikes
+        avail = aux["avail"] & has[:, None] & (lvn0 >= cfg.calib_warmup)[:, None]
         nb = cfg.calib_bins
         b = np.minimum((np.log1p(np.maximum(raw, 0.0)) * cfg.calib_bins_per_unit).astype(np.int64), nb - 1)
         wts = self.c_weight * self.c_decay ** np.arange(1, b_rows + 1)
@@ -538,6 +556,42 @@ class DeviceAnomalyModel:
             self.c_counts *= s
             self.c_total *= s
             self.c_weight = 1.0
+
+    def _learn_excursions(self, cus: np.ndarray, valid: np.ndarray) -> None:
+        """Excursions of the drift CUSUM that ended (S back to 0) above the point where its exponential tail
+        reaches ``drift_tail_e`` decades teach the upper tail their excess (capped at ``drift_cap`` x the scale).
+        Vectorised for the usual block (no excursion ends above that point); a row loop only for a metric
+        where one may (rare: an excursion's end depends on the peak before it)."""
+        cfg = self.cfg
+        b_rows = len(cus)
+        mu = np.maximum(self.cu_scale, 1e-12)
+        s0 = (cfg.drift_tail_e + np.log10(np.maximum(self.cu_ppos, 1e-6))) * mu * _LN10
+        up = valid & (cus > 0)
+        end = valid & ~up
+        ended = end.any(axis=0)
+        rows = np.arange(b_rows)[:, None]
+        last_end = np.where(ended, b_rows - 1 - np.argmax(end[::-1], axis=0), -1)
+        hi = np.where(up, cus, 0.0).max(axis=0, initial=0.0)
+        after = np.where(up & (rows > last_end), cus, 0.0).max(axis=0, initial=0.0)
+        peak = np.where(ended, after, np.maximum(self.cu_peak, hi))
+        beta, nexc = self.cu_beta.copy(), self.cu_nexc.copy()
+        for j in np.flatnonzero(ended & (np.maximum(self.cu_peak, hi) > s0)).tolist():
+            pk, bj, nj = float(self.cu_peak[j]), float(beta[j]), float(nexc[j])
+            for i in range(b_rows):
+                if not valid[i, j]:
+                    continue
+                c = float(cus[i, j])
+                if c > 0:
+                    pk = max(pk, c)
+                    continue
+                if pk > s0[j]:
+                    xcap = min(pk - s0[j], cfg.drift_cap * max(bj, mu[j]))
+                    ae = max(cfg.drift_tail_alpha, 1.0 / (nj + 1.0))
+                    bj = bj + ae * (xcap - bj)
+                    nj = nj + 1.0
+                pk = 0.0
+            peak[j], beta[j], nexc[j] = pk, bj, nj
+        self.cu_peak, self.cu_beta, self.cu_nexc = peak, beta, nexc
 
     # ------------------------------------------------------------------ fusion
     @staticmethod
