@@ -329,3 +329,28 @@ def test_random_msgpack_structures_raise_nothing_but_state_format_error(value: o
         StateCodec(ALARM_TYPES).loads(blob)
     except StateFormatError:
         pass
+
+
+def test_a_device_written_before_the_drift_tail_existed_restores_into_the_bank() -> None:
+    """Devices checkpointed before `drift_tail_e`, `drift_tail_alpha` and the per-metric `cu_peak`/`cu_beta`/`cu_nexc`
+    existed take their defaults and fit the production bank with everything they learned (not a fresh model)."""
+    from agents.devices import DeviceState
+    from online_models.anomaly.bank import DeviceBank
+
+    state, ts, x = _device_state()
+    for name in ("drift_tail_e", "drift_tail_alpha"):
+        del state.model.cfg.__dict__[name]
+    for name in ("cu_peak", "cu_beta", "cu_nexc"):
+        del state.model.__dict__[name]
+    old = DeviceState.load(state.dump())
+    assert old.model.cfg.drift_tail_e == 3.0 and old.model.cfg.drift_tail_alpha == 0.1
+    np.testing.assert_array_equal(old.model.cu_nexc, np.zeros(2))
+    bank = DeviceBank()
+    bank.insert("dev-7", old.model)  # refused before: "the model's configuration differs from the bank's"
+    learned = len(range(0, 2000, 32)) * 32  # what `_device_state` fed it
+    assert bank.learned("dev-7") == learned
+    bank.score_learn_batch(np.full(32, bank.slot("dev-7")), ts[2016:2048], {"temperature": x[2016:2048], "humidity": x[2016:2048] / 2})
+    assert bank.learned("dev-7") == learned + 32
+    with pytest.raises(StateFormatError, match="DeviceAnomalyModel"):
+        state.model.__dict__.pop("names")
+        DeviceState.load(state.dump())

@@ -335,7 +335,6 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
     run = np.zeros((B, m))
     xn_all = np.zeros((B, m))
     errs = np.zeros((B, m))
-    act = np.zeros(m, np.bool_)
     bins = np.empty(B, np.int64)
     wbins = np.empty(B, np.int64)
     for i in range(B):
