@@ -48,7 +48,7 @@ class DeviceState:
         under the owner's lock for a checkpoint that is encoded off it."""
         mon = self.monitor
         return DeviceState(self.device_id, self.partition, None, copy.deepcopy(mon, {id(mon.cfg): mon.cfg}),
-                           RecentKeys(self.recent.capacity, self.recent))
+                           self.recent.copy())
 
     def dump(self) -> bytes:
         return STATE_CODEC.dumps((STATE_VERSION, self), compress=True)

@@ -40,3 +40,13 @@ def test_a_device_state_with_its_window_as_tuples_loads_into_recent_keys() -> No
         back = DeviceState.load(st.dump())
         assert type(back.recent) is RecentKeys and back.recent.capacity == DEVICE_DEDUP_KEYS
         assert list(back.recent) == keys and back.recent.seen(keys[0])
+
+
+def test_a_copy_has_the_same_keys_in_order_and_goes_its_own_way() -> None:
+    window: RecentKeys[int] = RecentKeys(3, [1, 2, 3])
+    window.seen(3)
+    twin = window.copy()
+    assert twin == window and twin.copies == 1 and list(twin) == [1, 2, 3]
+    window.seen(4)  # forgets 1 in the original only
+    assert list(window) == [2, 3, 4] and list(twin) == [1, 2, 3]
+    assert not twin.seen(5) and list(twin) == [2, 3, 5]
