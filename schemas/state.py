@@ -74,6 +74,7 @@ class StateType:
     cls: type
     getstate: Callable[[Any], Any] | None = None
     setstate: Callable[[Any, Any], None] | None = None
+    upgrade: Callable[[dict], dict] | None = None  # a state written by an older version -> today's (defaults filled in)
 
 
 def type_name(cls: type) -> str:
@@ -81,7 +82,7 @@ def type_name(cls: type) -> str:
 
 
 class _Entry:
-    __slots__ = ("cls", "name", "marker", "is_enum", "getstate", "setstate", "slots", "slot_names", "get_slots", "has_dict",
+    __slots__ = ("cls", "name", "marker", "is_enum", "getstate", "setstate", "upgrade", "slots", "slot_names", "get_slots", "has_dict",
                  "checked")
 
     def __init__(self, t: StateType) -> None:
@@ -97,6 +98,7 @@ class _Entry:
         custom_get = getattr(cls, "__getstate__", object.__getstate__) is not object.__getstate__
         self.getstate = t.getstate or (cls.__getstate__ if custom_get else None)
         self.setstate = t.setstate or getattr(cls, "__setstate__", None)
+        self.upgrade = t.upgrade
         self.checked = set(self.slot_names)  # attribute names known to be fine (grows to _CHECKED_NAMES at most)
 
 
@@ -409,6 +411,8 @@ class _Decoder:
             raise self.refuse(f"an object of {entry.name} out of place")
         obj, state = marker.obj, lst[1]
         try:
+            if entry.upgrade is not None and type(state) is dict:
+                state = entry.upgrade(state)
             if entry.setstate is not None:
                 entry.setstate(obj, state)
             else:

@@ -119,36 +119,26 @@ def _forecaster_state(fc: OnlineMLPForecaster) -> dict[str, Any]:
     return state
 
 
-def _attributes(obj: Any, state: Any, what: str) -> None:
-    """What `schemas.state` does for a plain object: a dict of attribute names, none of them dunder."""
-    if type(state) is not dict or any(type(k) is not str or k.startswith("__") for k in state):
-        raise ValueError(f"not a {what} state")
-    obj.__dict__.update(state)
-
-
 _DEFAULT_CONFIG = AnomalyConfig()
 # Per-metric arrays added after devices were first checkpointed, and what a device written before them starts with:
 # the drift tail of ended excursions (December 2026) starts with none learned, as a new metric does.
 _ADDED_METRIC_ARRAYS = ("cu_peak", "cu_beta", "cu_nexc")
 
 
-def _config_restore(cfg: AnomalyConfig, state: Any) -> None:
+def _config_upgrade(state: dict) -> dict:
     """A configuration written before a field existed takes that field's default, so that the device fits the bank
     (`DeviceBank.insert` wants the bank's configuration) and keeps what it learned instead of starting over."""
-    _attributes(cfg, state, "AnomalyConfig")
-    for name, value in vars(_DEFAULT_CONFIG).items():
-        cfg.__dict__.setdefault(name, value)
+    return {**state, **{name: value for name, value in vars(_DEFAULT_CONFIG).items() if name not in state}}
 
 
-def _model_restore(model: DeviceAnomalyModel, state: Any) -> None:
+def _model_upgrade(state: dict) -> dict:
     """A device written before a per-metric array existed gets it with the new metric's starting value (zeros)."""
-    _attributes(model, state, "DeviceAnomalyModel")
-    if type(model.__dict__.get("names")) is not list:
+    names = state.get("names")
+    if type(names) is not list:
         raise ValueError("not a DeviceAnomalyModel state: no metric names")
-    for name in _ADDED_METRIC_ARRAYS:
-        model.__dict__.setdefault(name, np.zeros(len(model.names)))
+    return {**state, **{name: np.zeros(len(names)) for name in _ADDED_METRIC_ARRAYS if name not in state}}
 
 
-STATE_TYPES = StateTypes(StateType(DeviceAnomalyModel, setstate=_model_restore), StateType(AnomalyConfig, setstate=_config_restore),
+STATE_TYPES = StateTypes(StateType(DeviceAnomalyModel, upgrade=_model_upgrade), StateType(AnomalyConfig, upgrade=_config_upgrade),
                          StateType(OnlineMLPForecaster, _forecaster_state), SilenceDetector, GaussianTail,
                          random.Random, StateType(HalfSpaceTrees, _hst_state, _hst_restore), PaddedBranch, PaddedLeaf)
