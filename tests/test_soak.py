@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 
-from wharf.bench.soak import TARGET_PCT_PER_HOUR, Series, growth_table, learner_pids, rss_mb
+from wharf.bench.memory import peak_rss_mb, rss_mb
+from wharf.bench.soak import TARGET_PCT_PER_HOUR, Series, growth_table, learner_pids
 from wharf.simulator.warehouse import WarehouseConfig, WarehouseSimulator
 
 
@@ -31,6 +33,8 @@ def test_flat_after_warmup_meets_the_target_and_too_few_samples_say_so() -> None
 def test_rss_of_this_process_and_a_gone_one() -> None:
     assert rss_mb(os.getpid()) > 1.0
     assert rss_mb(2**22 + 12345) is None  # above the kernel's pid limit: no such process
+    assert peak_rss_mb() >= rss_mb() > 1.0  # this process: the peak is never below the current figure
+    assert math.isnan(peak_rss_mb(2**22 + 12345))
     assert learner_pids(os.getpid()) == []
 
 

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from online_models.anomaly.model import DeviceAnomalyModel
+from wharf.bench.memory import rss_mb
 
 
 def _device_batch(rng: np.random.Generator, t0: float, n: int, n_metrics: int, step: float, dev: int):
@@ -157,13 +158,6 @@ def measure_bank_throughput(
     }
 
 
-def _rss_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return 0.0
-
-
 def hold_devices(n_devices: int = 10_000, rows: int = 300, n_metrics: int = 3, bank: bool = True,
                  seed: int = 0, per_call: int = 100) -> dict[str, float]:
     """RSS of this process before and after it holds ``n_devices`` devices that each learned ``rows`` readings
@@ -178,7 +172,7 @@ def hold_devices(n_devices: int = 10_000, rows: int = 300, n_metrics: int = 3, b
     warm.score_learn_batch(np.full(64, warm.slot(0)), warm_ts, {"m0": np.sin(warm_ts)})
     DeviceAnomalyModel(seed=seed, train_every=8).score_learn_many(warm_ts, {"m0": np.sin(warm_ts)})
     del warm
-    base = _rss_mb()
+    base = rss_mb()
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     if bank:
@@ -204,7 +198,7 @@ def hold_devices(n_devices: int = 10_000, rows: int = 300, n_metrics: int = 3, b
             for d, m in enumerate(models):
                 m.score_learn_many(ts1, {f"m{j}": 10.0 * (1 + j) + np.sin(ts1 / 86400.0 * 6.283 + d) + rng.normal(0, 0.3, k)
                                          for j in range(n_metrics)})
-    out = {"devices": float(n_devices), "rows_per_device": float(rows), "rss_before_mb": base, "rss_after_mb": _rss_mb(),
+    out = {"devices": float(n_devices), "rows_per_device": float(rows), "rss_before_mb": base, "rss_after_mb": rss_mb(),
            "seconds": time.perf_counter() - t0}
     if bank:
         out |= {f"bytes_per_device_{k}": v for k, v in b.bytes_per_device().items()}

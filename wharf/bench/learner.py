@@ -19,7 +19,8 @@ import zlib
 
 import typer
 
-from wharf.bench.soak import Series, growth_table, rss_mb
+from wharf.bench.memory import rss_mb
+from wharf.bench.soak import Series, growth_table
 
 
 async def drive(hours: float, partitions: int, snapshot_s: float, checkpoint_s: float, rate: float, seed: int,

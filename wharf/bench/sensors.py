@@ -17,22 +17,13 @@ import typer
 from rich.console import Console
 
 from wharf import progress
+from wharf.bench.memory import peak_rss_mb
 from streams.runtime.kafka_auth import kafka_client
 
 console = Console()
 
 
 # --- bench -------------------------------------------------------------------------------------------------------
-
-
-def _rss_peak_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 class _Worker:
@@ -225,7 +216,7 @@ async def _catch_up_run(settings, u: str, n: int, model_options: str, n_devices:
                 break
             await asyncio.sleep(0.25)
         done = time.time()
-        peak = _rss_peak_mb(worker.pid)
+        peak = peak_rss_mb(worker.pid)
         stats = worker.stats()
     finally:  # also when the worker is too busy to answer
         worker.stop()
@@ -298,26 +289,32 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         finally:
             await c.stop()
 
-    def publisher(i: int, pub) -> None:  # noqa: ANN001 - wharf.bench.publishers.Publisher
+    def connected(pub) -> mqtt.Client:  # noqa: ANN001 - wharf.bench.publishers.Publisher
+        """The device's own MQTT login (the ACL lets a user publish under its own device id only), looping."""
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=pub.user, protocol=mqtt.MQTTv311)
         c.username_pw_set(pub.user, pub.password)
         secure(c, settings)
         c.max_inflight_messages_set(1000)
         c.connect(*device_endpoint(settings))
         c.loop_start()
-        my = [pub.user]  # the MQTT ACL lets a user publish under its own device id only: one device per publisher
+        return c
+
+    def reading(pub, seq: int, ts: float, temperature: float, humidity: float) -> bytes:  # noqa: ANN001
+        return codec.dumps({"site": pub.site, "zone": pub.zone, "device_id": pub.user, "device_type": "cold_room",
+                            "ts": ts, "seq": seq, "metrics": {"temperature": temperature, "humidity": humidity}})
+
+    def publisher(i: int, pub) -> None:  # noqa: ANN001 - wharf.bench.publishers.Publisher
+        c = connected(pub)  # one device per publisher
         per = rate / len(pubs)
         seq = 0
         t0 = time.time()
-        site, zone, topic = pub.site, pub.zone, pub.topic
         while not stop.is_set():
             due = int((time.time() - t0) * per)
             while seq < due:
                 now = time.time()
                 bad = i == 0 and seq % 200 == 0  # the probe: a too-warm cold room every 200 readings -> one alarm each
                 temp = 20.0 if bad else 4.0 + (seq % 13) / 20
-                c.publish(topic, codec.dumps({"site": site, "zone": zone, "device_id": my[0], "device_type": "cold_room",
-                                              "ts": now, "seq": seq, "metrics": {"temperature": temp, "humidity": 50.0 + seq % 7}}), qos=1)
+                c.publish(pub.topic, reading(pub, seq, now, temp, 50.0 + seq % 7), qos=1)
                 if i == 0 and seq % 100 == 50:
                     probe_sent[seq] = now
                 seq += 1
@@ -329,16 +326,10 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     def warm_up(pub) -> None:  # noqa: ANN001 - wharf.bench.publishers.Publisher
         """Ordinary readings of the probe device (seq `WARM_SEQ` and up, left out of every count), every 2 s until one
         is stored: until the bridge has subscribed, Mosquitto has no session to queue them for."""
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=pub.user, protocol=mqtt.MQTTv311)
-        c.username_pw_set(pub.user, pub.password)
-        secure(c, settings)
-        c.connect(*device_endpoint(settings))
-        c.loop_start()
+        c = connected(pub)
         try:
             for k in range(60):
-                c.publish(pub.topic, codec.dumps({"site": pub.site, "zone": pub.zone, "device_id": pub.user, "device_type": "cold_room",
-                                                  "ts": time.time(), "seq": WARM_SEQ + k, "metrics": {"temperature": 4.0, "humidity": 50.0}}),
-                          qos=1).wait_for_publish(30)
+                c.publish(pub.topic, reading(pub, WARM_SEQ + k, time.time(), 4.0, 50.0), qos=1).wait_for_publish(30)
                 deadline = time.time() + 2
                 while time.time() < deadline:
                     if ch.query(f"SELECT count() FROM {table} WHERE seq >= {WARM_SEQ}")[0][0]:
@@ -393,8 +384,8 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         stop.set()
         await asyncio.sleep(1)
         watcher.cancel()
-        peak_worker = _rss_peak_mb(worker.pid)
-        peak_bridge = _rss_peak_mb(bridge.pid)
+        peak_worker = peak_rss_mb(worker.pid)
+        peak_bridge = peak_rss_mb(bridge.pid)
         try:
             stats = worker.stats()
         finally:  # a worker too busy to answer is stopped all the same

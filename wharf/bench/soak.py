@@ -24,19 +24,9 @@ from pathlib import Path
 import typer
 
 from schemas.settings import Settings
+from wharf.bench.memory import rss_mb
 
 TARGET_PCT_PER_HOUR = 5.0
-
-
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of a live process (VmRSS), None once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def learner_pids(worker_pid: int) -> list[int]:
