@@ -15,6 +15,7 @@ import numpy as np
 from online_models.alarms import STATE_TYPES as ALARM_STATE_TYPES
 from online_models.alarms import DeviceMonitor
 from online_models.anomaly import DeviceAnomalyModel
+from online_models.anomaly.bank import DeviceRow
 from online_models.anomaly.state_types import STATE_TYPES as ANOMALY_STATE_TYPES
 from online_models.sensing import SensorSetup
 from schemas.state import StateCodec, StateFormatError, StateType, StateTypes
@@ -35,7 +36,8 @@ class DeviceState:
 
     device_id: str
     partition: int
-    model: DeviceAnomalyModel | None  # None while the owner's `DeviceBank` holds it (set for `dump`, from `load`)
+    model: DeviceAnomalyModel | DeviceRow | None  # None while the owner's `DeviceBank` holds it; set for `dump` (its
+    # rows, `DeviceBank.row`) and from `load` (a `DeviceAnomalyModel` in checkpoints written before rows)
     monitor: DeviceMonitor
     recent: RecentKeys[tuple[int, float]] = field(default_factory=lambda: RecentKeys(DEVICE_DEDUP_KEYS))  # (seq, ts) of the last readings
 

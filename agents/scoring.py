@@ -394,11 +394,11 @@ class Snapshot:
 
 
 def _encode(snap: Snapshot) -> list[tuple[int, bytes, bytes]]:
-    """(partition, key, blob) of each copied device, in the state format it always had (`DeviceState.dump`);
+    """(partition, key, blob) of each copied device (`DeviceState.dump`, its model as its bank rows: `DeviceRow`);
     runs in a thread: it touches only the snapshot."""
     out = []
     for st in snap.states:
-        st.model = snap.bank.extract(st.device_id, scoring=False)
+        st.model = snap.bank.row(st.device_id)
         out.append((st.partition, st.device_id.encode(), st.dump()))
         st.model = None
     return out

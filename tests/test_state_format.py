@@ -354,3 +354,92 @@ def test_a_device_written_before_the_drift_tail_existed_restores_into_the_bank()
     with pytest.raises(StateFormatError, match="DeviceAnomalyModel"):
         state.model.__dict__.pop("names")
         DeviceState.load(state.dump())
+
+
+def _bank_with_devices():
+    """A production-configured bank (full ensemble) that learned NAB temperatures on two devices, one of them
+    with a third metric."""
+    from agents.devices import SETUP
+
+    ts, x = _readings(3000)
+    bank = SETUP.new_bank()
+    for start in range(0, 2000, 50):
+        t, v = ts[start:start + 50], x[start:start + 50]
+        devs = np.r_[np.full(50, bank.slot("dev-a")), np.full(50, bank.slot("dev-b"))]
+        extra = np.r_[np.full(50, np.nan), v[::-1]]
+        bank.score_learn_batch(devs, np.r_[t, t], {"temperature": np.r_[v, v + 1], "humidity": np.r_[v / 2, v / 3], "co2": extra})
+    return bank, ts, x
+
+
+def _tail(bank, ts, x, lo: int = 2000, hi: int = 2600) -> np.ndarray:
+    t, v = ts[lo:hi], x[lo:hi] + 15 * (np.arange(hi - lo) > 400)
+    n = hi - lo
+    devs = np.r_[np.full(n, bank.slot("dev-a")), np.full(n, bank.slot("dev-b"))]
+    return bank.score_learn_batch(devs, np.r_[t, t], {"temperature": np.r_[v, v + 1], "humidity": np.r_[v / 2, v / 3],
+                                                      "co2": np.r_[np.full(n, np.nan), v]}).scores
+
+
+def test_bank_rows_round_trip_and_score_as_the_bank_and_as_a_model_checkpoint() -> None:
+    """A device checkpointed as its bank rows (`DeviceRow`, what checkpoints write) scores on, restored into
+    another bank, exactly as the bank it came from, and exactly as the same device checkpointed as a
+    `DeviceAnomalyModel` (the form written before rows, still read)."""
+    from agents.devices import SETUP, DeviceState
+    from online_models.anomaly.bank import DeviceRow
+
+    bank, ts, x = _bank_with_devices()
+    restored, via_model = SETUP.new_bank(), SETUP.new_bank()
+    for key in ("dev-b", "dev-a"):  # other slots than in the original bank
+        st = DeviceState.new(key, 1)
+        st.model = bank.row(key)
+        blob = st.dump()
+        assert b"DeviceAnomalyModel" not in zlib.decompress(blob[5:]) and b"PaddedBranch" not in zlib.decompress(blob[5:])
+        back = DeviceState.load(blob)
+        assert type(back.model) is DeviceRow and back.model.names == bank.names[bank.slot(key)]
+        restored.insert(key, back.model)
+        st.model = bank.extract(key, scoring=False)
+        via_model.insert(key, DeviceState.load(st.dump()).model)
+        assert restored.learned(key) == bank.learned(key) == 2000
+        st.model = restored.row(key)
+        assert st.dump() == blob  # the same state, bit for bit
+    assert bank.row("dev-a").trees is not None and bank.row("dev-a").fc_buf.shape[1] == bank.cfg.lags + 3
+    expected = _tail(bank, ts, x)
+    assert (expected >= bank.cfg.min_threshold).any()  # the shift at 400 is scored as one
+    np.testing.assert_array_equal(_tail(restored, ts, x), expected)
+    np.testing.assert_array_equal(_tail(via_model, ts, x), expected)
+
+
+def test_bank_rows_that_do_not_fit_are_refused() -> None:
+    """A row is data from the changelog: one that does not fit the bank is a ValueError (the owner logs it and
+    the device starts fresh), never a half-filled slot or an index error later."""
+    import dataclasses
+
+    from agents.devices import SETUP
+    from online_models.anomaly.bank import DeviceRow
+
+    bank, _, _ = _bank_with_devices()
+    row = bank.row("dev-b")
+    other = dataclasses.replace(row.cfg)
+    other.hst_trees += 1
+    broken = {
+        "configuration": {"cfg": other}, "columns": {"ms_names": row.ms_names[::-1]},
+        "ms": {"ms": row.ms[:, :-1]}, "ds": {"ds": row.ds.astype(np.float32)}, "names": {"names": ["a", "a", "b"]},
+        "tree features": {"trees": ["nope:l"]}, "tree features unsorted": {"trees": row.trees[::-1]},
+        "hl": {"hl": row.hl[:1]}, "masses without trees": {"trees": None}, "fc": {"fc": row.fc[:, :5]},
+        "fc_buf": {"fc_nbuf": row.fc_nbuf + 1}, "ignored": {"ignored": -1},
+    }
+    fresh = SETUP.new_bank()
+    for what, change in broken.items():
+        with pytest.raises(ValueError, match="row"):
+            fresh.insert("dev-b", dataclasses.replace(row, **change))
+            pytest.fail(what)
+    assert len(fresh) == 0
+    with pytest.raises(ValueError, match="not a device's model"):
+        fresh.insert("dev-b", {"names": []})
+    from agents.devices import STATE_CODEC
+    from schemas.state import StateType
+
+    for odd in ({k: v for k, v in vars(row).items() if k != "hl"}, {**vars(row), "extra": 1}):
+        writer = StateCodec(StateTypes(STATE_CODEC.types, StateTypes(StateType(DeviceRow, lambda r, odd=odd: odd))))
+        with pytest.raises(StateFormatError, match="not the fields of a DeviceRow"):
+            STATE_CODEC.loads(writer.dumps(row))
+    assert vars(STATE_CODEC.loads(STATE_CODEC.dumps(row))).keys() == vars(row).keys()

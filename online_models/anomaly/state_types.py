@@ -13,6 +13,7 @@ import numpy as np
 from river.anomaly.hst import HalfSpaceTrees
 from river.tree.padded import PaddedBranch, PaddedLeaf
 
+from online_models.anomaly.bank import DeviceRow
 from online_models.anomaly.detectors import SilenceDetector
 from online_models.anomaly.forecaster import OnlineMLPForecaster
 from online_models.anomaly.model import AnomalyConfig, DeviceAnomalyModel
@@ -139,6 +140,16 @@ def _model_upgrade(state: dict) -> dict:
     return {**state, **{name: np.zeros(len(names)) for name in _ADDED_METRIC_ARRAYS if name not in state}}
 
 
-STATE_TYPES = StateTypes(StateType(DeviceAnomalyModel, upgrade=_model_upgrade), StateType(AnomalyConfig, upgrade=_config_upgrade),
+_ROW_FIELDS = frozenset(DeviceRow.__dataclass_fields__)
+
+
+def _row_restore(row: DeviceRow, state: Any) -> None:
+    """The fields, all of them and no others; what they hold is checked where the row goes (`DeviceBank.insert`)."""
+    if type(state) is not dict or state.keys() != _ROW_FIELDS:
+        raise ValueError("not the fields of a DeviceRow")
+    row.__dict__.update(state)
+
+
+STATE_TYPES = StateTypes(StateType(DeviceRow, setstate=_row_restore), StateType(DeviceAnomalyModel, upgrade=_model_upgrade), StateType(AnomalyConfig, upgrade=_config_upgrade),
                          StateType(OnlineMLPForecaster, _forecaster_state), SilenceDetector, GaussianTail,
                          random.Random, StateType(HalfSpaceTrees, _hst_state, _hst_restore), PaddedBranch, PaddedLeaf)
