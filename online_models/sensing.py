@@ -60,6 +60,7 @@ def score_batch(bank: DeviceBank, devices: Sequence[Hashable], ts: Sequence[floa
         return []
     names = sorted({m for row in metrics for m in row})
     cols = {m: np.array([row.get(m, np.nan) for row in metrics], dtype=float) for m in names}
-    slots = np.array([bank.slot(d) for d in devices], dtype=np.int64)
+    slot = {d: bank.slot(d) for d in dict.fromkeys(devices)}  # in order of first reading, as one by one would
+    slots = np.array([slot[d] for d in devices], dtype=np.int64)
     res = bank.score_learn_batch(slots, np.array(ts, dtype=float), cols)
     return list(zip(res.scores.tolist(), res.is_anomaly.tolist(), res.thresholds.tolist(), res.metrics, strict=True))

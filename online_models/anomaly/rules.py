@@ -53,14 +53,16 @@ class RuleSet:
                         raise ValueError(f"{dtype}.{metric}: min {lo} > max {hi}")
                     rules.setdefault(dtype, {})[metric] = {k: float(v) for k, v in bounds.items()}
         self.rules = rules
+        # per device type, (metric, min, max) in rule order: `check` runs for every reading
+        self._bounds = {dtype: tuple((metric, b.get("min"), b.get("max")) for metric, b in metrics.items())
+                        for dtype, metrics in rules.items()}
 
     def check(self, device_type: str, metrics: Mapping[str, float]) -> list[Violation]:
         out: list[Violation] = []
-        for metric, bounds in self.rules.get(device_type, {}).items():
+        for metric, lo, hi in self._bounds.get(device_type, ()):
             v = metrics.get(metric)
             if v is None or v != v:
                 continue
-            lo, hi = bounds.get("min"), bounds.get("max")
             if lo is not None and v < lo:
                 out.append(Violation(device_type, metric, float(v), lo, "min"))
             if hi is not None and v > hi:
