@@ -494,7 +494,7 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             hst_ev[i] = last
         ds[d, HST_LAST] = last
 
-    # fusion: per metric the two strongest evidences (level and drift count once), per row the strongest metric
+    # fusion: per metric the two strongest evidences (level, shift and drift count once), per row the strongest metric
     e_row = np.zeros(B)
     best_row = np.full(B, -1, np.int64)
     for i in range(B):
@@ -502,8 +502,9 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
         bj = -1
         for j in range(m):
             ev[i, j, _HST] = hst_ev[i] * (1.0 if valid[i, j] else 0.0)
-            ev[i, j, 0] = max(ev[i, j, 0], ev[i, j, _DRIFT])
+            ev[i, j, 0] = max(max(ev[i, j, 0], ev[i, j, _DRIFT]), ev[i, j, 1])
             ev[i, j, _DRIFT] = 0.0
+            ev[i, j, 1] = 0.0
             t1 = -np.inf
             t2 = -np.inf
             for c in range(_NC):

@@ -24,7 +24,7 @@ series into evidence ``E = -log10(tail probability)`` (:class:`TailCalibrator`
 logic, vectorised; ``drift`` with an exponential tail, see the config), so
 components and devices are comparable without per-file tuning. Per metric the
 two strongest evidences are summed (an incident moves several detectors at once,
-noise rarely does; ``level`` and ``drift`` count once, as their max), the device
+noise rarely does; ``level``, ``shift`` and ``drift`` count once, as their max), the device
 evidence is the max over metrics, minus ``log10(level_interval_s / interval)``
 for a device reading every ``interval`` seconds (the alert level is a false-alarm
 rate per device-hour, not per reading), and ``score = E / e_full`` in [0, 1].
@@ -618,13 +618,14 @@ class DeviceAnomalyModel:
     def _fuse(ev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per metric: sum of the two strongest evidences; per row: the strongest metric.
 
-        ``level`` and ``drift`` judge the same thing (the value against a baseline, fast and slow): one
-        outlier moves both, so they count once (their max) rather than confirming each other."""
+        ``level``, ``shift`` and ``drift`` judge the same thing (the value against a baseline: the fast one,
+        the fast one over the last few rows, the slow one): one outlier moves all three, so they count once
+        (their max) rather than confirming each other."""
         if ev.shape[1] == 0:
             return np.zeros(ev.shape[0]), np.full(ev.shape[0], -1)
         ev = ev.copy()
-        ev[:, :, 0] = np.maximum(ev[:, :, 0], ev[:, :, _DRIFT])
-        ev[:, :, _DRIFT] = 0.0
+        ev[:, :, 0] = np.maximum(np.maximum(ev[:, :, 0], ev[:, :, _DRIFT]), ev[:, :, 1])
+        ev[:, :, _DRIFT] = ev[:, :, 1] = 0.0
         top = np.partition(ev, ev.shape[2] - 2, axis=2)[:, :, -2:].sum(axis=2)
         best = np.argmax(top, axis=1)
         return top[np.arange(len(top)), best], best
