@@ -140,6 +140,26 @@ def test_alert_level_is_a_rate_per_device_hour(fast_kwargs):
     assert alarms(level_interval_s=1.0) >= 6  # per-reading level: the same noise alarms
 
 
+@pytest.mark.parametrize("step", [300.0, 1.0])
+def test_a_reading_outside_the_range_seen_so_far_alarms_at_a_slow_rate(fast_kwargs, step):
+    """Uniform noise on [0, 10]: 11 is only 1.9 robust sigmas from the level (the calibrators call it ordinary), but
+    it is 10 % beyond every reading so far. At one reading per 5 minutes that alone is an alarm (the spatial
+    anomaly); at 1 Hz it is not, as noise sets such records far more often per hour; a reading inside is neither."""
+    rng = np.random.default_rng(3)
+    ts = T0 + np.arange(1500) * step
+    x = rng.uniform(0.0, 10.0, 1500)
+
+    def after(**kw):
+        m = DeviceAnomalyModel(**fast_kwargs, **kw)
+        m.score_learn_many(ts, {"v": x})
+        return m.score_one(float(ts[-1] + step), {"v": 11.0}), m.score_one(float(ts[-1] + step), {"v": 9.9})
+
+    out, inside = after()
+    assert out.is_anomaly == (step == 300.0)
+    assert not inside.is_anomaly
+    assert not after(spatial_tol=0.0)[0].is_anomaly
+
+
 def test_stuck_sensor_detected(fast_kwargs):
     m = DeviceAnomalyModel(**fast_kwargs)
     ts, x = _series(1600, seed=2)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from online_models.alarms import STATE_TYPES as ALARM_TYPES
 from online_models.alarms import Alarm, AlarmBook, DeviceMonitor, MonitorConfig
-from online_models.anomaly import DeviceAnomalyModel, RuleSet
+from online_models.anomaly import RuleSet
 from schemas.events import AlarmStatus, Severity
 from schemas.state import MAGIC, Limits, StateCodec, StateFormatError, StateTypes
 
@@ -443,3 +443,27 @@ def test_bank_rows_that_do_not_fit_are_refused() -> None:
         with pytest.raises(StateFormatError, match="not the fields of a DeviceRow"):
             STATE_CODEC.loads(writer.dumps(row))
     assert vars(STATE_CODEC.loads(STATE_CODEC.dumps(row))).keys() == vars(row).keys()
+
+
+def test_a_device_written_before_the_spatial_range_existed_restores_with_a_range_from_its_level() -> None:
+    """A device checkpointed before `spatial_tol`/`spatial_e` and the per-metric range `sp_lo`/`sp_hi` existed gets
+    the range its long level spans (not an empty one, which the next few readings would make too narrow) and keeps
+    scoring in the bank: its next ordinary readings are no spatial anomaly."""
+    from agents.devices import DeviceState
+    from online_models.anomaly.bank import DeviceBank
+
+    state, ts, x = _device_state()
+    for name in ("spatial_tol", "spatial_e"):
+        del state.model.cfg.__dict__[name]
+    for name in ("sp_lo", "sp_hi"):
+        del state.model.__dict__[name]
+    old = DeviceState.load(state.dump())
+    m = old.model
+    assert m.cfg.spatial_tol == 0.05 and m.cfg.spatial_e == 7.0
+    assert np.all(m.sp_lo < m.lg_mean) and np.all(m.sp_hi > m.lg_mean)
+    np.testing.assert_allclose(m.sp_hi - m.lg_mean, 6.0 * 1.2533 * m.lg_mad)
+    bank = DeviceBank()
+    bank.insert("dev-7", m)
+    res = bank.score_learn_batch(np.full(32, bank.slot("dev-7")), ts[2016:2048],
+                                 {"temperature": x[2016:2048], "humidity": x[2016:2048] / 2})
+    assert not res.is_anomaly.any()

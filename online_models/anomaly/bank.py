@@ -76,7 +76,8 @@ def _config_vector(cfg: AnomalyConfig) -> np.ndarray:
         K.F_BURST_SOFT: cfg.burst_softness, K.F_STUCK_MIN: cfg.stuck_min_run,
         K.F_CDECAY: 0.5 ** (-1.0 / cfg.calib_half_life), K.F_HC_ALPHA: cfg.calib_alpha,
         K.F_HC_WARM: max(cfg.calib_warmup, 2 * cfg.hst_window), K.F_SIL_ALPHA: 0.05,
-        K.F_DRIFT_TE: cfg.drift_tail_e, K.F_DRIFT_TA: cfg.drift_tail_alpha,
+        K.F_DRIFT_TE: cfg.drift_tail_e, K.F_DRIFT_TA: cfg.drift_tail_alpha, K.F_SP_TOL: cfg.spatial_tol,
+        K.F_SP_E: cfg.spatial_e,
     }
     for k, v in vals.items():
         cf[k] = v
@@ -89,9 +90,10 @@ _MS_VECTORS = {
     "lg_n": K.LG_N, "cu_pos": K.CU_POS, "cu_neg": K.CU_NEG, "cu_ppos": K.CU_PPOS, "cu_scale": K.CU_SCALE,
     "s_mad": K.S_MAD, "s_n": K.S_N, "w_mad": K.W_MAD, "w_n": K.W_N, "t_first": K.T_FIRST, "fc_err": K.FC_ERR,
     "last": K.LAST, "run": K.RUN, "repeat_rate": K.REPEAT, "cu_peak": K.CU_PEAK, "cu_beta": K.CU_BETA,
-    "cu_nexc": K.CU_NEXC,
+    "cu_nexc": K.CU_NEXC, "sp_lo": K.SP_LO, "sp_hi": K.SP_HI,
 }
-_MS_FRESH = {K.LAST: math.nan, K.T_FIRST: math.nan, K.REPEAT: 0.5, K.CU_PPOS: 0.5, K.CU_SCALE: 1.0}
+_MS_FRESH = {K.LAST: math.nan, K.T_FIRST: math.nan, K.REPEAT: 0.5, K.CU_PPOS: 0.5, K.CU_SCALE: 1.0, K.SP_LO: math.nan,
+             K.SP_HI: math.nan}
 # column names of a `DeviceRow`: the fixed part of a metric slot's row (`ms`), and a device's row (`ds`)
 MS_NAMES = tuple(sorted(_MS_VECTORS, key=_MS_VECTORS.__getitem__))
 DS_NAMES = ("c_weight", "hst_last", "hc_mean", "hc_var", "hc_n", "suppress", "burst", "since", "sil_iv", "sil_last",

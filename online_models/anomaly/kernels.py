@@ -18,7 +18,8 @@ import numpy as np
 LV_MEAN, LV_MAD, LV_N, LG_MEAN, LG_MAD, LG_N, CU_POS, CU_NEG, CU_PPOS, CU_SCALE = range(10)
 S_MAD, S_N, W_MAD, W_N, T_FIRST, FC_ERR, LAST, RUN, REPEAT = range(10, 19)
 CU_PEAK, CU_BETA, CU_NEXC = range(19, 22)  # drift's upper tail: running excursion peak, mean excess, excursions
-MS_FIXED = 22
+SP_LO, SP_HI = 22, 23  # range of the readings so far (spatial anomaly; NaN: none yet)
+MS_FIXED = 24
 # per device (ds columns)
 C_WEIGHT, HST_LAST, HC_MEAN, HC_VAR, HC_N, SUPPRESS, BURST, SINCE, SIL_IV, SIL_LAST, SIL_N, N_ROWS, \
     HST_COUNT, HST_FIRST, HST_TID = range(15)
@@ -30,8 +31,8 @@ L_REC, L_LAG, L_SM, L_SC, L_WM, L_WC, L_CT, L_CN, L_CC, L_END = range(10)
  F_USE_WEEKLY, F_WB, F_WALPHA, F_WMINAGE, F_CWARM, F_CBINS, F_CBPU, F_CPOW, F_LAGS, F_USE_FC, F_USE_HST,
  F_HST_EVERY, F_HST_T, F_HST_H, F_HST_W, F_EFULL, F_MINTHR, F_LEVEL_IV, F_SUPP_EV, F_SUPP_F, F_BURST_PEN,
  F_BURST_DEC, F_BURST_GAP, F_BURST_SOFT, F_STUCK_MIN, F_CDECAY, F_HC_ALPHA, F_HC_WARM, F_SIL_ALPHA,
- F_DRIFT_TE, F_DRIFT_TA) = range(40)
-CF_LEN = 40
+ F_DRIFT_TE, F_DRIFT_TA, F_SP_TOL, F_SP_E) = range(42)
+CF_LEN = 42
 
 _CAL = 5
 _NC = 8
@@ -337,6 +338,8 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
     errs = np.zeros((B, m))
     bins = np.empty(B, np.int64)
     wbins = np.empty(B, np.int64)
+    spatial = np.zeros(B, np.bool_)
+    sp_tol = cf[F_SP_TOL]
     for i in range(B):
         bins[i] = int((ts[i] % 86400.0) / 86400.0 * sb) % sb
         wbins[i] = int((ts[i] % _WEEK) / _WEEK * wb) % wb if wb > 0 else 0
@@ -361,6 +364,13 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             zl[i] = z
             zlc[i, j] = min(max(z, -10.0), 10.0)
             raw[i, j, 0] = abs(z)
+        # spatial: outside the range seen so far by more than sp_tol of it
+        width = ms[s, SP_HI] - ms[s, SP_LO]
+        if sp_tol > 0 and width > 0:
+            tol = sp_tol * width
+            for i in range(B):
+                if valid[i, j] and (xf[i, j] > ms[s, SP_HI] + tol or xf[i, j] < ms[s, SP_LO] - tol):
+                    spatial[i] = True
         # shift: mean of the last w clipped level z-scores (as differences of one running sum)
         cs = np.zeros(w1 + B + 1)
         for k in range(w1 + B):
@@ -484,7 +494,7 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             hst_ev[i] = last
         ds[d, HST_LAST] = last
 
-    # fusion: per metric the two strongest evidences (level and drift count once), per row the strongest metric
+    # fusion: per metric the two strongest evidences (level, shift and drift count once), per row the strongest metric
     e_row = np.zeros(B)
     best_row = np.full(B, -1, np.int64)
     for i in range(B):
@@ -492,8 +502,9 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
         bj = -1
         for j in range(m):
             ev[i, j, _HST] = hst_ev[i] * (1.0 if valid[i, j] else 0.0)
-            ev[i, j, 0] = max(ev[i, j, 0], ev[i, j, _DRIFT])
+            ev[i, j, 0] = max(max(ev[i, j, 0], ev[i, j, _DRIFT]), ev[i, j, 1])
             ev[i, j, _DRIFT] = 0.0
+            ev[i, j, 1] = 0.0
             t1 = -np.inf
             t2 = -np.inf
             for c in range(_NC):
@@ -510,6 +521,9 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
         if m:
             e_row[i] = bt
             best_row[i] = bj
+    for i in range(B):
+        if spatial[i]:
+            e_row[i] = max(e_row[i], cf[F_SP_E])
     iv = ds[d, SIL_IV] if ds[d, SIL_N] >= 2 else 0.0
     if iv > 0.0:
         add = math.log10(iv / cf[F_LEVEL_IV])
@@ -623,6 +637,13 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
                 apos[i] = ab[i] if pos else 0.0
             ms[s, CU_PPOS] = _ewm_last(ms[s, CU_PPOS], posf, ab)
             ms[s, CU_SCALE] = _ewm_last(ms[s, CU_SCALE], capped, apos)
+        for i in range(B):
+            if valid[i, j]:
+                v = xf[i, j]
+                if not v >= ms[s, SP_LO]:  # also when SP_LO is NaN
+                    ms[s, SP_LO] = v
+                if not v <= ms[s, SP_HI]:
+                    ms[s, SP_HI] = v
         _profile_learn(ms, s, sm0, sc0, sb, S_MAD, S_N, bins, xf, valid, j, ms[s, LG_MAD], cf[F_SALPHA], B)
         if use_weekly:
             _profile_learn(ms, s, wm0, wc0, wb, W_MAD, W_N, wbins, xf, valid, j, ms[s, LG_MAD], cf[F_WALPHA], B)

@@ -24,7 +24,7 @@ series into evidence ``E = -log10(tail probability)`` (:class:`TailCalibrator`
 logic, vectorised; ``drift`` with an exponential tail, see the config), so
 components and devices are comparable without per-file tuning. Per metric the
 two strongest evidences are summed (an incident moves several detectors at once,
-noise rarely does; ``level`` and ``drift`` count once, as their max), the device
+noise rarely does; ``level``, ``shift`` and ``drift`` count once, as their max), the device
 evidence is the max over metrics, minus ``log10(level_interval_s / interval)``
 for a device reading every ``interval`` seconds (the alert level is a false-alarm
 rate per device-hour, not per reading), and ``score = E / e_full`` in [0, 1].
@@ -112,6 +112,13 @@ class AnomalyConfig:
     # recurring bounded excursion (a cold room's door opening) is learned, an ongoing drift never teaches itself
     drift_tail_e: float = 3.0
     drift_tail_alpha: float = 0.1
+    # spatial anomaly (Numenta HTM's NAB detector): a reading outside the range the metric has shown so far, by more
+    # than spatial_tol of that range, has at least spatial_e decades of evidence, whatever the calibrators say (on a
+    # short series they cannot resolve a first-ever excursion's tail). Like all evidence it then takes the reading
+    # interval's correction (level_interval_s): at 5 minutes it alarms alone, at 1 s (4.5 decades) it does not, since
+    # a fast device's noise sets new records far more often per hour. <= 0 turns it off
+    spatial_tol: float = 0.05
+    spatial_e: float = 7.0
     seasonal_bins: int = 48
     seasonal_alpha: float = 0.15
     use_weekly: bool = False
@@ -222,6 +229,7 @@ class DeviceAnomalyModel:
         self.cu_ppos, self.cu_scale = z.copy(), z.copy()  # drift calibration: P(S > 0), mean positive S
         # ... its upper tail: running peak of the current excursion, mean excess of ended ones, their count
         self.cu_peak, self.cu_beta, self.cu_nexc = z.copy(), z.copy(), z.copy()
+        self.sp_lo, self.sp_hi = z.copy(), z.copy()  # range of the readings so far (NaN: none yet)
         self.s_means = np.zeros((cfg.seasonal_bins, 0))
         self.s_counts = np.zeros((cfg.seasonal_bins, 0))
         self.s_mad, self.s_n = z.copy(), z.copy()
@@ -273,6 +281,8 @@ class DeviceAnomalyModel:
             setattr(self, attr, grow(getattr(self, attr)))
         self.last = grow(self.last, math.nan)
         self.t_first = grow(self.t_first, math.nan)
+        self.sp_lo = grow(self.sp_lo, math.nan)
+        self.sp_hi = grow(self.sp_hi, math.nan)
         self.repeat_rate = grow(self.repeat_rate, 0.5)  # prior: P(reading == previous)
         self.cu_ppos = grow(self.cu_ppos, 0.5)  # priors: P(S > 0), mean positive S (noise sigmas)
         self.cu_scale = grow(self.cu_scale, 1.0)
@@ -396,10 +406,15 @@ class DeviceAnomalyModel:
         ev[:, :, _DRIFT] = e_drift
         ev[:, :, _STUCK] = np.maximum(stuck, 0.0)
         ev[:, :, :_HST] *= valid[:, :, None]
+        # spatial: outside the range seen so far by more than spatial_tol of it (a row, any metric)
+        width = self.sp_hi - self.sp_lo  # NaN before the first reading
+        tol = cfg.spatial_tol * width
+        out_r = valid & (width > 0) & ((xf > self.sp_hi + tol) | (xf < self.sp_lo - tol))
+        spatial = out_r.any(axis=1) if (m and cfg.spatial_tol > 0) else np.zeros(b_rows, bool)
         feats = np.stack([0.5 + 0.5 * np.tanh(zl * 0.25), 0.5 + 0.5 * np.tanh(zseas * 0.25),
                           0.5 + 0.5 * np.tanh(zf * 0.25)], axis=2)  # scaled to [0, 1] for HST
         return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in, cu_pos=cu_pos, cu_neg=cu_neg, cus=cus,
-                        same=same, run=run, feats=feats)
+                        same=same, run=run, feats=feats, spatial=spatial)
 
     def _evidence(self, raw: np.ndarray) -> np.ndarray:
         """Vectorised :class:`TailCalibrator.evidence` for raw scores of shape (B, M, C)."""
@@ -494,6 +509,11 @@ class DeviceAnomalyModel:
             self.cu_ppos = _ewm(self.cu_ppos, pos.astype(float), a)[-1]
             capped = np.minimum(cus, cfg.drift_cap * self.cu_scale)  # a drift must not teach its own scale
             self.cu_scale = _ewm(self.cu_scale, capped, np.where(pos, a, 0.0))[-1]
+        if b_rows:
+            seen = valid.any(axis=0)
+            lo, hi = np.where(valid, xf, np.inf).min(axis=0), np.where(valid, xf, -np.inf).max(axis=0)
+            self.sp_lo = np.where(seen, np.fmin(self.sp_lo, lo), self.sp_lo)
+            self.sp_hi = np.where(seen, np.fmax(self.sp_hi, hi), self.sp_hi)
         # seasonal (time of day) and weekly (hour of week) profiles
         self.s_means, self.s_counts, self.s_mad, self.s_n = _profile_learn(
             self.s_means, self.s_counts, self.s_mad, self.s_n, aux["bins"], xf, valid, self.lg_mad, cfg.seasonal_alpha)
@@ -598,13 +618,14 @@ class DeviceAnomalyModel:
     def _fuse(ev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per metric: sum of the two strongest evidences; per row: the strongest metric.
 
-        ``level`` and ``drift`` judge the same thing (the value against a baseline, fast and slow): one
-        outlier moves both, so they count once (their max) rather than confirming each other."""
+        ``level``, ``shift`` and ``drift`` judge the same thing (the value against a baseline: the fast one,
+        the fast one over the last few rows, the slow one): one outlier moves all three, so they count once
+        (their max) rather than confirming each other."""
         if ev.shape[1] == 0:
             return np.zeros(ev.shape[0]), np.full(ev.shape[0], -1)
         ev = ev.copy()
-        ev[:, :, 0] = np.maximum(ev[:, :, 0], ev[:, :, _DRIFT])
-        ev[:, :, _DRIFT] = 0.0
+        ev[:, :, 0] = np.maximum(np.maximum(ev[:, :, 0], ev[:, :, _DRIFT]), ev[:, :, 1])
+        ev[:, :, _DRIFT] = ev[:, :, 1] = 0.0
         top = np.partition(ev, ev.shape[2] - 2, axis=2)[:, :, -2:].sum(axis=2)
         best = np.argmax(top, axis=1)
         return top[np.arange(len(top)), best], best
@@ -615,6 +636,7 @@ class DeviceAnomalyModel:
         ev[:, :, _HST] = self._hst_block(ev, aux, learn)[:, None]
         ev[:, :, _HST] *= aux["valid"]
         e, best = self._fuse(ev)
+        e = np.where(aux["spatial"], np.maximum(e, cfg.spatial_e), e)
         # the alert level is a false-alarm *rate in time*: a device reading every ``iv`` seconds needs
         # log10(level_interval_s / iv) more decades per reading than one reading every level_interval_s
         iv = self.silence.interval if self.silence.n >= 2 else 0.0

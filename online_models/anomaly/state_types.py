@@ -132,12 +132,24 @@ def _config_upgrade(state: dict) -> dict:
     return {**state, **{name: value for name, value in vars(_DEFAULT_CONFIG).items() if name not in state}}
 
 
+# The range of the readings (spatial anomaly, December 2026) cannot start empty on a device that has been scored for a
+# while: it would be rebuilt from the next few readings and then call ordinary noise out of range. It starts as the
+# long level's clipping range (6 robust spreads either side), a conservative stand-in for the range it has seen.
+_RANGE_SPREADS = 6.0
+
+
 def _model_upgrade(state: dict) -> dict:
-    """A device written before a per-metric array existed gets it with the new metric's starting value (zeros)."""
+    """A device written before a per-metric array existed gets it with the new metric's starting value (zeros), and
+    the range of its readings from its long level."""
     names = state.get("names")
     if type(names) is not list:
         raise ValueError("not a DeviceAnomalyModel state: no metric names")
-    return {**state, **{name: np.zeros(len(names)) for name in _ADDED_METRIC_ARRAYS if name not in state}}
+    out = {**state, **{name: np.zeros(len(names)) for name in _ADDED_METRIC_ARRAYS if name not in state}}
+    if "sp_lo" not in state or "sp_hi" not in state:
+        mean, mad, n = (np.asarray(state.get(k, np.zeros(len(names))), dtype=float) for k in ("lg_mean", "lg_mad", "lg_n"))
+        half = np.where(n > 0, _RANGE_SPREADS * 1.2533 * mad, np.nan)
+        out["sp_lo"], out["sp_hi"] = mean - half, mean + half
+    return out
 
 
 _ROW_FIELDS = frozenset(DeviceRow.__dataclass_fields__)
