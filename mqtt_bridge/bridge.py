@@ -366,8 +366,20 @@ class Bridge:
 async def run_bridge(settings: Settings, client_id: str, share_group: str | None, report_every: float = 10.0) -> BridgeStats:
     import signal
 
+    from streams.runtime import heap
+
+    heap.configure()  # fewer young collections: a message's objects live until Kafka confirmed it
     bridge = Bridge(settings, client_id=client_id, share_group=share_group)
     loop = asyncio.get_running_loop()
+    connected = asyncio.Event()
+
+    async def freeze_when_connected() -> None:
+        """What is alive once connected (modules, clients) stays: full collections skip it from then on (without,
+        `wharf bench bridge` spent ~0.5 s of its ~3 s in full collections, ~65 ms each)."""
+        await connected.wait()
+        heap.freeze()
+
+    freezer = asyncio.create_task(freeze_when_connected())
 
     async def report() -> None:
         while True:
@@ -390,9 +402,10 @@ async def run_bridge(settings: Settings, client_id: str, share_group: str | None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
     try:
-        await bridge.run()
+        await bridge.run(connected)
     finally:
         reporter.cancel()
+        freezer.cancel()
         if metrics_server is not None:
             metrics_server.shutdown()
         alerts.stop()
