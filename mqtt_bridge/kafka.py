@@ -56,7 +56,8 @@ class RecordBatches:
         self._partitioner = DefaultPartitioner()
         self._queues: dict[tuple[str, int], deque[_Batch]] = {}
         self._submitting: set[tuple[str, int]] = set()
-        self._placement: dict[str, tuple[list[int], dict[bytes, int]]] = {}  # topic -> (partitions, key -> partition)
+        # topic -> (partitions, key -> (its topic-partition, that partition's queue)): one lookup a record
+        self._placement: dict[str, tuple[list[int], dict[bytes, tuple[tuple[str, int], deque[_Batch]]]]] = {}
         self._unplaced: dict[str, list[tuple[bytes, bytes, Any, bool]]] = {}  # topics whose partitions are not known yet
         self._tasks: set[asyncio.Task] = set()
 
@@ -79,13 +80,11 @@ class RecordBatches:
                     self._spawn(self._place(topic))
                 return
             placed = self._placement[topic] = (sorted(parts), {})
-        partition = placed[1].get(key)
-        if partition is None:
-            partition = placed[1][key] = self._partitioner(key, placed[0], placed[0])
-        tp = (topic, partition)
-        queue = self._queues.get(tp)
-        if queue is None:
-            queue = self._queues[tp] = deque()
+        spot = placed[1].get(key)
+        if spot is None:
+            tp = (topic, self._partitioner(key, placed[0], placed[0]))
+            spot = placed[1][key] = (tp, self._queues.setdefault(tp, deque()))
+        tp, queue = spot
         if alone or not queue or queue[-1].sealed:
             queue.append(_Batch(self.producer.create_batch(), sealed=alone))
         batch = queue[-1]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 CONNACK, PUBLISH, SUBACK, PINGRESP = 2, 3, 9, 13
-_PUBACK = struct.Struct(">BBH")
+_PUBACK = 0x4002 << 16  # a PUBACK packet as a big-endian 32-bit int: type, remaining length 2, packet id
 _PINGREQ = b"\xc0\x00"
 _DISCONNECT = b"\xe0\x00"
 CONNACK_REASONS = {1: "unacceptable protocol version", 2: "client id rejected", 3: "server unavailable",
@@ -62,17 +62,18 @@ def subscribe_packet(mid: int, topics: list[tuple[str, int]]) -> bytes:
 
 
 def pubacks(mids: list[int]) -> bytes:
-    """The PUBACK packets of `mids`, in that order, as one buffer."""
-    pack = _PUBACK.pack
-    return b"".join([pack(0x40, 2, m) for m in mids])
+    """The PUBACK packets of `mids`, in that order, as one buffer (one `struct.pack` for all of them)."""
+    return struct.pack(f">{len(mids)}I", *[_PUBACK | m for m in mids])
 
 
 class Session(asyncio.Protocol):
     """One connection. `on_messages` gets each received chunk's messages as a list, in arrival order; `on_lost` is
-    called once when the connection ends (None: we closed it)."""
+    called once when the connection ends (None: we closed it). `message` builds each message from (topic, payload,
+    mid): a subclass of `Publish` lets the caller keep its own state in the one object a message costs."""
 
-    def __init__(self, on_messages: Callable[[list[Publish]], None], on_lost: Callable[[BaseException | None], None]):
-        self._on_messages, self._on_lost = on_messages, on_lost
+    def __init__(self, on_messages: Callable[[list[Publish]], None], on_lost: Callable[[BaseException | None], None],
+                 message: type[Publish] = Publish):
+        self._on_messages, self._on_lost, self._message = on_messages, on_lost, message
         self._buf = b""
         self._transport: asyncio.Transport | None = None
         self._replies: dict[int, asyncio.Future[bytes]] = {}
@@ -87,7 +88,7 @@ class Session(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf + data if self._buf else data
-        n, pos, out = len(buf), 0, []
+        n, pos, out, message = len(buf), 0, [], self._message
         try:
             while n - pos >= 2:
                 head = buf[pos]
@@ -112,9 +113,9 @@ class Session(asyncio.Protocol):
                     if t_end + (2 if qos else 0) > end:
                         raise MqttError("PUBLISH topic longer than its packet")
                     if qos == 0:
-                        out.append(Publish(buf[i + 2:t_end], buf[t_end:end], 0))
+                        out.append(message(buf[i + 2:t_end], buf[t_end:end], 0))
                     elif qos == 1:
-                        out.append(Publish(buf[i + 2:t_end], buf[t_end + 2:end], buf[t_end] << 8 | buf[t_end + 1]))
+                        out.append(message(buf[i + 2:t_end], buf[t_end + 2:end], buf[t_end] << 8 | buf[t_end + 1]))
                     else:  # we subscribe at QoS 1: the broker never grants 2
                         raise MqttError("QoS 2 delivery on a QoS 1 subscription")
                 elif kind == PINGRESP:
@@ -210,10 +211,11 @@ class Session(asyncio.Protocol):
 
 async def open_session(host: str, port: int, ssl_context: ssl.SSLContext | None,
                        on_messages: Callable[[list[Publish]], None],
-                       on_lost: Callable[[BaseException | None], None], timeout: float = 10.0) -> Session:
+                       on_lost: Callable[[BaseException | None], None], timeout: float = 10.0,
+                       message: type[Publish] = Publish) -> Session:
     """A TCP (or TLS) connection to the broker with a `Session` on it, not yet CONNECTed."""
     loop = asyncio.get_running_loop()
     _transport, session = await asyncio.wait_for(
-        loop.create_connection(lambda: Session(on_messages, on_lost), host, port, ssl=ssl_context,
+        loop.create_connection(lambda: Session(on_messages, on_lost, message), host, port, ssl=ssl_context,
                                server_hostname=host if ssl_context else None), timeout)
     return session

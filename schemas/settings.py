@@ -114,7 +114,7 @@ class Settings(BaseSettings):
         "interface, this machine's address on its route to Kafka."
     )
     event_loop: Literal["uvloop", "asyncio"] = Field(
-        "uvloop", description="Event loop of the worker: uvloop (libuv; a recommendation request cost the worker about 12 % less CPU, measured) or asyncio's own."
+        "uvloop", description="Event loop of the worker and the bridge: uvloop (libuv; a recommendation request cost the worker about 12 % less CPU, measured) or asyncio's own."
     )
 
     # --- sensor path -----------------------------------------------------------

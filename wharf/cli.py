@@ -204,6 +204,7 @@ def bridge(
         raise typer.Exit(run_processes(client_id, share_group or None, n, loglevel, settings.bridge_metrics_port))
     from mqtt_bridge.bridge import run_bridge
 
+    use_event_loop()
     stats = asyncio.run(run_bridge(settings, client_id, share_group or None))
     console.print(stats.line())
 

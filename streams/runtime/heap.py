@@ -1,4 +1,4 @@
-"""Garbage-collector policy of a worker: long-lived model state out of the collector's way.
+"""Garbage-collector policy of a worker (and of the bridge): long-lived state out of the collector's way.
 
 A worker holds its models in memory (hundreds of thousands of container objects). CPython's full
 (generation 2) collection walks all of them, and it runs whenever the survivors grew by a quarter:
