@@ -37,6 +37,7 @@ CF_LEN = 42
 _CAL = 5
 _NC = 8
 _DRIFT, _STUCK, _HST = 5, 6, 7
+_FORECAST = 3
 _LN10 = math.log(10.0)
 _SQRT2 = math.sqrt(2.0)
 _WEEK = 604800.0
@@ -494,7 +495,7 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             hst_ev[i] = last
         ds[d, HST_LAST] = last
 
-    # fusion: per metric the two strongest evidences (level, shift and drift count once), per row the strongest metric
+    # fusion: per metric the two strongest evidences that may confirm each other (model._fuse), per row the strongest metric
     e_row = np.zeros(B)
     best_row = np.full(B, -1, np.int64)
     for i in range(B):
@@ -502,19 +503,19 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
         bj = -1
         for j in range(m):
             ev[i, j, _HST] = hst_ev[i] * (1.0 if valid[i, j] else 0.0)
-            ev[i, j, 0] = max(max(ev[i, j, 0], ev[i, j, _DRIFT]), ev[i, j, 1])
-            ev[i, j, _DRIFT] = 0.0
-            ev[i, j, 1] = 0.0
+            vd = ev[i, j, _DRIFT]
+            vf = ev[i, j, _FORECAST]
+            fam = max(max(max(ev[i, j, 0], ev[i, j, 1]), vd), vf)
             t1 = -np.inf
             t2 = -np.inf
-            for c in range(_NC):
+            for c in (2, 4, 6, 7):
                 v = ev[i, j, c]
                 if v > t1:
                     t2 = t1
                     t1 = v
                 elif v > t2:
                     t2 = v
-            top = t2 + t1
+            top = max(max(fam + t1, t1 + t2), vd + vf)
             if bj < 0 or top > bt:
                 bt = top
                 bj = j

@@ -24,7 +24,7 @@ series into evidence ``E = -log10(tail probability)`` (:class:`TailCalibrator`
 logic, vectorised; ``drift`` with an exponential tail, see the config), so
 components and devices are comparable without per-file tuning. Per metric the
 two strongest evidences are summed (an incident moves several detectors at once,
-noise rarely does; ``level``, ``shift`` and ``drift`` count once, as their max), the device
+noise rarely does; evidences with one common cause count once: see ``_fuse``), the device
 evidence is the max over metrics, minus ``log10(level_interval_s / interval)``
 for a device reading every ``interval`` seconds (the alert level is a false-alarm
 rate per device-hour, not per reading), and ``score = E / e_full`` in [0, 1].
@@ -69,6 +69,8 @@ from online_models.anomaly.stats import GaussianTail
 COMPONENTS = ("level", "shift", "seasonal", "forecast", "weekly", "drift", "stuck", "hst")
 _CAL = 5  # components calibrated by histogram: level, shift, seasonal, forecast, weekly
 _DRIFT, _STUCK, _HST = 5, 6, 7
+_FORECAST = 3
+_REST = [2, 4, 6, 7]  # seasonal, weekly, stuck, hst: outside the value family
 _WEEK = 604800.0
 _LN10 = math.log(10.0)
 
@@ -129,7 +131,9 @@ class AnomalyConfig:
     calib_warmup: int = 60
     calib_bins: int = 48
     calib_bins_per_unit: float = 4.0
-    calib_power: float = 3.0
+    # tail beyond the largest value seen: (1 + z)^-calib_power; steep enough that a spike's level evidence
+    # speaks for itself (forecast, in its family, no longer confirms it)
+    calib_power: float = 5.0
     calib_alpha: float = 0.002  # HST raw-score calibration (Gaussian on log1p)
     lags: int = 8
     hidden: int = 16
@@ -618,15 +622,22 @@ class DeviceAnomalyModel:
     def _fuse(ev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per metric: sum of the two strongest evidences; per row: the strongest metric.
 
-        ``level``, ``shift`` and ``drift`` judge the same thing (the value against a baseline: the fast one,
-        the fast one over the last few rows, the slow one): one outlier moves all three, so they count once
-        (their max) rather than confirming each other."""
+        Two evidences may confirm each other only if no single cause moves both. One outlying reading moves
+        ``level``, ``shift`` and ``forecast`` (the reading against the short-term expectation); a moved
+        baseline moves ``level``, ``shift`` and ``drift`` (the value against the fast baseline, the fast one
+        over the last few rows, the slow one). So of these four only ``drift`` + ``forecast`` may be summed:
+        one outlier adds at most ``drift_clip - drift_k`` noise units to the CUSUM, and a slow ramp that the
+        CUSUM sees is no outlier to the level; the other components (seasonal, weekly, stuck, hst) pair with
+        anything."""
         if ev.shape[1] == 0:
             return np.zeros(ev.shape[0]), np.full(ev.shape[0], -1)
-        ev = ev.copy()
-        ev[:, :, 0] = np.maximum(np.maximum(ev[:, :, 0], ev[:, :, _DRIFT]), ev[:, :, 1])
-        ev[:, :, _DRIFT] = ev[:, :, 1] = 0.0
-        top = np.partition(ev, ev.shape[2] - 2, axis=2)[:, :, -2:].sum(axis=2)
+        v = np.maximum(ev[:, :, 0], ev[:, :, 1])
+        d, f = ev[:, :, _DRIFT], ev[:, :, _FORECAST]
+        fam = np.maximum(np.maximum(v, d), f)
+        rest = ev[:, :, _REST]
+        o = np.partition(rest, rest.shape[2] - 2, axis=2)[:, :, -2:]
+        o1, o2 = o[:, :, 1], o[:, :, 0]
+        top = np.maximum(np.maximum(fam + o1, o1 + o2), d + f)
         best = np.argmax(top, axis=1)
         return top[np.arange(len(top)), best], best
 
