@@ -9,8 +9,8 @@ Hot path, per batch (a batch agent, `streams/runtime/batches.py`): the records a
 for this agent and the raw storage agent, `streams.runtime.app.check_device_record`); drop exact duplicates (device_id, seq, ts),
 score the readings of the batch's devices in one call per slice (`score_batch`: score first, then learn), run the
 alarm conditions in event order, produce alarm events (Kafka confirms them), then
-hand one `anomaly_scores` row per reading to the writer, which acks the reading
-once the row is stored. The writer keys exactly-once on the readings partition/offset.
+hand one `anomaly_scores` row per reading to the writer (a batch's rows as one block of columns), which acks the
+reading once the row is stored. The writer keys exactly-once on the readings partition/offset.
 
 State survives restarts and rebalances by the durability protocol every stateful agent
 shares (`streams/state/checkpoint.py`): the `sensor-state` table's changelog (compacted
@@ -39,6 +39,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -46,7 +47,7 @@ from typing import Any
 from online_models.alarms import source_of
 from online_models.anomaly.bank import DeviceBank
 from online_models.sensing import score_batch
-from schemas import codec
+from schemas import codec, rows
 from schemas.events import Alert, DeviceStatus, SensorReading, to_epoch
 from schemas.state import StateFormatError
 from schemas.validation import Checked, InvalidEvent, processing_error
@@ -54,6 +55,7 @@ from streams.runtime import counts
 from streams.runtime.acks import OrderedAcker
 from streams.runtime.app import app, device_sources, limits, settings, storage, topics
 from streams.runtime.slices import Slice
+from streams.sinks.block import Block
 from streams.sinks.ingest import produce_dead_letter
 from streams.state.checkpoint import Checkpoint, Cut, Marks
 from streams.web.registry import lent
@@ -201,10 +203,10 @@ class Owner:
         while batches:
             await work.tick()
             batch = batches.pop()
-            rows = [(i, ev) for _, items in batch for i, ev in items]
+            todo = [(i, ev) for _, items in batch for i, ev in items]
             try:
-                scored = score_batch(self.bank, [ev.device_id for _, ev in rows], [ev.ts for _, ev in rows], [ev.metrics for _, ev in rows])
-                results.update(zip((i for i, _ in rows), scored, strict=True))
+                scored = score_batch(self.bank, [ev.device_id for _, ev in todo], [ev.ts for _, ev in todo], [ev.metrics for _, ev in todo])
+                results.update(zip((i for i, _ in todo), scored, strict=True))
             except Exception as exc:  # noqa: BLE001 - readings that break their device's model are refused, not fatal
                 if len(batch) > 1:  # again per device, so that only the device whose readings break it is refused
                     batches += [[item] for item in batch]
@@ -217,7 +219,13 @@ class Owner:
         self.dirty.update(readings)
         # alarms in event order
         alerts: list[Alert] = []
-        score_rows: dict[int, list[dict]] = {}  # id(record) -> its rows (a reading's score row)
+        scored_at: dict[int, int] = {}  # id(record) -> its score row (index in the columns below)
+        scored_ev: list[SensorReading] = []
+        scored_metric: list[str] = []
+        scored_value: list[float] = []
+        scored_score: list[float] = []
+        scored_thr: list[float] = []
+        scored_anom: list[int] = []
         newest, arrived = self.watermark, False
         for i, (r, ev) in enumerate(parsed):
             if ev is None:
@@ -237,7 +245,13 @@ class Owner:
                         metric = metric or next(iter(metrics))
                     else:
                         value = metrics[metric]
-                    score_rows[id(r)] = [score_row(ev, score, thr, is_anom, metric, value)]
+                    scored_at[id(r)] = len(scored_ev)
+                    scored_ev.append(ev)
+                    scored_metric.append(metric)
+                    scored_value.append(float(value))
+                    scored_score.append(score)
+                    scored_thr.append(thr)
+                    scored_anom.append(int(is_anom))
                 else:
                     alerts += self._alarms(r, ev)
             except Exception as exc:  # noqa: BLE001 - one record's alarm step must not stop the others
@@ -254,13 +268,17 @@ class Owner:
         if arrived:  # the newest event time and the wall time of the last reading processed (`silence_clock`)
             self.watermark = newest
             self.last_arrival = time.monotonic()
-        if settings.sensor_publish_scores and score_rows:
-            futs = [await topics["topic_anomaly_scores"].send(key=row[0]["device_id"].encode(), value=codec.dumps(row[0] | {"v": 1}))
-                    for row in score_rows.values()]
+        scores = rows.anomaly_scores(scored_ev, scored_metric, scored_value, scored_score, scored_thr, scored_anom)
+        if settings.sensor_publish_scores and scored_ev:
+            futs = [await topics["topic_anomaly_scores"].send(key=ev.device_id.encode(), value=codec.dumps(
+                        {c: v[j] for c, v in scores.items()} | {"v": 1})) for j, ev in enumerate(scored_ev)]
             await asyncio.gather(*futs)
         # acks wait for the next checkpoint, and a reading's also for its score row (alarm events are confirmed)
-        writer = scores_writer()
         hold, held_values = self.ckpt.hold, self.values
+        at: list[int] = []  # the score rows of the records handed over, their partitions, offsets and acks
+        partitions: list[int] = []
+        offsets: list[int] = []
+        acks: list[Callable[[], Any]] = []
         for r, _ in parsed:
             done = r.done
             if done is None:
@@ -268,11 +286,18 @@ class Owner:
             stored = hold(r.partition, done)
             if not _let_go(done):
                 held_values.append(done)
-            rows_ = score_rows.get(id(r))
-            if rows_ is not None:
-                await writer.put(r.partition, r.offset, rows_, stored)
+            j = scored_at.get(id(r))
+            if j is not None:
+                at.append(j)
+                partitions.append(r.partition)
+                offsets.append(r.offset)
+                acks.append(stored)
             else:
                 stored()
+        if at:
+            if len(at) < len(scored_ev):  # a scored record without an ack to wait for (none today): its row alone is left out
+                scores = {c: [v[j] for j in at] for c, v in scores.items()}
+            await scores_writer().put_block(Block(scores, partitions, offsets, acks))
 
     def _alarms(self, r: DeviceRecord, ev: Any) -> list[Alert]:
         """The alarm step of a status or command record (readings': inline in `apply`); raises for a record it
@@ -450,13 +475,6 @@ def _slices(devices: list[tuple[str, list]]) -> list[list[tuple[str, list]]]:
         out[-1].append(item)
         n += len(item[1])
     return out[::-1]
-
-
-def score_row(ev: SensorReading, score: float, thr: float, is_anom: bool, metric: str, value: float) -> dict:
-    """The `anomaly_scores` row of one reading (same shape as `schemas.rows.anomaly_score`, without a model object)."""
-    return {"ts": ev.ts, "site": ev.site, "zone": ev.zone, "device_id": ev.device_id, "device_type": ev.device_type,
-            "seq": ev.seq, "metric": metric, "value": float(value), "score": score, "threshold": thr,
-            "is_anomaly": int(is_anom), "component_names": [], "component_scores": []}
 
 
 async def send_alerts(alerts: list[Alert]) -> None:

@@ -45,7 +45,7 @@ async def store_sensor_readings(agent):  # noqa: ANN001 - streams.runtime.batche
             rebalances = app.rebalancing_count
             stored.forget()
         await stored.ensure(storage.ch, {e.message.partition for e in events})
-        await store_events(events, model=SensorReading, to_rows=rows.sensor_reading, writer=writer,
+        await store_events(events, model=SensorReading, to_columns=rows.sensor_readings, writer=writer,
                            dlq_topic=topics["topic_dead_letters"], limits=limits, acker=acker,
                            duplicate=lambda r, p: stored.seen(p, (r.device_id, r.seq, int(r.ts))))
 
@@ -56,7 +56,7 @@ async def store_clicks(agent):  # noqa: ANN001 - streams.runtime.batches.BatchAg
     writer = storage.writer("clicks", settings.topic_clicks)
     acker = OrderedAcker()
     async for events in agent.batches():
-        await store_events(events, model=ClickEvent, to_rows=rows.click, writer=writer,
+        await store_events(events, model=ClickEvent, to_columns=rows.clicks, writer=writer,
                            dlq_topic=topics["topic_dead_letters"], limits=limits, acker=acker)
 
 

@@ -4,49 +4,54 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from schemas import codec
 from schemas.deadletter import DeadLetter
-from schemas.events import Alert, AnomalyScore, ClickEvent, Recommendation, SensorReading, SentimentScore
+from schemas.events import Alert, ClickEvent, Recommendation, SensorReading, SentimentScore
 
 Row = dict[str, Any]
+Columns = dict[str, list[Any]]
+"""A table's rows as one list per column: what the agents with a row per record hand the writer."""
 
 
-def sensor_reading(e: SensorReading, ingest_ts: float | None = None) -> list[Row]:
-    return [
-        {
-            "ts": e.ts,
-            "site": e.site,
-            "zone": e.zone,
-            "device_id": e.device_id,
-            "device_type": e.device_type,
-            "seq": e.seq,
-            "metric_names": list(e.metrics),
-            "metric_values": list(e.metrics.values()),
-            "ingest_ts": ingest_ts if ingest_ts is not None else time.time(),
-        }
-    ]
+def sensor_readings(events: Sequence[SensorReading], ingest_ts: float | None = None) -> Columns:
+    """The `sensor_readings` rows of a batch of readings, as columns (`streams/sinks/block.py`); `ingest_ts` (now by
+    default) is the batch's."""
+    ingest_ts = time.time() if ingest_ts is None else ingest_ts
+    return {
+        "ts": [e.ts for e in events],
+        "site": [e.site for e in events],
+        "zone": [e.zone for e in events],
+        "device_id": [e.device_id for e in events],
+        "device_type": [e.device_type for e in events],
+        "seq": [e.seq for e in events],
+        "metric_names": [list(e.metrics) for e in events],
+        "metric_values": [list(e.metrics.values()) for e in events],
+        "ingest_ts": [ingest_ts] * len(events),
+    }
 
 
-def anomaly_score(e: AnomalyScore) -> list[Row]:
-    return [
-        {
-            "ts": e.ts,
-            "site": e.site,
-            "zone": e.zone,
-            "device_id": e.device_id,
-            "device_type": e.device_type,
-            "seq": e.seq,
-            "metric": e.metric,
-            "value": e.value,
-            "score": e.score,
-            "threshold": e.threshold,
-            "is_anomaly": int(e.is_anomaly),
-            "component_names": list(e.components),
-            "component_scores": list(e.components.values()),
-        }
-    ]
+def anomaly_scores(readings: Sequence[SensorReading], metrics: list[str], values: list[float], scores: list[float],
+                   thresholds: list[float], anomalies: list[int]) -> Columns:
+    """The `anomaly_scores` rows of scored readings (`metric` the one that drove the score, and its value), as
+    columns; components are not stored per reading (empty)."""
+    return {
+        "ts": [e.ts for e in readings],
+        "site": [e.site for e in readings],
+        "zone": [e.zone for e in readings],
+        "device_id": [e.device_id for e in readings],
+        "device_type": [e.device_type for e in readings],
+        "seq": [e.seq for e in readings],
+        "metric": metrics,
+        "value": values,
+        "score": scores,
+        "threshold": thresholds,
+        "is_anomaly": anomalies,
+        "component_names": [[] for _ in readings],
+        "component_scores": [[] for _ in readings],
+    }
 
 
 def alert(e: Alert) -> list[Row]:
@@ -70,19 +75,18 @@ def alert(e: Alert) -> list[Row]:
     ]
 
 
-def click(e: ClickEvent) -> list[Row]:
-    return [
-        {
-            "ts": e.ts,
-            "event_id": e.event_id,
-            "user_id": e.user_id,
-            "session_id": e.session_id,
-            "item_id": e.item_id,
-            "action": e.action,
-            "price": e.price,
-            "category": e.category or "",
-        }
-    ]
+def clicks(events: Sequence[ClickEvent]) -> Columns:
+    """The `clicks` rows of a batch of clicks, as columns."""
+    return {
+        "ts": [e.ts for e in events],
+        "event_id": [e.event_id for e in events],
+        "user_id": [e.user_id for e in events],
+        "session_id": [e.session_id for e in events],
+        "item_id": [e.item_id for e in events],
+        "action": [e.action for e in events],
+        "price": [e.price for e in events],
+        "category": [e.category or "" for e in events],
+    }
 
 
 def review(e: SentimentScore) -> list[Row]:

@@ -7,6 +7,7 @@ import pytest
 
 from schemas.clickhouse import TABLES, migrate
 from streams.sinks.clickhouse import ClickHouseError, connect
+from streams.sinks.block import Block
 from streams.sinks.writer import ClickHouseWriter
 from wharf.infra.clickhouse_server import ClickHouseServer
 
@@ -299,4 +300,51 @@ async def test_one_bad_record_among_many_is_found_by_halving_not_one_insert_each
     assert refused == [700]
     assert [o for _, o, _ in stored(ch)] == [o for o in range(1000) if o != 700]
     assert inserts <= 2 * 10 + 1  # 1,000 records: 10 halvings, 2 INSERTs each, plus the first
+    await w.stop()
+
+
+def click_block(partition: int, offsets, acks=None, bad: int | None = None) -> Block:
+    """Clicks as one block of columns, a row per record (`bad`: the offset whose price no column can hold)."""
+    offsets = list(offsets)
+    cols: dict[str, list] = {c: [] for c in click_rows(0)[0]}
+    for o in offsets:
+        for c, v in (click_rows(o)[0] | ({"price": "bad"} if o == bad else {})).items():
+            cols[c].append(v)
+    ack_of = (lambda o: (lambda: acks.append((partition, o)))) if acks is not None else (lambda o: None)
+    return Block(cols, [partition] * len(offsets), offsets, [ack_of(o) for o in offsets])
+
+
+async def test_blocks_of_columns_are_stored_once_and_acked_in_order(ch):
+    """The column form (`put_block`) keeps the row form's guarantees: a record already stored (also inside a block
+    queued again) is skipped, the others are acked in order after the INSERT, and one record ClickHouse refuses is
+    dead-lettered with its rows while the rest of its block is stored."""
+    acks: list = []
+    refused: list = []
+
+    async def on_refused(partition, offset, rows, exc):
+        refused.append((partition, offset, rows))
+
+    w = ClickHouseWriter(ch, SPEC, batch_rows=1000, batch_seconds=0.05, on_refused=on_refused)
+    await w.put_block(click_block(0, range(0, 50), acks))
+    await w.put_block(click_block(1, range(0, 10), acks))
+    async with asyncio.timeout(20):
+        await w.flush()
+    await w.put_block(click_block(0, range(40, 60), acks, bad=55))  # 40-49 redelivered, 55 refused
+    async with asyncio.timeout(20):
+        await w.flush()
+    assert [(p, o) for p, o, _ in stored(ch)] == [(0, o) for o in range(60) if o != 55] + [(1, o) for o in range(10)]
+    assert [(p, o) for p, o, _ in refused] == [(0, 55)] and refused[0][2][0]["event_id"] == "e55"
+    assert acks == [(0, o) for o in range(50)] + [(1, o) for o in range(10)] + [(0, o) for o in range(40, 60)]
+    assert w.stats.records_skipped_duplicate == 10 and w.stats.records_refused == 1
+    await w.stop()
+
+
+async def test_a_block_with_a_column_the_table_lacks_or_a_short_column_is_refused_when_queued(ch):
+    w = ClickHouseWriter(ch, SPEC, batch_rows=1000, batch_seconds=0.05)
+    block = click_block(0, range(3))
+    with pytest.raises(ValueError, match="'colour'.*not in the table"):
+        await w.put_block(Block(block.columns | {"colour": ["red"] * 3}, block.partitions, block.offsets, block.acks))
+    with pytest.raises(ValueError, match="column 'price' has 2 values for 3 rows"):
+        Block(block.columns | {"price": [1.0, 2.0]}, block.partitions, block.offsets, block.acks)
+    assert w.pending_rows == 0
     await w.stop()

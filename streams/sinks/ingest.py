@@ -13,10 +13,12 @@ from typing import Any
 
 from schemas.deadletter import DEFAULT_KEEP_BYTES, DeadLetter
 from schemas.events import TimedEvent
+from schemas.rows import Columns
 from schemas.validation import E, InvalidEvent, Limits, checked
 from streams.runtime import counts
 from streams.runtime.acks import OrderedAcker
 from streams.runtime.recent import RecentKeys
+from streams.sinks.block import Block
 from streams.sinks.writer import ClickHouseWriter
 from streams.runtime.slices import Slice
 
@@ -64,21 +66,25 @@ async def store_events(
     events: Sequence[Any],
     *,
     model: type[TimedEvent],
-    to_rows: Callable[[Any], list[dict[str, Any]]],
+    to_columns: Callable[[list[Any]], Columns],
     writer: ClickHouseWriter,
     dlq_topic: Any,
     limits: Limits,
     acker: OrderedAcker,
     duplicate: Callable[[Any, int], bool] | None = None,
 ) -> int:
-    """Validate a batch of Faust events and hand them to the writer; returns how many were refused
-    (`valid_or_dead_letter`).
+    """Validate a batch of Faust events and hand the valid ones to the writer as one block of columns
+    (`to_columns(events)`, a row each); returns how many were refused (`valid_or_dead_letter`).
 
     `duplicate(parsed, partition)` True: a copy of an event already stored (e.g. an MQTT
     redelivery the bridge forwarded twice): acked in order, not stored again."""
     refused = 0
     counts.records[f"storage/{writer.spec.name}"] += len(events)
     work = Slice()
+    valid: list[Any] = []
+    partitions: list[int] = []
+    offsets: list[int] = []
+    acks: list[Any] = []
     for event in events:
         await work.tick()
         done = acker.track(event)
@@ -91,7 +97,12 @@ async def store_events(
         if duplicate is not None and duplicate(parsed, msg.partition):
             done()
             continue
-        await writer.put(msg.partition, msg.offset, to_rows(parsed), done)
+        valid.append(parsed)
+        partitions.append(msg.partition)
+        offsets.append(msg.offset)
+        acks.append(done)
+    if valid:
+        await writer.put_block(Block(to_columns(valid), partitions, offsets, acks))
     return refused
 
 

@@ -1,6 +1,7 @@
 """The one ClickHouse writer every agent uses.
 
-Rows arrive with the Kafka coordinates of the record they came from. The writer
+Rows arrive with the Kafka coordinates of the record they came from: a record's rows as dicts (`put`), or the rows
+of many records as columns (`put_block`, `streams/sinks/block.py`: no dict per row). The writer
 - batches by size and time (one INSERT per batch: ClickHouse stores a block all or nothing);
 - stores each record exactly once: it keeps, per source partition, the highest
   offset already in the table (read back from ClickHouse when it starts and after
@@ -29,22 +30,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.clickhouse import TableSpec
-from streams.sinks.clickhouse import ClickHouse, ClickHouseError
 from streams.runtime.slices import Slice
+from streams.sinks.block import Ack, Block, columns_of
+from streams.sinks.clickhouse import ClickHouse, ClickHouseError
 
 log = logging.getLogger(__name__)
 
-Ack = Callable[[], Any]
 Refused = Callable[[int, int, list[dict[str, Any]], BaseException], Awaitable[None]]
 """(partition, offset, rows, error): keep a record ClickHouse refused (its dead letter), return once it is durable."""
-
-
-@dataclass
-class PendingRows:
-    partition: int
-    offset: int
-    rows: list[dict[str, Any]]
-    ack: Ack | None
 
 
 @dataclass
@@ -76,7 +69,7 @@ class ClickHouseWriter:
     stats: WriterStats = field(default_factory=WriterStats)
 
     def __post_init__(self) -> None:
-        self._pending: deque[PendingRows] = deque()
+        self._pending: deque[Block] = deque()
         self._pending_rows = 0
         self._watermarks: dict[int, int] = {}
         self._loaded = False
@@ -135,20 +128,24 @@ class ClickHouseWriter:
         return self._pending_rows
 
     async def put(self, partition: int, offset: int, rows: Sequence[dict[str, Any]], ack: Ack | None = None) -> None:
-        """Queue the rows of one Kafka record; `ack` runs once they are stored (or were already)."""
+        """Queue the rows of one Kafka record (dicts; a missing key is NULL); `ack` runs once they are stored (or
+        were already)."""
+        await self.put_block(Block.of_record(partition, offset, rows, ack, self.spec.columns))
+
+    async def put_block(self, block: Block) -> None:
+        """Queue the rows of consecutive Kafka records as columns; each record's ack runs once its rows are stored
+        (or were already). Raises ValueError for a column the table lacks."""
+        block.check(self.spec.columns)
         if self._task is None:
             await self.start()
         while self._pending_rows >= self.max_pending_rows:
             self._space.clear()
             self._wake.set()
             await self._space.wait()
-        if self._loaded and offset <= self._watermarks.get(partition, -1):
-            self.stats.records_skipped_duplicate += 1
-            if ack is not None:
-                ack()
+        if not len(block):
             return
-        self._pending.append(PendingRows(partition, offset, list(rows), ack))
-        self._pending_rows += len(rows)
+        self._pending.append(block)
+        self._pending_rows += block.n_rows
         self._idle.clear()
         if self._oldest is None:  # the first row of a batch starts its timer
             self._oldest = time.monotonic()
@@ -214,24 +211,21 @@ class ClickHouseWriter:
     async def _flush_once(self) -> None:
         if not self._loaded:
             await self._load_watermarks()
-        batch: list[PendingRows] = []
+        batch: list[Block] = []
         n_rows = 0
-        for rec in self._pending:
-            if batch and n_rows + len(rec.rows) > self.batch_rows:
+        for block in self._pending:  # whole blocks: one larger than `batch_rows` is a batch of its own
+            if batch and n_rows + block.n_rows > self.batch_rows:
                 break
-            batch.append(rec)
-            n_rows += len(rec.rows)
+            batch.append(block)
+            n_rows += block.n_rows
         marks = dict(self._watermarks)
-        fresh = []
-        for r in batch:  # a record at or below its partition's mark is already stored (or queued twice)
-            if r.offset > marks.get(r.partition, -1):
-                fresh.append(r)
-                marks[r.partition] = r.offset
-        n_fresh_rows = sum(len(r.rows) for r in fresh)
+        fresh = [f for b in batch if len(f := _after(b, marks))]  # records at or below their mark: already stored
+        n_fresh_rows = sum(b.n_rows for b in fresh)
+        n_fresh = sum(len(b) for b in fresh)
         started = time.monotonic()
-        refused: list[tuple[PendingRows, BaseException]] = []
+        refused: list[tuple[Block, BaseException]] = []
         if n_fresh_rows and (error := await self._attempt(fresh)) is not None:
-            refused = await self._insert_each(fresh, error)
+            refused = await self._insert_each([b.select([i]) for b in fresh for i in range(len(b))], error)
         took = time.monotonic() - started
         for r, exc in refused:
             await self._refuse(r, exc)
@@ -241,41 +235,28 @@ class ClickHouseWriter:
         self._pending_rows -= n_rows
         self._oldest = time.monotonic() if self._pending else None
         self.stats.batches += 1
-        self.stats.rows_stored += n_fresh_rows - sum(len(r.rows) for r, _ in refused)
-        self.stats.records_stored += len(fresh) - len(refused)
-        self.stats.records_skipped_duplicate += len(batch) - len(fresh)
+        self.stats.rows_stored += n_fresh_rows - sum(r.n_rows for r, _ in refused)
+        self.stats.records_stored += n_fresh - len(refused)
+        self.stats.records_skipped_duplicate += sum(len(b) for b in batch) - n_fresh
         self.stats.last_flush_seconds = took
         self.stats.insert_seconds_total += took
         work = Slice()  # a batch is up to `batch_rows` acks: 45-60 ms held the loop in `wharf bench commerce`
-        for r in batch:
-            if r.ack is not None:
-                r.ack()
-                await work.tick()
+        for b in batch:
+            for ack in b.acks:
+                if ack is not None:
+                    ack()
+                    await work.tick()
         if self._pending_rows < self.max_pending_rows:
             self._space.set()
         if not self._pending:
             self._idle.set()
 
-    def _insert(self, records: list[PendingRows]) -> None:
-        """In the thread pool: the columns are built there too (10,000 rows held the event loop up to 250 ms in
-        `wharf bench commerce`)."""
-        self.ch.insert_columns(self.spec.name, self.spec.columns, self._columns(records), self.spec.time_columns)
+    def _insert(self, blocks: list[Block]) -> None:
+        """In the thread pool: the blocks' columns are joined there too (10,000 rows held the event loop up to 250 ms
+        in `wharf bench commerce` when they were split out of dicts)."""
+        self.ch.insert_columns(self.spec.name, self.spec.columns, columns_of(blocks, self.spec.columns), self.spec.time_columns)
 
-    def _columns(self, records: list[PendingRows]) -> list[list[Any]]:
-        """The records' rows as one list per column of the table, the Kafka coordinates filled in per record (no
-        row is copied)."""
-        rows = [row for r in records for row in r.rows]
-        data = []
-        for col in self.spec.columns:
-            if col == "kafka_partition":
-                data.append([r.partition for r in records for _ in r.rows])
-            elif col == "kafka_offset":
-                data.append([r.offset for r in records for _ in r.rows])
-            else:
-                data.append([row.get(col) for row in rows])
-        return data
-
-    async def _attempt(self, records: list[PendingRows]) -> BaseException | None:
+    async def _attempt(self, records: list[Block]) -> BaseException | None:
         """Insert the records' rows in one INSERT: None once stored, or the error that refused them. Raises when
         ClickHouse is unreachable (the batch waits and is retried whole)."""
         try:
@@ -288,15 +269,15 @@ class ClickHouseWriter:
             return exc
         return None
 
-    async def _insert_each(self, records: list[PendingRows], error: BaseException) -> list[tuple[PendingRows, BaseException]]:
+    async def _insert_each(self, records: list[Block], error: BaseException) -> list[tuple[Block, BaseException]]:
         """The batch was refused for its content (`error`): find the records ClickHouse refuses, storing the others
         in offset order (so the high-water marks stay true). A refused part is halved and each half tried again,
         so one bad record among 10,000 costs about 28 INSERTs, not 10,000 (each INSERT makes a part).
         Raises ClickHouseError to retry the batch when ClickHouse becomes unreachable meanwhile, or when it
         refuses every record (for up to `refuse_after` rounds)."""
-        refused: list[tuple[PendingRows, BaseException]] = []
+        refused: list[tuple[Block, BaseException]] = []
 
-        async def split(part: list[PendingRows], why: BaseException) -> None:
+        async def split(part: list[Block], why: BaseException) -> None:
             if len(part) == 1:
                 refused.append((part[0], why))
                 return
@@ -314,18 +295,29 @@ class ClickHouseWriter:
         self._all_refused_rounds = 0
         return refused
 
-    async def _refuse(self, r: PendingRows, exc: BaseException) -> None:
-        """A record ClickHouse will not store: its dead letter first (when this writer has a way to send one), then
-        it counts as done. Without one (the dead-letter table's own writer) the rows are logged whole."""
+    async def _refuse(self, record: Block, exc: BaseException) -> None:
+        """A record (a block of one) ClickHouse will not store: its dead letter first (when this writer has a way to
+        send one), then it counts as done. Without one (the dead-letter table's own writer) the rows are logged whole."""
+        partition, offset, rows = record.partitions[0], record.offsets[0], record.record_rows()
         self.stats.records_refused += 1
-        self.stats.last_error = f"refused {self.source_topic}/{r.partition}/{r.offset}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+        self.stats.last_error = f"refused {self.source_topic}/{partition}/{offset}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
         if self.on_refused is not None:
             try:
-                await self.on_refused(r.partition, r.offset, r.rows, exc)
+                await self.on_refused(partition, offset, rows, exc)
             except Exception as error:  # noqa: BLE001 - Kafka did not take the dead letter: retry the batch later
                 raise ClickHouseError(f"dead letter of a refused record not sent: {error}", retryable=True) from error
             log.error("ClickHouse refused a record for %s (%s/%d/%d): %s; dead-lettered", self.spec.name,
-                      self.source_topic, r.partition, r.offset, self.stats.last_error)
+                      self.source_topic, partition, offset, self.stats.last_error)
         else:
             log.critical("ClickHouse refused a record for %s (%s/%d/%d): %s; its rows: %.2000r", self.spec.name,
-                         self.source_topic, r.partition, r.offset, self.stats.last_error, r.rows)
+                         self.source_topic, partition, offset, self.stats.last_error, rows)
+
+
+def _after(block: Block, marks: dict[int, int]) -> Block:
+    """The block's records above their partition's mark (each raises the mark): the block itself when all are."""
+    keep = []
+    for i, (p, o) in enumerate(zip(block.partitions, block.offsets, strict=True)):
+        if o > marks.get(p, -1):
+            keep.append(i)
+            marks[p] = o
+    return block if len(keep) == len(block) else block.select(keep)
