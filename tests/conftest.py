@@ -46,6 +46,13 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
+def topic_env(unique: str) -> dict[str, str]:
+    """`WHARF_TOPIC_*` for every topic a worker reads or writes, each named for this test: a worker started on a
+    shared default topic reads what earlier runs left there (an alarm ack from a demo once became a sixth dead letter)."""
+    return {f"WHARF_{name.upper()}": f"test.{name.removeprefix('topic_')}.{unique}"
+            for name in Settings.model_fields if name.startswith("topic_") and name != "topic_partitions"}
+
+
 @pytest.fixture(scope="session")
 def server_url(stack: Settings) -> str:
     return stack.local_clickhouse_server_url.rsplit("/", 1)[0]  # with the password `wharf infra up` generated

@@ -113,8 +113,6 @@ class Load:
 def worker_env(stack, server_url: str, unique: str, tmp_path: Path) -> dict[str, str]:
     return sensor_env(stack, server_url, unique, **{
         "WHARF_STATE_DIR": str(tmp_path / "state"),
-        "WHARF_TOPIC_CATALOGUE": f"test.catalogue.{unique}",
-        "WHARF_TOPIC_ITEM_ALSO_VIEWED": f"test.also.{unique}",
         "WHARF_COMMERCE_SENTIMENT_ENCODER": "hashing",
         "WHARF_COMMERCE_CHECKPOINT_SECONDS": "2",
         "WHARF_SENSOR_CHECKPOINT_SECONDS": "2",

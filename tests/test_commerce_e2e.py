@@ -19,6 +19,7 @@ import pytest
 
 from schemas import codec
 from streams.sinks.clickhouse import connect
+from tests.conftest import topic_env
 from tests.test_pipeline import produce, wait_until
 from tests.workers import WorkerProcess
 
@@ -75,15 +76,7 @@ def env_for(stack, server_url, unique: str, tmp_path) -> dict[str, str]:
         # Faust's RocksDB files live in STATE_DIR/faust/worker-PORT, whatever the app id: a folder per test.
         "WHARF_STATE_DIR": str(tmp_path / "state"),
         "WHARF_APP_ID": f"wharf-test-com-{unique}",
-        "WHARF_TOPIC_CLICKS": f"test.clicks.{unique}",
-        "WHARF_TOPIC_REVIEWS": f"test.reviews.{unique}",
-        "WHARF_TOPIC_SENTIMENT": f"test.sentiment.{unique}",
-        "WHARF_TOPIC_RECOMMENDATIONS": f"test.recs.{unique}",
-        "WHARF_TOPIC_ALERTS": f"test.alerts.{unique}",
-        "WHARF_TOPIC_DEAD_LETTERS": f"test.dlq.{unique}",
-        "WHARF_TOPIC_CATALOGUE": f"test.catalogue.{unique}",
-        "WHARF_TOPIC_ITEM_ALSO_VIEWED": f"test.also.{unique}",
-        "WHARF_TOPIC_SENSOR_READINGS": f"test.readings.{unique}",
+        **topic_env(unique),
         "WHARF_CLICKHOUSE_URL": f"{server_url}/com_{unique}",
         "WHARF_SINK_BATCH_ROWS": "500",
         "WHARF_SINK_BATCH_SECONDS": "0.3",

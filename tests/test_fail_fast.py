@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import topic_env
 from tests.workers import WorkerProcess
 from tests.test_pipeline import produce, wait_until
 from wharf.infra.kafka import ensure_topics
@@ -61,13 +62,11 @@ def _worker(env: dict[str, str], log: Path) -> WorkerProcess:
 
 @pytest.mark.parametrize("kind", ["faust", "batch"])
 def test_a_crashed_agent_stops_the_worker_and_its_batch_is_redelivered(kind, stack, unique, tmp_path):
-    names = ("clicks", "reviews", "sentiment", "recommendations", "alerts", "dead_letters", "catalogue",
-             "item_also_viewed", "sensor_readings")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WHARF_APP_ID": f"wharf-test-crash-{unique}",
            "WHARF_STATE_DIR": str(tmp_path / "state"), "WHARF_WEB_PORT": str(stack.web_port + 37),
            "WHARF_CLICKHOUSE_URL": "chdb://", "WHARF_COMMERCE_SENTIMENT_ENCODER": "lexicon",
            "PROBE_TOPIC": f"test.probe.{unique}", "PROBE_SEEN": str(tmp_path / "seen.txt"), "PROBE_KIND": kind}
-    env.update({f"WHARF_TOPIC_{n.upper()}": f"test.{n}.{unique}" for n in names})
+    env.update(topic_env(unique))
     asyncio.run(ensure_topics(stack, [env["PROBE_TOPIC"]], 1))
     asyncio.run(produce(stack, env["PROBE_TOPIC"], [(b"k", b"first"), (b"k", b"poison"), (b"k", b"last")]))
     seen = Path(env["PROBE_SEEN"])

@@ -24,6 +24,7 @@ from schemas import codec
 from streams.sinks.clickhouse import connect
 from streams.runtime.kafka_auth import kafka_client
 from schemas.settings import Settings
+from tests.conftest import topic_env
 from tests.workers import ROOT, WorkerProcess
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
@@ -37,16 +38,7 @@ SITE = "s1"
 def sensor_env(stack, server_url: str, unique: str, **over: str) -> dict[str, str]:
     env = {
         "WHARF_APP_ID": f"wharf-test-sensors-{unique}",
-        "WHARF_TOPIC_SENSOR_READINGS": f"test.readings.{unique}",
-        "WHARF_TOPIC_DEVICE_STATUS": f"test.status.{unique}",
-        "WHARF_TOPIC_SENSOR_COMMANDS": f"test.commands.{unique}",
-        "WHARF_TOPIC_ALERTS": f"test.alerts.{unique}",
-        "WHARF_TOPIC_ANOMALY_SCORES": f"test.scores.{unique}",
-        "WHARF_TOPIC_DEAD_LETTERS": f"test.dlq.{unique}",
-        "WHARF_TOPIC_CLICKS": f"test.clicks.{unique}",
-        "WHARF_TOPIC_REVIEWS": f"test.reviews.{unique}",
-        "WHARF_TOPIC_SENTIMENT": f"test.sentiment.{unique}",
-        "WHARF_TOPIC_RECOMMENDATIONS": f"test.recs.{unique}",
+        **topic_env(unique),
         "WHARF_CLICKHOUSE_URL": f"{server_url}/sens_{unique}",
         "WHARF_SINK_BATCH_ROWS": "2000",
         "WHARF_SINK_BATCH_SECONDS": "0.3",
