@@ -30,7 +30,8 @@ for a device reading every ``interval`` seconds (the alert level is a false-alar
 rate per device-hour, not per reading), and ``score = E / e_full`` in [0, 1].
 
 Alerting: ``is_anomaly = score >= min_threshold`` (a fixed evidence level,
-``L = min_threshold * e_full`` ~ 5 decades at one reading per 5 minutes). After an alert the score is damped
+``L = min_threshold * e_full`` ~ 5 decades at one reading per 5 minutes); a crossing short of ``L +
+confirm_extreme`` needs its neighbour row at ``confirm_frac * L`` (see the config). After an alert the score is damped
 (``suppress_factor``) for ``suppress_events`` readings: one incident, one alert.
 The suppression is keyed to the same fixed level as ``is_anomaly``, so the
 alert stream is exactly the rows where the (suppressed) score crosses it.
