@@ -467,3 +467,37 @@ def test_a_device_written_before_the_spatial_range_existed_restores_with_a_range
     res = bank.score_learn_batch(np.full(32, bank.slot("dev-7")), ts[2016:2048],
                                  {"temperature": x[2016:2048], "humidity": x[2016:2048] / 2})
     assert not res.is_anomaly.any()
+
+
+def test_a_bank_row_written_before_the_confirmation_rule_restores_and_scores() -> None:
+    """A `DeviceRow` checkpointed before `confirm_frac`/`confirm_extreme` and the device column `e_prev` existed gets
+    the column (no previous row's evidence: 0) and the defaults, fits the bank, and scores as today's row with
+    `e_prev` 0 does."""
+    import dataclasses
+
+    from agents.devices import SETUP, STATE_CODEC
+    from online_models.anomaly import kernels as K
+    from online_models.anomaly.bank import DeviceRow
+    from schemas.state import StateType
+
+    bank, ts, x = _bank_with_devices()
+    row = bank.row("dev-a")
+    cfg = dataclasses.replace(row.cfg)
+    for name in ("confirm_frac", "confirm_extreme"):
+        del cfg.__dict__[name]
+    old = {**vars(row), "cfg": cfg, "ds_names": [n for n in row.ds_names if n != "e_prev"],
+           "ds": np.delete(row.ds, K.E_PREV)}
+    writer = StateCodec(StateTypes(STATE_CODEC.types, StateTypes(StateType(DeviceRow, lambda r: old))))
+    restored = STATE_CODEC.loads(writer.dumps(row))
+    assert restored.ds_names == row.ds_names and restored.ds[K.E_PREV] == 0.0
+    assert restored.cfg.confirm_frac == 0.5 and restored.cfg.confirm_extreme == 2.0
+    today = dataclasses.replace(row, ds=row.ds.copy())
+    today.ds[K.E_PREV] = 0.0
+    a, b = SETUP.new_bank(), SETUP.new_bank()
+    a.insert("dev-a", restored)
+    b.insert("dev-a", today)
+    t, v = ts[2000:2400], x[2000:2400] + 15 * (np.arange(400) > 200)
+    ra = a.score_learn_batch(np.full(400, a.slot("dev-a")), t, {"temperature": v, "humidity": v / 2}).scores
+    rb = b.score_learn_batch(np.full(400, b.slot("dev-a")), t, {"temperature": v, "humidity": v / 2}).scores
+    np.testing.assert_array_equal(ra, rb)
+    assert (ra >= bank.cfg.min_threshold).any()

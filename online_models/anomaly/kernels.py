@@ -22,8 +22,8 @@ SP_LO, SP_HI = 22, 23  # range of the readings so far (spatial anomaly; NaN: non
 MS_FIXED = 24
 # per device (ds columns)
 C_WEIGHT, HST_LAST, HC_MEAN, HC_VAR, HC_N, SUPPRESS, BURST, SINCE, SIL_IV, SIL_LAST, SIL_N, N_ROWS, \
-    HST_COUNT, HST_FIRST, HST_TID = range(15)
-DS_COLS = 15
+    HST_COUNT, HST_FIRST, HST_TID, E_PREV = range(16)
+DS_COLS = 16
 # layout offsets (lay entries): first column of each variable-width part of an ms row
 L_REC, L_LAG, L_SM, L_SC, L_WM, L_WC, L_CT, L_CN, L_CC, L_END = range(10)
 # configuration (cf entries)
@@ -31,8 +31,8 @@ L_REC, L_LAG, L_SM, L_SC, L_WM, L_WC, L_CT, L_CN, L_CC, L_END = range(10)
  F_USE_WEEKLY, F_WB, F_WALPHA, F_WMINAGE, F_CWARM, F_CBINS, F_CBPU, F_CPOW, F_LAGS, F_USE_FC, F_USE_HST,
  F_HST_EVERY, F_HST_T, F_HST_H, F_HST_W, F_EFULL, F_MINTHR, F_LEVEL_IV, F_SUPP_EV, F_SUPP_F, F_BURST_PEN,
  F_BURST_DEC, F_BURST_GAP, F_BURST_SOFT, F_STUCK_MIN, F_CDECAY, F_HC_ALPHA, F_HC_WARM, F_SIL_ALPHA,
- F_DRIFT_TE, F_DRIFT_TA, F_SP_TOL, F_SP_E) = range(42)
-CF_LEN = 42
+ F_DRIFT_TE, F_DRIFT_TA, F_SP_TOL, F_SP_E, F_CONF_FRAC, F_CONF_EXT) = range(44)
+CF_LEN = 44
 
 _CAL = 5
 _NC = 8
@@ -526,8 +526,10 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
         if spatial[i]:
             e_row[i] = max(e_row[i], cf[F_SP_E])
     iv = ds[d, SIL_IV] if ds[d, SIL_N] >= 2 else 0.0
+    paid = 0.0  # `model._run_block`: decades a faster device already pays per reading
     if iv > 0.0:
         add = math.log10(iv / cf[F_LEVEL_IV])
+        paid = max(-add, 0.0)
         for i in range(B):
             e_row[i] = e_row[i] + add
     thr = cf[F_MINTHR]
@@ -536,8 +538,18 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
     k_soft, beta = cf[F_BURST_SOFT], cf[F_BURST_PEN]
     gap, dec = cf[F_BURST_GAP], cf[F_BURST_DEC]
     left, burst, since = ds[d, SUPPRESS], ds[d, BURST], ds[d, SINCE]
+    need, prev = cf[F_CONF_FRAC] * level, ds[d, E_PREV]
+    alone = level + max(cf[F_CONF_EXT] - paid, 0.0)
     for i in range(B):
-        ei = e_row[i]
+        er = e_row[i]
+        # `model._confirmed`: a crossing short of `alone` needs its neighbour row
+        if er >= alone:
+            ei = er
+        elif er >= need and prev >= need and max(er, prev) >= level:
+            ei = max(er, level)
+        else:
+            ei = min(er, level - 1e-6)
+        prev = er
         if ei >= level:
             xs = k_soft * (ei - level - beta * math.log10(1.0 + burst))
             sp = xs + math.log1p(math.exp(-xs)) if xs > 0 else math.log1p(math.exp(xs))
@@ -726,7 +738,7 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             for c in range(_CAL):
                 ms[s, ct0 + c] *= sc_
         ds[d, C_WEIGHT] = 1.0
-    ds[d, SUPPRESS], ds[d, BURST], ds[d, SINCE] = left, burst, since
+    ds[d, SUPPRESS], ds[d, BURST], ds[d, SINCE], ds[d, E_PREV] = left, burst, since, prev
     # silence detector (`detectors.SilenceDetector.observe`)
     for i in range(B):
         t = ts[i]

@@ -30,7 +30,8 @@ for a device reading every ``interval`` seconds (the alert level is a false-alar
 rate per device-hour, not per reading), and ``score = E / e_full`` in [0, 1].
 
 Alerting: ``is_anomaly = score >= min_threshold`` (a fixed evidence level,
-``L = min_threshold * e_full`` ~ 5 decades at one reading per 5 minutes). After an alert the score is damped
+``L = min_threshold * e_full`` ~ 5 decades at one reading per 5 minutes); a crossing short of ``L +
+confirm_extreme`` needs its neighbour row at ``confirm_frac * L`` (see the config). After an alert the score is damped
 (``suppress_factor``) for ``suppress_events`` readings: one incident, one alert.
 The suppression is keyed to the same fixed level as ``is_anomaly``, so the
 alert stream is exactly the rows where the (suppressed) score crosses it.
@@ -150,6 +151,14 @@ class AnomalyConfig:
     # ... for a device reading every level_interval_s seconds; the evidence needed per reading grows by
     # log10(level_interval_s / interval) for a faster device, so alerts per device-hour stay comparable
     level_interval_s: float = 300.0
+    # a crossing of the alert level by less than confirm_extreme decades alerts only with a neighbour: two
+    # consecutive rows, one at the level and the other at >= confirm_frac of it (the alert is the second row). A
+    # lone reading at the level is what a series does routinely (a daily cron spike, one noisy sample); an incident
+    # moves more than one reading, or moves one far. A device reading faster than level_interval_s already pays
+    # log10(level_interval_s / interval) decades a reading for its many chances at a lone crossing (the alert
+    # level's interval correction); that counts toward confirm_extreme. State: the previous row's evidence
+    confirm_frac: float = 0.5
+    confirm_extreme: float = 2.0
     suppress_events: int = 150
     suppress_factor: float = 0.0
     # alert confidence: an alert's score above the alert level is its evidence minus
@@ -174,6 +183,17 @@ def make_config(config: AnomalyConfig | None = None, **overrides: object) -> Ano
     if not 1 <= cfg.batch_max <= 64:
         raise ValueError("batch_max must be in [1, 64]")
     return cfg
+
+
+def _confirmed(e: float, prev: float, level: float, need: float, alone: float) -> float:
+    """A row's evidence for the alert test (``confirm_frac``): as it is when at least ``alone``; else at the level
+    only with its predecessor, both at ``need`` and one at ``level`` (then its own, at least the level); else just
+    below the level."""
+    if e >= alone:
+        return e
+    if e >= need and prev >= need and max(e, prev) >= level:
+        return max(e, level)
+    return min(e, level - 1e-6)
 
 
 def _ewm(y0: np.ndarray, x: np.ndarray, a: np.ndarray) -> np.ndarray:
@@ -264,6 +284,7 @@ class DeviceAnomalyModel:
         # incidents: decayed count of alert-level crossings more than ``burst_gap`` rows apart
         self.burst = 0.0
         self.since_cross = 1 << 30
+        self.e_prev = 0.0  # the previous row's evidence (confirm_frac: a crossing needs a neighbour)
         self.burst_decay = 0.5 ** (1.0 / cfg.burst_half_life)
         self.silence = SilenceDetector()
         self.n = 0
@@ -651,15 +672,22 @@ class DeviceAnomalyModel:
         # the alert level is a false-alarm *rate in time*: a device reading every ``iv`` seconds needs
         # log10(level_interval_s / iv) more decades per reading than one reading every level_interval_s
         iv = self.silence.interval if self.silence.n >= 2 else 0.0
+        paid = 0.0  # decades a faster device already pays per reading (counts toward confirm_extreme)
         if iv > 0.0:
-            e = e + math.log10(iv / cfg.level_interval_s)
+            add = math.log10(iv / cfg.level_interval_s)
+            e = e + add
+            paid = max(-add, 0.0)
         thr = cfg.min_threshold
         level = thr * cfg.e_full  # the alert level, in decades of evidence
         e_full, k, beta = cfg.e_full, cfg.burst_softness, cfg.burst_penalty
         gap, dec = cfg.burst_gap, self.burst_decay
         left, burst, since = self.suppress_left, self.burst, self.since_cross
+        need, prev = cfg.confirm_frac * level, self.e_prev
+        alone = level + max(cfg.confirm_extreme - paid, 0.0)
         out = e.tolist()
-        for i, ei in enumerate(out):
+        for i, er in enumerate(out):
+            ei = _confirmed(er, prev, level, need, alone)
+            prev = er
             if ei >= level:
                 # an alert; its score ranks it by the evidence left after discounting how many
                 # incidents this device has had lately (softplus floor: still >= the alert level)
@@ -681,7 +709,7 @@ class DeviceAnomalyModel:
             out[i] = s
         if learn:
             self._learn_block(ts, x, aux)
-            self.suppress_left, self.burst, self.since_cross = left, burst, since
+            self.suppress_left, self.burst, self.since_cross, self.e_prev = left, burst, since, prev
             for t in ts.tolist():
                 self.silence.observe(t)
             self.n += len(ts)

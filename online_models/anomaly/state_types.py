@@ -149,7 +149,24 @@ def _model_upgrade(state: dict) -> dict:
         mean, mad, n = (np.asarray(state.get(k, np.zeros(len(names))), dtype=float) for k in ("lg_mean", "lg_mad", "lg_n"))
         half = np.where(n > 0, _RANGE_SPREADS * 1.2533 * mad, np.nan)
         out["sp_lo"], out["sp_hi"] = mean - half, mean + half
+    out.setdefault("e_prev", 0.0)  # the previous row's evidence (confirm_frac, December 2026): none yet
     return out
+
+
+# Device columns added to `DeviceRow.ds` after rows were first checkpointed, and their starting values.
+_ADDED_DEVICE_COLUMNS = {"e_prev": 0.0}
+
+
+def _row_upgrade(state: dict) -> dict:
+    """A row written before a device column existed gets it (appended, as the bank's layout appends it)."""
+    names, ds = state.get("ds_names"), state.get("ds")
+    if type(names) is not list or type(ds) is not np.ndarray or ds.ndim != 1:
+        return state
+    missing = [c for c in _ADDED_DEVICE_COLUMNS if c not in names]
+    if not missing:
+        return state
+    return {**state, "ds_names": names + missing,
+            "ds": np.concatenate([ds, np.array([_ADDED_DEVICE_COLUMNS[c] for c in missing], dtype=ds.dtype)])}
 
 
 _ROW_FIELDS = frozenset(DeviceRow.__dataclass_fields__)
@@ -162,6 +179,6 @@ def _row_restore(row: DeviceRow, state: Any) -> None:
     row.__dict__.update(state)
 
 
-STATE_TYPES = StateTypes(StateType(DeviceRow, setstate=_row_restore), StateType(DeviceAnomalyModel, upgrade=_model_upgrade), StateType(AnomalyConfig, upgrade=_config_upgrade),
+STATE_TYPES = StateTypes(StateType(DeviceRow, setstate=_row_restore, upgrade=_row_upgrade), StateType(DeviceAnomalyModel, upgrade=_model_upgrade), StateType(AnomalyConfig, upgrade=_config_upgrade),
                          StateType(OnlineMLPForecaster, _forecaster_state), SilenceDetector, GaussianTail,
                          random.Random, StateType(HalfSpaceTrees, _hst_state, _hst_restore), PaddedBranch, PaddedLeaf)
