@@ -16,10 +16,8 @@ Columns = dict[str, list[Any]]
 """A table's rows as one list per column: what the agents with a row per record hand the writer."""
 
 
-def sensor_readings(events: Sequence[SensorReading], ingest_ts: float | None = None) -> Columns:
-    """The `sensor_readings` rows of a batch of readings, as columns (`streams/sinks/block.py`); `ingest_ts` (now by
-    default) is the batch's."""
-    ingest_ts = time.time() if ingest_ts is None else ingest_ts
+def _reading_keys(events: Sequence[SensorReading]) -> Columns:
+    """The columns that say which reading a row is, shared by `sensor_readings` and `anomaly_scores`."""
     return {
         "ts": [e.ts for e in events],
         "site": [e.site for e in events],
@@ -27,6 +25,15 @@ def sensor_readings(events: Sequence[SensorReading], ingest_ts: float | None = N
         "device_id": [e.device_id for e in events],
         "device_type": [e.device_type for e in events],
         "seq": [e.seq for e in events],
+    }
+
+
+def sensor_readings(events: Sequence[SensorReading], ingest_ts: float | None = None) -> Columns:
+    """The `sensor_readings` rows of a batch of readings, as columns (`streams/sinks/block.py`); `ingest_ts` (now by
+    default) is the batch's."""
+    ingest_ts = time.time() if ingest_ts is None else ingest_ts
+    return {
+        **_reading_keys(events),
         "metric_names": [list(e.metrics) for e in events],
         "metric_values": [list(e.metrics.values()) for e in events],
         "ingest_ts": [ingest_ts] * len(events),
@@ -38,12 +45,7 @@ def anomaly_scores(readings: Sequence[SensorReading], metrics: list[str], values
     """The `anomaly_scores` rows of scored readings (`metric` the one that drove the score, and its value), as
     columns; components are not stored per reading (empty)."""
     return {
-        "ts": [e.ts for e in readings],
-        "site": [e.site for e in readings],
-        "zone": [e.zone for e in readings],
-        "device_id": [e.device_id for e in readings],
-        "device_type": [e.device_type for e in readings],
-        "seq": [e.seq for e in readings],
+        **_reading_keys(readings),
         "metric": metrics,
         "value": values,
         "score": scores,
