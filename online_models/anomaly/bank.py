@@ -10,7 +10,7 @@ Why: per device and block that model pays ~200 NumPy calls; here every component
 Columnar: level, shift, drift, seasonal, weekly, stuck, calibrators, HalfSpaceTrees (masses and walks; a tree's
 shape is built once by River, as in the model), fusion, alert suppression and bursts, the reading interval.
 Not columnar: the forecaster (`OnlineMLPForecaster`, one per metric slot: its prediction is one small matrix
-product per device block, its training a PyTorch step every `train_every` samples).
+product per device block, its training a few NumPy Adam steps every `train_every` samples).
 
 A device's state moves out as its rows (`row`: what checkpoints write, `DeviceRow`) or as a `DeviceAnomalyModel`
 (`extract`: one model, e.g. to score one device alone), and in as either (`insert`: checkpoints written before rows
@@ -477,12 +477,11 @@ class DeviceBank:
         fc = steps = buf = nbuf = None
         if cfg.use_forecaster:
             fcs = [self.fc[s] for s in sl.tolist()]
-            fc = np.array([np.concatenate([a.reshape(-1) for a in f.params + f.m + f.v]) for f in fcs], np.float32) \
-                .reshape(len(fcs), 3 * _fc_size(cfg))
+            fc = np.array([f.flat() for f in fcs], np.float32).reshape(len(fcs), _fc_size(cfg))
             steps = np.array([f.steps for f in fcs], np.int64)
-            nbuf = np.array([sum(len(y) for y in f.buf_y) for f in fcs], np.int64)
-            parts = [np.column_stack([np.concatenate(f.buf_x), np.concatenate(f.buf_y)]) for f in fcs if f.buf_y]
-            buf = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, cfg.lags + 3), np.float32)
+            queued = [f.queued() for f in fcs]
+            nbuf = np.array([len(q) for q in queued], np.int64)
+            buf = np.concatenate(queued) if queued else np.zeros((0, cfg.lags + 3), np.float32)
         ds = self.ds[d].copy()
         ds[K.HST_TID] = -1.0  # this bank's template number: `trees` names the shape
         return DeviceRow(cfg, names, list(MS_NAMES), self.ms[sl], list(DS_NAMES), ds, int(self.ignored[d]),
@@ -491,7 +490,7 @@ class DeviceBank:
 
     def snapshot(self, keys: list[Hashable]) -> DeviceBank:
         """A bank holding a copy of these devices only, taken in a few array copies: a checkpoint takes it in
-        step with its offset marks and `extract`s from it off the scoring loop, while this bank learns on."""
+        step with its offset marks and writes its devices' `row`s off the scoring loop, while this bank learns on."""
         snap = object.__new__(DeviceBank)
         snap.__dict__.update(self.__dict__)  # config, layout, tree templates (only ever appended to)
         devs = np.array([self.keys[k] for k in keys], np.int64)
@@ -609,17 +608,12 @@ class DeviceBank:
             self._set_trees(d, self._template(tuple(row.trees)))
             self.hl[d], self.hr[d] = row.hl, row.hr
         if cfg.use_forecaster:
-            shapes = [p.shape for p in self.fc[int(sl[0])].params] if k else []
-            sizes = np.cumsum([0] + [math.prod(sh) for sh in shapes * 3])
             starts = np.r_[0, np.cumsum(row.fc_nbuf)].tolist()
             for j, s in enumerate(sl.tolist()):
                 f = self.fc[s]
-                flat = row.fc[j]
-                arrays = [flat[sizes[i]:sizes[i + 1]].reshape(shapes[i % 4]).copy() for i in range(12)]
-                f.params, f.m, f.v = arrays[:4], arrays[4:8], arrays[8:]
+                f.load_flat(row.fc[j])
                 f.steps = int(row.fc_steps[j])
-                b = row.fc_buf[starts[j]:starts[j + 1]]
-                f.buf_x, f.buf_y = ([b[:, :-1].copy()], [b[:, -1].copy()]) if len(b) else ([], [])
+                f.load_queued(row.fc_buf[starts[j]:starts[j + 1]])
         return d
 
     # ------------------------------------------------------------------ size
@@ -639,9 +633,8 @@ class DeviceBank:
 
 
 def _fc_size(cfg: AnomalyConfig) -> int:
-    """Parameters of one forecaster (`OnlineMLPForecaster`: two layers)."""
-    d = cfg.lags + 2
-    return d * cfg.hidden + cfg.hidden + cfg.hidden + 1
+    """Length of one forecaster's `flat()` in a bank of this configuration."""
+    return OnlineMLPForecaster.flat_size(cfg.lags, cfg.hidden)
 
 
 def _check_row(row: DeviceRow, cfg: AnomalyConfig, lay: Layout, tree_shape: tuple[int, ...]) -> None:
@@ -674,7 +667,7 @@ def _check_row(row: DeviceRow, cfg: AnomalyConfig, lay: Layout, tree_shape: tupl
     elif row.hl is not None or row.hr is not None:
         raise ValueError("the row has tree masses without trees")
     if cfg.use_forecaster:
-        arr(row.fc, (k, 3 * _fc_size(cfg)), np.float32, "fc")
+        arr(row.fc, (k, _fc_size(cfg)), np.float32, "fc")
         arr(row.fc_steps, (k,), np.int64, "fc_steps")
         arr(row.fc_nbuf, (k,), np.int64, "fc_nbuf")
         if (row.fc_nbuf < 0).any():

@@ -52,6 +52,40 @@ class OnlineMLPForecaster:
         return out
 
     @staticmethod
+    def shapes(lags: int, hidden: int) -> list[tuple[int, ...]]:
+        """The shapes of `params` (and of `m`, `v`) that `__init__` makes: w1, b1, w2, b2."""
+        return [(lags + 2, hidden), (hidden,), (hidden, 1), (1,)]
+
+    @classmethod
+    def flat_size(cls, lags: int, hidden: int) -> int:
+        """Length of `flat()`: params, m and v."""
+        return 3 * sum(math.prod(shape) for shape in cls.shapes(lags, hidden))
+
+    def flat(self) -> np.ndarray:
+        """Weights and Adam moments (params, then m, then v) as one float32 vector: a bank row's checkpoint form."""
+        return np.concatenate([a.reshape(-1) for a in self.params + self.m + self.v])
+
+    def load_flat(self, flat: np.ndarray) -> None:
+        """The inverse of `flat` (copies: the arrays are the forecaster's own)."""
+        arrays, at = [], 0
+        for shape in self.shapes(self.lags, self.hidden) * 3:
+            n = math.prod(shape)
+            arrays.append(flat[at:at + n].reshape(shape).copy())
+            at += n
+        self.params, self.m, self.v = arrays[:4], arrays[4:8], arrays[8:]
+
+    def queued(self) -> np.ndarray:
+        """The samples waiting for the next training step as one (samples, lags + 3) float32 array: inputs, then
+        target."""
+        if not self.buf_y:
+            return np.zeros((0, self.lags + 3), np.float32)
+        return np.column_stack([np.concatenate(self.buf_x), np.concatenate(self.buf_y)]).astype(np.float32, copy=False)
+
+    def load_queued(self, samples: np.ndarray) -> None:
+        """The inverse of `queued` (copies)."""
+        self.buf_x, self.buf_y = ([samples[:, :-1].copy()], [samples[:, -1].copy()]) if len(samples) else ([], [])
+
+    @staticmethod
     def inputs(lag_values: list[float], ts: float) -> np.ndarray:
         ang = (ts % 86400.0) / 86400.0 * 2.0 * math.pi
         return np.array([*lag_values, math.sin(ang), math.cos(ang)], dtype=np.float32)
