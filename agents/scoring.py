@@ -219,13 +219,8 @@ class Owner:
         self.dirty.update(readings)
         # alarms in event order
         alerts: list[Alert] = []
-        scored_at: dict[int, int] = {}  # id(record) -> its score row (index in the columns below)
-        scored_ev: list[SensorReading] = []
-        scored_metric: list[str] = []
-        scored_value: list[float] = []
-        scored_score: list[float] = []
-        scored_thr: list[float] = []
-        scored_anom: list[int] = []
+        scored_at: dict[int, int] = {}  # id(record) -> its score row (index in `scored`)
+        scored: list[tuple[SensorReading, str, float, float, float, int]] = []  # `rows.anomaly_scores`' arguments
         newest, arrived = self.watermark, False
         for i, (r, ev) in enumerate(parsed):
             if ev is None:
@@ -245,13 +240,8 @@ class Owner:
                         metric = metric or next(iter(metrics))
                     else:
                         value = metrics[metric]
-                    scored_at[id(r)] = len(scored_ev)
-                    scored_ev.append(ev)
-                    scored_metric.append(metric)
-                    scored_value.append(float(value))
-                    scored_score.append(score)
-                    scored_thr.append(thr)
-                    scored_anom.append(int(is_anom))
+                    scored_at[id(r)] = len(scored)
+                    scored.append((ev, metric, float(value), score, thr, int(is_anom)))
                 else:
                     alerts += self._alarms(r, ev)
             except Exception as exc:  # noqa: BLE001 - one record's alarm step must not stop the others
@@ -268,10 +258,10 @@ class Owner:
         if arrived:  # the newest event time and the wall time of the last reading processed (`silence_clock`)
             self.watermark = newest
             self.last_arrival = time.monotonic()
-        scores = rows.anomaly_scores(scored_ev, scored_metric, scored_value, scored_score, scored_thr, scored_anom)
-        if settings.sensor_publish_scores and scored_ev:
+        scores = rows.anomaly_scores(*map(list, zip(*scored, strict=True))) if scored else {}  # as columns
+        if settings.sensor_publish_scores and scored:
             futs = [await topics["topic_anomaly_scores"].send(key=ev.device_id.encode(), value=codec.dumps(
-                        {c: v[j] for c, v in scores.items()} | {"v": 1})) for j, ev in enumerate(scored_ev)]
+                        {c: v[j] for c, v in scores.items()} | {"v": 1})) for j, (ev, *_) in enumerate(scored)]
             await asyncio.gather(*futs)
         # acks wait for the next checkpoint, and a reading's also for its score row (alarm events are confirmed)
         hold, held_values = self.ckpt.hold, self.values
@@ -295,7 +285,7 @@ class Owner:
             else:
                 stored()
         if at:
-            if len(at) < len(scored_ev):  # a scored record without an ack to wait for (none today): its row alone is left out
+            if len(at) < len(scored):  # a scored record without an ack to wait for (none today): its row alone is left out
                 scores = {c: [v[j] for j in at] for c, v in scores.items()}
             await scores_writer().put_block(Block(scores, partitions, offsets, acks))
 
