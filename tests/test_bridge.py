@@ -182,6 +182,15 @@ async def test_bench_bridge_pushes_every_message_through(stack):
     assert received == 300 and "msgs/s" in out, out
 
 
+async def test_bench_bridge_refuses_more_messages_than_a_publisher_can_send(stack):
+    """Past 65,535 outstanding packet ids `mosquitto_pub -l` drops its connection with messages unsent; the bench
+    says so at once instead of waiting ten minutes for messages that never come."""
+    from wharf.bench.bridge import MOST_PER_PUBLISHER, bench_bridge
+
+    with pytest.raises(ValueError, match="raise --publishers"):
+        await bench_bridge(stack, messages=2 * MOST_PER_PUBLISHER + 2, publishers=2)
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for d in os.listdir("/proc"):
