@@ -260,8 +260,8 @@ class Owner:
             self.last_arrival = time.monotonic()
         scores = rows.anomaly_scores(*map(list, zip(*scored, strict=True))) if scored else {}  # as columns
         if settings.sensor_publish_scores and scored:
-            futs = [await topics["topic_anomaly_scores"].send(key=ev.device_id.encode(), value=codec.dumps(
-                        {c: v[j] for c, v in scores.items()} | {"v": 1})) for j, (ev, *_) in enumerate(scored)]
+            futs = [await topics["topic_anomaly_scores"].send(key=m["device_id"].encode(), value=codec.dumps(m))
+                    for m in rows.anomaly_score_messages(scores)]
             await asyncio.gather(*futs)
         # acks wait for the next checkpoint, and a reading's also for its score row (alarm events are confirmed)
         hold, held_values = self.ckpt.hold, self.values

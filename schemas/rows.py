@@ -54,6 +54,18 @@ def anomaly_scores(readings: Sequence[SensorReading], metrics: list[str], values
     }
 
 
+_SCORE_KEYS = (*_READING_KEYS, "metric", "value", "score", "threshold")
+
+
+def anomaly_score_messages(columns: Columns) -> list[Row]:
+    """The `AnomalyScore` messages (the anomaly-scores topic) of `anomaly_scores` rows given as columns: the
+    schema's fields, not the table's (one `components` map instead of two arrays, a boolean `is_anomaly`)."""
+    cols = [columns[k] for k in _SCORE_KEYS]
+    return [{**dict(zip(_SCORE_KEYS, vals, strict=True)), "is_anomaly": bool(anom), "components": dict(zip(names, comps, strict=True)), "v": 1}
+            for *vals, anom, names, comps in zip(*cols, columns["is_anomaly"], columns["component_names"],
+                                                 columns["component_scores"], strict=True)]
+
+
 def alert(e: Alert) -> list[Row]:
     return [
         {

@@ -227,3 +227,19 @@ def test_any_bytes_give_an_event_or_a_bounded_refusal(payload):
             parse(payload, model, now=1_700_000_000.0)
         except InvalidEvent as e:
             assert e.errors and len(e.dead_letter(payload, "kafka").encode()) < 200_000
+
+
+def test_anomaly_score_messages_are_valid_anomaly_scores():
+    """What the anomaly-scores topic carries (`sensor_publish_scores`) is the schema's `AnomalyScore`, built from
+    the same columns as the ClickHouse rows: the table's component arrays become one map."""
+    from schemas import rows
+    from schemas.events import AnomalyScore
+
+    readings = [SensorReading(site="s", zone="z", device_id=f"d{i}", device_type="cold_room", ts=1.7e9 + i, seq=i,
+                              metrics={"temperature": 4.0 + i}) for i in range(3)]
+    cols = rows.anomaly_scores(readings, ["temperature"] * 3, [4.0, 5.0, 6.0], [0.1, 0.5, 0.9], [0.6] * 3, [0, 0, 1])
+    cols["component_names"][2], cols["component_scores"][2] = ["level", "drift"], [0.9, 0.2]
+    msgs = [AnomalyScore.model_validate_json(codec.dumps(m)) for m in rows.anomaly_score_messages(cols)]
+    assert [(m.device_id, m.seq, m.value, m.score, m.is_anomaly) for m in msgs] == [
+        ("d0", 0, 4.0, 0.1, False), ("d1", 1, 5.0, 0.5, False), ("d2", 2, 6.0, 0.9, True)]
+    assert msgs[2].components == {"level": 0.9, "drift": 0.2} and msgs[0].components == {}

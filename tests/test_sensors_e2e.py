@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 
 from mqtt_bridge.connection import end_session
 from schemas import codec
+from schemas.events import AnomalyScore
 from streams.sinks.clickhouse import connect
 from streams.runtime.kafka_auth import kafka_client
 from schemas.settings import Settings
@@ -198,7 +199,7 @@ class Stack:
 
 
 async def test_devices_through_bridge_and_worker_exactly_once_with_alarm_raised_and_cleared(stack, server_url, unique, tmp_path):
-    env = sensor_env(stack, server_url, unique)
+    env = sensor_env(stack, server_url, unique, WHARF_SENSOR_PUBLISH_SCORES="true")
     await make_topics(stack, env)
     n_devices, per_device = 12, 60
     ids = [f"e{unique[:6]}-{i:02d}" for i in range(n_devices)]
@@ -254,6 +255,9 @@ async def test_devices_through_bridge_and_worker_exactly_once_with_alarm_raised_
         assert rule[0]["severity"] == "CRITICAL" and rule[0]["alarm_id"] == rule[1]["alarm_id"]
         assert rule[1]["end_ts"] - rule[0]["start_ts"] >= 6 + 3 - 1  # six bad seconds, then three normal ones
         assert st.count("alerts") == len(alerts)
+        published = [AnomalyScore.model_validate_json(m.value) for m in await read_topic(stack, env["WHARF_TOPIC_ANOMALY_SCORES"])]
+        stored = st.ch.query(f"SELECT device_id, seq, score FROM {st.ch.table('anomaly_scores')}")
+        assert sorted((m.device_id, m.seq, m.score) for m in published) == sorted(stored)  # the topic: one per stored row
         await wait_until(lambda: any(a["alarm_id"] == rule[1]["alarm_id"] and a["status"] == "CLEARED_UNACK" for a in alerts_seen),
                          20, "the alarm over MQTT")
     finally:
