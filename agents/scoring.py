@@ -21,8 +21,8 @@ whenever partitions are revoked or the worker stops, first the alarm events of t
 includes confirmed by Kafka and the flushed score writer (every score up to the checkpoint in
 ClickHouse), then each changed device's state (`schemas.state`) and one marker per partition
 with the last offset the state includes, per topic; only then are the records it includes acked.
-Scoring stops only while a checkpoint's cut is taken (the records applied, the marks and a copy of the changed devices, all in step under the owner's lock); the
-encoding runs in a thread and the writes in a task, one checkpoint after the other. A worker that gets the partition (a restart, or
+Scoring stops only while a checkpoint's cut is taken (the records applied, the marks and a copy
+of the changed devices, all in step under the owner's lock); the encoding runs in a thread and the writes in a task, one checkpoint after the other. A worker that gets the partition (a restart, or
 another worker after a rebalance) restores that state; Kafka redelivers everything after
 it, and records at or below the marker are already in it and are skipped.
 
