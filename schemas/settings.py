@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     kafka_session_timeout_seconds: float = Field(
         30.0, ge=6, le=300, description="A worker that stops heartbeating (crashed) loses its partitions to the others after this long."
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        100, ge=1, le=1500, description="How long the broker may hold a worker's fetch while its partitions have no new records (Faust fixes 1,500; `streams/runtime/fetchwait.py`): a busy worker's records wait up to this long in Kafka."
+    )
     faust_fast_dispatch: bool = Field(
         True, description="Deliver fetched records to the agents without Faust's per-record rebalance guard when no delivery can block (`streams/runtime/fastpath.py`; about 2x a bare agent's rate)."
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from importlib.metadata import version
 
 import pytest
@@ -20,3 +23,28 @@ def test_a_version_outside_the_tested_range_is_refused_by_name(package: str, fou
     versions = {name: low for name, (low, _high) in TESTED.items()} | {package: found}
     with pytest.raises(UnsupportedFaust, match=rf"{package} {found} \(tested: >="):
         check_versions(versions)
+
+
+def test_the_worker_consumer_fetches_with_the_configured_wait_not_faust_s_1500_ms() -> None:
+    """Faust creates the worker's consumer with a fixed 1,500 ms fetch wait; a busy worker's records then sat in Kafka
+    that long (`streams/runtime/fetchwait.py`). The consumer the worker's own code creates, started on the real
+    broker (its fetcher is made then), fetches with `kafka_fetch_max_wait_ms`. In a process of its own: creating the
+    app's consumer closes the batch agents' declarations."""
+    code = """
+import asyncio
+from streams.runtime.app import app, settings
+
+async def main():
+    consumer = app.consumer._thread._create_worker_consumer(app.transport)
+    await consumer.start()
+    try:
+        print(settings.kafka_fetch_max_wait_ms, consumer._fetcher._fetch_max_wait_ms)
+    finally:
+        await consumer.stop()
+
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "WHARF_KAFKA_FETCH_MAX_WAIT_MS": "77"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["77", "77"]

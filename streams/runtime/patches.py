@@ -8,6 +8,8 @@ exists and the test that guards it. To move to a new release: run those tests on
 What `install` patches in place (class attributes, or the app's consumer):
 - `Collection._verify_source_topic_partitions`: a changelog not yet in the metadata is no mismatch
   (`streams/runtime/partition_check.py`);
+- `AIOKafkaConsumerThread._create_worker_consumer`: the worker consumer's fetch wait is `kafka_fetch_max_wait_ms`,
+  not Faust's fixed 1,500 ms (`streams/runtime/fetchwait.py`);
 - `Consumer.wait_first`, when `faust_fast_dispatch` is on: no rebalance guard around a delivery that cannot
   block (`streams/runtime/fastpath.py`).
 What `WharfApp` overrides (`streams/runtime/app.py`), which `install` checks are in place:
@@ -46,15 +48,16 @@ def check_versions(found: dict[str, str] | None = None) -> None:
             "(docs/faust-patches.md) on the new version and widen TESTED.")
 
 
-def install(app: Any, fast_dispatch: bool) -> None:
+def install(app: Any, fast_dispatch: bool, fetch_max_wait_ms: int) -> None:
     """Check the versions, then install every patch: the class patches now, the consumer's when it exists (an app task)."""
-    from streams.runtime import partition_check
+    from streams.runtime import fetchwait, partition_check
 
     check_versions()
     missing = [name for name in ("flow_control", "_new_consumer", "_on_agent_error") if name not in type(app).__dict__]
     if missing:
         raise TypeError(f"{type(app).__name__} lacks Wharf's overrides {missing} (streams/runtime/app.py WharfApp)")
     partition_check.install()
+    fetchwait.install(fetch_max_wait_ms)
 
     if fast_dispatch:
         @app.task
