@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from faust.types.tuples import ConsumerMessage, ack_lock
+
 
 class _Tracked:
     """Records of one partition waiting for their ack, in consumption order: the messages and the consumer that
@@ -84,9 +86,12 @@ class OrderedAcker:
             return
         while queue and queue[0].finished:
             entry = queue.popleft()
-            consumer = entry.consumer
-            for message in entry.messages:
-                message.ack(consumer)  # what `Event.ack` does
+            messages = entry.messages
+            if type(messages[0]) is ConsumerMessage:
+                ack_messages(entry.consumer, messages)
+            else:  # another kind of message (a test's stand-in) acks itself
+                for message in messages:
+                    message.ack(entry.consumer)
 
     def waiting(self) -> int:
         return sum(len(e.messages) for q in self._queues.values() for e in q)
@@ -95,3 +100,18 @@ class OrderedAcker:
         """Partitions revoked: their unacked records will be redelivered to the new owner."""
         for tp in tps:
             self._queues.pop(tp, None)
+
+
+def ack_messages(consumer: Any, messages: Sequence[ConsumerMessage]) -> None:
+    """`Message.ack(consumer)` for each message (what `Event.ack` does), under one hold of Faust's `ack_lock`
+    rather than three per message: one reference less, and once the last agent's is gone, the consumer's own
+    bookkeeping of the offset (`Consumer.ack`, which `ConsumerMessage.on_final_ack` calls)."""
+    ack = consumer.ack
+    with ack_lock:
+        for message in messages:
+            if message.acked:
+                continue
+            refcount = message.refcount - 1
+            message.refcount = refcount if refcount > 0 else 0
+            if refcount <= 0:
+                ack(message)

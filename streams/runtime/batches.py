@@ -134,8 +134,9 @@ class BatchAgent:
             generation = app.consumer_generation_id
             events = []
             work = Slice()
-            for message in taken:
-                if await work.tick():  # requests are answered meanwhile; a rebalance may have begun
+            for k, message in enumerate(taken):
+                # requests are answered meanwhile; a rebalance may have begun (asked every 16 records: ~0.1 ms)
+                if k & 15 == 15 and await work.tick():
                     generation = app.consumer_generation_id
                 if message.generation_id != generation:
                     self.dropped_stale += 1
