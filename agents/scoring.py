@@ -40,7 +40,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -161,9 +161,10 @@ class Owner:
         return None
 
     # --- the work ----------------------------------------------------------------------------------------
-    async def apply(self, recs: list[DeviceRecord]) -> None:
+    async def apply(self, recs: list[DeviceRecord], runs: Sequence[Any] = ()) -> None:
         """Apply records in order; each is acked once its rows are stored and a checkpoint includes it
-        (`streams/state/checkpoint.py`). A redelivered record the restored state includes is acked at once.
+        (`streams/state/checkpoint.py`): the batch's records as `runs` (`OrderedAcker.track_batch`, one per partition),
+        which a redelivered record the restored state includes is not part of: its own `done` acks it at once.
 
         No record can stop the path: one that is invalid, or breaks its device's model or the alarm step, becomes a
         dead letter (Kafka confirms it before the record is acked) and the others go on."""
@@ -221,8 +222,9 @@ class Owner:
         self.dirty.update(readings)
         # alarms in event order
         alerts: list[Alert] = []
-        scored_at: dict[int, int] = {}  # id(record) -> its score row (index in `scored`)
         scored: list[tuple[SensorReading, str, float, float, float, int]] = []  # `rows.anomaly_scores`' arguments
+        partitions: list[int] = []  # the scored records' partitions and offsets
+        offsets: list[int] = []
         newest, arrived = self.watermark, False
         for i, (r, ev) in enumerate(parsed):
             if ev is None:
@@ -244,8 +246,9 @@ class Owner:
                         metric = metric or next(iter(metrics))
                     else:
                         value = metrics[metric]
-                    scored_at[id(r)] = len(scored)
                     scored.append((ev, metric, float(value), score, thr, int(is_anom)))
+                    partitions.append(r.partition)
+                    offsets.append(r.offset)
                 else:
                     alerts += self._alarms(r, ev)
             except Exception as exc:  # noqa: BLE001 - one record's alarm step must not stop the others
@@ -267,31 +270,19 @@ class Owner:
             futs = [await topics["topic_anomaly_scores"].send(key=m["device_id"].encode(), value=codec.dumps(m))
                     for m in rows.anomaly_score_messages(scores)]
             await asyncio.gather(*futs)
-        # acks wait for the next checkpoint, and a reading's also for its score row (alarm events are confirmed)
+        # acks wait for the next checkpoint, and the batch's readings also for their score rows (alarm events are
+        # confirmed, dead letters too): one held entry per partition run, stored with the block
         hold, held_values = self.ckpt.hold, self.values
-        at: list[int] = []  # the score rows of the records handed over, their partitions, offsets and acks
-        partitions: list[int] = []
-        offsets: list[int] = []
-        acks: list[Callable[[], Any]] = []
-        for r, _ in parsed:
-            done = r.done
-            if done is None:
-                continue
-            stored = hold(r.partition, done)
-            if not _let_go(done):
-                held_values.append(done)
-            j = scored_at.get(id(r))
-            if j is not None:
-                at.append(j)
-                partitions.append(r.partition)
-                offsets.append(r.offset)
-                acks.append(stored)
-            else:
-                stored()
-        if at:
-            if len(at) < len(scored):  # a scored record without an ack to wait for (none today): its row alone is left out
-                scores = {c: [v[j] for j in at] for c, v in scores.items()}
-            await scores_writer().put_block(Block(scores, partitions, offsets, acks))
+        stored = []
+        for run in runs:
+            stored.append(hold(run.message.partition, run, n=len(run.messages)))
+            if not _let_go(run):
+                held_values.append(run)
+        if scored:
+            await scores_writer().put_block(Block(scores, partitions, offsets, [None] * len(scored), after=stored))
+        else:
+            for done in stored:
+                done()
 
     def _alarms(self, r: DeviceRecord, ev: Any) -> list[Alert]:
         """The alarm step of a status or command record (readings': inline in `apply`); raises for a record it
@@ -447,21 +438,23 @@ class DeviceRecord:
     done: Any = None
 
 
-def _let_go(done: Any) -> bool:
-    """Drop a held record's decoded value (~5 KB a reading) from its message, which waits here for a checkpoint,
-    once no other agent needs it: when only this agent's ack is left (the raw storage agent stored and acked it)
-    or none; returns whether it is gone. The message itself is what acking needs.
+def _let_go(run: Any) -> bool:
+    """Drop held records' decoded values (~5 KB a reading) from their messages, which wait here for a checkpoint,
+    once no other agent needs them: when only this agent's ack is left (the raw storage agent stored and acked
+    them) or none; returns whether all of the run's are gone. The messages themselves are what acking needs.
 
-    Once this agent's ack is done (a checkpoint included the record), the reference left is another agent's: the
-    value stays for it (dropping it then crashed the raw storage agent, which was more than a checkpoint behind
-    during a loaded `wharf bench sensors` start) and this agent holds the record no longer."""
-    if done.finished:
+    Once this agent's ack is given (a checkpoint included the run), a reference left is another agent's: the values
+    stay for it (dropping them then crashed the raw storage agent, which was more than a checkpoint behind during a
+    loaded `wharf bench sensors` start) and this agent holds the run no longer."""
+    if run.finished:
         return True
-    message = done.message
-    if message.refcount <= 1:
-        message.value = None
-        return True
-    return False
+    gone = True
+    for message in run.messages:
+        if message.refcount <= 1:
+            message.value = None
+        else:
+            gone = False
+    return gone
 
 
 SCORE_SLICE = 2_048
@@ -507,12 +500,19 @@ async def score_devices(agent):  # noqa: ANN001 - streams.runtime.batches.BatchA
         counts.records["sensors"] += len(events)
         async with owner.lock:
             recs = []
+            fresh = []  # acked per batch (`OrderedAcker.track_batch`); those the restored state includes, at once
+            includes = owner.marks.includes
             for event in events:
                 m = event.message
                 owner.ensure_partition(m.partition)
-                recs.append(DeviceRecord(m.topic, m.partition, m.offset, m.timestamp, event.value, owner.acker.track(event)))
+                r = DeviceRecord(m.topic, m.partition, m.offset, m.timestamp, event.value)
+                if includes(m.topic, m.partition, m.offset):
+                    r.done = owner.acker.track(event)
+                else:
+                    fresh.append(event)
+                recs.append(r)
             try:
-                await owner.apply(recs)
+                await owner.apply(recs, owner.acker.track_batch(fresh))
                 if owner.ckpt.waiting() >= MAX_WAITING:  # bounded: the offsets (and memory) must not wait for the timer
                     if (writing := owner.in_flight()) is not None:
                         await writing  # at most one behind: what waits is bounded, and so is its memory

@@ -21,7 +21,7 @@ def test_the_value_goes_once_the_storage_agent_acked_and_ours_is_pending() -> No
     from agents.scoring import _let_go
 
     m = _message()
-    ours = _Tracked(m, None, OrderedAcker())
+    ours = _Tracked(m.tp, [m], None, OrderedAcker())
     assert not _let_go(ours) and m.value is not None  # the storage agent has not stored it yet
     m.ack(None)  # the storage agent stored and acked it
     assert _let_go(ours) and m.value is None
@@ -32,7 +32,7 @@ def test_the_value_stays_for_the_storage_agent_when_a_checkpoint_acked_ours_firs
 
     m = _message()
     acker = OrderedAcker()
-    ours = _Tracked(m, None, acker)
+    ours = _Tracked(m.tp, [m], None, acker)
     acker._queues[m.tp] = deque([ours])  # noqa: SLF001 - what `track` registers
     ours()  # a checkpoint included it: our ack goes first (the storage agent is behind)
     assert m.refcount == 1

@@ -134,8 +134,9 @@ class BatchAgent:
             generation = app.consumer_generation_id
             events = []
             work = Slice()
-            for message in taken:
-                if await work.tick():  # requests are answered meanwhile; a rebalance may have begun
+            for k, message in enumerate(taken):
+                # requests are answered meanwhile; a rebalance may have begun (asked every 16 records: ~0.1 ms)
+                if k & 15 == 15 and await work.tick():
                     generation = app.consumer_generation_id
                 if message.generation_id != generation:
                     self.dropped_stale += 1
@@ -253,6 +254,7 @@ class BatchRouter:
 
         async def getmany(timeout: float) -> Any:
             work = Slice()
+            n = 0
             async for tp, message in faust_getmany(timeout=timeout):
                 agents = by_topic.get(tp.topic)
                 if agents is None:
@@ -267,7 +269,13 @@ class BatchRouter:
                 if commit_every is not None and consumer._n_acked >= commit_every:  # noqa: SLF001
                     consumer._n_acked = 0  # noqa: SLF001
                     await consumer.commit()
-                if flow.is_active() and not suspend_flow.is_set() and not any(a.would_block() for a in agents):
+                for agent in agents:
+                    if agent.would_block():
+                        room = False
+                        break
+                else:
+                    room = True
+                if room and flow.is_active() and not suspend_flow.is_set():
                     message.incref(len(agents))
                     for agent in agents:
                         agent.put_nowait(message)
@@ -275,7 +283,9 @@ class BatchRouter:
                 else:
                     await consumer.wait_first(deliver(message), suspend_flow.wait())
                 read_offset[tp] = offset
-                await work.tick()  # Faust's loop yields every 100 records; requests are answered meanwhile
+                n += 1
+                if n & 15 == 0:  # Faust's loop yields every 100 records; requests are answered meanwhile
+                    await work.tick()
 
         return getmany
 

@@ -9,7 +9,7 @@ fills in `kafka_partition` and `kafka_offset` when it inserts.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
@@ -21,13 +21,16 @@ COORDINATES = ("kafka_partition", "kafka_offset")
 class Block:
     """`columns[c][j]`: column c of row j; record i is (`partitions[i]`, `offsets[i]`), acked by `acks[i]` once its
     rows are stored, and owns `counts[i]` consecutive rows (`counts` None: one row each). A column a block lacks
-    is NULL."""
+    is NULL. `after`: acks that run once every record of the block is stored (a batch's acks, one per partition:
+    `OrderedAcker.track_batch`); the writer never splits a block between two inserts, so they run with the
+    records' own."""
 
     columns: dict[str, list[Any]]
     partitions: list[int]
     offsets: list[int]
     acks: list[Ack | None]
     counts: list[int] | None = None
+    after: list[Ack] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.offsets)

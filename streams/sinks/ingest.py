@@ -77,32 +77,35 @@ async def store_events(
     (`to_columns(events)`, a row each); returns how many were refused (`valid_or_dead_letter`).
 
     `duplicate(parsed, partition)` True: a copy of an event already stored (e.g. an MQTT
-    redelivery the bridge forwarded twice): acked in order, not stored again."""
+    redelivery the bridge forwarded twice): acked in order, not stored again.
+
+    The batch is acked as a whole (`OrderedAcker.track_batch`, one run per partition), once its block is stored;
+    its dead letters are confirmed by Kafka before that, and a batch without a valid record is acked at once."""
     refused = 0
     counts.records[f"storage/{writer.spec.name}"] += len(events)
     work = Slice()
+    runs = acker.track_batch(events)
     valid: list[Any] = []
     partitions: list[int] = []
     offsets: list[int] = []
-    acks: list[Any] = []
-    for event in events:
-        await work.tick()
-        done = acker.track(event)
+    for k, event in enumerate(events):
+        if k & 63 == 63:
+            await work.tick()
         msg = event.message
         parsed = await valid_or_dead_letter(event, model, dlq_topic=dlq_topic, limits=limits)
         if parsed is None:
             refused += 1
-            done()
             continue
         if duplicate is not None and duplicate(parsed, msg.partition):
-            done()
             continue
         valid.append(parsed)
         partitions.append(msg.partition)
         offsets.append(msg.offset)
-        acks.append(done)
     if valid:
-        await writer.put_block(Block(to_columns(valid), partitions, offsets, acks))
+        await writer.put_block(Block(to_columns(valid), partitions, offsets, [None] * len(valid), after=runs))
+    else:
+        for run in runs:
+            run()
     return refused
 
 

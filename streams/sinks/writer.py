@@ -246,6 +246,9 @@ class ClickHouseWriter:
                 if ack is not None:
                     ack()
                     await work.tick()
+            for ack in b.after:
+                ack()
+                await work.tick()
         if self._pending_rows < self.max_pending_rows:
             self._space.set()
         if not self._pending:

@@ -94,6 +94,7 @@ class _Held:
     ack: Ack
     stored: bool = False
     committed: bool = False
+    n: int = 1  # records it acks (a run of a batch: `OrderedAcker.track_batch`)
 
     def __call__(self) -> None:
         self.stored = True
@@ -109,9 +110,11 @@ class Cut:
     """The records a checkpoint includes, by partition, in application order."""
 
     held: dict[int, list[_Held]]
+    records: int = 0
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self.held.values())
+        """Records (not entries: one entry may hold a batch's records of its partition)."""
+        return self.records
 
 
 @dataclass
@@ -123,22 +126,25 @@ class Checkpoint:
     since: float = field(default_factory=time.monotonic)  # the last cut: when the next checkpoint is due
     commits: int = 0
     committing: int = 0  # records of the commits under way (an agent may cut the next while one is written)
+    held_records: int = 0  # records in `held`
 
-    def hold(self, partition: int, ack: Ack, *, stored: bool = False) -> Ack:
-        """A record applied to the state; returns its `stored` callback for its sink (`stored=True`: a record whose
-        rows are another agent's; nothing to call). The record's `ack` runs once it is stored and a committed
-        checkpoint includes it."""
-        h = _Held(ack, stored)
+    def hold(self, partition: int, ack: Ack, *, stored: bool = False, n: int = 1) -> Ack:
+        """A record applied to the state (or `n` of one partition, acked together by `ack`); returns its `stored`
+        callback for its sink (`stored=True`: a record whose rows are another agent's; nothing to call). The
+        record's `ack` runs once it is stored and a committed checkpoint includes it."""
+        h = _Held(ack, stored, False, n)
         self.held.setdefault(partition, []).append(h)
+        self.held_records += n
         return h
 
     def waiting(self) -> int:
         """Records applied and not yet in a committed checkpoint."""
-        return sum(len(v) for v in self.held.values()) + self.committing
+        return self.held_records + self.committing
 
     def cut(self) -> Cut:
         """What the next write includes: every record applied so far (take it in step with the state)."""
-        cut, self.held, self.since = Cut(self.held), {}, time.monotonic()
+        cut, self.held, self.since = Cut(self.held, self.held_records), {}, time.monotonic()
+        self.held_records = 0
         return cut
 
     async def commit(self, write: Callable[[Cut], Awaitable[Iterable[int] | None]],
@@ -164,6 +170,7 @@ class Checkpoint:
         and a cut can hold 100,000)."""
         written = None if written is None else set(written)
         n = 0
+        tick_at = 1024
         work = Slice()
         for p, held in cut.held.items():
             if written is not None and p not in written:
@@ -171,8 +178,9 @@ class Checkpoint:
             for h in held:
                 h.committed = True
                 h.release()
-                n += 1
-                if n % 1024 == 0:
+                n += h.n
+                if n >= tick_at:
+                    tick_at = n + 1024
                     await work.tick()
         self.commits += 1
         return n
@@ -180,4 +188,4 @@ class Checkpoint:
     def forget(self, partitions: Iterable[int]) -> None:
         """Revoked partitions: their held records are never acked here; the new owner gets them again."""
         for p in partitions:
-            self.held.pop(p, None)
+            self.held_records -= sum(h.n for h in self.held.pop(p, ()))

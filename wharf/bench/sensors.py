@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from wharf import progress
+from wharf.bench.cpu import cpu_seconds
 from wharf.bench.memory import peak_rss_mb
 from streams.runtime.kafka_auth import kafka_client
 
@@ -204,6 +205,7 @@ async def _catch_up_run(settings, u: str, n: int, model_options: str, n_devices:
     started = time.time()
     worker = _Worker(env, settings.web_port + 50, state / "worker.log")
     ready = time.time()
+    cpu0 = (cpu_seconds(worker.pid), cpu_seconds(worker.pid, worker.pid))
     first = None
     counts = (0, 0)
     try:
@@ -216,6 +218,7 @@ async def _catch_up_run(settings, u: str, n: int, model_options: str, n_devices:
                 break
             await asyncio.sleep(0.25)
         done = time.time()
+        cpu = (cpu_seconds(worker.pid) - cpu0[0], cpu_seconds(worker.pid, worker.pid) - cpu0[1])
         peak = peak_rss_mb(worker.pid)
         stats = worker.stats()
     finally:  # also when the worker is too busy to answer
@@ -231,6 +234,8 @@ async def _catch_up_run(settings, u: str, n: int, model_options: str, n_devices:
           f"{bank['batch_events_per_s']:,.0f} readings/s")
     print(f"ratio            worker / measure_throughput = {rate / det['batch_events_per_s']:.0%}, worker / device bank = "
           f"{rate / bank['batch_events_per_s']:.0%} (targets: >= 25,000 readings/s and >= 60 % of the detectors' rate)")
+    print(f"worker CPU       {cpu[0] / n * 1e6:.0f} us a reading in all threads, {cpu[1] / n * 1e6:.0f} us in the event loop's "
+          f"(main) thread: {n / cpu[1]:,.0f} readings per main-thread CPU second (steadier than readings/s on a shared machine)")
     print(f"peak RSS         worker {peak:.0f} MB")
     print("worker loop      " + loop_stalls(stats.get("loop", {})))
     w = stats.get("writers", {})
