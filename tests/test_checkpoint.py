@@ -77,3 +77,26 @@ def test_marks_say_what_a_restored_state_includes_and_refuse_anything_else() -> 
     for raw in (b"[1]", b'{"t": "1"}', b"{", b"[" * 100_000):
         with pytest.raises(ValueError):
             Marks.decode(raw)
+
+
+async def test_an_alarm_event_kafka_refused_fails_the_sensor_checkpoint_and_acks_nothing() -> None:
+    """The scoring agent does not wait for its alarm events per batch (agents/scoring.py `send_alerts`): the checkpoint
+    that acks their records waits for them in its flush, so a refused one stops it before any state or ack."""
+    import asyncio
+
+    from agents.scoring import _flush
+
+    acked: list[int] = []
+    written: list[int] = []
+    ckpt = Checkpoint("t")
+    ckpt.hold(0, lambda: acked.append(0), stored=True)
+    sent = [asyncio.get_running_loop().create_future() for _ in range(2)]
+    sent[0].set_result(None)
+    sent[1].set_exception(ConnectionError("alerts topic: not enough replicas"))
+
+    async def write(cut) -> None:  # noqa: ANN001
+        written.append(len(cut))
+
+    with pytest.raises(ConnectionError):
+        await ckpt.commit(write, flush=lambda: _flush(sent))
+    assert written == [] and acked == []
