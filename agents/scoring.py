@@ -270,8 +270,8 @@ class Owner:
             futs = [await topics["topic_anomaly_scores"].send(key=m["device_id"].encode(), value=codec.dumps(m))
                     for m in rows.anomaly_score_messages(scores)]
             await asyncio.gather(*futs)
-        # acks wait for the next checkpoint, and the batch's readings also for their score rows (alarm events are
-        # confirmed, dead letters too): one held entry per partition run, stored with the block
+        # acks wait for the next checkpoint (which first waits for the alarm events sent above), and the batch's
+        # readings also for their score rows (dead letters are confirmed above): one held entry per partition run
         hold, held_values = self.ckpt.hold, self.values
         stored = []
         for run in runs:
