@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from wharf import progress
-from wharf.bench.cpu import cpu_seconds
+from wharf.bench.cpu import cpu_seconds, run_and_wait_seconds
 from wharf.bench.memory import peak_rss_mb
 from streams.runtime.kafka_auth import kafka_client
 
@@ -374,9 +374,12 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         t.start()
     counts: list[tuple[float, int]] = []
     probe_user = pubs[0].user
+    sched = [run_and_wait_seconds(worker.pid)]  # the worker's main thread: ran, waited for a CPU (timed run only)
     try:
         while time.time() < t_end + 60:
             if time.time() >= t_end:
+                if not stop.is_set():
+                    sched.append(run_and_wait_seconds(worker.pid))
                 stop.set()
             n = (await asyncio.to_thread(ch.query, f"SELECT count() FROM {table} WHERE seq < {WARM_SEQ}"))[0][0]
             counts.append((time.time(), n))
@@ -442,6 +445,11 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     print(f"reference        detectors score+learn (measure_throughput): {det}")
     print(f"reference        detectors as the worker runs them, one device bank (measure_bank_throughput): {bank}")
     print("worker loop      " + loop_stalls(stats.get("loop", {})))
+    if len(sched) == 2:
+        ran, waited = (b - a for a, b in zip(*sched, strict=True))
+        span = t_end - t_start
+        print(f"worker CPU       main thread ran {ran / span:.0%} of the publishing time and waited {waited / span:.0%} for a CPU "
+              "(runnable, not running: the machine's share, /proc schedstat)")
     w = stats.get("writers", {})
     print("worker writers   " + "  ".join(f"{k}: {v.get('rows_stored')} rows, {v.get('insert_seconds_total', 0):.1f}s inserting" for k, v in w.items() if v.get("rows_stored")))
 
