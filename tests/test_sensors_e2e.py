@@ -256,8 +256,10 @@ async def test_devices_through_bridge_and_worker_exactly_once_with_alarm_raised_
         assert rule[1]["end_ts"] - rule[0]["start_ts"] >= 6 + 3 - 1  # six bad seconds, then three normal ones
         assert st.count("alerts") == len(alerts)
         published = [AnomalyScore.model_validate_json(m.value) for m in await read_topic(stack, env["WHARF_TOPIC_ANOMALY_SCORES"])]
-        stored = st.ch.query(f"SELECT device_id, seq, score FROM {st.ch.table('anomaly_scores')}")
-        assert sorted((m.device_id, m.seq, m.score) for m in published) == sorted(stored)  # the topic: one per stored row
+        stored = sorted(st.ch.query(f"SELECT device_id, seq, score FROM {st.ch.table('anomaly_scores')}"))
+        published.sort(key=lambda m: (m.device_id, m.seq))
+        assert [(m.device_id, m.seq) for m in published] == [(d, q) for d, q, _ in stored]  # the topic: one per stored row
+        assert [m.score for m in published] == pytest.approx([x for _, _, x in stored], rel=1e-6)  # the table's Float32
         await wait_until(lambda: any(a["alarm_id"] == rule[1]["alarm_id"] and a["status"] == "CLEARED_UNACK" for a in alerts_seen),
                          20, "the alarm over MQTT")
     finally:
