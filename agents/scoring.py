@@ -163,8 +163,8 @@ class Owner:
     # --- the work ----------------------------------------------------------------------------------------
     async def apply(self, recs: list[DeviceRecord], runs: Sequence[Any] = ()) -> None:
         """Apply records in order; each is acked once its rows are stored and a checkpoint includes it
-        (`streams/state/checkpoint.py`): the batch's records as `runs` (`OrderedAcker.track_batch`, one per partition),
-        which a redelivered record the restored state includes is not part of: its own `done` acks it at once.
+        (`streams/state/checkpoint.py`): the batch's records as `runs` (`OrderedAcker.track_batch`, one per partition).
+        A redelivered record the restored state includes never gets here (`score_devices` acks it at once).
 
         No record can stop the path: one that is invalid, or breaks its device's model or the alarm step, becomes a
         dead letter (Kafka confirms it before the record is acked) and the others go on."""
@@ -172,12 +172,6 @@ class Owner:
         parsed: list[tuple[DeviceRecord, Any]] = []
         letters: list[tuple[DeviceRecord, InvalidEvent]] = []
         for i, r in enumerate(recs):
-            if self.marks.includes(r.topic, r.partition, r.offset):
-                parsed.append((r, None))  # already in the restored state, its row already stored
-                if r.done is not None:
-                    r.done()
-                    r.done = None
-                continue
             self.marks.apply(r.topic, r.partition, r.offset)
             checked = r.checked
             if r.topic == settings.topic_sensor_readings:
@@ -428,14 +422,13 @@ def _encode(snap: Snapshot) -> list[tuple[int, bytes, bytes]]:
 
 @dataclass(slots=True)
 class DeviceRecord:
-    """One record of the device topics as the owner applies it (`done` acks it once its rows are stored)."""
+    """One record of the device topics as the owner applies it (acked with its batch's run of its partition)."""
 
     topic: str
     partition: int
     offset: int
     kafka_ts: float
     checked: Checked  # validated once for every agent of its topic (`streams.runtime.app.check_device_record`)
-    done: Any = None
 
 
 def _let_go(run: Any) -> bool:
@@ -500,17 +493,16 @@ async def score_devices(agent):  # noqa: ANN001 - streams.runtime.batches.BatchA
         counts.records["sensors"] += len(events)
         async with owner.lock:
             recs = []
-            fresh = []  # acked per batch (`OrderedAcker.track_batch`); those the restored state includes, at once
+            fresh = []  # acked per batch (`OrderedAcker.track_batch`)
             includes = owner.marks.includes
             for event in events:
                 m = event.message
                 owner.ensure_partition(m.partition)
-                r = DeviceRecord(m.topic, m.partition, m.offset, m.timestamp, event.value)
-                if includes(m.topic, m.partition, m.offset):
-                    r.done = owner.acker.track(event)
-                else:
-                    fresh.append(event)
-                recs.append(r)
+                if includes(m.topic, m.partition, m.offset):  # already in the restored state, its row already stored
+                    owner.acker.track(event)()  # acked now (after the earlier records of its partition)
+                    continue
+                recs.append(DeviceRecord(m.topic, m.partition, m.offset, m.timestamp, event.value))
+                fresh.append(event)
             try:
                 await owner.apply(recs, owner.acker.track_batch(fresh))
                 if owner.ckpt.waiting() >= MAX_WAITING:  # bounded: the offsets (and memory) must not wait for the timer
