@@ -3,6 +3,7 @@ run alone, the `stack` fixture starts those not running and stops them when the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Iterator
@@ -34,11 +35,17 @@ def stack(settings: Settings) -> Iterator[Settings]:
     at its end (left running, they held the test ports against the next run, e.g. CI in another checkout)."""
     from wharf import infra
 
+    from wharf.infra.kafka import delete_topics, topic_list
+
     wanted = ["kafka", "mosquitto", "clickhouse"]
     running = {s.name for s in infra.status(settings) if s.running}
     infra.up(settings, wanted)
+    before = asyncio.run(topic_list(settings))
     yield settings
-    infra.down(settings, [name for name in wanted if name not in running])
+    try:  # the session's topics (its tests' own and their workers' internal ones): kept, they pile up run after run
+        asyncio.run(delete_topics(settings, asyncio.run(topic_list(settings)) - before))
+    finally:
+        infra.down(settings, [name for name in wanted if name not in running])
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import logging
 import shutil
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -265,19 +266,37 @@ def _refusals(response: Any) -> dict[str, str]:
             for entry in response.topic_errors if entry[1] not in (0, 36)}  # 36: TOPIC_ALREADY_EXISTS
 
 
-async def delete_topics_containing(settings: Settings, marker: str) -> list[str]:
-    """Delete every topic whose name contains `marker` (a benchmark's run tag: its own and its app's internal topics).
-
-    Left behind, they pile up: aiokafka decodes the whole cluster's metadata in Python on every refresh,
-    which held a worker's event loop for 40-130 ms at a time once a development broker had 550 topics."""
+async def topic_list(settings: Settings) -> set[str]:
+    """The names of every topic on the cluster."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(**kafka_client(settings), request_timeout_ms=30000)
     await admin.start()
     try:
-        names = [n for n in await admin.list_topics() if marker in n]
-        if names:
-            await admin.delete_topics(names)
-        return names
+        return set(await admin.list_topics())
     finally:
         await admin.close()
+
+
+async def delete_topics(settings: Settings, names: Iterable[str]) -> list[str]:
+    """Delete the named topics (those that exist).
+
+    Left behind, topics pile up: aiokafka decodes the whole cluster's metadata in Python on every refresh, which
+    held a worker's event loop for 40-130 ms at a time once a development broker had 550 topics, and a broker that
+    kept a few thousand test runs' partitions ran out of memory."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**kafka_client(settings), request_timeout_ms=30000)
+    await admin.start()
+    try:
+        wanted = set(names) & set(await admin.list_topics())
+        if wanted:
+            await admin.delete_topics(sorted(wanted))
+        return sorted(wanted)
+    finally:
+        await admin.close()
+
+
+async def delete_topics_containing(settings: Settings, marker: str) -> list[str]:
+    """Delete every topic whose name contains `marker` (a benchmark's run tag: its own and its app's internal topics)."""
+    return await delete_topics(settings, [n for n in await topic_list(settings) if marker in n])
