@@ -160,6 +160,26 @@ def test_a_reading_outside_the_range_seen_so_far_alarms_at_a_slow_rate(fast_kwar
     assert not after(spatial_tol=0.0)[0].is_anomaly
 
 
+def test_a_spike_on_a_steady_ramp_is_measured_against_the_noise_not_the_lag() -> None:
+    """A battery charging at 0.04 a second, read every second: the plain level lags the ramp by slope / level_alpha
+    (2 units) and its spread follows that lag, so a +15 spike reaches ~4.5 decades, under a 1 Hz device's alert level.
+    The ramp level (Holt) follows the ramp, its spread is the noise (0.08), and it speaks for `level` there: the spike
+    alerts, and nothing else on the ramp does. With `ramp_trend_alpha` 0 (the plain level only) the spike is missed."""
+    rng = np.random.default_rng(3)
+    n = 2400
+    ts = T0 + np.arange(n, dtype=float)
+    x = 20 + 0.04 * np.arange(n) + rng.normal(0, 0.08, n)
+    x[2000] += 15
+
+    def alerts(**kw):
+        m = DeviceAnomalyModel(**kw)
+        return np.concatenate([m.score_learn_many(ts[s:s + 32], {"battery": x[s:s + 32]}).is_anomaly
+                               for s in range(0, n, 32)])
+
+    assert np.flatnonzero(alerts()).tolist() == [2000]
+    assert not alerts(ramp_trend_alpha=0.0).any()
+
+
 def test_stuck_sensor_detected(fast_kwargs):
     m = DeviceAnomalyModel(**fast_kwargs)
     ts, x = _series(1600, seed=2)

@@ -501,3 +501,50 @@ def test_a_bank_row_written_before_the_confirmation_rule_restores_and_scores() -
     rb = b.score_learn_batch(np.full(400, b.slot("dev-a")), t, {"temperature": v, "humidity": v / 2}).scores
     np.testing.assert_array_equal(ra, rb)
     assert (ra >= bank.cfg.min_threshold).any()
+
+
+def test_a_device_written_before_the_ramp_level_restores_with_it_started_as_the_plain_level() -> None:
+    """A `DeviceRow` and a `DeviceAnomalyModel` checkpointed before the ramp level's metric columns existed get them
+    (level and spread from the plain level, no trend, noise from the long level), fit the bank, and keep scoring: a
+    step still alerts."""
+    import dataclasses
+
+    from agents.devices import SETUP, STATE_CODEC, DeviceState
+    from online_models.anomaly import kernels as K
+    from online_models.anomaly.bank import DeviceRow
+    from schemas.state import StateType
+
+    ramp = ("rl_mean", "rl_mad", "rl_slope", "df_mad")
+    bank, ts, x = _bank_with_devices()
+    row = bank.row("dev-a")
+    cfg = dataclasses.replace(row.cfg)
+    for name in ("ramp_trend_alpha", "ramp_margin"):
+        del cfg.__dict__[name]
+    cut = [row.ms_names.index(c) for c in ramp]
+    old = {**vars(row), "cfg": cfg, "ms_names": [n for n in row.ms_names if n not in ramp],
+           "ms": np.delete(row.ms, cut, axis=1)}
+    writer = StateCodec(StateTypes(STATE_CODEC.types, StateTypes(StateType(DeviceRow, lambda r: old))))
+    restored = STATE_CODEC.loads(writer.dumps(row))
+    assert restored.ms_names == row.ms_names and restored.ms.shape == row.ms.shape
+    assert restored.cfg.ramp_trend_alpha == 0.02 and restored.cfg.ramp_margin == 2.0
+    np.testing.assert_array_equal(restored.ms[:, K.RL_MEAN], row.ms[:, K.LV_MEAN])
+    np.testing.assert_array_equal(restored.ms[:, K.RL_MAD], row.ms[:, K.LV_MAD])
+    np.testing.assert_array_equal(restored.ms[:, K.DF_MAD], row.ms[:, K.LG_MAD])
+    assert not restored.ms[:, K.RL_SLOPE].any()
+    keep = [i for i in range(row.ms.shape[1]) if i not in cut]
+    np.testing.assert_array_equal(restored.ms[:, keep], row.ms[:, keep])
+    a = SETUP.new_bank()
+    a.insert("dev-a", restored)
+    t, v = ts[2000:2400], x[2000:2400] + 15 * (np.arange(400) > 200)
+    ra = a.score_learn_batch(np.full(400, a.slot("dev-a")), t, {"temperature": v, "humidity": v / 2}).scores
+    assert (ra >= bank.cfg.min_threshold).any()
+
+    state, _, _ = _device_state()
+    for name in ("ramp_trend_alpha", "ramp_margin"):
+        del state.model.cfg.__dict__[name]
+    for name in ramp:
+        del state.model.__dict__[name]
+    m = DeviceState.load(state.dump()).model
+    np.testing.assert_array_equal(m.rl_mean, m.lv_mean)
+    np.testing.assert_array_equal(m.df_mad, m.lg_mad)
+    assert not m.rl_slope.any() and m.cfg.ramp_margin == 2.0

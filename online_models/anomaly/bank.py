@@ -78,6 +78,7 @@ def _config_vector(cfg: AnomalyConfig) -> np.ndarray:
         K.F_HC_WARM: max(cfg.calib_warmup, 2 * cfg.hst_window), K.F_SIL_ALPHA: 0.05,
         K.F_DRIFT_TE: cfg.drift_tail_e, K.F_DRIFT_TA: cfg.drift_tail_alpha, K.F_SP_TOL: cfg.spatial_tol,
         K.F_SP_E: cfg.spatial_e, K.F_CONF_FRAC: cfg.confirm_frac, K.F_CONF_EXT: cfg.confirm_extreme,
+        K.F_RAMP_TREND: cfg.ramp_trend_alpha, K.F_RAMP_MARGIN: cfg.ramp_margin,
     }
     for k, v in vals.items():
         cf[k] = v
@@ -90,7 +91,8 @@ _MS_VECTORS = {
     "lg_n": K.LG_N, "cu_pos": K.CU_POS, "cu_neg": K.CU_NEG, "cu_ppos": K.CU_PPOS, "cu_scale": K.CU_SCALE,
     "s_mad": K.S_MAD, "s_n": K.S_N, "w_mad": K.W_MAD, "w_n": K.W_N, "t_first": K.T_FIRST, "fc_err": K.FC_ERR,
     "last": K.LAST, "run": K.RUN, "repeat_rate": K.REPEAT, "cu_peak": K.CU_PEAK, "cu_beta": K.CU_BETA,
-    "cu_nexc": K.CU_NEXC, "sp_lo": K.SP_LO, "sp_hi": K.SP_HI,
+    "cu_nexc": K.CU_NEXC, "sp_lo": K.SP_LO, "sp_hi": K.SP_HI, "rl_mean": K.RL_MEAN, "rl_mad": K.RL_MAD,
+    "rl_slope": K.RL_SLOPE, "df_mad": K.DF_MAD,
 }
 _MS_FRESH = {K.LAST: math.nan, K.T_FIRST: math.nan, K.REPEAT: 0.5, K.CU_PPOS: 0.5, K.CU_SCALE: 1.0, K.SP_LO: math.nan,
              K.SP_HI: math.nan}

@@ -19,7 +19,9 @@ LV_MEAN, LV_MAD, LV_N, LG_MEAN, LG_MAD, LG_N, CU_POS, CU_NEG, CU_PPOS, CU_SCALE 
 S_MAD, S_N, W_MAD, W_N, T_FIRST, FC_ERR, LAST, RUN, REPEAT = range(10, 19)
 CU_PEAK, CU_BETA, CU_NEXC = range(19, 22)  # drift's upper tail: running excursion peak, mean excess, excursions
 SP_LO, SP_HI = 22, 23  # range of the readings so far (spatial anomaly; NaN: none yet)
-MS_FIXED = 24
+# the ramp level (Holt): level, spread around level + trend, trend per row; spread of row-to-row differences
+RL_MEAN, RL_MAD, RL_SLOPE, DF_MAD = 24, 25, 26, 27
+MS_FIXED = 28
 # per device (ds columns)
 C_WEIGHT, HST_LAST, HC_MEAN, HC_VAR, HC_N, SUPPRESS, BURST, SINCE, SIL_IV, SIL_LAST, SIL_N, N_ROWS, \
     HST_COUNT, HST_FIRST, HST_TID, E_PREV = range(16)
@@ -31,8 +33,8 @@ L_REC, L_LAG, L_SM, L_SC, L_WM, L_WC, L_CT, L_CN, L_CC, L_END = range(10)
  F_USE_WEEKLY, F_WB, F_WALPHA, F_WMINAGE, F_CWARM, F_CBINS, F_CBPU, F_CPOW, F_LAGS, F_USE_FC, F_USE_HST,
  F_HST_EVERY, F_HST_T, F_HST_H, F_HST_W, F_EFULL, F_MINTHR, F_LEVEL_IV, F_SUPP_EV, F_SUPP_F, F_BURST_PEN,
  F_BURST_DEC, F_BURST_GAP, F_BURST_SOFT, F_STUCK_MIN, F_CDECAY, F_HC_ALPHA, F_HC_WARM, F_SIL_ALPHA,
- F_DRIFT_TE, F_DRIFT_TA, F_SP_TOL, F_SP_E, F_CONF_FRAC, F_CONF_EXT) = range(44)
-CF_LEN = 44
+ F_DRIFT_TE, F_DRIFT_TA, F_SP_TOL, F_SP_E, F_CONF_FRAC, F_CONF_EXT, F_RAMP_TREND, F_RAMP_MARGIN) = range(46)
+CF_LEN = 46
 
 _CAL = 5
 _NC = 8
@@ -108,6 +110,60 @@ def _ewm_last(y0, x, a):
         cs = cs + a[t] * x[t] / p if t else a[t] * x[t] / p
         y = p * (y0 + cs)
     return y
+
+
+@_jit
+def ramp_learn(lvl, tr, mad, n0, x, valid, alpha, beta):
+    """Holt's linear smoothing of one metric over a block (level at `alpha`, as the plain level, trend at `beta`):
+    returns the level, trend and mean absolute error around level + trend. Why: on a steady ramp the plain level lags
+    by slope / alpha and its spread follows that lag, so a spike on a ramp is measured against the ramp, not the noise.
+    `n0`: readings learned before the block; readings clipped around the block start's forecast (4 spreads), as the
+    plain level's are around its mean. Shared by the bank's kernel and `DeviceAnomalyModel` (same arithmetic)."""
+    B = x.shape[0]
+    if n0 == 0:
+        for i in range(B):
+            if valid[i]:
+                lvl = x[i]
+                break
+    lvl0, tr0 = lvl, tr
+    lim = 4.0 * 1.2533 * mad
+    use_lim = n0 > 10 and lim > 0
+    cum = 0.0
+    for i in range(B):
+        v = 1.0 if valid[i] else 0.0
+        cum = cum + v
+        nprev = n0 + cum - v
+        if not (valid[i] and nprev >= 1):
+            continue
+        a = max(alpha, 1.0 / (nprev + 1.0))
+        pr = lvl + tr
+        c0 = lvl0 + tr0 * (i + 1)
+        xi = min(max(x[i], c0 - lim), c0 + lim) if use_lim else x[i]
+        mad = mad + a * (abs(xi - pr) - mad)
+        nl = pr + a * (xi - pr)
+        if nprev >= 2:
+            tr = tr + beta * (nl - lvl - tr)
+        lvl = nl
+    return lvl, tr, mad
+
+
+@_jit
+def diff_learn(prev, mad, n0, x, valid, alpha):
+    """Mean absolute difference of consecutive readings of one metric (weight `alpha`, more while young; clipped at 6
+    spreads): the noise floor of the ramp level, which a ramp, unlike the long level's spread, does not inflate.
+    `prev`: the last reading before the block (NaN: none); `n0`: readings learned before the block."""
+    n = n0
+    for i in range(x.shape[0]):
+        if not valid[i]:
+            continue
+        if not math.isnan(prev):
+            d = abs(x[i] - prev)
+            if n > 10 and mad > 0:
+                d = min(d, 6.0 * 1.2533 * mad)
+            mad = mad + max(alpha, 1.0 / (n + 1.0)) * (d - mad)
+        n += 1.0
+        prev = x[i]
+    return mad
 
 
 @_jit
@@ -354,6 +410,9 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
         lg_scale = 1.2533 * lg_mad
         s_floor = 0.05 * lg_scale
         sd = max(max(1.2533 * lv_mad, s_floor), 1e-9)
+        # the ramp level speaks for `level` where it has predicted the metric `ramp_margin` times better lately
+        use_r = cf[F_RAMP_TREND] > 0 and lv_n >= 2 and ms[s, RL_MAD] * cf[F_RAMP_MARGIN] < lv_mad
+        rl_sd = max(max(1.2533 * ms[s, RL_MAD], 0.05 * min(lg_scale, 1.2533 * ms[s, DF_MAD])), 1e-9)
         for i in range(B):
             v = x[i, j]
             valid[i, j] = not math.isnan(v)
@@ -365,6 +424,8 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             zl[i] = z
             zlc[i, j] = min(max(z, -10.0), 10.0)
             raw[i, j, 0] = abs(z)
+            if use_r and valid[i, j]:
+                raw[i, j, 0] = min(abs(xf[i, j] - (ms[s, RL_MEAN] + ms[s, RL_SLOPE] * (i + 1))) / rl_sd, 1e6)
         # spatial: outside the range seen so far by more than sp_tol of it
         width = ms[s, SP_HI] - ms[s, SP_LO]
         if sp_tol > 0 and width > 0:
@@ -685,6 +746,11 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             for k in range(lags):
                 v = seq[B + k]
                 ms[s, lag0 + k] = 0.0 if math.isnan(v) else v
+        if cf[F_RAMP_TREND] > 0 and B:
+            ms[s, RL_MEAN], ms[s, RL_SLOPE], ms[s, RL_MAD] = ramp_learn(
+                ms[s, RL_MEAN], ms[s, RL_SLOPE], ms[s, RL_MAD], lvn0[j], xf[:, j], valid[:, j], cf[F_LEVEL_ALPHA],
+                cf[F_RAMP_TREND])
+            ms[s, DF_MAD] = diff_learn(ms[s, LAST], ms[s, DF_MAD], lvn0[j], xf[:, j], valid[:, j], cf[F_LONG_ALPHA])
         # stuck
         if has:
             li = B - 1

@@ -150,7 +150,19 @@ def _model_upgrade(state: dict) -> dict:
         half = np.where(n > 0, _RANGE_SPREADS * 1.2533 * mad, np.nan)
         out["sp_lo"], out["sp_hi"] = mean - half, mean + half
     out.setdefault("e_prev", 0.0)  # the previous row's evidence (confirm_frac, December 2026): none yet
+    for name, value in _ramp_start({k: state.get(k) for k in _RAMP_FROM}, len(names)).items():
+        out.setdefault(name, value)
     return out
+
+
+# The ramp level (December 2026) on a device written before it: it starts as the plain level (its spread too, so it
+# does not speak for `level` until it has predicted better), and its noise floor from the long level, as before.
+_RAMP_FROM = ("lv_mean", "lv_mad", "lg_mad")
+
+
+def _ramp_start(cols: dict, k: int) -> dict[str, np.ndarray]:
+    lv_mean, lv_mad, lg_mad = (np.asarray(cols[c] if cols[c] is not None else np.zeros(k), dtype=float) for c in _RAMP_FROM)
+    return {"rl_mean": lv_mean.copy(), "rl_mad": lv_mad.copy(), "rl_slope": np.zeros(k), "df_mad": lg_mad.copy()}
 
 
 # Device columns added to `DeviceRow.ds` after rows were first checkpointed, and their starting values.
@@ -158,7 +170,9 @@ _ADDED_DEVICE_COLUMNS = {"e_prev": 0.0}
 
 
 def _row_upgrade(state: dict) -> dict:
-    """A row written before a device column existed gets it (appended, as the bank's layout appends it)."""
+    """A row written before a device column existed gets it (appended, as the bank's layout appends it); one written
+    before the ramp level's metric columns gets them after its fixed metric columns, started as `_ramp_start` says."""
+    state = _row_upgrade_ms(state)
     names, ds = state.get("ds_names"), state.get("ds")
     if type(names) is not list or type(ds) is not np.ndarray or ds.ndim != 1:
         return state
@@ -167,6 +181,17 @@ def _row_upgrade(state: dict) -> dict:
         return state
     return {**state, "ds_names": names + missing,
             "ds": np.concatenate([ds, np.array([_ADDED_DEVICE_COLUMNS[c] for c in missing], dtype=ds.dtype)])}
+
+
+def _row_upgrade_ms(state: dict) -> dict:
+    names, ms = state.get("ms_names"), state.get("ms")
+    if type(names) is not list or type(ms) is not np.ndarray or ms.ndim != 2 or "rl_mean" in names \
+            or not all(c in names for c in _RAMP_FROM) or ms.shape[1] < len(names):
+        return state
+    start = _ramp_start({c: ms[:, names.index(c)] for c in _RAMP_FROM}, ms.shape[0])
+    cols = np.stack([start[c] for c in start], axis=1).astype(ms.dtype)
+    f = len(names)
+    return {**state, "ms_names": names + list(start), "ms": np.concatenate([ms[:, :f], cols, ms[:, f:]], axis=1)}
 
 
 _ROW_FIELDS = frozenset(DeviceRow.__dataclass_fields__)
