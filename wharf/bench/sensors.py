@@ -94,6 +94,19 @@ def bench_sensors(
     asyncio.run(_bench(get_settings(), rate, seconds, model_options, publishers, catch_up))
 
 
+async def _broker_topics(settings) -> int:  # noqa: ANN001
+    """Topics on the broker: thousands left behind (by tests on a development stack) cost Kafka heap, GC and CPU
+    the run then waits for, and every aiokafka client a larger metadata decode."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**kafka_client(settings), request_timeout_ms=30000)
+    await admin.start()
+    try:
+        return len(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
 def _bench_clickhouse_base(settings) -> str:  # noqa: ANN001
     from streams.sinks.clickhouse import with_local_password
 
@@ -261,6 +274,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     base = _bench_clickhouse_base(settings)
     env, s = _bench_env(settings, u, model_options)
     await ensure_topics(settings, topic_names(s), settings.topic_partitions)
+    broker_topics = await _broker_topics(settings)
     state = settings.state_dir / "bench" / u
     state.mkdir(parents=True, exist_ok=True)
     console.print(f"bench {u}: worker + bridge on {settings.kafka_bootstrap}, ClickHouse {redact(base)}/bench_{u}; logs in {state}")
@@ -440,7 +454,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
               "(runnable, not running: the machine's share, /proc schedstat)")
     if len(cpu) == 2:
         print(f"CPU              of one core over the publishing time: {shares(cpu[0][1], cpu[1][1], cpu[1][0] - cpu[0][0])} (/proc; the load "
-              "generator is this process with its publishers)")
+              f"generator is this process with its publishers; the broker held {broker_topics:,} topics as the run began)")
     w = stats.get("writers", {})
     print("worker writers   " + "  ".join(f"{k}: {v.get('rows_stored')} rows, {v.get('insert_seconds_total', 0):.1f}s inserting" for k, v in w.items() if v.get("rows_stored")))
 
