@@ -347,7 +347,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         publishers = PacedPublishers(settings, pubs, rate, seconds, line, state / "publishers.log")
         await asyncio.to_thread(publishers.wait_connected)
         await asyncio.to_thread(warm_up)
-        groups = {"load generator": [os.getpid(), *publishers.pids], "worker": family(worker.pid), "bridge": family(bridge.pid)}
+        groups = {"bench process": [os.getpid()], "mosquitto_pub": publishers.pids, "worker": family(worker.pid), "bridge": family(bridge.pid)}
         groups |= {name: family(pid) for name, svc in services(settings).items() if (pid := svc.process.pid()) is not None}
     except BaseException:
         if publishers is not None:
@@ -453,8 +453,12 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         print(f"worker CPU       main thread ran {ran / span:.0%} of the publishing time and waited {waited / span:.0%} for a CPU "
               "(runnable, not running: the machine's share, /proc schedstat)")
     if len(cpu) == 2:
-        print(f"CPU              of one core over the publishing time: {shares(cpu[0][1], cpu[1][1], cpu[1][0] - cpu[0][0])} (/proc; the load "
-              f"generator is this process with its publishers; the broker held {broker_topics:,} topics as the run began)")
+        (t0, before), (t1, after) = cpu
+        load = sum(after[k] - before[k] for k in ("bench process", "mosquitto_pub")) / (t1 - t0)
+        print(f"load generator   CPU {load:.0%} of a core over the publishing time: the bench process (publisher feed, polls, "
+              "alert consumer) and its mosquitto_pub publishers")
+        print(f"CPU              of one core over the publishing time: {shares(before, after, t1 - t0)} (/proc; the broker held "
+              f"{broker_topics:,} topics as the run began)")
     w = stats.get("writers", {})
     print("worker writers   " + "  ".join(f"{k}: {v.get('rows_stored')} rows, {v.get('insert_seconds_total', 0):.1f}s inserting" for k, v in w.items() if v.get("rows_stored")))
 
