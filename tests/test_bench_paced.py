@@ -11,7 +11,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from mqtt_bridge.connection import bridge_endpoint
-from wharf.bench.paced import MOST_PER_PUBLISHER, PacedPublishers
+from wharf.bench.paced import PacedPublishers
 from wharf.bench.publishers import Publisher, provisioned
 
 
@@ -41,7 +41,7 @@ def test_paced_publishers_deliver_every_reading_in_order_with_its_publish_time(s
             def line(i: int, seq: int, now: float) -> bytes:
                 return orjson.dumps({"device_id": pubs[i].user, "seq": seq, "ts": now})
 
-            publishers = PacedPublishers(stack, pubs, rate=400, seconds=1, line=line, log=tmp_path / "pub.log")
+            publishers = PacedPublishers(stack, pubs, rate=400, line=line, log=tmp_path / "pub.log")
             publishers.wait_connected()
             stop = threading.Event()
             feeder = threading.Thread(target=publishers.feed, args=(stop,))
@@ -66,18 +66,12 @@ def test_paced_publishers_deliver_every_reading_in_order_with_its_publish_time(s
         assert all(t0 <= msg["ts"] <= at for msg, at in mine)
 
 
-def test_paced_publishers_refuse_more_than_a_publisher_can_send(stack, tmp_path):
-    pubs = [Publisher("nobody", "x", "s", "z1")]
-    with pytest.raises(ValueError, match="raise --publishers"):
-        PacedPublishers(stack, pubs, rate=MOST_PER_PUBLISHER, seconds=2, line=lambda i, s, t: b"", log=tmp_path / "pub.log")
-
-
 def test_a_refused_login_is_an_error_before_the_run(stack, tmp_path):
     """The bench checks its publishers before the timed run: a refused one has exited, and says so."""
     site = f"paced{uuid.uuid4().hex[:6]}"
     with provisioned(stack, 1, site) as pubs:
         wrong = [Publisher(pubs[0].user, "not-its-password", pubs[0].site, pubs[0].zone)]
-        publishers = PacedPublishers(stack, wrong, rate=10, seconds=1, line=lambda i, s, t: b"{}", log=tmp_path / "pub.log")
+        publishers = PacedPublishers(stack, wrong, rate=10, line=lambda i, s, t: b"{}", log=tmp_path / "pub.log")
         with pytest.raises(RuntimeError, match="mosquitto_pub exited before publishing"):
             publishers.wait_connected(10)  # or it saw the TCP connection before the refusal: then check() says it
             for _ in range(100):

@@ -344,7 +344,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     warm_from = time.time()
     publishers = None
     try:
-        publishers = PacedPublishers(settings, pubs, rate, seconds, line, state / "publishers.log")
+        publishers = PacedPublishers(settings, pubs, rate, line, state / "publishers.log")
         await asyncio.to_thread(publishers.wait_connected)
         await asyncio.to_thread(warm_up)
         groups = {"bench process": [os.getpid()], "mosquitto_pub": publishers.pids, "worker": family(worker.pid), "bridge": family(bridge.pid)}
