@@ -28,3 +28,40 @@ def run_and_wait_seconds(pid: int, thread: int | None = None) -> tuple[float, fl
     except (OSError, ValueError):
         return float("nan"), float("nan")
     return int(run) / 1e9, int(wait) / 1e9
+
+
+def family(pid: int) -> list[int]:
+    """The process and its descendants now (a server's helpers, a command's children): whose CPU a share sums."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, []))
+    return out
+
+
+def idle_seconds() -> float:
+    """Idle (and iowait) CPU seconds of the whole machine so far, all CPUs summed (`/proc/stat`)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return (int(fields[3]) + int(fields[4])) / _TICK
+
+
+def cpu_reading(groups: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far of each named group of processes, and the machine's idle seconds ("idle"): two readings
+    give each group's share of a core over a window (`shares`)."""
+    return {name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()} | {"idle": idle_seconds()}
+
+
+def shares(before: dict[str, float], after: dict[str, float], seconds: float) -> str:
+    """`name X %` per group (of one core, over `seconds`), then the machine's idle share of all its CPUs."""
+    parts = [f"{name} {(after[name] - before[name]) / seconds:.0%}" for name in before if name != "idle"]
+    idle = (after["idle"] - before["idle"]) / seconds / (os.cpu_count() or 1)
+    return ", ".join(parts) + f"; machine idle {idle:.0%} of its {os.cpu_count()} CPUs"

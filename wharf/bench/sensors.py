@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from wharf import progress
-from wharf.bench.cpu import cpu_seconds, run_and_wait_seconds
+from wharf.bench.cpu import cpu_reading, cpu_seconds, family, run_and_wait_seconds, shares
 from wharf.bench.memory import peak_rss_mb
 from streams.runtime.kafka_auth import kafka_client
 
@@ -92,6 +92,19 @@ def bench_sensors(
     from schemas.settings import get_settings
 
     asyncio.run(_bench(get_settings(), rate, seconds, model_options, publishers, catch_up))
+
+
+async def _broker_topics(settings) -> int:  # noqa: ANN001
+    """Topics on the broker: thousands left behind (by tests on a development stack) cost Kafka heap, GC and CPU
+    the run then waits for, and every aiokafka client a larger metadata decode."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**kafka_client(settings), request_timeout_ms=30000)
+    await admin.start()
+    try:
+        return len(await admin.list_topics())
+    finally:
+        await admin.close()
 
 
 def _bench_clickhouse_base(settings) -> str:  # noqa: ANN001
@@ -244,14 +257,14 @@ async def _catch_up_run(settings, u: str, n: int, model_options: str, n_devices:
 
 
 async def _bench_run(settings, u: str, rate: float, seconds: float, model_options: str, n_pub: int) -> None:  # noqa: ANN001, C901
-    import paho.mqtt.client as mqtt
     from aiokafka import AIOKafkaConsumer
 
-    from mqtt_bridge.connection import device_endpoint, secure
     from schemas import codec
     from streams.sinks.clickhouse import connect
     from streams.runtime.topics import topic_names
+    from wharf.bench.paced import PacedPublishers
     from wharf.bench.publishers import provisioned
+    from wharf.infra import services
     from wharf.infra.kafka import ensure_topics
     from mqtt_bridge.connection import end_session
     from schemas.redact import redact
@@ -261,6 +274,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     base = _bench_clickhouse_base(settings)
     env, s = _bench_env(settings, u, model_options)
     await ensure_topics(settings, topic_names(s), settings.topic_partitions)
+    broker_topics = await _broker_topics(settings)
     state = settings.state_dir / "bench" / u
     state.mkdir(parents=True, exist_ok=True)
     console.print(f"bench {u}: worker + bridge on {settings.kafka_bootstrap}, ClickHouse {redact(base)}/bench_{u}; logs in {state}")
@@ -277,7 +291,6 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     row_lat: list[float] = []
     probe_sent: dict[int, float] = {}
     stop = threading.Event()
-    published = [0]
 
     async def watch_alerts() -> None:
         c = AIOKafkaConsumer(s.topic_alerts, **kafka_client(settings), auto_offset_reset="earliest")
@@ -294,59 +307,29 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         finally:
             await c.stop()
 
-    def connected(pub) -> mqtt.Client:  # noqa: ANN001 - wharf.bench.publishers.Publisher
-        """The device's own MQTT login (the ACL lets a user publish under its own device id only), looping."""
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=pub.user, protocol=mqtt.MQTTv311)
-        c.username_pw_set(pub.user, pub.password)
-        secure(c, settings)
-        c.max_inflight_messages_set(1000)
-        c.connect(*device_endpoint(settings))
-        c.loop_start()
-        return c
-
     def reading(pub, seq: int, ts: float, temperature: float, humidity: float) -> bytes:  # noqa: ANN001
         return codec.dumps({"site": pub.site, "zone": pub.zone, "device_id": pub.user, "device_type": "cold_room",
                             "ts": ts, "seq": seq, "metrics": {"temperature": temperature, "humidity": humidity}})
 
-    def publisher(i: int, pub) -> None:  # noqa: ANN001 - wharf.bench.publishers.Publisher
-        c = connected(pub)  # one device per publisher
-        per = rate / len(pubs)
-        seq = 0
-        t0 = time.time()
-        last = None
-        while not stop.is_set():
-            due = int((time.time() - t0) * per)
-            while seq < due:
-                now = time.time()
-                bad = i == 0 and seq % 200 == 0  # the probe: a too-warm cold room every 200 readings -> one alarm each
-                temp = 20.0 if bad else 4.0 + (seq % 13) / 20
-                last = c.publish(pub.topic, reading(pub, seq, now, temp, 50.0 + seq % 7), qos=1)
-                if i == 0 and seq % 100 == 50:
-                    probe_sent[seq] = now
-                seq += 1
-                published[0] += 1
-            time.sleep(0.002)
-        if last is not None:  # counted when queued: paho drops what is still queued at a disconnect (3-42 readings
-            last.wait_for_publish(30)  # in 3 of 17 runs never reached Mosquitto, and the bench waited 60 s for them)
-        c.disconnect()
-        c.loop_stop()
+    def line(i: int, seq: int, now: float) -> bytes:
+        bad = i == 0 and seq % 200 == 0  # the probe: a too-warm cold room every 200 readings -> one alarm each
+        if i == 0 and seq % 100 == 50:
+            probe_sent[seq] = now
+        return reading(pubs[i], seq, now, 20.0 if bad else 4.0 + (seq % 13) / 20, 50.0 + seq % 7)
 
-    def warm_up(pub) -> None:  # noqa: ANN001 - wharf.bench.publishers.Publisher
-        """Ordinary readings of the probe device (seq `WARM_SEQ` and up, left out of every count), every 2 s until one
-        is stored: until the bridge has subscribed, Mosquitto has no session to queue them for."""
-        c = connected(pub)
-        try:
-            for k in range(60):
-                c.publish(pub.topic, reading(pub, WARM_SEQ + k, time.time(), 4.0, 50.0), qos=1).wait_for_publish(30)
-                deadline = time.time() + 2
-                while time.time() < deadline:
-                    if ch.query(f"SELECT count() FROM {table} WHERE seq >= {WARM_SEQ}")[0][0]:
-                        return
-                    time.sleep(0.1)
-            raise RuntimeError("no warm-up reading was stored within 120 s: the pipeline is not working")
-        finally:
-            c.disconnect()
-            c.loop_stop()
+    def warm_up() -> None:
+        """Ordinary readings of the probe device (seq `WARM_SEQ` and up, left out of every count) through its
+        publisher, every 2 s until one is stored: until the bridge has subscribed, Mosquitto has no session to
+        queue them for."""
+        for k in range(60):
+            publishers.check()
+            publishers.send(0, reading(pubs[0], WARM_SEQ + k, time.time(), 4.0, 50.0))
+            deadline = time.time() + 2
+            while time.time() < deadline:
+                if ch.query(f"SELECT count() FROM {table} WHERE seq >= {WARM_SEQ}")[0][0]:
+                    return
+                time.sleep(0.1)
+        raise RuntimeError("no warm-up reading was stored within 120 s: the pipeline is not working")
 
     # The timed run measures a running pipeline, not the worker's start: a reading first goes all the way (the bridge
     # subscribed, the worker's partitions assigned, its writer storing), as in production, where it runs already.
@@ -359,9 +342,17 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         logins.close()
 
     warm_from = time.time()
+    publishers = None
     try:
-        await asyncio.to_thread(warm_up, pubs[0])
+        publishers = PacedPublishers(settings, pubs, rate, line, state / "publishers.log")
+        await asyncio.to_thread(publishers.wait_connected)
+        await asyncio.to_thread(warm_up)
+        groups = {"bench process": [os.getpid()], "mosquitto_pub": publishers.pids, "worker": family(worker.pid), "bridge": family(bridge.pid)}
+        groups |= {name: family(pid) for name, svc in services(settings).items() if (pid := svc.process.pid()) is not None}
     except BaseException:
+        if publishers is not None:
+            with contextlib.suppress(RuntimeError):
+                publishers.finish(10)  # nothing fed: each disconnects and exits
         shut_down()
         raise
     warmed = time.time() - warm_from
@@ -369,30 +360,40 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     t_start = time.time()
     t_end = t_start + seconds
     watcher = asyncio.create_task(watch_alerts())
-    threads = [threading.Thread(target=publisher, args=(i, pub), daemon=True) for i, pub in enumerate(pubs)]
-    for t in threads:
-        t.start()
+    feeder = threading.Thread(target=publishers.feed, args=(stop,), daemon=True)
+    feeder.start()
     counts: list[tuple[float, int]] = []
-    probe_user = pubs[0].user
+    # One query a poll, the timed run's rows and the probe device's highest stored seq (each costs ClickHouse and
+    # this process CPU that the pipeline would otherwise have).
+    poll = (f"SELECT count(), maxIf(seq, device_id = '{pubs[0].user}') FROM {table} WHERE seq < {WARM_SEQ}")
     sched = [run_and_wait_seconds(worker.pid)]  # the worker's main thread: ran, waited for a CPU (timed run only)
+    cpu = [(time.time(), cpu_reading(groups))]  # each process's CPU over the timed run
+    finished = None
     try:
         while time.time() < t_end + 60:
-            if time.time() >= t_end:
-                if not stop.is_set():
-                    sched.append(run_and_wait_seconds(worker.pid))
+            if time.time() >= t_end and not stop.is_set():
+                sched.append(run_and_wait_seconds(worker.pid))
+                cpu.append((time.time(), cpu_reading(groups)))
                 stop.set()
-            n = (await asyncio.to_thread(ch.query, f"SELECT count() FROM {table} WHERE seq < {WARM_SEQ}"))[0][0]
-            counts.append((time.time(), n))
-            seqs = await asyncio.to_thread(ch.query, f"SELECT max(seq) FROM {table} WHERE device_id = '{probe_user}' AND seq < {WARM_SEQ}")
-            top = seqs[0][0] if seqs and seqs[0][0] is not None else -1
+                feeder.join()  # its last round written: `published` is final
+                finished = asyncio.create_task(asyncio.to_thread(publishers.finish))  # their last PUBACKs
+            n, top = (await asyncio.to_thread(ch.query, poll))[0]  # top: 0 before the first probe row (probes are seq 50, 150, ...)
             now = time.time()
-            for q in [q for q in probe_sent if q <= top]:
+            counts.append((now, n))
+            for q in [q for q in list(probe_sent) if q <= top]:  # list(): the feeder adds to it meanwhile
                 row_lat.append(now - probe_sent.pop(q))
-            if stop.is_set() and n >= published[0]:
+            if stop.is_set() and n >= publishers.published:
                 break
             await asyncio.sleep(0.1)
     finally:
         stop.set()
+        if finished is None:
+            feeder.join()
+            finished = asyncio.create_task(asyncio.to_thread(publishers.finish))
+        try:
+            await finished
+        except RuntimeError as exc:  # after the figures are gathered: printed, not hidden
+            console.print(f"[red]{exc}[/red]")
         await asyncio.sleep(1)
         watcher.cancel()
         peak_worker = peak_rss_mb(worker.pid)
@@ -429,7 +430,8 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         bank = f"batch_events_per_s={b['batch_events_per_s']:,.0f} batch_readings_per_s={b['batch_readings_per_s']:,.0f}"
     except Exception as exc:  # noqa: BLE001 - report what we have
         det = bank = f"(the detectors' rates failed: {exc})"
-    print(f"offered          {published[0] / seconds:,.0f} readings/s for {seconds:.0f}s ({published[0]} readings, {len(pubs)} publishers, "
+    print(f"offered          {publishers.published / seconds:,.0f} readings/s for {seconds:.0f}s ({publishers.published} readings, {len(pubs)} "
+          "publishers: mosquitto_pub, QoS 1, "
           f"model options {model_options or 'default'})")
     print(f"warm-up          a reading end to end {warmed:.1f} s after the worker answered, before the timed run (not counted)")
     print(f"stored           {total} rows in sensor_readings (the timed run's); sustained {sustained:,.0f} readings/s (Mosquitto -> bridge -> Kafka -> worker -> ClickHouse); "
@@ -450,6 +452,13 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         span = t_end - t_start
         print(f"worker CPU       main thread ran {ran / span:.0%} of the publishing time and waited {waited / span:.0%} for a CPU "
               "(runnable, not running: the machine's share, /proc schedstat)")
+    if len(cpu) == 2:
+        (t0, before), (t1, after) = cpu
+        load = sum(after[k] - before[k] for k in ("bench process", "mosquitto_pub")) / (t1 - t0)
+        print(f"load generator   CPU {load:.0%} of a core over the publishing time: the bench process (publisher feed, polls, "
+              "alert consumer) and its mosquitto_pub publishers")
+        print(f"CPU              of one core over the publishing time: {shares(before, after, t1 - t0)} (/proc; the broker held "
+              f"{broker_topics:,} topics as the run began)")
     w = stats.get("writers", {})
     print("worker writers   " + "  ".join(f"{k}: {v.get('rows_stored')} rows, {v.get('insert_seconds_total', 0):.1f}s inserting" for k, v in w.items() if v.get("rows_stored")))
 
