@@ -54,7 +54,10 @@ class Settings(BaseSettings):
         30.0, ge=6, le=300, description="A worker that stops heartbeating (crashed) loses its partitions to the others after this long."
     )
     kafka_fetch_max_wait_ms: int = Field(
-        100, ge=1, le=1500, description="How long the broker may hold a worker's fetch while its partitions have no new records (Faust fixes 1,500; `streams/runtime/fetchwait.py`): a busy worker's records wait up to this long in Kafka."
+        20, ge=1, le=1500, description="How long the broker may hold a worker's fetch while it has fewer than `kafka_fetch_min_bytes` for it (Faust fixes 1,500; `streams/runtime/fetchwait.py`): the most a record waits in Kafka for the worker's next fetch."
+    )
+    kafka_fetch_min_bytes: int = Field(
+        65536, ge=1, le=1 << 20, description="How many bytes the broker gathers for a worker's fetch before it answers early. At 1 it answers each arrival, and a worker fetched 185-245 times a second at 1,000 and at 5,000 readings/s, each fetch naming every assigned partition, encoded and decoded in Python (`streams/runtime/fetchwait.py`)."
     )
     faust_fast_dispatch: bool = Field(
         True, description="Deliver fetched records to the agents without Faust's per-record rebalance guard when no delivery can block (`streams/runtime/fastpath.py`; about 2x a bare agent's rate)."

@@ -28,8 +28,8 @@ def test_a_version_outside_the_tested_range_is_refused_by_name(package: str, fou
 def test_the_worker_consumer_fetches_with_the_configured_wait_not_faust_s_1500_ms() -> None:
     """Faust creates the worker's consumer with a fixed 1,500 ms fetch wait; a busy worker's records then sat in Kafka
     that long (`streams/runtime/fetchwait.py`). The consumer the worker's own code creates, started on the real
-    broker (its fetcher is made then), fetches with `kafka_fetch_max_wait_ms`. In a process of its own: creating the
-    app's consumer closes the batch agents' declarations."""
+    broker (its fetcher is made then), fetches with `kafka_fetch_max_wait_ms` and `kafka_fetch_min_bytes`. In a
+    process of its own: creating the app's consumer closes the batch agents' declarations."""
     code = """
 import asyncio
 from streams.runtime.app import app, settings
@@ -38,13 +38,14 @@ async def main():
     consumer = app.consumer._thread._create_worker_consumer(app.transport)
     await consumer.start()
     try:
-        print(settings.kafka_fetch_max_wait_ms, consumer._fetcher._fetch_max_wait_ms)
+        print(settings.kafka_fetch_max_wait_ms, consumer._fetcher._fetch_max_wait_ms,
+              settings.kafka_fetch_min_bytes, consumer._fetcher._fetch_min_bytes)
     finally:
         await consumer.stop()
 
 asyncio.run(main())
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "WHARF_KAFKA_FETCH_MAX_WAIT_MS": "77"})
+                         env={**os.environ, "WHARF_KAFKA_FETCH_MAX_WAIT_MS": "77", "WHARF_KAFKA_FETCH_MIN_BYTES": "4321"})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-2:] == ["77", "77"]
+    assert out.stdout.split()[-4:] == ["77", "77", "4321", "4321"]

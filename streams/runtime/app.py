@@ -141,7 +141,8 @@ app = WharfApp(
     # on; this stops the worker (exit 1) instead, and Kafka redelivers the batch to the next owner.
     agent_supervisor="mode.CrashingSupervisor",
 )
-patches.install(app, fast_dispatch=settings.faust_fast_dispatch, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms)  # refuses a Faust version the patches were not tested with
+patches.install(app, fast_dispatch=settings.faust_fast_dispatch, fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                fetch_min_bytes=settings.kafka_fetch_min_bytes)  # refuses a Faust version the patches were not tested with
 
 topics = declare(app, settings)
 commerce_topics = declare_commerce(app, settings)

@@ -9,7 +9,7 @@ What `install` patches in place (class attributes, or the app's consumer):
 - `Collection._verify_source_topic_partitions`: a changelog not yet in the metadata is no mismatch
   (`streams/runtime/partition_check.py`);
 - `AIOKafkaConsumerThread._create_worker_consumer`: the worker consumer's fetch wait is `kafka_fetch_max_wait_ms`,
-  not Faust's fixed 1,500 ms (`streams/runtime/fetchwait.py`);
+  not Faust's fixed 1,500 ms, and it gathers `kafka_fetch_min_bytes` (`streams/runtime/fetchwait.py`);
 - `Consumer.wait_first`, when `faust_fast_dispatch` is on: no rebalance guard around a delivery that cannot
   block (`streams/runtime/fastpath.py`).
 What `WharfApp` overrides (`streams/runtime/app.py`), which `install` checks are in place:
@@ -48,7 +48,7 @@ def check_versions(found: dict[str, str] | None = None) -> None:
             "(docs/faust-patches.md) on the new version and widen TESTED.")
 
 
-def install(app: Any, fast_dispatch: bool, fetch_max_wait_ms: int) -> None:
+def install(app: Any, fast_dispatch: bool, fetch_max_wait_ms: int, fetch_min_bytes: int = 1) -> None:
     """Check the versions, then install every patch: the class patches now, the consumer's when it exists (an app task)."""
     from streams.runtime import fetchwait, partition_check
 
@@ -57,7 +57,7 @@ def install(app: Any, fast_dispatch: bool, fetch_max_wait_ms: int) -> None:
     if missing:
         raise TypeError(f"{type(app).__name__} lacks Wharf's overrides {missing} (streams/runtime/app.py WharfApp)")
     partition_check.install()
-    fetchwait.install(fetch_max_wait_ms)
+    fetchwait.install(fetch_max_wait_ms, fetch_min_bytes)
 
     if fast_dispatch:
         @app.task
