@@ -26,6 +26,7 @@ from streams.sinks.clickhouse import connect
 from tests.test_sensors_e2e import SITE, BridgeProcess, Device, add_devices, make_topics, read_topic, sensor_env, wait_until
 from tests.workers import ROOT, WorkerProcess
 from streams.runtime.kafka_auth import kafka_client
+from wharf.bench.cpu import family
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
 
@@ -259,22 +260,8 @@ async def test_bridge_stops_within_deadline_while_devices_publish_and_loses_noth
 
 
 def descendants(pid: int) -> set[int]:
-    """Every process below `pid` (from /proc), children first found by their parent id."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
+    """Every process below `pid` now (from /proc)."""
+    return set(family(pid)) - {pid}
 
 
 def alive(pid: int) -> bool:

@@ -97,14 +97,9 @@ def bench_sensors(
 async def _broker_topics(settings) -> int:  # noqa: ANN001
     """Topics on the broker: thousands left behind (by tests on a development stack) cost Kafka heap, GC and CPU
     the run then waits for, and every aiokafka client a larger metadata decode."""
-    from aiokafka.admin import AIOKafkaAdminClient
+    from wharf.infra.kafka import topic_list
 
-    admin = AIOKafkaAdminClient(**kafka_client(settings), request_timeout_ms=30000)
-    await admin.start()
-    try:
-        return len(await admin.list_topics())
-    finally:
-        await admin.close()
+    return len(await topic_list(settings))
 
 
 def _bench_clickhouse_base(settings) -> str:  # noqa: ANN001
