@@ -22,7 +22,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from mqtt_bridge.connection import end_session, mosquitto_client_args
+from mqtt_bridge.connection import end_session
 from mqtt_bridge.processes import BridgeProcesses
 from schemas import codec
 from schemas.settings import Settings
@@ -116,13 +116,10 @@ async def _run(s: Settings, pubs: list[Publisher], per: int, counters: _Counters
         files[-1].write_bytes(_lines(p, per, time.time()))
     start = (await counters.read())["acked"]
     t0 = time.monotonic()
-    # The password goes on the command line (-P): mosquitto_pub reads no password from the environment. The client
-    # id is the user name (the broker's rule on device listeners).
     procs = []
     for p, path in zip(pubs, files, strict=True):
         with open(path, "rb") as lines:
-            procs.append(subprocess.Popen(["mosquitto_pub", *mosquitto_client_args(s), "-i", p.user, "-u", p.user, "-P", p.password,
-                                           "-q", "1", "-V", "mqttv311", "-t", p.topic, "-l"], stdin=lines, stderr=subprocess.PIPE))
+            procs.append(subprocess.Popen(p.mosquitto_pub(s), stdin=lines, stderr=subprocess.PIPE))
     intake: list[float] = []
 
     async def watch_publishers() -> None:  # on its own, so that the scrapes below do not delay the intake's end

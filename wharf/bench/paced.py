@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mqtt_bridge.connection import mosquitto_client_args
 from schemas.settings import Settings
 from wharf.bench.publishers import Publisher
 
@@ -40,11 +39,7 @@ class PacedPublishers:
         self.published = 0
         self.error: BaseException | None = None  # what stopped `feed` early (a publisher gone: a broken pipe)
         self._log = open(log, "ab")  # noqa: SIM115 - closed in finish
-        # The password goes on the command line (-P): mosquitto_pub reads none from the environment. The client id
-        # is the user name (the broker's rule on device listeners).
-        self.procs = [subprocess.Popen(["mosquitto_pub", *mosquitto_client_args(settings), "-i", p.user, "-u", p.user, "-P", p.password,
-                                        "-q", "1", "-V", "mqttv311", "-M", "1000", "-t", p.topic, "-l"],
-                                       stdin=subprocess.PIPE, stdout=self._log, stderr=self._log)
+        self.procs = [subprocess.Popen(p.mosquitto_pub(settings, "-M", "1000"), stdin=subprocess.PIPE, stdout=self._log, stderr=self._log)
                       for p in pubs]
 
     @property

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from mqtt_bridge.connection import device_endpoint
+from mqtt_bridge.connection import device_endpoint, mosquitto_client_args
 from mqtt_bridge.topics import telemetry_topic
 from schemas.secrets import device_registry, new_secret
 from schemas.settings import Settings
@@ -32,6 +32,13 @@ class Publisher:
     @property
     def topic(self) -> str:
         return telemetry_topic(self.site, self.zone, self.user)
+
+    def mosquitto_pub(self, settings: Settings, *options: str) -> list[str]:
+        """`mosquitto_pub -l` as this device (QoS 1, MQTT 3.1.1, TLS where the settings ask for it), publishing each
+        line read from stdin. The password goes on the command line (-P): mosquitto_pub reads none from the
+        environment. The client id is the user name (the broker's rule on device listeners)."""
+        return ["mosquitto_pub", *mosquitto_client_args(settings), "-i", self.user, "-u", self.user, "-P", self.password,
+                "-q", "1", "-V", "mqttv311", *options, "-t", self.topic, "-l"]
 
 
 def _configured(settings: Settings, site: str) -> list[Publisher]:
