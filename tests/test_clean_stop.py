@@ -27,6 +27,7 @@ from tests.test_sensors_e2e import SITE, BridgeProcess, Device, add_devices, mak
 from tests.workers import ROOT, WorkerProcess
 from streams.runtime.kafka_auth import kafka_client
 from wharf.bench.cpu import family
+from wharf.infra.process import running as alive
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
 
@@ -262,14 +263,6 @@ async def test_bridge_stops_within_deadline_while_devices_publish_and_loses_noth
 def descendants(pid: int) -> set[int]:
     """Every process below `pid` now (from /proc)."""
     return set(family(pid)) - {pid}
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 async def test_demo_stops_everything_within_deadline_on_ctrl_c(stack, server_url, unique, tmp_path):

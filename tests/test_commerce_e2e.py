@@ -13,7 +13,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -22,6 +21,7 @@ from streams.sinks.clickhouse import connect
 from tests.conftest import topic_env
 from tests.test_pipeline import produce, wait_until
 from tests.workers import WorkerProcess
+from wharf.infra.process import running
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
 
@@ -286,7 +286,7 @@ async def test_kill_9_mid_stream_every_click_and_review_stored_and_learned_once(
         assert learner_pids
         os.kill(worker.proc.pid, signal.SIGKILL)  # the worker alone, not its process group: its learners must follow
         worker.proc.wait()
-        await wait_until(lambda: not any(map(_running, learner_pids)), 10, "the learner processes gone with their worker")
+        await wait_until(lambda: not any(map(running, learner_pids)), 10, "the learner processes gone with their worker")
         worker = await asyncio.to_thread(WorkerProcess(env, web_port=port, log=tmp_path / "w.log").start)
         await feeding
         await wait_until(lambda: learned() >= n and stored("clicks")[0] >= n and reviews_learned() >= n_reviews
@@ -300,14 +300,6 @@ async def test_kill_9_mid_stream_every_click_and_review_stored_and_learned_once(
         feeding.cancel()
         worker.stop()
         ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
-
-
-def _running(pid: int) -> bool:
-    """Whether the process exists and is not a zombie (nobody may reap an orphan in a container)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 async def test_a_learner_that_dies_stops_its_worker_and_the_restart_learns_each_click_once(stack, server_url, unique, tmp_path):

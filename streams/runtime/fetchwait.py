@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def install(fetch_max_wait_ms: int, fetch_min_bytes: int = 1) -> None:
+def install(fetch_max_wait_ms: int, fetch_min_bytes: int) -> None:
     """Make the worker consumers created from now on wait at most `fetch_max_wait_ms` for `fetch_min_bytes`."""
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 

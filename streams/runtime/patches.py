@@ -48,7 +48,7 @@ def check_versions(found: dict[str, str] | None = None) -> None:
             "(docs/faust-patches.md) on the new version and widen TESTED.")
 
 
-def install(app: Any, fast_dispatch: bool, fetch_max_wait_ms: int, fetch_min_bytes: int = 1) -> None:
+def install(app: Any, fast_dispatch: bool, fetch_max_wait_ms: int, fetch_min_bytes: int) -> None:
     """Check the versions, then install every patch: the class patches now, the consumer's when it exists (an app task)."""
     from streams.runtime import fetchwait, partition_check
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from wharf.infra.process import stat_fields
+
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int, thread: int | None = None) -> float:
     """User + system CPU seconds of the process (all its threads), or of one thread (`thread`: its id; the main
     thread's is the pid); NaN once it is gone (a printed figure)."""
-    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
-    try:
-        fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = stat_fields(pid, thread)
+    if fields is None:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14 and 15 of stat(5))
 
@@ -35,11 +35,9 @@ def family(pid: int) -> list[int]:
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # gone meanwhile
-            parents.setdefault(ppid, []).append(int(entry.name))
+            fields = stat_fields(int(entry.name))
+            if fields is not None:  # else gone meanwhile
+                parents.setdefault(int(fields[1]), []).append(int(entry.name))
     out, todo = [], [pid]
     while todo:
         p = todo.pop()

@@ -94,14 +94,6 @@ def bench_sensors(
     asyncio.run(_bench(get_settings(), rate, seconds, model_options, publishers, catch_up))
 
 
-async def _broker_topics(settings) -> int:  # noqa: ANN001
-    """Topics on the broker: thousands left behind (by tests on a development stack) cost Kafka heap, GC and CPU
-    the run then waits for, and every aiokafka client a larger metadata decode."""
-    from wharf.infra.kafka import topic_list
-
-    return len(await topic_list(settings))
-
-
 def _bench_clickhouse_base(settings) -> str:  # noqa: ANN001
     from streams.sinks.clickhouse import with_local_password
 
@@ -260,7 +252,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     from wharf.bench.paced import PacedPublishers
     from wharf.bench.publishers import provisioned
     from wharf.infra import services
-    from wharf.infra.kafka import ensure_topics
+    from wharf.infra.kafka import ensure_topics, topic_list
     from mqtt_bridge.connection import end_session
     from schemas.redact import redact
 
@@ -269,7 +261,9 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     base = _bench_clickhouse_base(settings)
     env, s = _bench_env(settings, u, model_options)
     await ensure_topics(settings, topic_names(s), settings.topic_partitions)
-    broker_topics = await _broker_topics(settings)
+    # topics on the broker, printed: thousands left behind (by tests on a development stack) cost Kafka heap, GC and
+    # CPU the run then waits for, and every aiokafka client a larger metadata decode
+    broker_topics = len(await topic_list(settings))
     state = settings.state_dir / "bench" / u
     state.mkdir(parents=True, exist_ok=True)
     console.print(f"bench {u}: worker + bridge on {settings.kafka_bootstrap}, ClickHouse {redact(base)}/bench_{u}; logs in {state}")

@@ -123,25 +123,38 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie is dead for our purposes
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state == "Z":
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            return False
-    except (OSError, IndexError):
+    fields = stat_fields(pid)
+    if fields is None:
+        return False
+    if fields[0] == "Z":  # a zombie is dead for our purposes
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
         return False
     return True
 
 
+def stat_fields(pid: int, thread: int | None = None) -> list[str] | None:
+    """A process's (or one of its threads') `/proc/.../stat` fields after the command name, from the state on
+    (field 3 of stat(5) is index 0); None once it is gone. The name is cut at its last ")": it may hold spaces."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    try:
+        return Path(path).read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie (nobody may reap an orphan in a container)."""
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
 def _start_time(pid: int) -> int | None:
     """Kernel start time of a process (clock ticks since boot): stable for its life, unique with its pid."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    fields = stat_fields(pid)
+    return int(fields[19]) if fields is not None and len(fields) > 19 else None
 
 
 def _is_group_leader(pid: int) -> bool:
