@@ -3,6 +3,8 @@
 The bridge user logs in on the bridge listener (WHARF_MQTT_BRIDGE_PORT), devices on the device listener."""
 
 import queue
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -14,6 +16,7 @@ from pydantic import SecretStr
 
 from mqtt_bridge.connection import end_session
 from wharf.infra.mosquitto import Mosquitto, check_login
+from wharf.infra.sessions import end_abandoned, end_temporary, open_temporary
 
 pytestmark = pytest.mark.infra
 
@@ -222,3 +225,30 @@ def test_abandoned_sessions_expire_in_hours(stack):
     assert line in broker_options(stack)
     conf = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "mosquitto.conf"
     assert line in conf.read_text().splitlines()
+
+
+def test_a_killed_benchmark_s_session_is_ended_by_the_next_one_and_a_running_one_s_kept(stack, unique):
+    """A benchmark killed before it ended its bridge session leaves it written down (wharf/infra/sessions.py): the
+    next benchmark (and `wharf infra up`) ends it, so its queue stops growing; a session whose owner runs is kept."""
+    abandoned, owned = f"test-abandoned-{unique}", f"test-owned-{unique}"
+    topic = f"wharf/site-{unique}/zone-a/dev-001/telemetry"
+    for cid in (abandoned, owned):
+        bridge = Client(stack, stack.mqtt_bridge_user, stack.bridge_password(), client_id=cid, clean_start=False, v5=False)
+        bridge.subscribe(topic)
+        bridge.close()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    open_temporary(stack, [owned])  # owned by this test's process, which runs
+    ledger = stack.state_dir / "mqtt-sessions"
+    (ledger / abandoned).write_text(f"{gone.stdout.strip()} 1\n")  # as a killed benchmark leaves it
+    try:
+        ended = end_abandoned(stack)
+        assert abandoned in ended and owned not in ended
+        assert not (ledger / abandoned).exists() and (ledger / owned).exists()
+        assert _session_present(stack, owned)
+        assert not _session_present(stack, abandoned)
+    finally:
+        end_session(stack, abandoned)  # the presence check above opened a fresh one
+        assert end_temporary(stack, [owned]) == []
+    assert not (ledger / owned).exists()
+    assert not _session_present(stack, owned)
+    end_session(stack, owned)

@@ -22,8 +22,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from mqtt_bridge.connection import end_session
-from mqtt_bridge.processes import BridgeProcesses
+from wharf.infra.sessions import end_temporary, open_temporary
+from mqtt_bridge.processes import BridgeProcesses, client_ids
 from schemas import codec
 from schemas.settings import Settings
 from wharf.bench.publishers import Publisher, provisioned
@@ -168,6 +168,7 @@ async def bench_bridge(settings: Settings, messages: int = 100_000, publishers: 
         await ensure_topics(s, [s.topic_sensor_readings, s.topic_device_status, s.topic_dead_letters], s.topic_partitions)
         counters = _Counters(port, processes)
         with open(folder / "bridge.log", "wb") as out:
+            open_temporary(s, client_ids(f"bench-bridge-{u}", processes))
             bridges = BridgeProcesses(f"bench-bridge-{u}", f"bench{u}", processes, "warning", metrics_port=port, env=env, output=out).start()
             try:
                 await _ready(counters, bridges, processes)
@@ -178,8 +179,7 @@ async def bench_bridge(settings: Settings, messages: int = 100_000, publishers: 
                 raise
             finally:
                 await asyncio.to_thread(bridges.stop)
-                for cid in bridges.client_ids:  # else Mosquitto queues all later telemetry for them
-                    await asyncio.to_thread(end_session, s, cid)
+                await asyncio.to_thread(end_temporary, s, bridges.client_ids)  # else Mosquitto queues all later telemetry for them
                 await delete_topics_containing(s, f"bench.bridge.{u}.")
     total = per * len(pubs)
     if done < total:

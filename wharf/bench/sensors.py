@@ -253,7 +253,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     from wharf.bench.publishers import provisioned
     from wharf.infra import services
     from wharf.infra.kafka import ensure_topics, topic_list
-    from mqtt_bridge.connection import end_session
+    from wharf.infra.sessions import end_temporary, open_temporary
     from schemas.redact import redact
 
     logins = contextlib.ExitStack()  # bench devices added to Mosquitto for this run, removed after it
@@ -271,6 +271,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     phases.next("starting a worker and a bridge")
     worker = _Worker(env, settings.web_port + 50, state / "worker.log")
     benv = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    open_temporary(s, [f"bench-{u}"])
     bridge = subprocess.Popen([sys.executable, "-m", "wharf.cli", "bridge", "--client-id", f"bench-{u}", "--share-group", f"bench-{u}",
                                "--loglevel", "warning"], env=benv, stdout=open(state / "bridge.log", "ab"), stderr=subprocess.STDOUT,
                               start_new_session=True)
@@ -327,7 +328,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         worker.stop()
         bridge.terminate()
         bridge.wait(30)
-        end_session(s, f"bench-{u}")  # else Mosquitto queues all later telemetry for it
+        end_temporary(s, [f"bench-{u}"])  # else Mosquitto queues all later telemetry for it
         logins.close()
 
     warm_from = time.time()

@@ -153,7 +153,7 @@ async def _soak(settings: Settings, u: str, url: str, state: Path, seconds: floa
     import subprocess
     import sys
 
-    from mqtt_bridge.connection import end_session
+    from wharf.infra.sessions import end_temporary, open_temporary
     from schemas.redact import redact
     from schemas.secrets import parse_registry, register_devices
     from streams.runtime.topics import worker_topic_names
@@ -182,6 +182,7 @@ async def _soak(settings: Settings, u: str, url: str, state: Path, seconds: floa
           f"worker + bridge on {settings.kafka_bootstrap}, ClickHouse {redact(url)}; logs in {state}", flush=True)
     worker = _Worker(env, free_port(), state / "worker.log")
     client_id = f"soak-{u}"
+    open_temporary(s, [client_id])
     bridge = subprocess.Popen([sys.executable, "-m", "wharf.cli", "bridge", "--client-id", client_id, "--share-group", client_id, "--loglevel", "warning"],
                               env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, stdout=open(state / "bridge.log", "ab"), stderr=subprocess.STDOUT,
                               start_new_session=True)
@@ -253,7 +254,7 @@ async def _soak(settings: Settings, u: str, url: str, state: Path, seconds: floa
             worker.stop()
         stop_children(children)
         fleet.close()
-        await asyncio.to_thread(end_session, s, client_id)  # else Mosquitto queues all later telemetry for it
+        await asyncio.to_thread(end_temporary, s, [client_id])  # else Mosquitto queues all later telemetry for it
     end = time.monotonic() - t0
     print()
     print(growth_table(list(series.values()), warmup, end))

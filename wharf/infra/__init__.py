@@ -58,6 +58,10 @@ def up(settings: Settings, names: list[str] | None = None) -> list[ServiceStatus
         took = svc.start()
         if name == "kafka":
             asyncio.run(ensure_topics(Kafka(settings).admin_settings(), topic_names(settings), settings.topic_partitions))
+        if name == "mosquitto":
+            from wharf.infra.sessions import end_abandoned
+
+            end_abandoned(settings)  # a killed benchmark's bridge session: its queue would grow with all telemetry
         out.append(_status(name, svc, took))
     return out
 

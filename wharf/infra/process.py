@@ -44,7 +44,7 @@ class ManagedProcess:
         except (FileNotFoundError, ValueError, IndexError):
             return None
         # The pid must still be the process we started: same kernel start time (a reused pid differs).
-        if not _alive(pid) or _start_time(pid) != started:
+        if not _alive(pid) or start_time(pid) != started:
             return None
         return pid
 
@@ -69,7 +69,7 @@ class ManagedProcess:
             start_new_session=True,
         )
         log.close()
-        self.pid_file.write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
+        self.pid_file.write_text(f"{proc.pid} {start_time(proc.pid)}\n")
         return proc.pid
 
     def wait_ready(self, check: Callable[[], bool], timeout: float, what: str) -> float:
@@ -151,7 +151,7 @@ def running(pid: int) -> bool:
     return fields is not None and fields[0] != "Z"
 
 
-def _start_time(pid: int) -> int | None:
+def start_time(pid: int) -> int | None:
     """Kernel start time of a process (clock ticks since boot): stable for its life, unique with its pid."""
     fields = stat_fields(pid)
     return int(fields[19]) if fields is not None and len(fields) > 19 else None
