@@ -88,6 +88,7 @@ def _assert_models_equal(a: DeviceAnomalyModel, b: DeviceAnomalyModel) -> None:
                  "lagbuf", "c_counts", "c_total", "c_n", "fc_err", "last", "run", "repeat_rate"):
         np.testing.assert_allclose(getattr(b, attr), getattr(a, attr), rtol=1e-9, atol=1e-12, err_msg=attr)
     assert (a.suppress_left, a.since_cross, a.silence.n, a.silence.last_ts) == (b.suppress_left, b.since_cross, b.silence.n, b.silence.last_ts)
+    np.testing.assert_allclose(b.e_alert, a.e_alert, rtol=1e-9, atol=1e-12)
     for fa, fb in zip(a.fc, b.fc, strict=True):
         assert fa.steps == fb.steps and all(np.array_equal(p, q) for p, q in zip(fa.params, fb.params))
     ha, hb = a.hst, b.hst

@@ -469,10 +469,14 @@ def test_a_device_written_before_the_spatial_range_existed_restores_with_a_range
     assert not res.is_anomaly.any()
 
 
-def test_a_bank_row_written_before_the_confirmation_rule_restores_and_scores() -> None:
-    """A `DeviceRow` checkpointed before `confirm_frac`/`confirm_extreme` and the device column `e_prev` existed gets
-    the column (no previous row's evidence: 0) and the defaults, fits the bank, and scores as today's row with
-    `e_prev` 0 does."""
+@pytest.mark.parametrize("columns, options", [
+    (("e_prev", "e_alert"), ("confirm_frac", "confirm_extreme", "rearm_frac")),  # before the confirmation rule
+    (("e_alert",), ("rearm_frac",)),  # before the re-alert rule
+])
+def test_a_bank_row_written_before_a_device_column_restores_and_scores(columns: tuple, options: tuple) -> None:
+    """A `DeviceRow` checkpointed before device columns existed (`e_prev`: `confirm_frac`/`confirm_extreme`;
+    `e_alert`: `rearm_frac`) gets them (no previous row's or alert's evidence: 0) and the options' defaults, fits
+    the bank, and scores as today's row with those columns at 0 does."""
     import dataclasses
 
     from agents.devices import SETUP, STATE_CODEC
@@ -483,16 +487,18 @@ def test_a_bank_row_written_before_the_confirmation_rule_restores_and_scores() -
     bank, ts, x = _bank_with_devices()
     row = bank.row("dev-a")
     cfg = dataclasses.replace(row.cfg)
-    for name in ("confirm_frac", "confirm_extreme"):
+    for name in options:
         del cfg.__dict__[name]
-    old = {**vars(row), "cfg": cfg, "ds_names": [n for n in row.ds_names if n != "e_prev"],
-           "ds": np.delete(row.ds, K.E_PREV)}
+    cols = {"e_prev": K.E_PREV, "e_alert": K.E_ALERT}
+    old = {**vars(row), "cfg": cfg, "ds_names": [n for n in row.ds_names if n not in columns],
+           "ds": np.delete(row.ds, [cols[c] for c in columns])}
     writer = StateCodec(StateTypes(STATE_CODEC.types, StateTypes(StateType(DeviceRow, lambda r: old))))
     restored = STATE_CODEC.loads(writer.dumps(row))
-    assert restored.ds_names == row.ds_names and restored.ds[K.E_PREV] == 0.0
-    assert restored.cfg.confirm_frac == 0.5 and restored.cfg.confirm_extreme == 2.0
+    assert restored.ds_names == row.ds_names and all(restored.ds[cols[c]] == 0.0 for c in columns)
+    assert restored.cfg.confirm_frac == 0.5 and restored.cfg.confirm_extreme == 2.0 and restored.cfg.rearm_frac == 0.9
     today = dataclasses.replace(row, ds=row.ds.copy())
-    today.ds[K.E_PREV] = 0.0
+    for c in columns:
+        today.ds[cols[c]] = 0.0
     a, b = SETUP.new_bank(), SETUP.new_bank()
     a.insert("dev-a", restored)
     b.insert("dev-a", today)

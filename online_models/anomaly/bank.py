@@ -78,7 +78,7 @@ def _config_vector(cfg: AnomalyConfig) -> np.ndarray:
         K.F_HC_WARM: max(cfg.calib_warmup, 2 * cfg.hst_window), K.F_SIL_ALPHA: 0.05,
         K.F_DRIFT_TE: cfg.drift_tail_e, K.F_DRIFT_TA: cfg.drift_tail_alpha, K.F_SP_TOL: cfg.spatial_tol,
         K.F_SP_E: cfg.spatial_e, K.F_CONF_FRAC: cfg.confirm_frac, K.F_CONF_EXT: cfg.confirm_extreme,
-        K.F_RAMP_TREND: cfg.ramp_trend_alpha, K.F_RAMP_MARGIN: cfg.ramp_margin,
+        K.F_RAMP_TREND: cfg.ramp_trend_alpha, K.F_RAMP_MARGIN: cfg.ramp_margin, K.F_REARM: cfg.rearm_frac,
     }
     for k, v in vals.items():
         cf[k] = v
@@ -99,7 +99,8 @@ _MS_FRESH = {K.LAST: math.nan, K.T_FIRST: math.nan, K.REPEAT: 0.5, K.CU_PPOS: 0.
 # column names of a `DeviceRow`: the fixed part of a metric slot's row (`ms`), and a device's row (`ds`)
 MS_NAMES = tuple(sorted(_MS_VECTORS, key=_MS_VECTORS.__getitem__))
 DS_NAMES = ("c_weight", "hst_last", "hc_mean", "hc_var", "hc_n", "suppress", "burst", "since", "sil_iv", "sil_last",
-            "sil_n", "n_rows", "hst_count", "hst_first", "hst_tid", "e_prev")
+            "sil_n", "n_rows", "hst_count", "hst_first", "hst_tid", "e_prev",
+            "e_alert")
 assert MS_NAMES == tuple(_MS_VECTORS) and len(MS_NAMES) == K.MS_FIXED and len(DS_NAMES) == K.DS_COLS
 
 
@@ -455,7 +456,7 @@ class DeviceBank:
         m.hst_last = float(r[K.HST_LAST])
         m.hst_calib.mean, m.hst_calib.var, m.hst_calib.n = float(r[K.HC_MEAN]), float(r[K.HC_VAR]), int(r[K.HC_N])
         m.suppress_left, m.burst, m.since_cross = int(r[K.SUPPRESS]), float(r[K.BURST]), int(r[K.SINCE])
-        m.e_prev = float(r[K.E_PREV])
+        m.e_prev, m.e_alert = float(r[K.E_PREV]), float(r[K.E_ALERT])
         sil = m.silence
         sil.interval, sil.n = float(r[K.SIL_IV]), int(r[K.SIL_N])
         sil.last_ts = None if math.isnan(r[K.SIL_LAST]) else float(r[K.SIL_LAST])
@@ -572,7 +573,7 @@ class DeviceBank:
         r[K.C_WEIGHT], r[K.HST_LAST] = model.c_weight, model.hst_last
         r[K.HC_MEAN], r[K.HC_VAR], r[K.HC_N] = model.hst_calib.mean, model.hst_calib.var, model.hst_calib.n
         r[K.SUPPRESS], r[K.BURST], r[K.SINCE] = model.suppress_left, model.burst, model.since_cross
-        r[K.E_PREV] = model.e_prev
+        r[K.E_PREV], r[K.E_ALERT] = model.e_prev, model.e_alert
         sil = model.silence
         r[K.SIL_IV], r[K.SIL_N] = sil.interval, sil.n
         r[K.SIL_LAST] = math.nan if sil.last_ts is None else sil.last_ts

@@ -24,8 +24,8 @@ RL_MEAN, RL_MAD, RL_SLOPE, DF_MAD = 24, 25, 26, 27
 MS_FIXED = 28
 # per device (ds columns)
 C_WEIGHT, HST_LAST, HC_MEAN, HC_VAR, HC_N, SUPPRESS, BURST, SINCE, SIL_IV, SIL_LAST, SIL_N, N_ROWS, \
-    HST_COUNT, HST_FIRST, HST_TID, E_PREV = range(16)
-DS_COLS = 16
+    HST_COUNT, HST_FIRST, HST_TID, E_PREV, E_ALERT = range(17)
+DS_COLS = 17
 # layout offsets (lay entries): first column of each variable-width part of an ms row
 L_REC, L_LAG, L_SM, L_SC, L_WM, L_WC, L_CT, L_CN, L_CC, L_END = range(10)
 # configuration (cf entries)
@@ -33,8 +33,8 @@ L_REC, L_LAG, L_SM, L_SC, L_WM, L_WC, L_CT, L_CN, L_CC, L_END = range(10)
  F_USE_WEEKLY, F_WB, F_WALPHA, F_WMINAGE, F_CWARM, F_CBINS, F_CBPU, F_CPOW, F_LAGS, F_USE_FC, F_USE_HST,
  F_HST_EVERY, F_HST_T, F_HST_H, F_HST_W, F_EFULL, F_MINTHR, F_LEVEL_IV, F_SUPP_EV, F_SUPP_F, F_BURST_PEN,
  F_BURST_DEC, F_BURST_GAP, F_BURST_SOFT, F_STUCK_MIN, F_CDECAY, F_HC_ALPHA, F_HC_WARM, F_SIL_ALPHA,
- F_DRIFT_TE, F_DRIFT_TA, F_SP_TOL, F_SP_E, F_CONF_FRAC, F_CONF_EXT, F_RAMP_TREND, F_RAMP_MARGIN) = range(46)
-CF_LEN = 46
+ F_DRIFT_TE, F_DRIFT_TA, F_SP_TOL, F_SP_E, F_CONF_FRAC, F_CONF_EXT, F_RAMP_TREND, F_RAMP_MARGIN, F_REARM) = range(47)
+CF_LEN = 47
 
 _CAL = 5
 _NC = 8
@@ -601,6 +601,7 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
     left, burst, since = ds[d, SUPPRESS], ds[d, BURST], ds[d, SINCE]
     need, prev = cf[F_CONF_FRAC] * level, ds[d, E_PREV]
     alone = level + max(cf[F_CONF_EXT] - paid, 0.0)
+    rearm, e_alert, span = cf[F_REARM], ds[d, E_ALERT], cf[F_SUPP_EV]
     for i in range(B):
         er = e_row[i]
         # `model._confirmed`: a crossing short of `alone` needs its neighbour row
@@ -611,6 +612,9 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
         else:
             ei = min(er, level - 1e-6)
         prev = er
+        # `model._run_block` (rearm_frac): an incident going on after its suppression, weaker than its alert
+        if rearm > 0.0 and left <= 0 and since <= span and ei >= level and ei < rearm * e_alert:
+            ei = level - 1e-6
         if ei >= level:
             xs = k_soft * (ei - level - beta * math.log10(1.0 + burst))
             sp = xs + math.log1p(math.exp(-xs)) if xs > 0 else math.log1p(math.exp(xs))
@@ -627,6 +631,7 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             left -= 1.0
         if sc >= thr:
             left = cf[F_SUPP_EV]
+            e_alert = ei
         scores[lo + i] = sc
         best[lo + i] = best_row[i]
 
@@ -805,6 +810,7 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
                 ms[s, ct0 + c] *= sc_
         ds[d, C_WEIGHT] = 1.0
     ds[d, SUPPRESS], ds[d, BURST], ds[d, SINCE], ds[d, E_PREV] = left, burst, since, prev
+    ds[d, E_ALERT] = e_alert
     # silence detector (`detectors.SilenceDetector.observe`)
     for i in range(B):
         t = ts[i]

@@ -166,6 +166,13 @@ class AnomalyConfig:
     # level's interval correction); that counts toward confirm_extreme. State: the previous row's evidence
     confirm_frac: float = 0.5
     confirm_extreme: float = 2.0
+    # re-alerting within an incident: when a suppression ends while the device is still crossing the level (a
+    # crossing within the last suppress_events rows), a crossing alerts again only at >= rearm_frac of the evidence
+    # of the alert that opened it; else it scores just below the level. An incident still on at its alert's strength
+    # (or a second one, stronger) is news; one settling at a lower level is not (ARTime masks re-detections after
+    # an anomaly unless less similar than rearm_frac = 0.9 x the last anomaly's similarity; 0 turns it off).
+    # State: the last alert's evidence
+    rearm_frac: float = 0.9
     suppress_events: int = 150
     suppress_factor: float = 0.0
     # alert confidence: an alert's score above the alert level is its evidence minus
@@ -296,6 +303,7 @@ class DeviceAnomalyModel:
         self.burst = 0.0
         self.since_cross = 1 << 30
         self.e_prev = 0.0  # the previous row's evidence (confirm_frac: a crossing needs a neighbour)
+        self.e_alert = 0.0  # the last alert's evidence (rearm_frac)
         self.burst_decay = 0.5 ** (1.0 / cfg.burst_half_life)
         self.silence = SilenceDetector()
         self.n = 0
@@ -707,10 +715,13 @@ class DeviceAnomalyModel:
         left, burst, since = self.suppress_left, self.burst, self.since_cross
         need, prev = cfg.confirm_frac * level, self.e_prev
         alone = level + max(cfg.confirm_extreme - paid, 0.0)
+        rearm, e_alert, span = cfg.rearm_frac, self.e_alert, cfg.suppress_events
         out = e.tolist()
         for i, er in enumerate(out):
             ei = _confirmed(er, prev, level, need, alone)
             prev = er
+            if rearm > 0.0 and left <= 0 and since <= span and level <= ei < rearm * e_alert:
+                ei = level - 1e-6  # the incident goes on, weaker than its alert: no news
             if ei >= level:
                 # an alert; its score ranks it by the evidence left after discounting how many
                 # incidents this device has had lately (softplus floor: still >= the alert level)
@@ -729,10 +740,12 @@ class DeviceAnomalyModel:
                 left -= 1
             if s >= thr:
                 left = cfg.suppress_events
+                e_alert = ei
             out[i] = s
         if learn:
             self._learn_block(ts, x, aux)
             self.suppress_left, self.burst, self.since_cross, self.e_prev = left, burst, since, prev
+            self.e_alert = e_alert
             for t in ts.tolist():
                 self.silence.observe(t)
             self.n += len(ts)

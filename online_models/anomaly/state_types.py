@@ -150,6 +150,7 @@ def _model_upgrade(state: dict) -> dict:
         half = np.where(n > 0, _RANGE_SPREADS * 1.2533 * mad, np.nan)
         out["sp_lo"], out["sp_hi"] = mean - half, mean + half
     out.setdefault("e_prev", 0.0)  # the previous row's evidence (confirm_frac, December 2026): none yet
+    out.setdefault("e_alert", 0.0)  # the last alert's evidence (rearm_frac, December 2026): none yet
     for name, value in _ramp_start({k: state.get(k) for k in _RAMP_FROM}, len(names)).items():
         out.setdefault(name, value)
     return out
@@ -166,7 +167,7 @@ def _ramp_start(cols: dict, k: int) -> dict[str, np.ndarray]:
 
 
 # Device columns added to `DeviceRow.ds` after rows were first checkpointed, and their starting values.
-_ADDED_DEVICE_COLUMNS = {"e_prev": 0.0}
+_ADDED_DEVICE_COLUMNS = {"e_prev": 0.0, "e_alert": 0.0}
 
 
 def _row_upgrade(state: dict) -> dict:
