@@ -10,6 +10,7 @@ What `install` patches in place (class attributes, or the app's consumer):
   (`streams/runtime/partition_check.py`);
 - `AIOKafkaConsumerThread._create_worker_consumer`: the worker consumer's fetch wait is `kafka_fetch_max_wait_ms`,
   not Faust's fixed 1,500 ms, and it gathers `kafka_fetch_min_bytes` (`streams/runtime/fetchwait.py`);
+- `TableManager.on_start`: the tables start without Faust's one-second pause (`streams/runtime/tablestart.py`);
 - `Consumer.wait_first`, when `faust_fast_dispatch` is on: no rebalance guard around a delivery that cannot
   block (`streams/runtime/fastpath.py`).
 What `WharfApp` overrides (`streams/runtime/app.py`), which `install` checks are in place:
@@ -50,7 +51,7 @@ def check_versions(found: dict[str, str] | None = None) -> None:
 
 def install(app: Any, fast_dispatch: bool, fetch_max_wait_ms: int, fetch_min_bytes: int) -> None:
     """Check the versions, then install every patch: the class patches now, the consumer's when it exists (an app task)."""
-    from streams.runtime import fetchwait, partition_check
+    from streams.runtime import fetchwait, partition_check, tablestart
 
     check_versions()
     missing = [name for name in ("flow_control", "_new_consumer", "_on_agent_error") if name not in type(app).__dict__]
@@ -58,6 +59,7 @@ def install(app: Any, fast_dispatch: bool, fetch_max_wait_ms: int, fetch_min_byt
         raise TypeError(f"{type(app).__name__} lacks Wharf's overrides {missing} (streams/runtime/app.py WharfApp)")
     partition_check.install()
     fetchwait.install(fetch_max_wait_ms, fetch_min_bytes)
+    tablestart.install()
 
     if fast_dispatch:
         @app.task
