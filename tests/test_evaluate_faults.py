@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from online_models.evaluation.faults import AlarmEvent, TrueFault, score_faults
+from online_models.evaluation.faults import AlarmEvent, TrueFault, format_report, score_faults
 from online_models.sensing import SensorSetup
 from schemas.validation import Limits
 from wharf import faults
@@ -70,3 +70,17 @@ def test_a_fault_missed_under_an_alarm_that_was_already_open_is_counted_apart():
     assert r.kinds["spikes"].detected == 0 and r.kinds["spikes"].missed_while_alarming == 1 and r.false_alarms == 1
     cleared_before = [opened_before[0], AlarmEvent(90.0, "d1", "anomaly", "battery", "CLEARED_UNACK", 2)]
     assert score_faults([f], cleared_before, device_hours=1.0).kinds["spikes"].missed_while_alarming == 0
+
+
+def test_a_fault_cut_off_by_the_runs_end_before_any_alarm_is_unresolved_not_missed():
+    cut = TrueFault("compressor_failure", "d1", "temperature", 100.0, 430.0, cut_off=True)  # the run ended at 430
+    cut_seen = TrueFault("compressor_failure", "d2", "temperature", 100.0, 430.0, cut_off=True)
+    whole = TrueFault("compressor_failure", "d3", "temperature", 100.0, 1900.0)
+    alarms = [AlarmEvent(400.0, "d2", "anomaly", "temperature", "ACTIVE_UNACK", 1),  # flagged before the end: detected
+              AlarmEvent(1000.0, "d3", "rule:temperature", "temperature", "ACTIVE_UNACK", 1)]  # the rule, no model
+    r = score_faults([cut, cut_seen, whole], alarms, device_hours=3.0)
+    k = r.kinds["compressor_failure"]
+    assert (k.injections, k.detected, k.unresolved, k.missed, k.rate) == (3, 2, 1, 0, 1.0)
+    assert (k.model_first, k.race_open) == (1, 1)  # d2's model alarm came before any rule; d1's race is open
+    text = format_report(r)
+    assert "before the rule (or without it) in 1 of 2" in text and "1 cut off by the run's end" in text

@@ -554,3 +554,42 @@ def test_a_device_written_before_the_ramp_level_restores_with_it_started_as_the_
     np.testing.assert_array_equal(m.rl_mean, m.lv_mean)
     np.testing.assert_array_equal(m.df_mad, m.lg_mad)
     assert not m.rl_slope.any() and m.cfg.ramp_margin == 2.0
+
+
+def test_a_device_written_before_the_drift_anchor_restores_with_none() -> None:
+    """A `DeviceRow` checkpointed before the drift's anchor scale (`cu_anc`) existed, and one from before the ramp
+    level too, get the column in the bank's order, 0 (no excursion anchored), fit the bank and keep scoring; a
+    model checkpoint without the array gets zeros."""
+    import dataclasses
+
+    from agents.devices import SETUP, STATE_CODEC, DeviceState
+    from online_models.anomaly import kernels as K
+    from online_models.anomaly.bank import DeviceRow
+    from schemas.state import StateType
+
+    bank, ts, x = _bank_with_devices()
+    row = bank.row("dev-a")
+    for drop in (("cu_anc",), ("rl_mean", "rl_mad", "rl_slope", "df_mad", "cu_anc")):
+        cut = [row.ms_names.index(c) for c in drop]
+        old = {**vars(row), "ms_names": [n for n in row.ms_names if n not in drop], "ms": np.delete(row.ms, cut, axis=1)}
+        if "rl_mean" in drop:
+            cfg = dataclasses.replace(row.cfg)
+            for name in ("ramp_trend_alpha", "ramp_margin"):
+                del cfg.__dict__[name]
+            old["cfg"] = cfg
+        writer = StateCodec(StateTypes(STATE_CODEC.types, StateTypes(StateType(DeviceRow, lambda r, old=old: old))))
+        restored = STATE_CODEC.loads(writer.dumps(row))
+        assert restored.ms_names == row.ms_names and restored.ms.shape == row.ms.shape
+        assert not restored.ms[:, K.CU_ANC].any()
+        keep = [i for i in range(row.ms.shape[1]) if i not in cut]
+        np.testing.assert_array_equal(restored.ms[:, keep], row.ms[:, keep])
+        a = SETUP.new_bank()
+        a.insert("dev-a", restored)
+        t, v = ts[2000:2400], x[2000:2400] + 15 * (np.arange(400) > 200)
+        ra = a.score_learn_batch(np.full(400, a.slot("dev-a")), t, {"temperature": v, "humidity": v / 2}).scores
+        assert (ra >= bank.cfg.min_threshold).any()
+
+    state, _, _ = _device_state()
+    del state.model.__dict__["cu_anc"]
+    m = DeviceState.load(state.dump()).model
+    assert m.cu_anc.shape == m.cu_beta.shape and not m.cu_anc.any()

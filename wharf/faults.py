@@ -98,7 +98,8 @@ def run_seed(setup: SensorSetup, limits: Limits, seed: int, devices: int, hours:
     flush()
     # readings (and so alarms) carry each device's own clock, skewed from the simulator's: so does the ground truth
     skew = {d.device_id: d.skew_s for d in sim.devices}
-    faults = [TrueFault(f.kind, f.device_id, f.metric, f.start_ts + skew[f.device_id], min(f.end_ts, end_ts) + skew[f.device_id])
+    faults = [TrueFault(f.kind, f.device_id, f.metric, f.start_ts + skew[f.device_id], min(f.end_ts, end_ts) + skew[f.device_id],
+                        cut_off=f.end_ts > end_ts)
               for f in sim.faults if f.start_ts < end_ts]
     alerts.sort(key=lambda a: a.ts)
     return SeedRun(faults, [_event(a) for a in alerts], readings, refused, len(sim.devices) * hours)
@@ -115,7 +116,7 @@ def evaluate(settings, devices: int = 32, hours: float = 2.0, seeds: Iterable[in
     for seed in seeds:
         run = run_seed(setup, limits, seed, devices, hours, fault_every_s, warmup_s=warmup_s)
         runs.append(run)
-        faults += [TrueFault(f.kind, f"{seed}:{f.device_id}", f.metric, f.start_ts, f.end_ts) for f in run.faults]
+        faults += [TrueFault(f.kind, f"{seed}:{f.device_id}", f.metric, f.start_ts, f.end_ts, f.cut_off) for f in run.faults]
         alarms += [AlarmEvent(a.ts, f"{seed}:{a.device_id}", a.alarm_type, a.metric, a.status, a.rev) for a in run.alarms]
     return score_faults(faults, alarms, sum(r.device_hours for r in runs), grace_s), runs
 

@@ -92,7 +92,7 @@ _MS_VECTORS = {
     "s_mad": K.S_MAD, "s_n": K.S_N, "w_mad": K.W_MAD, "w_n": K.W_N, "t_first": K.T_FIRST, "fc_err": K.FC_ERR,
     "last": K.LAST, "run": K.RUN, "repeat_rate": K.REPEAT, "cu_peak": K.CU_PEAK, "cu_beta": K.CU_BETA,
     "cu_nexc": K.CU_NEXC, "sp_lo": K.SP_LO, "sp_hi": K.SP_HI, "rl_mean": K.RL_MEAN, "rl_mad": K.RL_MAD,
-    "rl_slope": K.RL_SLOPE, "df_mad": K.DF_MAD,
+    "rl_slope": K.RL_SLOPE, "df_mad": K.DF_MAD, "cu_anc": K.CU_ANC,
 }
 _MS_FRESH = {K.LAST: math.nan, K.T_FIRST: math.nan, K.REPEAT: 0.5, K.CU_PPOS: 0.5, K.CU_SCALE: 1.0, K.SP_LO: math.nan,
              K.SP_HI: math.nan}

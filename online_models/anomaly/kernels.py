@@ -21,7 +21,8 @@ CU_PEAK, CU_BETA, CU_NEXC = range(19, 22)  # drift's upper tail: running excursi
 SP_LO, SP_HI = 22, 23  # range of the readings so far (spatial anomaly; NaN: none yet)
 # the ramp level (Holt): level, spread around level + trend, trend per row; spread of row-to-row differences
 RL_MEAN, RL_MAD, RL_SLOPE, DF_MAD = 24, 25, 26, 27
-MS_FIXED = 28
+CU_ANC = 28  # the drift scale an excursion beyond the tail point started under (0: none; -1: spent by an alert)
+MS_FIXED = 29
 # per device (ds columns)
 C_WEIGHT, HST_LAST, HC_MEAN, HC_VAR, HC_N, SUPPRESS, BURST, SINCE, SIL_IV, SIL_LAST, SIL_N, N_ROWS, \
     HST_COUNT, HST_FIRST, HST_TID, E_PREV, E_ALERT = range(17)
@@ -455,13 +456,34 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
         te = cf[F_DRIFT_TE]
         s0 = (te - e0) * mu * _LN10
         beta = max(ms[s, CU_BETA], mu)
+        # an excursion beyond the tail point is also scored against the scale it started under, until the device
+        # alerts (the scale learns the excursion row by row: a young model's learns a slow climb away)
+        anc = ms[s, CU_ANC]
+        if anc > 0 and ds[d, SUPPRESS] > 0:
+            anc = -1.0
+        # only an excursion that crosses the tail point once the slow baseline is an EWMA (not a young running mean)
+        anc_ok = lg_n * cf[F_LONG_ALPHA] >= 1.0
+        c_prev = max(ms[s, CU_POS], ms[s, CU_NEG])
         for i in range(B):
             c = max(cu_p[i, j], cu_n[i, j])
             cus[i, j] = c
             e = e0 + c / (mu * _LN10)
             if ms[s, CU_NEXC] > 0:
                 e = min(e, te + (c - s0) / (beta * _LN10))
+            if valid[i, j]:
+                if c <= 0:
+                    anc = 0.0
+                elif c > s0 and anc == 0 and c_prev <= s0 and anc_ok:
+                    anc = mu
+                if anc > 0:
+                    ea = e0 + c / (anc * _LN10)
+                    if ms[s, CU_NEXC] > 0:
+                        ea = min(ea, te + (c - (te - e0) * anc * _LN10) / (max(ms[s, CU_BETA], anc) * _LN10))
+                    e = max(e, ea)
+                c_prev = c
             ev[i, j, _DRIFT] = max(e, 0.0) if ok and c > 0 and valid[i, j] else 0.0
+        if B:
+            ms[s, CU_ANC] = anc
         # seasonal
         mature = True
         for b in range(sb):

@@ -269,6 +269,7 @@ class DeviceAnomalyModel:
         self.cu_ppos, self.cu_scale = z.copy(), z.copy()  # drift calibration: P(S > 0), mean positive S
         # ... its upper tail: running peak of the current excursion, mean excess of ended ones, their count
         self.cu_peak, self.cu_beta, self.cu_nexc = z.copy(), z.copy(), z.copy()
+        self.cu_anc = z.copy()  # the scale an excursion beyond the tail point started under (0: none; -1: spent)
         self.sp_lo, self.sp_hi = z.copy(), z.copy()  # range of the readings so far (NaN: none yet)
         # the ramp level (`ramp_learn`): level, spread around level + trend, trend; spread of row-to-row differences
         self.rl_mean, self.rl_mad, self.rl_slope, self.df_mad = z.copy(), z.copy(), z.copy(), z.copy()
@@ -320,7 +321,7 @@ class DeviceAnomalyModel:
             return np.concatenate([a, col], axis=-1)
 
         for attr in ("lv_mean", "lv_mad", "lv_n", "lg_mean", "lg_mad", "lg_n", "recent", "cu_pos", "cu_neg",
-                     "cu_peak", "cu_beta", "cu_nexc", "s_means", "rl_mean", "rl_mad", "rl_slope", "df_mad",
+                     "cu_peak", "cu_beta", "cu_nexc", "cu_anc", "s_means", "rl_mean", "rl_mad", "rl_slope", "df_mad",
                      "s_counts", "s_mad", "s_n", "w_means", "w_counts", "w_mad", "w_n", "lagbuf", "fc_err", "run"):
             setattr(self, attr, grow(getattr(self, attr)))
         self.last = grow(self.last, math.nan)
@@ -397,6 +398,29 @@ class DeviceAnomalyModel:
         beta = np.maximum(self.cu_beta, mu)
         e_tail = cfg.drift_tail_e + (cus - s0) / (beta * _LN10)
         e_drift = np.where(self.cu_nexc > 0, np.minimum(e_drift, e_tail), e_drift)
+        # an excursion beyond the tail point is also scored against the scale it started under, until the device
+        # alerts: the scale learns the excursion row by row, and a young model's learns a slow climb away
+        anc = np.where((self.cu_anc > 0) & (self.suppress_left > 0), -1.0, self.cu_anc)
+        # only an excursion that crosses the tail point once the slow baseline is an EWMA (not a young running mean)
+        anc_ok = self.lg_n * cfg.long_alpha >= 1.0
+        for j in np.flatnonzero((anc != 0) | (cus > s0).any(axis=0)).tolist():
+            a, te = float(anc[j]), cfg.drift_tail_e
+            c_prev = max(float(self.cu_pos[j]), float(self.cu_neg[j]))
+            for i in range(b_rows):
+                if not valid[i, j]:
+                    continue
+                c = float(cus[i, j])
+                if c <= 0:
+                    a = 0.0
+                elif c > s0[j] and a == 0 and c_prev <= s0[j] and anc_ok[j]:
+                    a = float(mu[j])
+                if a > 0:
+                    ea = e0[j] + c / (a * _LN10)
+                    if self.cu_nexc[j] > 0:
+                        ea = min(ea, te + (c - (te - e0[j]) * a * _LN10) / (max(self.cu_beta[j], a) * _LN10))
+                    e_drift[i, j] = max(e_drift[i, j], ea)
+                c_prev = c
+            anc[j] = a
         e_drift = np.where(ok & (cus > 0) & valid, np.maximum(e_drift, 0.0), 0.0)
         bins = ((ts % 86400.0) / 86400.0 * cfg.seasonal_bins).astype(np.int64) % cfg.seasonal_bins
         mature = self.s_counts.min(axis=0) >= 3 if m else np.zeros(0, bool)
@@ -463,7 +487,7 @@ class DeviceAnomalyModel:
         spatial = out_r.any(axis=1) if (m and cfg.spatial_tol > 0) else np.zeros(b_rows, bool)
         feats = np.stack([0.5 + 0.5 * np.tanh(zl * 0.25), 0.5 + 0.5 * np.tanh(zseas * 0.25),
                           0.5 + 0.5 * np.tanh(zf * 0.25)], axis=2)  # scaled to [0, 1] for HST
-        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in, cu_pos=cu_pos, cu_neg=cu_neg, cus=cus,
+        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in, cu_pos=cu_pos, cu_neg=cu_neg, cus=cus, cu_anc=anc,
                         same=same, run=run, feats=feats, spatial=spatial)
 
     def _evidence(self, raw: np.ndarray) -> np.ndarray:
@@ -551,6 +575,7 @@ class DeviceAnomalyModel:
             self.recent = np.concatenate([self.recent, aux["zlc"]])[-w1:]
         if b_rows:
             self.cu_pos, self.cu_neg = aux["cu_pos"][-1], aux["cu_neg"][-1]
+            self.cu_anc = aux["cu_anc"]
             cus = aux["cus"]
             pos = valid & (cus > 0)
             self._learn_excursions(cus, valid)

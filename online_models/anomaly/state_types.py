@@ -13,7 +13,7 @@ import numpy as np
 from river.anomaly.hst import HalfSpaceTrees
 from river.tree.padded import PaddedBranch, PaddedLeaf
 
-from online_models.anomaly.bank import DeviceRow
+from online_models.anomaly.bank import MS_NAMES, DeviceRow
 from online_models.anomaly.detectors import SilenceDetector
 from online_models.anomaly.forecaster import OnlineMLPForecaster
 from online_models.anomaly.model import AnomalyConfig, DeviceAnomalyModel
@@ -123,7 +123,7 @@ def _forecaster_state(fc: OnlineMLPForecaster) -> dict[str, Any]:
 _DEFAULT_CONFIG = AnomalyConfig()
 # Per-metric arrays added after devices were first checkpointed, and what a device written before them starts with:
 # the drift tail of ended excursions (December 2026) starts with none learned, as a new metric does.
-_ADDED_METRIC_ARRAYS = ("cu_peak", "cu_beta", "cu_nexc")
+_ADDED_METRIC_ARRAYS = ("cu_peak", "cu_beta", "cu_nexc", "cu_anc")
 
 
 def _config_upgrade(state: dict) -> dict:
@@ -159,6 +159,7 @@ def _model_upgrade(state: dict) -> dict:
 # The ramp level (December 2026) on a device written before it: it starts as the plain level (its spread too, so it
 # does not speak for `level` until it has predicted better), and its noise floor from the long level, as before.
 _RAMP_FROM = ("lv_mean", "lv_mad", "lg_mad")
+_RAMP_COLS = ("rl_mean", "rl_mad", "rl_slope", "df_mad")
 
 
 def _ramp_start(cols: dict, k: int) -> dict[str, np.ndarray]:
@@ -185,14 +186,19 @@ def _row_upgrade(state: dict) -> dict:
 
 
 def _row_upgrade_ms(state: dict) -> dict:
+    """Fixed metric columns added after rows were first checkpointed, put in the bank's order: the ramp level's
+    (started as `_ramp_start` says) and the drift's anchor scale (`cu_anc`, December 2026: none yet, 0)."""
     names, ms = state.get("ms_names"), state.get("ms")
-    if type(names) is not list or type(ms) is not np.ndarray or ms.ndim != 2 or "rl_mean" in names \
-            or not all(c in names for c in _RAMP_FROM) or ms.shape[1] < len(names):
+    if type(names) is not list or type(ms) is not np.ndarray or ms.ndim != 2 or ms.shape[1] < len(names):
+        return state
+    missing = [c for c in MS_NAMES if c not in names]
+    if not missing or not set(missing) <= {*_RAMP_COLS, "cu_anc"} or not all(c in names for c in _RAMP_FROM) \
+            or not set(names) <= set(MS_NAMES):
         return state
     start = _ramp_start({c: ms[:, names.index(c)] for c in _RAMP_FROM}, ms.shape[0])
-    cols = np.stack([start[c] for c in start], axis=1).astype(ms.dtype)
-    f = len(names)
-    return {**state, "ms_names": names + list(start), "ms": np.concatenate([ms[:, :f], cols, ms[:, f:]], axis=1)}
+    cols = [ms[:, names.index(c)] if c in names else start.get(c, np.zeros(ms.shape[0])) for c in MS_NAMES]
+    fixed = np.stack(cols, axis=1).astype(ms.dtype)
+    return {**state, "ms_names": list(MS_NAMES), "ms": np.concatenate([fixed, ms[:, len(names):]], axis=1)}
 
 
 _ROW_FIELDS = frozenset(DeviceRow.__dataclass_fields__)

@@ -13,6 +13,12 @@ path's device step produced (`AlarmEvent`).
 - For each fault, ``rule_ts`` (when a hard limit rule first fired within it, if ever)
   is kept beside ``model_ts`` (the learned model's first alarm), to say whether the
   model warned before the rule.
+- A fault the run ended before it did (``cut_off``: its ``end_ts`` is the run's end) and that no matching alarm
+  flagged in the span the run saw is *unresolved*: neither detected nor missed, and left out of the detection
+  rate and of the model-vs-rule comparison (a compressor failure that started 5 minutes before the end has
+  warmed its room ~1.4 °C: neither the 8 °C rule nor a model that needs ~5-9 minutes could have flagged it
+  yet, and counting it as a miss would charge the detector for the run's length). Reported as its own
+  column, never dropped; one that was flagged in time counts as detected like any other.
 - A fault missed while a matching alarm was already active when it started (opened
   by an earlier fault or a false alarm, not yet cleared) is counted apart: the
   alarm book updates an open alarm instead of opening another, so no new event says
@@ -37,6 +43,7 @@ class TrueFault:
     metric: str
     start_ts: float
     end_ts: float
+    cut_off: bool = False  # the run ended before the fault did (end_ts is the run's end)
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,16 @@ class FaultOutcome:
     already_alarming: bool = False  # a matching alarm was active when the fault started
 
     @property
+    def unresolved(self) -> bool:
+        """Cut off by the run's end before any matching alarm: the run cannot say detected or missed."""
+        return self.fault.cut_off and self.first_ts is None
+
+    @property
+    def rule_race_open(self) -> bool:
+        """Cut off before either the model or the rule alarmed: the run cannot say which came first."""
+        return self.fault.cut_off and self.model_ts is None and self.rule_ts is None
+
+    @property
     def delay(self) -> float | None:
         return None if self.first_ts is None else self.first_ts - self.fault.start_ts
 
@@ -79,10 +96,20 @@ class KindSummary:
     model_first: int = 0  # ... no later than the rule (or the rule never fired)
     rule_fired: int = 0
     model_leads: list[float] = field(default_factory=list)  # rule_ts - model_ts where both fired
+    unresolved: int = 0  # cut off by the run's end before any matching alarm: neither detected nor missed
+    race_open: int = 0  # cut off before either the model or the rule alarmed: not in the model-vs-rule count
+
+    @property
+    def resolved(self) -> int:
+        return self.injections - self.unresolved
+
+    @property
+    def missed(self) -> int:
+        return self.resolved - self.detected
 
     @property
     def rate(self) -> float:
-        return self.detected / self.injections if self.injections else 0.0
+        return self.detected / self.resolved if self.resolved else 0.0
 
     def delay_p(self, q: float) -> float | None:
         return float(np.percentile(self.delays, q)) if self.delays else None
@@ -150,8 +177,11 @@ def score_faults(faults: Iterable[TrueFault], alarms: Iterable[AlarmEvent], devi
             k.detected += 1
             k.delays.append(o.delay)
             k.by_type[o.first_type.split(":")[0]] = k.by_type.get(o.first_type.split(":")[0], 0) + 1
+        elif o.unresolved:
+            k.unresolved += 1
         elif o.already_alarming:
             k.missed_while_alarming += 1
+        k.race_open += o.rule_race_open
         if o.rule_ts is not None:
             k.rule_fired += 1
         if o.model_ts is not None:
@@ -171,11 +201,11 @@ def format_report(report: FaultReport, title: str = "") -> str:
     """A plain-text table per fault kind, then false alarms and the model-vs-rule comparison."""
     lines = [title] if title else []
     lines.append(f"  {'fault':<20} {'injected':>8} {'detected':>8} {'missed':>6} {'rate':>6} {'delay p50':>9} {'delay p90':>9}"
-                 f"  {'missed, already alarming':>24}  first alarm types")
+                 f"  {'missed, already alarming':>24}  {'cut off by the end':>18}  first alarm types")
     for k in report.kinds.values():
         types = ", ".join(f"{t} {n}" for t, n in sorted(k.by_type.items()))
-        lines.append(f"  {k.kind:<20} {k.injections:>8} {k.detected:>8} {k.injections - k.detected:>6} {100 * k.rate:>5.0f}% "
-                     f"{_fmt(k.delay_p(50)):>8}s {_fmt(k.delay_p(90)):>8}s  {k.missed_while_alarming:>24}  {types}")
+        lines.append(f"  {k.kind:<20} {k.injections:>8} {k.detected:>8} {k.missed:>6} {100 * k.rate:>5.0f}% "
+                     f"{_fmt(k.delay_p(50)):>8}s {_fmt(k.delay_p(90)):>8}s  {k.missed_while_alarming:>24}  {k.unresolved:>18}  {types}")
     types = ", ".join(f"{t} {n}" for t, n in report.false_alarm_types.items()) or "none"
     lines.append(f"  false alarms: {report.false_alarms} in {report.device_hours:.1f} device-hours = "
                  f"{report.false_per_device_hour:.2f} per device-hour ({types}); grace after a fault {report.grace_s:.0f}s")
@@ -184,5 +214,7 @@ def format_report(report: FaultReport, title: str = "") -> str:
             leads = (f"; rule time minus model time p50 {np.percentile(k.model_leads, 50):+.1f}s over {len(k.model_leads)}"
                      if k.model_leads else "")
             lines.append(f"  {k.kind} vs its limit rule: rule fired in {k.rule_fired} of {k.injections}, the learned model "
-                         f"alarmed in {k.model_alarmed}, before the rule (or without it) in {k.model_first}{leads}")
+                         f"alarmed in {k.model_alarmed}, before the rule (or without it) in {k.model_first} of "
+                         f"{k.injections - k.race_open}{leads}"
+                         + (f" ({k.race_open} cut off by the run's end before either alarmed)" if k.race_open else ""))
     return "\n".join(lines)
