@@ -18,18 +18,18 @@ clock tick):
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
 
+from online_models.recommender import cooc as _row
 from schemas.state import StateType, StateTypes
 
-_MAX_EXPONENT = 30.0  # rescale forward-decayed maps before exp() grows past ~1e13
+_MAX_EXPONENT = _row.MAX_EXPONENT
 
 
 def decayed(value: float, ts: float, t: float, rate: float) -> float:
@@ -66,10 +66,16 @@ class ItemState:
     category: str | None = None
     price: float | None = None
     active: bool = True
+    cooc_rows: np.ndarray = field(default_factory=lambda: _row.NO_ROWS)
+    """Co-occurrence row 'item -> other item', bounded to the top-N: the others' rows in the model's dense index
+    (`cooc.py`), the first `cooc_len` used; `cooc_vals` their forward-decayed weights."""
+    cooc_vals: np.ndarray = field(default_factory=lambda: _row.NO_VALS)
+    cooc_len: int = 0
     cooc: dict[str, float] = field(default_factory=dict)
-    """Forward-decayed weight of 'item -> other item' pairs, bounded to the top-N."""
+    """The row by item id: only in checkpoints (`OnlineRecommender.checkpoint_item`) and in a restored item until
+    its model takes it in (`OnlineRecommender.rebuild_caches`); empty in a live model."""
     cooc_total: float = 0.0
-    """Sum of all pair weights ever added (same scale as `cooc`), including pruned ones."""
+    """Sum of all pair weights ever added (same scale as the row), including pruned ones."""
     cooc_pairs: int = 0
     cooc_clock: float = 0.0
     """Decay clock of the row at its last pair: rate_s * ts + rate_pairs * pairs. It moves
@@ -87,36 +93,15 @@ class ItemState:
     last_ts: float = 0.0
     """Event time it was last clicked or registered: the eviction order (`evict.LastSeen`)."""
 
-    def add_pairs(self, pairs: Iterable[tuple[str, float]], t: float, rate_s: float, rate_pairs: float, top_n: int) -> None:
-        """Add `(other, amount)` pairs at time `t`, in order; each moves the row's decay clock by one pair.
-        One call per event and row: the reverse pairs of a click (up to `pair_window`) go in together."""
-        cooc = self.cooc
-        npairs = self.cooc_pairs
-        clock = self.cooc_clock
-        ref = self.cooc_ref
-        total = self.cooc_total
-        base = rate_s * t
-        limit = top_n + (top_n >> 1)
-        for other, amount in pairs:
-            npairs += 1
-            c = base + rate_pairs * npairs
-            if c > clock:  # a late event is as old as the row, not older
-                clock = c
-            exponent = clock - ref
-            if exponent > _MAX_EXPONENT or not cooc:
-                if cooc:
-                    shrink = math.exp(-exponent)
-                    for k in cooc:
-                        cooc[k] *= shrink
-                    total *= shrink
-                ref, exponent = clock, 0.0
-            scaled = amount * math.exp(exponent)
-            cooc[other] = cooc.get(other, 0.0) + scaled
-            total += scaled
-            if len(cooc) > limit:
-                # Amortised O(1): prune back to top-N every N/2 new neighbours.
-                cooc = dict(heapq.nlargest(top_n, cooc.items(), key=itemgetter(1)))
-        self.cooc, self.cooc_pairs, self.cooc_clock, self.cooc_ref, self.cooc_total = cooc, npairs, clock, ref, total
+    def add_pairs(self, others: np.ndarray, amounts: np.ndarray, t: float, rate_s: float, rate_pairs: float,
+                  top_n: int) -> None:
+        """Add pairs (`others`: dense-index rows, int32; `amounts`: float64) at time `t`, in order; each moves the
+        row's decay clock by one pair. One call per event and row: the reverse pairs of a click go in together."""
+        rows, vals = _row.room(self.cooc_rows, self.cooc_vals, self.cooc_len, len(others), top_n)
+        self.cooc_rows, self.cooc_vals = rows, vals
+        self.cooc_len, self.cooc_pairs, self.cooc_clock, self.cooc_ref, self.cooc_total = _row.add_pairs(
+            rows, vals, self.cooc_len, others, amounts, rate_s * t, rate_pairs, self.cooc_pairs, self.cooc_clock,
+            self.cooc_ref, self.cooc_total, top_n, _row.MAX_EXPONENT)
 
     def cooc_prior_scale(self) -> float:
         """Factor that brings an unscaled pseudo-count to the row's scale (as of its last pair)."""
@@ -183,15 +168,30 @@ _USER_SLOT_NAMES = frozenset(UserState.__slots__)
 _ITEM_SLOT_NAMES = frozenset(ItemState.__slots__)
 
 
+_ROW_SLOTS = ("cooc_rows", "cooc_vals", "cooc_len")  # a live row, in the model's row numbers: never in a checkpoint
+_ITEM_CHECKPOINT_SLOTS = tuple(n for n in ItemState.__slots__ if n not in _ROW_SLOTS)
+_ITEM_CHECKPOINT_GET = attrgetter(*_ITEM_CHECKPOINT_SLOTS)
+
+
+def _item_state(item: ItemState) -> dict[str, Any]:
+    """An item's slots with its row by item id (`cooc`): a live row names rows of its model's index, which mean
+    nothing elsewhere, so an item whose row is live must be written through `OnlineRecommender.checkpoint_item`."""
+    if item.cooc_len:
+        raise ValueError(f"item {item.item_id!r} has a live co-occurrence row: write OnlineRecommender.checkpoint_item")
+    return dict(zip(_ITEM_CHECKPOINT_SLOTS, _ITEM_CHECKPOINT_GET(item)))
+
+
 def _set_item_state(item: ItemState, state: Any) -> None:
-    """An item's slots; `last_ts`, absent from checkpoints written before eviction, from its popularity clocks."""
-    if type(state) is not dict or not state.keys() <= _ITEM_SLOT_NAMES:
+    """An item's slots; `last_ts`, absent from checkpoints written before eviction, from its popularity clocks.
+    The row comes by item id (`cooc`), for the model to take in (`OnlineRecommender.rebuild_caches`)."""
+    if type(state) is not dict or not state.keys() <= _ITEM_SLOT_NAMES or state.keys() & _ROW_SLOTS:
         raise ValueError("not the fields of an ItemState")
     for name, value in state.items():
         object.__setattr__(item, name, value)
+    item.cooc_rows, item.cooc_vals, item.cooc_len = _row.NO_ROWS, _row.NO_VALS, 0
     if "last_ts" not in state:
         item.last_ts = max(state.get("popular_ts", 0.0), state.get("trending_ts", 0.0))
 
 
 # Checkpoints (`streams/learning/shard.py`) write these in Wharf's state format, which rebuilds only the classes listed here.
-STATE_TYPES = StateTypes(StateType(UserState, _user_state, _set_user_state), StateType(ItemState, None, _set_item_state), GlobalState)
+STATE_TYPES = StateTypes(StateType(UserState, _user_state, _set_user_state), StateType(ItemState, _item_state, _set_item_state), GlobalState)
