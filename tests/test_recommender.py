@@ -289,7 +289,7 @@ def test_state_format_gives_back_equal_users_and_items_with_their_own_arrays():
     for ev in simulate_clicks(1500, seed=4, n_users=100, n_items=150):
         model.learn_one(ev)
     objects = [*list(model.users.values())[:30], *(model.checkpoint_item(st) for st in list(model.items.values())[:30])]
-    assert all(st.cooc and not st.cooc_len for st in objects[30:])  # the rows by item id, as checkpoints hold them
+    assert all(st.cooc_ids and not st.cooc_len for st in objects[30:])  # the rows by item id, as checkpoints hold them
     with pytest.raises(StateFormatError, match="live co-occurrence row"):
         StateCodec(STATE_TYPES).dumps(next(st for st in model.items.values() if st.cooc_len))
     codec = StateCodec(STATE_TYPES)
@@ -305,7 +305,38 @@ def test_state_format_gives_back_equal_users_and_items_with_their_own_arrays():
         if back.factors is not None:
             back.factors += 1.0  # its own buffer, not the record's nor the original's
             assert not np.array_equal(back.factors, obj.factors)
-        assert back.recent == obj.recent if isinstance(obj, UserState) else back.cooc == obj.cooc
+        assert back.recent == obj.recent if isinstance(obj, UserState) else back.cooc_ids == obj.cooc_ids
+
+
+def test_items_checkpointed_with_dict_rows_restore_into_array_rows():
+    """Checkpoints written before rows were arrays hold each row as a dict `cooc` (item id -> weight): they restore,
+    and the restored model ranks as the one whose rows were written the new way."""
+    from online_models.recommender.state import STATE_TYPES as types
+    from schemas.state import StateType, StateTypes
+
+    model = OnlineRecommender(RecommenderConfig(seed=3))
+    for ev in simulate_clicks(2500, seed=8, n_users=120, n_items=180):
+        model.learn_one(ev)
+
+    def old_item(st: ItemState) -> dict:  # the fields of an ItemState as the previous version wrote them
+        out = {name: getattr(st, name) for name in ItemState.__slots__
+               if name not in ("cooc_rows", "cooc_vals", "cooc_len", "cooc_ids", "cooc_weights")}
+        return {**out, "cooc": model.cooc_row(st.item_id)}
+
+    old_codec = StateCodec(StateTypes(types, StateType(ItemState, old_item)))  # the later entry wins
+    new_codec = StateCodec(types)
+    users = {k: new_codec.loads(new_codec.dumps(v)) for k, v in model.users.items()}
+    state = new_codec.loads(new_codec.dumps(model.state))
+    old = {k: new_codec.loads(old_codec.dumps(v)) for k, v in model.items.items()}
+    new = {k: new_codec.loads(new_codec.dumps(model.checkpoint_item(v))) for k, v in model.items.items()}
+    assert any(st.cooc_ids for st in old.values())
+    from_old = OnlineRecommender(model.config, users=users, items=old, state=state)
+    from_new = OnlineRecommender(model.config, users={k: new_codec.loads(new_codec.dumps(v)) for k, v in model.users.items()},
+                                 items=new, state=new_codec.loads(new_codec.dumps(model.state)))
+    for item_id in model.items:
+        assert from_old.cooc_row(item_id) == from_new.cooc_row(item_id) == model.cooc_row(item_id)
+    for user in list(model.users)[:20]:
+        assert from_old.recommend(user, 10) == from_new.recommend(user, 10) == model.recommend(user, 10)
 
 
 def test_simulator_is_deterministic_and_well_formed():

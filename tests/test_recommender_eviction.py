@@ -34,7 +34,7 @@ def check_consistent(model: OnlineRecommender) -> None:
         rows = st.cooc_rows[:st.cooc_len].tolist()
         assert len(set(rows)) == len(rows) and all(0 <= r < len(items) for r in rows), st.item_id
         assert model.cooc_row(st.item_id).keys() <= items.keys(), f"{st.item_id}'s row names evicted items"
-        assert not st.cooc  # the rows by id are only in checkpoints
+        assert st.cooc_ids is None  # the rows by id are only in checkpoints
     assert set(model.state.recent_items) <= items.keys()
     n = len(items)
     codes = model.index.category[:n]

@@ -29,6 +29,7 @@ class ItemIndex:
         self._alloc(capacity)
 
     def _alloc(self, capacity: int) -> None:
+        self.names = np.empty(capacity, dtype=object)  # `ids` as an array: a row's neighbours' ids in one take
         self.q = np.zeros((capacity, self.dim), dtype=np.float32)
         self.bias = np.zeros(capacity, dtype=np.float32)
         self.popular = np.zeros(capacity, dtype=np.float64)
@@ -40,10 +41,11 @@ class ItemIndex:
         return len(self.ids)
 
     def _grow(self) -> None:
-        old = (self.q, self.bias, self.popular, self.trending, self.category, self.active)
+        old = (self.q, self.bias, self.popular, self.trending, self.category, self.active, self.names)
         n = len(self.ids)
         self._alloc(max(1024, 2 * self.q.shape[0]))
-        for new, prev in zip((self.q, self.bias, self.popular, self.trending, self.category, self.active), old, strict=True):
+        for new, prev in zip((self.q, self.bias, self.popular, self.trending, self.category, self.active, self.names), old,
+                             strict=True):
             new[:n] = prev[:n]
 
     def category_code(self, category: str | None) -> int:
@@ -61,6 +63,7 @@ class ItemIndex:
                 self._grow()
             row = self.row[state.item_id] = len(self.ids)
             self.ids.append(state.item_id)
+            self.names[row] = state.item_id
         self.write(row, state)
         return row
 
@@ -94,8 +97,9 @@ class ItemIndex:
         keep = np.ones(n, dtype=bool)
         keep[rows] = False
         m = int(keep.sum())
-        for a in (self.q, self.bias, self.popular, self.trending, self.category, self.active):
+        for a in (self.q, self.bias, self.popular, self.trending, self.category, self.active, self.names):
             a[:m] = a[:n][keep]
+        self.names[m:n] = None
         self.active[m:n] = False
         self.category[m:n] = -1
         self.ids = [i for i, k in zip(self.ids, keep.tolist(), strict=True) if k]

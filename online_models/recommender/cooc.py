@@ -46,49 +46,64 @@ def room(rows: np.ndarray, vals: np.ndarray, n: int, extra: int, top_n: int) -> 
     return r, v
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add(rows: np.ndarray, vals: np.ndarray, n: int, other: int, amount: float, base: float, rate_pairs: float,
+         npairs: int, clock: float, ref: float, total: float, top_n: int,
+         max_exponent: float) -> tuple[int, int, float, float, float]:
+    npairs += 1
+    c = base + rate_pairs * npairs
+    if c > clock:  # a late event is as old as the row, not older
+        clock = c
+    exponent = clock - ref
+    if exponent > max_exponent or n == 0:
+        if n:
+            shrink = math.exp(-exponent)
+            for i in range(n):
+                vals[i] *= shrink
+            total *= shrink
+        ref = clock
+        exponent = 0.0
+    scaled = amount * math.exp(exponent)
+    at = -1
+    for i in range(n):
+        if rows[i] == other:
+            at = i
+            break
+    if at >= 0:
+        vals[at] += scaled
+    else:
+        rows[n] = other
+        vals[n] = scaled
+        n += 1
+    total += scaled
+    if n > top_n + (top_n >> 1):
+        order = np.argsort(-vals[:n], kind="mergesort")[:top_n]
+        kept_rows = rows[order]
+        kept_vals = vals[order]
+        rows[:top_n] = kept_rows
+        vals[:top_n] = kept_vals
+        n = top_n
+    return n, npairs, clock, ref, total
+
+
 @numba.njit(cache=True, nogil=True)
 def add_pairs(rows: np.ndarray, vals: np.ndarray, n: int, others: np.ndarray, amounts: np.ndarray, base: float,
               rate_pairs: float, npairs: int, clock: float, ref: float, total: float,
               top_n: int, max_exponent: float) -> tuple[int, int, float, float, float]:
     """Add `(others[i], amounts[i])` in order, in place; returns the row's new (length, pairs, clock, landmark,
     total). `base` is rate_s * t; `rows`/`vals` must have room for `min(n + len(others), limit + 1)` entries."""
-    lim = top_n + (top_n >> 1)
     for p in range(others.shape[0]):
-        npairs += 1
-        c = base + rate_pairs * npairs
-        if c > clock:  # a late event is as old as the row, not older
-            clock = c
-        exponent = clock - ref
-        if exponent > max_exponent or n == 0:
-            if n:
-                shrink = math.exp(-exponent)
-                for i in range(n):
-                    vals[i] *= shrink
-                total *= shrink
-            ref = clock
-            exponent = 0.0
-        scaled = amounts[p] * math.exp(exponent)
-        other = others[p]
-        at = -1
-        for i in range(n):
-            if rows[i] == other:
-                at = i
-                break
-        if at >= 0:
-            vals[at] += scaled
-        else:
-            rows[n] = other
-            vals[n] = scaled
-            n += 1
-        total += scaled
-        if n > lim:
-            order = np.argsort(-vals[:n], kind="mergesort")[:top_n]
-            kept_rows = rows[order]
-            kept_vals = vals[order]
-            rows[:top_n] = kept_rows
-            vals[:top_n] = kept_vals
-            n = top_n
+        n, npairs, clock, ref, total = _add(rows, vals, n, others[p], amounts[p], base, rate_pairs, npairs, clock, ref,
+                                            total, top_n, max_exponent)
     return n, npairs, clock, ref, total
+
+
+@numba.njit(cache=True, nogil=True)
+def add_pair(rows: np.ndarray, vals: np.ndarray, n: int, other: int, amount: float, base: float, rate_pairs: float,
+             npairs: int, clock: float, ref: float, total: float, top_n: int,
+             max_exponent: float) -> tuple[int, int, float, float, float]:
+    """`add_pairs` of one pair, without building arrays for it (a click's forward pairs go to one row each)."""
+    return _add(rows, vals, n, other, amount, base, rate_pairs, npairs, clock, ref, total, top_n, max_exponent)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -115,4 +130,5 @@ def warm_up() -> None:
     """Compile the kernels (or load them from Numba's cache) with the types the model passes."""
     r, v = np.zeros(4, dtype=np.int32), np.zeros(4)
     add_pairs(r, v, 0, np.zeros(1, dtype=np.int32), np.ones(1), 0.0, 0.0, 0, 0.0, 0.0, 0.0, 2, MAX_EXPONENT)
+    add_pair(r, v, 1, 1, 1.0, 0.0, 0.0, 1, 0.0, 0.0, 0.0, 2, MAX_EXPONENT)
     remap(r, v, 1, np.zeros(4, dtype=np.int32))

@@ -49,7 +49,6 @@ co-occurrence row and the negative-sampling ring (O(items) per batch).
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 from collections.abc import Collection, Iterable, Mapping, MutableMapping
@@ -74,7 +73,7 @@ from online_models.recommender.config import (
 from online_models.recommender import cooc as _row
 from online_models.recommender.evict import LastSeen
 from online_models.recommender.scoring import HAS, SIGNALS, rank
-from online_models.recommender.state import GlobalState, ItemState, UserState, decayed_add, forward_add
+from online_models.recommender.state import GlobalState, ItemState, UserState, checkpoint_copy, decayed_add, forward_add
 
 
 class Ranked(NamedTuple):
@@ -153,11 +152,11 @@ class OnlineRecommender:
                     st.cooc_len = _row.remap(st.cooc_rows, st.cooc_vals, st.cooc_len, new_row)
         row = index.row
         for st in self.items.values():
-            if st.cooc:
-                known = [(row[j], v) for j, v in st.cooc.items() if j in row]
-                st.cooc_rows = np.array([r for r, _ in known], dtype=np.int32)
-                st.cooc_vals = np.array([v for _, v in known], dtype=np.float64)
-                st.cooc_len, st.cooc = len(known), {}
+            if st.cooc_ids is not None:
+                rows = np.array([row.get(j, -1) for j in st.cooc_ids], dtype=np.int32)
+                known = rows >= 0
+                st.cooc_rows, st.cooc_vals = rows[known], st.cooc_weights[known].astype(np.float64)
+                st.cooc_len, st.cooc_ids, st.cooc_weights = len(st.cooc_rows), None, None
         self._seen_users = LastSeen(self.users)
         self._seen_items = LastSeen(self.items)
 
@@ -171,20 +170,20 @@ class OnlineRecommender:
     def cooc_row(self, item_id: str) -> dict[str, float]:
         """An item's co-occurrence row by item id, in the row's order (forward-decayed weights, unnormalised)."""
         st = self.items.get(item_id)
-        if st is None or not st.cooc_len:
-            return dict(st.cooc) if st is not None else {}
-        ids = self.index.ids
+        if st is None:
+            return {}
+        if st.cooc_ids is not None:  # not taken in yet
+            return dict(zip(st.cooc_ids, st.cooc_weights.tolist(), strict=True))
         n = st.cooc_len
-        return dict(zip(map(ids.__getitem__, st.cooc_rows[:n].tolist()), st.cooc_vals[:n].tolist(), strict=True))
+        return dict(zip(self.index.names[st.cooc_rows[:n]].tolist(), st.cooc_vals[:n].tolist(), strict=True))
 
     def checkpoint_item(self, st: ItemState) -> ItemState:
-        """A copy of an item to write to a checkpoint: its row by item id (`ItemState.cooc`), not by index row."""
-        if not st.cooc_len:
+        """A copy of an item to write to a checkpoint: its row by item id (`cooc_ids`, `cooc_weights`), not by index
+        row (the ids in one take from the index's `names`, the weights as one array: cheaper to write than a dict)."""
+        n = st.cooc_len
+        if not n:
             return st
-        out = copy.copy(st)
-        out.cooc = self.cooc_row(st.item_id)
-        out.cooc_rows, out.cooc_vals, out.cooc_len = _row.NO_ROWS, _row.NO_VALS, 0
-        return out
+        return checkpoint_copy(st, self.index.names[st.cooc_rows[:n]].tolist(), st.cooc_vals[:n].copy())
 
     # --------------------------------------------------------------- catalogue
 
@@ -383,7 +382,7 @@ class OnlineRecommender:
         r, rp = self._rate_cooc, self._rate_pairs
         top_n = cfg.cooc_top_n
         target = items[item_id]
-        this = np.array([index_row[item_id]], dtype=np.int32)
+        this = index_row[item_id]
         same, cross, back, pos = cfg.same_session_weight, cfg.cross_session_weight, cfg.backward_weight, cfg.position_decay
         decay = weight
         n = 0
@@ -396,7 +395,7 @@ class OnlineRecommender:
             if prev is None:
                 continue
             amount = decay * (same if prev_session == session else cross)
-            prev.add_pairs(this, np.array((amount,)), ts, r, rp, top_n)
+            prev.add_pair(this, amount, ts, r, rp, top_n)
             reverse.append(index_row[prev_id])
             amounts.append(amount * back)
             items[prev_id] = prev
