@@ -333,7 +333,11 @@ class OnlineRecommender:
             if user.events == 0 or ts - user.last_ts > cfg.session_gap_s:
                 user.session_seq += 1
             session = f"~{user.session_seq}"
-        user.session_id = session
+        if session == user.session_id:
+            session = user.session_id  # its own string, once per user, not one per click in `recent`
+        else:
+            user.session_id = session
+        item_id = item.item_id  # the store's string: `recent`, `purchased` and the ring hold no copies of their own
 
         if weight > 0:
             self._learn_pairs(user, item_id, weight, ts, session)
