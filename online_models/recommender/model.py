@@ -131,6 +131,7 @@ class OnlineRecommender:
         self.index = ItemIndex(cfg.dim)
         self._shared_cache: _Shared | None = None  # what the last request shared with every user
         self.rebuild_caches()
+        self._share_strings()
         idle = [s for s in (cfg.user_idle_s, cfg.item_idle_s) if s > 0]
         self._sweep_every = min(idle) / 8 if idle else 0.0  # event time between sweeps for idle users/items
         self.evicted_users = self.evicted_items = 0  # since this object was made (not checkpointed)
@@ -166,6 +167,20 @@ class OnlineRecommender:
 
     def __setstate__(self, d: dict[str, Any]) -> None:
         self.__dict__.update({"_shared_cache": None, "_draws": np.zeros((0, d["config"].dim), dtype=np.float32), **d})
+
+    def _share_strings(self) -> None:
+        """Users given to the model (a restore) name items and sessions with strings of their own, one per entry:
+        point them at the item store's ids and the user's session string, as `learn_one` does (about a third of
+        a user's memory in the demo shop)."""
+        items = self.items
+        for user in self.users.values():
+            session = user.session_id
+            recent = user.recent
+            for pos, (item_id, weight, ts, sess) in enumerate(recent):
+                st = items.get(item_id)
+                recent[pos] = (st.item_id if st is not None else item_id, weight, ts, session if sess == session else sess)
+            if user.purchased:
+                user.purchased = {(st.item_id if (st := items.get(i)) is not None else i): t for i, t in user.purchased.items()}
 
     def cooc_row(self, item_id: str) -> dict[str, float]:
         """An item's co-occurrence row by item id, in the row's order (forward-decayed weights, unnormalised)."""
