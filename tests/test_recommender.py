@@ -335,6 +335,10 @@ def test_items_checkpointed_with_dict_rows_restore_into_array_rows():
                                  items=new, state=new_codec.loads(new_codec.dumps(model.state)))
     for item_id in model.items:
         assert from_old.cooc_row(item_id) == from_new.cooc_row(item_id) == model.cooc_row(item_id)
+    for user in from_old.users.values():  # restored users point at the item store's ids and their one session string
+        for item_id, _w, _ts, session in user.recent:
+            assert item_id not in from_old.items or item_id is from_old.items[item_id].item_id
+            assert session != user.session_id or session is user.session_id
     for user in list(model.users)[:20]:
         assert from_old.recommend(user, 10) == from_new.recommend(user, 10) == model.recommend(user, 10)
 
