@@ -2,7 +2,7 @@
 
 `python scripts/recommender_memory.py [max_users max_items]`: builds a model whose every user and item is as
 large as the model lets it grow (full co-occurrence rows of 1.5x `cooc_top_n` entries, full recent history,
-`purchased` entries and categories as given below), with their ranking caches built, and reports:
+`purchased` entries and categories as given below), and reports:
 - Python heap (tracemalloc) per user and per item once the model has taken the items in (rows by item id, as a
   checkpoint brings them, become arrays), with the dense index's and the co-occurrence arrays' share;
 - the encoded checkpoint size (Wharf's state format) per user and per item;

@@ -160,8 +160,7 @@ class Host:
         yield
 
     def do_checkpoint(self, req: int, partitions: list[int]) -> Iterator[None]:
-        """Each shard's checkpoint as table writes ({p: (writes, records)}; None for a shard not held), then
-        the ranking caches of the items it wrote rebuilt (rather than by the first request that needs them)."""
+        """Each shard's checkpoint as table writes ({p: (writes, records)}; None for a shard not held)."""
         out: dict[int, tuple[list, int] | None] = {}
         for p in partitions:
             shard = self.shards.get(p)
