@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Collection, Iterable, Mapping, MutableMapping
+from collections.abc import Collection, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -141,7 +141,7 @@ class OnlineRecommender:
     def rebuild_caches(self) -> None:
         """Recreate the dense arrays from the item store (after a restart or a table swap). Co-occurrence rows name
         neighbours by index row: live ones are renumbered from the old index to the new, and those that came by item
-        id (`ItemState.cooc`: a restored checkpoint) are taken in; a neighbour not in the store is left out."""
+        id (`ItemState.cooc_ids`: a restored checkpoint) are taken in; a neighbour not in the store is left out."""
         old = getattr(self, "index", None)
         self.index = index = ItemIndex(self.config.dim, capacity=max(1024, len(self.items)))
         self._shared_cache = None

@@ -3,7 +3,10 @@
 Every value here is a small dataclass of plain data, so a Faust table keyed by user
 (`UserState`) and one keyed by item (`ItemState`) can replace the plain dicts the
 model uses by default. `GlobalState` is per worker (blend weights, RNG, a sample
-of recent items); it is tiny and can live in a single-key table.
+of recent items); it is tiny and can live in a single-key table. One exception:
+a live item's co-occurrence row names its neighbours by their row in the model's
+dense index (`cooc.py`), so items go to checkpoints through
+`OnlineRecommender.checkpoint_item`, which names them by item id.
 
 Time decay uses two encodings, both exact and lazy (nothing is touched on a
 clock tick):
@@ -19,7 +22,6 @@ clock tick):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
