@@ -510,34 +510,27 @@ def test_a_bank_row_written_before_a_device_column_restores_and_scores(columns: 
     assert (ra >= bank.cfg.min_threshold).any()
 
 
-def test_a_device_written_before_the_ramp_level_restores_with_it_started_as_the_plain_level() -> None:
-    """A `DeviceRow` and a `DeviceAnomalyModel` checkpointed before the ramp level's metric columns existed get them
-    (level and spread from the plain level, no trend, noise from the long level), fit the bank, and keep scoring: a
-    step still alerts."""
+def _restore_row_without(bank, ts, x, drop: tuple[str, ...]):  # noqa: ANN001, ANN202
+    """dev-a's `DeviceRow` written without the metric columns `drop` (and without the ramp level's settings when
+    those columns go), restored: every column in the bank's order, the kept ones unchanged, and it still scores in a
+    bank (a step alerts)."""
     import dataclasses
 
-    from agents.devices import SETUP, STATE_CODEC, DeviceState
-    from online_models.anomaly import kernels as K
+    from agents.devices import SETUP, STATE_CODEC
     from online_models.anomaly.bank import DeviceRow
     from schemas.state import StateType
 
-    ramp = ("rl_mean", "rl_mad", "rl_slope", "df_mad")
-    bank, ts, x = _bank_with_devices()
     row = bank.row("dev-a")
-    cfg = dataclasses.replace(row.cfg)
-    for name in ("ramp_trend_alpha", "ramp_margin"):
-        del cfg.__dict__[name]
-    cut = [row.ms_names.index(c) for c in ramp]
-    old = {**vars(row), "cfg": cfg, "ms_names": [n for n in row.ms_names if n not in ramp],
-           "ms": np.delete(row.ms, cut, axis=1)}
+    cut = [row.ms_names.index(c) for c in drop]
+    old = {**vars(row), "ms_names": [n for n in row.ms_names if n not in drop], "ms": np.delete(row.ms, cut, axis=1)}
+    if "rl_mean" in drop:
+        cfg = dataclasses.replace(row.cfg)
+        for name in ("ramp_trend_alpha", "ramp_margin"):
+            del cfg.__dict__[name]
+        old["cfg"] = cfg
     writer = StateCodec(StateTypes(STATE_CODEC.types, StateTypes(StateType(DeviceRow, lambda r: old))))
     restored = STATE_CODEC.loads(writer.dumps(row))
     assert restored.ms_names == row.ms_names and restored.ms.shape == row.ms.shape
-    assert restored.cfg.ramp_trend_alpha == 0.02 and restored.cfg.ramp_margin == 2.0
-    np.testing.assert_array_equal(restored.ms[:, K.RL_MEAN], row.ms[:, K.LV_MEAN])
-    np.testing.assert_array_equal(restored.ms[:, K.RL_MAD], row.ms[:, K.LV_MAD])
-    np.testing.assert_array_equal(restored.ms[:, K.DF_MAD], row.ms[:, K.LG_MAD])
-    assert not restored.ms[:, K.RL_SLOPE].any()
     keep = [i for i in range(row.ms.shape[1]) if i not in cut]
     np.testing.assert_array_equal(restored.ms[:, keep], row.ms[:, keep])
     a = SETUP.new_bank()
@@ -545,6 +538,25 @@ def test_a_device_written_before_the_ramp_level_restores_with_it_started_as_the_
     t, v = ts[2000:2400], x[2000:2400] + 15 * (np.arange(400) > 200)
     ra = a.score_learn_batch(np.full(400, a.slot("dev-a")), t, {"temperature": v, "humidity": v / 2}).scores
     assert (ra >= bank.cfg.min_threshold).any()
+    return restored
+
+
+def test_a_device_written_before_the_ramp_level_restores_with_it_started_as_the_plain_level() -> None:
+    """A `DeviceRow` and a `DeviceAnomalyModel` checkpointed before the ramp level's metric columns existed get them
+    (level and spread from the plain level, no trend, noise from the long level), fit the bank, and keep scoring: a
+    step still alerts."""
+    from agents.devices import DeviceState
+    from online_models.anomaly import kernels as K
+
+    ramp = ("rl_mean", "rl_mad", "rl_slope", "df_mad")
+    bank, ts, x = _bank_with_devices()
+    row = bank.row("dev-a")
+    restored = _restore_row_without(bank, ts, x, ramp)
+    assert restored.cfg.ramp_trend_alpha == 0.02 and restored.cfg.ramp_margin == 2.0
+    np.testing.assert_array_equal(restored.ms[:, K.RL_MEAN], row.ms[:, K.LV_MEAN])
+    np.testing.assert_array_equal(restored.ms[:, K.RL_MAD], row.ms[:, K.LV_MAD])
+    np.testing.assert_array_equal(restored.ms[:, K.DF_MAD], row.ms[:, K.LG_MAD])
+    assert not restored.ms[:, K.RL_SLOPE].any()
 
     state, _, _ = _device_state()
     for name in ("ramp_trend_alpha", "ramp_margin"):
@@ -561,34 +573,12 @@ def test_a_device_written_before_the_drift_anchor_restores_with_none() -> None:
     """A `DeviceRow` checkpointed before the drift's anchor scale (`cu_anc`) existed, and one from before the ramp
     level too, get the column in the bank's order, 0 (no excursion anchored), fit the bank and keep scoring; a
     model checkpoint without the array gets zeros."""
-    import dataclasses
-
-    from agents.devices import SETUP, STATE_CODEC, DeviceState
+    from agents.devices import DeviceState
     from online_models.anomaly import kernels as K
-    from online_models.anomaly.bank import DeviceRow
-    from schemas.state import StateType
 
     bank, ts, x = _bank_with_devices()
-    row = bank.row("dev-a")
     for drop in (("cu_anc",), ("rl_mean", "rl_mad", "rl_slope", "df_mad", "cu_anc")):
-        cut = [row.ms_names.index(c) for c in drop]
-        old = {**vars(row), "ms_names": [n for n in row.ms_names if n not in drop], "ms": np.delete(row.ms, cut, axis=1)}
-        if "rl_mean" in drop:
-            cfg = dataclasses.replace(row.cfg)
-            for name in ("ramp_trend_alpha", "ramp_margin"):
-                del cfg.__dict__[name]
-            old["cfg"] = cfg
-        writer = StateCodec(StateTypes(STATE_CODEC.types, StateTypes(StateType(DeviceRow, lambda r, old=old: old))))
-        restored = STATE_CODEC.loads(writer.dumps(row))
-        assert restored.ms_names == row.ms_names and restored.ms.shape == row.ms.shape
-        assert not restored.ms[:, K.CU_ANC].any()
-        keep = [i for i in range(row.ms.shape[1]) if i not in cut]
-        np.testing.assert_array_equal(restored.ms[:, keep], row.ms[:, keep])
-        a = SETUP.new_bank()
-        a.insert("dev-a", restored)
-        t, v = ts[2000:2400], x[2000:2400] + 15 * (np.arange(400) > 200)
-        ra = a.score_learn_batch(np.full(400, a.slot("dev-a")), t, {"temperature": v, "humidity": v / 2}).scores
-        assert (ra >= bank.cfg.min_threshold).any()
+        assert not _restore_row_without(bank, ts, x, drop).ms[:, K.CU_ANC].any()
 
     state, _, _ = _device_state()
     del state.model.__dict__["cu_anc"]
