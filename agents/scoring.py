@@ -557,11 +557,13 @@ lent.devices = _devices
 
 
 async def _checkpoint_at_stop() -> None:
-    """The worker stops (`streams/runtime/stopping.py`): what was applied is checkpointed and acked now, not read
-    again by the next owner."""
+    """The worker stops or a rebalance begins (`streams/runtime/stopping.py`): what was applied is checkpointed and
+    acked now, not read again by the next owner. At a rebalance Faust waits for these acks before it revokes
+    (`WharfApp._consumer_wait_empty`), and `sensor_housekeeping` rests meanwhile: without this the wait never ended."""
     async with owner.lock:
         if owner.ckpt.waiting() or owner.dirty or owner.in_flight() is not None:
             await owner.checkpoint()
 
 
 app.on_stopping.append(_checkpoint_at_stop)
+app.on_revoking.append(_checkpoint_at_stop)

@@ -12,6 +12,7 @@ import asyncio
 import faulthandler
 import logging
 import sys
+import time
 from typing import Any
 
 import faust
@@ -53,6 +54,7 @@ class WharfApp(faust.App):
         super().__init__(*args, **kwargs)
         self.batch_agents = BatchRouter(self)
         self.on_stopping: list[stopping.StopHook] = []  # run when the worker stops: store what was taken (`streams/runtime/stopping.py`)
+        self.on_revoking: list[stopping.StopHook] = []  # run at a rebalance before Faust waits for acks: checkpoint what was applied
         self._stop_started: float | None = None
 
     def Table(self, name: str, **kwargs: Any) -> Any:  # noqa: N802 - Faust's name
@@ -65,8 +67,11 @@ class WharfApp(faust.App):
         await super().on_stop()
 
     async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
-        """At a stop, a bounded wait that stores what was taken first (`streams/runtime/stopping.py`); in a rebalance, Faust's."""
+        """At a stop, a bounded wait that stores what was taken first (`streams/runtime/stopping.py`). In a rebalance the
+        `on_revoking` hooks checkpoint first, then Faust's wait: records held for a checkpoint would otherwise be acked by
+        none (the checkpoint timer rests while rebalancing, the revoke's checkpoint comes after this wait)."""
         if self._stop_started is None:
+            await stopping.drain(consumer, self.on_revoking, time.monotonic(), what="rebalance")
             return await super()._consumer_wait_empty(consumer, logger)
         await stopping.drain(consumer, self.on_stopping, self._stop_started)
         return None

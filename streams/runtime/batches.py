@@ -14,7 +14,10 @@ agent keeps of a Faust agent's contract:
   once its agent takes it; taken events are real Faust events (`as_event` works with them);
 - the buffers are cleared when flow control is (a rebalance: the records are read again by whoever
   owns the partition next), and records of an older consumer generation are dropped when taken, as
-  Faust's `Stream` does;
+  Faust's `Stream` does; such a record keeps that agent's reference, so it is never acked nor committed,
+  and once every agent that took it acked it, it leaves Faust's set of unacked records (`BatchRouter.given_up`):
+  the rebalance's wait for acks would wait for it for ever otherwise (an agent's last batch stays referenced by
+  its suspended loop, so the garbage collector Faust relies on does not take it out);
 - a full buffer blocks the delivery, so the consumer stops fetching (backpressure); that wait runs
   under Faust's rebalance guard (`streams/runtime/fastpath.py` asks `would_block`); an agent takes no batch
   while the producer's buffer is over its limit (the conductor's `wait_until_producer_ebb`);
@@ -32,9 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from time import monotonic
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from faust.events import Event
 
@@ -49,13 +53,15 @@ class BatchAgent:
     """The records of some topics, delivered in batches of up to `max_records` (or what `within` seconds gave)."""
 
     def __init__(self, app: Any, topics: tuple[Any, ...], name: str, fun: AgentFun, *,
-                 max_records: int, within: float, max_buffered: int, decoders: dict[str, Callable[[Any], Any]]) -> None:
+                 max_records: int, within: float, max_buffered: int, decoders: dict[str, Callable[[Any], Any]],
+                 given_up: WeakKeyDictionary | None = None) -> None:
         for topic in topics:
             if topic.value_serializer != "raw" or topic.key_serializer != "raw":
                 raise ValueError(f"batch agent {name}: topic {topic.get_topic_name()} must be raw bytes (Faust decodes no record of a batch agent; see `BatchRouter.decode`)")
         self.app = app
         self.topics = topics
         self.decoders = decoders  # the router's (`BatchRouter.decode`), by topic name; filled before any record
+        self.given_up = WeakKeyDictionary() if given_up is None else given_up  # the router's (`BatchRouter.given_up`)
         self.topic_names = {name for topic in topics for name in topic.topics}
         self.name = name
         self.fun = fun
@@ -97,8 +103,15 @@ class BatchAgent:
     def clear(self) -> None:
         """Flow control cleared the queues (a rebalance): nothing buffered was taken, so nothing is tracked."""
         self.cleared += len(self._buffer)
+        self._give_up(self._buffer)
         self._buffer = []
         self._space.set()
+
+    def _give_up(self, messages: Iterable[Any]) -> None:
+        """This agent will never ack these records: its reference on each is counted as given up."""
+        given_up = self.given_up
+        for message in messages:
+            given_up[message] = given_up.get(message, 0) + 1
 
     # --- the agent's side -----------------------------------------------------------------------------
     async def batches(self) -> AsyncIterator[list[Event]]:
@@ -140,6 +153,7 @@ class BatchAgent:
                     generation = app.consumer_generation_id
                 if message.generation_id != generation:
                     self.dropped_stale += 1
+                    self._give_up((message,))
                     continue
                 if not message.tracked:
                     message.tracked = True
@@ -180,6 +194,7 @@ class BatchRouter:
         self.installed = False
         self.handed_over = 0  # records appended straight from the fetch (the others went through Faust's guarded path)
         self.decoders: dict[str, Callable[[Any], Any]] = {}
+        self.given_up: WeakKeyDictionary = WeakKeyDictionary()  # record -> references of agents that never take it
 
     def agent(self, *topics: Any, name: str, max_records: int, within: float,
               max_buffered: int | None = None) -> Callable[[AgentFun], AgentFun]:
@@ -189,7 +204,8 @@ class BatchRouter:
             if self.installed:
                 raise RuntimeError(f"batch agent {name} declared after the consumer was created")
             agent = BatchAgent(self.app, topics, name, fun, max_records=max_records, within=within,
-                               max_buffered=max_buffered or 2 * max_records, decoders=self.decoders)
+                               max_buffered=max_buffered or 2 * max_records, decoders=self.decoders,
+                               given_up=self.given_up)
             self.agents.append(agent)
             for topic_name in agent.topic_names:
                 self.by_topic[topic_name] = (*self.by_topic.get(topic_name, ()), agent)
@@ -199,6 +215,21 @@ class BatchRouter:
             return fun
 
         return decorate
+
+    def _clean_given_up(self, consumer: Any) -> None:
+        """Faust's `_clean_unacked_messages` (run by the waits for acks of a rebalance and a stop) also takes out the
+        records whose only references left are given up (`given_up`): every agent that took them acked them, the
+        others never will. They stay unacked, so not committed: the next owner reads them again."""
+        faust_clean = consumer._clean_unacked_messages  # noqa: SLF001
+        given_up = self.given_up
+
+        def clean() -> None:
+            faust_clean()
+            if given_up:
+                consumer._unacked_messages -= {m for m in consumer._unacked_messages  # noqa: SLF001
+                                               if m.refcount <= given_up.get(m, 0)}
+
+        consumer._clean_unacked_messages = clean  # noqa: SLF001
 
     def decode(self, topic: Any, decoder: Callable[[Any], Any]) -> None:
         """Records of `topic` reach its batch agents as `decoder(message)` (not bytes), decoded once for all of them."""
@@ -216,6 +247,7 @@ class BatchRouter:
             return
         app = self.app
         faust_callback = consumer.callback
+        self._clean_given_up(consumer)
         flow = app.flow_control
         by_topic = self.by_topic
         for agent in self.agents:

@@ -42,8 +42,9 @@ def arm_watchdog() -> float:
     return time.monotonic()
 
 
-async def drain(consumer: Any, hooks: list[StopHook], started: float) -> None:
-    """Steps 2 and 3 of the stop (see the module docstring), within `DRAIN_SECONDS` of `started`.
+async def drain(consumer: Any, hooks: list[StopHook], started: float, what: str = "stop") -> None:
+    """Steps 2 and 3 of the stop (see the module docstring), within `DRAIN_SECONDS` of `started`. A rebalance
+    (`what`) runs it too, with the hooks of `WharfApp.on_revoking`, before Faust's own wait for the rest.
 
     The hooks run again while they bring acks (a batch taken just before the stop reaches a writer after its first
     flush). Once a round brings none, what is left will not be acked here: records that one batch agent took and the
@@ -56,11 +57,11 @@ async def drain(consumer: Any, hooks: list[StopHook], started: float) -> None:
         try:
             results = await asyncio.wait_for(asyncio.shield(run), timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            log.warning("stop: the agents did not store everything they took within %.0f s", DRAIN_SECONDS)
+            log.warning("%s: the agents did not store everything they took within %.0f s", what, DRAIN_SECONDS)
             break
         for result in results:
             if isinstance(result, BaseException):
-                log.error("stop: a stop hook failed; its records stay uncommitted", exc_info=result)
+                log.error("%s: a hook failed; its records stay uncommitted", what, exc_info=result)
         await consumer.commit()
         await asyncio.sleep(min(QUIET_SECONDS, max(0.0, deadline - time.monotonic())))
         gc.collect()  # records no agent holds any more leave Faust's weak set
@@ -69,8 +70,8 @@ async def drain(consumer: Any, hooks: list[StopHook], started: float) -> None:
             break
     left = Counter(f"{m.topic} (refs {m.refcount})" for m in list(unacked))
     if left:
-        log.warning("stop: records taken but not stored and acked after %.1f s: not committed, read again at the next start: %s",
-                    time.monotonic() - started, dict(left))
+        log.warning("%s: records taken but not stored and acked after %.1f s (a stop does not commit them, a rebalance "
+                    "waits on): %s", what, time.monotonic() - started, dict(left))
     else:
-        log.info("stop: everything taken was stored and acked in %.1f s", time.monotonic() - started)
+        log.info("%s: everything taken was stored and acked in %.1f s", what, time.monotonic() - started)
     await consumer.commit()
