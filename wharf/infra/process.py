@@ -39,14 +39,9 @@ class ManagedProcess:
 
     def pid(self) -> int | None:
         try:
-            fields = self.pid_file.read_text().split()
-            pid, started = int(fields[0]), int(fields[1])
-        except (FileNotFoundError, ValueError, IndexError):
+            return stamped_pid(self.pid_file.read_text())
+        except FileNotFoundError:
             return None
-        # The pid must still be the process we started: same kernel start time (a reused pid differs).
-        if not _alive(pid) or start_time(pid) != started:
-            return None
-        return pid
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -69,7 +64,7 @@ class ManagedProcess:
             start_new_session=True,
         )
         log.close()
-        self.pid_file.write_text(f"{proc.pid} {start_time(proc.pid)}\n")
+        self.pid_file.write_text(stamp(proc.pid) + "\n")
         return proc.pid
 
     def wait_ready(self, check: Callable[[], bool], timeout: float, what: str) -> float:
@@ -149,6 +144,20 @@ def running(pid: int) -> bool:
     """Whether the process exists and is not a zombie (nobody may reap an orphan in a container)."""
     fields = stat_fields(pid)
     return fields is not None and fields[0] != "Z"
+
+
+def stamp(pid: int) -> str:
+    """`pid start-time`: names one process for its whole life (a reused pid has another start time)."""
+    return f"{pid} {start_time(pid)}"
+
+
+def stamped_pid(text: str) -> int | None:
+    """The pid of a `stamp` if that very process still runs (same kernel start time), else None."""
+    try:
+        pid, started = (int(field) for field in text.split())
+    except ValueError:
+        return None
+    return pid if _alive(pid) and start_time(pid) == started else None
 
 
 def start_time(pid: int) -> int | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mqtt_bridge.connection import end_session
 from schemas.settings import Settings
-from wharf.infra.process import running, start_time
+from wharf.infra.process import stamp, stamped_pid
 
 
 def _ledger(settings: Settings) -> Path:
@@ -31,7 +31,7 @@ def open_temporary(settings: Settings, client_ids: list[str]) -> None:
     folder = _ledger(settings)
     folder.mkdir(parents=True, exist_ok=True)
     for cid in client_ids:
-        (folder / cid).write_text(f"{os.getpid()} {start_time(os.getpid())}\n")
+        (folder / cid).write_text(stamp(os.getpid()) + "\n")
 
 
 def end_temporary(settings: Settings, client_ids: list[str]) -> list[str]:
@@ -50,13 +50,6 @@ def end_abandoned(settings: Settings) -> list[str]:
     folder = _ledger(settings)
     if not folder.is_dir():
         return []
-    gone = []
-    for entry in sorted(folder.iterdir()):
-        try:
-            pid, started = entry.read_text().split()
-        except (OSError, ValueError):
-            pid, started = "0", "None"  # unreadable: nobody can own it
-        if pid.isdigit() and running(int(pid)) and str(start_time(int(pid))) == started:
-            continue  # its owner still runs (a benchmark in progress)
-        gone.append(entry.name)
-    return [cid for cid in gone if cid not in end_temporary(settings, [cid])]
+    gone = [entry.name for entry in sorted(folder.iterdir()) if stamped_pid(entry.read_text()) is None]  # owner not running
+    refused = set(end_temporary(settings, gone))
+    return [cid for cid in gone if cid not in refused]
