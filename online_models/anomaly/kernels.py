@@ -114,6 +114,24 @@ def _ewm_last(y0, x, a):
 
 
 @_jit
+def anchor_step(c, c_prev, anc, s0, mu, anc_ok, e0, te, nexc, cu_beta):
+    """One valid row of the drift's anchored score: an excursion beyond the tail point (`s0`) is also scored against
+    the scale `mu` it started under (`anc`; 0: none, -1: spent by an alert), so a young model's scale, which learns
+    the excursion row by row, does not learn a slow climb away. Returns the new anchor and the anchored evidence
+    (-inf without one). Shared by the bank's kernel and `DeviceAnomalyModel` (same arithmetic)."""
+    if c <= 0:
+        anc = 0.0
+    elif c > s0 and anc == 0 and c_prev <= s0 and anc_ok:
+        anc = mu
+    if anc <= 0:
+        return anc, -math.inf
+    ea = e0 + c / (anc * _LN10)
+    if nexc > 0:
+        ea = min(ea, te + (c - (te - e0) * anc * _LN10) / (max(cu_beta, anc) * _LN10))
+    return anc, ea
+
+
+@_jit
 def ramp_learn(lvl, tr, mad, n0, x, valid, alpha, beta):
     """Holt's linear smoothing of one metric over a block (level at `alpha`, as the plain level, trend at `beta`):
     returns the level, trend and mean absolute error around level + trend. Why: on a steady ramp the plain level lags
@@ -471,15 +489,8 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             if ms[s, CU_NEXC] > 0:
                 e = min(e, te + (c - s0) / (beta * _LN10))
             if valid[i, j]:
-                if c <= 0:
-                    anc = 0.0
-                elif c > s0 and anc == 0 and c_prev <= s0 and anc_ok:
-                    anc = mu
-                if anc > 0:
-                    ea = e0 + c / (anc * _LN10)
-                    if ms[s, CU_NEXC] > 0:
-                        ea = min(ea, te + (c - (te - e0) * anc * _LN10) / (max(ms[s, CU_BETA], anc) * _LN10))
-                    e = max(e, ea)
+                anc, ea = anchor_step(c, c_prev, anc, s0, mu, anc_ok, e0, te, ms[s, CU_NEXC], ms[s, CU_BETA])
+                e = max(e, ea)
                 c_prev = c
             ev[i, j, _DRIFT] = max(e, 0.0) if ok and c > 0 and valid[i, j] else 0.0
         if B:

@@ -65,7 +65,7 @@ import numpy as np
 
 from online_models.anomaly.detectors import SilenceDetector
 from online_models.anomaly.forecaster import OnlineMLPForecaster
-from online_models.anomaly.kernels import diff_learn, ramp_learn
+from online_models.anomaly.kernels import anchor_step, diff_learn, ramp_learn
 from online_models.anomaly.stats import GaussianTail
 
 COMPONENTS = ("level", "shift", "seasonal", "forecast", "weekly", "drift", "stuck", "hst")
@@ -410,15 +410,9 @@ class DeviceAnomalyModel:
                 if not valid[i, j]:
                     continue
                 c = float(cus[i, j])
-                if c <= 0:
-                    a = 0.0
-                elif c > s0[j] and a == 0 and c_prev <= s0[j] and anc_ok[j]:
-                    a = float(mu[j])
-                if a > 0:
-                    ea = e0[j] + c / (a * _LN10)
-                    if self.cu_nexc[j] > 0:
-                        ea = min(ea, te + (c - (te - e0[j]) * a * _LN10) / (max(self.cu_beta[j], a) * _LN10))
-                    e_drift[i, j] = max(e_drift[i, j], ea)
+                a, ea = anchor_step(c, c_prev, a, float(s0[j]), float(mu[j]), bool(anc_ok[j]), float(e0[j]), te,
+                                    float(self.cu_nexc[j]), float(self.cu_beta[j]))
+                e_drift[i, j] = max(e_drift[i, j], ea)
                 c_prev = c
             anc[j] = a
         e_drift = np.where(ok & (cus > 0) & valid, np.maximum(e_drift, 0.0), 0.0)
