@@ -96,3 +96,47 @@ async def test_a_learner_that_dies_fails_its_requests_and_says_so(learner) -> No
         learner.send("records", [])
     with pytest.raises(LearnerDied):
         await learner.ask("stats")
+
+
+_STOPPED_AT_ONCE = """
+import asyncio, os, signal, sys
+from online_models.recommender import RecommenderConfig
+from streams.learning.learner import Learner
+
+async def main():
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    one = Learner(0, RecommenderConfig(), on_death=lambda e: None)
+    one.start()
+    print(one.process.pid, flush=True)
+    await stop.wait()
+    stats = await asyncio.wait_for(one.ask("stats"), 60)
+    print("answered", stats["process"]["pid"], os.getpgid(one.process.pid) != os.getpgid(0), flush=True)
+    one.stop()
+    one.process.join(10)
+
+asyncio.run(main())
+"""
+
+
+def test_a_stop_sent_to_the_workers_group_as_its_learner_starts_reaches_the_worker_alone() -> None:
+    """A supervisor's SIGTERM to the worker's process group, sent while a learner it just started is still importing
+    (about a second, before it leaves the group), is the worker's to handle: the learner still answers the worker's
+    stop. Before, it killed the learner, and the worker's stop checkpoint failed."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    for delay in (0.0, 0.2):
+        worker = subprocess.Popen([sys.executable, "-c", _STOPPED_AT_ONCE], stdout=subprocess.PIPE, text=True,
+                                  env=env, start_new_session=True)
+        try:
+            learner_pid = int(worker.stdout.readline())
+            time.sleep(delay)
+            os.killpg(worker.pid, signal.SIGTERM)
+            out, _ = worker.communicate(timeout=90)
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+        assert out.split() == ["answered", str(learner_pid), "True"], (delay, out)
+        assert worker.returncode == 0

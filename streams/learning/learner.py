@@ -38,6 +38,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -75,12 +76,23 @@ def serve(work: Connection, ask: Connection, bulk: Connection, config: Recommend
             raise SystemExit(1) from None
 
 
+_GROUP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _die_with_parent() -> None:
     """Live exactly as long as the worker: out of its process group, so that a signal sent to the group (Ctrl-C, a
     supervisor's stop) reaches the worker alone, which stops in order while its learner still answers; killed by
-    Linux when the worker exits (else by the end of file on its pipes)."""
+    Linux when the worker exits (else by the end of file on its pipes).
+
+    The worker starts the process with those signals blocked (`Learner.start`), so one sent to the group while this
+    process was still importing waits, and is discarded here: it was the worker's to handle."""
+    int_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # discards a pending one (POSIX)
+    term_handler = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _GROUP_SIGNALS)
+    signal.signal(signal.SIGINT, int_handler)
+    signal.signal(signal.SIGTERM, term_handler)
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -272,7 +284,15 @@ class Learner:
         self._bulk, bulk_there = ctx.Pipe(duplex=False)
         self.process = ctx.Process(target=serve, args=(work_there, ask_there, bulk_there, self.config),
                                    name=f"wharf-learner-{self.index}", daemon=True)
-        self.process.start()
+        # Until the child leaves the worker's process group (`_die_with_parent`), a signal sent to the group must not
+        # kill it: it inherits this thread's mask. The worker's own handlers run once the mask is restored.
+        # multiprocessing's resource tracker unblocks these signals when it starts its own process: start it first.
+        resource_tracker.ensure_running()
+        masked = signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, masked)
         for end in (work_there, ask_there, bulk_there):
             end.close()
         threading.Thread(target=self._send_loop, name=f"wharf-learner-{self.index}-send", daemon=True).start()
