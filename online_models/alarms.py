@@ -71,6 +71,14 @@ class Alarm:
     def active(self) -> bool:
         return self.status in (AlarmStatus.ACTIVE_UNACK, AlarmStatus.ACTIVE_ACK)
 
+    def copy(self) -> Alarm:
+        """A copy that later changes to this alarm leave as it is (`details` is replaced on change, never edited;
+        copied all the same)."""
+        out = Alarm.__new__(Alarm)
+        out.__dict__.update(self.__dict__)
+        out.details = dict(self.details)
+        return out
+
     def event(self, ts: float) -> Alert:
         # Event times of one alarm never go backwards (readings carry device clocks, silence the stream's
         # clock), so "latest state = the event with the greatest ts" holds for every consumer.
@@ -94,6 +102,14 @@ class AlarmBook:
         self.clear_after = clear_after
         self.active: dict[str, Alarm] = {}  # alarm_type -> the open alarm
         self.cleared_unack: dict[str, Alarm] = {}  # alarm_id -> cleared, waiting for an ack
+
+    def copy(self) -> AlarmBook:
+        """A copy that later changes leave as it is (a checkpoint's cut, `DeviceMonitor.copy`)."""
+        out = AlarmBook.__new__(AlarmBook)
+        out.__dict__.update(self.__dict__)
+        out.active = {t: a.copy() for t, a in self.active.items()}
+        out.cleared_unack = {i: a.copy() for i, a in self.cleared_unack.items()}
+        return out
 
     def raise_(self, alarm_type: str, severity: str, ts: float, message: str, details: Mapping[str, Any] | None = None,
                site: str | None = None, zone: str | None = None) -> Alert | None:
@@ -182,6 +198,9 @@ def rule_severity(value: float, limit: float, bounds: Mapping[str, float]) -> st
     return Severity.CRITICAL if abs(value - limit) > 0.25 * span else Severity.MAJOR
 
 
+_CONTAINERS = (dict, set, list)
+
+
 class DeviceMonitor:
     """Turns one device's readings, scores and status into alarm events.
 
@@ -206,6 +225,19 @@ class DeviceMonitor:
         self.last_ts: float | None = None
         self.interval = 0.0  # EW mean of inter-arrival times (event time)
         self.n = 0
+
+    def copy(self) -> DeviceMonitor:
+        """A copy that later readings leave as it is, for a checkpoint's cut (taken under the owner's lock for
+        every changed device): `copy.deepcopy` took 35 us a device, this ~3. The config is shared (frozen); every
+        other attribute is a number, a string, a plain container (copied) or the alarm book (copied)."""
+        out = DeviceMonitor.__new__(DeviceMonitor)
+        d = out.__dict__
+        d.update(self.__dict__)
+        for k, v in d.items():
+            if type(v) in _CONTAINERS:
+                d[k] = v.copy()
+        out.alarms = self.alarms.copy()
+        return out
 
     def reading(self, ts: float, metrics: Mapping[str, float], rules: RuleSet, score: float, is_anomaly: bool,
                 metric: str | None) -> list[Alert]:
