@@ -238,6 +238,9 @@ async def _catch_up_run(settings, u: str, n: int, model_options: str, n_devices:
           f"(main) thread: {n / cpu[1]:,.0f} readings per main-thread CPU second (steadier than readings/s on a shared machine)")
     print(f"peak RSS         worker {peak:.0f} MB")
     print("worker loop      " + loop_stalls(stats.get("loop", {})))
+    gc = stats.get("gc", {})
+    print(f"worker gc        {gc.get('collections', 0)} collections, {gc.get('total_ms', 0) / 1e3:.1f} s in all "
+          f"({gc.get('total_ms', 0) * 1e3 / n:.1f} us a reading), longest {gc.get('max_ms', 0):.0f} ms")
     w = stats.get("writers", {})
     print("worker writers   " + "  ".join(f"{k}: {v.get('rows_stored')} rows, {v.get('insert_seconds_total', 0):.1f}s inserting"
                                          for k, v in w.items() if v.get("rows_stored")))
