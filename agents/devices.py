@@ -6,7 +6,6 @@ partition number everywhere, and the worker that owns that partition owns the de
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,9 +47,7 @@ class DeviceState:
     def copy(self) -> DeviceState:
         """A copy without the model (the bank's `snapshot` copies it) that later readings leave as it is: taken
         under the owner's lock for a checkpoint that is encoded off it."""
-        mon = self.monitor
-        return DeviceState(self.device_id, self.partition, None, copy.deepcopy(mon, {id(mon.cfg): mon.cfg}),
-                           self.recent.copy())
+        return DeviceState(self.device_id, self.partition, None, self.monitor.copy(), self.recent.copy())
 
     def dump(self) -> bytes:
         return STATE_CODEC.dumps((STATE_VERSION, self), compress=True)

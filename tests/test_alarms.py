@@ -115,3 +115,28 @@ def test_event_times_of_one_alarm_never_go_backwards():
     raised = book.raise_("silence", Severity.MAJOR, 200.0, "no telemetry")
     cleared = book.clear("silence", 199.4, "telemetry again")  # the device's own clock lags by 0.6 s
     assert cleared.status == "CLEARED_UNACK" and cleared.ts >= raised.ts
+
+
+def test_a_monitors_copy_is_its_state_and_later_readings_leave_it():
+    """`DeviceMonitor.copy` is a checkpoint's cut (`agents/devices.py` `DeviceState.copy`): it must encode as the
+    monitor did when copied, whatever the monitor does afterwards, and go on exactly as the monitor would."""
+    mon = DeviceMonitor("dev-1", MonitorConfig(clear_after=5, stuck_readings=3, anomaly_probation=0))
+    mon.site, mon.zone, mon.device_type = "s", "z", "cold_room"
+    rules = RuleSet()
+    script = [(4.0, False), (9.0, False), (9.0, False), (9.0, True), (4.1, False), (4.2, False)] * 3
+    for t, (v, anomalous) in enumerate(script[:9]):
+        mon.reading(float(t), {"temperature": v, "humidity": 50.0}, rules, 0.95, anomalous, "temperature")
+    mon.alarms.ack(next(iter(mon.alarms.active.values())).alarm_id, 8.5, by="ops")
+    assert mon.alarms.active and mon.runs and mon.varied
+    codec = StateCodec(STATE_TYPES)
+    before = codec.dumps(mon)
+    cut = mon.copy()
+    assert codec.dumps(cut) == before and cut.cfg is mon.cfg
+    later = [mon.reading(float(t), {"temperature": v, "humidity": 50.0 + t}, rules, 0.95, anomalous, "temperature")
+             for t, (v, anomalous) in enumerate(script[9:], start=9)]
+    later.append(mon.status(30.0, "offline"))
+    assert codec.dumps(mon) != before and codec.dumps(cut) == before  # the monitor moved on, the cut did not
+    again = [cut.reading(float(t), {"temperature": v, "humidity": 50.0 + t}, rules, 0.95, anomalous, "temperature")
+             for t, (v, anomalous) in enumerate(script[9:], start=9)]
+    again.append(cut.status(30.0, "offline"))
+    assert again == later and codec.dumps(cut) == codec.dumps(mon)

@@ -53,13 +53,13 @@ class RuleSet:
                         raise ValueError(f"{dtype}.{metric}: min {lo} > max {hi}")
                     rules.setdefault(dtype, {})[metric] = {k: float(v) for k, v in bounds.items()}
         self.rules = rules
-        # per device type, (metric, min, max) in rule order: `check` runs for every reading
-        self._bounds = {dtype: tuple((metric, b.get("min"), b.get("max")) for metric, b in metrics.items())
+        # per device type, (metric, min, max) in rule order: `check` and the alarm step compare every reading to them
+        self.bounds: dict[str, tuple[tuple[str, float | None, float | None], ...]] = {dtype: tuple((metric, b.get("min"), b.get("max")) for metric, b in metrics.items())
                         for dtype, metrics in rules.items()}
 
     def check(self, device_type: str, metrics: Mapping[str, float]) -> list[Violation]:
         out: list[Violation] = []
-        for metric, lo, hi in self._bounds.get(device_type, ()):
+        for metric, lo, hi in self.bounds.get(device_type, ()):
             v = metrics.get(metric)
             if v is None or v != v:
                 continue

@@ -266,28 +266,36 @@ class BatchRouter:
             return None
 
         consumer.callback = on_message
-        consumer.getmany = self._handing_over(consumer, consumer.getmany, on_message)
+        consumer.getmany = self._handing_over(consumer, on_message)
         consumer.batch_router = self
 
-    def _handing_over(self, consumer: Any, faust_getmany: Any, deliver: Any) -> Any:
+    def _handing_over(self, consumer: Any, deliver: Any) -> Any:
         """Faust's `getmany`, with each record of a batch agent's topic handed to its agents' buffers here.
 
         Faust's drain loop (`Consumer._drain_messages`) takes each fetched record through `wait_first(callback(record),
         suspend_flow.wait())`: several coroutines per record, about a sixth of what delivering a click cost. A record with room
         in its buffers is appended at once, with the drain loop's own bookkeeping for it (read offset, gap, periodic
         commit); one that would wait (flow suspended, a buffer full) goes through that guarded path, as before. Other
-        records are passed on to Faust's loop unchanged."""
+        records are passed on to Faust's loop unchanged.
+
+        The fetch itself is Faust's `Consumer.getmany` step for step (`_fetched`), less two things per record: its
+        async generator's hop, and asking the partition's high-water mark and telling the monitor (`highwater`,
+        `track_tp_end_offset`), done here once per partition and fetch (~1 us a record in a catch-up).
+        `tests/test_patches.py` fails if Faust's `getmany` changes."""
         by_topic = self.by_topic
         flow = self.app.flow_control
         read_offset = consumer._read_offset  # noqa: SLF001 - Faust's drain loop keeps it per record; so must this one
         acks_enabled_for = self.app.topics.acks_enabled_for
         commit_every = consumer._commit_every  # noqa: SLF001
         suspend_flow = consumer.suspend_flow
+        fetched = _fetched(self.app, consumer)
 
         async def getmany(timeout: float) -> Any:
             work = Slice()
             n = 0
-            async for tp, message in faust_getmany(timeout=timeout):
+            for tp, message in await fetched(timeout):
+                if message is None:
+                    break  # flow stopped, or a rebalance began: the rest of the fetch is dropped, as Faust's loop does
                 agents = by_topic.get(tp.topic)
                 if agents is None:
                     yield tp, message
@@ -332,3 +340,41 @@ class BatchRouter:
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {agent.name: agent.stats() for agent in self.agents}
+
+
+def _fetched(app: Any, consumer: Any) -> Callable[[float], Awaitable[Iterable[tuple[Any, Any]]]]:
+    """`fetched(timeout)`: the records of one fetch as (tp, message), made as Faust's `Consumer.getmany` makes them,
+    lazily: a record is made only when the one before it has been handled, and the iteration yields (tp, None) and
+    ends once the flow stops or the consumer generation changes, where Faust's generator stops. A partition's
+    high-water mark goes to the monitor once per fetch (Faust: per record)."""
+    to_message = consumer._to_message  # noqa: SLF001
+
+    async def fetched(timeout: float) -> Iterable[tuple[Any, Any]]:
+        records, active_partitions = await consumer._wait_next_records(timeout)  # noqa: SLF001
+        generation_id = app.consumer_generation_id
+        if records is None or consumer.should_stop:
+            return ()
+        if not consumer.flow_active:
+            consumer.log.dev("getmany called while flow not active. Seek back to committed offsets.")
+            try:
+                await consumer.perform_seek()
+            except Exception as ex:  # noqa: BLE001 - as Faust's getmany
+                consumer.log.warning(f"exception performing seek when flow not active {ex}")
+            return ()
+        return _messages(app, consumer, records, active_partitions, generation_id, to_message)
+
+    return fetched
+
+
+def _messages(app: Any, consumer: Any, records: Any, active_partitions: Any, generation_id: int,
+              to_message: Callable[[Any, Any], Any]) -> Iterable[tuple[Any, Any]]:
+    told: set[Any] = set()
+    for tp, record in consumer.scheduler.iterate(records):
+        if not consumer.flow_active or app.consumer_generation_id != generation_id:
+            yield tp, None
+            return
+        if active_partitions is None or tp in active_partitions or tp in consumer._buffered_partitions:  # noqa: SLF001
+            if tp not in told:
+                told.add(tp)
+                app.monitor.track_tp_end_offset(tp, consumer.highwater(tp))
+            yield tp, to_message(tp, record)

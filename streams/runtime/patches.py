@@ -15,7 +15,8 @@ What `install` patches in place (class attributes, or the app's consumer):
   block (`streams/runtime/fastpath.py`).
 What `WharfApp` overrides (`streams/runtime/app.py`), which `install` checks are in place:
 - `App.flow_control`: `resume()` keeps queues that are flowing (`streams/runtime/flow.py`);
-- `App._new_consumer`: batch agents take the consumer's callback and `getmany` (`streams/runtime/batches.py`);
+- `App._new_consumer`: batch agents take the consumer's callback and `getmany`, which makes a fetch's messages as
+  Faust's `Consumer.getmany` does (`streams/runtime/batches.py` `_fetched`);
 - `App._on_agent_error`: a failed agent stops the worker.
 """
 

@@ -14,7 +14,7 @@ from typing import Any
 from schemas.deadletter import DEFAULT_KEEP_BYTES, DeadLetter
 from schemas.events import TimedEvent
 from schemas.rows import Columns
-from schemas.validation import E, InvalidEvent, Limits, checked
+from schemas.validation import Checked, E, InvalidEvent, Limits, checked
 from streams.runtime import counts
 from streams.runtime.acks import OrderedAcker
 from streams.runtime.recent import RecentKeys
@@ -92,8 +92,10 @@ async def store_events(
         if k & 63 == 63:
             await work.tick()
         msg = event.message
-        parsed = await valid_or_dead_letter(event, model, dlq_topic=dlq_topic, limits=limits)
-        if parsed is None:
+        value = event.value
+        if type(value) is Checked and value.error is None:  # checked by the batch delivery: no coroutine per record
+            parsed = value.event
+        elif (parsed := await valid_or_dead_letter(event, model, dlq_topic=dlq_topic, limits=limits)) is None:
             refused += 1
             continue
         if duplicate is not None and duplicate(parsed, msg.partition):

@@ -208,12 +208,16 @@ async def _catch_up_run(settings, u: str, n: int, model_options: str, n_devices:
     cpu0 = (cpu_seconds(worker.pid), cpu_seconds(worker.pid, worker.pid))
     first = None
     counts = (0, 0)
+    steady: list[tuple[int, float, float, float]] = []  # (rows, time, CPU all threads, CPU main thread)
     try:
         while time.time() < ready + 900:
             counts = await asyncio.to_thread(lambda: tuple(ch.query(f"SELECT count() FROM {ch.table(t)}")[0][0]
                                                            for t in ("sensor_readings", "anomaly_scores")))
             if first is None and min(counts) > 0:
                 first = time.time()
+            for k, share in ((0, 0.2), (1, 0.8)):  # the steady state: between a fifth and four fifths of the rows stored
+                if len(steady) == k and min(counts) >= share * n:
+                    steady.append((min(counts), time.time(), cpu_seconds(worker.pid), cpu_seconds(worker.pid, worker.pid)))
             if min(counts) >= n:
                 break
             await asyncio.sleep(0.25)
@@ -236,8 +240,16 @@ async def _catch_up_run(settings, u: str, n: int, model_options: str, n_devices:
           f"{rate / bank['batch_events_per_s']:.0%} (targets: >= 25,000 readings/s and >= 60 % of the detectors' rate)")
     print(f"worker CPU       {cpu[0] / n * 1e6:.0f} us a reading in all threads, {cpu[1] / n * 1e6:.0f} us in the event loop's "
           f"(main) thread: {n / cpu[1]:,.0f} readings per main-thread CPU second (steadier than readings/s on a shared machine)")
+    if len(steady) == 2:
+        (r0, t0_, a0, m0), (r1, t1_, a1, m1) = steady
+        rows_ = max(r1 - r0, 1)
+        print(f"steady state     {(a1 - a0) / rows_ * 1e6:.0f} / {(m1 - m0) / rows_ * 1e6:.0f} us a reading (all threads / event "
+              f"loop) and {rows_ / max(t1_ - t0_, 1e-9):,.0f} readings/s while the rows went from {r0:,} to {r1:,} (no start-up)")
     print(f"peak RSS         worker {peak:.0f} MB")
     print("worker loop      " + loop_stalls(stats.get("loop", {})))
+    gc = stats.get("gc", {})
+    print(f"worker gc        {gc.get('collections', 0)} collections, {gc.get('total_ms', 0) / 1e3:.1f} s in all "
+          f"({gc.get('total_ms', 0) * 1e3 / n:.1f} us a reading), longest {gc.get('max_ms', 0):.0f} ms")
     w = stats.get("writers", {})
     print("worker writers   " + "  ".join(f"{k}: {v.get('rows_stored')} rows, {v.get('insert_seconds_total', 0):.1f}s inserting"
                                          for k, v in w.items() if v.get("rows_stored")))
