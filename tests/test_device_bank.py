@@ -137,6 +137,18 @@ def test_bank_equals_models_with_missing_new_and_ignored_metrics():
             assert bank.names[s] == m.names and bank.ignored[s] == m.ignored_metrics
 
 
+def test_bank_equals_the_model_when_a_stronger_spike_passes_a_fast_devices_suppression():
+    """`suppress_pass` (opt-in; 1 Hz: the interval correction is paid) in the kernel as in the model."""
+    from tests.test_anomaly_models import _weak_alert_then_spike
+
+    ts, x = _weak_alert_then_spike(1.0, 300.0)
+    bank, models, slots, ref, got = _run_both([(ts, {"t": x})], {"use_hst": False, "suppress_pass": 1 / 0.9},
+                                             np.random.default_rng(7))
+    assert _assert_same(ref, got) >= 2
+    alerts = np.flatnonzero(np.concatenate([p[1] for p in got[0]]))
+    assert 2060 in alerts and 2003 in alerts
+
+
 @pytest.mark.skipif(not NAB.is_dir(), reason="needs ../shared/datasets/nab")
 def test_extract_insert_round_trip_through_the_state_format():
     """A device's row out as a `DeviceAnomalyModel` (checkpointed with `schemas.state`) and into another bank:

@@ -79,6 +79,7 @@ def _config_vector(cfg: AnomalyConfig) -> np.ndarray:
         K.F_DRIFT_TE: cfg.drift_tail_e, K.F_DRIFT_TA: cfg.drift_tail_alpha, K.F_SP_TOL: cfg.spatial_tol,
         K.F_SP_E: cfg.spatial_e, K.F_CONF_FRAC: cfg.confirm_frac, K.F_CONF_EXT: cfg.confirm_extreme,
         K.F_RAMP_TREND: cfg.ramp_trend_alpha, K.F_RAMP_MARGIN: cfg.ramp_margin, K.F_REARM: cfg.rearm_frac,
+        K.F_SUPP_PASS: cfg.suppress_pass,
     }
     for k, v in vals.items():
         cf[k] = v

@@ -34,8 +34,9 @@ L_REC, L_LAG, L_SM, L_SC, L_WM, L_WC, L_CT, L_CN, L_CC, L_END = range(10)
  F_USE_WEEKLY, F_WB, F_WALPHA, F_WMINAGE, F_CWARM, F_CBINS, F_CBPU, F_CPOW, F_LAGS, F_USE_FC, F_USE_HST,
  F_HST_EVERY, F_HST_T, F_HST_H, F_HST_W, F_EFULL, F_MINTHR, F_LEVEL_IV, F_SUPP_EV, F_SUPP_F, F_BURST_PEN,
  F_BURST_DEC, F_BURST_GAP, F_BURST_SOFT, F_STUCK_MIN, F_CDECAY, F_HC_ALPHA, F_HC_WARM, F_SIL_ALPHA,
- F_DRIFT_TE, F_DRIFT_TA, F_SP_TOL, F_SP_E, F_CONF_FRAC, F_CONF_EXT, F_RAMP_TREND, F_RAMP_MARGIN, F_REARM) = range(47)
-CF_LEN = 47
+ F_DRIFT_TE, F_DRIFT_TA, F_SP_TOL, F_SP_E, F_CONF_FRAC, F_CONF_EXT, F_RAMP_TREND, F_RAMP_MARGIN, F_REARM,
+ F_SUPP_PASS) = range(48)
+CF_LEN = 48
 
 _CAL = 5
 _NC = 8
@@ -635,8 +636,10 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
     need, prev = cf[F_CONF_FRAC] * level, ds[d, E_PREV]
     alone = level + max(cf[F_CONF_EXT] - paid, 0.0)
     rearm, e_alert, span = cf[F_REARM], ds[d, E_ALERT], cf[F_SUPP_EV]
+    pass_f = cf[F_SUPP_PASS]
     for i in range(B):
         er = e_row[i]
+        fresh = prev < level  # the row before did not cross: a crossing that starts here
         # `model._confirmed`: a crossing short of `alone` needs its neighbour row
         if er >= alone:
             ei = er
@@ -660,7 +663,10 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             since += 1.0
         burst *= dec
         if left > 0:
-            sc *= cf[F_SUPP_F]
+            # `model._run_block` (suppress_pass): on a device faster than level_interval_s, a crossing that starts
+            # inside the suppression, stronger than the alert that opened it by the factor, is let through
+            if not (pass_f > 0.0 and paid > 0.0 and fresh and ei >= level and ei >= pass_f * e_alert):
+                sc *= cf[F_SUPP_F]
             left -= 1.0
         if sc >= thr:
             left = cf[F_SUPP_EV]

@@ -32,7 +32,8 @@ rate per device-hour, not per reading), and ``score = E / e_full`` in [0, 1].
 Alerting: ``is_anomaly = score >= min_threshold`` (a fixed evidence level,
 ``L = min_threshold * e_full`` ~ 5 decades at one reading per 5 minutes); a crossing short of ``L +
 confirm_extreme`` needs its neighbour row at ``confirm_frac * L`` (see the config). After an alert the score is damped
-(``suppress_factor``) for ``suppress_events`` readings: one incident, one alert.
+(``suppress_factor``) for ``suppress_events`` readings: one incident, one alert (opt-in, ``suppress_pass``: on a
+device reading faster than ``level_interval_s``, a new crossing that much stronger than the alert alerts).
 The suppression is keyed to the same fixed level as ``is_anomaly``, so the
 alert stream is exactly the rows where the (suppressed) score crosses it.
 
@@ -173,6 +174,13 @@ class AnomalyConfig:
     # an anomaly unless less similar than rearm_frac = 0.9 x the last anomaly's similarity; 0 turns it off).
     # State: the last alert's evidence
     rearm_frac: float = 0.9
+    # opt-in (0: off, the default; docs/anomaly-detection.md, thirteenth pass): on a device reading faster than
+    # level_interval_s, a crossing that starts inside a suppression (the row before was under the level) at >=
+    # suppress_pass x the evidence of the alert that opened it is let through. At 1 Hz the suppression is minutes long
+    # and a new crossing that much stronger is another incident more often than the first one growing (on NAB, at 5
+    # minutes a row, letting stronger crossings through cost 4-12 points). 1/0.9: rearm_frac's ARTime constant the
+    # other way round (ARTime lets a detection through its mask at a similarity below 0.9 x the last anomaly's)
+    suppress_pass: float = 0.0
     suppress_events: int = 150
     suppress_factor: float = 0.0
     # alert confidence: an alert's score above the alert level is its evidence minus
@@ -735,8 +743,10 @@ class DeviceAnomalyModel:
         need, prev = cfg.confirm_frac * level, self.e_prev
         alone = level + max(cfg.confirm_extreme - paid, 0.0)
         rearm, e_alert, span = cfg.rearm_frac, self.e_alert, cfg.suppress_events
+        pass_f = cfg.suppress_pass
         out = e.tolist()
         for i, er in enumerate(out):
+            fresh = prev < level  # the row before did not cross: a crossing that starts here
             ei = _confirmed(er, prev, level, need, alone)
             prev = er
             if rearm > 0.0 and left <= 0 and since <= span and level <= ei < rearm * e_alert:
@@ -755,7 +765,8 @@ class DeviceAnomalyModel:
                 since += 1
             burst *= dec
             if left > 0:
-                s *= cfg.suppress_factor
+                if not (pass_f > 0.0 and paid > 0.0 and fresh and level <= ei and pass_f * e_alert <= ei):
+                    s *= cfg.suppress_factor  # the incident that alerted, or no stronger one
                 left -= 1
             if s >= thr:
                 left = cfg.suppress_events
