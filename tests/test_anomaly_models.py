@@ -459,18 +459,18 @@ def _weak_alert_then_spike(step: float, spike: float, first: float = 3.0) -> tup
 
 
 def test_a_much_stronger_spike_inside_a_fast_devices_suppression_alerts(fast_kwargs):
-    """`suppress_pass` (opt-in): on a device reading faster than `level_interval_s`, a crossing that starts inside
+    """`suppress_pass` (on by default): on a device reading faster than `level_interval_s`, a crossing that starts inside
     the suppression at >= 1/0.9 of the evidence of the alert that opened it is let through (the simulator's missed
     spike faults came inside a false or a stuck alarm's suppression); a weaker one, an incident still crossing (the
     step's later rows, growing), and any crossing on a device reading every 5 minutes (NAB's) stay suppressed."""
     def alerts(step: float, spike: float, first: float = 3.0, **over: float) -> list[int]:
         ts, x = _weak_alert_then_spike(step, spike, first)
-        r = DeviceAnomalyModel(**fast_kwargs, **{"suppress_pass": 1 / 0.9, **over}).score_learn_many(ts, {"t": x})
+        r = DeviceAnomalyModel(**fast_kwargs, **over).score_learn_many(ts, {"t": x})
         return list(np.flatnonzero(r.is_anomaly[1000:]) + 1000)
 
     assert alerts(1.0, 300.0) == [2003, 2060]
-    assert DeviceAnomalyModel().cfg.suppress_pass == 0.0
-    assert alerts(1.0, 300.0, suppress_pass=0.0) == [2003]  # off (the default): every crossing suppressed
+    assert DeviceAnomalyModel().cfg.suppress_pass == 1 / 0.9
+    assert alerts(1.0, 300.0, suppress_pass=0.0) == [2003]  # off: every crossing suppressed
     assert alerts(1.0, 30.0) == [2003]  # a spike, but not stronger than the alert: the same incident for all we know
     assert alerts(1.0, 30.0, first=5.0) == [2000]  # the step alerts on its first row; its growing later rows do not
     slow = alerts(300.0, 300.0)

@@ -138,7 +138,7 @@ def test_bank_equals_models_with_missing_new_and_ignored_metrics():
 
 
 def test_bank_equals_the_model_when_a_stronger_spike_passes_a_fast_devices_suppression():
-    """`suppress_pass` (opt-in; 1 Hz: the interval correction is paid) in the kernel as in the model."""
+    """`suppress_pass` (1 Hz: the interval correction is paid) in the kernel as in the model."""
     from tests.test_anomaly_models import _weak_alert_then_spike
 
     ts, x = _weak_alert_then_spike(1.0, 300.0)
