@@ -15,9 +15,9 @@ from online_models.evaluation.recommender import (
 )
 from online_models.recommender import OnlineRecommender, RecommenderConfig
 from wharf.bench.recommender import bench_commerce
-from online_models.recommender.state import STATE_TYPES
+from online_models.recommender.state import STATE_TYPES, ItemState
 from schemas.events import ClickEvent
-from schemas.state import StateCodec
+from schemas.state import StateCodec, StateFormatError
 from wharf.simulator import ShopConfig, ShopSimulator, simulate_clicks
 from wharf.simulator.evaluation import evaluate_simulator
 
@@ -116,18 +116,67 @@ def test_remove_action_is_a_negative_signal():
     assert items["C"][0] not in [r[0] for r in state.recent]
 
 
-def test_refresh_rows_rebuilds_the_ranking_cache_of_changed_rows():
+def test_a_click_moves_the_rows_that_ranking_reads_at_once():
+    """Rows are the arrays ranking sums over (no cache to refresh): a new pair is in them, by index row, at once."""
     model, items = _background()
-    before = model.recommend("bg0", 10)
     source = model.users["bg0"].recent[-1][0]
-    cached = model.index._cooc[source]  # noqa: SLF001 - the cache under test
+    pairs = model.items[source].cooc_pairs
     model.learn_one({"user_id": "bg0", "item_id": "E-39", "action": "view", "category": "E", "ts": T0 + 1e5})
-    assert model.items[source].cooc_pairs != cached[0][0]  # the row moved: its cached arrays are stale
-    model.refresh_rows([source])
-    fresh = model.index._cooc[source]  # noqa: SLF001
-    assert fresh[0][0] == model.items[source].cooc_pairs and "E-39" in model.items[source].cooc
-    assert model.index.row["E-39"] in fresh[1].tolist()
-    assert before
+    st = model.items[source]
+    assert st.cooc_pairs == pairs + 1 and "E-39" in model.cooc_row(source)
+    assert model.index.row["E-39"] in st.cooc_rows[:st.cooc_len].tolist()
+    assert len(model.cooc_row(source)) == st.cooc_len <= model.config.cooc_top_n * 3 // 2
+
+
+def _dict_add_pairs(row: dict, st: dict, pairs, t: float, rate_s: float, rate_pairs: float, top_n: int) -> None:
+    """The co-occurrence update as it was written with a dict (before rows became arrays): the reference."""
+    import heapq
+    import math
+    from operator import itemgetter
+
+    limit = top_n + (top_n >> 1)
+    for other, amount in pairs:
+        st["pairs"] += 1
+        c = rate_s * t + rate_pairs * st["pairs"]
+        st["clock"] = max(st["clock"], c)
+        exponent = st["clock"] - st["ref"]
+        if exponent > 30.0 or not row:
+            if row:
+                shrink = math.exp(-exponent)
+                for k in row:
+                    row[k] *= shrink
+                st["total"] *= shrink
+            st["ref"], exponent = st["clock"], 0.0
+        scaled = amount * math.exp(exponent)
+        row[other] = row.get(other, 0.0) + scaled
+        st["total"] += scaled
+        if len(row) > limit:
+            kept = heapq.nlargest(top_n, row.items(), key=itemgetter(1))
+            row.clear()
+            row.update(kept)
+
+
+def test_array_rows_keep_the_dict_rows_arithmetic():
+    """`cooc.add_pairs` against the dict it replaced: same entries in the same order, same weights (to rounding),
+    clock, landmark and total, through rescales (fast decay), prunes (a small top-N) and ties."""
+    rng = np.random.default_rng(5)
+    for top_n, rate_pairs in ((6, 0.3), (20, 0.01), (100, 0.0)):
+        st = ItemState("x")
+        row: dict[int, float] = {}
+        ref = {"pairs": 0, "clock": 0.0, "ref": 0.0, "total": 0.0}
+        t = 0.0
+        for _ in range(400):
+            t += float(rng.exponential(50.0))
+            m = int(rng.integers(1, 6))
+            others = rng.integers(0, 3 * top_n, m).astype(np.int32)
+            amounts = rng.choice([0.5, 1.0, 1.5], m)  # ties
+            st.add_pairs(others, amounts, t, 1e-4, rate_pairs, top_n)
+            _dict_add_pairs(row, ref, zip(others.tolist(), amounts.tolist(), strict=True), t, 1e-4, rate_pairs, top_n)
+            assert st.cooc_rows[:st.cooc_len].tolist() == list(row)
+            np.testing.assert_allclose(st.cooc_vals[:st.cooc_len], list(row.values()), rtol=1e-12)
+            assert (st.cooc_pairs, st.cooc_clock, st.cooc_ref) == (ref["pairs"], ref["clock"], ref["ref"])
+            assert st.cooc_total == pytest.approx(ref["total"], rel=1e-12)
+        assert st.cooc_rows.shape[0] <= top_n + (top_n >> 1) + 1
 
 
 def _reference_ranking(model: OnlineRecommender, user_id: str, k: int) -> list[tuple[str, str]]:
@@ -222,7 +271,7 @@ def test_state_stores_alone_rebuild_the_model():
         model.learn_one(ev)
     codec = StateCodec(STATE_TYPES)  # as checkpoints write them (streams/learning/shard.py)
     users = {k: codec.loads(codec.dumps(v)) for k, v in model.users.items()}
-    items = {k: codec.loads(codec.dumps(v)) for k, v in model.items.items()}
+    items = {k: codec.loads(codec.dumps(model.checkpoint_item(v))) for k, v in model.items.items()}
     state = codec.loads(codec.dumps(model.state))
     rebuilt = OnlineRecommender(model.config, users=users, items=items, state=state)
     for user in list(model.users)[:25]:
@@ -239,7 +288,10 @@ def test_state_format_gives_back_equal_users_and_items_with_their_own_arrays():
     model = OnlineRecommender(RecommenderConfig(seed=2))
     for ev in simulate_clicks(1500, seed=4, n_users=100, n_items=150):
         model.learn_one(ev)
-    objects = [*list(model.users.values())[:30], *list(model.items.values())[:30]]
+    objects = [*list(model.users.values())[:30], *(model.checkpoint_item(st) for st in list(model.items.values())[:30])]
+    assert all(st.cooc_ids and not st.cooc_len for st in objects[30:])  # the rows by item id, as checkpoints hold them
+    with pytest.raises(StateFormatError, match="live co-occurrence row"):
+        StateCodec(STATE_TYPES).dumps(next(st for st in model.items.values() if st.cooc_len))
     codec = StateCodec(STATE_TYPES)
     for obj in objects:
         back = codec.loads(codec.dumps(obj))
@@ -253,7 +305,42 @@ def test_state_format_gives_back_equal_users_and_items_with_their_own_arrays():
         if back.factors is not None:
             back.factors += 1.0  # its own buffer, not the record's nor the original's
             assert not np.array_equal(back.factors, obj.factors)
-        assert back.recent == obj.recent if isinstance(obj, UserState) else back.cooc == obj.cooc
+        assert back.recent == obj.recent if isinstance(obj, UserState) else back.cooc_ids == obj.cooc_ids
+
+
+def test_items_checkpointed_with_dict_rows_restore_into_array_rows():
+    """Checkpoints written before rows were arrays hold each row as a dict `cooc` (item id -> weight): they restore,
+    and the restored model ranks as the one whose rows were written the new way."""
+    from online_models.recommender.state import STATE_TYPES as types
+    from schemas.state import StateType, StateTypes
+
+    model = OnlineRecommender(RecommenderConfig(seed=3))
+    for ev in simulate_clicks(2500, seed=8, n_users=120, n_items=180):
+        model.learn_one(ev)
+
+    def old_item(st: ItemState) -> dict:  # the fields of an ItemState as the previous version wrote them
+        out = {name: getattr(st, name) for name in ItemState.__slots__
+               if name not in ("cooc_rows", "cooc_vals", "cooc_len", "cooc_ids", "cooc_weights")}
+        return {**out, "cooc": model.cooc_row(st.item_id)}
+
+    old_codec = StateCodec(StateTypes(types, StateType(ItemState, old_item)))  # the later entry wins
+    new_codec = StateCodec(types)
+    users = {k: new_codec.loads(new_codec.dumps(v)) for k, v in model.users.items()}
+    state = new_codec.loads(new_codec.dumps(model.state))
+    old = {k: new_codec.loads(old_codec.dumps(v)) for k, v in model.items.items()}
+    new = {k: new_codec.loads(new_codec.dumps(model.checkpoint_item(v))) for k, v in model.items.items()}
+    assert any(st.cooc_ids for st in old.values())
+    from_old = OnlineRecommender(model.config, users=users, items=old, state=state)
+    from_new = OnlineRecommender(model.config, users={k: new_codec.loads(new_codec.dumps(v)) for k, v in model.users.items()},
+                                 items=new, state=new_codec.loads(new_codec.dumps(model.state)))
+    for item_id in model.items:
+        assert from_old.cooc_row(item_id) == from_new.cooc_row(item_id) == model.cooc_row(item_id)
+    for user in from_old.users.values():  # restored users point at the item store's ids and their one session string
+        for item_id, _w, _ts, session in user.recent:
+            assert item_id not in from_old.items or item_id is from_old.items[item_id].item_id
+            assert session != user.session_id or session is user.session_id
+    for user in list(model.users)[:20]:
+        assert from_old.recommend(user, 10) == from_new.recommend(user, 10) == model.recommend(user, 10)
 
 
 def test_simulator_is_deterministic_and_well_formed():

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Collection, Iterable, Mapping, MutableMapping
+from collections.abc import Collection, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -70,9 +70,10 @@ from online_models.recommender.config import (
     RecommenderConfig,
     rate,
 )
-from online_models.recommender.evict import LastSeen, drop_neighbours
+from online_models.recommender import cooc as _row
+from online_models.recommender.evict import LastSeen
 from online_models.recommender.scoring import HAS, SIGNALS, rank
-from online_models.recommender.state import GlobalState, ItemState, UserState, decayed_add, forward_add
+from online_models.recommender.state import GlobalState, ItemState, UserState, checkpoint_copy, decayed_add, forward_add
 
 
 class Ranked(NamedTuple):
@@ -97,7 +98,7 @@ class _Shared:
 
 
 _EMPTY = np.zeros(0)
-_NO_ROWS = np.zeros(0, dtype=np.int64)
+_NO_ROWS = np.zeros(0, dtype=np.int32)
 _RING = 2048  # recent items kept for popularity-proportional negative sampling
 _MAX_PURCHASED = 500
 
@@ -130,6 +131,7 @@ class OnlineRecommender:
         self.index = ItemIndex(cfg.dim)
         self._shared_cache: _Shared | None = None  # what the last request shared with every user
         self.rebuild_caches()
+        self._share_strings()
         idle = [s for s in (cfg.user_idle_s, cfg.item_idle_s) if s > 0]
         self._sweep_every = min(idle) / 8 if idle else 0.0  # event time between sweeps for idle users/items
         self.evicted_users = self.evicted_items = 0  # since this object was made (not checkpointed)
@@ -137,10 +139,25 @@ class OnlineRecommender:
     # ------------------------------------------------------------------ state
 
     def rebuild_caches(self) -> None:
-        """Recreate the dense arrays from the item store (after a restart or a table swap)."""
-        self.index = ItemIndex(self.config.dim, capacity=max(1024, len(self.items)))
+        """Recreate the dense arrays from the item store (after a restart or a table swap). Co-occurrence rows name
+        neighbours by index row: live ones are renumbered from the old index to the new, and those that came by item
+        id (`ItemState.cooc_ids`: a restored checkpoint) are taken in; a neighbour not in the store is left out."""
+        old = getattr(self, "index", None)
+        self.index = index = ItemIndex(self.config.dim, capacity=max(1024, len(self.items)))
         self._shared_cache = None
-        self.index.rebuild(self.items.values(), self.state.landmark, self._rate_pop, self._rate_trend)
+        index.rebuild(self.items.values(), self.state.landmark, self._rate_pop, self._rate_trend)
+        if old is not None and len(old):
+            new_row = np.array([index.row.get(i, -1) for i in old.ids], dtype=np.int32)
+            for st in self.items.values():
+                if st.cooc_len:
+                    st.cooc_len = _row.remap(st.cooc_rows, st.cooc_vals, st.cooc_len, new_row)
+        row = index.row
+        for st in self.items.values():
+            if st.cooc_ids is not None:
+                rows = np.array([row.get(j, -1) for j in st.cooc_ids], dtype=np.int32)
+                known = rows >= 0
+                st.cooc_rows, st.cooc_vals = rows[known], st.cooc_weights[known].astype(np.float64)
+                st.cooc_len, st.cooc_ids, st.cooc_weights = len(st.cooc_rows), None, None
         self._seen_users = LastSeen(self.users)
         self._seen_items = LastSeen(self.items)
 
@@ -151,15 +168,37 @@ class OnlineRecommender:
     def __setstate__(self, d: dict[str, Any]) -> None:
         self.__dict__.update({"_shared_cache": None, "_draws": np.zeros((0, d["config"].dim), dtype=np.float32), **d})
 
-    def refresh_rows(self, item_ids: Iterable[str]) -> None:
-        """Rebuild the cached co-occurrence arrays of these items (those whose rows changed), so that a request
-        ranking with them does not build them; `recommend` builds any that are still stale."""
-        prior = self.config.cooc_prior
+    def _share_strings(self) -> None:
+        """Users given to the model (a restore) name items and sessions with strings of their own, one per entry:
+        point them at the item store's ids and the user's session string, as `learn_one` does (about a third of
+        a user's memory in the demo shop)."""
         items = self.items
-        for item_id in item_ids:
-            st = items.get(item_id)
-            if st is not None and st.cooc:
-                self.index.cooc_arrays(st, prior)
+        for user in self.users.values():
+            session = user.session_id
+            recent = user.recent
+            for pos, (item_id, weight, ts, sess) in enumerate(recent):
+                st = items.get(item_id)
+                recent[pos] = (st.item_id if st is not None else item_id, weight, ts, session if sess == session else sess)
+            if user.purchased:
+                user.purchased = {(st.item_id if (st := items.get(i)) is not None else i): t for i, t in user.purchased.items()}
+
+    def cooc_row(self, item_id: str) -> dict[str, float]:
+        """An item's co-occurrence row by item id, in the row's order (forward-decayed weights, unnormalised)."""
+        st = self.items.get(item_id)
+        if st is None:
+            return {}
+        if st.cooc_ids is not None:  # not taken in yet
+            return dict(zip(st.cooc_ids, st.cooc_weights.tolist(), strict=True))
+        n = st.cooc_len
+        return dict(zip(self.index.names[st.cooc_rows[:n]].tolist(), st.cooc_vals[:n].tolist(), strict=True))
+
+    def checkpoint_item(self, st: ItemState) -> ItemState:
+        """A copy of an item to write to a checkpoint: its row by item id (`cooc_ids`, `cooc_weights`), not by index
+        row (the ids in one take from the index's `names`, the weights as one array: cheaper to write than a dict)."""
+        n = st.cooc_len
+        if not n:
+            return st
+        return checkpoint_copy(st, self.index.names[st.cooc_rows[:n]].tolist(), st.cooc_vals[:n].copy())
 
     # --------------------------------------------------------------- catalogue
 
@@ -248,14 +287,33 @@ class OnlineRecommender:
         for item_id in item_ids:
             del self.items[item_id]
         dead = set(item_ids)
-        drop_neighbours(self.items, dead)
-        self.index.remove(item_ids)
+        new_row = self.index.remove(item_ids)
+        if new_row is not None:
+            self._renumber_rows(new_row)
         g = self.state
         ring = [i for i in g.recent_items if i not in dead]
         if len(ring) != len(g.recent_items):
             g.recent_items, g.recent_pos = ring, 0
         self._shared_cache = None
         self.evicted_items += len(item_ids)
+
+    def _renumber_rows(self, new_row: np.ndarray) -> None:
+        """After the index dropped rows: every co-occurrence row renumbered, the dropped neighbours left out. One pass
+        over the rows (compiled), once per batch of evictions; it keeps a row from naming an item that no longer
+        exists, or from carrying old evidence over to an evicted item that comes back. A row that lost neighbours is
+        written back (`items[id] = state`) so that a store that tracks changes checkpoints it; one only renumbered is
+        not (a checkpoint names neighbours by id). The row's total keeps the removed weight, as when it is pruned."""
+        items = self.items
+        changed = []
+        remap = _row.remap
+        for st in items.values():
+            n = st.cooc_len
+            if n:
+                st.cooc_len = remap(st.cooc_rows, st.cooc_vals, n, new_row)
+                if st.cooc_len != n:
+                    changed.append(st)
+        for st in changed:
+            items[st.item_id] = st
 
     # ----------------------------------------------------------------- learning
 
@@ -290,7 +348,11 @@ class OnlineRecommender:
             if user.events == 0 or ts - user.last_ts > cfg.session_gap_s:
                 user.session_seq += 1
             session = f"~{user.session_seq}"
-        user.session_id = session
+        if session == user.session_id:
+            session = user.session_id  # its own string, once per user, not one per click in `recent`
+        else:
+            user.session_id = session
+        item_id = item.item_id  # the store's string: `recent`, `purchased` and the ring hold no copies of their own
 
         if weight > 0:
             self._learn_pairs(user, item_id, weight, ts, session)
@@ -335,13 +397,16 @@ class OnlineRecommender:
         """Pairs (previous item -> this item) and the weaker reverse pairs."""
         cfg = self.config
         items = self.items
+        index_row = self.index.row
         r, rp = self._rate_cooc, self._rate_pairs
         top_n = cfg.cooc_top_n
         target = items[item_id]
+        this = index_row[item_id]
         same, cross, back, pos = cfg.same_session_weight, cfg.cross_session_weight, cfg.backward_weight, cfg.position_decay
         decay = weight
         n = 0
-        reverse: list[tuple[str, float]] = []
+        reverse: list[int] = []
+        amounts: list[float] = []
         for prev_id, _w, _ts, prev_session in reversed(user.recent):
             if prev_id == item_id:
                 continue
@@ -349,15 +414,16 @@ class OnlineRecommender:
             if prev is None:
                 continue
             amount = decay * (same if prev_session == session else cross)
-            prev.add_pairs(((item_id, amount),), ts, r, rp, top_n)
-            reverse.append((prev_id, amount * back))
+            prev.add_pair(this, amount, ts, r, rp, top_n)
+            reverse.append(index_row[prev_id])
+            amounts.append(amount * back)
             items[prev_id] = prev
             decay *= pos
             n += 1
             if n >= cfg.pair_window:
                 break
         if reverse:  # after the forward pairs: the target is none of the previous items, so the order is free
-            target.add_pairs(reverse, ts, r, rp, top_n)
+            target.add_pairs(np.array(reverse, dtype=np.int32), np.array(amounts), ts, r, rp, top_n)
 
     def _sample_negative(self, positive_row: int) -> int:
         n = len(self.index)
@@ -428,11 +494,11 @@ class OnlineRecommender:
 
     def _cooc_sources(self, user: UserState, now: float) -> tuple[list[np.ndarray], list[np.ndarray], list[float], float, float]:
         """The user's recent items that have a co-occurrence row, newest first: each one's row as (index rows,
-        P(j | item)) and its weight (action, decayed by position), positive for an item of the live session
-        (the `session` signal), negative for an older one (`co_occurrence`); and the two sums of weights."""
+        weights) and its weight (action, decayed by position) over the row's normaliser (so that the products are
+        P(j | item) times the source's weight), positive for an item of the live session (the `session` signal),
+        negative for an older one (`co_occurrence`); and the two sums of the sources' weights."""
         cfg = self.config
         live = self._live_session(user, now)
-        cooc_arrays = self.index.cooc_arrays
         items = self.items
         prior = cfg.cooc_prior
         position_decay = cfg.position_decay
@@ -445,16 +511,17 @@ class OnlineRecommender:
             st = items.get(item_id)
             src = weight * decay
             decay *= position_decay
-            if st is None or not st.cooc or src <= 0:
+            n = 0 if st is None else st.cooc_len
+            if not n or src <= 0:
                 continue
-            r, p = cooc_arrays(st, prior)
-            rows.append(r)
-            probs.append(p)
+            rows.append(st.cooc_rows[:n])
+            probs.append(st.cooc_vals[:n])
+            scaled = src / (st.cooc_total + prior * st.cooc_prior_scale())
             if session == live:
-                signed.append(src)
+                signed.append(scaled)
                 in_session += src
             else:
-                signed.append(-src)
+                signed.append(-scaled)
                 older += src
         return rows, probs, signed, in_session, older
 
@@ -538,11 +605,12 @@ class OnlineRecommender:
             st = self.items.get(src_id)
             src = weight * decay
             decay *= cfg.position_decay
-            if st is None or not st.cooc or src <= 0:
+            if st is None or not st.cooc_len or src <= 0:
                 continue
             which = 0 if session == live else 1
             norms[which] += src
-            v = st.cooc.get(item_id)
+            at = _row.find(st.cooc_rows, st.cooc_len, row)
+            v = float(st.cooc_vals[at]) if at >= 0 else 0.0
             if v:
                 prior = cfg.cooc_prior * st.cooc_prior_scale()
                 mass[which] += src * v / (st.cooc_total + prior)
