@@ -74,7 +74,7 @@ def measure(max_users: int, max_items: int, purchased: int = 20, categories: int
     tracemalloc.stop()
     idx = model.index
     dense = sum(a.nbytes for a in (idx.q, idx.bias, idx.popular, idx.trending, idx.category, idx.active, idx.names))
-    rows = sum(st.cooc_rows.nbytes + st.cooc_vals.nbytes for st in items.values())
+    rows = model.rows.nbytes()
     sample_u, sample_i = list(users)[:200], list(items)[:200]
     enc_u = len(codec.dumps({k: users[k] for k in sample_u})) / len(sample_u)
     enc_i = len(codec.dumps({k: model.checkpoint_item(items[k]) for k in sample_i})) / len(sample_i)

@@ -15,6 +15,7 @@ from online_models.evaluation.recommender import (
 )
 from online_models.recommender import OnlineRecommender, RecommenderConfig
 from wharf.bench.recommender import bench_commerce
+from online_models.recommender.cooc import Rows
 from online_models.recommender.state import STATE_TYPES, ItemState
 from schemas.events import ClickEvent
 from schemas.state import StateCodec, StateFormatError
@@ -120,12 +121,13 @@ def test_a_click_moves_the_rows_that_ranking_reads_at_once():
     """Rows are the arrays ranking sums over (no cache to refresh): a new pair is in them, by index row, at once."""
     model, items = _background()
     source = model.users["bg0"].recent[-1][0]
-    pairs = model.items[source].cooc_pairs
+    pairs = model.checkpoint_item(model.items[source]).cooc_pairs
     model.learn_one({"user_id": "bg0", "item_id": "E-39", "action": "view", "category": "E", "ts": T0 + 1e5})
-    st = model.items[source]
+    st = model.checkpoint_item(model.items[source])
     assert st.cooc_pairs == pairs + 1 and "E-39" in model.cooc_row(source)
-    assert model.index.row["E-39"] in st.cooc_rows[:st.cooc_len].tolist()
-    assert len(model.cooc_row(source)) == st.cooc_len <= model.config.cooc_top_n * 3 // 2
+    others, _weights = model.rows.row(model.index.row[source])
+    assert model.index.row["E-39"] in others.tolist()
+    assert len(model.cooc_row(source)) == len(others) <= model.config.cooc_top_n * 3 // 2
 
 
 def _dict_add_pairs(row: dict, st: dict, pairs, t: float, rate_s: float, rate_pairs: float, top_n: int) -> None:
@@ -157,26 +159,66 @@ def _dict_add_pairs(row: dict, st: dict, pairs, t: float, rate_s: float, rate_pa
 
 
 def test_array_rows_keep_the_dict_rows_arithmetic():
-    """`cooc.add_pairs` against the dict it replaced: same entries in the same order, same weights (to rounding),
-    clock, landmark and total, through rescales (fast decay), prunes (a small top-N) and ties."""
+    """`cooc.Rows` against the dict it replaced: same entries in the same order, same weights (to rounding), clock,
+    landmark and total, through rescales (fast decay), prunes (a small top-N) and ties; rows filled one pair list
+    at a time (`add`) and a click at a time (`learn`: forward pairs into several rows and the reverse ones in one
+    call), with rows moving in the slab and the slab compacted and grown."""
     rng = np.random.default_rng(5)
     for top_n, rate_pairs in ((6, 0.3), (20, 0.01), (100, 0.0)):
-        st = ItemState("x")
-        row: dict[int, float] = {}
-        ref = {"pairs": 0, "clock": 0.0, "ref": 0.0, "total": 0.0}
+        n_rows = 3 * top_n
+        rows = Rows(top_n, capacity=4)
+        rows.ensure(n_rows)
+        dicts: list[dict[int, float]] = [{} for _ in range(n_rows)]
+        refs = [{"pairs": 0, "clock": 0.0, "ref": 0.0, "total": 0.0} for _ in range(n_rows)]
         t = 0.0
-        for _ in range(400):
+        moved = rows.pos[1]
+        for step in range(600):
             t += float(rng.exponential(50.0))
             m = int(rng.integers(1, 6))
-            others = rng.integers(0, 3 * top_n, m).astype(np.int32)
             amounts = rng.choice([0.5, 1.0, 1.5], m)  # ties
-            st.add_pairs(others, amounts, t, 1e-4, rate_pairs, top_n)
-            _dict_add_pairs(row, ref, zip(others.tolist(), amounts.tolist(), strict=True), t, 1e-4, rate_pairs, top_n)
-            assert st.cooc_rows[:st.cooc_len].tolist() == list(row)
-            np.testing.assert_allclose(st.cooc_vals[:st.cooc_len], list(row.values()), rtol=1e-12)
-            assert (st.cooc_pairs, st.cooc_clock, st.cooc_ref) == (ref["pairs"], ref["clock"], ref["ref"])
-            assert st.cooc_total == pytest.approx(ref["total"], rel=1e-12)
-        assert st.cooc_rows.shape[0] <= top_n + (top_n >> 1) + 1
+            this = int(rng.integers(0, n_rows))
+            if step % 2:
+                others = rng.integers(0, n_rows, m).astype(np.int32)
+                rows.add(this, others, amounts, 1e-4 * t, rate_pairs)
+                _dict_add_pairs(dicts[this], refs[this], zip(others.tolist(), amounts.tolist(), strict=True), t, 1e-4,
+                                rate_pairs, top_n)
+                touched = {this}
+            else:
+                others = rng.choice([r for r in range(n_rows) if r != this], m, replace=False).astype(np.int32)
+                rows.prevs[:m], rows.amounts[:m] = others, amounts
+                rows.learn(this, m, 0.3, 1e-4 * t, rate_pairs)
+                for o, a in zip(others.tolist(), amounts.tolist(), strict=True):
+                    _dict_add_pairs(dicts[o], refs[o], [(this, a)], t, 1e-4, rate_pairs, top_n)
+                _dict_add_pairs(dicts[this], refs[this], zip(others.tolist(), (0.3 * amounts).tolist(), strict=True), t,
+                                1e-4, rate_pairs, top_n)
+                touched = {this, *others.tolist()}
+            for r in touched:
+                got, weights = rows.row(r)
+                assert got.tolist() == list(dicts[r])
+                np.testing.assert_allclose(weights, list(dicts[r].values()), rtol=1e-12)
+                pairs, clock, ref, total = rows.stats(r)
+                assert (pairs, clock, ref) == (refs[r]["pairs"], refs[r]["clock"], refs[r]["ref"])
+                assert total == pytest.approx(refs[r]["total"], rel=1e-12)
+            moved = max(moved, rows.pos[1])
+        assert all(rows.row(r)[0].tolist() == list(dicts[r]) for r in range(n_rows))  # after every move
+        assert (rows.meta[:n_rows, 1] <= top_n + (top_n >> 1) + 1).all()
+        assert moved > 0  # rows moved to the slab's end and left segments behind
+
+
+def test_rows_follow_the_index_when_it_renumbers():
+    """`Rows.renumber`: rows move to their new numbers, neighbours renamed, the dropped ones left out in order."""
+    rows = Rows(10, capacity=4)
+    rows.ensure(5)
+    for r in range(5):
+        others = np.array([o for o in range(5) if o != r], dtype=np.int32)
+        rows.add(r, others, np.arange(1.0, 5.0), 0.0, 0.0)
+    before = {r: rows.row(r)[0].tolist() for r in range(5)}
+    changed = rows.renumber(np.array([2, -1, 0, 1, -1], dtype=np.int32), 3)  # drop 1 and 4, move the others
+    new = {0: 2, 2: 0, 3: 1}
+    for old, nr in new.items():
+        assert rows.row(nr)[0].tolist() == [new[o] for o in before[old] if o in new]
+        assert rows.stats(nr)[0] == 4
+    assert changed.tolist() == [True, True, True] and rows.count == 3
 
 
 def _reference_ranking(model: OnlineRecommender, user_id: str, k: int) -> list[tuple[str, str]]:
@@ -289,9 +331,9 @@ def test_state_format_gives_back_equal_users_and_items_with_their_own_arrays():
     for ev in simulate_clicks(1500, seed=4, n_users=100, n_items=150):
         model.learn_one(ev)
     objects = [*list(model.users.values())[:30], *(model.checkpoint_item(st) for st in list(model.items.values())[:30])]
-    assert all(st.cooc_ids and not st.cooc_len for st in objects[30:])  # the rows by item id, as checkpoints hold them
+    assert all(st.cooc_ids and not st.cooc_live for st in objects[30:])  # the rows by item id, as checkpoints hold them
     with pytest.raises(StateFormatError, match="live co-occurrence row"):
-        StateCodec(STATE_TYPES).dumps(next(st for st in model.items.values() if st.cooc_len))
+        StateCodec(STATE_TYPES).dumps(next(iter(model.items.values())))
     codec = StateCodec(STATE_TYPES)
     for obj in objects:
         back = codec.loads(codec.dumps(obj))
@@ -319,8 +361,9 @@ def test_items_checkpointed_with_dict_rows_restore_into_array_rows():
         model.learn_one(ev)
 
     def old_item(st: ItemState) -> dict:  # the fields of an ItemState as the previous version wrote them
+        st = model.checkpoint_item(st)
         out = {name: getattr(st, name) for name in ItemState.__slots__
-               if name not in ("cooc_rows", "cooc_vals", "cooc_len", "cooc_ids", "cooc_weights")}
+               if name not in ("cooc_live", "cooc_ids", "cooc_weights")}
         return {**out, "cooc": model.cooc_row(st.item_id)}
 
     old_codec = StateCodec(StateTypes(types, StateType(ItemState, old_item)))  # the later entry wins

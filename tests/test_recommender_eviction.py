@@ -31,7 +31,7 @@ def check_consistent(model: OnlineRecommender) -> None:
     items = model.items
     assert model.index.ids == list(items) and model.index.row == {i: r for r, i in enumerate(items)}
     for st in items.values():
-        rows = st.cooc_rows[:st.cooc_len].tolist()
+        rows = model.rows.row(model.index.row[st.item_id])[0].tolist()
         assert len(set(rows)) == len(rows) and all(0 <= r < len(items) for r in rows), st.item_id
         assert model.cooc_row(st.item_id).keys() <= items.keys(), f"{st.item_id}'s row names evicted items"
         assert st.cooc_ids is None  # the rows by id are only in checkpoints
@@ -127,7 +127,7 @@ def test_an_evicted_item_is_gone_from_every_structure_and_comes_back_fresh() -> 
     # it comes back: new state, nothing of the old one
     model.learn_one({"user_id": "back", "item_id": first, "ts": 10_000.0})
     st = model.items[first]
-    assert st.events == 1 and st.popular == 1.0 and not st.cooc_len
+    assert st.events == 1 and st.popular == 1.0 and not model.cooc_row(first)
     assert model.recommend("back", 5)
     check_consistent(model)
 

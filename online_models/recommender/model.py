@@ -26,7 +26,10 @@ State layout (what a Faust table partitioned by user / by item would hold):
   current session, purchased items, latent factors, category preferences.
   Written only by that user's events.
 * per item (`ItemState`, table by item_id): category, price, active flag,
-  bounded co-occurrence row, latent factors and bias, decayed popularity.
+  bounded co-occurrence row, latent factors and bias, decayed popularity. A
+  live model holds every item's row in one slab (`cooc.Rows`, by index row, so
+  that a click's pairs go in with one compiled call); `checkpoint_item` writes
+  an item with its row by item id, which is what a table should store.
   An event on item j by user u writes j (popularity, factors, reverse pairs),
   the rows of u's last `pair_window` items (forward pair -> j) and the factors of
   `negatives` sampled items. With Faust the forward-pair and negative updates are
@@ -129,6 +132,7 @@ class OnlineRecommender:
         self._rate_user = rate(cfg.user_half_life_s)
         self._view_weight = cfg.weight("view") or 1.0
         self.index = ItemIndex(cfg.dim)
+        self.rows = _row.Rows(cfg.cooc_top_n)  # every item's co-occurrence row, by index row
         self._shared_cache: _Shared | None = None  # what the last request shared with every user
         self.rebuild_caches()
         self._share_strings()
@@ -142,22 +146,26 @@ class OnlineRecommender:
         """Recreate the dense arrays from the item store (after a restart or a table swap). Co-occurrence rows name
         neighbours by index row: live ones are renumbered from the old index to the new, and those that came by item
         id (`ItemState.cooc_ids`: a restored checkpoint) are taken in; a neighbour not in the store is left out."""
-        old = getattr(self, "index", None)
+        old = self.index
         self.index = index = ItemIndex(self.config.dim, capacity=max(1024, len(self.items)))
         self._shared_cache = None
         index.rebuild(self.items.values(), self.state.landmark, self._rate_pop, self._rate_trend)
-        if old is not None and len(old):
-            new_row = np.array([index.row.get(i, -1) for i in old.ids], dtype=np.int32)
-            for st in self.items.values():
-                if st.cooc_len:
-                    st.cooc_len = _row.remap(st.cooc_rows, st.cooc_vals, st.cooc_len, new_row)
+        rows = self.rows
+        rows.ensure(len(old))
+        rows.renumber(np.array([index.row.get(i, -1) for i in old.ids], dtype=np.int32), len(index))
+        rows.ensure(len(index))
         row = index.row
+        was = old.row
         for st in self.items.values():
             if st.cooc_ids is not None:
-                rows = np.array([row.get(j, -1) for j in st.cooc_ids], dtype=np.int32)
-                known = rows >= 0
-                st.cooc_rows, st.cooc_vals = rows[known], st.cooc_weights[known].astype(np.float64)
-                st.cooc_len, st.cooc_ids, st.cooc_weights = len(st.cooc_rows), None, None
+                others = np.array([row.get(j, -1) for j in st.cooc_ids], dtype=np.int32)
+                known = others >= 0
+                rows.put(row[st.item_id], others[known], st.cooc_weights[known].astype(np.float64), st.cooc_pairs,
+                         st.cooc_clock, st.cooc_ref, st.cooc_total)
+                st.cooc_ids = st.cooc_weights = None
+            elif st.item_id not in was and st.cooc_pairs:  # a row all of whose neighbours were evicted
+                rows.put(row[st.item_id], _NO_ROWS, _EMPTY, st.cooc_pairs, st.cooc_clock, st.cooc_ref, st.cooc_total)
+            st.cooc_live = True
         self._seen_users = LastSeen(self.users)
         self._seen_items = LastSeen(self.items)
 
@@ -189,16 +197,21 @@ class OnlineRecommender:
             return {}
         if st.cooc_ids is not None:  # not taken in yet
             return dict(zip(st.cooc_ids, st.cooc_weights.tolist(), strict=True))
-        n = st.cooc_len
-        return dict(zip(self.index.names[st.cooc_rows[:n]].tolist(), st.cooc_vals[:n].tolist(), strict=True))
+        others, weights = self.rows.row(self.index.row[item_id])
+        return dict(zip(self.index.names[others].tolist(), weights.tolist(), strict=True))
+
+    def cooc_normaliser(self, item_id: str) -> float:
+        """What an item's row weights are divided by to give P(j | item): its total plus the prior's pseudo-counts."""
+        return self.rows.norm(self.index.row[item_id], self.config.cooc_prior)
 
     def checkpoint_item(self, st: ItemState) -> ItemState:
         """A copy of an item to write to a checkpoint: its row by item id (`cooc_ids`, `cooc_weights`), not by index
-        row (the ids in one take from the index's `names`, the weights as one array: cheaper to write than a dict)."""
-        n = st.cooc_len
-        if not n:
-            return st
-        return checkpoint_copy(st, self.index.names[st.cooc_rows[:n]].tolist(), st.cooc_vals[:n].copy())
+        row (the ids in one take from the index's `names`, the weights as one array: cheaper to write than a dict),
+        and the row's clock and total as they are now."""
+        r = self.index.row[st.item_id]
+        others, weights = self.rows.row(r)
+        return checkpoint_copy(st, self.index.names[others].tolist() if len(others) else None,
+                               weights.copy() if len(others) else None, *self.rows.stats(r))
 
     # --------------------------------------------------------------- catalogue
 
@@ -230,6 +243,8 @@ class OnlineRecommender:
             st.factors = self._initial_factors()
             self.items[item_id] = st
             self.index.add(st)
+            self.rows.ensure(len(self.index))
+            st.cooc_live = True
             self._seen_items.touch(ts, item_id)
         else:
             if ts > st.last_ts:
@@ -242,6 +257,7 @@ class OnlineRecommender:
                 st.price = price
             if changed or item_id not in self.index.row:
                 self.index.add(st)
+                self.rows.ensure(len(self.index))
         return st
 
     def _initial_factors(self) -> np.ndarray:
@@ -303,17 +319,10 @@ class OnlineRecommender:
         exists, or from carrying old evidence over to an evicted item that comes back. A row that lost neighbours is
         written back (`items[id] = state`) so that a store that tracks changes checkpoints it; one only renumbered is
         not (a checkpoint names neighbours by id). The row's total keeps the removed weight, as when it is pruned."""
-        items = self.items
-        changed = []
-        remap = _row.remap
-        for st in items.values():
-            n = st.cooc_len
-            if n:
-                st.cooc_len = remap(st.cooc_rows, st.cooc_vals, n, new_row)
-                if st.cooc_len != n:
-                    changed.append(st)
-        for st in changed:
-            items[st.item_id] = st
+        changed = self.rows.renumber(new_row, len(self.index))
+        items, ids = self.items, self.index.ids
+        for r in np.flatnonzero(changed).tolist():
+            items[ids[r]] = items[ids[r]]
 
     # ----------------------------------------------------------------- learning
 
@@ -394,36 +403,31 @@ class OnlineRecommender:
         self.items[item_id] = item
 
     def _learn_pairs(self, user: UserState, item_id: str, weight: float, ts: float, session: str) -> None:
-        """Pairs (previous item -> this item) and the weaker reverse pairs."""
+        """Pairs (previous item -> this item) and the weaker reverse pairs, all in one compiled call (`Rows.learn`)."""
         cfg = self.config
         items = self.items
         index_row = self.index.row
-        r, rp = self._rate_cooc, self._rate_pairs
-        top_n = cfg.cooc_top_n
-        target = items[item_id]
-        this = index_row[item_id]
-        same, cross, back, pos = cfg.same_session_weight, cfg.cross_session_weight, cfg.backward_weight, cfg.position_decay
+        same, cross, pos = cfg.same_session_weight, cfg.cross_session_weight, cfg.position_decay
+        window = min(cfg.pair_window, 64)
+        rows = self.rows
+        prevs, amounts = rows.prevs, rows.amounts
         decay = weight
-        n = 0
-        reverse: list[int] = []
-        amounts: list[float] = []
+        k = 0
         for prev_id, _w, _ts, prev_session in reversed(user.recent):
             if prev_id == item_id:
                 continue
             prev = items.get(prev_id)
             if prev is None:
                 continue
-            amount = decay * (same if prev_session == session else cross)
-            prev.add_pair(this, amount, ts, r, rp, top_n)
-            reverse.append(index_row[prev_id])
-            amounts.append(amount * back)
+            amounts[k] = decay * (same if prev_session == session else cross)
+            prevs[k] = index_row[prev_id]
             items[prev_id] = prev
             decay *= pos
-            n += 1
-            if n >= cfg.pair_window:
+            k += 1
+            if k >= window:
                 break
-        if reverse:  # after the forward pairs: the target is none of the previous items, so the order is free
-            target.add_pairs(np.array(reverse, dtype=np.int32), np.array(amounts), ts, r, rp, top_n)
+        if k:
+            rows.learn(index_row[item_id], k, cfg.backward_weight, self._rate_cooc * ts, self._rate_pairs)
 
     def _sample_negative(self, positive_row: int) -> int:
         n = len(self.index)
@@ -502,6 +506,7 @@ class OnlineRecommender:
         items = self.items
         prior = cfg.cooc_prior
         position_decay = cfg.position_decay
+        cooc, index_row = self.rows, self.index.row
         rows: list[np.ndarray] = []
         probs: list[np.ndarray] = []
         signed: list[float] = []
@@ -511,12 +516,15 @@ class OnlineRecommender:
             st = items.get(item_id)
             src = weight * decay
             decay *= position_decay
-            n = 0 if st is None else st.cooc_len
-            if not n or src <= 0:
+            if st is None or src <= 0:
                 continue
-            rows.append(st.cooc_rows[:n])
-            probs.append(st.cooc_vals[:n])
-            scaled = src / (st.cooc_total + prior * st.cooc_prior_scale())
+            r = index_row[item_id]
+            others, weights = cooc.row(r)
+            if not len(others):
+                continue
+            rows.append(others)
+            probs.append(weights)
+            scaled = src / cooc.norm(r, prior)
             if session == live:
                 signed.append(scaled)
                 in_session += src
@@ -605,15 +613,16 @@ class OnlineRecommender:
             st = self.items.get(src_id)
             src = weight * decay
             decay *= cfg.position_decay
-            if st is None or not st.cooc_len or src <= 0:
+            if st is None or src <= 0:
+                continue
+            r = idx.row[src_id]
+            if not self.rows.length(r):
                 continue
             which = 0 if session == live else 1
             norms[which] += src
-            at = _row.find(st.cooc_rows, st.cooc_len, row)
-            v = float(st.cooc_vals[at]) if at >= 0 else 0.0
+            v = self.rows.weight(r, row)
             if v:
-                prior = cfg.cooc_prior * st.cooc_prior_scale()
-                mass[which] += src * v / (st.cooc_total + prior)
+                mass[which] += src * v / self.rows.norm(r, cfg.cooc_prior)
         for which, name in ((0, SESSION), (1, CO_OCCURRENCE)):
             if norms[which] > 0:
                 out[name] = mass[which] / norms[which]

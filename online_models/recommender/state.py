@@ -4,9 +4,10 @@ Every value here is a small dataclass of plain data, so a Faust table keyed by u
 (`UserState`) and one keyed by item (`ItemState`) can replace the plain dicts the
 model uses by default. `GlobalState` is per worker (blend weights, RNG, a sample
 of recent items); it is tiny and can live in a single-key table. One exception:
-a live item's co-occurrence row names its neighbours by their row in the model's
-dense index (`cooc.py`), so items go to checkpoints through
-`OnlineRecommender.checkpoint_item`, which names them by item id.
+a live item's co-occurrence row is held by its model (`cooc.Rows`, one slab for
+all rows, naming neighbours by their row in the model's dense index), so items go
+to checkpoints through `OnlineRecommender.checkpoint_item`, which writes the row
+into the item by item id, with its clock and total.
 
 Time decay uses two encodings, both exact and lazy (nothing is touched on a
 clock tick):
@@ -68,14 +69,12 @@ class ItemState:
     category: str | None = None
     price: float | None = None
     active: bool = True
-    cooc_rows: np.ndarray = field(default_factory=lambda: _row.NO_ROWS)
-    """Co-occurrence row 'item -> other item', bounded to the top-N: the others' rows in the model's dense index
-    (`cooc.py`), the first `cooc_len` used; `cooc_vals` their forward-decayed weights."""
-    cooc_vals: np.ndarray = field(default_factory=lambda: _row.NO_VALS)
-    cooc_len: int = 0
     cooc_ids: list[str] | None = None
-    """The row by item id, with `cooc_weights` (float64): only in checkpoints (`OnlineRecommender.checkpoint_item`)
-    and in a restored item until its model takes it in (`OnlineRecommender.rebuild_caches`); None in a live model."""
+    """Co-occurrence row 'item -> other item', bounded to the top-N, by item id, with `cooc_weights` (float64,
+    forward-decayed): only in checkpoints (`OnlineRecommender.checkpoint_item`) and in a restored item until its
+    model takes it in (`OnlineRecommender.rebuild_caches`); None in a live model, whose rows are in `cooc.Rows`.
+    The row's `cooc_total`, `cooc_pairs`, `cooc_clock` and `cooc_ref` are likewise as of the last checkpoint or
+    restore in a live item: the model holds them with the row."""
     cooc_weights: np.ndarray | None = None
     cooc_total: float = 0.0
     """Sum of all pair weights ever added (same scale as the row), including pruned ones."""
@@ -95,29 +94,8 @@ class ItemState:
     events: int = 0
     last_ts: float = 0.0
     """Event time it was last clicked or registered: the eviction order (`evict.LastSeen`)."""
-
-    def add_pairs(self, others: np.ndarray, amounts: np.ndarray, t: float, rate_s: float, rate_pairs: float,
-                  top_n: int) -> None:
-        """Add pairs (`others`: dense-index rows, int32; `amounts`: float64) at time `t`, in order; each moves the
-        row's decay clock by one pair. One call per event and row: the reverse pairs of a click go in together."""
-        rows, vals = _row.room(self.cooc_rows, self.cooc_vals, self.cooc_len, len(others), top_n)
-        self.cooc_rows, self.cooc_vals = rows, vals
-        self.cooc_len, self.cooc_pairs, self.cooc_clock, self.cooc_ref, self.cooc_total = _row.add_pairs(
-            rows, vals, self.cooc_len, others, amounts, rate_s * t, rate_pairs, self.cooc_pairs, self.cooc_clock,
-            self.cooc_ref, self.cooc_total, top_n, _row.MAX_EXPONENT)
-
-    def add_pair(self, other: int, amount: float, t: float, rate_s: float, rate_pairs: float, top_n: int) -> None:
-        """`add_pairs` of one pair (`other`: a dense-index row)."""
-        rows, vals, n = self.cooc_rows, self.cooc_vals, self.cooc_len
-        if n >= rows.shape[0]:
-            rows, vals = self.cooc_rows, self.cooc_vals = _row.room(rows, vals, n, 1, top_n)
-        self.cooc_len, self.cooc_pairs, self.cooc_clock, self.cooc_ref, self.cooc_total = _row.add_pair(
-            rows, vals, n, other, amount, rate_s * t, rate_pairs, self.cooc_pairs, self.cooc_clock, self.cooc_ref,
-            self.cooc_total, top_n, _row.MAX_EXPONENT)
-
-    def cooc_prior_scale(self) -> float:
-        """Factor that brings an unscaled pseudo-count to the row's scale (as of its last pair)."""
-        return math.exp(self.cooc_clock - self.cooc_ref)
+    cooc_live: bool = False
+    """Held by a model, whose `cooc.Rows` has its row: write it through `OnlineRecommender.checkpoint_item`."""
 
 
 @dataclass(slots=True)
@@ -180,7 +158,7 @@ _USER_SLOT_NAMES = frozenset(UserState.__slots__)
 _ITEM_SLOT_NAMES = frozenset(ItemState.__slots__)
 
 
-_ROW_SLOTS = ("cooc_rows", "cooc_vals", "cooc_len")  # a live row, in the model's row numbers: never in a checkpoint
+_ROW_SLOTS = ("cooc_live",)  # never in a checkpoint
 _ITEM_CHECKPOINT_SLOTS = tuple(n for n in ItemState.__slots__ if n not in _ROW_SLOTS)
 _ITEM_CHECKPOINT_GET = attrgetter(*_ITEM_CHECKPOINT_SLOTS)
 
@@ -188,20 +166,22 @@ _ITEM_CHECKPOINT_GET = attrgetter(*_ITEM_CHECKPOINT_SLOTS)
 _ITEM_SET = ItemState.__setattr__
 
 
-def checkpoint_copy(item: ItemState, ids: list[str], weights: np.ndarray) -> ItemState:
-    """A copy of `item` whose row is `ids` and `weights` (its live row by item id) and no live row: what a checkpoint
-    writes. Slot by slot: `copy.copy` took twice as long."""
+def checkpoint_copy(item: ItemState, ids: list[str] | None, weights: np.ndarray | None, pairs: int, clock: float,
+                    ref: float, total: float) -> ItemState:
+    """A copy of `item` with its model's row (`ids` and `weights`, None if empty) and that row's clock and total, not
+    held by a model: what a checkpoint writes. Slot by slot: `copy.copy` took twice as long."""
     out = ItemState.__new__(ItemState)
     for name, value in zip(_ITEM_CHECKPOINT_SLOTS, _ITEM_CHECKPOINT_GET(item)):
         _ITEM_SET(out, name, value)
-    out.cooc_rows, out.cooc_vals, out.cooc_len, out.cooc_ids, out.cooc_weights = _row.NO_ROWS, _row.NO_VALS, 0, ids, weights
+    out.cooc_ids, out.cooc_weights, out.cooc_live = ids, weights, False
+    out.cooc_pairs, out.cooc_clock, out.cooc_ref, out.cooc_total = pairs, clock, ref, total
     return out
 
 
 def _item_state(item: ItemState) -> dict[str, Any]:
-    """An item's slots with its row by item id (`cooc`): a live row names rows of its model's index, which mean
-    nothing elsewhere, so an item whose row is live must be written through `OnlineRecommender.checkpoint_item`."""
-    if item.cooc_len:
+    """An item's slots with its row by item id: a model holds a live item's row, so an item held by a model must be
+    written through `OnlineRecommender.checkpoint_item`."""
+    if item.cooc_live:
         raise ValueError(f"item {item.item_id!r} has a live co-occurrence row: write OnlineRecommender.checkpoint_item")
     return dict(zip(_ITEM_CHECKPOINT_SLOTS, _ITEM_CHECKPOINT_GET(item)))
 
@@ -217,7 +197,7 @@ def _set_item_state(item: ItemState, state: Any) -> None:
         raise ValueError("not the fields of an ItemState")
     for name, value in state.items():
         object.__setattr__(item, name, value)
-    item.cooc_rows, item.cooc_vals, item.cooc_len = _row.NO_ROWS, _row.NO_VALS, 0
+    item.cooc_live = False
     if "last_ts" not in state:
         item.last_ts = max(state.get("popular_ts", 0.0), state.get("trending_ts", 0.0))
     if old is not None:

@@ -194,7 +194,7 @@ class Shard:
 
     def stats(self) -> dict[str, Any]:
         m = self.model
-        return {"users": len(m.users), "items": len(m.items), "cooc": sum(st.cooc_len for st in m.items.values()),
+        return {"users": len(m.users), "items": len(m.items), "cooc": m.rows.entries(),
                 "evicted_users": m.evicted_users,
                 "evicted_items": m.evicted_items, "clicks": self.clicks, "skipped": self.skipped,
                 "learned": m.state.events, "offsets": dict(self.offsets)}
@@ -202,11 +202,13 @@ class Shard:
 
 def also_viewed(model: OnlineRecommender, item_id: str, k: int) -> list[tuple[str, float]]:
     """Top-k P(j | i) of an item's co-occurrence row (the recommender's own normalisation)."""
-    item = model.items.get(item_id)
-    if item is None or not item.cooc_len:
+    if item_id not in model.items:
         return []
-    denom = item.cooc_total + model.config.cooc_prior * item.cooc_prior_scale()
-    return [(j, v / denom) for j, v in heapq.nlargest(k, model.cooc_row(item_id).items(), key=itemgetter(1))]
+    row = model.cooc_row(item_id)
+    if not row:
+        return []
+    denom = model.cooc_normaliser(item_id)
+    return [(j, v / denom) for j, v in heapq.nlargest(k, row.items(), key=itemgetter(1))]
 
 
 def _not_a_checkpoint(meta: Any, parts: dict[str, dict[Any, Any]]) -> str | None:
