@@ -160,9 +160,9 @@ def _dict_add_pairs(row: dict, st: dict, pairs, t: float, rate_s: float, rate_pa
 
 def test_array_rows_keep_the_dict_rows_arithmetic():
     """`cooc.Rows` against the dict it replaced: same entries in the same order, same weights (to rounding), clock,
-    landmark and total, through rescales (fast decay), prunes (a small top-N) and ties; rows filled one pair list
-    at a time (`add`) and a click at a time (`learn`: forward pairs into several rows and the reverse ones in one
-    call), with rows moving in the slab and the slab compacted and grown."""
+    landmark and total, through rescales (fast decay), prunes (a small top-N) and ties, a click at a time (`learn`:
+    forward pairs into several rows and the reverse ones in one call), with rows moving in the slab and the slab
+    compacted and grown."""
     rng = np.random.default_rng(5)
     for top_n, rate_pairs in ((6, 0.3), (20, 0.01), (100, 0.0)):
         n_rows = 3 * top_n
@@ -171,38 +171,34 @@ def test_array_rows_keep_the_dict_rows_arithmetic():
         dicts: list[dict[int, float]] = [{} for _ in range(n_rows)]
         refs = [{"pairs": 0, "clock": 0.0, "ref": 0.0, "total": 0.0} for _ in range(n_rows)]
         t = 0.0
-        moved = rows.pos[1]
-        for step in range(600):
+        moved = compacted = 0
+        for _ in range(1200):
             t += float(rng.exponential(50.0))
             m = int(rng.integers(1, 6))
             amounts = rng.choice([0.5, 1.0, 1.5], m)  # ties
-            this = int(rng.integers(0, n_rows))
-            if step % 2:
-                others = rng.integers(0, n_rows, m).astype(np.int32)
-                rows.add(this, others, amounts, 1e-4 * t, rate_pairs)
-                _dict_add_pairs(dicts[this], refs[this], zip(others.tolist(), amounts.tolist(), strict=True), t, 1e-4,
-                                rate_pairs, top_n)
-                touched = {this}
-            else:
-                others = rng.choice([r for r in range(n_rows) if r != this], m, replace=False).astype(np.int32)
-                rows.prevs[:m], rows.amounts[:m] = others, amounts
-                rows.learn(this, m, 0.3, 1e-4 * t, rate_pairs)
-                for o, a in zip(others.tolist(), amounts.tolist(), strict=True):
-                    _dict_add_pairs(dicts[o], refs[o], [(this, a)], t, 1e-4, rate_pairs, top_n)
-                _dict_add_pairs(dicts[this], refs[this], zip(others.tolist(), (0.3 * amounts).tolist(), strict=True), t,
-                                1e-4, rate_pairs, top_n)
-                touched = {this, *others.tolist()}
-            for r in touched:
+            this = int(rng.integers(0, n_rows // 3))  # a third of the rows fill up and are pruned
+            others = rng.choice([r for r in range(n_rows) if r != this], m, replace=False).astype(np.int32)
+            rows.prevs[:m], rows.amounts[:m] = others, amounts
+            end = int(rows.pos[0])
+            rows.learn(this, m, 0.3, 1e-4 * t, rate_pairs)
+            compacted += int(rows.pos[0]) < end
+            moved = max(moved, int(rows.pos[1]))
+            for o, a in zip(others.tolist(), amounts.tolist(), strict=True):
+                _dict_add_pairs(dicts[o], refs[o], [(this, a)], t, 1e-4, rate_pairs, top_n)
+            _dict_add_pairs(dicts[this], refs[this], zip(others.tolist(), (0.3 * amounts).tolist(), strict=True), t,
+                            1e-4, rate_pairs, top_n)
+            for r in {this, *others.tolist()}:
                 got, weights = rows.row(r)
                 assert got.tolist() == list(dicts[r])
                 np.testing.assert_allclose(weights, list(dicts[r].values()), rtol=1e-12)
                 pairs, clock, ref, total = rows.stats(r)
                 assert (pairs, clock, ref) == (refs[r]["pairs"], refs[r]["clock"], refs[r]["ref"])
                 assert total == pytest.approx(refs[r]["total"], rel=1e-12)
-            moved = max(moved, rows.pos[1])
         assert all(rows.row(r)[0].tolist() == list(dicts[r]) for r in range(n_rows))  # after every move
         assert (rows.meta[:n_rows, 1] <= top_n + (top_n >> 1) + 1).all()
         assert moved > 0  # rows moved to the slab's end and left segments behind
+        if top_n == 100:
+            assert compacted  # and the slab was compacted
 
 
 def test_rows_follow_the_index_when_it_renumbers():
@@ -210,14 +206,17 @@ def test_rows_follow_the_index_when_it_renumbers():
     rows = Rows(10, capacity=4)
     rows.ensure(5)
     for r in range(5):
-        others = np.array([o for o in range(5) if o != r], dtype=np.int32)
-        rows.add(r, others, np.arange(1.0, 5.0), 0.0, 0.0)
-    before = {r: rows.row(r)[0].tolist() for r in range(5)}
+        others = [o for o in range(5) if o != r]
+        rows.prevs[:4], rows.amounts[:4] = others, np.arange(1.0, 5.0)
+        rows.learn(r, 4, 0.5, 0.0, 0.0)
+    before = {r: (rows.row(r)[0].tolist(), rows.row(r)[1].tolist(), rows.stats(r)) for r in range(5)}
     changed = rows.renumber(np.array([2, -1, 0, 1, -1], dtype=np.int32), 3)  # drop 1 and 4, move the others
     new = {0: 2, 2: 0, 3: 1}
     for old, nr in new.items():
-        assert rows.row(nr)[0].tolist() == [new[o] for o in before[old] if o in new]
-        assert rows.stats(nr)[0] == 4
+        others, weights, stats = before[old]
+        assert rows.row(nr)[0].tolist() == [new[o] for o in others if o in new]
+        assert rows.row(nr)[1].tolist() == [w for o, w in zip(others, weights, strict=True) if o in new]
+        assert rows.stats(nr) == stats
     assert changed.tolist() == [True, True, True] and rows.count == 3
 
 

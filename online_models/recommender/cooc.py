@@ -120,15 +120,6 @@ def learn_click(nbr: np.ndarray, val: np.ndarray, meta: np.ndarray, clocks: np.n
 
 
 @numba.njit(cache=True, nogil=True)
-def add_pairs(nbr: np.ndarray, val: np.ndarray, meta: np.ndarray, clocks: np.ndarray, pos: np.ndarray, r: int,
-              others: np.ndarray, amounts: np.ndarray, base: float, rate_pairs: float, top_n: int,
-              max_exponent: float) -> None:
-    """Pairs `r -> others[i]` with `amounts[i]` into row `r`, in order (room as for `learn_click`)."""
-    for p in range(others.shape[0]):
-        _add_at(nbr, val, meta, clocks, pos, r, others[p], amounts[p], base, rate_pairs, top_n, max_exponent)
-
-
-@numba.njit(cache=True, nogil=True)
 def _compact(nbr: np.ndarray, val: np.ndarray, meta: np.ndarray, count: int, to_nbr: np.ndarray,
              to_val: np.ndarray) -> int:
     """Copy the first `count` rows' segments (their used entries, their capacity kept) back to back into `to_*`;
@@ -234,13 +225,6 @@ class Rows:
         learn_click(self.nbr, self.val, self.meta, self.clocks, self.pos, this, self.prevs, self.amounts, k, back, base,
                     rate_pairs, self.top_n, MAX_EXPONENT)
 
-    def add(self, r: int, others: np.ndarray, amounts: np.ndarray, base: float, rate_pairs: float) -> None:
-        """Pairs into row `r` in order (`others`: int32 rows, `amounts`: float64)."""
-        for start in range(0, len(others), 16):
-            self._room(1)
-            add_pairs(self.nbr, self.val, self.meta, self.clocks, self.pos, r, others[start:start + 16],
-                      amounts[start:start + 16], base, rate_pairs, self.top_n, MAX_EXPONENT)
-
     def put(self, r: int, others: np.ndarray, weights: np.ndarray, pairs: int, clock: float, ref: float,
             total: float) -> None:
         """Set row `r` as a checkpoint had it (a restore): these neighbours and weights, clock and total."""
@@ -311,7 +295,6 @@ def warm_up() -> None:
     rows.prevs[:2] = (0, 1)
     rows.amounts[:2] = (1.0, 0.5)
     rows.learn(2, 2, 0.5, 0.0, 0.0)
-    rows.add(0, np.zeros(1, dtype=np.int32), np.ones(1), 0.0, 0.0)
     rows.weight(0, 2)
     rows.renumber(np.array([0, -1, 1], dtype=np.int32), 2)
     rows._room(10_000)  # noqa: SLF001 - compiles the compaction

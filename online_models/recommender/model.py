@@ -208,10 +208,14 @@ class OnlineRecommender:
         """A copy of an item to write to a checkpoint: its row by item id (`cooc_ids`, `cooc_weights`), not by index
         row (the ids in one take from the index's `names`, the weights as one array: cheaper to write than a dict),
         and the row's clock and total as they are now."""
+        rows = self.rows
         r = self.index.row[st.item_id]
-        others, weights = self.rows.row(r)
-        return checkpoint_copy(st, self.index.names[others].tolist() if len(others) else None,
-                               weights.copy() if len(others) else None, *self.rows.stats(r))
+        off, _cap, n, pairs = rows.meta[r].tolist()
+        clock, ref, total = rows.clocks[r].tolist()
+        if not n:
+            return checkpoint_copy(st, None, None, pairs, clock, ref, total)
+        return checkpoint_copy(st, self.index.names[rows.nbr[off:off + n]].tolist(), rows.val[off:off + n].copy(), pairs,
+                               clock, ref, total)
 
     # --------------------------------------------------------------- catalogue
 
