@@ -41,6 +41,11 @@ def limit(top_n: int) -> int:
     return top_n + (top_n >> 1)
 
 
+def capacity(n: int, top_n: int) -> int:
+    """The room of a row of `n` entries, as if it had grown pair by pair (8, doubling, up to `limit + 1`)."""
+    return 0 if not n else min(8 << max(0, (n - 1) // 8).bit_length(), limit(top_n) + 1)
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def _add(rows: np.ndarray, vals: np.ndarray, n: int, other: int, amount: float, base: float, rate_pairs: float,
          npairs: int, clock: float, ref: float, total: float, top_n: int,
@@ -197,10 +202,10 @@ class Rows:
             self.clocks = np.concatenate([self.clocks, np.zeros((new - self.clocks.shape[0], 3))])
         self.count = max(self.count, count)
 
-    def _room(self, rows: int) -> None:
-        """Slab room for `rows` rows to move to its end once each: compacted if a quarter of it is left-behind
-        segments, else grown."""
-        need = rows * (limit(self.top_n) + 1)
+    def _room(self, rows: int, need: int = 0) -> None:
+        """Slab room for `rows` rows to move to its end once each (and `need` entries more): compacted if a quarter
+        of it is left-behind segments, else grown."""
+        need += rows * (limit(self.top_n) + 1)
         end, dead = int(self.pos[0]), int(self.pos[1])
         size = self.nbr.shape[0]
         if end + need <= size:
@@ -208,12 +213,12 @@ class Rows:
         live = end - dead
         if dead * 4 > end:
             size = max(size, 2 * (live + need))
-            nbr, val = np.zeros(size, dtype=np.int32), np.zeros(size)
+            nbr, val = np.empty(size, dtype=np.int32), np.empty(size)  # never read past `end`; untouched pages cost no RSS
             self.pos[0] = _compact(self.nbr, self.val, self.meta, self.count, nbr, val)
             self.pos[1] = 0
         else:
             size = max(2 * size, end + need)
-            nbr, val = np.zeros(size, dtype=np.int32), np.zeros(size)
+            nbr, val = np.empty(size, dtype=np.int32), np.empty(size)  # never read past `end`; untouched pages cost no RSS
             nbr[:end], val[:end] = self.nbr[:end], self.val[:end]
         self.nbr, self.val, self.size = nbr, val, size
 
@@ -233,14 +238,19 @@ class Rows:
         if n > most:  # a row wider than this model keeps (another top-N): its top entries, as its next pair would
             order = np.argsort(-weights, kind="mergesort")[:self.top_n]
             others, weights, n = others[order], weights[order], self.top_n
-        cap = 0 if not n else min(8 << max(0, (n - 1) // 8).bit_length(), most + 1)  # as if grown pair by pair
-        self._room(1)
+        cap = capacity(n, self.top_n)
+        self._room(0, cap)
         at = int(self.pos[0])
         self.nbr[at:at + n], self.val[at:at + n] = others, weights
         self.pos[0] = at + cap
         self.pos[1] += self.meta[r, CAP]
         self.meta[r] = (at, cap, n, pairs)
         self.clocks[r] = (clock, ref, total)
+
+    def reserve(self, entries: int) -> None:
+        """Room for `entries` more at the slab's end at once (rows a restore puts in): growing to it by doubling
+        left the allocator holding about twice the slab."""
+        self._room(0, entries)
 
     def row(self, r: int) -> tuple[np.ndarray, np.ndarray]:
         """Row `r` as views (neighbours, weights) of its used entries: valid until the next change."""
@@ -281,6 +291,9 @@ class Rows:
         cap = max(count, 1024)
         meta, clocks = np.zeros((cap, 4), dtype=np.int64), np.zeros((cap, 3))
         changed = np.zeros(cap, dtype=np.bool_)
+        if not old:  # a model's first index (nothing to move)
+            self.meta, self.clocks, self.count = meta, clocks, count
+            return changed[:count]
         self.pos[1] += _renumber(self.nbr, self.val, self.meta, self.clocks, old, new_row.astype(np.int32), meta, clocks,
                                  changed)
         self.pos[1] += int(self.meta[old:self.count, CAP].sum())

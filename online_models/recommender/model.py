@@ -156,6 +156,8 @@ class OnlineRecommender:
         rows.ensure(len(index))
         row = index.row
         was = old.row
+        top_n = self.config.cooc_top_n
+        rows.reserve(sum(_row.capacity(len(st.cooc_ids), top_n) for st in self.items.values() if st.cooc_ids is not None))
         for st in self.items.values():
             if st.cooc_ids is not None:
                 others = np.array([row.get(j, -1) for j in st.cooc_ids], dtype=np.int32)
