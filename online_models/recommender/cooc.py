@@ -210,15 +210,15 @@ class Rows:
         size = self.nbr.shape[0]
         if end + need <= size:
             return
-        live = end - dead
+        live = end - dead  # np.empty below: the untouched tail costs no RSS
         if dead * 4 > end:
             size = max(size, 2 * (live + need))
-            nbr, val = np.empty(size, dtype=np.int32), np.empty(size)  # never read past `end`; untouched pages cost no RSS
+            nbr, val = np.empty(size, dtype=np.int32), np.empty(size)  # read only below `end`
             self.pos[0] = _compact(self.nbr, self.val, self.meta, self.count, nbr, val)
             self.pos[1] = 0
         else:
             size = max(2 * size, end + need)
-            nbr, val = np.empty(size, dtype=np.int32), np.empty(size)  # never read past `end`; untouched pages cost no RSS
+            nbr, val = np.empty(size, dtype=np.int32), np.empty(size)  # read only below `end`
             nbr[:end], val[:end] = self.nbr[:end], self.val[:end]
         self.nbr, self.val, self.size = nbr, val, size
 
