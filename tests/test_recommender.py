@@ -15,9 +15,10 @@ from online_models.evaluation.recommender import (
 )
 from online_models.recommender import OnlineRecommender, RecommenderConfig
 from wharf.bench.recommender import bench_commerce
-from online_models.recommender.state import STATE_TYPES
+from online_models.recommender.cooc import Rows
+from online_models.recommender.state import STATE_TYPES, ItemState
 from schemas.events import ClickEvent
-from schemas.state import StateCodec
+from schemas.state import StateCodec, StateFormatError
 from wharf.simulator import ShopConfig, ShopSimulator, simulate_clicks
 from wharf.simulator.evaluation import evaluate_simulator
 
@@ -116,18 +117,107 @@ def test_remove_action_is_a_negative_signal():
     assert items["C"][0] not in [r[0] for r in state.recent]
 
 
-def test_refresh_rows_rebuilds_the_ranking_cache_of_changed_rows():
+def test_a_click_moves_the_rows_that_ranking_reads_at_once():
+    """Rows are the arrays ranking sums over (no cache to refresh): a new pair is in them, by index row, at once."""
     model, items = _background()
-    before = model.recommend("bg0", 10)
     source = model.users["bg0"].recent[-1][0]
-    cached = model.index._cooc[source]  # noqa: SLF001 - the cache under test
+    pairs = model.checkpoint_item(model.items[source]).cooc_pairs
     model.learn_one({"user_id": "bg0", "item_id": "E-39", "action": "view", "category": "E", "ts": T0 + 1e5})
-    assert model.items[source].cooc_pairs != cached[0][0]  # the row moved: its cached arrays are stale
-    model.refresh_rows([source])
-    fresh = model.index._cooc[source]  # noqa: SLF001
-    assert fresh[0][0] == model.items[source].cooc_pairs and "E-39" in model.items[source].cooc
-    assert model.index.row["E-39"] in fresh[1].tolist()
-    assert before
+    st = model.checkpoint_item(model.items[source])
+    assert st.cooc_pairs == pairs + 1 and "E-39" in model.cooc_row(source)
+    others, _weights = model.rows.row(model.index.row[source])
+    assert model.index.row["E-39"] in others.tolist()
+    assert len(model.cooc_row(source)) == len(others) <= model.config.cooc_top_n * 3 // 2
+
+
+def _dict_add_pairs(row: dict, st: dict, pairs, t: float, rate_s: float, rate_pairs: float, top_n: int) -> None:
+    """The co-occurrence update as it was written with a dict (before rows became arrays): the reference."""
+    import heapq
+    import math
+    from operator import itemgetter
+
+    limit = top_n + (top_n >> 1)
+    for other, amount in pairs:
+        st["pairs"] += 1
+        c = rate_s * t + rate_pairs * st["pairs"]
+        st["clock"] = max(st["clock"], c)
+        exponent = st["clock"] - st["ref"]
+        if exponent > 30.0 or not row:
+            if row:
+                shrink = math.exp(-exponent)
+                for k in row:
+                    row[k] *= shrink
+                st["total"] *= shrink
+            st["ref"], exponent = st["clock"], 0.0
+        scaled = amount * math.exp(exponent)
+        row[other] = row.get(other, 0.0) + scaled
+        st["total"] += scaled
+        if len(row) > limit:
+            kept = heapq.nlargest(top_n, row.items(), key=itemgetter(1))
+            row.clear()
+            row.update(kept)
+
+
+def test_array_rows_keep_the_dict_rows_arithmetic():
+    """`cooc.Rows` against the dict it replaced: same entries in the same order, same weights (to rounding), clock,
+    landmark and total, through rescales (fast decay), prunes (a small top-N) and ties, a click at a time (`learn`:
+    forward pairs into several rows and the reverse ones in one call), with rows moving in the slab and the slab
+    compacted and grown."""
+    rng = np.random.default_rng(5)
+    for top_n, rate_pairs in ((6, 0.3), (20, 0.01), (100, 0.0)):
+        n_rows = 3 * top_n
+        rows = Rows(top_n, capacity=4)
+        rows.ensure(n_rows)
+        dicts: list[dict[int, float]] = [{} for _ in range(n_rows)]
+        refs = [{"pairs": 0, "clock": 0.0, "ref": 0.0, "total": 0.0} for _ in range(n_rows)]
+        t = 0.0
+        moved = compacted = 0
+        for _ in range(1200):
+            t += float(rng.exponential(50.0))
+            m = int(rng.integers(1, 6))
+            amounts = rng.choice([0.5, 1.0, 1.5], m)  # ties
+            this = int(rng.integers(0, n_rows // 3))  # a third of the rows fill up and are pruned
+            others = rng.choice([r for r in range(n_rows) if r != this], m, replace=False).astype(np.int32)
+            rows.prevs[:m], rows.amounts[:m] = others, amounts
+            end = int(rows.pos[0])
+            rows.learn(this, m, 0.3, 1e-4 * t, rate_pairs)
+            compacted += int(rows.pos[0]) < end
+            moved = max(moved, int(rows.pos[1]))
+            for o, a in zip(others.tolist(), amounts.tolist(), strict=True):
+                _dict_add_pairs(dicts[o], refs[o], [(this, a)], t, 1e-4, rate_pairs, top_n)
+            _dict_add_pairs(dicts[this], refs[this], zip(others.tolist(), (0.3 * amounts).tolist(), strict=True), t,
+                            1e-4, rate_pairs, top_n)
+            for r in {this, *others.tolist()}:
+                got, weights = rows.row(r)
+                assert got.tolist() == list(dicts[r])
+                np.testing.assert_allclose(weights, list(dicts[r].values()), rtol=1e-12)
+                pairs, clock, ref, total = rows.stats(r)
+                assert (pairs, clock, ref) == (refs[r]["pairs"], refs[r]["clock"], refs[r]["ref"])
+                assert total == pytest.approx(refs[r]["total"], rel=1e-12)
+        assert all(rows.row(r)[0].tolist() == list(dicts[r]) for r in range(n_rows))  # after every move
+        assert (rows.meta[:n_rows, 1] <= top_n + (top_n >> 1) + 1).all()
+        assert moved > 0  # rows moved to the slab's end and left segments behind
+        if top_n == 100:
+            assert compacted  # and the slab was compacted
+
+
+def test_rows_follow_the_index_when_it_renumbers():
+    """`Rows.renumber`: rows move to their new numbers, neighbours renamed, the dropped ones left out in order."""
+    rows = Rows(10, capacity=4)
+    rows.ensure(5)
+    for r in range(5):
+        others = [o for o in range(5) if o != r]
+        rows.prevs[:4], rows.amounts[:4] = others, np.arange(1.0, 5.0)
+        rows.learn(r, 4, 0.5, 0.0, 0.0)
+    before = {r: (rows.row(r)[0].tolist(), rows.row(r)[1].tolist(), rows.stats(r)) for r in range(5)}
+    changed = rows.renumber(np.array([2, -1, 0, 1, -1], dtype=np.int32), 3)  # drop 1 and 4, move the others
+    new = {0: 2, 2: 0, 3: 1}
+    for old, nr in new.items():
+        others, weights, stats = before[old]
+        assert rows.row(nr)[0].tolist() == [new[o] for o in others if o in new]
+        assert rows.row(nr)[1].tolist() == [w for o, w in zip(others, weights, strict=True) if o in new]
+        assert rows.stats(nr) == stats
+    assert changed.tolist() == [True, True, True] and rows.count == 3
 
 
 def _reference_ranking(model: OnlineRecommender, user_id: str, k: int) -> list[tuple[str, str]]:
@@ -222,7 +312,7 @@ def test_state_stores_alone_rebuild_the_model():
         model.learn_one(ev)
     codec = StateCodec(STATE_TYPES)  # as checkpoints write them (streams/learning/shard.py)
     users = {k: codec.loads(codec.dumps(v)) for k, v in model.users.items()}
-    items = {k: codec.loads(codec.dumps(v)) for k, v in model.items.items()}
+    items = {k: codec.loads(codec.dumps(model.checkpoint_item(v))) for k, v in model.items.items()}
     state = codec.loads(codec.dumps(model.state))
     rebuilt = OnlineRecommender(model.config, users=users, items=items, state=state)
     for user in list(model.users)[:25]:
@@ -239,7 +329,10 @@ def test_state_format_gives_back_equal_users_and_items_with_their_own_arrays():
     model = OnlineRecommender(RecommenderConfig(seed=2))
     for ev in simulate_clicks(1500, seed=4, n_users=100, n_items=150):
         model.learn_one(ev)
-    objects = [*list(model.users.values())[:30], *list(model.items.values())[:30]]
+    objects = [*list(model.users.values())[:30], *(model.checkpoint_item(st) for st in list(model.items.values())[:30])]
+    assert all(st.cooc_ids and not st.cooc_live for st in objects[30:])  # the rows by item id, as checkpoints hold them
+    with pytest.raises(StateFormatError, match="live co-occurrence row"):
+        StateCodec(STATE_TYPES).dumps(next(iter(model.items.values())))
     codec = StateCodec(STATE_TYPES)
     for obj in objects:
         back = codec.loads(codec.dumps(obj))
@@ -253,7 +346,43 @@ def test_state_format_gives_back_equal_users_and_items_with_their_own_arrays():
         if back.factors is not None:
             back.factors += 1.0  # its own buffer, not the record's nor the original's
             assert not np.array_equal(back.factors, obj.factors)
-        assert back.recent == obj.recent if isinstance(obj, UserState) else back.cooc == obj.cooc
+        assert back.recent == obj.recent if isinstance(obj, UserState) else back.cooc_ids == obj.cooc_ids
+
+
+def test_items_checkpointed_with_dict_rows_restore_into_array_rows():
+    """Checkpoints written before rows were arrays hold each row as a dict `cooc` (item id -> weight): they restore,
+    and the restored model ranks as the one whose rows were written the new way."""
+    from online_models.recommender.state import STATE_TYPES as types
+    from schemas.state import StateType, StateTypes
+
+    model = OnlineRecommender(RecommenderConfig(seed=3))
+    for ev in simulate_clicks(2500, seed=8, n_users=120, n_items=180):
+        model.learn_one(ev)
+
+    def old_item(st: ItemState) -> dict:  # the fields of an ItemState as the previous version wrote them
+        st = model.checkpoint_item(st)
+        out = {name: getattr(st, name) for name in ItemState.__slots__
+               if name not in ("cooc_live", "cooc_ids", "cooc_weights")}
+        return {**out, "cooc": model.cooc_row(st.item_id)}
+
+    old_codec = StateCodec(StateTypes(types, StateType(ItemState, old_item)))  # the later entry wins
+    new_codec = StateCodec(types)
+    users = {k: new_codec.loads(new_codec.dumps(v)) for k, v in model.users.items()}
+    state = new_codec.loads(new_codec.dumps(model.state))
+    old = {k: new_codec.loads(old_codec.dumps(v)) for k, v in model.items.items()}
+    new = {k: new_codec.loads(new_codec.dumps(model.checkpoint_item(v))) for k, v in model.items.items()}
+    assert any(st.cooc_ids for st in old.values())
+    from_old = OnlineRecommender(model.config, users=users, items=old, state=state)
+    from_new = OnlineRecommender(model.config, users={k: new_codec.loads(new_codec.dumps(v)) for k, v in model.users.items()},
+                                 items=new, state=new_codec.loads(new_codec.dumps(model.state)))
+    for item_id in model.items:
+        assert from_old.cooc_row(item_id) == from_new.cooc_row(item_id) == model.cooc_row(item_id)
+    for user in from_old.users.values():  # restored users point at the item store's ids and their one session string
+        for item_id, _w, _ts, session in user.recent:
+            assert item_id not in from_old.items or item_id is from_old.items[item_id].item_id
+            assert session != user.session_id or session is user.session_id
+    for user in list(model.users)[:20]:
+        assert from_old.recommend(user, 10) == from_new.recommend(user, 10) == model.recommend(user, 10)
 
 
 def test_simulator_is_deterministic_and_well_formed():

@@ -31,16 +31,19 @@ def check_consistent(model: OnlineRecommender) -> None:
     items = model.items
     assert model.index.ids == list(items) and model.index.row == {i: r for r, i in enumerate(items)}
     for st in items.values():
-        assert st.cooc.keys() <= items.keys(), f"{st.item_id}'s row names evicted items"
+        rows = model.rows.row(model.index.row[st.item_id])[0].tolist()
+        assert len(set(rows)) == len(rows) and all(0 <= r < len(items) for r in rows), st.item_id
+        assert model.cooc_row(st.item_id).keys() <= items.keys(), f"{st.item_id}'s row names evicted items"
+        assert st.cooc_ids is None  # the rows by id are only in checkpoints
     assert set(model.state.recent_items) <= items.keys()
-    assert model.index.__dict__.get("_cooc", {}).keys() <= items.keys()
     n = len(items)
     codes = model.index.category[:n]
     assert set(model.index.categories.values()) == set(codes[codes >= 0].tolist())
 
 
 def encoded_size(model: OnlineRecommender) -> int:
-    return len(CODEC.dumps({"users": dict(model.users), "items": dict(model.items), "g": model.state}))
+    items = {k: model.checkpoint_item(v) for k, v in model.items.items()}
+    return len(CODEC.dumps({"users": dict(model.users), "items": items, "g": model.state}))
 
 
 def test_ten_times_the_caps_of_new_ids_keep_the_model_at_the_caps_with_bounded_state() -> None:
@@ -108,7 +111,14 @@ def test_an_evicted_item_is_gone_from_every_structure_and_comes_back_fresh() -> 
         model.learn_one(ev)
     assert first not in model.items and model.evicted_items > 0
     check_consistent(model)
-    assert all(first not in st.cooc for st in model.items.values())
+    assert all(first not in model.cooc_row(i) for i in model.items)
+    # an eviction renumbers every row: each survivor's row by id is what it was, less the evicted neighbours
+    before = {i: model.cooc_row(i) for i in model.items}
+    dead = list(model.items)[3:9]
+    model._evict_items(dead)  # noqa: SLF001 - the batch eviction under test
+    assert all(model.cooc_row(i) == {k: v for k, v in before[i].items() if k not in dead} for i in model.items)
+    assert sum(len(r) for r in before.values()) > sum(len(model.cooc_row(i)) for i in model.items) > 0
+    check_consistent(model)
     # the survivors recommend only live, active items
     for uid in list(model.users)[-20:]:
         recs = model.recommend(uid, 10)
@@ -117,7 +127,7 @@ def test_an_evicted_item_is_gone_from_every_structure_and_comes_back_fresh() -> 
     # it comes back: new state, nothing of the old one
     model.learn_one({"user_id": "back", "item_id": first, "ts": 10_000.0})
     st = model.items[first]
-    assert st.events == 1 and st.popular == 1.0 and not st.cooc
+    assert st.events == 1 and st.popular == 1.0 and not model.cooc_row(first)
     assert model.recommend("back", 5)
     check_consistent(model)
 
@@ -128,9 +138,11 @@ def test_the_index_compaction_matches_a_rebuild_from_the_store() -> None:
     for ev in churn(800, seed=3):
         model.learn_one(ev)
     live = model.index
+    rows = {i: model.cooc_row(i) for i in model.items}
     model.rebuild_caches()
     again = model.index
     n = len(live)
+    assert rows == {i: model.cooc_row(i) for i in model.items}  # the rows renumbered to the new index
     assert live.ids == again.ids
     assert (live.q[:n] == again.q[:n]).all() and (live.bias[:n] == again.bias[:n]).all()
     assert (live.active[:n] == again.active[:n]).all()

@@ -167,7 +167,8 @@ def test_recommender_users_items_and_global_state_round_trip() -> None:
         model.learn_one(ev)
     model.state.rng_state = model._rng.getstate()  # noqa: SLF001 - as the shard checkpoint takes it
     codec = StateCodec(STATE_TYPES)
-    users, items, g = (codec.loads(codec.dumps(v)) for v in (dict(model.users), dict(model.items), model.state))
+    items = {k: model.checkpoint_item(st) for k, st in model.items.items()}  # rows by item id, as a shard writes them
+    users, items, g = (codec.loads(codec.dumps(v)) for v in (dict(model.users), items, model.state))
     assert type(g.rng_state) is tuple and g.rng_state == model.state.rng_state
     clone = OnlineRecommender(model.config, users=users, items=items, state=g)
     probe = list(model.users)[:30] + ["nobody"]

@@ -4,7 +4,8 @@
 objects cannot do; these arrays are a *cache* of the item store (factors, bias,
 popularity on a shared landmark, category code, active flag), rebuilt from it by
 `ItemIndex.rebuild` after a restart, and written row by row whenever an item's
-state changes. They hold nothing the item store does not.
+state changes. They hold nothing the item store does not. Their row numbers are
+also the names of neighbours in the items' co-occurrence rows (`cooc.py`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import numpy as np
 
 from online_models.recommender.state import ItemState
 
-_COOC_CACHE_ROWS = 200_000  # co-occurrence rows kept as arrays (a few KB each); cleared when full
-
 
 class ItemIndex:
     """Row numbers for item ids plus the dense arrays indexed by them."""
@@ -27,10 +26,10 @@ class ItemIndex:
         self.row: dict[str, int] = {}
         self.ids: list[str] = []
         self.categories: dict[str, int] = {}
-        self._cooc: dict[str, tuple[tuple[int, int, int], np.ndarray, np.ndarray]] = {}
         self._alloc(capacity)
 
     def _alloc(self, capacity: int) -> None:
+        self.names = np.empty(capacity, dtype=object)  # `ids` as an array: a row's neighbours' ids in one take
         self.q = np.zeros((capacity, self.dim), dtype=np.float32)
         self.bias = np.zeros(capacity, dtype=np.float32)
         self.popular = np.zeros(capacity, dtype=np.float64)
@@ -42,10 +41,11 @@ class ItemIndex:
         return len(self.ids)
 
     def _grow(self) -> None:
-        old = (self.q, self.bias, self.popular, self.trending, self.category, self.active)
+        old = (self.q, self.bias, self.popular, self.trending, self.category, self.active, self.names)
         n = len(self.ids)
         self._alloc(max(1024, 2 * self.q.shape[0]))
-        for new, prev in zip((self.q, self.bias, self.popular, self.trending, self.category, self.active), old, strict=True):
+        for new, prev in zip((self.q, self.bias, self.popular, self.trending, self.category, self.active, self.names), old,
+                             strict=True):
             new[:n] = prev[:n]
 
     def category_code(self, category: str | None) -> int:
@@ -63,6 +63,7 @@ class ItemIndex:
                 self._grow()
             row = self.row[state.item_id] = len(self.ids)
             self.ids.append(state.item_id)
+            self.names[row] = state.item_id
         self.write(row, state)
         return row
 
@@ -83,44 +84,30 @@ class ItemIndex:
             row = self.add(state)
             self.write_popularity(row, state, landmark, rate_pop, rate_trend)
 
-    def cooc_arrays(self, state: ItemState, prior: float) -> tuple[np.ndarray, np.ndarray]:
-        """An item's co-occurrence row as (index rows, P(j | item)), with `prior` pseudo-counts in the
-        denominator: built once per change of the row, so a request adds each of the user's rows with
-        one vector operation instead of a Python loop."""
-        version = (state.cooc_pairs, id(state.cooc), len(state.cooc), prior)  # every pair moves cooc_pairs
-        cache = self.__dict__.setdefault("_cooc", {})  # absent from indexes pickled before it existed
-        hit = cache.get(state.item_id)
-        if hit is not None and hit[0] == version:
-            return hit[1], hit[2]
-        if len(cache) >= _COOC_CACHE_ROWS:
-            cache.clear()
-        row = self.row
-        rows = np.fromiter(map(row.__getitem__, state.cooc), dtype=np.int64, count=len(state.cooc))
-        probs = np.fromiter(state.cooc.values(), dtype=np.float64, count=len(state.cooc))
-        probs *= 1.0 / (state.cooc_total + prior * state.cooc_prior_scale())
-        cache[state.item_id] = (version, rows, probs)
-        return rows, probs
-
-    def remove(self, item_ids: Iterable[str]) -> None:
+    def remove(self, item_ids: Iterable[str]) -> np.ndarray | None:
         """Drop these items' rows; the others keep their order and move down, so the index numbers its items as one
         rebuilt from the store would (a restored model sums over them in the same order). O(items) in NumPy and
-        one dict build: `OnlineRecommender` evicts in batches. The cached co-occurrence arrays name rows: all dropped.
+        one dict build: `OnlineRecommender` evicts in batches. Returns each old row's new number (-1: dropped), for
+        the co-occurrence rows that name rows (None: nothing dropped).
         Category codes no row uses any more are dropped too (a code's number does not change any score)."""
         rows = self.rows_of(item_ids)
         if not rows:
-            return
+            return None
         n = len(self.ids)
         keep = np.ones(n, dtype=bool)
         keep[rows] = False
         m = int(keep.sum())
-        for a in (self.q, self.bias, self.popular, self.trending, self.category, self.active):
+        for a in (self.q, self.bias, self.popular, self.trending, self.category, self.active, self.names):
             a[:m] = a[:n][keep]
+        self.names[m:n] = None
         self.active[m:n] = False
         self.category[m:n] = -1
         self.ids = [i for i, k in zip(self.ids, keep.tolist(), strict=True) if k]
         self.row = {item_id: r for r, item_id in enumerate(self.ids)}
-        self.__dict__.setdefault("_cooc", {}).clear()
         self._drop_unused_categories(m)
+        new_row = np.cumsum(keep, dtype=np.int32) - 1
+        new_row[~keep] = -1
+        return new_row
 
     def _drop_unused_categories(self, n: int) -> None:
         codes = self.category[:n]

@@ -62,23 +62,3 @@ class LastSeen:
             if key not in seen:  # a key created again at the same time has two equal pairs
                 seen.add(key)
                 yield key
-
-
-def drop_neighbours(items: MutableMapping[str, Any], dead: set[str]) -> int:
-    """Remove the `dead` item ids from every co-occurrence row in `items`; returns the rows changed.
-
-    One pass over the rows, each intersected in C with the dead set (O(min(row, dead)) per row): run once
-    per batch of evictions, it is what keeps a row from naming an item that no longer exists, or from
-    carrying old evidence over to an evicted item that comes back. A changed row is written back
-    (`items[id] = state`) so that a store that tracks changes checkpoints it. The row's total keeps
-    the removed weight, as when a row is pruned to its top-N."""
-    changed = []
-    for st in items.values():
-        cooc = st.cooc
-        if cooc and (gone := cooc.keys() & dead):
-            for key in gone:
-                del cooc[key]
-            changed.append(st)
-    for st in changed:
-        items[st.item_id] = st
-    return len(changed)

@@ -26,7 +26,10 @@ State layout (what a Faust table partitioned by user / by item would hold):
   current session, purchased items, latent factors, category preferences.
   Written only by that user's events.
 * per item (`ItemState`, table by item_id): category, price, active flag,
-  bounded co-occurrence row, latent factors and bias, decayed popularity.
+  bounded co-occurrence row, latent factors and bias, decayed popularity. A
+  live model holds every item's row in one slab (`cooc.Rows`, by index row, so
+  that a click's pairs go in with one compiled call); `checkpoint_item` writes
+  an item with its row by item id, which is what a table should store.
   An event on item j by user u writes j (popularity, factors, reverse pairs),
   the rows of u's last `pair_window` items (forward pair -> j) and the factors of
   `negatives` sampled items. With Faust the forward-pair and negative updates are
@@ -51,7 +54,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Collection, Iterable, Mapping, MutableMapping
+from collections.abc import Collection, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -70,9 +73,10 @@ from online_models.recommender.config import (
     RecommenderConfig,
     rate,
 )
-from online_models.recommender.evict import LastSeen, drop_neighbours
+from online_models.recommender import cooc as _row
+from online_models.recommender.evict import LastSeen
 from online_models.recommender.scoring import HAS, SIGNALS, rank
-from online_models.recommender.state import GlobalState, ItemState, UserState, decayed_add, forward_add
+from online_models.recommender.state import GlobalState, ItemState, UserState, checkpoint_copy, decayed_add, forward_add
 
 
 class Ranked(NamedTuple):
@@ -97,7 +101,7 @@ class _Shared:
 
 
 _EMPTY = np.zeros(0)
-_NO_ROWS = np.zeros(0, dtype=np.int64)
+_NO_ROWS = np.zeros(0, dtype=np.int32)
 _RING = 2048  # recent items kept for popularity-proportional negative sampling
 _MAX_PURCHASED = 500
 
@@ -128,8 +132,10 @@ class OnlineRecommender:
         self._rate_user = rate(cfg.user_half_life_s)
         self._view_weight = cfg.weight("view") or 1.0
         self.index = ItemIndex(cfg.dim)
+        self.rows = _row.Rows(cfg.cooc_top_n)  # every item's co-occurrence row, by index row
         self._shared_cache: _Shared | None = None  # what the last request shared with every user
         self.rebuild_caches()
+        self._share_strings()
         idle = [s for s in (cfg.user_idle_s, cfg.item_idle_s) if s > 0]
         self._sweep_every = min(idle) / 8 if idle else 0.0  # event time between sweeps for idle users/items
         self.evicted_users = self.evicted_items = 0  # since this object was made (not checkpointed)
@@ -137,10 +143,31 @@ class OnlineRecommender:
     # ------------------------------------------------------------------ state
 
     def rebuild_caches(self) -> None:
-        """Recreate the dense arrays from the item store (after a restart or a table swap)."""
-        self.index = ItemIndex(self.config.dim, capacity=max(1024, len(self.items)))
+        """Recreate the dense arrays from the item store (after a restart or a table swap). Co-occurrence rows name
+        neighbours by index row: live ones are renumbered from the old index to the new, and those that came by item
+        id (`ItemState.cooc_ids`: a restored checkpoint) are taken in; a neighbour not in the store is left out."""
+        old = self.index
+        self.index = index = ItemIndex(self.config.dim, capacity=max(1024, len(self.items)))
         self._shared_cache = None
-        self.index.rebuild(self.items.values(), self.state.landmark, self._rate_pop, self._rate_trend)
+        index.rebuild(self.items.values(), self.state.landmark, self._rate_pop, self._rate_trend)
+        rows = self.rows
+        rows.ensure(len(old))
+        rows.renumber(np.array([index.row.get(i, -1) for i in old.ids], dtype=np.int32), len(index))
+        rows.ensure(len(index))
+        row = index.row
+        was = old.row
+        top_n = self.config.cooc_top_n
+        rows.reserve(sum(_row.capacity(len(st.cooc_ids), top_n) for st in self.items.values() if st.cooc_ids is not None))
+        for st in self.items.values():
+            if st.cooc_ids is not None:
+                others = np.array([row.get(j, -1) for j in st.cooc_ids], dtype=np.int32)
+                known = others >= 0
+                rows.put(row[st.item_id], others[known], st.cooc_weights[known].astype(np.float64), st.cooc_pairs,
+                         st.cooc_clock, st.cooc_ref, st.cooc_total)
+                st.cooc_ids = st.cooc_weights = None
+            elif st.item_id not in was and st.cooc_pairs:  # a row all of whose neighbours were evicted
+                rows.put(row[st.item_id], _NO_ROWS, _EMPTY, st.cooc_pairs, st.cooc_clock, st.cooc_ref, st.cooc_total)
+            st.cooc_live = True
         self._seen_users = LastSeen(self.users)
         self._seen_items = LastSeen(self.items)
 
@@ -151,15 +178,46 @@ class OnlineRecommender:
     def __setstate__(self, d: dict[str, Any]) -> None:
         self.__dict__.update({"_shared_cache": None, "_draws": np.zeros((0, d["config"].dim), dtype=np.float32), **d})
 
-    def refresh_rows(self, item_ids: Iterable[str]) -> None:
-        """Rebuild the cached co-occurrence arrays of these items (those whose rows changed), so that a request
-        ranking with them does not build them; `recommend` builds any that are still stale."""
-        prior = self.config.cooc_prior
+    def _share_strings(self) -> None:
+        """Users given to the model (a restore) name items and sessions with strings of their own, one per entry:
+        point them at the item store's ids and the user's session string, as `learn_one` does (about a third of
+        a user's memory in the demo shop)."""
         items = self.items
-        for item_id in item_ids:
-            st = items.get(item_id)
-            if st is not None and st.cooc:
-                self.index.cooc_arrays(st, prior)
+        for user in self.users.values():
+            session = user.session_id
+            recent = user.recent
+            for pos, (item_id, weight, ts, sess) in enumerate(recent):
+                st = items.get(item_id)
+                recent[pos] = (st.item_id if st is not None else item_id, weight, ts, session if sess == session else sess)
+            if user.purchased:
+                user.purchased = {(st.item_id if (st := items.get(i)) is not None else i): t for i, t in user.purchased.items()}
+
+    def cooc_row(self, item_id: str) -> dict[str, float]:
+        """An item's co-occurrence row by item id, in the row's order (forward-decayed weights, unnormalised)."""
+        st = self.items.get(item_id)
+        if st is None:
+            return {}
+        if st.cooc_ids is not None:  # not taken in yet
+            return dict(zip(st.cooc_ids, st.cooc_weights.tolist(), strict=True))
+        others, weights = self.rows.row(self.index.row[item_id])
+        return dict(zip(self.index.names[others].tolist(), weights.tolist(), strict=True))
+
+    def cooc_normaliser(self, item_id: str) -> float:
+        """What an item's row weights are divided by to give P(j | item): its total plus the prior's pseudo-counts."""
+        return self.rows.norm(self.index.row[item_id], self.config.cooc_prior)
+
+    def checkpoint_item(self, st: ItemState) -> ItemState:
+        """A copy of an item to write to a checkpoint: its row by item id (`cooc_ids`, `cooc_weights`), not by index
+        row (the ids in one take from the index's `names`, the weights as one array: cheaper to write than a dict),
+        and the row's clock and total as they are now."""
+        rows = self.rows
+        r = self.index.row[st.item_id]
+        off, _cap, n, pairs = rows.meta[r].tolist()
+        clock, ref, total = rows.clocks[r].tolist()
+        if not n:
+            return checkpoint_copy(st, None, None, pairs, clock, ref, total)
+        return checkpoint_copy(st, self.index.names[rows.nbr[off:off + n]].tolist(), rows.val[off:off + n].copy(), pairs,
+                               clock, ref, total)
 
     # --------------------------------------------------------------- catalogue
 
@@ -191,6 +249,8 @@ class OnlineRecommender:
             st.factors = self._initial_factors()
             self.items[item_id] = st
             self.index.add(st)
+            self.rows.ensure(len(self.index))
+            st.cooc_live = True
             self._seen_items.touch(ts, item_id)
         else:
             if ts > st.last_ts:
@@ -203,6 +263,7 @@ class OnlineRecommender:
                 st.price = price
             if changed or item_id not in self.index.row:
                 self.index.add(st)
+                self.rows.ensure(len(self.index))
         return st
 
     def _initial_factors(self) -> np.ndarray:
@@ -248,14 +309,26 @@ class OnlineRecommender:
         for item_id in item_ids:
             del self.items[item_id]
         dead = set(item_ids)
-        drop_neighbours(self.items, dead)
-        self.index.remove(item_ids)
+        new_row = self.index.remove(item_ids)
+        if new_row is not None:
+            self._renumber_rows(new_row)
         g = self.state
         ring = [i for i in g.recent_items if i not in dead]
         if len(ring) != len(g.recent_items):
             g.recent_items, g.recent_pos = ring, 0
         self._shared_cache = None
         self.evicted_items += len(item_ids)
+
+    def _renumber_rows(self, new_row: np.ndarray) -> None:
+        """After the index dropped rows: every co-occurrence row renumbered, the dropped neighbours left out. One pass
+        over the rows (compiled), once per batch of evictions; it keeps a row from naming an item that no longer
+        exists, or from carrying old evidence over to an evicted item that comes back. A row that lost neighbours is
+        written back (`items[id] = state`) so that a store that tracks changes checkpoints it; one only renumbered is
+        not (a checkpoint names neighbours by id). The row's total keeps the removed weight, as when it is pruned."""
+        changed = self.rows.renumber(new_row, len(self.index))
+        items, ids = self.items, self.index.ids
+        for r in np.flatnonzero(changed).tolist():
+            items[ids[r]] = items[ids[r]]
 
     # ----------------------------------------------------------------- learning
 
@@ -290,7 +363,11 @@ class OnlineRecommender:
             if user.events == 0 or ts - user.last_ts > cfg.session_gap_s:
                 user.session_seq += 1
             session = f"~{user.session_seq}"
-        user.session_id = session
+        if session == user.session_id:
+            session = user.session_id  # its own string, once per user, not one per click in `recent`
+        else:
+            user.session_id = session
+        item_id = item.item_id  # the store's string: `recent`, `purchased` and the ring hold no copies of their own
 
         if weight > 0:
             self._learn_pairs(user, item_id, weight, ts, session)
@@ -332,32 +409,31 @@ class OnlineRecommender:
         self.items[item_id] = item
 
     def _learn_pairs(self, user: UserState, item_id: str, weight: float, ts: float, session: str) -> None:
-        """Pairs (previous item -> this item) and the weaker reverse pairs."""
+        """Pairs (previous item -> this item) and the weaker reverse pairs, all in one compiled call (`Rows.learn`)."""
         cfg = self.config
         items = self.items
-        r, rp = self._rate_cooc, self._rate_pairs
-        top_n = cfg.cooc_top_n
-        target = items[item_id]
-        same, cross, back, pos = cfg.same_session_weight, cfg.cross_session_weight, cfg.backward_weight, cfg.position_decay
+        index_row = self.index.row
+        same, cross, pos = cfg.same_session_weight, cfg.cross_session_weight, cfg.position_decay
+        window = min(cfg.pair_window, 64)
+        rows = self.rows
+        prevs, amounts = rows.prevs, rows.amounts
         decay = weight
-        n = 0
-        reverse: list[tuple[str, float]] = []
+        k = 0
         for prev_id, _w, _ts, prev_session in reversed(user.recent):
             if prev_id == item_id:
                 continue
             prev = items.get(prev_id)
             if prev is None:
                 continue
-            amount = decay * (same if prev_session == session else cross)
-            prev.add_pairs(((item_id, amount),), ts, r, rp, top_n)
-            reverse.append((prev_id, amount * back))
+            amounts[k] = decay * (same if prev_session == session else cross)
+            prevs[k] = index_row[prev_id]
             items[prev_id] = prev
             decay *= pos
-            n += 1
-            if n >= cfg.pair_window:
+            k += 1
+            if k >= window:
                 break
-        if reverse:  # after the forward pairs: the target is none of the previous items, so the order is free
-            target.add_pairs(reverse, ts, r, rp, top_n)
+        if k:
+            rows.learn(index_row[item_id], k, cfg.backward_weight, self._rate_cooc * ts, self._rate_pairs)
 
     def _sample_negative(self, positive_row: int) -> int:
         n = len(self.index)
@@ -428,14 +504,15 @@ class OnlineRecommender:
 
     def _cooc_sources(self, user: UserState, now: float) -> tuple[list[np.ndarray], list[np.ndarray], list[float], float, float]:
         """The user's recent items that have a co-occurrence row, newest first: each one's row as (index rows,
-        P(j | item)) and its weight (action, decayed by position), positive for an item of the live session
-        (the `session` signal), negative for an older one (`co_occurrence`); and the two sums of weights."""
+        weights) and its weight (action, decayed by position) over the row's normaliser (so that the products are
+        P(j | item) times the source's weight), positive for an item of the live session (the `session` signal),
+        negative for an older one (`co_occurrence`); and the two sums of the sources' weights."""
         cfg = self.config
         live = self._live_session(user, now)
-        cooc_arrays = self.index.cooc_arrays
         items = self.items
         prior = cfg.cooc_prior
         position_decay = cfg.position_decay
+        cooc, index_row = self.rows, self.index.row
         rows: list[np.ndarray] = []
         probs: list[np.ndarray] = []
         signed: list[float] = []
@@ -445,16 +522,20 @@ class OnlineRecommender:
             st = items.get(item_id)
             src = weight * decay
             decay *= position_decay
-            if st is None or not st.cooc or src <= 0:
+            if st is None or src <= 0:
                 continue
-            r, p = cooc_arrays(st, prior)
-            rows.append(r)
-            probs.append(p)
+            r = index_row[item_id]
+            others, weights = cooc.row(r)
+            if not len(others):
+                continue
+            rows.append(others)
+            probs.append(weights)
+            scaled = src / cooc.norm(r, prior)
             if session == live:
-                signed.append(src)
+                signed.append(scaled)
                 in_session += src
             else:
-                signed.append(-src)
+                signed.append(-scaled)
                 older += src
         return rows, probs, signed, in_session, older
 
@@ -538,14 +619,16 @@ class OnlineRecommender:
             st = self.items.get(src_id)
             src = weight * decay
             decay *= cfg.position_decay
-            if st is None or not st.cooc or src <= 0:
+            if st is None or src <= 0:
+                continue
+            r = idx.row[src_id]
+            if not self.rows.length(r):
                 continue
             which = 0 if session == live else 1
             norms[which] += src
-            v = st.cooc.get(item_id)
+            v = self.rows.weight(r, row)
             if v:
-                prior = cfg.cooc_prior * st.cooc_prior_scale()
-                mass[which] += src * v / (st.cooc_total + prior)
+                mass[which] += src * v / self.rows.norm(r, cfg.cooc_prior)
         for which, name in ((0, SESSION), (1, CO_OCCURRENCE)):
             if norms[which] > 0:
                 out[name] = mass[which] / norms[which]

@@ -34,10 +34,10 @@ def rank(
     base: np.ndarray,  # float64[n]: blend-weighted popular + trending, -inf on inactive items
     popular: np.ndarray,  # float64[n] (empty when not available)
     trending: np.ndarray,
-    entry_rows: np.ndarray,  # int64[m]: co-occurrence rows of the user's recent items, concatenated: item rows
-    entry_probs: np.ndarray,  # float64[m]: P(j | source item)
+    entry_rows: np.ndarray,  # int32[m]: co-occurrence rows of the user's recent items, concatenated: item rows
+    entry_probs: np.ndarray,  # float64[m]: the rows' weights (times the source's `srcs`: P(j | source) x its weight)
     lens: np.ndarray,  # int64[s]: entries of each source item
-    srcs: np.ndarray,  # float64[s]: weight of each source item, > 0 in the live session (session), < 0 before
+    srcs: np.ndarray,  # float64[s]: weight of each source item over its row's normaliser, > 0 in the live session (session), < 0 before
     session_scale: float,  # blend weight / sum of the sources' weights, of session and of co_occurrence
     cooc_scale: float,
     latent_exp: np.ndarray,  # float64[n]: exp(BPR logit / temperature - max), 0 on inactive items (empty if not available)
@@ -124,5 +124,5 @@ def warm_up() -> None:
     """Compile `rank` (or load it from Numba's cache) now, with the argument types `recommend` passes, rather
     than in the first request (a worker calls this before it serves)."""
     f, i = np.zeros(2), np.zeros(1, dtype=np.int64)
-    rank(1, sum(HAS.values()), 0.5, 0.5, f, f, f, i, np.ones(1), i + 1, np.ones(1), 1.0, 1.0, f, 1.0,
+    rank(1, sum(HAS.values()), 0.5, 0.5, f, f, f, np.zeros(1, dtype=np.int32), np.ones(1), i + 1, np.ones(1), 1.0, 1.0, f, 1.0,
          np.zeros(2, dtype=np.int32), f, np.zeros(1), i)

@@ -3,7 +3,11 @@
 Every value here is a small dataclass of plain data, so a Faust table keyed by user
 (`UserState`) and one keyed by item (`ItemState`) can replace the plain dicts the
 model uses by default. `GlobalState` is per worker (blend weights, RNG, a sample
-of recent items); it is tiny and can live in a single-key table.
+of recent items); it is tiny and can live in a single-key table. One exception:
+a live item's co-occurrence row is held by its model (`cooc.Rows`, one slab for
+all rows, naming neighbours by their row in the model's dense index), so items go
+to checkpoints through `OnlineRecommender.checkpoint_item`, which writes the row
+into the item by item id, with its clock and total.
 
 Time decay uses two encodings, both exact and lazy (nothing is touched on a
 clock tick):
@@ -18,18 +22,17 @@ clock tick):
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
 
+from online_models.recommender import cooc as _row
 from schemas.state import StateType, StateTypes
 
-_MAX_EXPONENT = 30.0  # rescale forward-decayed maps before exp() grows past ~1e13
+_MAX_EXPONENT = _row.MAX_EXPONENT
 
 
 def decayed(value: float, ts: float, t: float, rate: float) -> float:
@@ -66,10 +69,15 @@ class ItemState:
     category: str | None = None
     price: float | None = None
     active: bool = True
-    cooc: dict[str, float] = field(default_factory=dict)
-    """Forward-decayed weight of 'item -> other item' pairs, bounded to the top-N."""
+    cooc_ids: list[str] | None = None
+    """Co-occurrence row 'item -> other item', bounded to the top-N, by item id, with `cooc_weights` (float64,
+    forward-decayed): only in checkpoints (`OnlineRecommender.checkpoint_item`) and in a restored item until its
+    model takes it in (`OnlineRecommender.rebuild_caches`); None in a live model, whose rows are in `cooc.Rows`.
+    The row's `cooc_total`, `cooc_pairs`, `cooc_clock` and `cooc_ref` are likewise as of the last checkpoint or
+    restore in a live item: the model holds them with the row."""
+    cooc_weights: np.ndarray | None = None
     cooc_total: float = 0.0
-    """Sum of all pair weights ever added (same scale as `cooc`), including pruned ones."""
+    """Sum of all pair weights ever added (same scale as the row), including pruned ones."""
     cooc_pairs: int = 0
     cooc_clock: float = 0.0
     """Decay clock of the row at its last pair: rate_s * ts + rate_pairs * pairs. It moves
@@ -86,41 +94,8 @@ class ItemState:
     events: int = 0
     last_ts: float = 0.0
     """Event time it was last clicked or registered: the eviction order (`evict.LastSeen`)."""
-
-    def add_pairs(self, pairs: Iterable[tuple[str, float]], t: float, rate_s: float, rate_pairs: float, top_n: int) -> None:
-        """Add `(other, amount)` pairs at time `t`, in order; each moves the row's decay clock by one pair.
-        One call per event and row: the reverse pairs of a click (up to `pair_window`) go in together."""
-        cooc = self.cooc
-        npairs = self.cooc_pairs
-        clock = self.cooc_clock
-        ref = self.cooc_ref
-        total = self.cooc_total
-        base = rate_s * t
-        limit = top_n + (top_n >> 1)
-        for other, amount in pairs:
-            npairs += 1
-            c = base + rate_pairs * npairs
-            if c > clock:  # a late event is as old as the row, not older
-                clock = c
-            exponent = clock - ref
-            if exponent > _MAX_EXPONENT or not cooc:
-                if cooc:
-                    shrink = math.exp(-exponent)
-                    for k in cooc:
-                        cooc[k] *= shrink
-                    total *= shrink
-                ref, exponent = clock, 0.0
-            scaled = amount * math.exp(exponent)
-            cooc[other] = cooc.get(other, 0.0) + scaled
-            total += scaled
-            if len(cooc) > limit:
-                # Amortised O(1): prune back to top-N every N/2 new neighbours.
-                cooc = dict(heapq.nlargest(top_n, cooc.items(), key=itemgetter(1)))
-        self.cooc, self.cooc_pairs, self.cooc_clock, self.cooc_ref, self.cooc_total = cooc, npairs, clock, ref, total
-
-    def cooc_prior_scale(self) -> float:
-        """Factor that brings an unscaled pseudo-count to the row's scale (as of its last pair)."""
-        return math.exp(self.cooc_clock - self.cooc_ref)
+    cooc_live: bool = False
+    """Held by a model, whose `cooc.Rows` has its row: write it through `OnlineRecommender.checkpoint_item`."""
 
 
 @dataclass(slots=True)
@@ -183,15 +158,67 @@ _USER_SLOT_NAMES = frozenset(UserState.__slots__)
 _ITEM_SLOT_NAMES = frozenset(ItemState.__slots__)
 
 
+_ROW_SLOTS = ("cooc_live",)  # never in a checkpoint
+_ITEM_CHECKPOINT_SLOTS = tuple(n for n in ItemState.__slots__ if n not in _ROW_SLOTS)
+_ITEM_CHECKPOINT_GET = attrgetter(*_ITEM_CHECKPOINT_SLOTS)
+
+
+def _slot_copier() -> Any:
+    """`ItemState` -> a new one with the checkpoint slots' values, as straight-line code generated from the slots
+    (as `dataclasses` generates `__init__`): a loop of `setattr` over them took twice as long, and a delta
+    checkpoint copies every item a batch of clicks touched."""
+    body = "".join(f"    out.{n} = item.{n}\n" for n in _ITEM_CHECKPOINT_SLOTS)
+    scope: dict[str, Any] = {"new": ItemState.__new__, "ItemState": ItemState}
+    exec(f"def copy(item):\n    out = new(ItemState)\n{body}    return out\n", scope)  # noqa: S102 - our own slot names
+    return scope["copy"]
+
+
+_COPY = _slot_copier()
+
+
+def checkpoint_copy(item: ItemState, ids: list[str] | None, weights: np.ndarray | None, pairs: int, clock: float,
+                    ref: float, total: float) -> ItemState:
+    """A copy of `item` with its model's row (`ids` and `weights`, None if empty) and that row's clock and total, not
+    held by a model: what a checkpoint writes."""
+    out = _COPY(item)
+    out.cooc_ids, out.cooc_weights, out.cooc_live = ids, weights, False
+    out.cooc_pairs, out.cooc_clock, out.cooc_ref, out.cooc_total = pairs, clock, ref, total
+    return out
+
+
+def _item_state(item: ItemState) -> dict[str, Any]:
+    """An item's slots with its row by item id: a model holds a live item's row, so an item held by a model must be
+    written through `OnlineRecommender.checkpoint_item`."""
+    if item.cooc_live:
+        raise ValueError(f"item {item.item_id!r} has a live co-occurrence row: write OnlineRecommender.checkpoint_item")
+    return dict(zip(_ITEM_CHECKPOINT_SLOTS, _ITEM_CHECKPOINT_GET(item)))
+
+
 def _set_item_state(item: ItemState, state: Any) -> None:
-    """An item's slots; `last_ts`, absent from checkpoints written before eviction, from its popularity clocks."""
-    if type(state) is not dict or not state.keys() <= _ITEM_SLOT_NAMES:
+    """An item's slots; `last_ts`, absent from checkpoints written before eviction, from its popularity clocks.
+    The row comes by item id, for the model to take in (`OnlineRecommender.rebuild_caches`): as `cooc_ids` and
+    `cooc_weights`, or, written before rows were arrays, as a dict `cooc` (item id -> weight)."""
+    if type(state) is not dict:
+        raise ValueError("not the fields of an ItemState")
+    old = state.pop("cooc", None)
+    if not state.keys() <= _ITEM_SLOT_NAMES or state.keys() & _ROW_SLOTS:
         raise ValueError("not the fields of an ItemState")
     for name, value in state.items():
         object.__setattr__(item, name, value)
+    item.cooc_live = False
     if "last_ts" not in state:
         item.last_ts = max(state.get("popular_ts", 0.0), state.get("trending_ts", 0.0))
+    if old is not None:
+        if type(old) is not dict or state.get("cooc_ids") is not None:
+            raise ValueError("a malformed co-occurrence row")
+        item.cooc_ids, item.cooc_weights = list(old), np.array(list(old.values()), dtype=np.float64)
+    ids, weights = item.cooc_ids, item.cooc_weights
+    if ids is None and weights is None:
+        return
+    if type(ids) is not list or type(weights) is not np.ndarray or weights.dtype != np.float64 or \
+            weights.shape != (len(ids),) or not all(type(i) is str for i in ids):
+        raise ValueError("a malformed co-occurrence row: cooc_ids must be item ids and cooc_weights as many float64")
 
 
 # Checkpoints (`streams/learning/shard.py`) write these in Wharf's state format, which rebuilds only the classes listed here.
-STATE_TYPES = StateTypes(StateType(UserState, _user_state, _set_user_state), StateType(ItemState, None, _set_item_state), GlobalState)
+STATE_TYPES = StateTypes(StateType(UserState, _user_state, _set_user_state), StateType(ItemState, _item_state, _set_item_state), GlobalState)

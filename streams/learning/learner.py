@@ -42,7 +42,7 @@ from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from online_models.recommender import RecommenderConfig, bpr, scoring
+from online_models.recommender import RecommenderConfig, bpr, cooc, scoring
 from streams.runtime import heap
 from streams.learning.shard import Shard, TableWrites, also_viewed
 
@@ -63,6 +63,7 @@ def serve(work: Connection, ask: Connection, bulk: Connection, config: Recommend
     _die_with_parent()
     heap.configure()
     bpr.warm_up()
+    cooc.warm_up()
     scoring.warm_up()
     host = Host(config, ask, bulk)
     try:
@@ -171,8 +172,7 @@ class Host:
         yield
 
     def do_checkpoint(self, req: int, partitions: list[int]) -> Iterator[None]:
-        """Each shard's checkpoint as table writes ({p: (writes, records)}; None for a shard not held), then
-        the ranking caches of the items it wrote rebuilt (rather than by the first request that needs them)."""
+        """Each shard's checkpoint as table writes ({p: (writes, records)}; None for a shard not held)."""
         out: dict[int, tuple[list, int] | None] = {}
         for p in partitions:
             shard = self.shards.get(p)
@@ -184,12 +184,6 @@ class Host:
                 yield
             out[p] = (writes.ops, records)
         self.reply(req, out)
-        for p in partitions:
-            shard = self.shards.get(p)
-            changed = shard.changed_items if shard is not None else []
-            for start in range(0, len(changed), 64):
-                shard.model.refresh_rows(changed[start:start + 64])
-                yield
 
     def do_snapshot(self, req: int, k: int, k_items: int, max_active: int) -> Iterator[None]:
         """Per shard: the top-k of its users and the 'also viewed' top-k_items of its items, of those active since
@@ -204,8 +198,7 @@ class Host:
             for start in range(0, len(users), USERS_PER_STEP):
                 recs += [(uid, [tuple(r) for r in shard.model.recommend(uid, k)]) for uid in users[start:start + USERS_PER_STEP]]
                 yield
-            items, prior = shard.model.items, shard.model.config.cooc_prior
-            lists = [(iid, also_viewed(items[iid], prior, k_items)) for iid in item_ids if iid in items]
+            lists = [(iid, also_viewed(shard.model, iid, k_items)) for iid in item_ids]
             out.append((p, recs, [(iid, lst) for iid, lst in lists if lst]))
         self.reply(req, out)
 

@@ -113,7 +113,6 @@ class Shard:
     clicks: int = 0
     skipped: int = 0
     log: DeltaLog = None  # type: ignore[assignment] - set in __post_init__
-    changed_items: list[str] = field(default_factory=list)  # in the last checkpoint: their ranking caches to refresh
 
     def __post_init__(self) -> None:
         if self.log is None:
@@ -182,32 +181,34 @@ class Shard:
         m = self.model
         image = self.log.needs_image()
         users = dict(m.users) if image else {uid: m.users[uid] for uid in m.users.dirty}
-        items = dict(m.items) if image else {iid: m.items[iid] for iid in m.items.dirty}
+        out = m.checkpoint_item  # rows by item id: a live row names the model's index rows
+        items = {iid: out(st) for iid, st in m.items.items()} if image else {iid: out(m.items[iid]) for iid in m.items.dirty}
         deleted = {} if image else {name: list(store.deleted) for name, store in (("users", m.users), ("items", m.items))
                                     if store.deleted}
         for store in (m.users, m.items):
             store.dirty.clear()
             store.deleted.clear()
-        self.changed_items = list(items)
         m.state.rng_state = m._rng.getstate()  # noqa: SLF001 - what the model's own __getstate__ saves
         meta = (STATE_VERSION, m.state, dict(self.offsets))
         return self.log.steps(table, {"users": users, "items": items}, meta, image, deleted)
 
     def stats(self) -> dict[str, Any]:
         m = self.model
-        return {"users": len(m.users), "items": len(m.items), "cooc": sum(len(st.cooc or ()) for st in m.items.values()),
+        return {"users": len(m.users), "items": len(m.items), "cooc": m.rows.entries(),
                 "evicted_users": m.evicted_users,
                 "evicted_items": m.evicted_items, "clicks": self.clicks, "skipped": self.skipped,
                 "learned": m.state.events, "offsets": dict(self.offsets)}
 
 
-def also_viewed(item: ItemState, prior: float, k: int) -> list[tuple[str, float]]:
+def also_viewed(model: OnlineRecommender, item_id: str, k: int) -> list[tuple[str, float]]:
     """Top-k P(j | i) of an item's co-occurrence row (the recommender's own normalisation)."""
-    if not item.cooc:
+    if item_id not in model.items:
         return []
-    denom = item.cooc_total + prior * item.cooc_prior_scale()
-    return [(j, v / denom) for j, v in heapq.nlargest(k, item.cooc.items(), key=itemgetter(1))]
-
+    row = model.cooc_row(item_id)
+    if not row:
+        return []
+    denom = model.cooc_normaliser(item_id)
+    return [(j, v / denom) for j, v in heapq.nlargest(k, row.items(), key=itemgetter(1))]
 
 
 def _not_a_checkpoint(meta: Any, parts: dict[str, dict[Any, Any]]) -> str | None:
