@@ -182,7 +182,7 @@ class Rows:
     """Every co-occurrence row of one model, by the item's row in the model's `ItemIndex` (see the module docstring).
     Plain NumPy arrays: it pickles with the model."""
 
-    def __init__(self, top_n: int, capacity: int = 1024) -> None:
+    def __init__(self, top_n: int, capacity: int = 1024, window: int = 64) -> None:
         self.top_n = top_n
         self.meta = np.zeros((capacity, 4), dtype=np.int64)  # offset, capacity, length, pairs
         self.clocks = np.zeros((capacity, 3), dtype=np.float64)  # decay clock, landmark, total (see ItemState)
@@ -191,8 +191,8 @@ class Rows:
         self.pos = np.zeros(2, dtype=np.int64)  # the slab's used end; entries in segments rows moved out of
         self.count = 0  # rows in use (the index's length)
         self.size = self.nbr.shape[0]
-        self.prevs = np.zeros(64, dtype=np.int32)  # a click's previous items' rows (`learn`), written by the model
-        self.amounts = np.zeros(64, dtype=np.float64)  # and their pairs' amounts
+        self.prevs = np.zeros(max(1, window), dtype=np.int32)  # a click's previous items' rows (`learn`, written by
+        self.amounts = np.zeros(max(1, window), dtype=np.float64)  # the model; at most `window`) and pairs' amounts
 
     def ensure(self, count: int) -> None:
         """Room for rows `0 .. count - 1` (new ones empty)."""

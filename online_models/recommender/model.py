@@ -132,7 +132,7 @@ class OnlineRecommender:
         self._rate_user = rate(cfg.user_half_life_s)
         self._view_weight = cfg.weight("view") or 1.0
         self.index = ItemIndex(cfg.dim)
-        self.rows = _row.Rows(cfg.cooc_top_n)  # every item's co-occurrence row, by index row
+        self.rows = _row.Rows(cfg.cooc_top_n, window=cfg.pair_window)  # every item's co-occurrence row, by index row
         self._shared_cache: _Shared | None = None  # what the last request shared with every user
         self.rebuild_caches()
         self._share_strings()
@@ -414,7 +414,7 @@ class OnlineRecommender:
         items = self.items
         index_row = self.index.row
         same, cross, pos = cfg.same_session_weight, cfg.cross_session_weight, cfg.position_decay
-        window = min(cfg.pair_window, 64)
+        window = cfg.pair_window
         rows = self.rows
         prevs, amounts = rows.prevs, rows.amounts
         decay = weight
