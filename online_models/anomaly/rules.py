@@ -54,8 +54,9 @@ class RuleSet:
                     rules.setdefault(dtype, {})[metric] = {k: float(v) for k, v in bounds.items()}
         self.rules = rules
         # per device type, (metric, min, max) in rule order: `check` and the alarm step compare every reading to them
-        self.bounds: dict[str, tuple[tuple[str, float | None, float | None], ...]] = {dtype: tuple((metric, b.get("min"), b.get("max")) for metric, b in metrics.items())
-                        for dtype, metrics in rules.items()}
+        self.bounds: dict[str, tuple[tuple[str, float | None, float | None], ...]] = {
+            dtype: tuple((metric, b.get("min"), b.get("max")) for metric, b in metrics.items())
+            for dtype, metrics in rules.items()}
 
     def check(self, device_type: str, metrics: Mapping[str, float]) -> list[Violation]:
         out: list[Violation] = []
