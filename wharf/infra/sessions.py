@@ -50,6 +50,14 @@ def end_abandoned(settings: Settings) -> list[str]:
     folder = _ledger(settings)
     if not folder.is_dir():
         return []
-    gone = [entry.name for entry in sorted(folder.iterdir()) if stamped_pid(entry.read_text()) is None]  # owner not running
+    gone = [entry.name for entry in sorted(folder.iterdir()) if _owner(entry) is None]
     refused = set(end_temporary(settings, gone))
     return [cid for cid in gone if cid not in refused]
+
+
+def _owner(entry: Path) -> int | None:
+    """The running process that wrote the entry down, else None (an unreadable entry: nobody can own it)."""
+    try:
+        return stamped_pid(entry.read_text())
+    except OSError:
+        return None
