@@ -219,6 +219,8 @@ async def score_review_stream(stream):  # noqa: ANN001
                 valid.append((event, done, review))
         if not valid:
             continue
+        if sentiment._model is None:  # torch's import and the encoder's load: seconds of CPU, off the event loop
+            await asyncio.to_thread(lambda: sentiment.model)
         owned = owned_review_partitions()
         for event, _done, _r in valid:
             sentiment.last[event.message.partition] = event
