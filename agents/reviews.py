@@ -51,15 +51,19 @@ class Sentiment:
     One model per worker learns from the reviews of every partition it owns. After each batch, before the batch's
     reviews are handed to the writer (so before any is acked), what it learned goes to the log of one owned
     partition (the lowest with an event). A restarted or rebalanced worker adopts the most learned checkpoint it
-    finds under its partitions, if it knows more than its own model, and skips learning the reviews that checkpoint
-    includes (`marks`): a review is learned once, also when Kafka delivers it again. The durability protocol is the
-    one every stateful agent shares (`streams/state/checkpoint.py`), with a checkpoint after every batch."""
+    finds under its partitions whose marker covers every review its own model has learned (so adopting it loses
+    nothing, and no review is in the model twice), if it knows more than its own model. A review at or below the
+    model's marker (`marks`: restored with a checkpoint or learned since) is not learned again: a review is learned
+    once, also when Kafka delivers it again within one run (`streams/runtime/flow.py`). The durability protocol is
+    the one every stateful agent shares (`streams/state/checkpoint.py`), with a checkpoint after every batch."""
 
-    def __init__(self, encoder: str) -> None:
+    def __init__(self, encoder: str, table: Any = None) -> None:
         self.encoder = encoder
+        self.table = sentiment_table if table is None else table  # the log table (a plain dict in unit tests)
         self._model: Any = None
         self.scored = 0
         self.learned = 0
+        self.skipped = 0  # reviews delivered again that the model holds already (restored or learned in this run)
         self.alerts = 0
         self.marks = Marks()  # the reviews the model includes, per partition (in checkpoints as {partition: offset})
         self.ckpt = Checkpoint("sentiment")  # a review is acked once stored and in a checkpoint
@@ -80,7 +84,7 @@ class Sentiment:
         wanted = partitions - self.logs.keys()
         if not wanted:
             return
-        entries = entries_of(sentiment_table, wanted)
+        entries = entries_of(self.table, wanted)
         best: tuple[int, int, dict, Any] | None = None
         for p in sorted(wanted):
             self.logs[p], found = DeltaLog.restore(SENTIMENT_LOG_PREFIX, p, entries[p], piece_entries=SENTIMENT_PIECE_ENTRIES,
@@ -99,9 +103,13 @@ class Sentiment:
                 log.warning("review model checkpoint under partition %d is of encoder %r (version %s), not %r: not used",
                             p, encoder, version, self.encoder)
                 continue
+            if not _marks_of(through).covers(self.marks.applied):
+                log.warning("review model checkpoint under partition %d (through %s) lacks reviews the model has learned "
+                            "(through %s): not used", p, through, self.marks.applied)
+                continue
             if best is None or n_learned > best[0]:
                 best = (n_learned, p, through, found.parts)
-        if best is not None and best[0] > self.model.n_learned:
+        if best is not None and best[0] > (before := self.model.n_learned):
             n_learned, p, through, parts = best
             try:
                 self.model.load_learned_state(parts)
@@ -109,11 +117,9 @@ class Sentiment:
                 log.error("%s: checkpoint under partition %d refused (%s); the model goes on without it",
                           sentiment_table.name, p, exc)
                 return
-            self.marks.forget()
-            for partition, offset in through.items():
-                self.marks.restore(partition, {settings.topic_reviews: offset})
+            self.marks = _marks_of(through)
             self.written_to, self.since = None, []
-            self.restored += n_learned
+            self.restored += n_learned - before  # what it added: `learned` counts the model's own reviews it includes
             log.info("review model restored from partition %d: %d reviews learned, through offsets %s", p, n_learned, through)
 
     def forget(self, partitions: set[int]) -> None:
@@ -124,8 +130,9 @@ class Sentiment:
                 self.written_to = None
 
     def learn(self, partition: int, offset: int, review: Review) -> None:
-        """Learn a review from its rating, unless the model includes it already."""
-        if self.marks.includes(settings.topic_reviews, partition, offset):
+        """Learn a review from its rating, unless the model holds it already (restored or learned in this run)."""
+        if self.marks.holds(settings.topic_reviews, partition, offset):
+            self.skipped += 1
             return
         self.marks.apply(settings.topic_reviews, partition, offset)
         if self.model.learn_rating(review.text, review.rating):
@@ -144,7 +151,7 @@ class Sentiment:
         parts = self.model.learned_state(None if image else self.since)
         meta = (SENTIMENT_STATE_VERSION, self.encoder, self.model.n_learned, {p: o for (_, p), o in self.marks.applied.items()})
         with as_event(self.last[p]):
-            written = log_.write(sentiment_table, parts, meta, image)
+            written = log_.write(self.table, parts, meta, image)
         self.written_to, self.since = p, []
         self.checkpoints += 1
         return written
@@ -159,6 +166,14 @@ class Sentiment:
             torch.set_num_threads(1)  # one core per worker; the other belongs to Kafka and ClickHouse
             self._model = SentimentModel(encoder=self.encoder)
         return self._model
+
+
+def _marks_of(through: dict[int, int]) -> Marks:
+    """A checkpoint's marker ({reviews partition: last offset}) as restored `Marks`."""
+    marks = Marks()
+    for partition, offset in through.items():
+        marks.restore(partition, {settings.topic_reviews: offset})
+    return marks
 
 
 sentiment = Sentiment(settings.commerce_sentiment_encoder)
@@ -204,6 +219,8 @@ async def score_review_stream(stream):  # noqa: ANN001
                 valid.append((event, done, review))
         if not valid:
             continue
+        if sentiment._model is None:  # torch's import and the encoder's load: seconds of CPU, off the event loop
+            await asyncio.to_thread(lambda: sentiment.model)
         owned = owned_review_partitions()
         for event, _done, _r in valid:
             sentiment.last[event.message.partition] = event
@@ -238,9 +255,12 @@ async def score_review_stream(stream):  # noqa: ANN001
                 await writer.put(event.message.partition, event.message.offset, rows.review(s), stored_)
 
 
-async def _checkpoint(owned: set[int]) -> None:
-    """The review model's write (a Faust table: its changelog is flushed before any offset is committed)."""
+async def _checkpoint(owned: set[int]) -> set[int] | None:
+    """The review model's write (a Faust table: its changelog is flushed before any offset is committed). What it
+    learned is in one log, so every partition's reviews are acked; none when no owned log could take it (all
+    revoked meanwhile): the new owners get them again."""
     sentiment.checkpoint(owned)
+    return set() if sentiment.since else None
 
 
 @app.on_partitions_revoked.connect
@@ -256,7 +276,7 @@ async def _forget_revoked_logs(app_: Any, revoked: set, **kwargs: Any) -> None:
 async def _stats() -> dict[str, Any]:
     """`/commerce/stats`' review part."""
     return {"sentiment": {"encoder": sentiment.encoder, "scored": sentiment.scored, "learned": sentiment.learned,
-                          "model_learned": sentiment.model_learned, "restored": sentiment.restored,
+                          "model_learned": sentiment.model_learned, "restored": sentiment.restored, "skipped": sentiment.skipped,
                           "checkpoints": sentiment.checkpoints, "alerts": sentiment.alerts}}
 
 

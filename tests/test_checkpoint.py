@@ -72,8 +72,11 @@ def test_marks_say_what_a_restored_state_includes_and_refuse_anything_else() -> 
     m.apply("readings", 3, 50)
     m.apply("readings", 3, 45)  # never moves back
     assert m.of(3) == {"readings": 50, "status": 7}
+    assert m.holds("readings", 3, 50) and not m.includes("readings", 3, 50)  # applied in this run, not restored
+    assert m.covers({("readings", 3): 50, ("status", 3): 7}) and not m.covers({("readings", 3): 51})
+    assert not m.covers({("readings", 4): 0})
     m.forget({3})
-    assert m.of(3) == {} and not m.includes("readings", 3, 0)
+    assert m.of(3) == {} and not m.includes("readings", 3, 0) and not m.holds("readings", 3, 0)
     for raw in (b"[1]", b'{"t": "1"}', b"{", b"[" * 100_000):
         with pytest.raises(ValueError):
             Marks.decode(raw)

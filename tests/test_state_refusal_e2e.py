@@ -97,9 +97,17 @@ async def test_crafted_pickles_in_every_state_changelog_are_refused_and_the_work
         finally:
             await producer.stop()
 
-        await wait_until(lambda: count("anomaly_scores", f"device_id = '{device}'") >= 5 and count("sensor_readings", f"device_id = '{device}'") >= 5
-                         and count("clicks", f"user_id = '{user}'") >= 1 and shard_clicks(port) >= 1
-                         and count("reviews", f"item_id = '{item}'") >= 1, 120, "the reading, click and review stored and learned")
+        def progress() -> dict[str, int]:
+            return {"scores": count("anomaly_scores", f"device_id = '{device}'"), "readings": count("sensor_readings", f"device_id = '{device}'"),
+                    "clicks": count("clicks", f"user_id = '{user}'"), "clicks learned": shard_clicks(port),
+                    "reviews": count("reviews", f"item_id = '{item}'")}
+
+        wanted = {"scores": 5, "readings": 5, "clicks": 1, "clicks learned": 1, "reviews": 1}
+        try:
+            await wait_until(lambda: all(v >= wanted[k] for k, v in progress().items()), 120,
+                             "the reading, click and review stored and learned")
+        except AssertionError as exc:  # once seen in CI beside a soak (7 Dec): say which one did not come, and why
+            raise AssertionError(f"{exc}: {progress()} of {wanted}; the worker's log ends:\n{log.read_text()[-6000:]}") from None
         status, body = http("GET", f"http://127.0.0.1:{port}/sensors/devices")
         assert status == 200 and body["devices"][device]["learned"] == 5, body  # scored and learned from scratch
         status, body = http("GET", f"http://127.0.0.1:{port}/recommendations/{user}?k=3")

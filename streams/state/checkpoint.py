@@ -43,6 +43,16 @@ class Marks:
         """Whether a record is in the restored state already (a redelivery after a crash or a rebalance)."""
         return offset <= self.restored.get((topic, partition), -1)
 
+    def holds(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether a record is in the state in memory: restored with it or applied since. For a state that lives on
+        while Kafka delivers a record again within one run (after a restart's recovery, `streams/runtime/flow.py`, or
+        a partition revoked and assigned back), which `includes` alone would apply twice."""
+        return offset <= self.applied.get((topic, partition), -1)
+
+    def covers(self, marks: dict[tuple[str, int], int]) -> bool:
+        """Whether this marker includes every record that `marks` does (per topic and partition, at or beyond)."""
+        return all(self.applied.get(key, -1) >= offset for key, offset in marks.items())
+
     def apply(self, topic: str, partition: int, offset: int) -> None:
         key = (topic, partition)
         if offset > self.applied.get(key, -1):
