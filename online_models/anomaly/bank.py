@@ -79,7 +79,7 @@ def _config_vector(cfg: AnomalyConfig) -> np.ndarray:
         K.F_DRIFT_TE: cfg.drift_tail_e, K.F_DRIFT_TA: cfg.drift_tail_alpha, K.F_SP_TOL: cfg.spatial_tol,
         K.F_SP_E: cfg.spatial_e, K.F_CONF_FRAC: cfg.confirm_frac, K.F_CONF_EXT: cfg.confirm_extreme,
         K.F_RAMP_TREND: cfg.ramp_trend_alpha, K.F_RAMP_MARGIN: cfg.ramp_margin, K.F_REARM: cfg.rearm_frac,
-        K.F_SUPP_PASS: cfg.suppress_pass, K.F_DRIFT_TL: cfg.drift_tail_len,
+        K.F_SUPP_PASS: cfg.suppress_pass,
     }
     for k, v in vals.items():
         cf[k] = v
@@ -94,7 +94,6 @@ _MS_VECTORS = {
     "last": K.LAST, "run": K.RUN, "repeat_rate": K.REPEAT, "cu_peak": K.CU_PEAK, "cu_beta": K.CU_BETA,
     "cu_nexc": K.CU_NEXC, "sp_lo": K.SP_LO, "sp_hi": K.SP_HI, "rl_mean": K.RL_MEAN, "rl_mad": K.RL_MAD,
     "rl_slope": K.RL_SLOPE, "df_mad": K.DF_MAD, "cu_anc": K.CU_ANC,
-    "cu_len": K.CU_LEN, "cu_dur": K.CU_DUR,
 }
 _MS_FRESH = {K.LAST: math.nan, K.T_FIRST: math.nan, K.REPEAT: 0.5, K.CU_PPOS: 0.5, K.CU_SCALE: 1.0, K.SP_LO: math.nan,
              K.SP_HI: math.nan}

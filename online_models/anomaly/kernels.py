@@ -22,8 +22,7 @@ SP_LO, SP_HI = 22, 23  # range of the readings so far (spatial anomaly; NaN: non
 # the ramp level (Holt): level, spread around level + trend, trend per row; spread of row-to-row differences
 RL_MEAN, RL_MAD, RL_SLOPE, DF_MAD = 24, 25, 26, 27
 CU_ANC = 28  # the drift scale an excursion beyond the tail point started under (0: none; -1: spent by an alert)
-CU_LEN, CU_DUR = 29, 30  # rows of the drift's current excursion; mean rows of the ended ones its tail learned
-MS_FIXED = 31
+MS_FIXED = 29
 # per device (ds columns)
 C_WEIGHT, HST_LAST, HC_MEAN, HC_VAR, HC_N, SUPPRESS, BURST, SINCE, SIL_IV, SIL_LAST, SIL_N, N_ROWS, \
     HST_COUNT, HST_FIRST, HST_TID, E_PREV, E_ALERT = range(17)
@@ -36,8 +35,8 @@ L_REC, L_LAG, L_SM, L_SC, L_WM, L_WC, L_CT, L_CN, L_CC, L_END = range(10)
  F_HST_EVERY, F_HST_T, F_HST_H, F_HST_W, F_EFULL, F_MINTHR, F_LEVEL_IV, F_SUPP_EV, F_SUPP_F, F_BURST_PEN,
  F_BURST_DEC, F_BURST_GAP, F_BURST_SOFT, F_STUCK_MIN, F_CDECAY, F_HC_ALPHA, F_HC_WARM, F_SIL_ALPHA,
  F_DRIFT_TE, F_DRIFT_TA, F_SP_TOL, F_SP_E, F_CONF_FRAC, F_CONF_EXT, F_RAMP_TREND, F_RAMP_MARGIN, F_REARM,
- F_SUPP_PASS, F_DRIFT_TL) = range(49)
-CF_LEN = 49
+ F_SUPP_PASS) = range(48)
+CF_LEN = 48
 
 _CAL = 5
 _NC = 8
@@ -484,21 +483,14 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
         # only an excursion that crosses the tail point once the slow baseline is an EWMA (not a young running mean)
         anc_ok = lg_n * cf[F_LONG_ALPHA] >= 1.0
         c_prev = max(ms[s, CU_POS], ms[s, CU_NEG])
-        xrun = ms[s, CU_LEN]
         for i in range(B):
             c = max(cu_p[i, j], cu_n[i, j])
             cus[i, j] = c
-            if valid[i, j]:
-                xrun = xrun + 1.0 if c > 0 else 0.0
-            # the learned tail holds for an excursion no longer than drift_tail_len x the learned ones
-            nexc = ms[s, CU_NEXC]
-            if cf[F_DRIFT_TL] > 0 and ms[s, CU_DUR] > 0 and xrun > cf[F_DRIFT_TL] * ms[s, CU_DUR]:
-                nexc = 0.0
             e = e0 + c / (mu * _LN10)
-            if nexc > 0:
+            if ms[s, CU_NEXC] > 0:
                 e = min(e, te + (c - s0) / (beta * _LN10))
             if valid[i, j]:
-                anc, ea = anchor_step(c, c_prev, anc, s0, mu, anc_ok, e0, te, nexc, ms[s, CU_BETA])
+                anc, ea = anchor_step(c, c_prev, anc, s0, mu, anc_ok, e0, te, ms[s, CU_NEXC], ms[s, CU_BETA])
                 e = max(e, ea)
                 c_prev = c
             ev[i, j, _DRIFT] = max(e, 0.0) if ok and c > 0 and valid[i, j] else 0.0
@@ -739,25 +731,20 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             mu = max(ms[s, CU_SCALE], 1e-12)
             s0 = (cf[F_DRIFT_TE] + math.log10(max(ms[s, CU_PPOS], 1e-6))) * mu * _LN10
             peak, beta, nexc = ms[s, CU_PEAK], ms[s, CU_BETA], ms[s, CU_NEXC]
-            xrun, dur = ms[s, CU_LEN], ms[s, CU_DUR]
             for i in range(B):
                 if not valid[i, j]:
                     continue
                 c = cus[i, j]
                 if c > 0:
                     peak = max(peak, c)
-                    xrun = xrun + 1.0
                     continue
                 if peak > s0:
                     xcap = min(peak - s0, cf[F_DRIFT_CAP] * max(beta, mu))
                     ae = max(cf[F_DRIFT_TA], 1.0 / (nexc + 1.0))
                     beta = beta + ae * (xcap - beta)
-                    dur = dur + ae * (xrun - dur) if dur > 0 else xrun  # 0: unknown (checkpoint from before)
                     nexc = nexc + 1.0
                 peak = 0.0
-                xrun = 0.0
             ms[s, CU_PEAK], ms[s, CU_BETA], ms[s, CU_NEXC] = peak, beta, nexc
-            ms[s, CU_LEN], ms[s, CU_DUR] = xrun, dur
             for i in range(B):
                 cum = cum + vf[i] if i else vf[i]
                 nprev = max(lg_n - B + cum, 0.0)

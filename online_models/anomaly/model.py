@@ -123,10 +123,6 @@ class AnomalyConfig:
     # recurring bounded excursion (a cold room's door opening) is learned, an ongoing drift never teaches itself
     drift_tail_e: float = 3.0
     drift_tail_alpha: float = 0.1
-    # ... but only for an excursion no longer than drift_tail_len x the mean length (rows) of those learned ones: a
-    # door opening and a compressor failure differ in duration more than in size, so an excursion that outlasts the
-    # learned ones is scored by the plain exponential (and its anchored score) again. <= 0: the tail holds throughout
-    drift_tail_len: float = 2.0
     # spatial anomaly (Numenta HTM's NAB detector): a reading outside the range the metric has shown so far, by more
     # than spatial_tol of that range, has at least spatial_e decades of evidence, whatever the calibrators say (on a
     # short series they cannot resolve a first-ever excursion's tail). Like all evidence it then takes the reading
@@ -241,14 +237,6 @@ def _cusum(s0: np.ndarray, d: np.ndarray) -> np.ndarray:
     return c - np.minimum(np.minimum.accumulate(c, axis=0), -s0) if len(d) else c
 
 
-def _run_length(n0: np.ndarray, up: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """Per row, the rows of the current run of ``up`` so far (``n0``: before the block); a row in ``end`` resets it
-    to 0, a row in neither (invalid) leaves it."""
-    cum = np.cumsum(up, axis=0)
-    at_end = np.maximum.accumulate(np.where(end, cum, 0), axis=0) if len(up) else cum
-    return np.where(np.logical_or.accumulate(end, axis=0), cum - at_end, n0 + cum) if len(up) else cum.astype(float)
-
-
 def _profile_learn(sm, sc, mad, n, bins, xf, valid, lg_mad, alpha):
     """Block update of a periodic profile (bin means, counts, robust spread), each row against the
     bin mean frozen at the start of the block; returns the new ``(means, counts, mad, n)``."""
@@ -291,7 +279,6 @@ class DeviceAnomalyModel:
         # ... its upper tail: running peak of the current excursion, mean excess of ended ones, their count
         self.cu_peak, self.cu_beta, self.cu_nexc = z.copy(), z.copy(), z.copy()
         self.cu_anc = z.copy()  # the scale an excursion beyond the tail point started under (0: none; -1: spent)
-        self.cu_len, self.cu_dur = z.copy(), z.copy()  # rows of the current excursion; mean rows of the learned ones
         self.sp_lo, self.sp_hi = z.copy(), z.copy()  # range of the readings so far (NaN: none yet)
         # the ramp level (`ramp_learn`): level, spread around level + trend, trend; spread of row-to-row differences
         self.rl_mean, self.rl_mad, self.rl_slope, self.df_mad = z.copy(), z.copy(), z.copy(), z.copy()
@@ -343,7 +330,7 @@ class DeviceAnomalyModel:
             return np.concatenate([a, col], axis=-1)
 
         for attr in ("lv_mean", "lv_mad", "lv_n", "lg_mean", "lg_mad", "lg_n", "recent", "cu_pos", "cu_neg",
-                     "cu_peak", "cu_beta", "cu_nexc", "cu_anc", "cu_len", "cu_dur", "s_means", "rl_mean", "rl_mad", "rl_slope", "df_mad",
+                     "cu_peak", "cu_beta", "cu_nexc", "cu_anc", "s_means", "rl_mean", "rl_mad", "rl_slope", "df_mad",
                      "s_counts", "s_mad", "s_n", "w_means", "w_counts", "w_mad", "w_n", "lagbuf", "fc_err", "run"):
             setattr(self, attr, grow(getattr(self, attr)))
         self.last = grow(self.last, math.nan)
@@ -419,9 +406,7 @@ class DeviceAnomalyModel:
         s0 = (cfg.drift_tail_e - e0) * mu * _LN10
         beta = np.maximum(self.cu_beta, mu)
         e_tail = cfg.drift_tail_e + (cus - s0) / (beta * _LN10)
-        xrun = _run_length(self.cu_len, valid & (cus > 0), valid & (cus <= 0))  # rows of the current excursion
-        tail = (self.cu_nexc > 0) & ~((cfg.drift_tail_len > 0) & (self.cu_dur > 0) & (xrun > cfg.drift_tail_len * self.cu_dur))
-        e_drift = np.where(tail, np.minimum(e_drift, e_tail), e_drift)
+        e_drift = np.where(self.cu_nexc > 0, np.minimum(e_drift, e_tail), e_drift)
         # an excursion beyond the tail point is also scored against the scale it started under, until the device
         # alerts: the scale learns the excursion row by row, and a young model's learns a slow climb away
         anc = np.where((self.cu_anc > 0) & (self.suppress_left > 0), -1.0, self.cu_anc)
@@ -435,7 +420,7 @@ class DeviceAnomalyModel:
                     continue
                 c = float(cus[i, j])
                 a, ea = anchor_step(c, c_prev, a, float(s0[j]), float(mu[j]), bool(anc_ok[j]), float(e0[j]), te,
-                                    float(self.cu_nexc[j]) if tail[i, j] else 0.0, float(self.cu_beta[j]))
+                                    float(self.cu_nexc[j]), float(self.cu_beta[j]))
                 e_drift[i, j] = max(e_drift[i, j], ea)
                 c_prev = c
             anc[j] = a
@@ -505,7 +490,7 @@ class DeviceAnomalyModel:
         spatial = out_r.any(axis=1) if (m and cfg.spatial_tol > 0) else np.zeros(b_rows, bool)
         feats = np.stack([0.5 + 0.5 * np.tanh(zl * 0.25), 0.5 + 0.5 * np.tanh(zseas * 0.25),
                           0.5 + 0.5 * np.tanh(zf * 0.25)], axis=2)  # scaled to [0, 1] for HST
-        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in, cu_pos=cu_pos, cu_neg=cu_neg, cus=cus, cu_anc=anc, cu_run=xrun,
+        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in, cu_pos=cu_pos, cu_neg=cu_neg, cus=cus, cu_anc=anc,
                         same=same, run=run, feats=feats, spatial=spatial)
 
     def _evidence(self, raw: np.ndarray) -> np.ndarray:
@@ -596,7 +581,7 @@ class DeviceAnomalyModel:
             self.cu_anc = aux["cu_anc"]
             cus = aux["cus"]
             pos = valid & (cus > 0)
-            self._learn_excursions(cus, valid, aux["cu_run"][-1])
+            self._learn_excursions(cus, valid)
             nprev = np.maximum(self.lg_n - b_rows + np.cumsum(vf, axis=0), 0.0)  # approximate per-row count
             a = np.where(valid, np.minimum(np.maximum(math.log(2.0) / cfg.drift_half_life, 1.0 / (nprev + 1.0)), 0.5), 0.0)
             self.cu_ppos = _ewm(self.cu_ppos, pos.astype(float), a)[-1]
@@ -676,10 +661,9 @@ class DeviceAnomalyModel:
             self.c_total *= s
             self.c_weight = 1.0
 
-    def _learn_excursions(self, cus: np.ndarray, valid: np.ndarray, run: np.ndarray) -> None:
+    def _learn_excursions(self, cus: np.ndarray, valid: np.ndarray) -> None:
         """Excursions of the drift CUSUM that ended (S back to 0) above the point where its exponential tail
-        reaches ``drift_tail_e`` decades teach the upper tail their excess (capped at ``drift_cap`` x the scale)
-        and their length in rows (``run``: the current excursion's length after the block).
+        reaches ``drift_tail_e`` decades teach the upper tail their excess (capped at ``drift_cap`` x the scale).
         Vectorised for the usual block (no excursion ends above that point); a row loop only for a metric
         where one may (rare: an excursion's end depends on the peak before it)."""
         cfg = self.cfg
@@ -694,27 +678,24 @@ class DeviceAnomalyModel:
         hi = np.where(up, cus, 0.0).max(axis=0, initial=0.0)
         after = np.where(up & (rows > last_end), cus, 0.0).max(axis=0, initial=0.0)
         peak = np.where(ended, after, np.maximum(self.cu_peak, hi))
-        beta, nexc, dur = self.cu_beta.copy(), self.cu_nexc.copy(), self.cu_dur.copy()
+        beta, nexc = self.cu_beta.copy(), self.cu_nexc.copy()
         for j in np.flatnonzero(ended & (np.maximum(self.cu_peak, hi) > s0)).tolist():
-            pk, bj, nj, ln, dj = float(self.cu_peak[j]), float(beta[j]), float(nexc[j]), float(self.cu_len[j]), float(dur[j])
+            pk, bj, nj = float(self.cu_peak[j]), float(beta[j]), float(nexc[j])
             for i in range(b_rows):
                 if not valid[i, j]:
                     continue
                 c = float(cus[i, j])
                 if c > 0:
                     pk = max(pk, c)
-                    ln += 1.0
                     continue
                 if pk > s0[j]:
                     xcap = min(pk - s0[j], cfg.drift_cap * max(bj, mu[j]))
                     ae = max(cfg.drift_tail_alpha, 1.0 / (nj + 1.0))
                     bj = bj + ae * (xcap - bj)
-                    dj = dj + ae * (ln - dj) if dj > 0 else ln  # 0: unknown (checkpoint from before)
                     nj = nj + 1.0
-                pk, ln = 0.0, 0.0
-            peak[j], beta[j], nexc[j], dur[j] = pk, bj, nj, dj
-        self.cu_peak, self.cu_beta, self.cu_nexc, self.cu_dur = peak, beta, nexc, dur
-        self.cu_len = run.astype(float)
+                pk = 0.0
+            peak[j], beta[j], nexc[j] = pk, bj, nj
+        self.cu_peak, self.cu_beta, self.cu_nexc = peak, beta, nexc
 
     # ------------------------------------------------------------------ fusion
     @staticmethod

@@ -123,7 +123,7 @@ def _forecaster_state(fc: OnlineMLPForecaster) -> dict[str, Any]:
 _DEFAULT_CONFIG = AnomalyConfig()
 # Per-metric arrays added after devices were first checkpointed, and what a device written before them starts with:
 # the drift tail of ended excursions (December 2026) starts with none learned, as a new metric does.
-_ADDED_METRIC_ARRAYS = ("cu_peak", "cu_beta", "cu_nexc", "cu_anc", "cu_len", "cu_dur")
+_ADDED_METRIC_ARRAYS = ("cu_peak", "cu_beta", "cu_nexc", "cu_anc")
 
 
 def _config_upgrade(state: dict) -> dict:
@@ -192,7 +192,7 @@ def _row_upgrade_ms(state: dict) -> dict:
     if type(names) is not list or type(ms) is not np.ndarray or ms.ndim != 2 or ms.shape[1] < len(names):
         return state
     missing = [c for c in MS_NAMES if c not in names]
-    if not missing or not set(missing) <= {*_RAMP_COLS, "cu_anc", "cu_len", "cu_dur"} or not all(c in names for c in _RAMP_FROM) \
+    if not missing or not set(missing) <= {*_RAMP_COLS, "cu_anc"} or not all(c in names for c in _RAMP_FROM) \
             or not set(names) <= set(MS_NAMES):
         return state
     start = _ramp_start({c: ms[:, names.index(c)] for c in _RAMP_FROM}, ms.shape[0])
