@@ -43,6 +43,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from operator import attrgetter
 from typing import Any
 
 from online_models.alarms import source_of
@@ -208,10 +209,10 @@ class Owner:
         while batches:
             await work.tick()
             batch = batches.pop()
-            todo = [(i, ev) for _, items in batch for i, ev in items]
+            evs = [ev for _, items in batch for _, ev in items]
             try:
-                scored = score_batch(self.bank, [ev.device_id for _, ev in todo], [ev.ts for _, ev in todo], [ev.metrics for _, ev in todo])
-                results.update(zip((i for i, _ in todo), scored, strict=True))
+                scored = score_batch(self.bank, list(map(_device_id, evs)), list(map(_ts, evs)), list(map(_metrics, evs)))
+                results.update(zip([i for _, items in batch for i, _ in items], scored, strict=True))
             except Exception as exc:  # noqa: BLE001 - readings that break their device's model are refused, not fatal
                 if len(batch) > 1:  # again per device, so that only the device whose readings break it is refused
                     batches += [[item] for item in batch]
@@ -224,7 +225,12 @@ class Owner:
         self.dirty.update(readings)
         # alarms in event order
         alerts: list[Alert] = []
-        scored: list[tuple[SensorReading, str, float, float, float, int]] = []  # `rows.anomaly_scores`' arguments
+        scored: list[SensorReading] = []  # `rows.anomaly_scores`' arguments, as columns (no tuple a reading)
+        metric_col: list[str] = []
+        value_col: list[float] = []
+        score_col: list[float] = []
+        threshold_col: list[float] = []
+        anomaly_col: list[int] = []
         partitions: list[int] = []  # the scored records' partitions and offsets
         offsets: list[int] = []
         newest, arrived = self.watermark, False
@@ -245,11 +251,16 @@ class Owner:
                     arrived = True
                     metrics = ev.metrics
                     if not metric or metric not in metrics:
-                        value = next(iter(metrics.values()))
+                        value = float(next(iter(metrics.values())))
                         metric = metric or next(iter(metrics))
                     else:
-                        value = metrics[metric]
-                    scored.append((ev, metric, float(value), score, thr, int(is_anom)))
+                        value = float(metrics[metric])
+                    scored.append(ev)  # nothing below raises: the columns stay in step
+                    metric_col.append(metric)
+                    value_col.append(value)
+                    score_col.append(score)
+                    threshold_col.append(thr)
+                    anomaly_col.append(int(is_anom))
                     partitions.append(r.partition)
                     offsets.append(r.offset)
                 else:
@@ -268,7 +279,7 @@ class Owner:
         if arrived:  # the newest event time and the wall time of the last reading processed (`silence_clock`)
             self.watermark = newest
             self.last_arrival = time.monotonic()
-        scores = rows.anomaly_scores(*map(list, zip(*scored, strict=True))) if scored else {}  # as columns
+        scores = rows.anomaly_scores(scored, metric_col, value_col, score_col, threshold_col, anomaly_col) if scored else {}
         if settings.sensor_publish_scores and scored:
             futs = [await topics["topic_anomaly_scores"].send(key=m["device_id"].encode(), value=codec.dumps(m))
                     for m in rows.anomaly_score_messages(scores)]
@@ -460,6 +471,7 @@ def _let_go(run: Any) -> bool:
 
 
 SCORE_SLICE = 2_048
+_device_id, _ts, _metrics = attrgetter("device_id"), attrgetter("ts"), attrgetter("metrics")  # a slice's columns
 
 
 def _slices(devices: list[tuple[str, list]]) -> list[list[tuple[str, list]]]:

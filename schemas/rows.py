@@ -38,10 +38,14 @@ def sensor_readings(events: Sequence[SensorReading], ingest_ts: float | None = N
     }
 
 
+_NO_COMPONENTS: list[Any] = []
+
+
 def anomaly_scores(readings: Sequence[SensorReading], metrics: list[str], values: list[float], scores: list[float],
                    thresholds: list[float], anomalies: list[int]) -> Columns:
     """The `anomaly_scores` rows of scored readings (`metric` the one that drove the score, and its value), as
-    columns; components are not stored per reading (empty)."""
+    columns; components are not stored per reading (empty: one shared empty list, never changed, not a list a row that
+    the garbage collector would scan while the block waits to be stored)."""
     return {
         **_fields(readings, _READING_KEYS),
         "metric": metrics,
@@ -49,8 +53,8 @@ def anomaly_scores(readings: Sequence[SensorReading], metrics: list[str], values
         "score": scores,
         "threshold": thresholds,
         "is_anomaly": anomalies,
-        "component_names": [[] for _ in readings],
-        "component_scores": [[] for _ in readings],
+        "component_names": [_NO_COMPONENTS] * len(readings),
+        "component_scores": [_NO_COMPONENTS] * len(readings),
     }
 
 
