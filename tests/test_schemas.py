@@ -267,3 +267,17 @@ def test_a_reading_s_metrics_are_refused_as_the_refusal_model_names_them(value):
         assert e.field == "metrics" and e.reason.startswith("metric 'temperature' must be")
     else:
         assert type(parse(payload, SensorReading, now=NOW).metrics["temperature"]) is float
+
+
+def test_sensor_rows_are_each_reading_s_metrics_in_order():
+    """The raw rows' metric names are shared between readings naming the same metrics in the same order; each row
+    still has its own names and values, as the reading sent them."""
+    from schemas import rows
+
+    metrics = [{"temperature": 4.0, "humidity": 50.0}, {"humidity": 51.0, "temperature": 5.0}, {"temperature": 6.0, "humidity": 52}]
+    readings = [SensorReading(site="s", zone="z", device_id="d", device_type="cold_room", ts=1.7e9 + i, seq=i, metrics=m)
+                for i, m in enumerate(metrics)]
+    cols = rows.sensor_readings(readings, ingest_ts=1.7e9)
+    assert cols["metric_names"] == [["temperature", "humidity"], ["humidity", "temperature"], ["temperature", "humidity"]]
+    assert cols["metric_values"] == [[4.0, 50.0], [51.0, 5.0], [6.0, 52.0]]
+    assert cols["seq"] == [0, 1, 2] and cols["ingest_ts"] == [1.7e9] * 3
