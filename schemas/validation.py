@@ -221,12 +221,13 @@ def _kind_of(model: type) -> str:
     return model.__name__
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Checked(Generic[E]):
     """A payload and what validation made of it: the event, or why it was refused (exactly one of the two).
 
     Records read by several agents are checked once and shared (`streams.runtime.batches`: the clicks' storage and
-    recommender agents); `checked` takes either this or the bytes."""
+    recommender agents); `checked` takes either this or the bytes. Never changed once made, but not `frozen`: a
+    frozen dataclass is made through `object.__setattr__` per field, 0.64 us a record against 0.25 here."""
 
     payload: bytes
     event: E | None
