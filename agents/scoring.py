@@ -43,6 +43,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from operator import attrgetter
 from typing import Any
 
 from online_models.alarms import source_of
@@ -51,7 +52,7 @@ from online_models.sensing import score_batch
 from schemas import codec, rows
 from schemas.events import Alert, DeviceStatus, SensorReading, to_epoch
 from schemas.state import StateFormatError
-from schemas.validation import Checked, InvalidEvent, processing_error
+from schemas.validation import InvalidEvent, processing_error
 from streams.runtime import counts
 from streams.runtime.acks import OrderedAcker
 from streams.runtime.app import app, device_sources, limits, settings, storage, topics
@@ -161,42 +162,47 @@ class Owner:
         return None
 
     # --- the work ----------------------------------------------------------------------------------------
-    async def apply(self, recs: list[DeviceRecord], runs: Sequence[Any] = ()) -> None:
+    async def apply(self, recs: list[Any], runs: Sequence[Any] = ()) -> None:
         """Apply records in order; each is acked once its rows are stored and a checkpoint includes it
         (`streams/state/checkpoint.py`): the batch's records as `runs` (`OrderedAcker.track_batch`, one per partition).
         A redelivered record the restored state includes never gets here (`score_devices` acks it at once).
 
+        A record is the Faust message (`topic`, `partition`, `offset`, `timestamp`), its `value` what the batch
+        delivery's check made of it (`Checked`, `streams.runtime.app.check_device_record`). The loops keep no object a
+        reading of their own (no record wrapper, no tuple: the event at the record's index in `evs`), which the
+        garbage collector would scan while the batch is in flight.
+
         No record can stop the path: one that is invalid, or breaks its device's model or the alarm step, becomes a
         dead letter (Kafka confirms it before the record is acked) and the others go on."""
-        readings: dict[str, list[tuple[int, SensorReading]]] = defaultdict(list)
-        parsed: list[tuple[DeviceRecord, Any]] = []
-        letters: list[tuple[DeviceRecord, InvalidEvent]] = []
+        readings: dict[str, list[int]] = defaultdict(list)  # a device's readings: their indexes in `recs` and `evs`
+        evs: list[Any] = []  # the event of each record, None if it has none to apply (refused, a duplicate)
+        letters: list[tuple[Any, InvalidEvent]] = []
         devices, readings_topic = self.devices, settings.topic_sensor_readings
         last: dict[tuple[str, int], int] = {}  # the batch's newest offset per (topic, partition), for the marks
         for i, r in enumerate(recs):
             key = (r.topic, r.partition)
             if r.offset > last.get(key, -1):
                 last[key] = r.offset
-            checked = r.checked
+            checked = r.value
             if r.topic == readings_topic:
                 ev = checked.event
                 if ev is None:
-                    parsed.append((r, None))  # dead-lettered by the storage agent, which shares this check
+                    evs.append(None)  # dead-lettered by the storage agent, which shares this check
                     continue
                 st = devices.get(ev.device_id)
                 if st is None:
                     st = self.device(ev.device_id, r.partition)
                 if st.recent.seen((ev.seq, ev.ts)):
                     self.duplicates += 1
-                    parsed.append((r, None))
+                    evs.append(None)
                     continue
-                readings[ev.device_id].append((i, ev))
-                parsed.append((r, ev))
+                readings[ev.device_id].append(i)
+                evs.append(ev)
             elif checked.error is not None:  # status, commands: nothing else reads them, their dead letters are sent here
                 letters.append((r, checked.error))
-                parsed.append((r, None))
+                evs.append(None)
             else:
-                parsed.append((r, checked.event))
+                evs.append(checked.event)
         for (topic, partition), offset in last.items():
             self.marks.apply(topic, partition, offset)
         # models: one call for the readings of many devices at once, in slices of about SCORE_SLICE readings with a
@@ -208,27 +214,33 @@ class Owner:
         while batches:
             await work.tick()
             batch = batches.pop()
-            todo = [(i, ev) for _, items in batch for i, ev in items]
+            todo = [i for _, items in batch for i in items]
+            sliced = [evs[i] for i in todo]
             try:
-                scored = score_batch(self.bank, [ev.device_id for _, ev in todo], [ev.ts for _, ev in todo], [ev.metrics for _, ev in todo])
-                results.update(zip((i for i, _ in todo), scored, strict=True))
+                scored = score_batch(self.bank, list(map(_device_id, sliced)), list(map(_ts, sliced)), list(map(_metrics, sliced)))
+                results.update(zip(todo, scored, strict=True))
             except Exception as exc:  # noqa: BLE001 - readings that break their device's model are refused, not fatal
                 if len(batch) > 1:  # again per device, so that only the device whose readings break it is refused
                     batches += [[item] for item in batch]
                     continue
                 device_id, items = batch[0]
                 log.exception("device %s: the model failed on %d readings; they are dead-lettered", device_id, len(items))
-                for i, _ in items:
-                    letters.append((parsed[i][0], processing_error("sensor_reading", "the anomaly model", exc, parsed[i][0].checked.payload)))
-                    parsed[i] = (parsed[i][0], None)
+                for i in items:
+                    letters.append((recs[i], processing_error("sensor_reading", "the anomaly model", exc, recs[i].value.payload)))
+                    evs[i] = None
         self.dirty.update(readings)
         # alarms in event order
         alerts: list[Alert] = []
-        scored: list[tuple[SensorReading, str, float, float, float, int]] = []  # `rows.anomaly_scores`' arguments
+        scored: list[SensorReading] = []  # `rows.anomaly_scores`' arguments, as columns (no tuple a reading)
+        metric_col: list[str] = []
+        value_col: list[float] = []
+        score_col: list[float] = []
+        threshold_col: list[float] = []
+        anomaly_col: list[int] = []
         partitions: list[int] = []  # the scored records' partitions and offsets
         offsets: list[int] = []
         newest, arrived = self.watermark, False
-        for i, (r, ev) in enumerate(parsed):
+        for i, (r, ev) in enumerate(zip(recs, evs)):
             if ev is None:
                 continue
             # ~30 us a record: a batch of 10,000 held the loop for 0.4 s (`wharf bench sensors`); asked every 16 records
@@ -245,11 +257,16 @@ class Owner:
                     arrived = True
                     metrics = ev.metrics
                     if not metric or metric not in metrics:
-                        value = next(iter(metrics.values()))
+                        value = float(next(iter(metrics.values())))
                         metric = metric or next(iter(metrics))
                     else:
-                        value = metrics[metric]
-                    scored.append((ev, metric, float(value), score, thr, int(is_anom)))
+                        value = float(metrics[metric])
+                    scored.append(ev)  # nothing below raises: the columns stay in step
+                    metric_col.append(metric)
+                    value_col.append(value)
+                    score_col.append(score)
+                    threshold_col.append(thr)
+                    anomaly_col.append(int(is_anom))
                     partitions.append(r.partition)
                     offsets.append(r.offset)
                 else:
@@ -257,10 +274,10 @@ class Owner:
             except Exception as exc:  # noqa: BLE001 - one record's alarm step must not stop the others
                 log.exception("%s/%d/%d broke the alarm step; dead-lettered", r.topic, r.partition, r.offset)
                 kind = {settings.topic_sensor_readings: "sensor_reading", settings.topic_device_status: "device_status"}.get(r.topic, "sensor_command")
-                letters.append((r, processing_error(kind, "the alarm step", exc, r.checked.payload)))
+                letters.append((r, processing_error(kind, "the alarm step", exc, r.value.payload)))
         self.sending += await send_alerts(alerts)
         letters.sort(key=lambda x: (x[0].topic, x[0].partition, x[0].offset))  # in offset order (`produce_dead_letter`)
-        await asyncio.gather(*[await produce_dead_letter(topics["topic_dead_letters"], error, r.checked.payload, "kafka",
+        await asyncio.gather(*[await produce_dead_letter(topics["topic_dead_letters"], error, r.value.payload, "kafka",
                                                          keep_bytes=limits.dead_letter_keep_bytes, kafka_topic=r.topic,
                                                          kafka_partition=r.partition, kafka_offset=r.offset)
                                for r, error in letters])
@@ -268,7 +285,7 @@ class Owner:
         if arrived:  # the newest event time and the wall time of the last reading processed (`silence_clock`)
             self.watermark = newest
             self.last_arrival = time.monotonic()
-        scores = rows.anomaly_scores(*map(list, zip(*scored, strict=True))) if scored else {}  # as columns
+        scores = rows.anomaly_scores(scored, metric_col, value_col, score_col, threshold_col, anomaly_col) if scored else {}
         if settings.sensor_publish_scores and scored:
             futs = [await topics["topic_anomaly_scores"].send(key=m["device_id"].encode(), value=codec.dumps(m))
                     for m in rows.anomaly_score_messages(scores)]
@@ -287,7 +304,7 @@ class Owner:
             for done in stored:
                 done()
 
-    def _alarms(self, r: DeviceRecord, ev: Any) -> list[Alert]:
+    def _alarms(self, r: Any, ev: Any) -> list[Alert]:
         """The alarm step of a status or command record (readings': inline in `apply`); raises for a record it
         cannot handle."""
         if isinstance(ev, DeviceStatus):
@@ -304,7 +321,7 @@ class Owner:
             raise ValueError(f"names device {device_id[:64]!r}, which has no state here")
         self.dirty.add(device_id)
         by = ev.get("by")
-        a = st.monitor.alarms.ack(str(ev["alarm_id"]), to_epoch(ev.get("ts") or r.kafka_ts), by[:64] if isinstance(by, str) else None)
+        a = st.monitor.alarms.ack(str(ev["alarm_id"]), to_epoch(ev.get("ts") or r.timestamp), by[:64] if isinstance(by, str) else None)
         return [a] if a else []
 
     # --- checkpoints ---------------------------------------------------------------------------------------
@@ -429,17 +446,6 @@ def _encode(snap: Snapshot) -> list[tuple[int, bytes, bytes]]:
     return out
 
 
-@dataclass(slots=True)
-class DeviceRecord:
-    """One record of the device topics as the owner applies it (acked with its batch's run of its partition)."""
-
-    topic: str
-    partition: int
-    offset: int
-    kafka_ts: float
-    checked: Checked  # validated once for every agent of its topic (`streams.runtime.app.check_device_record`)
-
-
 def _let_go(run: Any) -> bool:
     """Drop held records' decoded values (~5 KB a reading) from their messages, which wait here for a checkpoint,
     once no other agent needs them: when only this agent's ack is left (the raw storage agent stored and acked
@@ -460,6 +466,7 @@ def _let_go(run: Any) -> bool:
 
 
 SCORE_SLICE = 2_048
+_device_id, _ts, _metrics = attrgetter("device_id"), attrgetter("ts"), attrgetter("metrics")  # a slice's columns
 
 
 def _slices(devices: list[tuple[str, list]]) -> list[list[tuple[str, list]]]:
@@ -512,7 +519,7 @@ async def score_devices(agent):  # noqa: ANN001 - streams.runtime.batches.BatchA
                 if restored and includes(m.topic, m.partition, m.offset):  # in the restored state, its row stored
                     owner.acker.track(event)()  # acked now (after the earlier records of its partition)
                     continue
-                recs.append(DeviceRecord(m.topic, m.partition, m.offset, m.timestamp, event.value))
+                recs.append(m)
                 fresh.append(event)
             try:
                 await owner.apply(recs, owner.acker.track_batch(fresh))

@@ -32,16 +32,35 @@ def sensor_readings(events: Sequence[SensorReading], ingest_ts: float | None = N
     ingest_ts = time.time() if ingest_ts is None else ingest_ts
     return {
         **_fields(events, _READING_KEYS),
-        "metric_names": [list(e.metrics) for e in events],
+        "metric_names": _shared_names(events),
         "metric_values": [list(e.metrics.values()) for e in events],
         "ingest_ts": [ingest_ts] * len(events),
     }
 
 
+_NO_COMPONENTS: list[Any] = []
+
+
+def _shared_names(events: Sequence[SensorReading]) -> list[list[str]]:
+    """Each reading's metric names, one list for the readings of a batch that name the same metrics in the same
+    order (never changed; most of a device's readings): not a list a row that the garbage collector would scan while
+    the block waits to be stored."""
+    shared: dict[tuple[str, ...], list[str]] = {}
+    out = []
+    for e in events:
+        key = tuple(e.metrics)
+        names = shared.get(key)
+        if names is None:
+            names = shared[key] = list(key)
+        out.append(names)
+    return out
+
+
 def anomaly_scores(readings: Sequence[SensorReading], metrics: list[str], values: list[float], scores: list[float],
                    thresholds: list[float], anomalies: list[int]) -> Columns:
     """The `anomaly_scores` rows of scored readings (`metric` the one that drove the score, and its value), as
-    columns; components are not stored per reading (empty)."""
+    columns; components are not stored per reading (empty: one shared empty list, never changed, not a list a row that
+    the garbage collector would scan while the block waits to be stored)."""
     return {
         **_fields(readings, _READING_KEYS),
         "metric": metrics,
@@ -49,8 +68,8 @@ def anomaly_scores(readings: Sequence[SensorReading], metrics: list[str], values
         "score": scores,
         "threshold": thresholds,
         "is_anomaly": anomalies,
-        "component_names": [[] for _ in readings],
-        "component_scores": [[] for _ in readings],
+        "component_names": [_NO_COMPONENTS] * len(readings),
+        "component_scores": [_NO_COMPONENTS] * len(readings),
     }
 
 

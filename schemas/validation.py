@@ -17,7 +17,7 @@ import pydantic
 
 from schemas import codec
 from schemas.deadletter import DEFAULT_KEEP_BYTES, DeadLetter
-from schemas.events import INPUT_TYPES, TimedEvent
+from schemas.events import INPUT_TYPES, REFUSALS, TimedEvent
 
 E = TypeVar("E", bound=TimedEvent)
 
@@ -158,12 +158,24 @@ def validate(data: object, model: type[E], *, now: float | None = None, limits: 
     try:
         event = model.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise InvalidEvent(kind, _from_pydantic(exc)) from None
+        raise InvalidEvent(kind, _from_pydantic(_named(exc, data, model))) from None
     except Exception as exc:  # noqa: BLE001 - as in `parse`: a refusal, never a crash
         raise InvalidEvent(kind, [FieldError("$", _short(data), f"could not be validated: {type(exc).__name__}: {_text(exc)}")]) from None
     if now is not None:
         _check_time(event, now, limits, kind, data.get("ts"))
     return event
+
+
+def _named(exc: pydantic.ValidationError, data: dict, model: type) -> pydantic.ValidationError:
+    """The errors that name why `data` was refused: those of the model's `REFUSALS` twin where it has one (it refuses
+    the same input, with the reasons devices know), else the model's own."""
+    twin = REFUSALS.get(model)
+    if twin is not None:
+        try:
+            twin.model_validate(data)
+        except pydantic.ValidationError as named:
+            return named
+    return exc
 
 
 def _check_time(event: TimedEvent, now: float, limits: Limits, kind: str, sent: object) -> None:
@@ -209,12 +221,13 @@ def _kind_of(model: type) -> str:
     return model.__name__
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Checked(Generic[E]):
     """A payload and what validation made of it: the event, or why it was refused (exactly one of the two).
 
     Records read by several agents are checked once and shared (`streams.runtime.batches`: the clicks' storage and
-    recommender agents); `checked` takes either this or the bytes."""
+    recommender agents); `checked` takes either this or the bytes. Never changed once made, but not `frozen`: a
+    frozen dataclass is made through `object.__setattr__` per field, 0.64 us a record against 0.25 here."""
 
     payload: bytes
     event: E | None

@@ -243,3 +243,41 @@ def test_anomaly_score_messages_are_valid_anomaly_scores():
     assert [(m.device_id, m.seq, m.value, m.score, m.is_anomaly) for m in msgs] == [
         ("d0", 0, 4.0, 0.1, False), ("d1", 1, 5.0, 0.5, False), ("d2", 2, 6.0, 0.9, True)]
     assert msgs[2].components == {"level": 0.9, "drift": 0.2} and msgs[0].components == {}
+
+
+@pytest.mark.parametrize("value", [4.5, 61, 0, -0.0, 1e15, -1e15, 1e15 + 1, -1e16, 10**15, 10**15 + 1, 10**30, -(10**30),
+                                   True, False, None, "4.5", "warm", [1.0], {"a": 1.0}, 1e-300, 2**63, -(2**64)])
+def test_a_reading_s_metrics_are_refused_as_the_refusal_model_names_them(value):
+    """`SensorReading` checks metrics in pydantic-core; `SensorReadingRefusal` (Python) names the reasons. They must
+    accept the same values, from JSON and from Python alike, or a refusal would name no reason (or a wrong one)."""
+    from schemas.events import SensorReadingRefusal
+
+    data = codec.loads(reading()) | {"metrics": {"temperature": value}}
+    payload = json.dumps(data).encode()
+    outcomes = []
+    for model in (SensorReading, SensorReadingRefusal):
+        for check_with, arg in ((model.__pydantic_validator__.validate_json, payload), (model.model_validate, data)):
+            try:
+                outcomes.append(check_with(arg).metrics)
+            except ValueError:
+                outcomes.append("refused")
+    assert outcomes[0] == outcomes[1] == outcomes[2] == outcomes[3]
+    if outcomes[0] == "refused":
+        e = refusal(payload)
+        assert e.field == "metrics" and e.reason.startswith("metric 'temperature' must be")
+    else:
+        assert type(parse(payload, SensorReading, now=NOW).metrics["temperature"]) is float
+
+
+def test_sensor_rows_are_each_reading_s_metrics_in_order():
+    """The raw rows' metric names are shared between readings naming the same metrics in the same order; each row
+    still has its own names and values, as the reading sent them."""
+    from schemas import rows
+
+    metrics = [{"temperature": 4.0, "humidity": 50.0}, {"humidity": 51.0, "temperature": 5.0}, {"temperature": 6.0, "humidity": 52}]
+    readings = [SensorReading(site="s", zone="z", device_id="d", device_type="cold_room", ts=1.7e9 + i, seq=i, metrics=m)
+                for i, m in enumerate(metrics)]
+    cols = rows.sensor_readings(readings, ingest_ts=1.7e9)
+    assert cols["metric_names"] == [["temperature", "humidity"], ["humidity", "temperature"], ["temperature", "humidity"]]
+    assert cols["metric_values"] == [[4.0, 50.0], [51.0, 5.0], [6.0, 52.0]]
+    assert cols["seq"] == [0, 1, 2] and cols["ingest_ts"] == [1.7e9] * 3
