@@ -210,3 +210,36 @@ def test_bench_figures_come_from_the_bank():
     assert r["batch_events"] >= 5 * 10 and r["batch_readings_per_s"] > 0 and r["bytes_per_device_arrays"] > 1000
     h = hold_devices(20, 60)
     assert h["devices"] == 20 and h["rss_after_mb"] >= h["rss_before_mb"] > 0 and h["bytes_per_device_total"] > 0
+
+
+def _doors_then_climb(seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """A cold room at 1 Hz (4.2 °C, noise 0.1): five 60 s door openings (+6 °C) every 5 min, then, 10 min after the
+    last, a compressor failure warming it 0.25 °C/min. The doors pull the slow baseline up, so the lower CUSUM is still
+    draining their aftermath when the climb starts. Returns the rows, the readings and the climb's first row."""
+    rng = np.random.default_rng(seed)
+    n = 5400 + 1500
+    ts = 1_700_000_000.0 + np.arange(n) * 1.0
+    x = 4.2 + rng.normal(0, 0.1, n)
+    for s in (3600, 3900, 4200, 4500, 4800):
+        x[s:s + 60] += 6.0
+    x[5400:] += 0.25 / 60 * np.arange(n - 5400)
+    return ts, x, 5400
+
+
+def test_a_climb_while_the_lower_cusum_drains_gets_its_own_anchor():
+    """The drift's anchor belongs to the CUSUM side that leads: the doors' excursion spent it with an alert, but the
+    climb (the upper side taking over from the draining lower one) crosses the tail point afresh and is scored against
+    the scale it started under, so it alarms before the 8 °C rule. Model and bank agree row by row and in the anchor."""
+    rng = np.random.default_rng(7)
+    runs = [_doors_then_climb(s) for s in (1, 4, 7)]
+    kw = {"use_hst": False, "train_every": 64}
+    bank, models, _, ref, got = _run_both([(ts, {"temperature": x}) for ts, x, _ in runs], kw, rng)
+    _assert_same(ref, got)
+    for i, ((ts, x, climb), m) in enumerate(zip(runs, models)):
+        b = bank.extract(f"dev-{i}")
+        for attr in ("cu_pos", "cu_neg", "cu_scale", "cu_anc"):
+            np.testing.assert_allclose(getattr(b, attr), getattr(m, attr), rtol=1e-9, atol=1e-12, err_msg=attr)
+        rule = climb + int(np.argmax(x[climb:] >= 8.0))
+        alarms = np.concatenate([p[1] for p in ref[i]])
+        assert alarms[3600:climb].any()  # the doors were flagged (and spent the excursion's anchor)
+        assert alarms[climb + 300:rule].any()  # the climb itself, not the doors' aftermath, alarms before the rule

@@ -115,21 +115,29 @@ def _ewm_last(y0, x, a):
 
 
 @_jit
-def anchor_step(c, c_prev, anc, s0, mu, anc_ok, e0, te, nexc, cu_beta):
+def anchor_step(p, n, p_prev, n_prev, side, anc, s0, mu, anc_ok, e0, te, nexc, cu_beta):
     """One valid row of the drift's anchored score: an excursion beyond the tail point (`s0`) is also scored against
     the scale `mu` it started under (`anc`; 0: none, -1: spent by an alert), so a young model's scale, which learns
-    the excursion row by row, does not learn a slow climb away. Returns the new anchor and the anchored evidence
-    (-inf without one). Shared by the bank's kernel and `DeviceAnomalyModel` (same arithmetic)."""
+    the excursion row by row, does not learn a slow climb away. The anchor belongs to the CUSUM side that leads
+    (`side`: 1 upper, -1 lower, 0 none yet; `p`, `n` this row's sums, `*_prev` the last valid row's): when the other
+    side takes over, a new excursion begins with no anchor, so a climb that starts while the lower sum still drains
+    a door's aftermath can cross the tail point afresh. Returns the new anchor, the anchored evidence (-inf without
+    one) and the side. Shared by the bank's kernel and `DeviceAnomalyModel` (same arithmetic)."""
+    new_side = 1 if p > n else (-1 if n > p else side)
+    c, c_prev = (p, p_prev) if new_side == 1 else (n, n_prev)
     if c <= 0:
         anc = 0.0
-    elif c > s0 and anc == 0 and c_prev <= s0 and anc_ok:
-        anc = mu
+    else:
+        if side != 0 and new_side != side:
+            anc = 0.0
+        if c > s0 and anc == 0 and c_prev <= s0 and anc_ok:
+            anc = mu
     if anc <= 0:
-        return anc, -math.inf
+        return anc, -math.inf, new_side
     ea = e0 + c / (anc * _LN10)
     if nexc > 0:
         ea = min(ea, te + (c - (te - e0) * anc * _LN10) / (max(cu_beta, anc) * _LN10))
-    return anc, ea
+    return anc, ea, new_side
 
 
 @_jit
@@ -482,7 +490,8 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             anc = -1.0
         # only an excursion that crosses the tail point once the slow baseline is an EWMA (not a young running mean)
         anc_ok = lg_n * cf[F_LONG_ALPHA] >= 1.0
-        c_prev = max(ms[s, CU_POS], ms[s, CU_NEG])
+        p_prev, n_prev = ms[s, CU_POS], ms[s, CU_NEG]
+        side = 1 if p_prev > n_prev else (-1 if n_prev > p_prev else 0)
         for i in range(B):
             c = max(cu_p[i, j], cu_n[i, j])
             cus[i, j] = c
@@ -490,9 +499,10 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             if ms[s, CU_NEXC] > 0:
                 e = min(e, te + (c - s0) / (beta * _LN10))
             if valid[i, j]:
-                anc, ea = anchor_step(c, c_prev, anc, s0, mu, anc_ok, e0, te, ms[s, CU_NEXC], ms[s, CU_BETA])
+                anc, ea, side = anchor_step(cu_p[i, j], cu_n[i, j], p_prev, n_prev, side, anc, s0, mu, anc_ok, e0, te,
+                                            ms[s, CU_NEXC], ms[s, CU_BETA])
                 e = max(e, ea)
-                c_prev = c
+                p_prev, n_prev = cu_p[i, j], cu_n[i, j]
             ev[i, j, _DRIFT] = max(e, 0.0) if ok and c > 0 and valid[i, j] else 0.0
         if B:
             ms[s, CU_ANC] = anc

@@ -409,20 +409,22 @@ class DeviceAnomalyModel:
         e_drift = np.where(self.cu_nexc > 0, np.minimum(e_drift, e_tail), e_drift)
         # an excursion beyond the tail point is also scored against the scale it started under, until the device
         # alerts: the scale learns the excursion row by row, and a young model's learns a slow climb away
+        # (an excursion per side: when the other CUSUM side takes the lead, it starts again without an anchor)
         anc = np.where((self.cu_anc > 0) & (self.suppress_left > 0), -1.0, self.cu_anc)
         # only an excursion that crosses the tail point once the slow baseline is an EWMA (not a young running mean)
         anc_ok = self.lg_n * cfg.long_alpha >= 1.0
         for j in np.flatnonzero((anc != 0) | (cus > s0).any(axis=0)).tolist():
             a, te = float(anc[j]), cfg.drift_tail_e
-            c_prev = max(float(self.cu_pos[j]), float(self.cu_neg[j]))
+            p_prev, n_prev = float(self.cu_pos[j]), float(self.cu_neg[j])
+            side = 1 if p_prev > n_prev else (-1 if n_prev > p_prev else 0)
             for i in range(b_rows):
                 if not valid[i, j]:
                     continue
-                c = float(cus[i, j])
-                a, ea = anchor_step(c, c_prev, a, float(s0[j]), float(mu[j]), bool(anc_ok[j]), float(e0[j]), te,
-                                    float(self.cu_nexc[j]), float(self.cu_beta[j]))
+                p, n = float(cu_pos[i, j]), float(cu_neg[i, j])
+                a, ea, side = anchor_step(p, n, p_prev, n_prev, side, a, float(s0[j]), float(mu[j]), bool(anc_ok[j]),
+                                          float(e0[j]), te, float(self.cu_nexc[j]), float(self.cu_beta[j]))
                 e_drift[i, j] = max(e_drift[i, j], ea)
-                c_prev = c
+                p_prev, n_prev = p, n
             anc[j] = a
         e_drift = np.where(ok & (cus > 0) & valid, np.maximum(e_drift, 0.0), 0.0)
         bins = ((ts % 86400.0) / 86400.0 * cfg.seasonal_bins).astype(np.int64) % cfg.seasonal_bins
