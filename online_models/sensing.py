@@ -15,11 +15,9 @@ from typing import Any
 import numpy as np
 
 from online_models.alarms import DeviceMonitor, MonitorConfig
-from online_models.anomaly import DeviceAnomalyModel, RuleSet
+from online_models.anomaly import BatchResult, DeviceAnomalyModel, RuleSet
 from online_models.anomaly.bank import DeviceBank, warm_up
 from schemas.settings import Settings
-
-Scored = tuple[float, bool, float, str | None]  # score, is_anomaly, threshold, the metric that scored highest
 
 
 @dataclass(frozen=True)
@@ -52,15 +50,13 @@ class SensorSetup:
 
 
 def score_batch(bank: DeviceBank, devices: Sequence[Hashable], ts: Sequence[float],
-                metrics: Sequence[Mapping[str, float]]) -> list[Scored]:
+                metrics: Sequence[Mapping[str, float]]) -> BatchResult:
     """Score, then learn, readings of many devices (row i: device ``devices[i]``) in one model call; each device's
     readings are taken in their order here. A metric missing from a reading is NaN for that row (the model skips
-    it); a device learns the metrics its readings name, in sorted order."""
-    if not ts:
-        return []
+    it); a device learns the metrics its readings name, in sorted order. Columns (score, is_anomaly, threshold,
+    the metric that scored highest), not a tuple a reading: the sensor path scatters them by record (`agents.scoring`)."""
     names = sorted({m for row in metrics for m in row})
     cols = {m: np.array([row.get(m, np.nan) for row in metrics], dtype=float) for m in names}
     slot = {d: bank.slot(d) for d in dict.fromkeys(devices)}  # in order of first reading, as one by one would
     slots = np.array([slot[d] for d in devices], dtype=np.int64)
-    res = bank.score_learn_batch(slots, np.array(ts, dtype=float), cols)
-    return list(zip(res.scores.tolist(), res.is_anomaly.tolist(), res.thresholds.tolist(), res.metrics, strict=True))
+    return bank.score_learn_batch(slots, np.array(ts, dtype=float), cols)

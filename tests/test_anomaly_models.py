@@ -475,3 +475,25 @@ def test_a_much_stronger_spike_inside_a_fast_devices_suppression_alerts(fast_kwa
     assert alerts(1.0, 30.0, first=5.0) == [2000]  # the step alerts on its first row; its growing later rows do not
     slow = alerts(300.0, 300.0)
     assert 2060 not in slow and slow == alerts(300.0, 300.0, suppress_pass=0.0)
+
+
+def test_forecaster_trains_at_the_same_sample_after_a_checkpoint():
+    """The count of queued samples is not in the checkpoint (it is derived from the queued targets): a forecaster
+    restored mid-queue trains on the same sample, with the same weights, as one that never stopped."""
+    from online_models.anomaly.forecaster import OnlineMLPForecaster
+
+    rng = np.random.default_rng(5)
+    xs = rng.normal(0, 1, (300, 10)).astype(np.float32)
+    ys = rng.normal(0, 1, 300).astype(np.float32)
+    kept, codec = OnlineMLPForecaster(train_every=256, seed=1), StateCodec(STATE_TYPES)  # as the bank builds them
+    for i in range(200):  # one-sample blocks, as the bank queues them
+        kept.learn_many(xs[i:i + 1], ys[i:i + 1])
+    state = codec.dumps(kept)
+    assert b"_queued" not in state  # the checkpoint format is as before the count existed
+    restored = codec.loads(state)
+    for fc in (kept, restored):
+        for i in range(200, 300):
+            fc.learn_many(xs[i:i + 1], ys[i:i + 1])
+            assert fc.steps == (fc.epochs if i >= kept.train_every - 1 else 0)
+    assert all(np.array_equal(a, b) for a, b in zip(kept.params, restored.params))
+    assert restored._queued == kept._queued == 300 - kept.train_every  # noqa: SLF001

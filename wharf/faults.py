@@ -70,7 +70,8 @@ def run_seed(setup: SensorSetup, limits: Limits, seed: int, devices: int, hours:
     def flush() -> None:
         evs = [ev for device_evs in pending.values() for ev in device_evs]
         scored = score_batch(bank, [e.device_id for e in evs], [e.ts for e in evs], [e.metrics for e in evs])
-        for ev, (score, is_anom, _thr, metric) in zip(evs, scored, strict=True):
+        for ev, score, is_anom, metric in zip(evs, scored.scores.tolist(), scored.is_anomaly.tolist(), scored.metrics,
+                                              strict=True):
             mon = monitors[ev.device_id]
             mon.site, mon.zone, mon.device_type = ev.site, ev.zone, ev.device_type
             alerts.extend(mon.reading(ev.ts, ev.metrics, setup.rules, score, is_anom, metric))

@@ -408,22 +408,32 @@ class DeviceBank:
         item_col = np.empty(cap, np.int64)
         item_off = np.empty(cap, np.int64)
         k = K.fc_inputs(dev, lo, hi, X, self.dm, self.ms, self.lay_arr, self.cf, item_dev, item_col, item_off, xin, xn)
+        a, j, off = item_dev[:k], item_col[:k], item_off[:k]
+        fc_item[a, j] = off
         pred = np.zeros(max(1, rows))
-        slots = []
-        for a, j, o in zip(item_dev[:k].tolist(), item_col[:k].tolist(), item_off[:k].tolist()):
-            s = int(self.dm[dev[a], j])
-            b = int(hi[a] - lo[a])
-            pred[o:o + b] = self.fc[s].predict_many(xin[o:o + b])
-            fc_item[a, j] = o
-            slots.append((s, o, b))
+        fc = self.fc
+        slots = list(zip(self.dm[dev[a], j].tolist(), off.tolist(), (hi - lo)[a].tolist()))
+        for s, o, b in slots:
+            pred[o:o + b] = fc[s].predict_many(xin[o:o + b])
         return pred, (slots, xin, xn)
 
     def _forecast_learn(self, slots, xin, xn) -> None:
+        """Each item's rows with a target, clipped. The clip and the NaN count are taken for the whole round at once
+        (elementwise, so the same values); an item without NaN passes its rows as they are, copied."""
+        if not slots:
+            return
+        end = slots[-1][1] + slots[-1][2]
+        y = np.clip(xn[:end], -10.0, 10.0).astype(np.float32)
+        nan = np.isnan(y)
+        nans = np.r_[0, np.cumsum(nan)].tolist()
+        fc = self.fc
         for s, o, b in slots:
-            y = xn[o:o + b]
-            ok = ~np.isnan(y)
-            if ok.any():
-                self.fc[s].learn_many(xin[o:o + b][ok], np.clip(y[ok], -10.0, 10.0))
+            missing = nans[o + b] - nans[o]
+            if missing == 0:
+                fc[s].learn_many(xin[o:o + b].copy(), y[o:o + b].copy())
+            elif missing < b:
+                ok = ~nan[o:o + b]
+                fc[s].learn_many(xin[o:o + b][ok], y[o:o + b][ok])
 
     # ------------------------------------------------------------------ one device in and out
     def extract(self, key: Hashable, scoring: bool = True) -> DeviceAnomalyModel:

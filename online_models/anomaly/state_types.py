@@ -115,9 +115,15 @@ def _forecaster_state(fc: OnlineMLPForecaster) -> dict[str, Any]:
     learns a reading per batch queued up to `train_every` tiny arrays, and each cost the encoder as much as the
     weights. Restored, the one-array lists train exactly as the many did (they are concatenated first)."""
     state = dict(fc.__dict__)
+    del state["_queued"]  # derived from `buf_y` (`_forecaster_upgrade`): the format is as before it existed
     if len(fc.buf_x) > 1:
         state["buf_x"], state["buf_y"] = [np.concatenate(fc.buf_x)], [np.concatenate(fc.buf_y)]
     return state
+
+
+def _forecaster_upgrade(state: dict) -> dict:
+    """The count of queued samples is not stored: it is the length of the queued targets."""
+    return {**state, "_queued": sum(len(b) for b in state.get("buf_y", ()))}
 
 
 _DEFAULT_CONFIG = AnomalyConfig()
@@ -212,5 +218,5 @@ def _row_restore(row: DeviceRow, state: Any) -> None:
 
 
 STATE_TYPES = StateTypes(StateType(DeviceRow, setstate=_row_restore, upgrade=_row_upgrade), StateType(DeviceAnomalyModel, upgrade=_model_upgrade), StateType(AnomalyConfig, upgrade=_config_upgrade),
-                         StateType(OnlineMLPForecaster, _forecaster_state), SilenceDetector, GaussianTail,
+                         StateType(OnlineMLPForecaster, _forecaster_state, upgrade=_forecaster_upgrade), SilenceDetector, GaussianTail,
                          random.Random, StateType(HalfSpaceTrees, _hst_state, _hst_restore), PaddedBranch, PaddedLeaf)
