@@ -115,6 +115,12 @@ def _ewm_last(y0, x, a):
 
 
 @_jit
+def leading_side(p, n, tie):
+    """The drift CUSUM side that leads: 1 the upper sum (`p`), -1 the lower (`n`), `tie` when they are equal."""
+    return 1 if p > n else (-1 if n > p else tie)
+
+
+@_jit
 def anchor_step(p, n, p_prev, n_prev, side, anc, s0, mu, anc_ok, e0, te, nexc, cu_beta):
     """One valid row of the drift's anchored score: an excursion beyond the tail point (`s0`) is also scored against
     the scale `mu` it started under (`anc`; 0: none, -1: spent by an alert), so a young model's scale, which learns
@@ -123,7 +129,7 @@ def anchor_step(p, n, p_prev, n_prev, side, anc, s0, mu, anc_ok, e0, te, nexc, c
     side takes over, a new excursion begins with no anchor, so a climb that starts while the lower sum still drains
     a door's aftermath can cross the tail point afresh. Returns the new anchor, the anchored evidence (-inf without
     one) and the side. Shared by the bank's kernel and `DeviceAnomalyModel` (same arithmetic)."""
-    new_side = 1 if p > n else (-1 if n > p else side)
+    new_side = leading_side(p, n, side)
     c, c_prev = (p, p_prev) if new_side == 1 else (n, n_prev)
     if c <= 0:
         anc = 0.0
@@ -491,7 +497,7 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
         # only an excursion that crosses the tail point once the slow baseline is an EWMA (not a young running mean)
         anc_ok = lg_n * cf[F_LONG_ALPHA] >= 1.0
         p_prev, n_prev = ms[s, CU_POS], ms[s, CU_NEG]
-        side = 1 if p_prev > n_prev else (-1 if n_prev > p_prev else 0)
+        side = leading_side(p_prev, n_prev, 0)
         for i in range(B):
             c = max(cu_p[i, j], cu_n[i, j])
             cus[i, j] = c

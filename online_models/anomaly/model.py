@@ -66,7 +66,7 @@ import numpy as np
 
 from online_models.anomaly.detectors import SilenceDetector
 from online_models.anomaly.forecaster import OnlineMLPForecaster
-from online_models.anomaly.kernels import anchor_step, diff_learn, ramp_learn
+from online_models.anomaly.kernels import anchor_step, diff_learn, leading_side, ramp_learn
 from online_models.anomaly.stats import GaussianTail
 
 COMPONENTS = ("level", "shift", "seasonal", "forecast", "weekly", "drift", "stuck", "hst")
@@ -416,7 +416,7 @@ class DeviceAnomalyModel:
         for j in np.flatnonzero((anc != 0) | (cus > s0).any(axis=0)).tolist():
             a, te = float(anc[j]), cfg.drift_tail_e
             p_prev, n_prev = float(self.cu_pos[j]), float(self.cu_neg[j])
-            side = 1 if p_prev > n_prev else (-1 if n_prev > p_prev else 0)
+            side = leading_side(p_prev, n_prev, 0)
             for i in range(b_rows):
                 if not valid[i, j]:
                     continue
