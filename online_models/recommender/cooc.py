@@ -47,6 +47,15 @@ def capacity(n: int, top_n: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def find(nbr: np.ndarray, off: int, n: int, row: int) -> int:
+    """Position of neighbour `row` in the segment `nbr[off:off + n]`, -1 if absent."""
+    for i in range(n):
+        if nbr[off + i] == row:
+            return i
+    return -1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _add(rows: np.ndarray, vals: np.ndarray, n: int, other: int, amount: float, base: float, rate_pairs: float,
          npairs: int, clock: float, ref: float, total: float, top_n: int,
          max_exponent: float) -> tuple[int, int, float, float, float]:
@@ -64,11 +73,7 @@ def _add(rows: np.ndarray, vals: np.ndarray, n: int, other: int, amount: float, 
         ref = clock
         exponent = 0.0
     scaled = amount * math.exp(exponent)
-    at = -1
-    for i in range(n):
-        if rows[i] == other:
-            at = i
-            break
+    at = find(rows, 0, n, other)
     if at >= 0:
         vals[at] += scaled
     else:
@@ -167,15 +172,6 @@ def _renumber(nbr: np.ndarray, val: np.ndarray, meta: np.ndarray, clocks: np.nda
         to_meta[nr, LEN] = m
         changed[nr] = m != n
     return freed
-
-
-@numba.njit(cache=True, nogil=True)
-def find(nbr: np.ndarray, off: int, n: int, row: int) -> int:
-    """Position of neighbour `row` in the segment `nbr[off:off + n]`, -1 if absent."""
-    for i in range(n):
-        if nbr[off + i] == row:
-            return i
-    return -1
 
 
 class Rows:

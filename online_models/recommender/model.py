@@ -210,14 +210,12 @@ class OnlineRecommender:
         """A copy of an item to write to a checkpoint: its row by item id (`cooc_ids`, `cooc_weights`), not by index
         row (the ids in one take from the index's `names`, the weights as one array: cheaper to write than a dict),
         and the row's clock and total as they are now."""
-        rows = self.rows
         r = self.index.row[st.item_id]
-        off, _cap, n, pairs = rows.meta[r].tolist()
-        clock, ref, total = rows.clocks[r].tolist()
-        if not n:
+        others, weights = self.rows.row(r)
+        pairs, clock, ref, total = self.rows.stats(r)
+        if not len(others):
             return checkpoint_copy(st, None, None, pairs, clock, ref, total)
-        return checkpoint_copy(st, self.index.names[rows.nbr[off:off + n]].tolist(), rows.val[off:off + n].copy(), pairs,
-                               clock, ref, total)
+        return checkpoint_copy(st, self.index.names[others].tolist(), weights.copy(), pairs, clock, ref, total)
 
     # --------------------------------------------------------------- catalogue
 
