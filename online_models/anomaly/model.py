@@ -66,7 +66,8 @@ import numpy as np
 
 from online_models.anomaly.detectors import SilenceDetector
 from online_models.anomaly.forecaster import OnlineMLPForecaster
-from online_models.anomaly.kernels import anchor_step, diff_learn, leading_side, ramp_learn
+from online_models.anomaly.kernels import anchor_step, leading_side
+from online_models.anomaly.learn_kernel import learn_block
 from online_models.anomaly.stats import GaussianTail
 
 COMPONENTS = ("level", "shift", "seasonal", "forecast", "weekly", "drift", "stuck", "hst")
@@ -221,45 +222,11 @@ def _confirmed(e: float, prev: float, level: float, need: float, alone: float) -
     return min(e, level - 1e-6)
 
 
-def _ewm(y0: np.ndarray, x: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """``y_t = y_{t-1} + a_t (x_t - y_{t-1})`` for every row (columns independent), closed form.
-
-    Requires ``0 <= a_t <= 0.5`` (so the running products stay far from 0 for blocks of <= 64 rows).
-    """
-    p = np.cumprod(1.0 - a, axis=0)
-    return p * (y0 + np.cumsum(a * x / p, axis=0))
-
-
 def _cusum(s0: np.ndarray, d: np.ndarray) -> np.ndarray:
     """``S_t = max(0, S_{t-1} + d_t)`` for every row (columns independent), closed form (Lindley):
     ``S_t = C_t - min(-S_0, min_{j<=t} C_j)`` with ``C`` the running sum of ``d``."""
     c = np.cumsum(d, axis=0)
     return c - np.minimum(np.minimum.accumulate(c, axis=0), -s0) if len(d) else c
-
-
-def _profile_learn(sm, sc, mad, n, bins, xf, valid, lg_mad, alpha):
-    """Block update of a periodic profile (bin means, counts, robust spread), each row against the
-    bin mean frozen at the start of the block; returns the new ``(means, counts, mad, n)``."""
-    lim = 4.0 * np.maximum(1.2533 * mad, 0.05 * 1.2533 * lg_mad)
-    cb = sc[bins]  # (B, M) counts before the block
-    d = xf - sm[bins]
-    d = np.where((lim > 0) & (n > 50), np.clip(d, -lim, lim), d)
-    seen = valid & (cb > 0)
-    n_prev = n + np.cumsum(seen, axis=0) - seen
-    a = np.where(seen, np.maximum(0.002, 1.0 / (n_prev + 1.0)), 0.0)
-    mad = _ewm(mad, np.abs(d), np.minimum(a, 0.5))[-1]
-    n = n + seen.sum(axis=0)
-    nbins, mcount = sm.shape
-    flat = (bins[:, None] * mcount + np.arange(mcount)[None, :])[valid]
-    size = nbins * mcount
-    k = np.bincount(flat, minlength=size).reshape(nbins, mcount).astype(float)
-    dsum = np.bincount(flat, d[valid], minlength=size).reshape(nbins, mcount)
-    xsum = np.bincount(flat, xf[valid], minlength=size).reshape(nbins, mcount)
-    hit = k > 0
-    kk = np.where(hit, k, 1.0)
-    aa = np.maximum(alpha, 1.0 / (sc + 1.0))
-    upd = sm + (1.0 - (1.0 - aa) ** kk) * dsum / kk
-    return np.where(hit, np.where(sc > 0, upd, xsum / kk), sm), sc + k, mad, n
 
 
 class DeviceAnomalyModel:
@@ -481,7 +448,8 @@ class DeviceAnomalyModel:
         q = np.clip(self.repeat_rate, 0.01, 0.999)
         stuck = np.where(same & (run >= cfg.stuck_min_run) & (self.lv_mad > 1e-9 * np.maximum(1.0, np.abs(self.lv_mean))), -run * np.log10(q) - 3.0, 0.0)
         ev = np.zeros((b_rows, m, len(COMPONENTS)))
-        ev[:, :, :_CAL] = self._evidence(raw) * avail
+        e_cal, cal_bins = self._evidence(raw)
+        ev[:, :, :_CAL] = e_cal * avail
         ev[:, :, _DRIFT] = e_drift
         ev[:, :, _STUCK] = np.maximum(stuck, 0.0)
         ev[:, :, :_HST] *= valid[:, :, None]
@@ -493,10 +461,10 @@ class DeviceAnomalyModel:
         feats = np.stack([0.5 + 0.5 * np.tanh(zl * 0.25), 0.5 + 0.5 * np.tanh(zseas * 0.25),
                           0.5 + 0.5 * np.tanh(zf * 0.25)], axis=2)  # scaled to [0, 1] for HST
         return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in, cu_pos=cu_pos, cu_neg=cu_neg, cus=cus, cu_anc=anc,
-                        same=same, run=run, feats=feats, spatial=spatial)
+                        same=same, run=run, feats=feats, spatial=spatial, tail_s0=s0, mu=mu, cal_bins=cal_bins)
 
-    def _evidence(self, raw: np.ndarray) -> np.ndarray:
-        """Vectorised :class:`TailCalibrator.evidence` for raw scores of shape (B, M, C)."""
+    def _evidence(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorised :class:`TailCalibrator.evidence` for raw scores of shape (B, M, C), and each score's bin."""
         cfg = self.cfg
         nb = cfg.calib_bins
         counts, total = self.c_counts, self.c_total
@@ -517,7 +485,7 @@ class DeviceAnomalyModel:
         beyond = base + cfg.calib_power * (u - edge) / _LN10
         e = np.where(b <= top, inside, beyond)
         ok = (self.c_n >= cfg.calib_warmup) & (total > 0)
-        return np.where(ok & (raw > 0.0), np.maximum(e, 0.0), 0.0)
+        return np.where(ok & (raw > 0.0), np.maximum(e, 0.0), 0.0), b
 
     def _hst_block(self, ev: np.ndarray, aux: dict, learn: bool) -> np.ndarray:
         """HST evidence per row (held between the strided evaluations); learns when ``learn``."""
@@ -551,63 +519,21 @@ class DeviceAnomalyModel:
 
     # ------------------------------------------------------------------ block learning
     def _learn_block(self, ts: np.ndarray, x: np.ndarray, aux: dict) -> None:
+        """Learn a scored block: the forecasters here, every other component in one compiled call (`learn_kernel`)."""
         cfg = self.cfg
         valid, xf = aux["valid"], aux["xf"]
-        vf = valid.astype(float)
         b_rows = len(ts)
-        lvn0 = self.lv_n.copy()
-        # robust levels (clip limits frozen for the block)
-        for pre, alpha, clip in (("lv", cfg.level_alpha, 4.0), ("lg", cfg.long_alpha, 6.0)):
-            mean, mad, n = getattr(self, pre + "_mean"), getattr(self, pre + "_mad"), getattr(self, pre + "_n")
-            first = n == 0
-            if first.any():  # first reading initialises the mean
-                fi = np.argmax(valid, axis=0)
-                has = valid.any(axis=0) & first
-                mean = np.where(has, xf[fi, np.arange(len(mean))], mean)
-            lim = clip * 1.2533 * mad
-            use_lim = (n > 10) & (lim > 0)
-            xc = np.where(use_lim, np.clip(xf, mean - lim, mean + lim), xf)
-            nprev = n + np.cumsum(vf, axis=0) - vf
-            a = np.where(valid & (nprev >= 1), np.maximum(alpha, 1.0 / (nprev + 1.0)), 0.0)
-            ms = _ewm(mean, xc, a)
-            mprev = np.concatenate([mean[None, :], ms[:-1]])
-            mads = _ewm(mad, np.abs(xc - mprev), a)
-            setattr(self, pre + "_mean", ms[-1])
-            setattr(self, pre + "_mad", mads[-1])
-            setattr(self, pre + "_n", n + vf.sum(axis=0))
         w1 = cfg.shift_window - 1
         if w1 > 0:
             self.recent = np.concatenate([self.recent, aux["zlc"]])[-w1:]
-        if b_rows:
-            self.cu_pos, self.cu_neg = aux["cu_pos"][-1], aux["cu_neg"][-1]
-            self.cu_anc = aux["cu_anc"]
-            cus = aux["cus"]
-            pos = valid & (cus > 0)
-            self._learn_excursions(cus, valid)
-            nprev = np.maximum(self.lg_n - b_rows + np.cumsum(vf, axis=0), 0.0)  # approximate per-row count
-            a = np.where(valid, np.minimum(np.maximum(math.log(2.0) / cfg.drift_half_life, 1.0 / (nprev + 1.0)), 0.5), 0.0)
-            self.cu_ppos = _ewm(self.cu_ppos, pos.astype(float), a)[-1]
-            capped = np.minimum(cus, cfg.drift_cap * self.cu_scale)  # a drift must not teach its own scale
-            self.cu_scale = _ewm(self.cu_scale, capped, np.where(pos, a, 0.0))[-1]
-        if b_rows:
-            seen = valid.any(axis=0)
-            lo, hi = np.where(valid, xf, np.inf).min(axis=0), np.where(valid, xf, -np.inf).max(axis=0)
-            self.sp_lo = np.where(seen, np.fmin(self.sp_lo, lo), self.sp_lo)
-            self.sp_hi = np.where(seen, np.fmax(self.sp_hi, hi), self.sp_hi)
-        # seasonal (time of day) and weekly (hour of week) profiles
-        self.s_means, self.s_counts, self.s_mad, self.s_n = _profile_learn(
-            self.s_means, self.s_counts, self.s_mad, self.s_n, aux["bins"], xf, valid, self.lg_mad, cfg.seasonal_alpha)
-        if cfg.use_weekly:
-            self.w_means, self.w_counts, self.w_mad, self.w_n = _profile_learn(
-                self.w_means, self.w_counts, self.w_mad, self.w_n, aux["wbins"], xf, valid, self.lg_mad, cfg.weekly_alpha)
-        if b_rows:
-            fi = np.argmax(valid, axis=0)
-            self.t_first = np.where(np.isnan(self.t_first) & valid.any(axis=0), ts[fi], self.t_first)
-        # forecaster: error scale, training samples, lag buffer
-        xn = aux["xn"]
-        if cfg.use_forecaster and aux["fc_in"] is not None:
+        self.cu_pos, self.cu_neg = aux["cu_pos"][-1], aux["cu_neg"][-1]
+        self.cu_anc = aux["cu_anc"]
+        use_fc = cfg.use_forecaster and aux["fc_in"] is not None
+        act = np.zeros(x.shape[1], bool)
+        errs = xf
+        if use_fc:
             errs = np.zeros_like(xf)
-            act = np.zeros(x.shape[1], bool)
+            xn = aux["xn"]
             for j, item in enumerate(aux["fc_in"]):
                 if item is None or not valid[:, j].any():
                     continue
@@ -616,88 +542,22 @@ class DeviceAnomalyModel:
                 errs[:, j] = err
                 act[j] = True
                 self.fc[j].learn_many(xin[vj], np.clip(xn[vj, j], -10.0, 10.0))
-            if act.any():
-                ncum = self.lg_n - b_rows + np.arange(b_rows)[:, None]  # approximate per-row count
-                aj = np.where(valid & act, np.maximum(0.01, 1.0 / (np.maximum(ncum, 1.0) + 1.0)), 0.0)
-                e = np.minimum(np.abs(errs), 4.0 * self.fc_err * 1.2533 + 0.1)
-                self.fc_err = _ewm(self.fc_err, e, np.minimum(aj, 0.5))[-1]
-            seqn = np.concatenate([self.lagbuf, np.where(valid, xn, np.nan)])
-            if not valid.all():
-                for i in range(cfg.lags, len(seqn)):
-                    bad = np.isnan(seqn[i])
-                    seqn[i, bad] = seqn[i - 1, bad]
-            self.lagbuf = np.nan_to_num(seqn[-cfg.lags:])
-        if cfg.ramp_trend_alpha > 0 and b_rows:
-            for j in range(x.shape[1]):
-                self.rl_mean[j], self.rl_slope[j], self.rl_mad[j] = ramp_learn(
-                    self.rl_mean[j], self.rl_slope[j], self.rl_mad[j], lvn0[j], xf[:, j], valid[:, j], cfg.level_alpha,
-                    cfg.ramp_trend_alpha)
-                self.df_mad[j] = diff_learn(self.last[j], self.df_mad[j], lvn0[j], xf[:, j], valid[:, j], cfg.long_alpha)
-        # stuck detector
-        same = aux["same"]
-        lastv = np.where(valid, x, np.nan)
-        has = valid.any(axis=0)
-        li = b_rows - 1 - np.argmax(valid[::-1], axis=0)
-        self.last = np.where(has, lastv[li, np.arange(x.shape[1])], self.last)
-        self.run = np.where(has, np.where(same[li, np.arange(x.shape[1])], aux["run"][li, np.arange(x.shape[1])], 0.0), self.run)
-        self.repeat_rate = _ewm(self.repeat_rate, same.astype(float), 0.01 * vf)[-1]
-        # calibrators: decayed histograms (newer samples weigh more)
-        raw = aux["raw"]
-        # ... from a metric whose level had calib_warmup readings: a level z-score against a MAD of a few readings
-        # (the first rows' z of hundreds) must not sit in the tail for thousands of rows, hiding real spikes
-        avail = aux["avail"] & has[:, None] & (lvn0 >= cfg.calib_warmup)[:, None]
-        nb = cfg.calib_bins
-        b = np.minimum((np.log1p(np.maximum(raw, 0.0)) * cfg.calib_bins_per_unit).astype(np.int64), nb - 1)
         wts = self.c_weight * self.c_decay ** np.arange(1, b_rows + 1)
-        msk = valid[:, :, None] & avail[None, :, :]
-        mc = x.shape[1] * _CAL
-        flat = ((np.arange(mc).reshape(1, x.shape[1], _CAL)) * nb + b)[msk]
-        wrow = np.broadcast_to(wts[:, None, None], raw.shape)[msk]
-        self.c_counts += np.bincount(flat, wrow, minlength=mc * nb).reshape(self.c_counts.shape)
-        self.c_total += (wts[:, None, None] * msk).sum(axis=0)
-        self.c_n += msk.sum(axis=0)
-        self.c_weight = float(wts[-1]) if b_rows else self.c_weight
+        learn_block(ts, x, xf, valid, self.lv_n.copy(), self.lv_mean, self.lv_mad, self.lv_n, self.lg_mean, self.lg_mad,
+                    self.lg_n, cfg.level_alpha, cfg.long_alpha, aux["cus"], aux["tail_s0"], aux["mu"], self.cu_ppos,
+                    self.cu_scale, self.cu_peak, self.cu_beta, self.cu_nexc, math.log(2.0) / cfg.drift_half_life,
+                    cfg.drift_cap, cfg.drift_tail_alpha, self.sp_lo, self.sp_hi, aux["bins"], self.s_means,
+                    self.s_counts, self.s_mad, self.s_n, cfg.seasonal_alpha, cfg.use_weekly, aux["wbins"], self.w_means,
+                    self.w_counts, self.w_mad, self.w_n, cfg.weekly_alpha, self.t_first, use_fc, act, errs,
+                    self.fc_err, aux["xn"], self.lagbuf, cfg.ramp_trend_alpha, self.rl_mean, self.rl_slope,
+                    self.rl_mad, self.df_mad, aux["same"], aux["run"], self.last, self.run, self.repeat_rate,
+                    aux["cal_bins"], aux["avail"], cfg.calib_warmup, wts, self.c_counts, self.c_total, self.c_n)
+        self.c_weight = float(wts[-1])
         if self.c_weight > 1e50:
             s = 1.0 / self.c_weight
             self.c_counts *= s
             self.c_total *= s
             self.c_weight = 1.0
-
-    def _learn_excursions(self, cus: np.ndarray, valid: np.ndarray) -> None:
-        """Excursions of the drift CUSUM that ended (S back to 0) above the point where its exponential tail
-        reaches ``drift_tail_e`` decades teach the upper tail their excess (capped at ``drift_cap`` x the scale).
-        Vectorised for the usual block (no excursion ends above that point); a row loop only for a metric
-        where one may (rare: an excursion's end depends on the peak before it)."""
-        cfg = self.cfg
-        b_rows = len(cus)
-        mu = np.maximum(self.cu_scale, 1e-12)
-        s0 = (cfg.drift_tail_e + np.log10(np.maximum(self.cu_ppos, 1e-6))) * mu * _LN10
-        up = valid & (cus > 0)
-        end = valid & ~up
-        ended = end.any(axis=0)
-        rows = np.arange(b_rows)[:, None]
-        last_end = np.where(ended, b_rows - 1 - np.argmax(end[::-1], axis=0), -1)
-        hi = np.where(up, cus, 0.0).max(axis=0, initial=0.0)
-        after = np.where(up & (rows > last_end), cus, 0.0).max(axis=0, initial=0.0)
-        peak = np.where(ended, after, np.maximum(self.cu_peak, hi))
-        beta, nexc = self.cu_beta.copy(), self.cu_nexc.copy()
-        for j in np.flatnonzero(ended & (np.maximum(self.cu_peak, hi) > s0)).tolist():
-            pk, bj, nj = float(self.cu_peak[j]), float(beta[j]), float(nexc[j])
-            for i in range(b_rows):
-                if not valid[i, j]:
-                    continue
-                c = float(cus[i, j])
-                if c > 0:
-                    pk = max(pk, c)
-                    continue
-                if pk > s0[j]:
-                    xcap = min(pk - s0[j], cfg.drift_cap * max(bj, mu[j]))
-                    ae = max(cfg.drift_tail_alpha, 1.0 / (nj + 1.0))
-                    bj = bj + ae * (xcap - bj)
-                    nj = nj + 1.0
-                pk = 0.0
-            peak[j], beta[j], nexc[j] = pk, bj, nj
-        self.cu_peak, self.cu_beta, self.cu_nexc = peak, beta, nexc
 
     # ------------------------------------------------------------------ fusion
     @staticmethod
