@@ -66,8 +66,7 @@ import numpy as np
 
 from online_models.anomaly.detectors import SilenceDetector
 from online_models.anomaly.forecaster import OnlineMLPForecaster
-from online_models.anomaly.kernels import anchor_step, leading_side
-from online_models.anomaly.learn_kernel import learn_block
+from online_models.anomaly.learn_kernel import evidence, evidence_args, learn_block, score_block
 from online_models.anomaly.stats import GaussianTail
 
 COMPONENTS = ("level", "shift", "seasonal", "forecast", "weekly", "drift", "stuck", "hst")
@@ -222,13 +221,6 @@ def _confirmed(e: float, prev: float, level: float, need: float, alone: float) -
     return min(e, level - 1e-6)
 
 
-def _cusum(s0: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """``S_t = max(0, S_{t-1} + d_t)`` for every row (columns independent), closed form (Lindley):
-    ``S_t = C_t - min(-S_0, min_{j<=t} C_j)`` with ``C`` the running sum of ``d``."""
-    c = np.cumsum(d, axis=0)
-    return c - np.minimum(np.minimum.accumulate(c, axis=0), -s0) if len(d) else c
-
-
 class DeviceAnomalyModel:
     """One per device; ``metrics`` may be any dict of floats (missing/new metrics are fine)."""
 
@@ -332,160 +324,49 @@ class DeviceAnomalyModel:
 
     # ------------------------------------------------------------------ block scoring (pure)
     def _score_block(self, ts: np.ndarray, x: np.ndarray):
-        """Evidence per row/metric/component for a block, against the current (frozen) state."""
+        """Evidence per row/metric/component for a block, against the current (frozen) state: the raw scores in
+        one compiled call (`learn_kernel.score_block`), the forecasters' predictions, then the calibrators."""
         cfg = self.cfg
         b_rows, m = x.shape
-        valid = ~np.isnan(x)
-        xf = np.where(valid, x, 0.0)
-        lg_scale = 1.2533 * self.lg_mad
-        s_floor = 0.05 * lg_scale
-        s = np.maximum(np.maximum(1.2533 * self.lv_mad, s_floor), 1e-9)
-        zl = np.where(self.lv_n >= 2, (xf - self.lv_mean) / s, 0.0)
-        zl = np.where(valid, np.clip(zl, -1e6, 1e6), 0.0)
-        zlc = np.clip(zl, -10.0, 10.0)
-        w = cfg.shift_window
-        seq = np.concatenate([self.recent, zlc])
-        cs = np.cumsum(np.concatenate([np.zeros((1, m)), seq]), axis=0)
-        zs = (cs[w:] - cs[:-w])[-b_rows:] / w if b_rows else zlc
-        raw = np.zeros((b_rows, m, _CAL))
-        raw[:, :, 0] = np.abs(zl)
-        if cfg.ramp_trend_alpha > 0:
-            use_r = (self.lv_n >= 2) & (self.rl_mad * cfg.ramp_margin < self.lv_mad)
-            rl_sd = np.maximum(np.maximum(1.2533 * self.rl_mad, 0.05 * np.minimum(lg_scale, 1.2533 * self.df_mad)), 1e-9)
-            ahead = np.arange(1, b_rows + 1, dtype=float)[:, None]
-            zr = np.minimum(np.abs(xf - (self.rl_mean + self.rl_slope * ahead)) / rl_sd, 1e6)
-            raw[:, :, 0] = np.where(use_r & valid, zr, raw[:, :, 0])
-        raw[:, :, 1] = np.abs(zs) * math.sqrt(w) * 0.5
-        # drift: two-sided CUSUM of the reading against the slow baseline in short-term noise units; a
-        # slow drift or a level shift accumulates here long before the fast level has adapted to it
-        zd = np.where(valid & (self.lg_n >= 2), np.clip((xf - self.lg_mean) / s, -cfg.drift_clip, cfg.drift_clip), 0.0)
-        kv = cfg.drift_k * valid
-        cu_pos, cu_neg = _cusum(self.cu_pos, zd - kv), _cusum(self.cu_neg, -zd - kv)
-        cus = np.maximum(cu_pos, cu_neg)
-        # calibrated with an exponential tail (a CUSUM's stationary tail is exponential, Wald), not the
-        # histogram: a histogram that learns a growing sum row by row would call its every new value
-        # ordinary; here P(S >= s) = P(S > 0) exp(-s / mean positive S), both tracked slowly
-        ok = (self.lg_n >= cfg.calib_warmup) & (self.cu_scale > 0)
+        ang = (ts % 86400.0) / 86400.0 * (2.0 * math.pi)
         e0 = -np.log10(np.maximum(self.cu_ppos, 1e-6))
-        mu = np.maximum(self.cu_scale, 1e-12)
-        e_drift = e0 + cus / (mu * _LN10)
-        # beyond drift_tail_e decades the tail of past ended excursions, where heavier (the min picks it there)
-        s0 = (cfg.drift_tail_e - e0) * mu * _LN10
-        beta = np.maximum(self.cu_beta, mu)
-        e_tail = cfg.drift_tail_e + (cus - s0) / (beta * _LN10)
-        e_drift = np.where(self.cu_nexc > 0, np.minimum(e_drift, e_tail), e_drift)
-        # an excursion beyond the tail point is also scored against the scale it started under, until the device
-        # alerts: the scale learns the excursion row by row, and a young model's learns a slow climb away
-        # (an excursion per side: when the other CUSUM side takes the lead, it starts again without an anchor)
-        anc = np.where((self.cu_anc > 0) & (self.suppress_left > 0), -1.0, self.cu_anc)
-        # only an excursion that crosses the tail point once the slow baseline is an EWMA (not a young running mean)
-        anc_ok = self.lg_n * cfg.long_alpha >= 1.0
-        for j in np.flatnonzero((anc != 0) | (cus > s0).any(axis=0)).tolist():
-            a, te = float(anc[j]), cfg.drift_tail_e
-            p_prev, n_prev = float(self.cu_pos[j]), float(self.cu_neg[j])
-            side = leading_side(p_prev, n_prev, 0)
-            for i in range(b_rows):
-                if not valid[i, j]:
-                    continue
-                p, n = float(cu_pos[i, j]), float(cu_neg[i, j])
-                a, ea, side = anchor_step(p, n, p_prev, n_prev, side, a, float(s0[j]), float(mu[j]), bool(anc_ok[j]),
-                                          float(e0[j]), te, float(self.cu_nexc[j]), float(self.cu_beta[j]))
-                e_drift[i, j] = max(e_drift[i, j], ea)
-                p_prev, n_prev = p, n
-            anc[j] = a
-        e_drift = np.where(ok & (cus > 0) & valid, np.maximum(e_drift, 0.0), 0.0)
-        bins = ((ts % 86400.0) / 86400.0 * cfg.seasonal_bins).astype(np.int64) % cfg.seasonal_bins
-        mature = self.s_counts.min(axis=0) >= 3 if m else np.zeros(0, bool)
-        ss = np.maximum(np.maximum(1.2533 * self.s_mad, s_floor), 1e-9)
-        zseas = np.where(mature & valid, (xf - self.s_means[bins]) / ss, 0.0)
-        raw[:, :, 2] = np.abs(zseas)
-        avail = np.zeros((m, _CAL), bool)
-        avail[:, 0] = avail[:, 1] = True
-        avail[:, 2] = mature
-        # weekly: hour-of-week profile (holidays, weekday/weekend patterns), once the metric has
-        # a few weeks of history and the bin has been seen on two visits
-        wbins = ((ts % _WEEK) / _WEEK * cfg.weekly_bins).astype(np.int64) % cfg.weekly_bins
-        zw = np.zeros((b_rows, m))
-        if cfg.use_weekly and m:
-            wk_ok = (ts[0] - self.t_first >= cfg.weekly_min_age) if b_rows else np.zeros(m, bool)
-            w_ok = (self.w_counts[wbins] >= 2) & wk_ok & valid
-            ws = np.maximum(np.maximum(1.2533 * self.w_mad, s_floor), 1e-9)
-            zw = np.where(w_ok, (xf - self.w_means[wbins]) / ws, 0.0)
-            raw[:, :, 4] = np.abs(zw)
-            avail[:, 4] = wk_ok
-        lgs = np.where(lg_scale > 1e-9, lg_scale, 1.0)
-        xn = np.where(valid, np.clip((xf - self.lg_mean) / lgs, -10.0, 10.0), np.nan)
+        lq = np.log10(np.clip(self.repeat_rate, 0.01, 0.999))
+        cu_pos, cu_neg, anc = np.empty((b_rows, m)), np.empty((b_rows, m)), self.cu_anc.copy()
+        valid, xf, zl, zlc, raw, avail, bins, wbins, xn, xin, cus, e_drift, tail_s0, mu, zseas, same, run, stuck, spatial = score_block(
+            ts, x, self.lv_mean, self.lv_mad, self.lv_n, self.lg_mean, self.lg_mad, self.lg_n, self.recent,
+            cfg.shift_window, cfg.ramp_trend_alpha, cfg.ramp_margin, self.rl_mean, self.rl_slope, self.rl_mad,
+            self.df_mad, cfg.drift_k, cfg.drift_clip, self.cu_pos, self.cu_neg, self.cu_scale, self.cu_beta,
+            self.cu_nexc, self.cu_anc, self.suppress_left > 0, e0, cfg.drift_tail_e, cfg.long_alpha, cfg.calib_warmup,
+            self.s_means, self.s_counts, self.s_mad, cfg.use_weekly and m > 0, self.w_means, self.w_counts, self.w_mad,
+            self.t_first, cfg.weekly_min_age, cfg.weekly_bins or 1, cfg.use_forecaster, self.lagbuf, np.sin(ang),
+            np.cos(ang), self.last, self.run, lq, cfg.stuck_min_run, self.sp_lo, self.sp_hi, cfg.spatial_tol, cu_pos, cu_neg,
+            anc)
         zf = np.zeros((b_rows, m))
         fc_in = None
         if cfg.use_forecaster and b_rows:
-            # lags: last values before each row (missing values carry the previous one)
-            seqn = np.concatenate([self.lagbuf, xn])
-            if np.isnan(seqn).any():
-                for i in range(cfg.lags, len(seqn)):
-                    bad = np.isnan(seqn[i])
-                    seqn[i, bad] = seqn[i - 1, bad]
-            lagwin = np.lib.stride_tricks.sliding_window_view(seqn[:-1], cfg.lags, axis=0)  # (B, M, L)
-            ang = (ts % 86400.0) / 86400.0 * (2.0 * math.pi)
-            sc = np.stack([np.sin(ang), np.cos(ang)], axis=1)
             fc_in = []
             for j in range(m):
                 if self.lg_n[j] <= cfg.lags:
                     fc_in.append(None)
                     continue
-                xin = np.concatenate([lagwin[:, j, :], sc], axis=1).astype(np.float32)
-                pred = self.fc[j].predict_many(xin)
+                pred = self.fc[j].predict_many(xin[j])
                 err = np.where(valid[:, j], xn[:, j] - pred, 0.0)
                 zf[:, j] = err / max(self.fc_err[j] * 1.2533, 0.05)
-                fc_in.append((xin, err))
+                fc_in.append((xin[j], err))
                 avail[j, 3] = True
             raw[:, :, 3] = np.abs(zf)
-        # stuck: run of identical readings vs the metric's own repeat rate
-        prev = np.concatenate([self.last[None, :], x[:-1]]) if b_rows else x
-        same = (x == prev) & valid
-        idx = np.arange(1, b_rows + 1)[:, None]
-        last_reset = np.maximum.accumulate(np.where(same, 0, idx), axis=0)
-        run = np.where(last_reset == 0, self.run + idx, idx - last_reset)
-        q = np.clip(self.repeat_rate, 0.01, 0.999)
-        stuck = np.where(same & (run >= cfg.stuck_min_run) & (self.lv_mad > 1e-9 * np.maximum(1.0, np.abs(self.lv_mean))), -run * np.log10(q) - 3.0, 0.0)
-        ev = np.zeros((b_rows, m, len(COMPONENTS)))
-        e_cal, cal_bins = self._evidence(raw)
-        ev[:, :, :_CAL] = e_cal * avail
-        ev[:, :, _DRIFT] = e_drift
-        ev[:, :, _STUCK] = np.maximum(stuck, 0.0)
-        ev[:, :, :_HST] *= valid[:, :, None]
-        # spatial: outside the range seen so far by more than spatial_tol of it (a row, any metric)
-        width = self.sp_hi - self.sp_lo  # NaN before the first reading
-        tol = cfg.spatial_tol * width
-        out_r = valid & (width > 0) & ((xf > self.sp_hi + tol) | (xf < self.sp_lo - tol))
-        spatial = out_r.any(axis=1) if (m and cfg.spatial_tol > 0) else np.zeros(b_rows, bool)
+        # calibrated evidence, -log10 of each raw score's tail probability on its own history (`TailCalibrator`)
+        u = np.log1p(np.maximum(raw, 0.0))
+        cal_bins, arg, arg_top = evidence_args(u, self.c_counts, self.c_total, cfg.calib_bins_per_unit)
+        ev = evidence(raw, u, cal_bins, np.log10(arg), np.log10(arg_top), self.c_counts, self.c_total, self.c_n,
+                      cfg.calib_bins_per_unit, cfg.calib_power, cfg.calib_warmup, avail, valid, e_drift, stuck,
+                      len(COMPONENTS))
         feats = np.stack([0.5 + 0.5 * np.tanh(zl * 0.25), 0.5 + 0.5 * np.tanh(zseas * 0.25),
                           0.5 + 0.5 * np.tanh(zf * 0.25)], axis=2)  # scaled to [0, 1] for HST
-        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in, cu_pos=cu_pos, cu_neg=cu_neg, cus=cus, cu_anc=anc,
-                        same=same, run=run, feats=feats, spatial=spatial, tail_s0=s0, mu=mu, cal_bins=cal_bins)
-
-    def _evidence(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Vectorised :class:`TailCalibrator.evidence` for raw scores of shape (B, M, C), and each score's bin."""
-        cfg = self.cfg
-        nb = cfg.calib_bins
-        counts, total = self.c_counts, self.c_total
-        tail = np.cumsum(counts[:, :, ::-1], axis=2)[:, :, ::-1]  # (M, C, nb)
-        nonempty = counts > 0
-        top = np.where(nonempty.any(axis=2), nb - 1 - np.argmax(nonempty[:, :, ::-1], axis=2), -1)
-        u = np.log1p(np.maximum(raw, 0.0))
-        b = np.minimum((u * cfg.calib_bins_per_unit).astype(np.int64), nb - 1)
-        tot = np.where(total > 0, total, 1.0)
-        m_idx = np.arange(counts.shape[0])[None, :, None]
-        c_idx = np.arange(_CAL)[None, None, :]
-        t = tail[m_idx, c_idx, b]
-        with np.errstate(divide="ignore"):
-            inside = np.where(t < tot, -np.log10(np.maximum(t, 1e-300) / tot), 0.0)
-            p_top = counts[m_idx[0, :, 0][:, None], np.arange(_CAL)[None, :], np.maximum(top, 0)] / tot
-            base = np.where(top >= 0, -np.log10(np.maximum(p_top, 1e-300)), 0.0)
-        edge = (top + 1) / cfg.calib_bins_per_unit
-        beyond = base + cfg.calib_power * (u - edge) / _LN10
-        e = np.where(b <= top, inside, beyond)
-        ok = (self.c_n >= cfg.calib_warmup) & (total > 0)
-        return np.where(ok & (raw > 0.0), np.maximum(e, 0.0), 0.0), b
+        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in,
+                        cu_pos=cu_pos, cu_neg=cu_neg, cus=cus, cu_anc=anc, same=same, run=run, feats=feats,
+                        spatial=spatial, tail_s0=tail_s0, mu=mu,
+                        cal_bins=cal_bins)
 
     def _hst_block(self, ev: np.ndarray, aux: dict, learn: bool) -> np.ndarray:
         """HST evidence per row (held between the strided evaluations); learns when ``learn``."""
