@@ -24,7 +24,7 @@ series into evidence ``E = -log10(tail probability)`` (:class:`TailCalibrator`
 logic, vectorised; ``drift`` with an exponential tail, see the config), so
 components and devices are comparable without per-file tuning. Per metric the
 two strongest evidences are summed (an incident moves several detectors at once,
-noise rarely does; evidences with one common cause count once: see ``_fuse``), the device
+noise rarely does; evidences with one common cause count once: see ``_run_block``), the device
 evidence is the max over metrics, minus ``log10(level_interval_s / interval)``
 for a device reading every ``interval`` seconds (the alert level is a false-alarm
 rate per device-hour, not per reading), and ``score = E / e_full`` in [0, 1].
@@ -54,7 +54,10 @@ closed-form EWMA recursions (robust clipping limits frozen for the block). The
 forecaster predicts a block in one matrix product and trains every
 ``train_every`` samples; HalfSpaceTrees scores/learns every ``hst_every``-th row
 (its evidence is held in between). ``score_learn_one`` is a block of one row, so
-one-by-one and batch results differ only through block boundaries.
+one-by-one and batch results differ only through block boundaries. The arithmetic
+of a block runs in a few compiled calls (`model_kernels`: ~200 NumPy calls on arrays of
+a few elements cost more in call overhead than in arithmetic), bit for bit the NumPy
+formulas they replaced; NumPy still takes the logarithms, tanh, sin/cos and the forecaster.
 """
 
 from __future__ import annotations
@@ -66,16 +69,12 @@ import numpy as np
 
 from online_models.anomaly.detectors import SilenceDetector
 from online_models.anomaly.forecaster import OnlineMLPForecaster
-from online_models.anomaly.learn_kernel import evidence, evidence_args, learn_block, score_block
+from online_models.anomaly.model_kernels import evidence, evidence_args, fuse_alert, learn_block, score_block
 from online_models.anomaly.stats import GaussianTail
 
 COMPONENTS = ("level", "shift", "seasonal", "forecast", "weekly", "drift", "stuck", "hst")
 _CAL = 5  # components calibrated by histogram: level, shift, seasonal, forecast, weekly
-_DRIFT, _STUCK, _HST = 5, 6, 7
-_FORECAST = 3
-_REST = [2, 4, 6, 7]  # seasonal, weekly, stuck, hst: outside the value family
 _WEEK = 604800.0
-_LN10 = math.log(10.0)
 
 
 @dataclass(slots=True)
@@ -210,17 +209,6 @@ def make_config(config: AnomalyConfig | None = None, **overrides: object) -> Ano
     return cfg
 
 
-def _confirmed(e: float, prev: float, level: float, need: float, alone: float) -> float:
-    """A row's evidence for the alert test (``confirm_frac``): as it is when at least ``alone``; else at the level
-    only with its predecessor, both at ``need`` and one at ``level`` (then its own, at least the level); else just
-    below the level."""
-    if e >= alone:
-        return e
-    if e >= need and prev >= need and max(e, prev) >= level:
-        return max(e, level)
-    return min(e, level - 1e-6)
-
-
 class DeviceAnomalyModel:
     """One per device; ``metrics`` may be any dict of floats (missing/new metrics are fine)."""
 
@@ -325,7 +313,7 @@ class DeviceAnomalyModel:
     # ------------------------------------------------------------------ block scoring (pure)
     def _score_block(self, ts: np.ndarray, x: np.ndarray):
         """Evidence per row/metric/component for a block, against the current (frozen) state: the raw scores in
-        one compiled call (`learn_kernel.score_block`), the forecasters' predictions, then the calibrators."""
+        one compiled call (`model_kernels.score_block`), the forecasters' predictions, then the calibrators."""
         cfg = self.cfg
         b_rows, m = x.shape
         ang = (ts % 86400.0) / 86400.0 * (2.0 * math.pi)
@@ -400,7 +388,7 @@ class DeviceAnomalyModel:
 
     # ------------------------------------------------------------------ block learning
     def _learn_block(self, ts: np.ndarray, x: np.ndarray, aux: dict) -> None:
-        """Learn a scored block: the forecasters here, every other component in one compiled call (`learn_kernel`)."""
+        """Learn a scored block: the forecasters here, every other component in one compiled call (`model_kernels`)."""
         cfg = self.cfg
         valid, xf = aux["valid"], aux["xf"]
         b_rows = len(ts)
@@ -440,82 +428,36 @@ class DeviceAnomalyModel:
             self.c_total *= s
             self.c_weight = 1.0
 
-    # ------------------------------------------------------------------ fusion
-    @staticmethod
-    def _fuse(ev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per metric: sum of the two strongest evidences; per row: the strongest metric.
-
-        Two evidences may confirm each other only if no single cause moves both. One outlying reading moves
-        ``level``, ``shift`` and ``forecast`` (the reading against the short-term expectation); a moved
-        baseline moves ``level``, ``shift`` and ``drift`` (the value against the fast baseline, the fast one
-        over the last few rows, the slow one). So of these four only ``drift`` + ``forecast`` may be summed:
-        one outlier adds at most ``drift_clip - drift_k`` noise units to the CUSUM, and a slow ramp that the
-        CUSUM sees is no outlier to the level; the other components (seasonal, weekly, stuck, hst) pair with
-        anything."""
-        if ev.shape[1] == 0:
-            return np.zeros(ev.shape[0]), np.full(ev.shape[0], -1)
-        v = np.maximum(ev[:, :, 0], ev[:, :, 1])
-        d, f = ev[:, :, _DRIFT], ev[:, :, _FORECAST]
-        fam = np.maximum(np.maximum(v, d), f)
-        rest = ev[:, :, _REST]
-        o = np.partition(rest, rest.shape[2] - 2, axis=2)[:, :, -2:]
-        o1, o2 = o[:, :, 1], o[:, :, 0]
-        top = np.maximum(np.maximum(fam + o1, o1 + o2), d + f)
-        best = np.argmax(top, axis=1)
-        return top[np.arange(len(top)), best], best
-
     def _run_block(self, ts: np.ndarray, x: np.ndarray, learn: bool):
+        """Score a block (evidence, fusion, the alert loop: `model_kernels.fuse_alert`), then learn it if ``learn``.
+
+        Fusion (`fuse_alert`): per metric the sum of the two strongest evidences, per row the strongest metric. Two
+        evidences may confirm each other only if no single cause moves both. One outlying reading moves ``level``,
+        ``shift`` and ``forecast`` (the reading against the short-term expectation); a moved baseline moves
+        ``level``, ``shift`` and ``drift`` (the value against the fast baseline, the fast one over the last few
+        rows, the slow one). So of these four only ``drift`` + ``forecast`` may be summed: one outlier adds at most
+        ``drift_clip - drift_k`` noise units to the CUSUM, and a slow ramp that the CUSUM sees is no outlier to the
+        level; the other components (seasonal, weekly, stuck, hst) pair with anything."""
         cfg = self.cfg
         ev, aux = self._score_block(ts, x)
-        ev[:, :, _HST] = self._hst_block(ev, aux, learn)[:, None]
-        ev[:, :, _HST] *= aux["valid"]
-        e, best = self._fuse(ev)
-        e = np.where(aux["spatial"], np.maximum(e, cfg.spatial_e), e)
+        hst = self._hst_block(ev, aux, learn)
         # the alert level is a false-alarm *rate in time*: a device reading every ``iv`` seconds needs
         # log10(level_interval_s / iv) more decades per reading than one reading every level_interval_s
         iv = self.silence.interval if self.silence.n >= 2 else 0.0
-        paid = 0.0  # decades a faster device already pays per reading (counts toward confirm_extreme)
+        add, paid = math.nan, 0.0  # paid: decades a faster device already pays per reading (toward confirm_extreme)
         if iv > 0.0:
             add = math.log10(iv / cfg.level_interval_s)
-            e = e + add
             paid = max(-add, 0.0)
         thr = cfg.min_threshold
         level = thr * cfg.e_full  # the alert level, in decades of evidence
-        e_full, k, beta = cfg.e_full, cfg.burst_softness, cfg.burst_penalty
-        gap, dec = cfg.burst_gap, self.burst_decay
-        left, burst, since = self.suppress_left, self.burst, self.since_cross
-        need, prev = cfg.confirm_frac * level, self.e_prev
-        alone = level + max(cfg.confirm_extreme - paid, 0.0)
-        rearm, e_alert, span = cfg.rearm_frac, self.e_alert, cfg.suppress_events
-        pass_f = cfg.suppress_pass
-        out = e.tolist()
-        for i, er in enumerate(out):
-            fresh = prev < level  # the row before did not cross: a crossing that starts here
-            ei = _confirmed(er, prev, level, need, alone)
-            prev = er
-            if rearm > 0.0 and left <= 0 and since <= span and level <= ei < rearm * e_alert:
-                ei = level - 1e-6  # the incident goes on, weaker than its alert: no news
-            if ei >= level:
-                # an alert; its score ranks it by the evidence left after discounting how many
-                # incidents this device has had lately (softplus floor: still >= the alert level)
-                xs = k * (ei - level - beta * math.log10(1.0 + burst))
-                sp = xs + math.log1p(math.exp(-xs)) if xs > 0 else math.log1p(math.exp(xs))
-                s = min(1.0, (level + sp / k) / e_full)
-                if since > gap:
-                    burst += 1.0
-                since = 0
-            else:
-                s = max(ei, 0.0) / e_full
-                since += 1
-            burst *= dec
-            if left > 0:
-                if not (pass_f > 0.0 and paid > 0.0 and fresh and level <= ei and pass_f * e_alert <= ei):
-                    s *= cfg.suppress_factor  # the incident that alerted, or no stronger one
-                left -= 1
-            if s >= thr:
-                left = cfg.suppress_events
-                e_alert = ei
-            out[i] = s
+        b_rows = len(ts)
+        out, best = np.empty(b_rows), np.empty(b_rows, np.int64)
+        left, burst, since, prev, e_alert = fuse_alert(
+            ev, hst, aux["valid"], aux["spatial"], cfg.spatial_e, add, paid, level, cfg.confirm_frac * level,
+            level + max(cfg.confirm_extreme - paid, 0.0), cfg.e_full, cfg.burst_softness, cfg.burst_penalty,
+            cfg.burst_gap, self.burst_decay, cfg.rearm_frac, cfg.suppress_events, cfg.suppress_pass,
+            cfg.suppress_factor, cfg.suppress_events, thr, self.suppress_left, self.burst, self.since_cross,
+            self.e_prev, self.e_alert, out, best)
         if learn:
             self._learn_block(ts, x, aux)
             self.suppress_left, self.burst, self.since_cross, self.e_prev = left, burst, since, prev
@@ -523,7 +465,7 @@ class DeviceAnomalyModel:
             for t in ts.tolist():
                 self.silence.observe(t)
             self.n += len(ts)
-        return np.asarray(out), best, ev, aux
+        return out, best, ev, aux
 
     # ------------------------------------------------------------------ public API
     def _one(self, ts: float, metrics: dict[str, float], learn: bool) -> AnomalyResult:

@@ -468,3 +468,74 @@ def evidence(raw, u, b, lg_arg, lg_top, counts, total, c_n, bpu, power, warmup, 
                 ev[i, m, 5] = e_drift[i, m]
                 ev[i, m, 6] = stuck[i, m]
     return ev
+
+
+@_jit
+def fuse_alert(ev, hst, valid, spatial, spatial_e, add, paid, level, need, alone, e_full, soft, penalty, gap, decay,
+               rearm, span, pass_f, suppress_factor, suppress_events, thr, left, burst, since, prev, e_alert, scores,
+               best):
+    """`model.DeviceAnomalyModel._run_block`'s fusion and alert loop over a block: the HST evidence into `ev`, per
+    metric the two strongest evidences that may confirm each other, per row the strongest metric (`best`, -1: none),
+    the spatial floor and the reading interval's correction (`add`, NaN: none), then each row's score (`scores`) with
+    the confirmation, re-arming, burst discount and suppression. Returns the alert state after the block."""
+    B, M = valid.shape
+    for i in range(B):
+        bt = 0.0
+        bj = -1
+        for j in range(M):
+            ev[i, j, 7] = hst[i] * (1.0 if valid[i, j] else 0.0)
+            vd = ev[i, j, 5]
+            vf = ev[i, j, 3]
+            fam = max(max(max(ev[i, j, 0], ev[i, j, 1]), vd), vf)
+            o1 = -np.inf
+            o2 = -np.inf
+            for c in (2, 4, 6, 7):
+                v = ev[i, j, c]
+                if v > o1:
+                    o2 = o1
+                    o1 = v
+                elif v > o2:
+                    o2 = v
+            top = max(max(fam + o1, o1 + o2), vd + vf)
+            if bj < 0 or top > bt:
+                bt = top
+                bj = j
+        e = bt
+        if spatial[i]:
+            e = max(e, spatial_e)
+        if not math.isnan(add):
+            e = e + add
+        best[i] = bj
+        # the alert loop. A row's evidence for the alert test (confirm_frac): as it is when at least `alone`; else at
+        # the level only with its predecessor, both at `need` and one at `level` (then its own, at least the level);
+        # else just below the level
+        fresh = prev < level
+        if e >= alone:
+            ei = e
+        elif e >= need and prev >= need and max(e, prev) >= level:
+            ei = max(e, level)
+        else:
+            ei = min(e, level - 1e-6)
+        prev = e
+        if rearm > 0.0 and left <= 0 and since <= span and level <= ei < rearm * e_alert:
+            ei = level - 1e-6
+        if ei >= level:
+            xs = soft * (ei - level - penalty * math.log10(1.0 + burst))
+            sp = xs + math.log1p(math.exp(-xs)) if xs > 0 else math.log1p(math.exp(xs))
+            s = min(1.0, (level + sp / soft) / e_full)
+            if since > gap:
+                burst += 1.0
+            since = 0
+        else:
+            s = max(ei, 0.0) / e_full
+            since += 1
+        burst *= decay
+        if left > 0:
+            if not (pass_f > 0.0 and paid > 0.0 and fresh and level <= ei and pass_f * e_alert <= ei):
+                s *= suppress_factor
+            left -= 1
+        if s >= thr:
+            left = suppress_events
+            e_alert = ei
+        scores[i] = s
+    return left, burst, since, prev, e_alert
