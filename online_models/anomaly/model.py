@@ -69,7 +69,8 @@ import numpy as np
 
 from online_models.anomaly.detectors import SilenceDetector
 from online_models.anomaly.forecaster import OnlineMLPForecaster
-from online_models.anomaly.model_kernels import evidence, evidence_args, fuse_alert, learn_block, score_block
+from online_models.anomaly.model_kernels import (evidence, evidence_args, forecast_scores, fuse_alert, learn_block,
+                                                 score_block)
 from online_models.anomaly.stats import GaussianTail
 
 COMPONENTS = ("level", "shift", "seasonal", "forecast", "weekly", "drift", "stuck", "hst")
@@ -320,38 +321,32 @@ class DeviceAnomalyModel:
         e0 = -np.log10(np.maximum(self.cu_ppos, 1e-6))
         lq = np.log10(np.clip(self.repeat_rate, 0.01, 0.999))
         cu_pos, cu_neg, anc = np.empty((b_rows, m)), np.empty((b_rows, m)), self.cu_anc.copy()
-        valid, xf, zl, zlc, raw, avail, bins, wbins, xn, xin, cus, e_drift, tail_s0, mu, zseas, same, run, stuck, spatial = score_block(
+        (valid, xf, zl, zlc, raw, avail, bins, wbins, xn, xin, cus, e_drift, tail_s0, mu, zseas, same, run, stuck,
+         spatial) = score_block(
             ts, x, self.lv_mean, self.lv_mad, self.lv_n, self.lg_mean, self.lg_mad, self.lg_n, self.recent,
             cfg.shift_window, cfg.ramp_trend_alpha, cfg.ramp_margin, self.rl_mean, self.rl_slope, self.rl_mad,
             self.df_mad, cfg.drift_k, cfg.drift_clip, self.cu_pos, self.cu_neg, self.cu_scale, self.cu_beta,
             self.cu_nexc, self.cu_anc, self.suppress_left > 0, e0, cfg.drift_tail_e, cfg.long_alpha, cfg.calib_warmup,
             self.s_means, self.s_counts, self.s_mad, cfg.use_weekly and m > 0, self.w_means, self.w_counts, self.w_mad,
             self.t_first, cfg.weekly_min_age, cfg.weekly_bins or 1, cfg.use_forecaster, self.lagbuf, np.sin(ang),
-            np.cos(ang), self.last, self.run, lq, cfg.stuck_min_run, self.sp_lo, self.sp_hi, cfg.spatial_tol, cu_pos, cu_neg,
-            anc)
-        zf = np.zeros((b_rows, m))
-        fc_in = None
-        if cfg.use_forecaster and b_rows:
-            fc_in = []
-            for j in range(m):
-                if self.lg_n[j] <= cfg.lags:
-                    fc_in.append(None)
-                    continue
-                pred = self.fc[j].predict_many(xin[j])
-                err = np.where(valid[:, j], xn[:, j] - pred, 0.0)
-                zf[:, j] = err / max(self.fc_err[j] * 1.2533, 0.05)
-                fc_in.append((xin[j], err))
-                avail[j, 3] = True
-            raw[:, :, 3] = np.abs(zf)
+            np.cos(ang), self.last, self.run, lq, cfg.stuck_min_run, self.sp_lo, self.sp_hi, cfg.spatial_tol, cu_pos,
+            cu_neg, anc)
+        # the forecasters' predictions (NumPy, float32), then their errors as scores
+        use_fc = cfg.use_forecaster and b_rows > 0
+        has_fc = (self.lg_n > cfg.lags) & use_fc
+        pred = np.zeros((m, b_rows))
+        for j in np.flatnonzero(has_fc).tolist():
+            pred[j] = self.fc[j].predict_many(xin[j])
+        errs, zq = forecast_scores(pred, has_fc, valid, xn, self.fc_err, raw, avail, zl, zseas)
         # calibrated evidence, -log10 of each raw score's tail probability on its own history (`TailCalibrator`)
         u = np.log1p(np.maximum(raw, 0.0))
         cal_bins, arg, arg_top = evidence_args(u, self.c_counts, self.c_total, cfg.calib_bins_per_unit)
         ev = evidence(raw, u, cal_bins, np.log10(arg), np.log10(arg_top), self.c_counts, self.c_total, self.c_n,
                       cfg.calib_bins_per_unit, cfg.calib_power, cfg.calib_warmup, avail, valid, e_drift, stuck,
                       len(COMPONENTS))
-        feats = np.stack([0.5 + 0.5 * np.tanh(zl * 0.25), 0.5 + 0.5 * np.tanh(zseas * 0.25),
-                          0.5 + 0.5 * np.tanh(zf * 0.25)], axis=2)  # scaled to [0, 1] for HST
-        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in,
+        feats = 0.5 + 0.5 * np.tanh(zq)  # level, seasonal and forecast z scaled to [0, 1] for HST
+        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, xin=xin,
+                        has_fc=has_fc, errs=errs,
                         cu_pos=cu_pos, cu_neg=cu_neg, cus=cus, cu_anc=anc, same=same, run=run, feats=feats,
                         spatial=spatial, tail_s0=tail_s0, mu=mu,
                         cal_bins=cal_bins)
@@ -397,27 +392,19 @@ class DeviceAnomalyModel:
             self.recent = np.concatenate([self.recent, aux["zlc"]])[-w1:]
         self.cu_pos, self.cu_neg = aux["cu_pos"][-1], aux["cu_neg"][-1]
         self.cu_anc = aux["cu_anc"]
-        use_fc = cfg.use_forecaster and aux["fc_in"] is not None
-        act = np.zeros(x.shape[1], bool)
-        errs = xf
-        if use_fc:
-            errs = np.zeros_like(xf)
-            xn = aux["xn"]
-            for j, item in enumerate(aux["fc_in"]):
-                if item is None or not valid[:, j].any():
-                    continue
-                xin, err = item
-                vj = valid[:, j]
-                errs[:, j] = err
-                act[j] = True
-                self.fc[j].learn_many(xin[vj], np.clip(xn[vj, j], -10.0, 10.0))
+        use_fc = cfg.use_forecaster and b_rows > 0
+        act = aux["has_fc"] & valid.any(axis=0)  # metrics whose forecaster learns from this block
+        xin, xn = aux["xin"], aux["xn"]
+        for j in np.flatnonzero(act).tolist():
+            vj = valid[:, j]
+            self.fc[j].learn_many(xin[j][vj], np.clip(xn[vj, j], -10.0, 10.0))
         wts = self.c_weight * self.c_decay ** np.arange(1, b_rows + 1)
         learn_block(ts, x, xf, valid, self.lv_n.copy(), self.lv_mean, self.lv_mad, self.lv_n, self.lg_mean, self.lg_mad,
                     self.lg_n, cfg.level_alpha, cfg.long_alpha, aux["cus"], aux["tail_s0"], aux["mu"], self.cu_ppos,
                     self.cu_scale, self.cu_peak, self.cu_beta, self.cu_nexc, math.log(2.0) / cfg.drift_half_life,
                     cfg.drift_cap, cfg.drift_tail_alpha, self.sp_lo, self.sp_hi, aux["bins"], self.s_means,
                     self.s_counts, self.s_mad, self.s_n, cfg.seasonal_alpha, cfg.use_weekly, aux["wbins"], self.w_means,
-                    self.w_counts, self.w_mad, self.w_n, cfg.weekly_alpha, self.t_first, use_fc, act, errs,
+                    self.w_counts, self.w_mad, self.w_n, cfg.weekly_alpha, self.t_first, use_fc, act, aux["errs"],
                     self.fc_err, aux["xn"], self.lagbuf, cfg.ramp_trend_alpha, self.rl_mean, self.rl_slope,
                     self.rl_mad, self.df_mad, aux["same"], aux["run"], self.last, self.run, self.repeat_rate,
                     aux["cal_bins"], aux["avail"], cfg.calib_warmup, wts, self.c_counts, self.c_total, self.c_n)

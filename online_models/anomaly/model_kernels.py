@@ -1,12 +1,15 @@
-"""`DeviceAnomalyModel`'s block learning in one compiled call (levels, drift calibration and tail, range, time-of-day
-and hour-of-week profiles, forecast error scale and lag buffer, ramp level, stuck detector, calibrators).
+"""`DeviceAnomalyModel`'s block arithmetic in a few compiled calls: the raw scores (`score_block`), the forecasters'
+errors (`forecast_scores`), the calibrators' evidence (`evidence_args`, `evidence`), fusion and the alert loop
+(`fuse_alert`), and learning (`learn_block`: levels, drift calibration and tail, range, time-of-day and hour-of-week
+profiles, forecast error scale and lag buffer, ramp level, stuck detector, calibrators).
 
-Why: done in NumPy, learning a block took ~100 calls on arrays of a few elements, ~40 % of `score_learn_many`'s
-time; each call's overhead, not its arithmetic, was the cost. The loops below do the NumPy code's arithmetic in its
-order (running products and sums row by row, histogram sums gathered per bin before they are added, the same
-operands in the same association), so the state after a block is the NumPy code's, bit for bit (docs/performance.md,
-issue 19). The logarithms it needs come in computed by NumPy (the calibrators' bins, the drift tail's point), so only
-`+ - * /`, min/max and `pow` run here. State arrays are updated in place.
+Why: done in NumPy, a block took ~200 calls on arrays of a few elements; their overhead, not their arithmetic, was
+the cost (docs/performance.md, issue 19). The loops below do the NumPy code's arithmetic in its order (running products
+and sums row by row, histogram sums gathered per bin before they are added, the same operands in the same
+association; numba without fastmath does not fuse or reorder), so scores, alerts and state are the NumPy code's, bit
+for bit. NumPy keeps what its own SIMD code computes (tanh, sin/cos, and on AVX512 machines log10/log1p): those
+values come in as arguments. Here only `+ - * /`, min/max, `pow` (profiles) and, in the alert loop, libm's
+log10/exp/log1p (as Python's `math`) run. Learning updates the state arrays in place.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import math
 
 import numpy as np
 
-from online_models.anomaly.kernels import _LN10, _ewm_last, _ewm_rows, _jit, anchor_step, diff_learn, leading_side, ramp_learn
+from online_models.anomaly.kernels import (_LN10, _ewm_last, _ewm_rows, _jit, anchor_step, diff_learn, leading_side,
+                                           ramp_learn)
 
 
 @_jit
@@ -237,7 +241,8 @@ def score_block(ts, x, lv_mean, lv_mad, lv_n, lg_mean, lg_mad, lg_n, recent, shi
     inputs, against the state at the block start. `e0` (-log10 of P(S > 0)) and `lq` (log10 of the repeat rate)
     come in from NumPy, as do the time of day's `sin_t`, `cos_t`. Writes the CUSUMs into `cu_pos`, `cu_neg` (rows x
     metrics) and the drift anchors into `anc` (a copy of `cu_anc`): these become state, so they are NumPy's own
-    arrays (an array made here pickles its dtype as a second object). Returns the other arrays `_score_block` hands on."""
+    arrays (an array made here pickles its dtype as a second object). Returns the other arrays `_score_block` hands
+    on."""
     B, M = x.shape
     nc = 5
     valid = np.empty((B, M), np.bool_)
@@ -298,7 +303,9 @@ def score_block(ts, x, lv_mean, lv_mad, lv_n, lg_mean, lg_mad, lg_n, recent, shi
             raw[i, j, 1] = abs(zs) * rt * 0.5
         # drift: two-sided CUSUM against the slow baseline (model._cusum's closed form, row by row)
         for i in range(B):
-            zd = min(max((xf[i, j] - lg_mean[j]) / sd, -drift_clip), drift_clip) if valid[i, j] and lg_n[j] >= 2 else 0.0
+            zd = 0.0
+            if valid[i, j] and lg_n[j] >= 2:
+                zd = min(max((xf[i, j] - lg_mean[j]) / sd, -drift_clip), drift_clip)
             kv = drift_k * (1.0 if valid[i, j] else 0.0)
             dp[i] = zd - kv
             dn[i] = -zd - kv
@@ -395,7 +402,8 @@ def score_block(ts, x, lv_mean, lv_mad, lv_n, lg_mean, lg_mad, lg_n, recent, shi
             for i in range(B):
                 if valid[i, j] and (xf[i, j] > sp_hi[j] + tol or xf[i, j] < sp_lo[j] - tol):
                     spatial[i] = True
-    return valid, xf, zl, zlc, raw, avail, bins, wbins, xn, xin, cus, e_drift, tail_s0, mu, zseas, same, run, stuck, spatial
+    return (valid, xf, zl, zlc, raw, avail, bins, wbins, xn, xin, cus, e_drift, tail_s0, mu, zseas, same, run, stuck,
+            spatial)
 
 
 @_jit
@@ -539,3 +547,29 @@ def fuse_alert(ev, hst, valid, spatial, spatial_e, add, paid, level, need, alone
             e_alert = ei
         scores[i] = s
     return left, burst, since, prev, e_alert
+
+
+@_jit
+def forecast_scores(pred, has_fc, valid, xn, fc_err, raw, avail, zl, zseas):
+    """The forecasters' errors (`pred`: metrics x rows, for the metrics in `has_fc`) as scores: each row's error,
+    its z against the metric's error scale into `raw`'s forecast component (available where `has_fc`), and the
+    HST features' tanh arguments (a quarter of the level, seasonal and forecast z; NumPy takes the tanh).
+    Returns (errors, tanh arguments)."""
+    B, M = valid.shape
+    errs = np.zeros((B, M))
+    z = np.empty((B, M, 3))
+    for j in range(M):
+        scale = max(fc_err[j] * 1.2533, 0.05)
+        for i in range(B):
+            zf = 0.0
+            if has_fc[j]:
+                err = xn[i, j] - pred[j, i] if valid[i, j] else 0.0
+                errs[i, j] = err
+                zf = err / scale
+            raw[i, j, 3] = abs(zf)
+            z[i, j, 0] = zl[i, j] * 0.25
+            z[i, j, 1] = zseas[i, j] * 0.25
+            z[i, j, 2] = zf * 0.25
+        if has_fc[j]:
+            avail[j, 3] = True
+    return errs, z
