@@ -1,7 +1,8 @@
 """Compiled kernels of the device bank (`bank.py`): one block of rows of many devices per call.
 
-Why: `DeviceAnomalyModel` runs ~200 small NumPy operations per device and block, so a batch of many devices
-costs Python/NumPy overhead per device. These kernels do the same arithmetic with scalar loops over the bank's
+Why: `DeviceAnomalyModel` pays a dozen NumPy calls, seven compiled ones (`model_kernels.py`; ~200 NumPy calls
+before), a River HST walk and its forecasters per device and block, so a batch of many devices costs Python overhead
+per device. These kernels do the same arithmetic with scalar loops over the bank's
 rows (state per metric slot in `ms`, per device in `ds`), in the same order as the NumPy code (running products
 and sums row by row, histogram sums gathered before they are added), so results agree to float rounding.
 Layout of the rows: `bank.py` (`Layout`); the constants below name the columns.

@@ -10,6 +10,10 @@ association; numba without fastmath does not fuse or reorder), so scores, alerts
 for bit. NumPy keeps what its own SIMD code computes (tanh, sin/cos, and on AVX512 machines log10/log1p): those
 values come in as arguments. Here only `+ - * /`, min/max, `pow` (profiles) and, in the alert loop, libm's
 log10/exp/log1p (as Python's `math`) run. Learning updates the state arrays in place.
+
+Caution: numba's cache (`cache=True`) is checked against this file only. The `kernels.py` functions compiled into
+these (`ramp_learn`, `diff_learn`, `anchor_step`, `leading_side`, `_ewm_rows`, `_ewm_last`) do not invalidate it:
+after changing one of them, touch this file (or delete its `__pycache__/model_kernels.*` entries).
 """
 
 from __future__ import annotations
