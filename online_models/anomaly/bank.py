@@ -3,7 +3,8 @@
 Same detector as `DeviceAnomalyModel` (`model.py`), same blocks (each device's rows in blocks of `batch_max`, each
 block scored against the state before it, then learned), so a device's scores are those of its own
 `DeviceAnomalyModel.score_learn_many` on its rows, to float rounding (`tests/test_device_bank.py` checks it on NAB).
-Why: per device and block that model pays ~200 NumPy calls; here every component's state is a row of plain arrays
+Why: per device and block that model pays a dozen NumPy calls, seven compiled ones, River's HST and its forecasters
+(~200 NumPy calls before issue 19); here every component's state is a row of plain arrays
 (`ms`: one row per metric slot; `ds`: one row per device slot; HST masses in `hl`/`hr`) and the compiled kernels
 (`kernels.py`) run one block of every device of a batch in one call.
 

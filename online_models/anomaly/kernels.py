@@ -1,7 +1,8 @@
 """Compiled kernels of the device bank (`bank.py`): one block of rows of many devices per call.
 
-Why: `DeviceAnomalyModel` runs ~200 small NumPy operations per device and block, so a batch of many devices
-costs Python/NumPy overhead per device. These kernels do the same arithmetic with scalar loops over the bank's
+Why: `DeviceAnomalyModel` pays a dozen NumPy calls, seven compiled ones (`model_kernels.py`; ~200 NumPy calls
+before), a River HST walk and its forecasters per device and block, so a batch of many devices costs Python overhead
+per device. These kernels do the same arithmetic with scalar loops over the bank's
 rows (state per metric slot in `ms`, per device in `ds`), in the same order as the NumPy code (running products
 and sums row by row, histogram sums gathered before they are added), so results agree to float rounding.
 Layout of the rows: `bank.py` (`Layout`); the constants below name the columns.
@@ -90,7 +91,9 @@ def _gt_update(ds, d, raw, alpha, warmup):
 
 @_jit
 def _ewm_rows(y0, x, a, out):
-    """`model._ewm` for one column: every row's value into `out`, returns the last (y0 for no rows)."""
+    """``y_t = y_{t-1} + a_t (x_t - y_{t-1})`` for one column in closed form (running product of 1 - a, running sum
+    of a x over it; 0 <= a <= 0.5 keeps the product far from 0 in a block): every row's value into `out`, returns the
+    last (y0 for no rows). `model_kernels` learns the per-device model with it too."""
     p = 1.0
     cs = 0.0
     y = y0
@@ -202,7 +205,7 @@ def diff_learn(prev, mad, n0, x, valid, alpha):
 
 @_jit
 def _cusum(s0, dv, out):
-    """`model._cusum` for one column."""
+    """``S_t = max(0, S_{t-1} + d_t)`` for one column, closed form (Lindley), as `model_kernels.score_block`."""
     c = 0.0
     mn = 0.0
     for t in range(dv.shape[0]):
@@ -267,7 +270,7 @@ def fc_inputs(dev, lo, hi, X, dm, ms, lay, cf, item_dev, item_col, item_off, xin
 
 @_jit
 def _evidence(ms, s, lay, cf, raw, c):
-    """`model._evidence` for one metric slot and component."""
+    """`model_kernels.evidence` for one metric slot and component."""
     nb = int(cf[F_CBINS])
     cc = lay[L_CC] + c * nb
     total = ms[s, lay[L_CT] + c]
@@ -337,7 +340,7 @@ def _hst_learn(hl, hr, hcol, hkind, tthr, ds, d, tid, feats, valid_row, height, 
 
 @_jit
 def _profile_learn(ms, s, mean0, cnt0, nbins, mad_col, n_col, bins, xf, valid, j, lg_mad, alpha, B):
-    """`model._profile_learn` for one metric slot (bin means at `mean0`, counts at `cnt0`)."""
+    """`model_kernels._profile` for one metric slot (bin means at `mean0`, counts at `cnt0`)."""
     mad = ms[s, mad_col]
     n = ms[s, n_col]
     lim = 4.0 * max(1.2533 * mad, 0.05 * 1.2533 * lg_mad)
@@ -606,7 +609,7 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             hst_ev[i] = last
         ds[d, HST_LAST] = last
 
-    # fusion: per metric the two strongest evidences that may confirm each other (model._fuse), per row the strongest metric
+    # fusion: per metric the two strongest evidences that may confirm each other (model_kernels.fuse_alert), per row the strongest metric
     e_row = np.zeros(B)
     best_row = np.full(B, -1, np.int64)
     for i in range(B):
@@ -656,7 +659,7 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
     for i in range(B):
         er = e_row[i]
         fresh = prev < level  # the row before did not cross: a crossing that starts here
-        # `model._confirmed`: a crossing short of `alone` needs its neighbour row
+        # `model_kernels.fuse_alert`: a crossing short of `alone` needs its neighbour row
         if er >= alone:
             ei = er
         elif er >= need and prev >= need and max(er, prev) >= level:

@@ -24,7 +24,7 @@ series into evidence ``E = -log10(tail probability)`` (:class:`TailCalibrator`
 logic, vectorised; ``drift`` with an exponential tail, see the config), so
 components and devices are comparable without per-file tuning. Per metric the
 two strongest evidences are summed (an incident moves several detectors at once,
-noise rarely does; evidences with one common cause count once: see ``_fuse``), the device
+noise rarely does; evidences with one common cause count once: see ``_run_block``), the device
 evidence is the max over metrics, minus ``log10(level_interval_s / interval)``
 for a device reading every ``interval`` seconds (the alert level is a false-alarm
 rate per device-hour, not per reading), and ``score = E / e_full`` in [0, 1].
@@ -54,7 +54,10 @@ closed-form EWMA recursions (robust clipping limits frozen for the block). The
 forecaster predicts a block in one matrix product and trains every
 ``train_every`` samples; HalfSpaceTrees scores/learns every ``hst_every``-th row
 (its evidence is held in between). ``score_learn_one`` is a block of one row, so
-one-by-one and batch results differ only through block boundaries.
+one-by-one and batch results differ only through block boundaries. The arithmetic
+of a block runs in a few compiled calls (`model_kernels`: ~200 NumPy calls on arrays of
+a few elements cost more in call overhead than in arithmetic), bit for bit the NumPy
+formulas they replaced; NumPy still takes the logarithms, tanh, sin/cos and the forecaster.
 """
 
 from __future__ import annotations
@@ -66,16 +69,13 @@ import numpy as np
 
 from online_models.anomaly.detectors import SilenceDetector
 from online_models.anomaly.forecaster import OnlineMLPForecaster
-from online_models.anomaly.kernels import anchor_step, diff_learn, leading_side, ramp_learn
+from online_models.anomaly.model_kernels import (evidence, evidence_args, forecast_scores, fuse_alert, learn_block,
+                                                 score_block)
 from online_models.anomaly.stats import GaussianTail
 
 COMPONENTS = ("level", "shift", "seasonal", "forecast", "weekly", "drift", "stuck", "hst")
 _CAL = 5  # components calibrated by histogram: level, shift, seasonal, forecast, weekly
-_DRIFT, _STUCK, _HST = 5, 6, 7
-_FORECAST = 3
-_REST = [2, 4, 6, 7]  # seasonal, weekly, stuck, hst: outside the value family
 _WEEK = 604800.0
-_LN10 = math.log(10.0)
 
 
 @dataclass(slots=True)
@@ -210,58 +210,6 @@ def make_config(config: AnomalyConfig | None = None, **overrides: object) -> Ano
     return cfg
 
 
-def _confirmed(e: float, prev: float, level: float, need: float, alone: float) -> float:
-    """A row's evidence for the alert test (``confirm_frac``): as it is when at least ``alone``; else at the level
-    only with its predecessor, both at ``need`` and one at ``level`` (then its own, at least the level); else just
-    below the level."""
-    if e >= alone:
-        return e
-    if e >= need and prev >= need and max(e, prev) >= level:
-        return max(e, level)
-    return min(e, level - 1e-6)
-
-
-def _ewm(y0: np.ndarray, x: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """``y_t = y_{t-1} + a_t (x_t - y_{t-1})`` for every row (columns independent), closed form.
-
-    Requires ``0 <= a_t <= 0.5`` (so the running products stay far from 0 for blocks of <= 64 rows).
-    """
-    p = np.cumprod(1.0 - a, axis=0)
-    return p * (y0 + np.cumsum(a * x / p, axis=0))
-
-
-def _cusum(s0: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """``S_t = max(0, S_{t-1} + d_t)`` for every row (columns independent), closed form (Lindley):
-    ``S_t = C_t - min(-S_0, min_{j<=t} C_j)`` with ``C`` the running sum of ``d``."""
-    c = np.cumsum(d, axis=0)
-    return c - np.minimum(np.minimum.accumulate(c, axis=0), -s0) if len(d) else c
-
-
-def _profile_learn(sm, sc, mad, n, bins, xf, valid, lg_mad, alpha):
-    """Block update of a periodic profile (bin means, counts, robust spread), each row against the
-    bin mean frozen at the start of the block; returns the new ``(means, counts, mad, n)``."""
-    lim = 4.0 * np.maximum(1.2533 * mad, 0.05 * 1.2533 * lg_mad)
-    cb = sc[bins]  # (B, M) counts before the block
-    d = xf - sm[bins]
-    d = np.where((lim > 0) & (n > 50), np.clip(d, -lim, lim), d)
-    seen = valid & (cb > 0)
-    n_prev = n + np.cumsum(seen, axis=0) - seen
-    a = np.where(seen, np.maximum(0.002, 1.0 / (n_prev + 1.0)), 0.0)
-    mad = _ewm(mad, np.abs(d), np.minimum(a, 0.5))[-1]
-    n = n + seen.sum(axis=0)
-    nbins, mcount = sm.shape
-    flat = (bins[:, None] * mcount + np.arange(mcount)[None, :])[valid]
-    size = nbins * mcount
-    k = np.bincount(flat, minlength=size).reshape(nbins, mcount).astype(float)
-    dsum = np.bincount(flat, d[valid], minlength=size).reshape(nbins, mcount)
-    xsum = np.bincount(flat, xf[valid], minlength=size).reshape(nbins, mcount)
-    hit = k > 0
-    kk = np.where(hit, k, 1.0)
-    aa = np.maximum(alpha, 1.0 / (sc + 1.0))
-    upd = sm + (1.0 - (1.0 - aa) ** kk) * dsum / kk
-    return np.where(hit, np.where(sc > 0, upd, xsum / kk), sm), sc + k, mad, n
-
-
 class DeviceAnomalyModel:
     """One per device; ``metrics`` may be any dict of floats (missing/new metrics are fine)."""
 
@@ -365,159 +313,43 @@ class DeviceAnomalyModel:
 
     # ------------------------------------------------------------------ block scoring (pure)
     def _score_block(self, ts: np.ndarray, x: np.ndarray):
-        """Evidence per row/metric/component for a block, against the current (frozen) state."""
+        """Evidence per row/metric/component for a block, against the current (frozen) state: the raw scores in
+        one compiled call (`model_kernels.score_block`), the forecasters' predictions, then the calibrators."""
         cfg = self.cfg
         b_rows, m = x.shape
-        valid = ~np.isnan(x)
-        xf = np.where(valid, x, 0.0)
-        lg_scale = 1.2533 * self.lg_mad
-        s_floor = 0.05 * lg_scale
-        s = np.maximum(np.maximum(1.2533 * self.lv_mad, s_floor), 1e-9)
-        zl = np.where(self.lv_n >= 2, (xf - self.lv_mean) / s, 0.0)
-        zl = np.where(valid, np.clip(zl, -1e6, 1e6), 0.0)
-        zlc = np.clip(zl, -10.0, 10.0)
-        w = cfg.shift_window
-        seq = np.concatenate([self.recent, zlc])
-        cs = np.cumsum(np.concatenate([np.zeros((1, m)), seq]), axis=0)
-        zs = (cs[w:] - cs[:-w])[-b_rows:] / w if b_rows else zlc
-        raw = np.zeros((b_rows, m, _CAL))
-        raw[:, :, 0] = np.abs(zl)
-        if cfg.ramp_trend_alpha > 0:
-            use_r = (self.lv_n >= 2) & (self.rl_mad * cfg.ramp_margin < self.lv_mad)
-            rl_sd = np.maximum(np.maximum(1.2533 * self.rl_mad, 0.05 * np.minimum(lg_scale, 1.2533 * self.df_mad)), 1e-9)
-            ahead = np.arange(1, b_rows + 1, dtype=float)[:, None]
-            zr = np.minimum(np.abs(xf - (self.rl_mean + self.rl_slope * ahead)) / rl_sd, 1e6)
-            raw[:, :, 0] = np.where(use_r & valid, zr, raw[:, :, 0])
-        raw[:, :, 1] = np.abs(zs) * math.sqrt(w) * 0.5
-        # drift: two-sided CUSUM of the reading against the slow baseline in short-term noise units; a
-        # slow drift or a level shift accumulates here long before the fast level has adapted to it
-        zd = np.where(valid & (self.lg_n >= 2), np.clip((xf - self.lg_mean) / s, -cfg.drift_clip, cfg.drift_clip), 0.0)
-        kv = cfg.drift_k * valid
-        cu_pos, cu_neg = _cusum(self.cu_pos, zd - kv), _cusum(self.cu_neg, -zd - kv)
-        cus = np.maximum(cu_pos, cu_neg)
-        # calibrated with an exponential tail (a CUSUM's stationary tail is exponential, Wald), not the
-        # histogram: a histogram that learns a growing sum row by row would call its every new value
-        # ordinary; here P(S >= s) = P(S > 0) exp(-s / mean positive S), both tracked slowly
-        ok = (self.lg_n >= cfg.calib_warmup) & (self.cu_scale > 0)
+        ang = (ts % 86400.0) / 86400.0 * (2.0 * math.pi)
         e0 = -np.log10(np.maximum(self.cu_ppos, 1e-6))
-        mu = np.maximum(self.cu_scale, 1e-12)
-        e_drift = e0 + cus / (mu * _LN10)
-        # beyond drift_tail_e decades the tail of past ended excursions, where heavier (the min picks it there)
-        s0 = (cfg.drift_tail_e - e0) * mu * _LN10
-        beta = np.maximum(self.cu_beta, mu)
-        e_tail = cfg.drift_tail_e + (cus - s0) / (beta * _LN10)
-        e_drift = np.where(self.cu_nexc > 0, np.minimum(e_drift, e_tail), e_drift)
-        # an excursion beyond the tail point is also scored against the scale it started under, until the device
-        # alerts: the scale learns the excursion row by row, and a young model's learns a slow climb away
-        # (an excursion per side: when the other CUSUM side takes the lead, it starts again without an anchor)
-        anc = np.where((self.cu_anc > 0) & (self.suppress_left > 0), -1.0, self.cu_anc)
-        # only an excursion that crosses the tail point once the slow baseline is an EWMA (not a young running mean)
-        anc_ok = self.lg_n * cfg.long_alpha >= 1.0
-        for j in np.flatnonzero((anc != 0) | (cus > s0).any(axis=0)).tolist():
-            a, te = float(anc[j]), cfg.drift_tail_e
-            p_prev, n_prev = float(self.cu_pos[j]), float(self.cu_neg[j])
-            side = leading_side(p_prev, n_prev, 0)
-            for i in range(b_rows):
-                if not valid[i, j]:
-                    continue
-                p, n = float(cu_pos[i, j]), float(cu_neg[i, j])
-                a, ea, side = anchor_step(p, n, p_prev, n_prev, side, a, float(s0[j]), float(mu[j]), bool(anc_ok[j]),
-                                          float(e0[j]), te, float(self.cu_nexc[j]), float(self.cu_beta[j]))
-                e_drift[i, j] = max(e_drift[i, j], ea)
-                p_prev, n_prev = p, n
-            anc[j] = a
-        e_drift = np.where(ok & (cus > 0) & valid, np.maximum(e_drift, 0.0), 0.0)
-        bins = ((ts % 86400.0) / 86400.0 * cfg.seasonal_bins).astype(np.int64) % cfg.seasonal_bins
-        mature = self.s_counts.min(axis=0) >= 3 if m else np.zeros(0, bool)
-        ss = np.maximum(np.maximum(1.2533 * self.s_mad, s_floor), 1e-9)
-        zseas = np.where(mature & valid, (xf - self.s_means[bins]) / ss, 0.0)
-        raw[:, :, 2] = np.abs(zseas)
-        avail = np.zeros((m, _CAL), bool)
-        avail[:, 0] = avail[:, 1] = True
-        avail[:, 2] = mature
-        # weekly: hour-of-week profile (holidays, weekday/weekend patterns), once the metric has
-        # a few weeks of history and the bin has been seen on two visits
-        wbins = ((ts % _WEEK) / _WEEK * cfg.weekly_bins).astype(np.int64) % cfg.weekly_bins
-        zw = np.zeros((b_rows, m))
-        if cfg.use_weekly and m:
-            wk_ok = (ts[0] - self.t_first >= cfg.weekly_min_age) if b_rows else np.zeros(m, bool)
-            w_ok = (self.w_counts[wbins] >= 2) & wk_ok & valid
-            ws = np.maximum(np.maximum(1.2533 * self.w_mad, s_floor), 1e-9)
-            zw = np.where(w_ok, (xf - self.w_means[wbins]) / ws, 0.0)
-            raw[:, :, 4] = np.abs(zw)
-            avail[:, 4] = wk_ok
-        lgs = np.where(lg_scale > 1e-9, lg_scale, 1.0)
-        xn = np.where(valid, np.clip((xf - self.lg_mean) / lgs, -10.0, 10.0), np.nan)
-        zf = np.zeros((b_rows, m))
-        fc_in = None
-        if cfg.use_forecaster and b_rows:
-            # lags: last values before each row (missing values carry the previous one)
-            seqn = np.concatenate([self.lagbuf, xn])
-            if np.isnan(seqn).any():
-                for i in range(cfg.lags, len(seqn)):
-                    bad = np.isnan(seqn[i])
-                    seqn[i, bad] = seqn[i - 1, bad]
-            lagwin = np.lib.stride_tricks.sliding_window_view(seqn[:-1], cfg.lags, axis=0)  # (B, M, L)
-            ang = (ts % 86400.0) / 86400.0 * (2.0 * math.pi)
-            sc = np.stack([np.sin(ang), np.cos(ang)], axis=1)
-            fc_in = []
-            for j in range(m):
-                if self.lg_n[j] <= cfg.lags:
-                    fc_in.append(None)
-                    continue
-                xin = np.concatenate([lagwin[:, j, :], sc], axis=1).astype(np.float32)
-                pred = self.fc[j].predict_many(xin)
-                err = np.where(valid[:, j], xn[:, j] - pred, 0.0)
-                zf[:, j] = err / max(self.fc_err[j] * 1.2533, 0.05)
-                fc_in.append((xin, err))
-                avail[j, 3] = True
-            raw[:, :, 3] = np.abs(zf)
-        # stuck: run of identical readings vs the metric's own repeat rate
-        prev = np.concatenate([self.last[None, :], x[:-1]]) if b_rows else x
-        same = (x == prev) & valid
-        idx = np.arange(1, b_rows + 1)[:, None]
-        last_reset = np.maximum.accumulate(np.where(same, 0, idx), axis=0)
-        run = np.where(last_reset == 0, self.run + idx, idx - last_reset)
-        q = np.clip(self.repeat_rate, 0.01, 0.999)
-        stuck = np.where(same & (run >= cfg.stuck_min_run) & (self.lv_mad > 1e-9 * np.maximum(1.0, np.abs(self.lv_mean))), -run * np.log10(q) - 3.0, 0.0)
-        ev = np.zeros((b_rows, m, len(COMPONENTS)))
-        ev[:, :, :_CAL] = self._evidence(raw) * avail
-        ev[:, :, _DRIFT] = e_drift
-        ev[:, :, _STUCK] = np.maximum(stuck, 0.0)
-        ev[:, :, :_HST] *= valid[:, :, None]
-        # spatial: outside the range seen so far by more than spatial_tol of it (a row, any metric)
-        width = self.sp_hi - self.sp_lo  # NaN before the first reading
-        tol = cfg.spatial_tol * width
-        out_r = valid & (width > 0) & ((xf > self.sp_hi + tol) | (xf < self.sp_lo - tol))
-        spatial = out_r.any(axis=1) if (m and cfg.spatial_tol > 0) else np.zeros(b_rows, bool)
-        feats = np.stack([0.5 + 0.5 * np.tanh(zl * 0.25), 0.5 + 0.5 * np.tanh(zseas * 0.25),
-                          0.5 + 0.5 * np.tanh(zf * 0.25)], axis=2)  # scaled to [0, 1] for HST
-        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, fc_in=fc_in, cu_pos=cu_pos, cu_neg=cu_neg, cus=cus, cu_anc=anc,
-                        same=same, run=run, feats=feats, spatial=spatial)
-
-    def _evidence(self, raw: np.ndarray) -> np.ndarray:
-        """Vectorised :class:`TailCalibrator.evidence` for raw scores of shape (B, M, C)."""
-        cfg = self.cfg
-        nb = cfg.calib_bins
-        counts, total = self.c_counts, self.c_total
-        tail = np.cumsum(counts[:, :, ::-1], axis=2)[:, :, ::-1]  # (M, C, nb)
-        nonempty = counts > 0
-        top = np.where(nonempty.any(axis=2), nb - 1 - np.argmax(nonempty[:, :, ::-1], axis=2), -1)
+        lq = np.log10(np.clip(self.repeat_rate, 0.01, 0.999))
+        cu_pos, cu_neg, anc = np.empty((b_rows, m)), np.empty((b_rows, m)), self.cu_anc.copy()
+        (valid, xf, zl, zlc, raw, avail, bins, wbins, xn, xin, cus, e_drift, tail_s0, mu, zseas, same, run, stuck,
+         spatial) = score_block(
+            ts, x, self.lv_mean, self.lv_mad, self.lv_n, self.lg_mean, self.lg_mad, self.lg_n, self.recent,
+            cfg.shift_window, cfg.ramp_trend_alpha, cfg.ramp_margin, self.rl_mean, self.rl_slope, self.rl_mad,
+            self.df_mad, cfg.drift_k, cfg.drift_clip, self.cu_pos, self.cu_neg, self.cu_scale, self.cu_beta,
+            self.cu_nexc, self.cu_anc, self.suppress_left > 0, e0, cfg.drift_tail_e, cfg.long_alpha, cfg.calib_warmup,
+            self.s_means, self.s_counts, self.s_mad, cfg.use_weekly and m > 0, self.w_means, self.w_counts, self.w_mad,
+            self.t_first, cfg.weekly_min_age, cfg.weekly_bins or 1, cfg.use_forecaster, self.lagbuf, np.sin(ang),
+            np.cos(ang), self.last, self.run, lq, cfg.stuck_min_run, self.sp_lo, self.sp_hi, cfg.spatial_tol, cu_pos,
+            cu_neg, anc)
+        # the forecasters' predictions (NumPy, float32), then their errors as scores
+        use_fc = cfg.use_forecaster and b_rows > 0
+        has_fc = (self.lg_n > cfg.lags) & use_fc
+        pred = np.zeros((m, b_rows))
+        for j in np.flatnonzero(has_fc).tolist():
+            pred[j] = self.fc[j].predict_many(xin[j])
+        errs, zq = forecast_scores(pred, has_fc, valid, xn, self.fc_err, raw, avail, zl, zseas)
+        # calibrated evidence, -log10 of each raw score's tail probability on its own history (`TailCalibrator`)
         u = np.log1p(np.maximum(raw, 0.0))
-        b = np.minimum((u * cfg.calib_bins_per_unit).astype(np.int64), nb - 1)
-        tot = np.where(total > 0, total, 1.0)
-        m_idx = np.arange(counts.shape[0])[None, :, None]
-        c_idx = np.arange(_CAL)[None, None, :]
-        t = tail[m_idx, c_idx, b]
-        with np.errstate(divide="ignore"):
-            inside = np.where(t < tot, -np.log10(np.maximum(t, 1e-300) / tot), 0.0)
-            p_top = counts[m_idx[0, :, 0][:, None], np.arange(_CAL)[None, :], np.maximum(top, 0)] / tot
-            base = np.where(top >= 0, -np.log10(np.maximum(p_top, 1e-300)), 0.0)
-        edge = (top + 1) / cfg.calib_bins_per_unit
-        beyond = base + cfg.calib_power * (u - edge) / _LN10
-        e = np.where(b <= top, inside, beyond)
-        ok = (self.c_n >= cfg.calib_warmup) & (total > 0)
-        return np.where(ok & (raw > 0.0), np.maximum(e, 0.0), 0.0)
+        cal_bins, arg, arg_top = evidence_args(u, self.c_counts, self.c_total, cfg.calib_bins_per_unit)
+        ev = evidence(raw, u, cal_bins, np.log10(arg), np.log10(arg_top), self.c_counts, self.c_total, self.c_n,
+                      cfg.calib_bins_per_unit, cfg.calib_power, cfg.calib_warmup, avail, valid, e_drift, stuck,
+                      len(COMPONENTS))
+        feats = 0.5 + 0.5 * np.tanh(zq)  # level, seasonal and forecast z scaled to [0, 1] for HST
+        return ev, dict(valid=valid, xf=xf, zlc=zlc, raw=raw, avail=avail, bins=bins, wbins=wbins, xn=xn, xin=xin,
+                        has_fc=has_fc, errs=errs,
+                        cu_pos=cu_pos, cu_neg=cu_neg, cus=cus, cu_anc=anc, same=same, run=run, feats=feats,
+                        spatial=spatial, tail_s0=tail_s0, mu=mu,
+                        cal_bins=cal_bins)
 
     def _hst_block(self, ev: np.ndarray, aux: dict, learn: bool) -> np.ndarray:
         """HST evidence per row (held between the strided evaluations); learns when ``learn``."""
@@ -551,230 +383,68 @@ class DeviceAnomalyModel:
 
     # ------------------------------------------------------------------ block learning
     def _learn_block(self, ts: np.ndarray, x: np.ndarray, aux: dict) -> None:
+        """Learn a scored block: the forecasters here, every other component in one compiled call (`model_kernels`)."""
         cfg = self.cfg
         valid, xf = aux["valid"], aux["xf"]
-        vf = valid.astype(float)
         b_rows = len(ts)
-        lvn0 = self.lv_n.copy()
-        # robust levels (clip limits frozen for the block)
-        for pre, alpha, clip in (("lv", cfg.level_alpha, 4.0), ("lg", cfg.long_alpha, 6.0)):
-            mean, mad, n = getattr(self, pre + "_mean"), getattr(self, pre + "_mad"), getattr(self, pre + "_n")
-            first = n == 0
-            if first.any():  # first reading initialises the mean
-                fi = np.argmax(valid, axis=0)
-                has = valid.any(axis=0) & first
-                mean = np.where(has, xf[fi, np.arange(len(mean))], mean)
-            lim = clip * 1.2533 * mad
-            use_lim = (n > 10) & (lim > 0)
-            xc = np.where(use_lim, np.clip(xf, mean - lim, mean + lim), xf)
-            nprev = n + np.cumsum(vf, axis=0) - vf
-            a = np.where(valid & (nprev >= 1), np.maximum(alpha, 1.0 / (nprev + 1.0)), 0.0)
-            ms = _ewm(mean, xc, a)
-            mprev = np.concatenate([mean[None, :], ms[:-1]])
-            mads = _ewm(mad, np.abs(xc - mprev), a)
-            setattr(self, pre + "_mean", ms[-1])
-            setattr(self, pre + "_mad", mads[-1])
-            setattr(self, pre + "_n", n + vf.sum(axis=0))
         w1 = cfg.shift_window - 1
         if w1 > 0:
             self.recent = np.concatenate([self.recent, aux["zlc"]])[-w1:]
-        if b_rows:
-            self.cu_pos, self.cu_neg = aux["cu_pos"][-1], aux["cu_neg"][-1]
-            self.cu_anc = aux["cu_anc"]
-            cus = aux["cus"]
-            pos = valid & (cus > 0)
-            self._learn_excursions(cus, valid)
-            nprev = np.maximum(self.lg_n - b_rows + np.cumsum(vf, axis=0), 0.0)  # approximate per-row count
-            a = np.where(valid, np.minimum(np.maximum(math.log(2.0) / cfg.drift_half_life, 1.0 / (nprev + 1.0)), 0.5), 0.0)
-            self.cu_ppos = _ewm(self.cu_ppos, pos.astype(float), a)[-1]
-            capped = np.minimum(cus, cfg.drift_cap * self.cu_scale)  # a drift must not teach its own scale
-            self.cu_scale = _ewm(self.cu_scale, capped, np.where(pos, a, 0.0))[-1]
-        if b_rows:
-            seen = valid.any(axis=0)
-            lo, hi = np.where(valid, xf, np.inf).min(axis=0), np.where(valid, xf, -np.inf).max(axis=0)
-            self.sp_lo = np.where(seen, np.fmin(self.sp_lo, lo), self.sp_lo)
-            self.sp_hi = np.where(seen, np.fmax(self.sp_hi, hi), self.sp_hi)
-        # seasonal (time of day) and weekly (hour of week) profiles
-        self.s_means, self.s_counts, self.s_mad, self.s_n = _profile_learn(
-            self.s_means, self.s_counts, self.s_mad, self.s_n, aux["bins"], xf, valid, self.lg_mad, cfg.seasonal_alpha)
-        if cfg.use_weekly:
-            self.w_means, self.w_counts, self.w_mad, self.w_n = _profile_learn(
-                self.w_means, self.w_counts, self.w_mad, self.w_n, aux["wbins"], xf, valid, self.lg_mad, cfg.weekly_alpha)
-        if b_rows:
-            fi = np.argmax(valid, axis=0)
-            self.t_first = np.where(np.isnan(self.t_first) & valid.any(axis=0), ts[fi], self.t_first)
-        # forecaster: error scale, training samples, lag buffer
-        xn = aux["xn"]
-        if cfg.use_forecaster and aux["fc_in"] is not None:
-            errs = np.zeros_like(xf)
-            act = np.zeros(x.shape[1], bool)
-            for j, item in enumerate(aux["fc_in"]):
-                if item is None or not valid[:, j].any():
-                    continue
-                xin, err = item
-                vj = valid[:, j]
-                errs[:, j] = err
-                act[j] = True
-                self.fc[j].learn_many(xin[vj], np.clip(xn[vj, j], -10.0, 10.0))
-            if act.any():
-                ncum = self.lg_n - b_rows + np.arange(b_rows)[:, None]  # approximate per-row count
-                aj = np.where(valid & act, np.maximum(0.01, 1.0 / (np.maximum(ncum, 1.0) + 1.0)), 0.0)
-                e = np.minimum(np.abs(errs), 4.0 * self.fc_err * 1.2533 + 0.1)
-                self.fc_err = _ewm(self.fc_err, e, np.minimum(aj, 0.5))[-1]
-            seqn = np.concatenate([self.lagbuf, np.where(valid, xn, np.nan)])
-            if not valid.all():
-                for i in range(cfg.lags, len(seqn)):
-                    bad = np.isnan(seqn[i])
-                    seqn[i, bad] = seqn[i - 1, bad]
-            self.lagbuf = np.nan_to_num(seqn[-cfg.lags:])
-        if cfg.ramp_trend_alpha > 0 and b_rows:
-            for j in range(x.shape[1]):
-                self.rl_mean[j], self.rl_slope[j], self.rl_mad[j] = ramp_learn(
-                    self.rl_mean[j], self.rl_slope[j], self.rl_mad[j], lvn0[j], xf[:, j], valid[:, j], cfg.level_alpha,
-                    cfg.ramp_trend_alpha)
-                self.df_mad[j] = diff_learn(self.last[j], self.df_mad[j], lvn0[j], xf[:, j], valid[:, j], cfg.long_alpha)
-        # stuck detector
-        same = aux["same"]
-        lastv = np.where(valid, x, np.nan)
-        has = valid.any(axis=0)
-        li = b_rows - 1 - np.argmax(valid[::-1], axis=0)
-        self.last = np.where(has, lastv[li, np.arange(x.shape[1])], self.last)
-        self.run = np.where(has, np.where(same[li, np.arange(x.shape[1])], aux["run"][li, np.arange(x.shape[1])], 0.0), self.run)
-        self.repeat_rate = _ewm(self.repeat_rate, same.astype(float), 0.01 * vf)[-1]
-        # calibrators: decayed histograms (newer samples weigh more)
-        raw = aux["raw"]
-        # ... from a metric whose level had calib_warmup readings: a level z-score against a MAD of a few readings
-        # (the first rows' z of hundreds) must not sit in the tail for thousands of rows, hiding real spikes
-        avail = aux["avail"] & has[:, None] & (lvn0 >= cfg.calib_warmup)[:, None]
-        nb = cfg.calib_bins
-        b = np.minimum((np.log1p(np.maximum(raw, 0.0)) * cfg.calib_bins_per_unit).astype(np.int64), nb - 1)
+        self.cu_pos, self.cu_neg = aux["cu_pos"][-1], aux["cu_neg"][-1]
+        self.cu_anc = aux["cu_anc"]
+        use_fc = cfg.use_forecaster and b_rows > 0
+        act = aux["has_fc"] & valid.any(axis=0)  # metrics whose forecaster learns from this block
+        xin, xn = aux["xin"], aux["xn"]
+        for j in np.flatnonzero(act).tolist():
+            vj = valid[:, j]
+            self.fc[j].learn_many(xin[j][vj], np.clip(xn[vj, j], -10.0, 10.0))
         wts = self.c_weight * self.c_decay ** np.arange(1, b_rows + 1)
-        msk = valid[:, :, None] & avail[None, :, :]
-        mc = x.shape[1] * _CAL
-        flat = ((np.arange(mc).reshape(1, x.shape[1], _CAL)) * nb + b)[msk]
-        wrow = np.broadcast_to(wts[:, None, None], raw.shape)[msk]
-        self.c_counts += np.bincount(flat, wrow, minlength=mc * nb).reshape(self.c_counts.shape)
-        self.c_total += (wts[:, None, None] * msk).sum(axis=0)
-        self.c_n += msk.sum(axis=0)
-        self.c_weight = float(wts[-1]) if b_rows else self.c_weight
+        learn_block(ts, x, xf, valid, self.lv_n.copy(), self.lv_mean, self.lv_mad, self.lv_n, self.lg_mean, self.lg_mad,
+                    self.lg_n, cfg.level_alpha, cfg.long_alpha, aux["cus"], aux["tail_s0"], aux["mu"], self.cu_ppos,
+                    self.cu_scale, self.cu_peak, self.cu_beta, self.cu_nexc, math.log(2.0) / cfg.drift_half_life,
+                    cfg.drift_cap, cfg.drift_tail_alpha, self.sp_lo, self.sp_hi, aux["bins"], self.s_means,
+                    self.s_counts, self.s_mad, self.s_n, cfg.seasonal_alpha, cfg.use_weekly, aux["wbins"], self.w_means,
+                    self.w_counts, self.w_mad, self.w_n, cfg.weekly_alpha, self.t_first, use_fc, act, aux["errs"],
+                    self.fc_err, aux["xn"], self.lagbuf, cfg.ramp_trend_alpha, self.rl_mean, self.rl_slope,
+                    self.rl_mad, self.df_mad, aux["same"], aux["run"], self.last, self.run, self.repeat_rate,
+                    aux["cal_bins"], aux["avail"], cfg.calib_warmup, wts, self.c_counts, self.c_total, self.c_n)
+        self.c_weight = float(wts[-1])
         if self.c_weight > 1e50:
             s = 1.0 / self.c_weight
             self.c_counts *= s
             self.c_total *= s
             self.c_weight = 1.0
 
-    def _learn_excursions(self, cus: np.ndarray, valid: np.ndarray) -> None:
-        """Excursions of the drift CUSUM that ended (S back to 0) above the point where its exponential tail
-        reaches ``drift_tail_e`` decades teach the upper tail their excess (capped at ``drift_cap`` x the scale).
-        Vectorised for the usual block (no excursion ends above that point); a row loop only for a metric
-        where one may (rare: an excursion's end depends on the peak before it)."""
-        cfg = self.cfg
-        b_rows = len(cus)
-        mu = np.maximum(self.cu_scale, 1e-12)
-        s0 = (cfg.drift_tail_e + np.log10(np.maximum(self.cu_ppos, 1e-6))) * mu * _LN10
-        up = valid & (cus > 0)
-        end = valid & ~up
-        ended = end.any(axis=0)
-        rows = np.arange(b_rows)[:, None]
-        last_end = np.where(ended, b_rows - 1 - np.argmax(end[::-1], axis=0), -1)
-        hi = np.where(up, cus, 0.0).max(axis=0, initial=0.0)
-        after = np.where(up & (rows > last_end), cus, 0.0).max(axis=0, initial=0.0)
-        peak = np.where(ended, after, np.maximum(self.cu_peak, hi))
-        beta, nexc = self.cu_beta.copy(), self.cu_nexc.copy()
-        for j in np.flatnonzero(ended & (np.maximum(self.cu_peak, hi) > s0)).tolist():
-            pk, bj, nj = float(self.cu_peak[j]), float(beta[j]), float(nexc[j])
-            for i in range(b_rows):
-                if not valid[i, j]:
-                    continue
-                c = float(cus[i, j])
-                if c > 0:
-                    pk = max(pk, c)
-                    continue
-                if pk > s0[j]:
-                    xcap = min(pk - s0[j], cfg.drift_cap * max(bj, mu[j]))
-                    ae = max(cfg.drift_tail_alpha, 1.0 / (nj + 1.0))
-                    bj = bj + ae * (xcap - bj)
-                    nj = nj + 1.0
-                pk = 0.0
-            peak[j], beta[j], nexc[j] = pk, bj, nj
-        self.cu_peak, self.cu_beta, self.cu_nexc = peak, beta, nexc
-
-    # ------------------------------------------------------------------ fusion
-    @staticmethod
-    def _fuse(ev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per metric: sum of the two strongest evidences; per row: the strongest metric.
-
-        Two evidences may confirm each other only if no single cause moves both. One outlying reading moves
-        ``level``, ``shift`` and ``forecast`` (the reading against the short-term expectation); a moved
-        baseline moves ``level``, ``shift`` and ``drift`` (the value against the fast baseline, the fast one
-        over the last few rows, the slow one). So of these four only ``drift`` + ``forecast`` may be summed:
-        one outlier adds at most ``drift_clip - drift_k`` noise units to the CUSUM, and a slow ramp that the
-        CUSUM sees is no outlier to the level; the other components (seasonal, weekly, stuck, hst) pair with
-        anything."""
-        if ev.shape[1] == 0:
-            return np.zeros(ev.shape[0]), np.full(ev.shape[0], -1)
-        v = np.maximum(ev[:, :, 0], ev[:, :, 1])
-        d, f = ev[:, :, _DRIFT], ev[:, :, _FORECAST]
-        fam = np.maximum(np.maximum(v, d), f)
-        rest = ev[:, :, _REST]
-        o = np.partition(rest, rest.shape[2] - 2, axis=2)[:, :, -2:]
-        o1, o2 = o[:, :, 1], o[:, :, 0]
-        top = np.maximum(np.maximum(fam + o1, o1 + o2), d + f)
-        best = np.argmax(top, axis=1)
-        return top[np.arange(len(top)), best], best
-
     def _run_block(self, ts: np.ndarray, x: np.ndarray, learn: bool):
+        """Score a block (evidence, fusion, the alert loop: `model_kernels.fuse_alert`), then learn it if ``learn``.
+
+        Fusion (`fuse_alert`): per metric the sum of the two strongest evidences, per row the strongest metric. Two
+        evidences may confirm each other only if no single cause moves both. One outlying reading moves ``level``,
+        ``shift`` and ``forecast`` (the reading against the short-term expectation); a moved baseline moves
+        ``level``, ``shift`` and ``drift`` (the value against the fast baseline, the fast one over the last few
+        rows, the slow one). So of these four only ``drift`` + ``forecast`` may be summed: one outlier adds at most
+        ``drift_clip - drift_k`` noise units to the CUSUM, and a slow ramp that the CUSUM sees is no outlier to the
+        level; the other components (seasonal, weekly, stuck, hst) pair with anything."""
         cfg = self.cfg
         ev, aux = self._score_block(ts, x)
-        ev[:, :, _HST] = self._hst_block(ev, aux, learn)[:, None]
-        ev[:, :, _HST] *= aux["valid"]
-        e, best = self._fuse(ev)
-        e = np.where(aux["spatial"], np.maximum(e, cfg.spatial_e), e)
+        hst = self._hst_block(ev, aux, learn)
         # the alert level is a false-alarm *rate in time*: a device reading every ``iv`` seconds needs
         # log10(level_interval_s / iv) more decades per reading than one reading every level_interval_s
         iv = self.silence.interval if self.silence.n >= 2 else 0.0
-        paid = 0.0  # decades a faster device already pays per reading (counts toward confirm_extreme)
+        add, paid = math.nan, 0.0  # paid: decades a faster device already pays per reading (toward confirm_extreme)
         if iv > 0.0:
             add = math.log10(iv / cfg.level_interval_s)
-            e = e + add
             paid = max(-add, 0.0)
         thr = cfg.min_threshold
         level = thr * cfg.e_full  # the alert level, in decades of evidence
-        e_full, k, beta = cfg.e_full, cfg.burst_softness, cfg.burst_penalty
-        gap, dec = cfg.burst_gap, self.burst_decay
-        left, burst, since = self.suppress_left, self.burst, self.since_cross
-        need, prev = cfg.confirm_frac * level, self.e_prev
-        alone = level + max(cfg.confirm_extreme - paid, 0.0)
-        rearm, e_alert, span = cfg.rearm_frac, self.e_alert, cfg.suppress_events
-        pass_f = cfg.suppress_pass
-        out = e.tolist()
-        for i, er in enumerate(out):
-            fresh = prev < level  # the row before did not cross: a crossing that starts here
-            ei = _confirmed(er, prev, level, need, alone)
-            prev = er
-            if rearm > 0.0 and left <= 0 and since <= span and level <= ei < rearm * e_alert:
-                ei = level - 1e-6  # the incident goes on, weaker than its alert: no news
-            if ei >= level:
-                # an alert; its score ranks it by the evidence left after discounting how many
-                # incidents this device has had lately (softplus floor: still >= the alert level)
-                xs = k * (ei - level - beta * math.log10(1.0 + burst))
-                sp = xs + math.log1p(math.exp(-xs)) if xs > 0 else math.log1p(math.exp(xs))
-                s = min(1.0, (level + sp / k) / e_full)
-                if since > gap:
-                    burst += 1.0
-                since = 0
-            else:
-                s = max(ei, 0.0) / e_full
-                since += 1
-            burst *= dec
-            if left > 0:
-                if not (pass_f > 0.0 and paid > 0.0 and fresh and level <= ei and pass_f * e_alert <= ei):
-                    s *= cfg.suppress_factor  # the incident that alerted, or no stronger one
-                left -= 1
-            if s >= thr:
-                left = cfg.suppress_events
-                e_alert = ei
-            out[i] = s
+        b_rows = len(ts)
+        out, best = np.empty(b_rows), np.empty(b_rows, np.int64)
+        left, burst, since, prev, e_alert = fuse_alert(
+            ev, hst, aux["valid"], aux["spatial"], cfg.spatial_e, add, paid, level, cfg.confirm_frac * level,
+            level + max(cfg.confirm_extreme - paid, 0.0), cfg.e_full, cfg.burst_softness, cfg.burst_penalty,
+            cfg.burst_gap, self.burst_decay, cfg.rearm_frac, cfg.suppress_events, cfg.suppress_pass,
+            cfg.suppress_factor, cfg.suppress_events, thr, self.suppress_left, self.burst, self.since_cross,
+            self.e_prev, self.e_alert, out, best)
         if learn:
             self._learn_block(ts, x, aux)
             self.suppress_left, self.burst, self.since_cross, self.e_prev = left, burst, since, prev
@@ -782,7 +452,7 @@ class DeviceAnomalyModel:
             for t in ts.tolist():
                 self.silence.observe(t)
             self.n += len(ts)
-        return np.asarray(out), best, ev, aux
+        return out, best, ev, aux
 
     # ------------------------------------------------------------------ public API
     def _one(self, ts: float, metrics: dict[str, float], learn: bool) -> AnomalyResult:
