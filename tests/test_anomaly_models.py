@@ -497,3 +497,23 @@ def test_forecaster_trains_at_the_same_sample_after_a_checkpoint():
             assert fc.steps == (fc.epochs if i >= kept.train_every - 1 else 0)
     assert all(np.array_equal(a, b) for a, b in zip(kept.params, restored.params))
     assert restored._queued == kept._queued == 300 - kept.train_every  # noqa: SLF001
+
+
+def test_the_model_kernels_cache_is_emptied_when_older_than_kernels_py(fast_kwargs) -> None:
+    """numba checks a cache against its function's own file only: `model_kernels` compiles `kernels.py` functions
+    into its own, so a cache of it older than `kernels.py` must not be loaded (it would run the old kernels)."""
+    import os
+
+    from online_models.anomaly import model_kernels
+
+    ts = np.arange(64, dtype=float) * 60.0
+    DeviceAnomalyModel(seed=0, **fast_kwargs).score_learn_many(ts, {"t": np.sin(ts / 600.0)})  # compiled, cached
+    f = model_kernels.forecast_scores
+    index = f._cache._cache_file  # noqa: SLF001
+    assert index._index_path in model_kernels._tie_cache_to_kernels()  # noqa: SLF001
+    assert index._load_index()  # noqa: SLF001 - this process compiled and saved it, newer than kernels.py
+    model_kernels._tie_cache_to_kernels()  # noqa: SLF001
+    assert index._load_index()  # noqa: SLF001 - a fresh cache is left alone
+    os.utime(index._index_path, (0, 0))  # noqa: SLF001 - as if kernels.py had changed after it was written
+    model_kernels._tie_cache_to_kernels()  # noqa: SLF001
+    assert index._load_index() == {}  # noqa: SLF001

@@ -11,17 +11,20 @@ for bit. NumPy keeps what its own SIMD code computes (tanh, sin/cos, and on AVX5
 values come in as arguments. Here only `+ - * /`, min/max, `pow` (profiles) and, in the alert loop, libm's
 log10/exp/log1p (as Python's `math`) run. Learning updates the state arrays in place.
 
-Caution: numba's cache (`cache=True`) is checked against this file only. The `kernels.py` functions compiled into
-these (`ramp_learn`, `diff_learn`, `anchor_step`, `leading_side`, `_ewm_rows`, `_ewm_last`) do not invalidate it:
-after changing one of them, touch this file (or delete its `__pycache__/model_kernels.*` entries).
+numba checks a function's cache (`cache=True`) against its own file only, and the `kernels.py` functions compiled
+into these (`ramp_learn`, `diff_learn`, `anchor_step`, `leading_side`, `_ewm_rows`, `_ewm_last`) would stay stale after
+a change there: `_tie_cache_to_kernels` empties these functions' cache when it is older than `kernels.py`.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
+import numba
 import numpy as np
 
+from online_models.anomaly import kernels
 from online_models.anomaly.kernels import (_LN10, _ewm_last, _ewm_rows, _jit, anchor_step, diff_learn, leading_side,
                                            ramp_learn)
 
@@ -577,3 +580,20 @@ def forecast_scores(pred, has_fc, valid, xn, fc_err, raw, avail, zl, zseas):
         if has_fc[j]:
             avail[j, 3] = True
     return errs, z
+
+
+def _tie_cache_to_kernels() -> list[str]:
+    """Empty the compiled cache of this module's functions where it is older than `kernels.py` (whose functions are
+    compiled into them: numba would load them stale). Returns the cache indexes looked at (tests)."""
+    changed = os.stat(kernels.__file__).st_mtime
+    indexes = []
+    for f in list(globals().values()):
+        if isinstance(f, numba.core.registry.CPUDispatcher) and f.py_func.__module__ == __name__:
+            index = f._cache._cache_file._index_path  # noqa: SLF001 - numba has no public handle on it
+            indexes.append(index)
+            if os.path.exists(index) and os.stat(index).st_mtime < changed:
+                f._cache.flush()  # noqa: SLF001
+    return indexes
+
+
+_tie_cache_to_kernels()
