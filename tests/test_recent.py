@@ -50,3 +50,40 @@ def test_a_copy_has_the_same_keys_in_order_and_goes_its_own_way() -> None:
     window.seen(4)  # forgets 1 in the original only
     assert list(window) == [2, 3, 4] and list(twin) == [1, 2, 3]
     assert not twin.seen(5) and list(twin) == [2, 3, 5]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_window_keeps_exactly_what_a_least_recently_used_ordered_dict_keeps(seed: int) -> None:
+    """`seen`, `touch`, copies and `newest` against `OrderedDict` (the reference: at most `capacity` keys, the
+    oldest forgotten), through many turns of the window's two dicts."""
+    import random
+    from collections import OrderedDict
+
+    rng = random.Random(seed)
+    capacity = rng.randint(1, 40)
+    start = [rng.randint(0, 60) for _ in range(rng.randint(0, 50))]
+    window, ref = RecentKeys(capacity, start), OrderedDict.fromkeys(start)
+    while len(ref) > capacity:
+        ref.popitem(last=False)
+    copies = 0
+    for step in range(400):
+        key, op = rng.randint(0, 80), rng.random()
+        if op < 0.6:
+            assert window.seen(key) == (key in ref)
+            copies += key in ref
+            ref.setdefault(key, None)
+        elif op < 0.9:
+            window.touch(key)
+            ref.pop(key, None)
+            ref[key] = None
+        elif op < 0.95:
+            twin = window.copy()
+            assert twin == window and not twin.seen(1000 + step)  # the copy goes its own way
+        else:
+            n = rng.randint(0, capacity + 2)
+            assert window.newest(n) == (list(ref)[-n:] if n > 0 else [])
+        while len(ref) > capacity:
+            ref.popitem(last=False)
+        assert list(window) == list(ref) and len(window) == len(ref)
+        assert all((k in window) == (k in ref) for k in range(82))
+    assert window.copies == copies
