@@ -40,3 +40,37 @@ def test_a_family_share_counts_the_children_s_cpu() -> None:
         child.wait()
     assert (after["mine"] - before["mine"]) - (after["me"] - before["me"]) >= 0.2  # the child's
     assert shares(before, after, 1.0).startswith("mine ") and "machine idle" in shares(before, after, 1.0)
+
+
+def test_named_threads_cpu_counts_only_those_threads() -> None:
+    """The bench's share of a broker's JIT compiler threads: the CPU of a process's threads by name, not the rest."""
+    import subprocess
+    import sys
+
+    from wharf.bench.cpu import JIT_THREADS, cpu_reading, threads_cpu_seconds
+
+    code = ("import sys, threading, time\n"
+            "def burn(name, s):\n"
+            "    open(f'/proc/self/task/{threading.get_native_id()}/comm', 'w').write(name)\n"
+            "    end = time.thread_time() + s\n"
+            "    while time.thread_time() < end: pass\n"
+            "burnt, done = threading.Event(), threading.Event()\n"
+            "t = threading.Thread(target=lambda: (burn('C2 CompilerThread0', 0.4), burnt.set(), done.wait()), daemon=True)\n"
+            "t.start()\n"
+            "burn('busy-other', 0.2)\n"
+            "burnt.wait()\n"
+            "print('burnt', flush=True)\n"
+            "sys.stdin.read()\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "burnt"
+        compiling = threads_cpu_seconds(child.pid, JIT_THREADS)
+        other = threads_cpu_seconds(child.pid, ("busy-other",))
+        reading = cpu_reading({"child": [child.pid]}, {"compilers": (child.pid, JIT_THREADS)})
+    finally:
+        child.stdin.close()
+        child.wait()
+    assert 0.3 <= compiling < 0.55  # the compiler-named thread's 0.4 s, not the other's 0.2 s
+    assert 0.15 <= other < 0.35
+    assert reading["compilers"] == compiling and reading["child"] >= compiling + other
+    assert threads_cpu_seconds(child.pid, JIT_THREADS) != threads_cpu_seconds(child.pid, JIT_THREADS)  # gone: NaN

@@ -79,3 +79,46 @@ def test_a_refused_login_is_an_error_before_the_run(stack, tmp_path):
                 time.sleep(0.1)
         with pytest.raises(RuntimeError, match="exit code"):
             publishers.finish(10)
+
+
+def test_a_warm_up_feed_then_the_timed_feed(stack, tmp_path):
+    """`wharf bench sensors --warmup-seconds`: a first feed with its own lines (the warm-up's, not counted), then the
+    timed feed with the constructor's; `published` counts each feed's own, and every line of both arrives."""
+    site = f"paced{uuid.uuid4().hex[:6]}"
+    got: list[tuple[str, dict, float]] = []
+    with provisioned(stack, 2, site) as pubs:
+        sub = _subscriber(stack, pubs, got)
+        try:
+            def line(i: int, seq: int, now: float) -> bytes:
+                return orjson.dumps({"device_id": pubs[i].user, "seq": seq, "ts": now})
+
+            def warm(i: int, seq: int, now: float) -> bytes:
+                return orjson.dumps({"device_id": pubs[i].user, "seq": seq, "ts": now, "warm": True})
+
+            publishers = PacedPublishers(stack, pubs, rate=400, line=line, log=tmp_path / "pub.log")
+            publishers.wait_connected()
+            counts = []
+            for feed_line in (warm, None):
+                stop = threading.Event()
+                feeder = threading.Thread(target=publishers.feed, args=(stop, feed_line))
+                feeder.start()
+                time.sleep(0.5)
+                stop.set()
+                feeder.join()
+                counts.append(publishers.published)
+            publishers.finish()
+            deadline = time.time() + 10
+            while len(got) < sum(counts) and time.time() < deadline:
+                time.sleep(0.05)
+        finally:
+            sub.disconnect()
+            sub.loop_stop()
+    assert all(100 <= n <= 300 for n in counts), counts  # 400/s for about half a second, each feed
+    assert len(got) == sum(counts)
+    for p in pubs:
+        mine = [msg for topic, msg, _ in got if topic == p.topic]
+        warmed = [m for m in mine if m.get("warm")]
+        assert mine[:len(warmed)] == warmed  # the warm-up's first, then the timed feed's, each from seq 0
+        assert [m["seq"] for m in warmed] == list(range(len(warmed)))
+        assert [m["seq"] for m in mine[len(warmed):]] == list(range(len(mine) - len(warmed)))
+    assert sum(not m.get("warm") for _, m, _ in got) == counts[1]

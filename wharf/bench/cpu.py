@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -46,16 +47,41 @@ def family(pid: int) -> list[int]:
     return out
 
 
+JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")  # a HotSpot JVM's compiler threads, as /proc names them (15 chars)
+
+
+def threads_cpu_seconds(pid: int, prefixes: tuple[str, ...]) -> float:
+    """User + system CPU seconds of the process's threads whose name starts with one of `prefixes` (the JVM's
+    compiler threads: `JIT_THREADS`): how much of a fresh broker's CPU is compiling, not serving. A thread that
+    has exited takes its seconds with it; NaN once the process is gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return float("nan")
+    total = 0.0
+    for tid in tids:
+        try:
+            if not Path(f"/proc/{pid}/task/{tid}/comm").read_text().startswith(prefixes):
+                continue
+        except OSError:
+            continue  # exited meanwhile
+        total += 0.0 if math.isnan(s := cpu_seconds(pid, int(tid))) else s
+    return total
+
+
 def idle_seconds() -> float:
     """Idle (and iowait) CPU seconds of the whole machine so far, all CPUs summed (`/proc/stat`)."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     return (int(fields[3]) + int(fields[4])) / _TICK
 
 
-def cpu_reading(groups: dict[str, list[int]]) -> dict[str, float]:
-    """CPU seconds so far of each named group of processes, and the machine's idle seconds ("idle"): two readings
-    give each group's share of a core over a window (`shares`)."""
-    return {name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()} | {"idle": idle_seconds()}
+def cpu_reading(groups: dict[str, list[int]], threads: dict[str, tuple[int, tuple[str, ...]]] | None = None) -> dict[str, float]:
+    """CPU seconds so far of each named group of processes, of each named set of one process's threads
+    (`threads`: name -> (pid, thread name prefixes)), and the machine's idle seconds ("idle"): two readings
+    give each one's share of a core over a window (`shares`)."""
+    out = {name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()}
+    out |= {name: threads_cpu_seconds(pid, prefixes) for name, (pid, prefixes) in (threads or {}).items()}
+    return out | {"idle": idle_seconds()}
 
 
 def shares(before: dict[str, float], after: dict[str, float], seconds: float) -> str:

@@ -66,9 +66,13 @@ class PacedPublishers:
         """One line for publisher `i` now (the warm-up's readings, before `feed`)."""
         _write_all(self.procs[i].stdin.fileno(), line + b"\n")
 
-    def feed(self, stop: threading.Event) -> None:
+    def feed(self, stop: threading.Event, line: Line | None = None) -> None:
         """Write every publisher's due readings every 2 ms until `stop` (a thread's target); `seq` counts from 0 per
-        publisher. One `ts` per round: the round's lines are written within microseconds of it."""
+        publisher and `published` from 0 per call (a warm-up's feed, then the timed run's). `line`: this feed's
+        readings instead of the constructor's. One `ts` per round: the round's lines are written within
+        microseconds of it."""
+        line = line or self.line
+        self.published = 0
         try:
             fds = [proc.stdin.fileno() for proc in self.procs]
             seqs = [0] * len(fds)
@@ -78,7 +82,7 @@ class PacedPublishers:
                 due = int((now - t0) * self.per)
                 for i, fd in enumerate(fds):
                     if seqs[i] < due:
-                        _write_all(fd, b"".join(self.line(i, seq, now) + b"\n" for seq in range(seqs[i], due)))
+                        _write_all(fd, b"".join(line(i, seq, now) + b"\n" for seq in range(seqs[i], due)))
                         self.published += due - seqs[i]
                         seqs[i] = due
                 time.sleep(0.002)

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from wharf import progress
-from wharf.bench.cpu import cpu_reading, cpu_seconds, family, run_and_wait_seconds, shares
+from wharf.bench.cpu import JIT_THREADS, cpu_reading, cpu_seconds, family, run_and_wait_seconds, shares
 from wharf.bench.memory import peak_rss_mb
 from streams.runtime.kafka_auth import kafka_client
 
@@ -68,6 +68,8 @@ class _Worker:
 
 
 WARM_SEQ = 1 << 62  # sequence numbers of the warm-up readings, far above any the timed run publishes
+WARM_LOAD_SEQ = WARM_SEQ + (1 << 32)  # the load warm-up's (`--warmup-seconds`), above the first warm-up reading's
+WARMUP_SECONDS = 45.0  # the load warm-up's default: docs/performance.md, "The broker's first minutes at 5,000/s"
 
 def _pct(values: list[float], q: float) -> float:
     if not values:
@@ -82,16 +84,19 @@ def bench_sensors(
     model_options: str = typer.Option("", help='DeviceAnomalyModel options for the worker (JSON), e.g. \'{"use_forecaster": false}\'.'),
     publishers: int = typer.Option(3, help="Publishing devices, one MQTT connection and one device login each (missing logins are provisioned as bench-NNN devices)."),
     catch_up: int = typer.Option(0, help="Catch-up mode: this many readings of 1,000 devices pre-loaded in Kafka, then a fresh worker; no MQTT."),
+    warmup_seconds: float = typer.Option(WARMUP_SECONDS, help="Seconds of the offered load before the timed run, its readings not "
+                                         "counted: a broker started just before compiles its hot code meanwhile (0: none)."),
 ) -> None:
     """Devices -> Mosquitto -> bridge -> Kafka -> worker -> ClickHouse on this machine: rate, latencies, memory, reference rates.
 
     Needs `wharf infra up --services kafka,mosquitto,clickhouse`. Runs a worker and a bridge of its own
     (fresh topics and app id), so it never touches other data. With `--catch-up N`, the worker alone reads a
-    backlog: its readings/s beside the detectors' own batched rate, measured in the same run.
+    backlog: its readings/s beside the detectors' own batched rate, measured in the same run. The timed run
+    follows `--warmup-seconds` of the same load (printed with the CPU it took): it measures a running pipeline.
     """
     from schemas.settings import get_settings
 
-    asyncio.run(_bench(get_settings(), rate, seconds, model_options, publishers, catch_up))
+    asyncio.run(_bench(get_settings(), rate, seconds, model_options, publishers, catch_up, warmup_seconds))
 
 
 def _bench_clickhouse_base(settings) -> str:  # noqa: ANN001
@@ -101,7 +106,8 @@ def _bench_clickhouse_base(settings) -> str:  # noqa: ANN001
     return ch_url.rsplit("/", 1)[0]
 
 
-async def _bench(settings, rate: float, seconds: float, model_options: str, n_pub: int, catch_up: int = 0) -> None:  # noqa: ANN001
+async def _bench(settings, rate: float, seconds: float, model_options: str, n_pub: int, catch_up: int = 0,  # noqa: ANN001
+                 warmup_seconds: float = WARMUP_SECONDS) -> None:
     """One bench run on topics and a ClickHouse database of its own, removed afterwards (also after a failure)."""
     from wharf.infra import remove_bench_run
 
@@ -110,7 +116,7 @@ async def _bench(settings, rate: float, seconds: float, model_options: str, n_pu
         if catch_up:
             await _catch_up_run(settings, u, catch_up, model_options)
         else:
-            await _bench_run(settings, u, rate, seconds, model_options, n_pub)
+            await _bench_run(settings, u, rate, seconds, model_options, n_pub, warmup_seconds)
     finally:
         await remove_bench_run(settings, u, f"{_bench_clickhouse_base(settings)}/bench_{u}")
 
@@ -255,7 +261,8 @@ async def _catch_up_run(settings, u: str, n: int, model_options: str, n_devices:
                                          for k, v in w.items() if v.get("rows_stored")))
 
 
-async def _bench_run(settings, u: str, rate: float, seconds: float, model_options: str, n_pub: int) -> None:  # noqa: ANN001, C901
+async def _bench_run(settings, u: str, rate: float, seconds: float, model_options: str, n_pub: int,  # noqa: ANN001, C901
+                     warmup_seconds: float = WARMUP_SECONDS) -> None:
     from aiokafka import AIOKafkaConsumer
 
     from schemas import codec
@@ -279,7 +286,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     state = settings.state_dir / "bench" / u
     state.mkdir(parents=True, exist_ok=True)
     console.print(f"bench {u}: worker + bridge on {settings.kafka_bootstrap}, ClickHouse {redact(base)}/bench_{u}; logs in {state}")
-    phases = progress.Phases(4, "bench sensors")
+    phases = progress.Phases(5 if warmup_seconds > 0 else 4, "bench sensors")
     phases.next("starting a worker and a bridge")
     worker = _Worker(env, settings.web_port + 50, state / "worker.log")
     benv = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
@@ -293,17 +300,18 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     row_lat: list[float] = []
     probe_sent: dict[int, float] = {}
     stop = threading.Event()
+    timed = [float("inf"), float("inf")]  # the timed run's start and end, once known: alarms raised before it are not counted
 
     async def watch_alerts() -> None:
         c = AIOKafkaConsumer(s.topic_alerts, **kafka_client(settings), auto_offset_reset="earliest")
         await c.start()
         try:
-            while not stop.is_set() or time.time() < t_end + 10:
+            while not stop.is_set() or time.time() < timed[1] + 10:
                 for msgs in (await c.getmany(timeout_ms=200)).values():
                     now = time.time()
                     for m in msgs:
                         a = codec.loads(m.value)
-                        if a["status"] == "ACTIVE_UNACK" and a["alarm_type"] == "rule:temperature":
+                        if a["status"] == "ACTIVE_UNACK" and a["alarm_type"] == "rule:temperature" and a["start_ts"] >= timed[0]:
                             alarm_lat.append(now - a["start_ts"])
                             alarm_sent.append(m.timestamp / 1000 - a["start_ts"])  # the alert's Kafka time: the worker sent it
         finally:
@@ -318,6 +326,12 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         if i == 0 and seq % 100 == 50:
             probe_sent[seq] = now
         return reading(pubs[i], seq, now, 20.0 if bad else 4.0 + (seq % 13) / 20, 50.0 + seq % 7)
+
+    def warm_line(i: int, seq: int, now: float) -> bytes:
+        """The load warm-up's readings: the timed run's, alarms included (the broker's alert traffic warms too), no
+        probes, not counted."""
+        bad = i == 0 and seq % 200 == 0
+        return reading(pubs[i], WARM_LOAD_SEQ + seq, now, 20.0 if bad else 4.0 + (seq % 13) / 20, 50.0 + seq % 7)
 
     def warm_up() -> None:
         """Ordinary readings of the probe device (seq `WARM_SEQ` and up, left out of every count) through its
@@ -344,24 +358,47 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
         logins.close()
 
     warm_from = time.time()
-    publishers = None
+    publishers = watcher = None
     try:
         publishers = PacedPublishers(settings, pubs, rate, line, state / "publishers.log")
         await asyncio.to_thread(publishers.wait_connected)
         await asyncio.to_thread(warm_up)
+        warmed = time.time() - warm_from
         groups = {"bench process": [os.getpid()], "mosquitto_pub": publishers.pids, "worker": family(worker.pid), "bridge": family(bridge.pid)}
-        groups |= {name: family(pid) for name, svc in services(settings).items() if (pid := svc.process.pid()) is not None}
+        servers = {name: pid for name, svc in services(settings).items() if (pid := svc.process.pid()) is not None}
+        groups |= {name: family(pid) for name, pid in servers.items()}
+        # the broker's JIT compiler threads: a JVM started just before spends its first minutes compiling
+        threads = {"kafka's JIT compiler threads (within kafka)": (servers["kafka"], JIT_THREADS)} if "kafka" in servers else {}
+        warm_cpu = []
+        # the alert consumer runs from here: its first fetches made a fresh broker recompile its network code in
+        # the timed run (docs/performance.md, "The broker's first minutes at 5,000/s")
+        watcher = asyncio.create_task(watch_alerts())
+        if warmup_seconds > 0:  # the offered load, not counted, until the broker (and the rest) run warm
+            phases.next(f"warm-up: the offered load for {warmup_seconds:.0f} s, not counted")
+            warm_stop = threading.Event()
+            warm_feeder = threading.Thread(target=publishers.feed, args=(warm_stop, warm_line), daemon=True)
+            warm_cpu.append((time.time(), cpu_reading(groups, threads)))
+            warm_feeder.start()
+            await asyncio.sleep(warmup_seconds)
+            warm_stop.set()
+            warm_feeder.join()
+            warm_cpu.append((time.time(), cpu_reading(groups, threads)))
+            if publishers.error is not None:
+                raise RuntimeError(f"the warm-up's publishing failed: {publishers.error!r}")
+            warm_published = publishers.published
+            warm_stored = (await asyncio.to_thread(ch.query, f"SELECT count() FROM {table} WHERE seq >= {WARM_LOAD_SEQ}"))[0][0]
     except BaseException:
+        if watcher is not None:
+            watcher.cancel()
         if publishers is not None:
             with contextlib.suppress(RuntimeError):
                 publishers.finish(10)  # nothing fed: each disconnects and exits
         shut_down()
         raise
-    warmed = time.time() - warm_from
     phases.next(f"publishing for {seconds:.0f} s, then waiting for the rows")
     t_start = time.time()
     t_end = t_start + seconds
-    watcher = asyncio.create_task(watch_alerts())
+    timed[:] = [t_start, t_end]
     feeder = threading.Thread(target=publishers.feed, args=(stop,), daemon=True)
     feeder.start()
     counts: list[tuple[float, int]] = []
@@ -369,13 +406,13 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     # this process CPU that the pipeline would otherwise have).
     poll = (f"SELECT count(), maxIf(seq, device_id = '{pubs[0].user}') FROM {table} WHERE seq < {WARM_SEQ}")
     sched = [run_and_wait_seconds(worker.pid)]  # the worker's main thread: ran, waited for a CPU (timed run only)
-    cpu = [(time.time(), cpu_reading(groups))]  # each process's CPU over the timed run
+    cpu = [(time.time(), cpu_reading(groups, threads))]  # each process's CPU over the timed run
     finished = None
     try:
         while time.time() < t_end + 60:
             if time.time() >= t_end and not stop.is_set():
                 sched.append(run_and_wait_seconds(worker.pid))
-                cpu.append((time.time(), cpu_reading(groups)))
+                cpu.append((time.time(), cpu_reading(groups, threads)))
                 stop.set()
                 feeder.join()  # its last round written: `published` is final
                 finished = asyncio.create_task(asyncio.to_thread(publishers.finish))  # their last PUBACKs
@@ -436,6 +473,13 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
           "publishers: mosquitto_pub, QoS 1, "
           f"model options {model_options or 'default'})")
     print(f"warm-up          a reading end to end {warmed:.1f} s after the worker answered, before the timed run (not counted)")
+    if len(warm_cpu) == 2:
+        (t0, before), (t1, after) = warm_cpu
+        print(f"warm-up load     then the offered load for {t1 - t0:.0f} s before the timed run (--warmup-seconds; alarms and the alert "
+              f"consumer too): {warm_published:,} readings, not counted ({warm_stored:,} of them stored when the timed run began)")
+        print(f"warm-up CPU      of one core over the warm-up load: {shares(before, after, t1 - t0)}")
+    else:
+        print("warm-up load     none (--warmup-seconds 0): a broker started just before compiles its hot code in the timed run")
     print(f"stored           {total} rows in sensor_readings (the timed run's); sustained {sustained:,.0f} readings/s (Mosquitto -> bridge -> Kafka -> worker -> ClickHouse); "
           f"drained {drain:.1f}s after publishing stopped")
     print(f"publish->row     p50 {_pct(row_lat, .5) * 1000:.0f} ms  p95 {_pct(row_lat, .95) * 1000:.0f} ms  p99 {_pct(row_lat, .99) * 1000:.0f} ms "
