@@ -386,6 +386,75 @@ def _profile_learn(ms, s, mean0, cnt0, nbins, mad_col, n_col, bins, xf, valid, j
 
 
 @_jit
+def strongest_metric(ev, i, m, valid, hst_i):
+    """Row `i`'s fusion (the bank's `_block` and `model_kernels.fuse_alert`): the HST evidence into each metric's
+    column (where valid), per metric the two strongest evidences that may confirm each other, and the strongest
+    metric. Returns (its evidence, its index; 0.0 and -1 without metrics)."""
+    bt = 0.0
+    bj = -1
+    for j in range(m):
+        ev[i, j, _HST] = hst_i * (1.0 if valid[i, j] else 0.0)
+        vd = ev[i, j, _DRIFT]
+        vf = ev[i, j, _FORECAST]
+        fam = max(max(max(ev[i, j, 0], ev[i, j, 1]), vd), vf)
+        t1 = -np.inf
+        t2 = -np.inf
+        for c in (2, 4, 6, 7):
+            v = ev[i, j, c]
+            if v > t1:
+                t2 = t1
+                t1 = v
+            elif v > t2:
+                t2 = v
+        top = max(max(fam + t1, t1 + t2), vd + vf)
+        if bj < 0 or top > bt:
+            bt = top
+            bj = j
+    return bt, bj
+
+
+@_jit
+def alert_step(e, prev, left, burst, since, e_alert, level, need, alone, rearm, span, soft, penalty, gap, decay,
+               e_full, paid, pass_f, suppress_factor, suppress_events, thr):
+    """One row of the alert loop (the bank's `_block` and `model_kernels.fuse_alert`): the row's fused evidence `e`
+    to its score, with the confirmation (a crossing short of `alone` needs its neighbour row, both at `need`),
+    re-arming (`rearm_frac`: an incident going on after its suppression, weaker than its alert, does not re-alert),
+    the burst discount and the suppression (`suppress_pass`: on a device faster than level_interval_s, a crossing that
+    starts inside the suppression, stronger than the alert that opened it by the factor, is let through). Counters
+    keep their callers' types (the model's are ints, the bank's floats). Returns (score, left, burst, since, prev,
+    e_alert)."""
+    fresh = prev < level  # the row before did not cross: a crossing that starts here
+    if e >= alone:
+        ei = e
+    elif e >= need and prev >= need and max(e, prev) >= level:
+        ei = max(e, level)
+    else:
+        ei = min(e, level - 1e-6)
+    prev = e
+    if rearm > 0.0 and left <= 0 and since <= span and level <= ei < rearm * e_alert:
+        ei = level - 1e-6
+    if ei >= level:
+        xs = soft * (ei - level - penalty * math.log10(1.0 + burst))
+        sp = xs + math.log1p(math.exp(-xs)) if xs > 0 else math.log1p(math.exp(xs))
+        s = min(1.0, (level + sp / soft) / e_full)
+        if since > gap:
+            burst += 1.0
+        since = since * 0
+    else:
+        s = max(ei, 0.0) / e_full
+        since += 1
+    burst *= decay
+    if left > 0:
+        if not (pass_f > 0.0 and paid > 0.0 and fresh and level <= ei and pass_f * e_alert <= ei):
+            s *= suppress_factor
+        left -= 1
+    if s >= thr:
+        left = suppress_events
+        e_alert = ei
+    return s, left, burst, since, prev, e_alert
+
+
+@_jit
 def run_round(dev, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_item, pred, scores, best):
     """One block (rows `lo[a]:hi[a]` of `X`, last column the timestamp) of each device `dev[a]`: scored against the
     state at the block start, then learned; writes each row's score and best metric column (-1: none)."""
@@ -609,33 +678,11 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             hst_ev[i] = last
         ds[d, HST_LAST] = last
 
-    # fusion: per metric the two strongest evidences that may confirm each other (model_kernels.fuse_alert), per row the strongest metric
+    # fusion (`strongest_metric`, as `model_kernels.fuse_alert`): per row the strongest metric
     e_row = np.zeros(B)
     best_row = np.full(B, -1, np.int64)
     for i in range(B):
-        bt = -1.0
-        bj = -1
-        for j in range(m):
-            ev[i, j, _HST] = hst_ev[i] * (1.0 if valid[i, j] else 0.0)
-            vd = ev[i, j, _DRIFT]
-            vf = ev[i, j, _FORECAST]
-            fam = max(max(max(ev[i, j, 0], ev[i, j, 1]), vd), vf)
-            t1 = -np.inf
-            t2 = -np.inf
-            for c in (2, 4, 6, 7):
-                v = ev[i, j, c]
-                if v > t1:
-                    t2 = t1
-                    t1 = v
-                elif v > t2:
-                    t2 = v
-            top = max(max(fam + t1, t1 + t2), vd + vf)
-            if bj < 0 or top > bt:
-                bt = top
-                bj = j
-        if m:
-            e_row[i] = bt
-            best_row[i] = bj
+        e_row[i], best_row[i] = strongest_metric(ev, i, m, valid, hst_ev[i])
     for i in range(B):
         if spatial[i]:
             e_row[i] = max(e_row[i], cf[F_SP_E])
@@ -657,39 +704,9 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
     rearm, e_alert, span = cf[F_REARM], ds[d, E_ALERT], cf[F_SUPP_EV]
     pass_f = cf[F_SUPP_PASS]
     for i in range(B):
-        er = e_row[i]
-        fresh = prev < level  # the row before did not cross: a crossing that starts here
-        # `model_kernels.fuse_alert`: a crossing short of `alone` needs its neighbour row
-        if er >= alone:
-            ei = er
-        elif er >= need and prev >= need and max(er, prev) >= level:
-            ei = max(er, level)
-        else:
-            ei = min(er, level - 1e-6)
-        prev = er
-        # `model._run_block` (rearm_frac): an incident going on after its suppression, weaker than its alert
-        if rearm > 0.0 and left <= 0 and since <= span and ei >= level and ei < rearm * e_alert:
-            ei = level - 1e-6
-        if ei >= level:
-            xs = k_soft * (ei - level - beta * math.log10(1.0 + burst))
-            sp = xs + math.log1p(math.exp(-xs)) if xs > 0 else math.log1p(math.exp(xs))
-            sc = min(1.0, (level + sp / k_soft) / e_full)
-            if since > gap:
-                burst += 1.0
-            since = 0.0
-        else:
-            sc = max(ei, 0.0) / e_full
-            since += 1.0
-        burst *= dec
-        if left > 0:
-            # `model._run_block` (suppress_pass): on a device faster than level_interval_s, a crossing that starts
-            # inside the suppression, stronger than the alert that opened it by the factor, is let through
-            if not (pass_f > 0.0 and paid > 0.0 and fresh and ei >= level and ei >= pass_f * e_alert):
-                sc *= cf[F_SUPP_F]
-            left -= 1.0
-        if sc >= thr:
-            left = cf[F_SUPP_EV]
-            e_alert = ei
+        sc, left, burst, since, prev, e_alert = alert_step(e_row[i], prev, left, burst, since, e_alert, level, need,
+                                                           alone, rearm, span, k_soft, beta, gap, dec, e_full, paid,
+                                                           pass_f, cf[F_SUPP_F], cf[F_SUPP_EV], thr)
         scores[lo + i] = sc
         best[lo + i] = best_row[i]
 

@@ -25,8 +25,8 @@ import numba
 import numpy as np
 
 from online_models.anomaly import kernels
-from online_models.anomaly.kernels import (_LN10, _ewm_last, _ewm_rows, _jit, anchor_step, diff_learn, leading_side,
-                                           ramp_learn)
+from online_models.anomaly.kernels import (_LN10, _ewm_last, _ewm_rows, _jit, alert_step, anchor_step, diff_learn,
+                                           leading_side, ramp_learn, strongest_metric)
 
 
 @_jit
@@ -495,63 +495,15 @@ def fuse_alert(ev, hst, valid, spatial, spatial_e, add, paid, level, need, alone
     the confirmation, re-arming, burst discount and suppression. Returns the alert state after the block."""
     B, M = valid.shape
     for i in range(B):
-        bt = 0.0
-        bj = -1
-        for j in range(M):
-            ev[i, j, 7] = hst[i] * (1.0 if valid[i, j] else 0.0)
-            vd = ev[i, j, 5]
-            vf = ev[i, j, 3]
-            fam = max(max(max(ev[i, j, 0], ev[i, j, 1]), vd), vf)
-            o1 = -np.inf
-            o2 = -np.inf
-            for c in (2, 4, 6, 7):
-                v = ev[i, j, c]
-                if v > o1:
-                    o2 = o1
-                    o1 = v
-                elif v > o2:
-                    o2 = v
-            top = max(max(fam + o1, o1 + o2), vd + vf)
-            if bj < 0 or top > bt:
-                bt = top
-                bj = j
-        e = bt
+        e, bj = strongest_metric(ev, i, M, valid, hst[i])
         if spatial[i]:
             e = max(e, spatial_e)
         if not math.isnan(add):
             e = e + add
         best[i] = bj
-        # the alert loop. A row's evidence for the alert test (confirm_frac): as it is when at least `alone`; else at
-        # the level only with its predecessor, both at `need` and one at `level` (then its own, at least the level);
-        # else just below the level
-        fresh = prev < level
-        if e >= alone:
-            ei = e
-        elif e >= need and prev >= need and max(e, prev) >= level:
-            ei = max(e, level)
-        else:
-            ei = min(e, level - 1e-6)
-        prev = e
-        if rearm > 0.0 and left <= 0 and since <= span and level <= ei < rearm * e_alert:
-            ei = level - 1e-6
-        if ei >= level:
-            xs = soft * (ei - level - penalty * math.log10(1.0 + burst))
-            sp = xs + math.log1p(math.exp(-xs)) if xs > 0 else math.log1p(math.exp(xs))
-            s = min(1.0, (level + sp / soft) / e_full)
-            if since > gap:
-                burst += 1.0
-            since = 0
-        else:
-            s = max(ei, 0.0) / e_full
-            since += 1
-        burst *= decay
-        if left > 0:
-            if not (pass_f > 0.0 and paid > 0.0 and fresh and level <= ei and pass_f * e_alert <= ei):
-                s *= suppress_factor
-            left -= 1
-        if s >= thr:
-            left = suppress_events
-            e_alert = ei
+        s, left, burst, since, prev, e_alert = alert_step(e, prev, left, burst, since, e_alert, level, need, alone,
+                                                          rearm, span, soft, penalty, gap, decay, e_full, paid, pass_f,
+                                                          suppress_factor, suppress_events, thr)
         scores[i] = s
     return left, burst, since, prev, e_alert
 
