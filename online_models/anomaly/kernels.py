@@ -386,6 +386,34 @@ def _profile_learn(ms, s, mean0, cnt0, nbins, mad_col, n_col, bins, xf, valid, j
 
 
 @_jit
+def robust_level(mean, mad, n, alpha, clip, xf, valid, j, B, xc, ab, mrows, absd):
+    """One robust level of metric `j` over a block (the bank's `_block` and `model_kernels.learn_block`): readings
+    clipped at `clip` spreads around the block start's mean once it has 10 readings, smoothed at `alpha` (faster while
+    young), and its mean absolute deviation from the level before each reading. `xc`, `ab`, `mrows`, `absd`: scratch
+    of the block's length. Returns the (mean, mad) after the block."""
+    if n == 0:
+        for i in range(B):
+            if valid[i, j]:
+                mean = xf[i, j]
+                break
+    lim = clip * 1.2533 * mad
+    use_lim = n > 10 and lim > 0
+    cum = 0.0
+    for i in range(B):
+        xc[i] = min(max(xf[i, j], mean - lim), mean + lim) if use_lim else xf[i, j]
+        v = 1.0 if valid[i, j] else 0.0
+        cum = cum + v
+        nprev = n + cum - v
+        ab[i] = max(alpha, 1.0 / (nprev + 1.0)) if valid[i, j] and nprev >= 1 else 0.0
+    if B == 0:
+        return mean, mad
+    _ewm_rows(mean, xc, ab, mrows)
+    for i in range(B):
+        absd[i] = abs(xc[i] - (mean if i == 0 else mrows[i - 1]))
+    return mrows[B - 1], _ewm_last(mad, absd, ab)
+
+
+@_jit
 def strongest_metric(ev, i, m, valid, hst_i):
     """Row `i`'s fusion (the bank's `_block` and `model_kernels.fuse_alert`): the HST evidence into each metric's
     column (where valid), per metric the two strongest evidences that may confirm each other, and the strongest
@@ -726,28 +754,9 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
             mc, dc, ncol = (LV_MEAN, LV_MAD, LV_N) if pre == 0 else (LG_MEAN, LG_MAD, LG_N)
             alpha = cf[F_LEVEL_ALPHA] if pre == 0 else cf[F_LONG_ALPHA]
             clip = 4.0 if pre == 0 else 6.0
-            mean, mad, n = ms[s, mc], ms[s, dc], ms[s, ncol]
-            if n == 0:
-                for i in range(B):
-                    if valid[i, j]:
-                        mean = xf[i, j]
-                        break
-            lim = clip * 1.2533 * mad
-            use_lim = n > 10 and lim > 0
-            cum = 0.0
-            for i in range(B):
-                xc[i] = min(max(xf[i, j], mean - lim), mean + lim) if use_lim else xf[i, j]
-                cum = cum + vf[i] if i else vf[i]
-                nprev = n + cum - vf[i]
-                ab[i] = max(alpha, 1.0 / (nprev + 1.0)) if valid[i, j] and nprev >= 1 else 0.0
-            if B:
-                _ewm_rows(mean, xc, ab, mrows)
-                for i in range(B):
-                    absd[i] = abs(xc[i] - (mean if i == 0 else mrows[i - 1]))
-                ms[s, dc] = _ewm_last(mad, absd, ab)
-                ms[s, mc] = mrows[B - 1]
-            else:
-                ms[s, mc] = mean
+            n = ms[s, ncol]
+            ms[s, mc], ms[s, dc] = robust_level(ms[s, mc], ms[s, dc], n, alpha, clip, xf, valid, j, B, xc, ab, mrows,
+                                                absd)
             ms[s, ncol] = n + nvalid
         if w1 > 0:
             for k in range(w1):

@@ -11,9 +11,10 @@ for bit. NumPy keeps what its own SIMD code computes (tanh, sin/cos, and on AVX5
 values come in as arguments. Here only `+ - * /`, min/max, `pow` (profiles) and, in the alert loop, libm's
 log10/exp/log1p (as Python's `math`) run. Learning updates the state arrays in place.
 
-numba checks a function's cache (`cache=True`) against its own file only, and the `kernels.py` functions compiled
-into these (`ramp_learn`, `diff_learn`, `anchor_step`, `leading_side`, `_ewm_rows`, `_ewm_last`) would stay stale after
-a change there: `_tie_cache_to_kernels` empties these functions' cache when it is older than `kernels.py`.
+What the bank's kernel does alike is shared with it from `kernels.py` (the robust levels, Holt's ramp, the drift's
+anchor, fusion, the alert step). numba checks a function's cache (`cache=True`) against its own file only, so the
+`kernels.py` functions compiled into these would stay stale after a change there: `_tie_cache_to_kernels` empties
+these functions' cache when it is older than `kernels.py`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import numba
 import numpy as np
 
 from online_models.anomaly import kernels
-from online_models.anomaly.kernels import (_LN10, _ewm_last, _ewm_rows, _jit, alert_step, anchor_step, diff_learn,
-                                           leading_side, ramp_learn, strongest_metric)
+from online_models.anomaly.kernels import (_LN10, _ewm_last, _jit, alert_step, anchor_step, diff_learn,
+                                           leading_side, ramp_learn, robust_level, strongest_metric)
 
 
 @_jit
@@ -101,28 +102,11 @@ def learn_block(ts, x, xf, valid, lvn0, lv_mean, lv_mad, lv_n, lg_mean, lg_mad, 
                 mean, mad, n, alpha, clip = lv_mean[j], lv_mad[j], lv_n[j], level_alpha, 4.0
             else:
                 mean, mad, n, alpha, clip = lg_mean[j], lg_mad[j], lg_n[j], long_alpha, 6.0
-            if n == 0:
-                for i in range(B):
-                    if valid[i, j]:
-                        mean = xf[i, j]
-                        break
-            lim = clip * 1.2533 * mad
-            use_lim = n > 10 and lim > 0
-            cum = 0.0
-            for i in range(B):
-                xc[i] = min(max(xf[i, j], mean - lim), mean + lim) if use_lim else xf[i, j]
-                v = 1.0 if valid[i, j] else 0.0
-                cum = cum + v
-                nprev = n + cum - v
-                ab[i] = max(alpha, 1.0 / (nprev + 1.0)) if valid[i, j] and nprev >= 1 else 0.0
-            _ewm_rows(mean, xc, ab, mrows)
-            for i in range(B):
-                absd[i] = abs(xc[i] - (mean if i == 0 else mrows[i - 1]))
-            mad = _ewm_last(mad, absd, ab)
+            mean, mad = robust_level(mean, mad, n, alpha, clip, xf, valid, j, B, xc, ab, mrows, absd)
             if pre == 0:
-                lv_mean[j], lv_mad[j], lv_n[j] = mrows[B - 1], mad, n + nvalid
+                lv_mean[j], lv_mad[j], lv_n[j] = mean, mad, n + nvalid
             else:
-                lg_mean[j], lg_mad[j], lg_n[j] = mrows[B - 1], mad, n + nvalid
+                lg_mean[j], lg_mad[j], lg_n[j] = mean, mad, n + nvalid
         # drift: excursions that ended beyond the tail point teach its mean excess (`_learn_excursions`)
         pk, bj, nj, s0, muj = cu_peak[j], cu_beta[j], cu_nexc[j], tail_s0[j], mu[j]
         for i in range(B):
