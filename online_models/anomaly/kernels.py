@@ -414,6 +414,41 @@ def robust_level(mean, mad, n, alpha, clip, xf, valid, j, B, xc, ab, mrows, absd
 
 
 @_jit
+def learn_drift(cus, valid, j, B, lg_n, peak, beta, nexc, s0, mu, cap_factor, tail_alpha, rate, ppos, scale, ab, pos,
+                capped, apos):
+    """The drift CUSUM's learning over a block (the bank's `_block` and `model_kernels.learn_block`): excursions of
+    metric `j`'s sum `cus` that ended beyond the tail point `s0` teach its upper tail (`beta`, the mean excess, capped
+    at `cap_factor` x the scale; an ongoing drift never ends, so it never teaches itself), then P(S > 0) (`ppos`) and
+    the mean positive S (`scale`, capped alike) learn at `rate` (faster while young: `lg_n` readings after the block).
+    `ab`, `pos`, `capped`, `apos`: scratch of the block's length. Returns (peak, beta, nexc, ppos, scale)."""
+    for i in range(B):
+        if not valid[i, j]:
+            continue
+        c = cus[i, j]
+        if c > 0:
+            peak = max(peak, c)
+            continue
+        if peak > s0:
+            xcap = min(peak - s0, cap_factor * max(beta, mu))
+            ae = max(tail_alpha, 1.0 / (nexc + 1.0))
+            beta = beta + ae * (xcap - beta)
+            nexc = nexc + 1.0
+        peak = 0.0
+    cap = cap_factor * scale
+    cum = 0.0
+    for i in range(B):
+        v = 1.0 if valid[i, j] else 0.0
+        cum = cum + v
+        nprev = max(lg_n - B + cum, 0.0)
+        ab[i] = min(max(rate, 1.0 / (nprev + 1.0)), 0.5) if valid[i, j] else 0.0
+        p = valid[i, j] and cus[i, j] > 0
+        pos[i] = 1.0 if p else 0.0
+        capped[i] = min(cus[i, j], cap)
+        apos[i] = ab[i] if p else 0.0
+    return peak, beta, nexc, _ewm_last(ppos, pos, ab), _ewm_last(scale, capped, apos)
+
+
+@_jit
 def strongest_metric(ev, i, m, valid, hst_i):
     """Row `i`'s fusion (the bank's `_block` and `model_kernels.fuse_alert`): the HST evidence into each metric's
     column (where valid), per metric the two strongest evidences that may confirm each other, and the strongest
@@ -765,41 +800,13 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
         if B:
             ms[s, CU_POS] = cu_p[B - 1, j]
             ms[s, CU_NEG] = cu_n[B - 1, j]
-            lg_n = ms[s, LG_N]
-            cum = 0.0
-            posf = np.zeros(B)
-            capped = np.zeros(B)
-            apos = np.zeros(B)
-            cap = cf[F_DRIFT_CAP] * ms[s, CU_SCALE]
-            # excursions that ended above the drift tail's `drift_tail_e` point teach its upper tail (mean excess);
-            # an ongoing drift never ends, so it never teaches itself
             mu = max(ms[s, CU_SCALE], 1e-12)
             s0 = (cf[F_DRIFT_TE] + math.log10(max(ms[s, CU_PPOS], 1e-6))) * mu * _LN10
-            peak, beta, nexc = ms[s, CU_PEAK], ms[s, CU_BETA], ms[s, CU_NEXC]
-            for i in range(B):
-                if not valid[i, j]:
-                    continue
-                c = cus[i, j]
-                if c > 0:
-                    peak = max(peak, c)
-                    continue
-                if peak > s0:
-                    xcap = min(peak - s0, cf[F_DRIFT_CAP] * max(beta, mu))
-                    ae = max(cf[F_DRIFT_TA], 1.0 / (nexc + 1.0))
-                    beta = beta + ae * (xcap - beta)
-                    nexc = nexc + 1.0
-                peak = 0.0
-            ms[s, CU_PEAK], ms[s, CU_BETA], ms[s, CU_NEXC] = peak, beta, nexc
-            for i in range(B):
-                cum = cum + vf[i] if i else vf[i]
-                nprev = max(lg_n - B + cum, 0.0)
-                ab[i] = min(max(math.log(2.0) / cf[F_DRIFT_HL], 1.0 / (nprev + 1.0)), 0.5) if valid[i, j] else 0.0
-                pos = valid[i, j] and cus[i, j] > 0
-                posf[i] = 1.0 if pos else 0.0
-                capped[i] = min(cus[i, j], cap)
-                apos[i] = ab[i] if pos else 0.0
-            ms[s, CU_PPOS] = _ewm_last(ms[s, CU_PPOS], posf, ab)
-            ms[s, CU_SCALE] = _ewm_last(ms[s, CU_SCALE], capped, apos)
+            (ms[s, CU_PEAK], ms[s, CU_BETA], ms[s, CU_NEXC], ms[s, CU_PPOS],
+             ms[s, CU_SCALE]) = learn_drift(cus, valid, j, B, ms[s, LG_N], ms[s, CU_PEAK], ms[s, CU_BETA],
+                                            ms[s, CU_NEXC], s0, mu, cf[F_DRIFT_CAP], cf[F_DRIFT_TA],
+                                            math.log(2.0) / cf[F_DRIFT_HL], ms[s, CU_PPOS], ms[s, CU_SCALE], ab,
+                                            np.zeros(B), np.zeros(B), np.zeros(B))
         for i in range(B):
             if valid[i, j]:
                 v = xf[i, j]

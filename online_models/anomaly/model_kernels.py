@@ -27,7 +27,8 @@ import numpy as np
 
 from online_models.anomaly import kernels
 from online_models.anomaly.kernels import (_LN10, _ewm_last, _jit, alert_step, anchor_step, diff_learn,
-                                           leading_side, ramp_learn, robust_level, strongest_metric)
+                                           leading_side, learn_drift, ramp_learn, robust_level,
+                                           strongest_metric)
 
 
 @_jit
@@ -108,35 +109,10 @@ def learn_block(ts, x, xf, valid, lvn0, lv_mean, lv_mad, lv_n, lg_mean, lg_mad, 
             else:
                 lg_mean[j], lg_mad[j], lg_n[j] = mean, mad, n + nvalid
         # drift: excursions that ended beyond the tail point teach its mean excess (`_learn_excursions`)
-        pk, bj, nj, s0, muj = cu_peak[j], cu_beta[j], cu_nexc[j], tail_s0[j], mu[j]
-        for i in range(B):
-            if not valid[i, j]:
-                continue
-            c = cus[i, j]
-            if c > 0:
-                pk = max(pk, c)
-                continue
-            if pk > s0:
-                xcap = min(pk - s0, drift_cap * max(bj, muj))
-                ae = max(tail_alpha, 1.0 / (nj + 1.0))
-                bj = bj + ae * (xcap - bj)
-                nj = nj + 1.0
-            pk = 0.0
-        cu_peak[j], cu_beta[j], cu_nexc[j] = pk, bj, nj
-        # ... and its calibration: P(S > 0) and the mean positive S (capped at drift_cap x the scale)
-        cap = drift_cap * cu_scale[j]
-        cum = 0.0
-        for i in range(B):
-            v = 1.0 if valid[i, j] else 0.0
-            cum = cum + v
-            nprev = max(lg_n[j] - B + cum, 0.0)
-            ab[i] = min(max(drift_rate, 1.0 / (nprev + 1.0)), 0.5) if valid[i, j] else 0.0
-            pos = valid[i, j] and cus[i, j] > 0
-            absd[i] = 1.0 if pos else 0.0
-            xc[i] = min(cus[i, j], cap)
-            mrows[i] = ab[i] if pos else 0.0
-        cu_ppos[j] = _ewm_last(cu_ppos[j], absd, ab)
-        cu_scale[j] = _ewm_last(cu_scale[j], xc, mrows)
+        # and its calibration: P(S > 0) and the mean positive S (capped at drift_cap x the scale)
+        cu_peak[j], cu_beta[j], cu_nexc[j], cu_ppos[j], cu_scale[j] = learn_drift(
+            cus, valid, j, B, lg_n[j], cu_peak[j], cu_beta[j], cu_nexc[j], tail_s0[j], mu[j], drift_cap, tail_alpha,
+            drift_rate, cu_ppos[j], cu_scale[j], ab, absd, xc, mrows)
         # range of the readings
         if has:
             lo, hi = np.inf, -np.inf
