@@ -339,10 +339,14 @@ def _hst_learn(hl, hr, hcol, hkind, tthr, ds, d, tid, feats, valid_row, height, 
 
 
 @_jit
-def _profile_learn(ms, s, mean0, cnt0, nbins, mad_col, n_col, bins, xf, valid, j, lg_mad, alpha, B):
-    """`model_kernels._profile` for one metric slot (bin means at `mean0`, counts at `cnt0`)."""
-    mad = ms[s, mad_col]
-    n = ms[s, n_col]
+def profile_learn(means, counts, mad, n, bins, x, valid, lg_mad, alpha):
+    """A periodic profile's block update for one metric (the bank's `_block` and `model_kernels.learn_block`): each
+    reading `x[i]` against its bin's mean frozen at the block start (clipped at 4 spreads once the profile has 50),
+    the robust spread `mad` over readings whose bin was seen before, then each bin's mean and count (`means`,
+    `counts`: one entry a bin, updated in place; sums gathered per bin in row order, as `np.bincount`). Returns the
+    new (mad, n)."""
+    B = x.shape[0]
+    nbins = means.shape[0]
     lim = 4.0 * max(1.2533 * mad, 0.05 * 1.2533 * lg_mad)
     dvals = np.empty(B)
     absd = np.empty(B)
@@ -350,39 +354,38 @@ def _profile_learn(ms, s, mean0, cnt0, nbins, mad_col, n_col, bins, xf, valid, j
     seen_cum = 0.0
     for i in range(B):
         b = bins[i]
-        d = xf[i, j] - ms[s, mean0 + b]
+        d = x[i] - means[b]
         if lim > 0 and n > 50:
             d = min(max(d, -lim), lim)
         dvals[i] = d
         absd[i] = abs(d)
-        seen = valid[i, j] and ms[s, cnt0 + b] > 0
+        seen = valid[i] and counts[b] > 0
         sv = 1.0 if seen else 0.0
         seen_cum += sv
         n_prev = n + seen_cum - sv
         aa[i] = min(max(0.002, 1.0 / (n_prev + 1.0)), 0.5) if seen else 0.0
     if B:
-        ms[s, mad_col] = _ewm_last(mad, absd, aa)
-    ms[s, n_col] = n + seen_cum
-    # per bin: count, sum of d and of x over the block's valid rows (gathered first, as np.bincount)
+        mad = _ewm_last(mad, absd, aa)
     hits = np.zeros(nbins)
     dsum = np.zeros(nbins)
     xsum = np.zeros(nbins)
     for i in range(B):
-        if valid[i, j]:
+        if valid[i]:
             b = bins[i]
             hits[b] += 1.0
             dsum[b] += dvals[i]
-            xsum[b] += xf[i, j]
+            xsum[b] += x[i]
     for b in range(nbins):
         k = hits[b]
         if k > 0:
-            sc = ms[s, cnt0 + b]
+            sc = counts[b]
             if sc > 0:
                 a2 = max(alpha, 1.0 / (sc + 1.0))
-                ms[s, mean0 + b] = ms[s, mean0 + b] + (1.0 - (1.0 - a2) ** k) * dsum[b] / k
+                means[b] = means[b] + (1.0 - (1.0 - a2) ** k) * dsum[b] / k
             else:
-                ms[s, mean0 + b] = xsum[b] / k
-            ms[s, cnt0 + b] = sc + k
+                means[b] = xsum[b] / k
+            counts[b] = sc + k
+    return mad, n + seen_cum
 
 
 @_jit
@@ -814,9 +817,12 @@ def _block(a, d, lo, hi, X, dm, ms, ds, lay, cf, hl, hr, hcol, hkind, tthr, fc_i
                     ms[s, SP_LO] = v
                 if not v <= ms[s, SP_HI]:
                     ms[s, SP_HI] = v
-        _profile_learn(ms, s, sm0, sc0, sb, S_MAD, S_N, bins, xf, valid, j, ms[s, LG_MAD], cf[F_SALPHA], B)
+        ms[s, S_MAD], ms[s, S_N] = profile_learn(ms[s, sm0:sm0 + sb], ms[s, sc0:sc0 + sb], ms[s, S_MAD], ms[s, S_N],
+                                                 bins, xf[:, j], valid[:, j], ms[s, LG_MAD], cf[F_SALPHA])
         if use_weekly:
-            _profile_learn(ms, s, wm0, wc0, wb, W_MAD, W_N, wbins, xf, valid, j, ms[s, LG_MAD], cf[F_WALPHA], B)
+            ms[s, W_MAD], ms[s, W_N] = profile_learn(ms[s, wm0:wm0 + wb], ms[s, wc0:wc0 + wb], ms[s, W_MAD],
+                                                     ms[s, W_N], wbins, xf[:, j], valid[:, j], ms[s, LG_MAD],
+                                                     cf[F_WALPHA])
         has = nvalid > 0
         if B and has and math.isnan(ms[s, T_FIRST]):
             for i in range(B):

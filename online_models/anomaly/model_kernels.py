@@ -27,51 +27,8 @@ import numpy as np
 
 from online_models.anomaly import kernels
 from online_models.anomaly.kernels import (_LN10, _ewm_last, _jit, alert_step, anchor_step, diff_learn,
-                                           leading_side, learn_drift, ramp_learn, robust_level,
-                                           strongest_metric)
-
-
-@_jit
-def _profile(means, counts, mad, n, j, bins, xf, valid, lg_mad, alpha, d, ad, a):
-    """`model._profile_learn` for metric `j` (bin means/counts frozen at the block start); returns the new
-    (mad, n). `d`, `ad`, `a`: scratch of the block's length."""
-    B = xf.shape[0]
-    lim = 4.0 * max(1.2533 * mad, 0.05 * 1.2533 * lg_mad)
-    clip = lim > 0 and n > 50
-    cum = 0.0
-    for i in range(B):
-        b = bins[i]
-        di = xf[i, j] - means[b, j]
-        if clip:
-            di = min(max(di, -lim), lim)
-        d[i] = di
-        ad[i] = abs(di)
-        sv = 1.0 if valid[i, j] and counts[b, j] > 0 else 0.0
-        cum = cum + sv
-        n_prev = n + cum - sv
-        a[i] = min(max(0.002, 1.0 / (n_prev + 1.0)), 0.5) if sv > 0 else 0.0
-    mad = _ewm_last(mad, ad[:B], a[:B])
-    n = n + cum
-    # per bin: count, sum of d and of x over the valid rows (np.bincount: row order, from 0), then the update
-    nb = means.shape[0]
-    for b in range(nb):
-        k = 0.0
-        dsum = 0.0
-        xsum = 0.0
-        for i in range(B):
-            if valid[i, j] and bins[i] == b:
-                k += 1.0
-                dsum += d[i]
-                xsum += xf[i, j]
-        if k > 0:
-            sc = counts[b, j]
-            if sc > 0:
-                aa = max(alpha, 1.0 / (sc + 1.0))
-                means[b, j] = means[b, j] + (1.0 - (1.0 - aa) ** k) * dsum / k
-            else:
-                means[b, j] = xsum / k
-            counts[b, j] = sc + k
-    return mad, n
+                                           leading_side, learn_drift, profile_learn, ramp_learn,
+                                           robust_level, strongest_metric)
 
 
 @_jit
@@ -123,11 +80,11 @@ def learn_block(ts, x, xf, valid, lvn0, lv_mean, lv_mad, lv_n, lg_mean, lg_mad, 
             sp_lo[j] = lo if math.isnan(sp_lo[j]) else min(sp_lo[j], lo)
             sp_hi[j] = hi if math.isnan(sp_hi[j]) else max(sp_hi[j], hi)
         # seasonal (time of day) and weekly (hour of week) profiles
-        s_mad[j], s_n[j] = _profile(s_means, s_counts, s_mad[j], s_n[j], j, bins, xf, valid, lg_mad[j], s_alpha,
-                                    scratch, absd, ab)
+        s_mad[j], s_n[j] = profile_learn(s_means[:, j], s_counts[:, j], s_mad[j], s_n[j], bins, xf[:, j], valid[:, j],
+                                         lg_mad[j], s_alpha)
         if use_weekly:
-            w_mad[j], w_n[j] = _profile(w_means, w_counts, w_mad[j], w_n[j], j, wbins, xf, valid, lg_mad[j], w_alpha,
-                                        scratch, absd, ab)
+            w_mad[j], w_n[j] = profile_learn(w_means[:, j], w_counts[:, j], w_mad[j], w_n[j], wbins, xf[:, j],
+                                             valid[:, j], lg_mad[j], w_alpha)
         if has and math.isnan(t_first[j]):
             for i in range(B):
                 if valid[i, j]:
