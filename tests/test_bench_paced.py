@@ -30,6 +30,23 @@ def _subscriber(settings, pubs: list[Publisher], got: list[tuple[str, dict, floa
     return c
 
 
+def _feed_for(publishers: PacedPublishers, seconds: float, line=None) -> None:  # noqa: ANN001
+    """`publishers.feed` in a thread (as the bench runs it) for `seconds`, with `line` if given."""
+    stop = threading.Event()
+    feeder = threading.Thread(target=publishers.feed, args=(stop, line))
+    feeder.start()
+    time.sleep(seconds)
+    stop.set()
+    feeder.join()
+
+
+def _wait_for(got: list, n: int) -> None:
+    """Until `n` messages arrived at the subscriber, or 10 s."""
+    deadline = time.time() + 10
+    while len(got) < n and time.time() < deadline:
+        time.sleep(0.05)
+
+
 def test_paced_publishers_deliver_every_reading_in_order_with_its_publish_time(stack, tmp_path):
     """Every line fed is published (also the last ones, at `finish`), per device in seq order under its own login
     and topic, and a reading's `ts` is when it was fed: never later than the broker delivers it."""
@@ -43,17 +60,10 @@ def test_paced_publishers_deliver_every_reading_in_order_with_its_publish_time(s
 
             publishers = PacedPublishers(stack, pubs, rate=400, line=line, log=tmp_path / "pub.log")
             publishers.wait_connected()
-            stop = threading.Event()
-            feeder = threading.Thread(target=publishers.feed, args=(stop,))
             t0 = time.time()
-            feeder.start()
-            time.sleep(1)
-            stop.set()
-            feeder.join()
+            _feed_for(publishers, 1.0)
             publishers.finish()
-            deadline = time.time() + 10
-            while len(got) < publishers.published and time.time() < deadline:
-                time.sleep(0.05)
+            _wait_for(got, publishers.published)
         finally:
             sub.disconnect()
             sub.loop_stop()
@@ -99,17 +109,10 @@ def test_a_warm_up_feed_then_the_timed_feed(stack, tmp_path):
             publishers.wait_connected()
             counts = []
             for feed_line in (warm, None):
-                stop = threading.Event()
-                feeder = threading.Thread(target=publishers.feed, args=(stop, feed_line))
-                feeder.start()
-                time.sleep(0.5)
-                stop.set()
-                feeder.join()
+                _feed_for(publishers, 0.5, feed_line)
                 counts.append(publishers.published)
             publishers.finish()
-            deadline = time.time() + 10
-            while len(got) < sum(counts) and time.time() < deadline:
-                time.sleep(0.05)
+            _wait_for(got, sum(counts))
         finally:
             sub.disconnect()
             sub.loop_stop()
