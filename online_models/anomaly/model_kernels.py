@@ -11,10 +11,10 @@ for bit. NumPy keeps what its own SIMD code computes (tanh, sin/cos, and on AVX5
 values come in as arguments. Here only `+ - * /`, min/max, `pow` (profiles) and, in the alert loop, libm's
 log10/exp/log1p (as Python's `math`) run. Learning updates the state arrays in place.
 
-What the bank's kernel does alike is shared with it from `kernels.py` (the robust levels, Holt's ramp, the drift's
-anchor, fusion, the alert step). numba checks a function's cache (`cache=True`) against its own file only, so the
-`kernels.py` functions compiled into these would stay stale after a change there: `_tie_cache_to_kernels` empties
-these functions' cache when it is older than `kernels.py`.
+What the bank's kernel does alike is shared with it from `kernels.py` (the robust levels, the profiles, Holt's ramp,
+the drift's anchor and learning, fusion, the alert step). numba checks a function's cache (`cache=True`) against its
+own file only, so the `kernels.py` functions compiled into these would stay stale after a change there:
+`_tie_cache_to_kernels` empties these functions' cache when it is older than `kernels.py`.
 """
 
 from __future__ import annotations
