@@ -96,25 +96,49 @@ def test_nab_evaluation_reproduces_the_published_baseline():
 
 @pytest.mark.infra
 def test_worker_topics_exist_before_faust_subscribes(stack, unique):
-    """A topic created after the consumer subscribed is assigned only at its next metadata refresh (5 min)."""
+    """A topic created after the consumer subscribed is assigned only at its next metadata refresh (5 min); a
+    changelog missing from the group leader's metadata was not assigned at all, and its table was dropped
+    (`streams.runtime.topics.faust_topics`). So the tables' changelogs and Faust's leader topic are created first too,
+    as Faust would."""
     import asyncio
 
     from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    from streams.runtime.topics import CATALOGUE_FANOUT, internal_topic_name
+    import agents  # noqa: F401 - declares the tables
+    from streams.runtime.app import app as faust_app
+    from streams.runtime.topics import CATALOGUE_FANOUT, LEADER, faust_topics, internal_topic_name
     from wharf.cli import _create_worker_topics
 
-    s = stack.model_copy(update={"app_id": f"wharf-test-topics-{unique}", "topic_clicks": f"test.clicks.{unique}"})
-    _create_worker_topics(s)
+    tables = list(faust_app.tables.values())
+    ours = faust_topics(stack.model_copy(update={"app_id": faust_app.conf.id}), tables)
+    faust_own = {faust_app._leader_assignor._leader_topic_name: 1,  # noqa: SLF001 - the names Faust would create
+                 **{t.changelog_topic.get_topic_name(): t.changelog_topic.partitions for t in tables}}
+    assert {name: p for p, configs in ours.items() for name in configs} == faust_own
 
-    async def partitions() -> dict[str, int]:
+    s = stack.model_copy(update={"app_id": f"wharf-test-topics-{unique}", "topic_clicks": f"test.clicks.{unique}"})
+    _create_worker_topics(s, tables)
+    changelogs = [internal_topic_name(s, f"{t.name}-changelog") for t in tables]
+    leader = internal_topic_name(s, LEADER)
+
+    async def described() -> tuple[dict[str, int], dict[str, dict[str, str]]]:
         admin = AIOKafkaAdminClient(**kafka_client(s))
         await admin.start()
         try:
-            wanted = [internal_topic_name(s, CATALOGUE_FANOUT), s.topic_clicks]
-            return {d["topic"]: len(d["partitions"]) for d in await admin.describe_topics(wanted)}
+            wanted = [internal_topic_name(s, CATALOGUE_FANOUT), s.topic_clicks, leader, *changelogs]
+            partitions = {d["topic"]: len(d["partitions"]) for d in await admin.describe_topics(wanted)}
+            keys = {"cleanup.policy": None, "retention.ms": None}
+            configs = {}
+            for response in await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n, keys) for n in changelogs]):
+                for _, _, _, name, entries in response.resources:
+                    configs[name] = {e[0]: e[1] for e in entries}
+            return partitions, configs
         finally:
             await admin.close()
 
-    found = asyncio.run(partitions())
-    assert found == {internal_topic_name(s, CATALOGUE_FANOUT): s.topic_partitions, s.topic_clicks: s.topic_partitions}
+    found, configs = asyncio.run(described())
+    assert found == {internal_topic_name(s, CATALOGUE_FANOUT): s.topic_partitions, s.topic_clicks: s.topic_partitions, leader: 1,
+                     **{n: s.topic_partitions for n in changelogs}}
+    assert configs[internal_topic_name(s, "sensor-state-changelog")]["cleanup.policy"] == "compact"
+    windowed = configs[internal_topic_name(s, "commerce-item-sentiment-hourly-changelog")]  # a tumbling window expiring after 2 days
+    assert (windowed["cleanup.policy"], windowed["retention.ms"]) == ("compact,delete", str(2 * 86400 * 1000))

@@ -11,6 +11,7 @@ import traceback
 # One core per Wharf process (workers scale out as processes): OpenBLAS's own threads only contend with
 # Kafka, ClickHouse and the other workers. Read when NumPy loads, so set before anything imports it.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,7 @@ def worker(
     from streams.runtime.app import storage
 
     storage.ch  # connect and migrate before consuming, so a bad URL fails here, loudly
-    _create_worker_topics(get_settings())
+    _create_worker_topics(get_settings(), faust_app.tables.values())
     heap.freeze()  # the imported modules' objects (about 100,000): full collections walked them before the first timer
     run_faust_worker(faust_app, loglevel)
 
@@ -160,18 +161,23 @@ def run_faust_worker(faust_app: Any, loglevel: str) -> None:
     os._exit(code)
 
 
-def _create_worker_topics(settings: Settings) -> None:
-    """Create the worker's topics before Faust subscribes (`streams.runtime.topics.worker_topic_names`), in a thread:
-    the main thread's event loop is Faust's to create."""
+def _create_worker_topics(settings: Settings, tables: Iterable[Any] = ()) -> None:
+    """Create the worker's topics, its tables' changelogs and Faust's leader topic before Faust subscribes
+    (`streams.runtime.topics.worker_topic_names`, `faust_topics`), in a thread: the main thread's event loop is
+    Faust's to create."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from streams.runtime.topics import worker_topic_names
+    from streams.runtime.topics import faust_topics, worker_topic_names
     from wharf.infra.kafka import ensure_topics
 
-    names = worker_topic_names(settings)
+    async def create() -> None:
+        await ensure_topics(settings, worker_topic_names(settings), settings.topic_partitions)
+        for partitions, configs in faust_topics(settings, tables).items():
+            await ensure_topics(settings, list(configs), partitions, configs)
+
     with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, ensure_topics(settings, names, settings.topic_partitions)).result()
+        pool.submit(asyncio.run, create()).result()
 
 
 @app.command("bridge")

@@ -8,8 +8,11 @@ lives on one worker; adding worker processes spreads the partitions.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from mode.utils.times import want_seconds
 
 from schemas.settings import Settings
 
@@ -52,10 +55,39 @@ def internal_topic_name(settings: Settings, suffix: str) -> str:
 
 
 def worker_topic_names(settings: Settings) -> list[str]:
-    """Every topic a worker subscribes to or writes besides Faust's changelogs, which `wharf worker` creates
-    before Faust subscribes: a topic created after the subscription is assigned only at the consumer's next
-    metadata refresh (5 minutes), so its records wait that long (the end-to-end test's catalogue fan-out did)."""
+    """Every topic a worker subscribes to or writes besides those Faust creates itself (`faust_topics`), which
+    `wharf worker` creates before Faust subscribes: a topic created after the subscription is assigned only at the
+    consumer's next metadata refresh (5 minutes), so its records wait that long (the end-to-end test's catalogue
+    fan-out did)."""
     return topic_names(settings) + [internal_topic_name(settings, suffix) for suffix in INTERNAL]
+
+
+LEADER = "__assignor-__leader"  # Faust's `LeaderAssignor` topic: the owner of its one partition runs `on_leader` timers
+
+
+def faust_topics(settings: Settings, tables: Iterable[Any]) -> dict[int, dict[str, dict[str, str]]]:
+    """The topics Faust creates when a worker starts, as its `Topic.declare` makes them ({partitions: {name:
+    config}}): each table's changelog (cleanup policy, retention) and the leader topic. `wharf worker` creates them
+    before Faust subscribes.
+
+    Left to Faust, they are created after the consumer took its metadata. A group leader whose metadata lacks a
+    changelog assigns none of its partitions, and Faust's memory store then drops the table on recovery: a worker
+    that got devices in a rebalance started their models afresh (a moved device had learned 80 of its 200
+    readings), and one that was assigned a changelog it had no metadata for never fetched it and waited in recovery
+    (`test_two_workers_share_devices_and_state_moves_on_stop`, about one run in four). Without the leader topic in
+    the metadata no worker is the leader until the next refresh (5 minutes)."""
+    out: dict[int, dict[str, dict[str, str]]] = {1: {internal_topic_name(settings, LEADER): {}}}
+    for table in tables:
+        topic = table.changelog_topic
+        config = {str(k): str(v) for k, v in (topic.config or {}).items()}
+        policy = [flag for flag, on in (("compact", topic.compacting), ("delete", topic.deleting)) if on]
+        if policy:
+            config["cleanup.policy"] = ",".join(policy)
+        if topic.retention:
+            config["retention.ms"] = str(int(want_seconds(topic.retention) * 1000.0))
+        name = internal_topic_name(settings, f"{table.name}-changelog")  # Faust's `Collection._changelog_topic_name`
+        out.setdefault(topic.partitions or settings.topic_partitions, {})[name] = config
+    return out
 
 
 def declare(app, settings: Settings) -> dict[str, object]:  # noqa: ANN001 - faust.App
