@@ -195,7 +195,9 @@ async def test_two_workers_share_devices_and_state_moves_on_stop(stack, server_u
     async def fault(st, feed):
         st.workers.append(st.worker(1).start())  # rebalance: the partitions are split between the two
         ids = {d.id for d in feed.devices}
-        await wait_until(lambda: all(_devices(w, ids)["devices"] for w in st.workers), 40, "both workers own devices")
+        # stopped as soon as it is seen: the other worker then takes partitions whose backlog is still being fetched
+        # (a race in Faust's recovery lost records there, `streams.runtime.batches._seek_back`)
+        await wait_until(lambda: all(_devices(w, ids)["devices"] for w in st.workers), 40, "both workers own devices", every=0.05)
         st.moved = set(_devices(st.workers[0], ids)["devices"])
         assert st.moved and len(st.moved) < len(feed.devices)
         assert st.workers[0].stop() in (0, -15, 143, 1) or True  # graceful: checkpoint on revoke, then leave

@@ -137,12 +137,12 @@ class BridgeProcess:
                 self.kill9()
 
 
-async def wait_until(predicate, timeout: float, what: str) -> None:
+async def wait_until(predicate, timeout: float, what: str, every: float = 0.5) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 

@@ -289,23 +289,32 @@ class BatchRouter:
         commit_every = consumer._commit_every  # noqa: SLF001
         suspend_flow = consumer.suspend_flow
         fetched = _fetched(self.app, consumer)
+        reread: dict[Any, int] = {}  # per partition: the read offset it was last sought back to (`_seek_back`)
 
         async def getmany(timeout: float) -> Any:
             work = Slice()
             n = 0
+            held_back: set[Any] = set()  # partitions sought back in this fetch: their later records are dropped
             for tp, message in await fetched(timeout):
                 if message is None:
                     break  # flow stopped, or a rebalance began: the rest of the fetch is dropped, as Faust's loop does
+                offset = message.offset
+                r_offset = read_offset[tp]
+                if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):  # a hole before it
+                    if tp in held_back:
+                        continue
+                    if reread.get(tp) != r_offset:
+                        held_back.add(tp)
+                        await _seek_back(consumer, tp, offset, reread)
+                        continue
                 agents = by_topic.get(tp.topic)
                 if agents is None:
                     yield tp, message
                     continue
-                offset = message.offset
-                r_offset = read_offset[tp]
                 if r_offset is not None and offset < r_offset:
                     continue  # read already (Faust's loop drops these the same way)
                 if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
-                    await consumer._add_gap(tp, r_offset + 1, offset)  # noqa: SLF001
+                    await consumer._add_gap(tp, r_offset + 1, offset)  # noqa: SLF001 - a real gap (`_seek_back`)
                 if commit_every is not None and consumer._n_acked >= commit_every:  # noqa: SLF001
                     consumer._n_acked = 0  # noqa: SLF001
                     await consumer.commit()
@@ -340,6 +349,29 @@ class BatchRouter:
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {agent.name: agent.stats() for agent in self.agents}
+
+
+async def _seek_back(consumer: Any, tp: Any, offset: int, reread: dict[Any, int]) -> None:
+    """A record lies past a hole after its partition's read offset: seek the partition back to read the hole first
+    (the caller drops the rest of the fetch for it).
+
+    Faust's drain loop (and this module's, after it) takes such a hole for a gap with nothing in it (compaction,
+    transaction markers) and commits past it. But on these topics the hole is what a race in Faust's recovery leaves:
+    it resumes the partitions, then seeks them to their committed offsets while fetches are under way. A worker that
+    took partitions in a rebalance dropped one fetch (flow not yet resumed), was handed the next (offset 193 after a
+    read offset of 171), and when the seek's re-fetch brought 171-192 they counted as read already: their rows were
+    never stored and their offsets were committed (`test_two_workers_share_devices_and_state_moves_on_stop`, 2 runs of
+    about 50, 7 Dec). Rows must reach the writers in offset order too: a writer's high-water mark takes anything below
+    the highest stored offset for a copy. A hole still there once the partition was sought back to the same read
+    offset (`reread`) is a real gap, and goes on to Faust's gap handling."""
+    r_offset = consumer._read_offset[tp]  # noqa: SLF001 - the read offset both drain loops keep
+    reread[tp] = r_offset
+    try:
+        await consumer.seek(tp, r_offset)  # the record at the read offset may come again: every agent skips a copy
+    except Exception as exc:  # noqa: BLE001 - e.g. revoked meanwhile: its next owner reads from the committed offset
+        log.warning("%s[%d]: offset %d came after read offset %d; seeking back failed (%r)", tp.topic, tp.partition, offset, r_offset, exc)
+    else:
+        log.warning("%s[%d]: offset %d came after read offset %d; sought back to read the hole first", tp.topic, tp.partition, offset, r_offset)
 
 
 def _fetched(app: Any, consumer: Any) -> Callable[[float], Awaitable[Iterable[tuple[Any, Any]]]]:
