@@ -73,8 +73,7 @@ def faust_topics(settings: Settings, tables: Iterable[Any]) -> dict[int, dict[st
     Left to Faust, they are created after the consumer took its metadata. A group leader whose metadata lacks a
     changelog assigns none of its partitions, and Faust's memory store then drops the table on recovery: a worker
     that got devices in a rebalance started their models afresh (a moved device had learned 80 of its 200
-    readings), and one that was assigned a changelog it had no metadata for never fetched it and waited in recovery
-    (`test_two_workers_share_devices_and_state_moves_on_stop`, about one run in four). Without the leader topic in
+    readings; `test_two_workers_share_devices_and_state_moves_on_stop`, 3 runs of 13). Without the leader topic in
     the metadata no worker is the leader until the next refresh (5 minutes)."""
     out: dict[int, dict[str, dict[str, str]]] = {1: {internal_topic_name(settings, LEADER): {}}}
     for table in tables:
