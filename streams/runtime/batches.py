@@ -288,8 +288,11 @@ class BatchRouter:
         acks_enabled_for = self.app.topics.acks_enabled_for
         commit_every = consumer._commit_every  # noqa: SLF001
         suspend_flow = consumer.suspend_flow
-        fetched = _fetched(self.app, consumer)
-        reread: dict[Any, int] = {}  # per partition: the read offset it was last sought back to (`_seek_back`)
+        app = self.app
+        # per partition: (consumer generation, first offset) of records fetched and not passed on (`_not_passed`)
+        undelivered: dict[Any, tuple[int, int]] = {}
+        fetched = _fetched(app, consumer, undelivered)
+        reread: dict[Any, int] = {}  # per partition: the offset it was last sought back to (`_seek_back`)
 
         async def getmany(timeout: float) -> Any:
             work = Slice()
@@ -300,13 +303,18 @@ class BatchRouter:
                     break  # flow stopped, or a rebalance began: the rest of the fetch is dropped, as Faust's loop does
                 offset = message.offset
                 r_offset = read_offset[tp]
-                if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):  # a hole before it
+                if undelivered:
+                    hole = _hole(offset, r_offset, _first_undelivered(undelivered, tp, r_offset, app.consumer_generation_id))
+                else:
+                    hole = r_offset if r_offset and offset - r_offset > 1 else None
+                if hole is not None and acks_enabled_for(message.topic):
                     if tp in held_back:
                         continue
-                    if reread.get(tp) != r_offset:
+                    if reread.get(tp) != hole:
                         held_back.add(tp)
-                        await _seek_back(consumer, tp, offset, reread)
+                        await _seek_back(consumer, tp, offset, hole, reread)
                         continue
+                    undelivered.pop(tp, None)  # still there after seeking back to it: a real gap
                 agents = by_topic.get(tp.topic)
                 if agents is None:
                     yield tp, message
@@ -351,30 +359,62 @@ class BatchRouter:
         return {agent.name: agent.stats() for agent in self.agents}
 
 
-async def _seek_back(consumer: Any, tp: Any, offset: int, reread: dict[Any, int]) -> None:
-    """A record lies past a hole after its partition's read offset: seek the partition back to read the hole first
-    (the caller drops the rest of the fetch for it).
+def _hole(offset: int, r_offset: int | None, first_undelivered: int | None) -> int | None:
+    """Where a hole before the record at `offset` begins, or None: after the partition's read offset (what was
+    passed on), or at a record fetched earlier and not passed on that the read offset has not reached."""
+    if first_undelivered is not None and offset > first_undelivered:
+        return first_undelivered if r_offset is None else min(first_undelivered, r_offset)
+    if r_offset and offset - r_offset > 1:
+        return r_offset
+    return None
 
-    Faust's drain loop (and this module's, after it) takes such a hole for a gap with nothing in it (compaction,
-    transaction markers) and commits past it. But on these topics the hole is what a race in Faust's recovery leaves:
-    it resumes the partitions, then seeks them to their committed offsets while fetches are under way. A worker that
-    took partitions in a rebalance dropped one fetch (flow not yet resumed), was handed the next (offset 193 after a
-    read offset of 171), and when the seek's re-fetch brought 171-192 they counted as read already: their rows were
-    never stored and their offsets were committed (`test_two_workers_share_devices_and_state_moves_on_stop`, 2 runs of
-    about 50, 7 Dec). Rows must reach the writers in offset order too: a writer's high-water mark takes anything below
-    the highest stored offset for a copy. A hole still there once the partition was sought back to the same read
-    offset (`reread`) is a real gap, and goes on to Faust's gap handling."""
-    r_offset = consumer._read_offset[tp]  # noqa: SLF001 - the read offset both drain loops keep
-    reread[tp] = r_offset
+
+def _first_undelivered(undelivered: dict[Any, tuple[int, int]], tp: Any, r_offset: int | None, generation: int) -> int | None:
+    """The partition's first record fetched and not passed on in this consumer generation, unless the read offset
+    has reached it since (passed on, or sought to by Faust); forgotten then, and after a rebalance (a new assignment
+    reads from the committed offsets)."""
+    noted = undelivered.get(tp)
+    if noted is None:
+        return None
+    if noted[0] != generation or (r_offset is not None and r_offset >= noted[1]):
+        del undelivered[tp]
+        return None
+    return noted[1]
+
+
+async def _seek_back(consumer: Any, tp: Any, offset: int, target: int, reread: dict[Any, int]) -> None:
+    """A record lies past a hole (`_hole`): seek its partition back to read the hole first (the caller drops the
+    rest of the fetch for it).
+
+    Faust's drain loop (and this module's, after it) takes a jump past the read offset for a gap with nothing in it
+    (compaction, transaction markers) and commits past it; nor does it notice records it dropped while a fetch was
+    under way (its flow stopped, the partition paused meanwhile), whose offsets the consumer's position has passed.
+    On these topics such holes are what a race in Faust's recovery leaves: it resumes the partitions, then seeks them
+    to their committed offsets while fetches are under way. A worker that took partitions in a rebalance dropped one
+    fetch, was handed the next (offset 193 after a read offset of 171, or 124 with none yet after dropping 114-123),
+    and when the seek's re-fetch brought the hole's records they counted as read already, or reached the writers
+    after a higher offset, whose high-water mark then takes them for copies. Their rows were never stored and their
+    offsets were committed (`test_two_workers_share_devices_and_state_moves_on_stop`, 3 runs of about 90, 7 Dec).
+    A hole still there once the partition was sought back to the same offset (`reread`) is a real gap, and goes on
+    to Faust's gap handling."""
+    reread[tp] = target
     try:
-        await consumer.seek(tp, r_offset)  # the record at the read offset may come again: every agent skips a copy
+        await consumer.seek(tp, target)  # a record at the target may come again: every agent skips a copy
     except Exception as exc:  # noqa: BLE001 - e.g. revoked meanwhile: its next owner reads from the committed offset
-        log.warning("%s[%d]: offset %d came after read offset %d; seeking back failed (%r)", tp.topic, tp.partition, offset, r_offset, exc)
+        log.warning("%s[%d]: offset %d came after a hole at %d; seeking back failed (%r)", tp.topic, tp.partition, offset, target, exc)
     else:
-        log.warning("%s[%d]: offset %d came after read offset %d; sought back to read the hole first", tp.topic, tp.partition, offset, r_offset)
+        log.warning("%s[%d]: offset %d came after a hole at %d; sought back to read it first", tp.topic, tp.partition, offset, target)
 
 
-def _fetched(app: Any, consumer: Any) -> Callable[[float], Awaitable[Iterable[tuple[Any, Any]]]]:
+def _not_passed(undelivered: dict[Any, tuple[int, int]], generation: int, tp: Any, offset: int) -> None:
+    """Note a record fetched and dropped (kept lowest per partition and consumer generation): the consumer's
+    position has passed it, and a later record of the partition must not be passed on before it (`_hole`)."""
+    noted = undelivered.get(tp)
+    if noted is None or noted[0] != generation or offset < noted[1]:
+        undelivered[tp] = (generation, offset)
+
+
+def _fetched(app: Any, consumer: Any, undelivered: dict[Any, tuple[int, int]]) -> Callable[[float], Awaitable[Iterable[tuple[Any, Any]]]]:
     """`fetched(timeout)`: the records of one fetch as (tp, message), made as Faust's `Consumer.getmany` makes them,
     lazily: a record is made only when the one before it has been handled, and the iteration yields (tp, None) and
     ends once the flow stops or the consumer generation changes, where Faust's generator stops. A partition's
@@ -392,17 +432,23 @@ def _fetched(app: Any, consumer: Any) -> Callable[[float], Awaitable[Iterable[tu
                 await consumer.perform_seek()
             except Exception as ex:  # noqa: BLE001 - as Faust's getmany
                 consumer.log.warning(f"exception performing seek when flow not active {ex}")
+            for tp, recs in records.items():  # the seek does not move a partition without a committed offset
+                if recs:
+                    _not_passed(undelivered, generation_id, tp, recs[0].offset)
             return ()
-        return _messages(app, consumer, records, active_partitions, generation_id, to_message)
+        return _messages(app, consumer, records, active_partitions, generation_id, to_message, undelivered)
 
     return fetched
 
 
 def _messages(app: Any, consumer: Any, records: Any, active_partitions: Any, generation_id: int,
-              to_message: Callable[[Any, Any], Any]) -> Iterable[tuple[Any, Any]]:
+              to_message: Callable[[Any, Any], Any], undelivered: dict[Any, tuple[int, int]]) -> Iterable[tuple[Any, Any]]:
     told: set[Any] = set()
     for tp, record in consumer.scheduler.iterate(records):
         if not consumer.flow_active or app.consumer_generation_id != generation_id:
+            for tp_, recs in records.items():  # each partition's first: the read offset tells which were passed on
+                if recs:
+                    _not_passed(undelivered, generation_id, tp_, recs[0].offset)
             yield tp, None
             return
         if active_partitions is None or tp in active_partitions or tp in consumer._buffered_partitions:  # noqa: SLF001
@@ -410,3 +456,5 @@ def _messages(app: Any, consumer: Any, records: Any, active_partitions: Any, gen
                 told.add(tp)
                 app.monitor.track_tp_end_offset(tp, consumer.highwater(tp))
             yield tp, to_message(tp, record)
+        else:  # paused since the fetch: dropped, as by Faust
+            _not_passed(undelivered, generation_id, tp, record.offset)
