@@ -161,7 +161,7 @@ def run_faust_worker(faust_app: Any, loglevel: str) -> None:
     os._exit(code)
 
 
-def _create_worker_topics(settings: Settings, tables: Iterable[Any] = ()) -> None:
+def _create_worker_topics(settings: Settings, tables: Iterable[Any]) -> None:
     """Create the worker's topics, its tables' changelogs and Faust's leader topic before Faust subscribes
     (`streams.runtime.topics.worker_topic_names`, `faust_topics`), in a thread: the main thread's event loop is
     Faust's to create."""
@@ -171,9 +171,11 @@ def _create_worker_topics(settings: Settings, tables: Iterable[Any] = ()) -> Non
     from streams.runtime.topics import faust_topics, worker_topic_names
     from wharf.infra.kafka import ensure_topics
 
-    async def create() -> None:
-        await ensure_topics(settings, worker_topic_names(settings), settings.topic_partitions)
-        for partitions, configs in faust_topics(settings, tables).items():
+    by_partitions = faust_topics(settings, tables)  # {partitions: {name: config}}; the worker's own have no config
+    by_partitions.setdefault(settings.topic_partitions, {}).update({name: {} for name in worker_topic_names(settings)})
+
+    async def create() -> None:  # one admin client a partition count
+        for partitions, configs in by_partitions.items():
             await ensure_topics(settings, list(configs), partitions, configs)
 
     with ThreadPoolExecutor(1) as pool:

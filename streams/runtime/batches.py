@@ -321,7 +321,7 @@ class BatchRouter:
                     continue
                 if r_offset is not None and offset < r_offset:
                     continue  # read already (Faust's loop drops these the same way)
-                if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
+                if hole is not None and r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
                     await consumer._add_gap(tp, r_offset + 1, offset)  # noqa: SLF001 - a real gap (`_seek_back`)
                 if commit_every is not None and consumer._n_acked >= commit_every:  # noqa: SLF001
                     consumer._n_acked = 0  # noqa: SLF001
@@ -414,6 +414,14 @@ def _not_passed(undelivered: dict[Any, tuple[int, int]], generation: int, tp: An
         undelivered[tp] = (generation, offset)
 
 
+def _fetch_dropped(undelivered: dict[Any, tuple[int, int]], generation: int, records: Any) -> None:
+    """A fetch dropped from where it stands: each partition's first record (the read offset tells which of a
+    partition's records were passed on before)."""
+    for tp, recs in records.items():
+        if recs:
+            _not_passed(undelivered, generation, tp, recs[0].offset)
+
+
 def _fetched(app: Any, consumer: Any, undelivered: dict[Any, tuple[int, int]]) -> Callable[[float], Awaitable[Iterable[tuple[Any, Any]]]]:
     """`fetched(timeout)`: the records of one fetch as (tp, message), made as Faust's `Consumer.getmany` makes them,
     lazily: a record is made only when the one before it has been handled, and the iteration yields (tp, None) and
@@ -432,9 +440,7 @@ def _fetched(app: Any, consumer: Any, undelivered: dict[Any, tuple[int, int]]) -
                 await consumer.perform_seek()
             except Exception as ex:  # noqa: BLE001 - as Faust's getmany
                 consumer.log.warning(f"exception performing seek when flow not active {ex}")
-            for tp, recs in records.items():  # the seek does not move a partition without a committed offset
-                if recs:
-                    _not_passed(undelivered, generation_id, tp, recs[0].offset)
+            _fetch_dropped(undelivered, generation_id, records)  # the seek leaves a partition without a commit as is
             return ()
         return _messages(app, consumer, records, active_partitions, generation_id, to_message, undelivered)
 
@@ -446,9 +452,7 @@ def _messages(app: Any, consumer: Any, records: Any, active_partitions: Any, gen
     told: set[Any] = set()
     for tp, record in consumer.scheduler.iterate(records):
         if not consumer.flow_active or app.consumer_generation_id != generation_id:
-            for tp_, recs in records.items():  # each partition's first: the read offset tells which were passed on
-                if recs:
-                    _not_passed(undelivered, generation_id, tp_, recs[0].offset)
+            _fetch_dropped(undelivered, generation_id, records)
             yield tp, None
             return
         if active_partitions is None or tp in active_partitions or tp in consumer._buffered_partitions:  # noqa: SLF001
