@@ -297,6 +297,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     ch = connect(env["WHARF_CLICKHOUSE_URL"])
     alarm_lat: list[float] = []
     alarm_sent: list[float] = []
+    alarm_ts: list[float] = []  # the alarms' readings' own times (their publish time), to find them in Kafka
     row_lat: list[float] = []
     probe_sent: dict[int, float] = {}
     stop = threading.Event()
@@ -314,6 +315,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
                         if a["status"] == "ACTIVE_UNACK" and a["alarm_type"] == "rule:temperature" and a["start_ts"] >= timed[0]:
                             alarm_lat.append(now - a["start_ts"])
                             alarm_sent.append(m.timestamp / 1000 - a["start_ts"])  # the alert's Kafka time: the worker sent it
+                            alarm_ts.append(a["start_ts"])
         finally:
             await c.stop()
 
@@ -461,6 +463,7 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
     finally:
         await c.stop()
     raw_rate = got / (time.time() - t0)
+    bridged = await _bridged_at(settings, s.topic_sensor_readings, pubs[0].user, set(alarm_ts))
     phases.next("reference: the detectors' score+learn rate")
     # reference 2: the detectors' own score+learn rates
     try:
@@ -488,6 +491,9 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
           f"({len(alarm_lat)} alarms on the alerts topic)")
     print(f"  of which       publish->alert sent by the worker p50 {_pct(alarm_sent, .5) * 1000:.0f} ms  p99 {_pct(alarm_sent, .99) * 1000:.0f} ms "
           "(the alert's Kafka timestamp; the rest is Kafka to the bench's consumer)")
+    if bridged:
+        print(f"  of which       publish->reading appended by the bridge p50 {_pct(bridged, .5) * 1000:.0f} ms  p99 "
+              f"{_pct(bridged, .99) * 1000:.0f} ms (the alarming readings' Kafka timestamps; the rest is Kafka -> worker -> alert)")
     print(f"peak RSS         worker {peak_worker:.0f} MB, bridge {peak_bridge:.0f} MB")
     print(f"reference        raw aiokafka consume {raw_rate:,.0f} msgs/s of the same topic")
     print(f"reference        detectors score+learn (measure_throughput): {det}")
@@ -507,6 +513,33 @@ async def _bench_run(settings, u: str, rate: float, seconds: float, model_option
               f"{broker_topics:,} topics as the run began)")
     w = stats.get("writers", {})
     print("worker writers   " + "  ".join(f"{k}: {v.get('rows_stored')} rows, {v.get('insert_seconds_total', 0):.1f}s inserting" for k, v in w.items() if v.get("rows_stored")))
+
+
+async def _bridged_at(settings: Any, topic: str, device: str, starts: set[float]) -> list[float]:
+    """Publish -> the bridge's append to its Kafka batch (the record's CreateTime) of the readings that raised the
+    counted alarms: splits the alarm latency into the MQTT side and the Kafka -> worker side. A scan of the topic
+    after the run, so the timed run pays nothing for it."""
+    from aiokafka import AIOKafkaConsumer
+
+    from schemas import codec
+
+    key = device.encode()
+    out: list[float] = []
+    c = AIOKafkaConsumer(topic, **kafka_client(settings), auto_offset_reset="earliest", enable_auto_commit=False)
+    await c.start()
+    try:
+        while starts:
+            batch = await c.getmany(timeout_ms=1000, max_records=10000)
+            if not batch:
+                break
+            for msgs in batch.values():
+                for m in msgs:
+                    if m.key == key and (ts := codec.loads(m.value).get("ts")) in starts:
+                        starts.discard(ts)
+                        out.append(m.timestamp / 1000 - ts)
+    finally:
+        await c.stop()
+    return out
 
 
 def bench_bridge_alone(
