@@ -40,7 +40,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from operator import attrgetter
@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 BATCH = settings.sink_batch_rows
 WITHIN = min(settings.sink_batch_seconds, 0.05)  # latency: alarms should not wait for a full batch
 REVOKE_CHECKPOINT_TIMEOUT = 30.0  # below Faust's broker session timeout
-MAX_WAITING = 100_000  # records applied but not yet in a checkpoint (held unacked, ~0.5 KB each, see _let_go) that force one
+MAX_WAITING = 100_000  # records applied and in no checkpoint yet (held unacked, ~0.5 KB each, see _let_go) that force one; with one being written, at most twice as many wait
 
 
 def marker_key(partition: int) -> bytes:
@@ -508,6 +508,18 @@ def scores_writer():  # noqa: ANN201
 owner = Owner()
 
 
+async def checkpoint_when_many(ckpt: Checkpoint, in_flight: Callable[[], Awaitable[Any] | None],
+                               start: Callable[[], Any], limit: int = MAX_WAITING) -> None:
+    """A checkpoint once `limit` applied records are in none yet: the offsets (and memory) must not wait for the timer.
+    It waits for the checkpoint being written only when the next is due meanwhile (at most one behind, so at most
+    twice `limit` records wait). Counting the records being written too made every batch after the one that started
+    a checkpoint wait for its writes and its 100,000 acks: 1.4 s every 20 s at 5,000 readings/s, the alarms' p99."""
+    if ckpt.held_records >= limit:
+        if (writing := in_flight()) is not None:
+            await writing
+        start()
+
+
 @app.batch_agents.agent(device_sources, name="wharf.score-devices", max_records=BATCH, within=WITHIN)
 async def score_devices(agent):  # noqa: ANN001 - streams.runtime.batches.BatchAgent
     async for events in agent.batches():
@@ -528,10 +540,7 @@ async def score_devices(agent):  # noqa: ANN001 - streams.runtime.batches.BatchA
                 fresh.append(event)
             try:
                 await owner.apply(recs, owner.acker.track_batch(fresh))
-                if owner.ckpt.waiting() >= MAX_WAITING:  # bounded: the offsets (and memory) must not wait for the timer
-                    if (writing := owner.in_flight()) is not None:
-                        await writing  # at most one behind: what waits is bounded, and so is its memory
-                    owner.checkpoint_behind()
+                await checkpoint_when_many(owner.ckpt, owner.in_flight, owner.checkpoint_behind)
                 owner.in_flight()  # a checkpoint that failed stops the worker, as it did when written here
             except Exception:
                 log.exception("scoring failed; stopping the worker")  # the agent supervisor stops it (streams/runtime/app.py)
