@@ -36,3 +36,44 @@ def test_a_dropped_record_is_forgotten_once_read_again_or_after_a_rebalance():
     _not_passed(undelivered, 2, TP, 114)
     assert _first_undelivered(undelivered, TP, None, 3) is None  # a new assignment reads from the committed offset
     assert TP not in undelivered
+
+
+async def test_the_fetch_commits_beside_itself_one_commit_at_a_time_and_a_failed_one_crashes() -> None:
+    """`_commit_beside`: a checkpoint's 100,000 acks made Faust's drain loop commit five or six times in a row with the
+    fetch waiting on each; the commit now runs in a task, at most one at a time, and one that fails crashes the
+    consumer as before."""
+    import asyncio
+
+    from streams.runtime.batches import _commit_beside
+
+    class Consumer:  # the two calls `_commit_beside` makes of Faust's consumer
+        def __init__(self) -> None:
+            self.gate = asyncio.Event()
+            self.commits = 0
+            self.crashed: list[BaseException] = []
+            self.fail = False
+
+        async def commit(self) -> bool:
+            self.commits += 1
+            await self.gate.wait()
+            if self.fail:
+                raise ConnectionError("coordinator gone")
+            return True
+
+        async def crash(self, exc: BaseException) -> None:
+            self.crashed.append(exc)
+
+    consumer = Consumer()
+    running: list = [None]
+    _commit_beside(consumer, running)  # returns at once: the fetch goes on
+    await asyncio.sleep(0)
+    _commit_beside(consumer, running)  # one under way: no second one
+    await asyncio.sleep(0)
+    assert consumer.commits == 1 and not running[0].done()
+    consumer.gate.set()
+    await asyncio.sleep(0.01)
+    assert running[0].done() and consumer.crashed == []
+    consumer.fail = True
+    _commit_beside(consumer, running)
+    await asyncio.sleep(0.01)
+    assert consumer.commits == 2 and [type(e) for e in consumer.crashed] == [ConnectionError]
