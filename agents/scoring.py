@@ -334,15 +334,17 @@ class Owner:
         """The durability protocol's commit (`streams/state/checkpoint.py`), waited for: flush the scores, write the
         changed devices and the offset markers to the changelog, then ack what they include; returns records acked
         by it. The caller holds `lock`; checkpoints still in flight finish first."""
-        return await self.checkpoint_behind()
+        self.ckpt.hurry()
+        return await self.checkpoint_behind(paced=False)
 
-    def checkpoint_behind(self) -> asyncio.Task[int]:
+    def checkpoint_behind(self, paced: bool = True) -> asyncio.Task[int]:
         """Start a checkpoint and let the scoring go on: under the caller's `lock` only the cut is taken (the records
         applied, a copy of the changed devices, the marks: ~30 us a device); encoding (~0.4 ms a device) runs in a
-        thread and the changelog writes after the previous checkpoint's, in a task that nothing else waits for."""
+        thread and the changelog writes after the previous checkpoint's, in a task that nothing else waits for, so its
+        acks are released paced (`Checkpoint.commit`); `checkpoint` hurries them."""
         snap = self._snapshot()
         task = asyncio.create_task(self.ckpt.commit(partial(self._write, snap, self.writing), flush=partial(_flush, snap.sent),
-                                                    cut=snap.cut))
+                                                    cut=snap.cut, paced=paced))
         task.add_done_callback(self._written)
         self.writing = task
         return task

@@ -146,3 +146,30 @@ async def test_scoring_goes_on_while_a_forced_checkpoint_is_written_and_stays_on
     await asyncio.wait_for(second, 1)
     assert await started[0] == 3 and len(started) == 2
     assert await asyncio.wait_for(started[1], 1) == 3 and ckpt.waiting() == 0
+
+
+async def test_a_paced_release_pauses_between_chunks_until_someone_hurries_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint nobody waits for releases its acks in chunks with a pause between them (100,000 acks at once held
+    a shared loop 0.5-0.9 s); a revocation or stop (`hurry`) ends the pause under way and the rest go at once."""
+    import asyncio
+
+    from streams.state import checkpoint
+
+    monkeypatch.setattr(checkpoint, "RELEASE_CHUNK", 2)
+    monkeypatch.setattr(checkpoint, "RELEASE_PAUSE", 60.0)
+    acked: list[int] = []
+    ckpt = Checkpoint("t")
+    for i in range(10):
+        ckpt.hold(0, lambda i=i: acked.append(i), stored=True)
+
+    async def write(cut) -> None:  # noqa: ANN001
+        return None
+
+    task = asyncio.ensure_future(ckpt.commit(write, paced=True))
+    await asyncio.sleep(0.05)
+    assert acked == [0, 1] and not task.done()  # the first chunk, then a pause
+    ckpt.hurry()
+    assert await asyncio.wait_for(task, 5) == 10
+    assert acked == list(range(10)) and not ckpt.hurried  # in order; the next commit is paced again
+    ckpt.hold(0, lambda: acked.append(10), stored=True)
+    assert await asyncio.wait_for(ckpt.commit(write), 5) == 1  # unpaced (a commit someone waits for): no pause
