@@ -42,6 +42,16 @@ def arm_watchdog() -> float:
     return time.monotonic()
 
 
+async def commit_acked(consumer: Any) -> None:
+    """Commit every offset acked so far. Faust's `commit` waits for a commit under way (its timer's, or the batch
+    fetch's `streams/runtime/batches.py` `_commit_beside`) and then returns without committing, and that one covers
+    only what was acked when it began: the acks of the stop's own last checkpoint stayed uncommitted. So wait for
+    any under way first."""
+    while await consumer.maybe_wait_for_commit_to_finish():
+        pass
+    await consumer.commit()
+
+
 async def drain(consumer: Any, hooks: list[StopHook], started: float, what: str = "stop") -> None:
     """Steps 2 and 3 of the stop (see the module docstring), within `DRAIN_SECONDS` of `started`. A rebalance
     (`what`) runs it too, with the hooks of `WharfApp.on_revoking`, before Faust's own wait for the rest.
@@ -62,7 +72,7 @@ async def drain(consumer: Any, hooks: list[StopHook], started: float, what: str 
         for result in results:
             if isinstance(result, BaseException):
                 log.error("%s: a hook failed; its records stay uncommitted", what, exc_info=result)
-        await consumer.commit()
+        await commit_acked(consumer)
         await asyncio.sleep(min(QUIET_SECONDS, max(0.0, deadline - time.monotonic())))
         gc.collect()  # records no agent holds any more leave Faust's weak set
         consumer._clean_unacked_messages()  # noqa: SLF001
@@ -74,4 +84,4 @@ async def drain(consumer: Any, hooks: list[StopHook], started: float, what: str 
                     "waits on): %s", what, time.monotonic() - started, dict(left))
     else:
         log.info("%s: everything taken was stored and acked in %.1f s", what, time.monotonic() - started)
-    await consumer.commit()
+    await commit_acked(consumer)
