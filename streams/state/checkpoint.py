@@ -141,8 +141,7 @@ class Checkpoint:
     since: float = field(default_factory=time.monotonic)  # the last cut: when the next checkpoint is due
     commits: int = 0
     committing: int = 0  # records of the commits under way (an agent may cut the next while one is written)
-    hurried: bool = False  # a revocation or stop waits: releases under way stop pausing (`hurry`)
-    _woken: asyncio.Event | None = None  # set by `hurry`: ends a pause under way
+    _hurry: asyncio.Event = field(default_factory=asyncio.Event)  # set by `hurry`: releases under way stop pausing
     held_records: int = 0  # records in `held`
 
     def hold(self, partition: int, ack: Ack, *, stored: bool = False, n: int = 1) -> Ack:
@@ -166,9 +165,11 @@ class Checkpoint:
 
     def hurry(self) -> None:
         """Someone waits for the commits under way (a revocation, a stop): their releases stop pausing."""
-        self.hurried = True
-        if self._woken is not None:
-            self._woken.set()
+        self._hurry.set()
+
+    @property
+    def hurried(self) -> bool:
+        return self._hurry.is_set()
 
     async def commit(self, write: Callable[[Cut], Awaitable[Iterable[int] | None]],
                      flush: Callable[[], Awaitable[None]] | None = None, cut: Cut | None = None,
@@ -190,7 +191,7 @@ class Checkpoint:
         finally:
             self.committing -= n
             if not self.committing:
-                self.hurried, self._woken = False, None
+                self._hurry.clear()
 
     async def _release(self, cut: Cut, written: Iterable[int] | None, paced: bool = False) -> int:
         """Acks of the written partitions, in application order; yields to the loop now and then (an ack is ~1.5 us,
@@ -218,10 +219,8 @@ class Checkpoint:
         return n
 
     async def _pause(self) -> None:
-        if self._woken is None:
-            self._woken = asyncio.Event()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._woken.wait(), RELEASE_PAUSE)
+            await asyncio.wait_for(self._hurry.wait(), RELEASE_PAUSE)
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Revoked partitions: their held records are never acked here; the new owner gets them again."""
