@@ -477,6 +477,53 @@ def test_a_much_stronger_spike_inside_a_fast_devices_suppression_alerts(fast_kwa
     assert 2060 not in slow and slow == alerts(300.0, 300.0, suppress_pass=0.0)
 
 
+def test_forecasters_trained_together_are_each_as_if_trained_alone():
+    """`train_many` stacks the forecasters due at once (the device bank trains a round's together): every weight, Adam
+    moment and step count is the bit pattern training each alone gives, across several stacks (more than
+    `TRAIN_CHUNK`), different sample counts and step counts, and blocks queued in pieces."""
+    import copy
+
+    from online_models.anomaly.forecaster import TRAIN_CHUNK, OnlineMLPForecaster, train_many
+
+    rng = np.random.default_rng(11)
+    together = []
+    for i in range(TRAIN_CHUNK + 9):
+        fc = OnlineMLPForecaster(seed=i % 4, train_every=256)
+        for _ in range(i % 3):  # some have trained before: their own step counts and moments
+            fc.learn_many(rng.normal(0, 1, (256, fc.lags + 2)).astype(np.float32), rng.normal(0, 1, 256).astype(np.float32))
+        n = 256 + i % 5  # four stacks of one sample count each, two of them past `TRAIN_CHUNK`
+        xs = (rng.normal(0, 1, (n, fc.lags + 2)) * rng.uniform(0.1, 4)).astype(np.float32)
+        ys = rng.normal(0, 2, n).astype(np.float32)
+        assert not fc.queue_many(xs[:100], ys[:100]) and fc.queue_many(xs[100:], ys[100:])
+        together.append(fc)
+    alone = copy.deepcopy(together)
+    train_many(together)
+    for fc in alone:
+        train_many([fc])
+    for a, b in zip(together, alone, strict=True):
+        assert a.steps == b.steps > 0 and a.buf_x == b.buf_x == [] and a._queued == b._queued == 0  # noqa: SLF001
+        for x, y in zip(a.params + a.m + a.v, b.params + b.m + b.v, strict=True):
+            assert x.dtype == y.dtype == np.float32 and x.shape == y.shape and x.flags.c_contiguous
+            assert np.array_equal(x.view(np.uint32), y.view(np.uint32))
+
+
+def test_forecasters_predicting_as_a_stack_give_each_one_s_own_predictions():
+    """`predict_stacked` (the device bank's forecasts, one stack per block length) against each forecaster's own
+    `predict_many`, to the bit, for blocks of one and of several readings."""
+    from online_models.anomaly.forecaster import OnlineMLPForecaster, predict_stacked
+
+    rng = np.random.default_rng(5)
+    fcs = [OnlineMLPForecaster(seed=i) for i in range(40)]
+    for fc in fcs:
+        fc.params = [(p + rng.normal(0, 0.3, p.shape)).astype(np.float32) for p in fc.params]
+    for rows in (1, 3, 17):
+        xs = rng.normal(0, 2, (len(fcs), rows, fcs[0].lags + 2)).astype(np.float32)
+        got = predict_stacked(fcs, xs)
+        assert got.shape == (len(fcs), rows) and got.dtype == np.float32
+        for fc, x, g in zip(fcs, xs, got, strict=True):
+            assert np.array_equal(fc.predict_many(x).view(np.uint32), g.view(np.uint32))
+
+
 def test_forecaster_trains_at_the_same_sample_after_a_checkpoint():
     """The count of queued samples is not in the checkpoint (it is derived from the queued targets): a forecaster
     restored mid-queue trains on the same sample, with the same weights, as one that never stopped."""

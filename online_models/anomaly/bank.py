@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from online_models.anomaly import kernels as K
-from online_models.anomaly.forecaster import OnlineMLPForecaster
+from online_models.anomaly.forecaster import PREDICT_CHUNK, OnlineMLPForecaster, predict_stacked, train_many
 from online_models.anomaly.model import _CAL, AnomalyConfig, BatchResult, DeviceAnomalyModel, make_config
 
 _KINDS = ("l", "s", "f")  # HST features per metric: level, seasonal, forecast z (squashed)
@@ -413,9 +413,14 @@ class DeviceBank:
         fc_item[a, j] = off
         pred = np.zeros(max(1, rows))
         fc = self.fc
-        slots = list(zip(self.dm[dev[a], j].tolist(), off.tolist(), (hi - lo)[a].tolist()))
-        for s, o, b in slots:
-            pred[o:o + b] = fc[s].predict_many(xin[o:o + b])
+        slot, length = self.dm[dev[a], j], (hi - lo)[a]
+        slots = list(zip(slot.tolist(), off.tolist(), length.tolist()))
+        for b in np.unique(length).tolist():  # the items of one block length as stacks (`predict_stacked`)
+            of_b = np.flatnonzero(length == b)
+            for at in range(0, len(of_b), PREDICT_CHUNK):
+                some = of_b[at:at + PREDICT_CHUNK]
+                rows_of = off[some][:, None] + np.arange(b)
+                pred[rows_of] = predict_stacked([fc[s] for s in slot[some].tolist()], xin[rows_of])
         return pred, (slots, xin, xn)
 
     def _forecast_learn(self, slots, xin, xn) -> None:
@@ -428,13 +433,18 @@ class DeviceBank:
         nan = np.isnan(y)
         nans = np.r_[0, np.cumsum(nan)].tolist()
         fc = self.fc
+        due = []
         for s, o, b in slots:
             missing = nans[o + b] - nans[o]
             if missing == 0:
-                fc[s].learn_many(xin[o:o + b].copy(), y[o:o + b].copy())
+                if fc[s].queue_many(xin[o:o + b].copy(), y[o:o + b].copy()):
+                    due.append(fc[s])
             elif missing < b:
                 ok = ~nan[o:o + b]
-                fc[s].learn_many(xin[o:o + b][ok], y[o:o + b][ok])
+                if fc[s].queue_many(xin[o:o + b][ok], y[o:o + b][ok]):
+                    due.append(fc[s])
+        if due:  # together: the same numbers as one by one (`train_many`), in a stack per shape
+            train_many(due)
 
     # ------------------------------------------------------------------ one device in and out
     def extract(self, key: Hashable, scoring: bool = True) -> DeviceAnomalyModel:
