@@ -9,6 +9,7 @@ from importlib.metadata import version
 
 import pytest
 
+from schemas.settings import Settings
 from streams.runtime.patches import TESTED, UnsupportedFaust, check_versions
 
 
@@ -25,7 +26,7 @@ def test_a_version_outside_the_tested_range_is_refused_by_name(package: str, fou
         check_versions(versions)
 
 
-def test_the_worker_consumer_fetches_with_the_configured_wait_not_faust_s_1500_ms() -> None:
+def test_the_worker_consumer_fetches_with_the_configured_wait_not_faust_s_1500_ms(stack: Settings) -> None:
     """Faust creates the worker's consumer with a fixed 1,500 ms fetch wait; a busy worker's records then sat in Kafka
     that long (`streams/runtime/fetchwait.py`). The consumer the worker's own code creates, started on the real
     broker (its fetcher is made then), fetches with `kafka_fetch_max_wait_ms` and `kafka_fetch_min_bytes`. In a
