@@ -124,7 +124,8 @@ class OnlineMLPForecaster:
     def gradients(self, xs: np.ndarray, ys: np.ndarray) -> list[np.ndarray]:
         """d(mean Huber loss, beta 1)/d(each parameter), float32: the backward pass of `predict_many`. Huber: a
         burst of anomalies in the batch must not wreck the model."""
-        return [g[0] for g in _gradients([p[None] for p in self.params], xs[None], np.asarray(ys, np.float32)[None], self.lags)]
+        stacked = _gradients([p[None] for p in self.params], np.asarray(xs)[None], np.asarray(ys, np.float32)[None], self.lags)
+        return [g[0] for g in stacked]
 
 
 PREDICT_CHUNK = 256
@@ -185,7 +186,8 @@ def _gradients(params: list[np.ndarray], xs: np.ndarray, ys: np.ndarray, lags: i
     residual = (h @ w2 + b2[:, None, :])[:, :, 0] + xs[:, :, lags - 1] - ys
     g_pred = (np.clip(residual, -1.0, 1.0) / np.float32(ys.shape[1])).astype(np.float32)
     g_z = (g_pred[:, :, None] * w2[:, :, 0][:, None, :]) * (1.0 - h * h)
-    return [xs.transpose(0, 2, 1) @ g_z, g_z.sum(axis=1), h.transpose(0, 2, 1) @ g_pred[:, :, None], g_pred.sum(axis=1, keepdims=True)]
+    return [xs.transpose(0, 2, 1) @ g_z, g_z.sum(axis=1), h.transpose(0, 2, 1) @ g_pred[:, :, None],
+            g_pred.sum(axis=1, keepdims=True)]
 
 
 def _train_stack(items: list[tuple[OnlineMLPForecaster, np.ndarray, np.ndarray]]) -> None:
