@@ -509,11 +509,11 @@ def test_forecasters_trained_together_are_each_as_if_trained_alone():
 
 def test_forecasters_predicting_as_a_stack_give_each_one_s_own_predictions():
     """`predict_stacked` (the device bank's forecasts, one stack per block length) against each forecaster's own
-    `predict_many`, to the bit, for blocks of one and of several readings."""
-    from online_models.anomaly.forecaster import OnlineMLPForecaster, predict_stacked
+    `predict_many`, to the bit, for blocks of one and of several readings, across stacks (more than `PREDICT_CHUNK`)."""
+    from online_models.anomaly.forecaster import PREDICT_CHUNK, OnlineMLPForecaster, predict_stacked
 
     rng = np.random.default_rng(5)
-    fcs = [OnlineMLPForecaster(seed=i) for i in range(40)]
+    fcs = [OnlineMLPForecaster(seed=i % 40) for i in range(PREDICT_CHUNK + 9)]
     for fc in fcs:
         fc.params = [(p + rng.normal(0, 0.3, p.shape)).astype(np.float32) for p in fc.params]
     for rows in (1, 3, 17):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from online_models.anomaly import kernels as K
-from online_models.anomaly.forecaster import PREDICT_CHUNK, OnlineMLPForecaster, predict_stacked, train_many
+from online_models.anomaly.forecaster import OnlineMLPForecaster, predict_stacked, train_many
 from online_models.anomaly.model import _CAL, AnomalyConfig, BatchResult, DeviceAnomalyModel, make_config
 
 _KINDS = ("l", "s", "f")  # HST features per metric: level, seasonal, forecast z (squashed)
@@ -416,11 +416,9 @@ class DeviceBank:
         slot, length = self.dm[dev[a], j], (hi - lo)[a]
         slots = list(zip(slot.tolist(), off.tolist(), length.tolist()))
         for b in np.unique(length).tolist():  # the items of one block length as stacks (`predict_stacked`)
-            of_b = np.flatnonzero(length == b)
-            for at in range(0, len(of_b), PREDICT_CHUNK):
-                some = of_b[at:at + PREDICT_CHUNK]
-                rows_of = off[some][:, None] + np.arange(b)
-                pred[rows_of] = predict_stacked([fc[s] for s in slot[some].tolist()], xin[rows_of])
+            some = np.flatnonzero(length == b)
+            rows_of = off[some][:, None] + np.arange(b)
+            pred[rows_of] = predict_stacked([fc[s] for s in slot[some].tolist()], xin[rows_of])
         return pred, (slots, xin, xn)
 
     def _forecast_learn(self, slots, xin, xn) -> None:

@@ -124,7 +124,8 @@ class OnlineMLPForecaster:
     def gradients(self, xs: np.ndarray, ys: np.ndarray) -> list[np.ndarray]:
         """d(mean Huber loss, beta 1)/d(each parameter), float32: the backward pass of `predict_many`. Huber: a
         burst of anomalies in the batch must not wreck the model."""
-        stacked = _gradients([p[None] for p in self.params], np.asarray(xs)[None], np.asarray(ys, np.float32)[None], self.lags)
+        xs, ys = np.asarray(xs)[None], np.asarray(ys, np.float32)[None]
+        stacked = _gradients([p[None] for p in self.params], xs, ys, self.lags)
         return [g[0] for g in stacked]
 
 
@@ -136,11 +137,16 @@ def predict_stacked(forecasters: Sequence[OnlineMLPForecaster], xs: np.ndarray) 
     """Each forecaster's `predict_many` on its own block, blocks of one length stacked: `xs` (forecasters, rows,
     inputs), returns (forecasters, rows). One NumPy call per step for the stack (the same BLAS call per matrix, so the
     same numbers to the bit) instead of a `predict_many` each: a bank's round of one reading a device made ~2,000
-    calls of ~7 us. The forecasters share `lags` and `hidden` (a bank's do)."""
-    params = [fc.params for fc in forecasters]
-    w1, b1, w2, b2 = (_stack([p[i] for p in params]) for i in range(4))
-    h = np.tanh(xs @ w1 + b1[:, None, :])
-    return (h @ w2 + b2[:, None, :])[:, :, 0] + xs[:, :, forecasters[0].lags - 1]
+    calls of ~7 us. The forecasters share `lags` and `hidden` (a bank's do); `PREDICT_CHUNK` of them a stack."""
+    out = np.empty(xs.shape[:2], np.float32)
+    last = forecasters[0].lags - 1 if len(forecasters) else 0
+    for at in range(0, len(forecasters), PREDICT_CHUNK):
+        params = [fc.params for fc in forecasters[at:at + PREDICT_CHUNK]]
+        w1, b1, w2, b2 = (_stack([p[i] for p in params]) for i in range(4))
+        x = xs[at:at + PREDICT_CHUNK]
+        h = np.tanh(x @ w1 + b1[:, None, :])
+        out[at:at + len(params)] = (h @ w2 + b2[:, None, :])[:, :, 0] + x[:, :, last]
+    return out
 
 
 TRAIN_CHUNK = 32
