@@ -108,7 +108,7 @@ def worker(
     from streams.runtime import heap
 
     install_log_redaction()
-    heap.configure()  # before the imports below allocate most of what the worker starts with
+    heap.configure(young=heap.WORKER_YOUNG)  # before the imports below allocate most of what the worker starts with
     from streams.runtime.patches import UnsupportedFaust
 
     try:

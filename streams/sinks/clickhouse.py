@@ -15,6 +15,7 @@ Calls are blocking and serialised per connection; async code runs them in a thre
 from __future__ import annotations
 
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,6 +134,7 @@ class ServerClickHouse(ClickHouse):
         super().__init__()
         from clickhouse_driver import Client
 
+        _columns_without_cycles()
         parsed = urlparse(url)
         self.url = url
         self.database = (parsed.path or "/default").lstrip("/") or "default"
@@ -180,6 +182,26 @@ class ServerClickHouse(ClickHouse):
 
     def close(self) -> None:
         self._client.disconnect()
+
+
+def _columns_without_cycles() -> None:
+    """clickhouse-driver gives each column it builds a serialization object that points back at the column
+    (`Column.__init__`: `self.serialization = CommonSerialization(self)`), so every column of every INSERT is a
+    reference cycle, left for the cycle collector (two objects a column, about 250 a second in a busy worker).
+    The worker's collector policy leaves cycles to its half-hourly sweep (`streams/runtime/heap.py`); with a weak
+    reference back, the columns are freed as soon as the INSERT is done. The serialization reaches its column only
+    while the column uses it (sparse reads). Idempotent; `tests/test_clickhouse.py` fails if the driver changes."""
+    from clickhouse_driver.columns import base
+
+    init = base.CommonSerialization.__init__
+    if getattr(init, "wharf_weak_column", False):
+        return
+
+    def weak_column(self: Any, column: Any) -> None:
+        init(self, weakref.proxy(column))
+
+    weak_column.wharf_weak_column = True  # type: ignore[attr-defined]
+    base.CommonSerialization.__init__ = weak_column
 
 
 _SESSIONS: dict[Path, tuple[Any, threading.Lock]] = {}
