@@ -434,13 +434,16 @@ class DeviceBank:
         due = []
         for s, o, b in slots:
             missing = nans[o + b] - nans[o]
-            if missing == 0:
-                if fc[s].queue_many(xin[o:o + b].copy(), y[o:o + b].copy()):
-                    due.append(fc[s])
-            elif missing < b:
-                ok = ~nan[o:o + b]
-                if fc[s].queue_many(xin[o:o + b][ok], y[o:o + b][ok]):
-                    due.append(fc[s])
+            if missing == b:
+                continue  # no row with a target
+            rows = slice(o, o + b)
+            if missing:
+                ok = ~nan[rows]
+                xs, ys = xin[rows][ok], y[rows][ok]  # boolean indexing copies
+            else:
+                xs, ys = xin[rows].copy(), y[rows].copy()
+            if fc[s].queue_many(xs, ys):
+                due.append(fc[s])
         if due:  # together: the same numbers as one by one (`train_many`), in a stack per shape
             train_many(due)
 

@@ -20,13 +20,14 @@ of the frozen heap.
 The worker, which freezes every `FREEZE_SECONDS`, goes one step further (`configure(young=WORKER_YOUNG)`): a
 young collection is about all cost there. What a worker allocates mostly lives on (a reading's message, event
 and model objects are held until a checkpoint includes them), so each young collection walked ~10,000 survivors
-(4 ms) to free nothing, and every reading's objects were walked once: 6-10 us a reading of a catch-up, 8-15 % of
-its event loop (`wharf bench sensors --catch-up 300000`: 451-517 collections, 1.9-2.6 s). With a threshold above
-what a worker allocates in a second (about 20 objects a reading held, 360,000 a second in a catch-up), the
-second's freeze comes first. The cost is that young cycles wait for `sweep` too, so the worker must make almost
-none: measured with a sweep every 5 s, a catch-up, a 5,000 readings/s run and the commerce bench left 0 objects
-to reclaim after start-up, once clickhouse-driver's columns no longer point back at themselves
-(`streams.sinks.clickhouse._columns_without_cycles`; 250 objects a second before).
+(about 4 ms) to free nothing (`wharf bench sensors --catch-up 300000`: 451-529 collections, 1.3-2.6 s by the
+collector's own timing). With a threshold above what a worker allocates between two freezes (a catch-up at
+18,000 readings/s crossed 300,000 twice in its run), the freeze comes first. Measured in alternating pairs: the
+5,000 readings/s alarm p95 4-18 % lower; the catch-up's CPU a reading 0-3 us lower (docs/performance.md, "The
+worker's young collections"). The cost is that young cycles wait for `sweep` too, so the worker must make almost
+none: with a sweep every 5 s, a catch-up, a 5,000 readings/s run and the commerce bench left 0 objects to reclaim
+after start-up, once clickhouse-driver's columns no longer point back at themselves
+(`streams.sinks.clickhouse._columns_without_cycles`; about 250 objects a second before).
 """
 
 from __future__ import annotations
