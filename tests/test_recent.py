@@ -33,13 +33,20 @@ def test_a_device_state_with_its_window_as_tuples_loads_into_recent_keys() -> No
     """The state format keeps the window as two arrays, or as a dict of (seq, ts) where they do not fit: both load."""
     from agents.devices import DEVICE_DEDUP_KEYS, DeviceState
 
-    for keys in ([(1, 10.0), (2, 11.0)], [(1 << 64, 10.0), (2, 11.0)]):  # the second does not fit int64
+    from agents.devices import _device_state
+
+    fits = [(1, 10.0), (2, 11.0), ((1 << 63) - 1, 12.5)]
+    others = [[(1 << 64, 10.0), (2, 11.0)], [(1 << 63, 10.0)], [(-1, 10.0)], [(1, 10)], [(True, 10.0)], [(1.0, 10.0)]]
+    for keys in [fits, [], *others]:  # the others do not fit (int64, float64) as they are
         st = DeviceState.new("dev-9", 0)
         for key in keys:
             assert not st.recent.seen(key)
+        window = _device_state(st)["recent"]
+        assert type(window) is (dict if keys in others else tuple), keys
         back = DeviceState.load(st.dump())
         assert type(back.recent) is RecentKeys and back.recent.capacity == DEVICE_DEDUP_KEYS
-        assert list(back.recent) == keys and back.recent.seen(keys[0])
+        assert list(back.recent) == keys and [type(x) for k in back.recent for x in k] == [type(x) for k in keys for x in k]
+        assert all(back.recent.seen(key) for key in keys)
 
 
 def test_a_copy_has_the_same_keys_in_order_and_goes_its_own_way() -> None:
