@@ -25,14 +25,15 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, OutOfOrderSequenceNumber, RequestTimedOutError, UnknownProducerId
 
+from mqtt_bridge import metrics
 from mqtt_bridge.connection import bridge_endpoint, ssl_context
 from mqtt_bridge.kafka import RecordBatches, start_when_reachable
+from mqtt_bridge.stats import BridgeStats
 from mqtt_bridge.topics import DeviceTopic, TopicError, parse_topic
 from mqtt_bridge.wire import Publish, Session, open_session
 from schemas.events import DeviceStatus, SensorReading
@@ -51,25 +52,6 @@ KEEPALIVE_SECONDS = 30
 # Messages received and not yet acked beyond which the bridge stops reading the socket (QoS 1 stays within
 # Mosquitto's in-flight window of 10,000, `wharf/infra/mosquitto.py`; this bounds a flood of QoS 0 messages while Kafka is slow).
 PAUSE_AT = 20_000
-
-
-@dataclass
-class BridgeStats:
-    received: int = 0
-    forwarded: int = 0
-    dead_lettered: int = 0
-    acked: int = 0
-    kafka_retries: int = 0
-    mqtt_connects: int = 0
-    started: float = field(default_factory=time.time)
-
-    @property
-    def in_flight(self) -> int:
-        return self.received - self.acked
-
-    def line(self) -> str:
-        return (f"received {self.received}  forwarded {self.forwarded}  dead-lettered {self.dead_lettered}  "
-                f"in flight {self.in_flight}  kafka retries {self.kafka_retries}  mqtt connects {self.mqtt_connects}")
 
 
 @dataclass(slots=True)
@@ -387,7 +369,6 @@ async def run_bridge(settings: Settings, client_id: str, share_group: str | None
             log.info("%s", bridge.stats.line())
 
     reporter = asyncio.create_task(report())
-    from mqtt_bridge import metrics
     from mqtt_bridge.alerts import AlertPublisher  # alarm events back over MQTT, beside the bridge
 
     metrics_server = metrics.serve(bridge.stats, settings)  # WHARF_BRIDGE_METRICS_PORT: /metrics for Prometheus
@@ -412,7 +393,3 @@ async def run_bridge(settings: Settings, client_id: str, share_group: str | None
         await asyncio.wait({alerts_task}, timeout=STOP_ALERTS_SECONDS)
         alerts_task.cancel()  # its uncommitted alerts are read again by the next publisher
     return bridge.stats
-
-
-def stats_dict(stats: BridgeStats) -> dict[str, Any]:
-    return {**stats.__dict__, "in_flight": stats.in_flight}

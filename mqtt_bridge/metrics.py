@@ -9,16 +9,14 @@ The counters are read from `BridgeStats` at scrape time.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mqtt_bridge.stats import BridgeStats
 from schemas.settings import Settings
-
-if TYPE_CHECKING:  # a type only: the bridge imports this module to serve its counters
-    from mqtt_bridge.bridge import BridgeStats
 
 
 class BridgeCollector(Collector):
