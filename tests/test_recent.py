@@ -31,9 +31,7 @@ def test_more_initial_keys_than_capacity_keep_the_newest() -> None:
 
 def test_a_device_state_with_its_window_as_tuples_loads_into_recent_keys() -> None:
     """The state format keeps the window as two arrays, or as a dict of (seq, ts) where they do not fit: both load."""
-    from agents.devices import DEVICE_DEDUP_KEYS, DeviceState
-
-    from agents.devices import _device_state
+    from agents.devices import DEVICE_DEDUP_KEYS, DeviceState, _device_state
 
     fits = [(1, 10.0), (2, 11.0), ((1 << 63) - 1, 12.5)]
     others = [[(1 << 64, 10.0), (2, 11.0)], [(1 << 63, 10.0)], [(-1, 10.0)], [(1, 10)], [(True, 10.0)], [(1.0, 10.0)]]
