@@ -106,6 +106,7 @@ class Bridge:
         self._lost = asyncio.Event()
         self._stop = asyncio.Event()
         self._retries: set[asyncio.Task] = set()
+        self._failing_since: float | None = None  # monotonic time of the first failed batch since one was confirmed
         self._routes: dict[bytes, _Route] = {}  # raw topic -> its route (MAX_ROUTES at most)
 
     # --- MQTT side ------------------------------------------------------------
@@ -221,6 +222,7 @@ class Bridge:
         """One Kafka batch settled: PUBACKs for what is confirmed, in arrival order; a refused record becomes a dead
         letter, a batch that failed on Kafka's side is sent again (Mosquitto keeps the messages meanwhile)."""
         if error is None:
+            self._failing_since = None
             dlq, letters = self.settings.topic_dead_letters, 0
             for p in items:
                 p.done = True
@@ -247,11 +249,15 @@ class Bridge:
             self._retry(live, error)
 
     def _retry(self, items: list[_Pending], error: object) -> None:
-        """Send a failed batch's records again after a backoff, in their order."""
+        """Send a failed batch's records again after a backoff, in their order. The backoff is half the time
+        Kafka has been failing (0.2 to 10 s): short for the batches of one refusal, long in an outage."""
         self.stats.kafka_retries += 1
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        delay = min(max(0.2, (now - self._failing_since) / 2), 10)
 
         async def again() -> None:
-            delay = min(0.2 * 2 ** min(self.stats.kafka_retries, 6), 10)
             log.warning("Kafka send of %d records failed (%s); retrying in %.1fs", len(items), error, delay)
             await asyncio.sleep(delay)
             for p in items:

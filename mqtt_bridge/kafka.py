@@ -30,6 +30,28 @@ async def start_when_reachable(client: Any, what: str, max_delay: float = 30.0) 
             delay = min(delay * 2, max_delay)
 
 
+class NotSent(KafkaError):
+    """A batch that never reached Kafka: its producer was replaced and stopped first, or `send_batch` raised for
+    it (aiokafka raises there what befell the batch before it). Not the records' fault: send them again."""
+
+    retriable = True
+
+
+@dataclass(eq=False)
+class _Handover:
+    """One producer and the batches handed to it. Why: aiokafka checks that a producer is closed only on entering
+    `send_batch`, and a batch accepted after its stop began is never sent nor settled, so a producer is stopped
+    only once no `send_batch` on it is under way, and what it leaves unsettled is reported not sent."""
+
+    producer: AIOKafkaProducer
+    entering: int = 0  # `send_batch` calls under way
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    unsettled: set[asyncio.Future] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+
 @dataclass
 class _Batch:
     builder: Any  # aiokafka's BatchBuilder
@@ -49,7 +71,7 @@ class RecordBatches:
 
     def __init__(self, producer: AIOKafkaProducer, delivered: Callable[[list, BaseException | None], None],
                  make_producer: Callable[[], Awaitable[AIOKafkaProducer]]):
-        self.producer = producer
+        self._handover = _Handover(producer)
         self._make_producer = make_producer
         self._renewing: asyncio.Task | None = None
         self._delivered = delivered
@@ -60,6 +82,11 @@ class RecordBatches:
         self._placement: dict[str, tuple[list[int], dict[bytes, tuple[tuple[str, int], deque[_Batch]]]]] = {}
         self._unplaced: dict[str, list[tuple[bytes, bytes, Any, bool]]] = {}  # topics whose partitions are not known yet
         self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The producer that takes new batches."""
+        return self._handover.producer
 
     def refresh(self) -> None:
         """Forget a topic's key -> partition choices when its partition count changed (metadata refresh)."""
@@ -119,13 +146,24 @@ class RecordBatches:
                 batch = queue.popleft()
                 batch.sealed = True
                 batch.builder.close()
+                handover = self._handover
+                handover.entering += 1
+                handover.idle.clear()
                 try:  # waits while the partition's previous batch is still queued in the producer
-                    fut = await self.producer.send_batch(batch.builder, tp[0], partition=tp[1])
+                    fut = await handover.producer.send_batch(batch.builder, tp[0], partition=tp[1])
                 except Exception as exc:  # noqa: BLE001 - reported for the batch's records
-                    self._delivered(batch.items, exc)
+                    if handover is self._handover:
+                        self.renew()  # a producer whose sender failed takes no batch again
+                    self._delivered(batch.items, NotSent(f"not handed to Kafka: {exc!r}"))
                     continue
+                finally:
+                    handover.entering -= 1
+                    if not handover.entering:
+                        handover.idle.set()
+                handover.unsettled.add(fut)
+                fut.add_done_callback(handover.unsettled.discard)
                 fut.add_done_callback(lambda f, items=batch.items: self._delivered(
-                    items, f.exception() if not f.cancelled() else asyncio.CancelledError()))
+                    items, f.exception() if not f.cancelled() else NotSent("its producer stopped before sending it")))
         finally:
             self._submitting.discard(tp)
 
@@ -138,22 +176,28 @@ class RecordBatches:
         """Hand later batches to a fresh producer. Why: when Kafka refuses a batch for good (too large, ...), the
         idempotent producer has already counted its records in the partition's sequence, so Kafka refuses every
         later batch of that partition as out of order; a new producer starts a new sequence. The old one is
-        stopped: what it still held settles as delivered or failed, and failed records are sent again."""
+        stopped once no `send_batch` on it is under way: what it holds settles as delivered or failed, what it
+        leaves unsettled is reported `NotSent`, and failed records are sent again."""
         if self._renewing is None:
             self._renewing = asyncio.get_running_loop().create_task(self._renew())
+            self._tasks.add(self._renewing)  # cancelled at a stop, as long as it runs
+            self._renewing.add_done_callback(self._tasks.discard)
 
     async def _renew(self) -> None:
-        old = self.producer
+        old = self._handover
         try:
-            self.producer = await self._make_producer()
+            self._handover = _Handover(await self._make_producer())
         finally:
             self._renewing = None
         try:
-            await asyncio.wait_for(old.stop(), 10)
+            await asyncio.wait_for(old.idle.wait(), 30)  # each ends once Kafka takes the batch before it, or times out
+            await asyncio.wait_for(old.producer.stop(), 10)
         except Exception as exc:  # noqa: BLE001 - the old producer is gone either way
-            log.warning("the replaced Kafka producer did not stop cleanly (%s)", exc)
+            log.warning("the replaced Kafka producer did not stop cleanly (%r)", exc)
+        for fut in list(old.unsettled):
+            fut.cancel()  # its callback reports the batch not sent
 
     def cancel(self) -> None:
         """Stop handing batches over (at the bridge's stop): what was not confirmed is not acked."""
-        for task in [*self._tasks, *([self._renewing] if self._renewing else [])]:
+        for task in list(self._tasks):
             task.cancel()

@@ -12,10 +12,11 @@ import urllib.request
 
 import paho.mqtt.client as mqtt
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from mqtt_bridge.bridge import Bridge
 from mqtt_bridge.connection import end_session
+from mqtt_bridge.kafka import RecordBatches
 from mqtt_bridge.topics import TopicError, parse_topic
 from schemas import codec
 from schemas.deadletter import DeadLetter
@@ -287,3 +288,61 @@ async def test_a_batch_kafka_refuses_is_split_and_only_the_refused_record_is_dea
         bridge.stop()
         await asyncio.wait_for(task, 30)
         assert end_session(s, bridge.client_id)
+
+
+
+
+async def test_every_batch_settles_while_the_producer_is_replaced_again_and_again(stack, unique):
+    """When Kafka refuses a record, later batches go to a fresh producer and the old one is stopped. Every batch
+    handed to either must settle (confirmed, or failed so the bridge sends it again): one left unsettled holds
+    every PUBACK behind it and the bridge stalls (CI, 8 Dec: 11 messages stuck for 30 s after a refusal).
+    aiokafka checks that a producer is closed only on entering `send_batch`, so a batch waiting inside it while
+    the producer stops was accepted and never sent. Each round here replaces the producer six times, 1 or 3 ms
+    apart, while 1,500 records flow to two topics of three partitions. Before the fix about one round in three
+    left ~1,000 records unsettled, and some failed with errors the bridge would have dead-lettered them for."""
+    topics = [f"test.renew.{unique}.{i}" for i in range(2)]
+    await ensure_topics(stack, topics, 3)
+    for round_ in range(8):
+        await _replace_producers_mid_stream(stack, topics, gap=0.001 if round_ % 2 else 0.003, n=1500)
+    stored = [m for topic in topics for m in await consume(stack, topic, 1)]
+    assert stored  # reached Kafka (what `confirmed` counted was acked by it: acks=all)
+
+
+async def _replace_producers_mid_stream(stack, topics: list[str], gap: float, n: int) -> None:
+    made = [AIOKafkaProducer(**kafka_client(stack), acks="all", enable_idempotence=True) for _ in range(7)]
+    for p in made:
+        await p.start()  # started before: a replacement is at hand at once, so the old one stops mid-send
+    spare = made[1:]
+
+    async def make_producer() -> AIOKafkaProducer:
+        return spare.pop()
+
+    for topic in topics:
+        await made[0].partitions_for(topic)
+    confirmed: set[int] = set()
+    failures: list[BaseException] = []
+
+    def delivered(items: list[int], error: BaseException | None) -> None:
+        if error is None:
+            confirmed.update(items)
+            return
+        failures.append(error)
+        for i in items:  # as the bridge does: the same records again
+            batches.add(topics[i % 2], b"dev-%d" % (i % 7), b"%d" % i, i)
+
+    batches = RecordBatches(made[0], delivered, make_producer)
+    try:
+        for i in range(n):
+            batches.add(topics[i % 2], b"dev-%d" % (i % 7), b"%d" % i, i, alone=i % 3 == 0)
+            if i % 100 == 99:
+                await asyncio.sleep(0)
+        for _ in range(6):
+            await asyncio.sleep(gap)
+            batches.renew()
+        await wait_for(lambda: len(confirmed) == n, 15)
+        assert len(spare) <= 3  # the producer was in fact replaced, more than twice
+        assert all(getattr(e, "retriable", False) for e in failures), failures  # none of it the records' fault
+    finally:
+        batches.cancel()
+        for p in made:
+            await p.stop()
