@@ -93,6 +93,8 @@ def _set_device_state(st: DeviceState, state: Any) -> None:
             raise ValueError("a malformed de-duplication window")
         state = {**state, "recent": RecentKeys(DEVICE_DEDUP_KEYS, zip(seqs.tolist(), tss.tolist()))}
     elif type(recent) is dict:
+        if not all(type(key) is tuple and len(key) == 2 for key in recent):  # else the next checkpoint fails on it
+            raise ValueError("a de-duplication window whose keys are not (seq, ts) pairs")
         state = {**state, "recent": RecentKeys(DEVICE_DEDUP_KEYS, recent)}
     if type(state) is not dict or set(state) != {"device_id", "partition", "model", "monitor", "recent"}:
         raise ValueError("not the fields of a DeviceState")

@@ -47,6 +47,22 @@ def test_a_device_state_with_its_window_as_tuples_loads_into_recent_keys() -> No
         assert all(back.recent.seen(key) for key in keys)
 
 
+@pytest.mark.parametrize("window", [{5: None}, {(1,): None}, {(1, 2.0, 3): None}, {(1, 2.0): None, "ab": None}, {(): None}])
+def test_a_device_state_whose_window_keys_are_not_pairs_is_refused_at_load(window: dict) -> None:
+    """State comes from a Kafka changelog: a window key that is not a (seq, ts) pair is refused when the state is
+    read (the worker restores the device afresh), not left to break the next checkpoint's encoding."""
+    from agents.devices import STATE_VERSION, DeviceState, _set_device_state
+    from online_models.alarms import STATE_TYPES as ALARM_STATE_TYPES
+    from online_models.anomaly.state_types import STATE_TYPES as ANOMALY_STATE_TYPES
+    from schemas.state import StateCodec, StateFormatError, StateType, StateTypes
+
+    crafted = StateCodec(StateTypes(StateType(DeviceState, lambda st: {**st.__dict__, "recent": window}, _set_device_state))
+                         | ANOMALY_STATE_TYPES | ALARM_STATE_TYPES)
+    blob = crafted.dumps((STATE_VERSION, DeviceState.new("dev-9", 0)), compress=True)
+    with pytest.raises(StateFormatError, match="not \\(seq, ts\\) pairs"):
+        DeviceState.load(blob)
+
+
 def test_a_copy_has_the_same_keys_in_order_and_goes_its_own_way() -> None:
     window: RecentKeys[int] = RecentKeys(3, [1, 2, 3])
     window.seen(3)
